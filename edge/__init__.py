@@ -1,0 +1,3 @@
+"""edge: perception runtime for NVIDIA Jetson in vehicles."""
+
+__version__ = "0.1.0"

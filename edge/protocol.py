@@ -1,0 +1,116 @@
+"""Wire protocol schema v1: topics, payload fields, endpoints, safe unpacking (docs/protocol.md)."""
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import msgpack
+
+from edge.errors import ProtocolError
+
+SCHEMA_VERSION = 1
+KINDS = ("det", "heartbeat", "event")
+RUN_DIR = Path("/run/edge")
+MAX_MESSAGE_BYTES = 1 << 20          # largest results payload a subscriber accepts
+MAX_DETECTIONS = 10_000
+
+
+def runtime_dir() -> Path:
+    """/run/edge under systemd (RuntimeDirectory=edge); else $XDG_RUNTIME_DIR/edge or /tmp/edge-UID."""
+    if RUN_DIR.is_dir() and os.access(RUN_DIR, os.W_OK):
+        return RUN_DIR
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(base) / "edge" if base else Path(f"/tmp/edge-{os.getuid()}")
+
+
+def default_results_endpoint() -> str:
+    return f"ipc://{runtime_dir() / 'results.sock'}"
+
+
+def check_endpoint(endpoint: str) -> str:
+    """Validate a results endpoint (ipc://PATH or loopback tcp://HOST:PORT); ValueError with the rule."""
+    if endpoint.startswith("ipc://"):
+        if not endpoint[len("ipc://"):].startswith("/"):
+            raise ValueError(f"ipc endpoint {endpoint!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
+        return endpoint
+    if not endpoint.startswith("tcp://"):
+        raise ValueError(f"endpoint {endpoint!r} must start with ipc:// or tcp://")
+    parts = urlsplit(endpoint)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if not parts.hostname or port is None:
+        raise ValueError(f"tcp endpoint {endpoint!r} must be tcp://HOST:PORT")
+    host = parts.hostname
+    loopback = host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
+    if not loopback:
+        raise ValueError(f"tcp endpoint {endpoint!r} is not loopback; results leave the box only with CURVE"
+                         " encryption, which edge does not provide yet: use ipc:// or tcp://127.0.0.1:PORT")
+    return endpoint
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def det_topic(task: str, camera: str) -> str:
+    return f"det.{task}.{camera}"
+
+
+def pack(payload: dict[str, Any]) -> bytes:
+    return msgpack.packb(payload, use_bin_type=True)
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def unpack(buf: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+    """Unpack untrusted msgpack: size-bounded, str keys only, no ext types."""
+    if len(buf) > max_bytes:
+        raise ProtocolError(f"message of {len(buf)} bytes exceeds the {max_bytes}-byte limit")
+    try:
+        return msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0,
+                               max_str_len=max_bytes, max_bin_len=max_bytes,
+                               max_array_len=MAX_DETECTIONS * 6, max_map_len=1024)
+    except (ValueError, TypeError, msgpack.UnpackException) as exc:
+        raise ProtocolError(f"message is not valid msgpack: {exc}") from exc
+
+
+_COMMON = {"v": int, "kind": str, "seq": int, "t_publish_ns": int, "t_wall_ns": int}
+_DET = {"task": str, "camera": str, "frame": int, "t_capture_ns": int, "precision": str, "engine": str,
+        "size": list, "detections": list}
+
+
+def validate(topic: str, payload: Any) -> dict[str, Any]:
+    """Check a decoded payload against schema v1; ProtocolError names the first problem."""
+    if not isinstance(payload, dict):
+        raise ProtocolError(f"payload on {topic!r} is {type(payload).__name__}, not a map")
+    if payload.get("v") != SCHEMA_VERSION:
+        raise ProtocolError(f"payload on {topic!r} has schema version {payload.get('v')!r}, expected {SCHEMA_VERSION}")
+    fields = dict(_COMMON, **_DET) if payload.get("kind") == "det" else _COMMON
+    for key, kind in fields.items():
+        if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
+            raise ProtocolError(f"payload on {topic!r}: field {key!r} is {payload.get(key)!r}, expected {kind.__name__}")
+    if payload["kind"] not in KINDS:
+        raise ProtocolError(f"payload on {topic!r} has unknown kind {payload['kind']!r}")
+    if payload["kind"] == "det":
+        _validate_detections(topic, payload)
+    return payload
+
+
+def _validate_detections(topic: str, payload: dict[str, Any]) -> None:
+    size = payload["size"]
+    if len(size) != 2 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ProtocolError(f"payload on {topic!r}: size {size!r} is not [width, height]")
+    for det in payload["detections"]:
+        if not (isinstance(det, list) and len(det) == 6 and all(isinstance(v, (int, float)) for v in det)):
+            raise ProtocolError(f"payload on {topic!r}: detection {det!r} is not [x1, y1, x2, y2, score, class_id]")

@@ -1,0 +1,436 @@
+"""Cameras addressed by URI, one capture thread per used camera, latest-frame slots.
+
+URIs (an explicit scheme is required):
+  file://PATH[?realtime=1&loop=0]     video file; realtime=0 reads as fast as the lanes consume
+  test://bars[?fps=30&size=1280x720&frames=N&realtime=1]   synthetic pattern
+  v4l2:///dev/videoN[?size=WxH&fps=N]  USB/V4L2 camera
+  rtsp://[user:pass@]host[:port]/path  network camera (FFmpeg backend)
+  csi://N[?size=WxH&fps=N&flip=M]      Jetson CSI camera through nvarguscamerasrc (GStreamer)
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
+
+import numpy as np
+
+from edge.errors import SourceError
+from edge.log import get_logger
+
+log = get_logger("camera")
+
+SCHEMES = ("file", "test", "v4l2", "rtsp", "csi")
+_PARAMS: dict[str, dict[str, type]] = {
+    "file": {"realtime": bool, "loop": bool},
+    "test": {"fps": float, "size": str, "frames": int, "realtime": bool},
+    "v4l2": {"size": str, "fps": float},
+    "rtsp": {},
+    "csi": {"size": str, "fps": float, "flip": int},
+}
+OPEN_TIMEOUT_MS = 2000
+READ_TIMEOUT_MS = 2000
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class CameraURI:
+    """A parsed camera URI: scheme, location (path, device, host or sensor) and typed parameters."""
+
+    scheme: str
+    location: str
+    params: dict[str, Any]
+    raw: str
+
+    @property
+    def lossless(self) -> bool:
+        """True when the source should wait for its consumers instead of dropping frames."""
+        return self.scheme in ("file", "test") and not self.params.get("realtime", True)
+
+    def redacted(self) -> str:
+        """The URI with any password replaced, safe to log."""
+        parts = urlsplit(self.raw)
+        if parts.password is None:
+            return self.raw
+        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """`1280x720` -> (1280, 720); ValueError with the rule when malformed."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
+    if not (16 <= w <= 8192 and 16 <= h <= 8192):
+        raise ValueError(f"size {w}x{h} is outside 16..8192 pixels per side")
+    return w, h
+
+
+def _typed(scheme: str, key: str, value: str) -> Any:
+    kinds = _PARAMS[scheme]
+    if key not in kinds:
+        allowed = ", ".join(kinds) or "none"
+        raise ValueError(f"unknown parameter {key!r} for {scheme}:// (allowed: {allowed})")
+    kind = kinds[key]
+    if kind is bool:
+        if value not in ("0", "1", "true", "false"):
+            raise ValueError(f"parameter {key!r} must be 0 or 1, got {value!r}")
+        return value in ("1", "true")
+    try:
+        parsed = kind(value)
+    except ValueError:
+        raise ValueError(f"parameter {key!r} must be {kind.__name__}, got {value!r}") from None
+    if key == "size":
+        parse_size(parsed)
+    elif kind in (int, float) and parsed < 0:
+        raise ValueError(f"parameter {key!r} must not be negative, got {value!r}")
+    return parsed
+
+
+def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
+    """Parse a camera URI; relative file paths resolve against `base_dir`. ValueError says what is wrong."""
+    if "://" not in text:
+        raise ValueError(f"camera URI {text!r} has no scheme; write e.g. file://{text} or v4l2://{text}"
+                         f" (schemes: {', '.join(SCHEMES)})")
+    scheme, rest = text.split("://", 1)
+    if scheme not in SCHEMES:
+        raise ValueError(f"unknown camera URI scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+    if scheme == "rtsp":
+        if not urlsplit(text).hostname:
+            raise ValueError(f"rtsp URI {text!r} has no host")
+        return CameraURI(scheme, text, {}, text)
+    location, _, query = rest.partition("?")
+    params = {k: _typed(scheme, k, v) for k, v in parse_qsl(query, keep_blank_values=True)}
+    if not location:
+        raise ValueError(f"camera URI {text!r} names no {'file' if scheme == 'file' else 'device'}")
+    if scheme == "file":
+        path = Path(location)
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        location = str(path)
+    elif scheme == "csi" and not location.isdigit():
+        raise ValueError(f"csi URI {text!r} must name a sensor number, e.g. csi://0")
+    elif scheme == "test" and location not in ("bars",):
+        raise ValueError(f"unknown test pattern {location!r} (known: bars)")
+    return CameraURI(scheme, location, params, text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Frame:
+    """One captured image (BGR, uint8, HxWx3) with its camera frame index and CLOCK_MONOTONIC time."""
+
+    camera: str
+    index: int
+    t_capture_ns: int
+    image: np.ndarray
+
+
+class EndOfStream(Exception):
+    """The camera has no more frames (end of a non-looping file)."""
+
+
+class FrameSlot:
+    """The latest frame of one camera, read by every lane that uses it.
+
+    In lossless mode (`realtime=0` files) `put` waits until every registered reader has
+    read the current frame, so nothing is dropped; otherwise a new frame replaces the old one.
+    """
+
+    def __init__(self, *, lossless: bool) -> None:
+        self._cond = threading.Condition()
+        self._frame: Frame | None = None
+        self._closed = False
+        self._lossless = lossless
+        self._readers: dict[int, int] = {}
+        self._next_reader = 0
+
+    def register(self) -> int:
+        """A new reader id; the reader has seen nothing yet."""
+        with self._cond:
+            self._next_reader += 1
+            self._readers[self._next_reader] = -1
+            return self._next_reader
+
+    def unregister(self, reader: int) -> None:
+        with self._cond:
+            self._readers.pop(reader, None)
+            self._cond.notify_all()
+
+    def put(self, frame: Frame, *, stop: threading.Event) -> bool:
+        """Publish a frame; in lossless mode wait for readers first. False when stopped or closed."""
+        with self._cond:
+            if self._lossless and self._frame is not None:
+                while not self._closed and not stop.is_set() and any(
+                        seen < self._frame.index for seen in self._readers.values()):
+                    self._cond.wait(0.1)
+            if self._closed or stop.is_set():
+                return False
+            self._frame = frame
+            self._cond.notify_all()
+            return True
+
+    def get_after(self, reader: int, index: int, timeout: float) -> Frame | None:
+        """The latest frame newer than `index`, or None after `timeout` s; EndOfStream when closed."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._frame is None or self._frame.index <= index:
+                if self._closed:
+                    raise EndOfStream
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+            self._readers[reader] = self._frame.index
+            self._cond.notify_all()
+            return self._frame
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class _Reader(Protocol):
+    fps: float
+
+    def read(self) -> np.ndarray | None: ...
+
+    def close(self) -> None: ...
+
+
+class _CvReader:
+    """A cv2.VideoCapture (file, V4L2, RTSP, GStreamer) behind the reader interface."""
+
+    def __init__(self, capture: Any, what: str) -> None:
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"cannot open {what}")
+        self._capture = capture
+        fps = float(capture.get(5))  # cv2.CAP_PROP_FPS
+        self.fps = fps if 0 < fps < 1000 else 30.0
+
+    def read(self) -> np.ndarray | None:
+        ok, image = self._capture.read()
+        return image if ok else None
+
+    def close(self) -> None:
+        self._capture.release()
+
+
+class _PatternReader:
+    """Synthetic colour bars with a moving box; `frames` limits the length."""
+
+    def __init__(self, uri: CameraURI) -> None:
+        self.fps = float(uri.params.get("fps", 30.0)) or 30.0
+        w, h = parse_size(uri.params.get("size", "640x480"))
+        self._limit = uri.params.get("frames")
+        self._n = 0
+        bars = np.array([[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
+                         [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], np.uint8)
+        self._base = np.repeat(bars, -(-w // len(bars)), axis=0)[:w][None].repeat(h, axis=0).copy()
+
+    def read(self) -> np.ndarray | None:
+        if self._limit is not None and self._n >= self._limit:
+            return None
+        image = self._base.copy()
+        h, w = image.shape[:2]
+        side = max(8, h // 8)
+        x = (self._n * 4) % max(1, w - side)
+        image[h // 2 - side // 2:h // 2 + side // 2, x:x + side] = 128
+        self._n += 1
+        return image
+
+    def close(self) -> None:
+        self._n = 0
+
+
+def _import_cv2() -> Any:
+    try:
+        import cv2
+    except ImportError as exc:
+        raise SourceError("OpenCV is needed to read cameras and video files, but `import cv2` failed",
+                          note=str(exc),
+                          hint="pip install 'edge[cv]' on a PC; on a Jetson use JetPack's python3-opencv"
+                               " (create the venv with --system-site-packages)") from exc
+    return cv2
+
+
+def gstreamer_csi_pipeline(uri: CameraURI) -> str:
+    """The nvarguscamerasrc pipeline for a Jetson CSI sensor, ending in BGR appsink (latest frame only)."""
+    w, h = parse_size(uri.params.get("size", "1280x720"))
+    fps = int(uri.params.get("fps", 30))
+    flip = int(uri.params.get("flip", 0))
+    return (f"nvarguscamerasrc sensor-id={uri.location} ! "
+            f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1 ! "
+            f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
+            "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false")
+
+
+def open_reader(uri: CameraURI) -> _Reader:
+    """Open the source behind `uri`; SourceError says why it failed and what to check."""
+    if uri.scheme == "test":
+        return _PatternReader(uri)
+    cv2 = _import_cv2()
+    if uri.scheme == "file":
+        if not Path(uri.location).is_file():
+            raise SourceError(f"camera file does not exist: {uri.location}",
+                              hint="check the path in the camera URI (file://ABSOLUTE/PATH or a path"
+                                   " relative to the config file); `edge assets fetch` gets the demo video")
+        return _CvReader(cv2.VideoCapture(uri.location), f"video file {uri.location}")
+    if uri.scheme == "rtsp":
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
+        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params), f"RTSP stream {uri.redacted()}")
+    if uri.scheme == "v4l2":
+        return _open_v4l2(cv2, uri)
+    if "GStreamer:                   YES" not in cv2.getBuildInformation():
+        raise SourceError(f"camera {uri.raw} needs OpenCV with GStreamer, and this OpenCV has none",
+                          note=f"cv2 {cv2.__version__} from {cv2.__file__}",
+                          hint="on a Jetson use JetPack's OpenCV (python3-opencv) instead of a pip wheel:"
+                               " pip uninstall opencv-python-headless; create the venv with --system-site-packages")
+    return _CvReader(cv2.VideoCapture(gstreamer_csi_pipeline(uri), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}")
+
+
+def _open_v4l2(cv2: Any, uri: CameraURI) -> _Reader:
+    capture = cv2.VideoCapture(uri.location, cv2.CAP_V4L2)
+    if "size" in uri.params:
+        w, h = parse_size(uri.params["size"])
+        capture.set(cv2.CAP_PROP_FRAME_WIDTH, w)
+        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, h)
+    if "fps" in uri.params:
+        capture.set(cv2.CAP_PROP_FPS, uri.params["fps"])
+    capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+    return _CvReader(capture, f"V4L2 device {uri.location}")
+
+
+@dataclasses.dataclass
+class CameraStats:
+    captured: int = 0
+    reconnects: int = 0
+    connected: bool = False
+
+
+class Camera:
+    """One capture thread for one camera: reads frames into a FrameSlot, reconnects with backoff.
+
+    `start()` opens the source once in the caller's thread: a missing file fails the start;
+    a live source that cannot be opened yet is reported lost and retried in the background.
+    """
+
+    def __init__(self, camera_id: str, uri: CameraURI, *, on_event: EventSink) -> None:
+        self.id = camera_id
+        self.uri = uri
+        self.slot = FrameSlot(lossless=uri.lossless)
+        self.stats = CameraStats()
+        self._on_event = on_event
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._reader: _Reader | None = None
+        self._index = 0
+
+    @property
+    def live(self) -> bool:
+        return self.uri.scheme in ("v4l2", "rtsp", "csi")
+
+    def start(self) -> None:
+        try:
+            self._reader = open_reader(self.uri)
+            self.stats.connected = True
+        except SourceError as exc:
+            if not self.live:
+                raise SourceError(f"camera {self.id!r}: {exc.what}", note=exc.note, hint=exc.hint) from exc
+            self._lost(str(exc.what))
+        self._thread = threading.Thread(target=self._run, name=f"camera-{self.id}", daemon=True)
+        self._thread.start()
+        log.info("%s started (%s)", self.id, self.uri.redacted())
+
+    def stop(self, timeout: float) -> bool:
+        """Stop capturing; True when the thread ended within `timeout` seconds."""
+        self._stop.set()
+        self.slot.close()
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("%s: capture thread did not stop within %.1f s (blocked in the driver?)", self.id, timeout)
+            return False
+        return True
+
+    def _lost(self, reason: str) -> None:
+        self.stats.connected = False
+        log.warning("%s lost: %s", self.id, reason)
+        self._on_event("camera.lost", {"camera": self.id, "reason": reason})
+
+    def _run(self) -> None:
+        backoff = BACKOFF_START_S
+        try:
+            while not self._stop.is_set():
+                if self._reader is None:
+                    if self._stop.wait(backoff):
+                        return
+                    backoff = min(backoff * 2, BACKOFF_MAX_S)
+                    self._reconnect()
+                    continue
+                backoff = BACKOFF_START_S
+                if not self._pump(self._reader):
+                    return
+        finally:
+            if self._reader is not None:
+                self._reader.close()
+            self.slot.close()
+
+    def _reconnect(self) -> None:
+        try:
+            self._reader = open_reader(self.uri)
+        except SourceError as exc:
+            log.debug("%s: reconnect failed: %s", self.id, exc.what)
+            return
+        self.stats.reconnects += 1
+        self.stats.connected = True
+        log.info("%s recovered", self.id)
+        self._on_event("camera.recovered", {"camera": self.id})
+
+    def _pump(self, reader: _Reader) -> bool:
+        """Read frames until the source fails or ends. False means: stop the thread."""
+        realtime = not self.uri.lossless and not self.live
+        period_ns = int(1e9 / reader.fps)
+        next_ns = time.monotonic_ns()
+        while not self._stop.is_set():
+            image = reader.read()
+            if image is None:
+                return self._source_ended(reader)
+            frame = Frame(self.id, self._index, time.monotonic_ns(), image)
+            self._index += 1
+            self.stats.captured += 1
+            if not self.slot.put(frame, stop=self._stop):
+                return False
+            if realtime:
+                next_ns += period_ns
+                delay = (next_ns - time.monotonic_ns()) / 1e9
+                if delay > 0 and self._stop.wait(delay):
+                    return False
+        return False
+
+    def _source_ended(self, reader: _Reader) -> bool:
+        reader.close()
+        self._reader = None
+        if self.live:
+            self._lost("no frame from the device")
+            return True
+        if self.uri.params.get("loop"):
+            self._reconnect_file()
+            return True
+        log.info("%s: end of stream after %d frames", self.id, self._index)
+        return False
+
+    def _reconnect_file(self) -> None:
+        try:
+            self._reader = open_reader(self.uri)
+        except SourceError as exc:
+            self._lost(exc.what)
