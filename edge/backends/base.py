@@ -1,0 +1,193 @@
+"""The engine contract: an Engine per task variant creates one Slot per camera (or camera group).
+
+A slot owns K host input buffers and its execution resources (a CUDA stream, or a worker
+thread). Use: `buf = slot.input()`, write the preprocessed frame into `buf`,
+`pending = slot.submit(buf)`, later `outputs = pending.wait()`. Up to K submissions may be
+in flight; a buffer is reused only after its pending result was waited for.
+"""
+from __future__ import annotations
+
+import abc
+import dataclasses
+import threading
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Callable
+
+import numpy as np
+
+from edge.errors import EngineError, UsageError
+from edge.log import get_logger
+
+log = get_logger("engine")
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]     # -1 marks a dynamic dimension
+    dtype: np.dtype
+
+
+class Pending(abc.ABC):
+    """The result of one submission; `wait()` returns the outputs by name."""
+
+    def __init__(self, release: Callable[[], None]) -> None:
+        self._release = release
+        self._waited = False
+
+    def wait(self, timeout: float | None = None) -> dict[str, np.ndarray]:
+        try:
+            return self._wait_impl(timeout)
+        finally:
+            if not self._waited:
+                self._waited = True
+                self._release()
+
+    @abc.abstractmethod
+    def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]: ...
+
+    @abc.abstractmethod
+    def done(self) -> bool: ...
+
+
+class Slot(abc.ABC):
+    """Per-camera execution lane of an engine with a ring of `depth` input buffers."""
+
+    def __init__(self, engine: Engine, name: str, depth: int) -> None:
+        if depth < 1:
+            raise UsageError(f"slot {name!r}: depth must be at least 1, got {depth}")
+        self.engine = engine
+        self.name = name
+        self.depth = depth
+        self._lock = threading.Lock()
+        self._buffers = [self._alloc_input() for _ in range(depth)]
+        self._busy = [False] * depth
+        self._next = 0
+        self._closed = False
+
+    @abc.abstractmethod
+    def _alloc_input(self) -> np.ndarray: ...
+
+    @abc.abstractmethod
+    def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending: ...
+
+    @abc.abstractmethod
+    def _close_impl(self) -> None: ...
+
+    def input(self) -> np.ndarray:
+        """The host buffer the next `submit` will send; write the preprocessed tensor into it."""
+        with self._lock:
+            self._check_open()
+            if self._busy[self._next]:
+                raise UsageError(f"slot {self.name!r}: all {self.depth} input buffers are in flight",
+                                 hint="wait() for the oldest pending result before taking another buffer")
+            return self._buffers[self._next]
+
+    def submit(self, tensor: np.ndarray) -> Pending:
+        """Start inference on `tensor`, which must be the buffer returned by `input()`."""
+        with self._lock:
+            self._check_open()
+            index = self._next
+            if tensor is not self._buffers[index] or self._busy[index]:
+                raise UsageError(f"slot {self.name!r}: submit() takes the buffer returned by input()",
+                                 hint="call slot.input(), fill that array in place, then submit it")
+            self._busy[index] = True
+            self._next = (index + 1) % self.depth
+        return self._submit_impl(index, lambda: self._free(index))
+
+    def in_flight(self) -> int:
+        with self._lock:
+            return sum(self._busy)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._close_impl()
+        self.engine._forget(self)
+
+    def _free(self, index: int) -> None:
+        with self._lock:
+            self._busy[index] = False
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UsageError(f"slot {self.name!r} is closed")
+
+
+class Engine(abc.ABC):
+    """One model variant on one backend. `activate()` loads it; `deactivate()` frees it and its slots."""
+
+    backend = "base"
+
+    def __init__(self, path: str | Path, *, precision: str = "fp32") -> None:
+        self.path = Path(path)
+        self.precision = precision
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.metadata: dict[str, str] = {}
+        self.is_active = False
+        self._slots: list[Slot] = []
+
+    @property
+    def name(self) -> str:
+        return f"{self.path.name}:{self.backend}:{self.precision}"
+
+    def activate(self) -> Engine:
+        if self.is_active:
+            log.warning("%s | already active; not activating again", self.name)
+            return self
+        self._check_file()
+        self._activate_impl()
+        self.is_active = True
+        return self
+
+    def deactivate(self) -> None:
+        if not self.is_active:
+            return
+        for slot in list(self._slots):
+            slot.close()
+        self._deactivate_impl()
+        self.is_active = False
+
+    def create_slot(self, name: str, *, depth: int = 2) -> Slot:
+        if not self.is_active:
+            raise UsageError(f"engine {self.name}: create_slot() before activate()",
+                             hint="use `with engine:` or call engine.activate() first")
+        slot = self._create_slot_impl(name, depth)
+        self._slots.append(slot)
+        return slot
+
+    def _forget(self, slot: Slot) -> None:
+        if slot in self._slots:
+            self._slots.remove(slot)
+
+    def _check_file(self) -> None:
+        if not self.path.is_file():
+            raise EngineError(f"model file does not exist: {self.path}",
+                              hint="check the task's model path; `edge assets fetch` builds the demo model")
+        if self.path.stat().st_size == 0:
+            raise EngineError(f"model file is empty: {self.path}",
+                              hint="the file was truncated (interrupted copy?); fetch or build it again")
+
+    def __enter__(self) -> Engine:
+        return self.activate()
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.deactivate()
+
+    @abc.abstractmethod
+    def _activate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def _deactivate_impl(self) -> None: ...
+
+    @abc.abstractmethod
+    def _create_slot_impl(self, name: str, depth: int) -> Slot: ...
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "backend": self.backend, "precision": self.precision,
+                "inputs": [(t.name, list(t.shape), str(t.dtype)) for t in self.inputs],
+                "outputs": [(t.name, list(t.shape), str(t.dtype)) for t in self.outputs]}

@@ -1,0 +1,28 @@
+"""Perception task types: preprocessing spec and postprocessing per type, with labels."""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from edge.backends.base import Engine
+from edge.config import TaskConfig
+
+
+class Task(Protocol):
+    """What a lane needs from a task type."""
+
+    labels: list[str]
+
+    def preprocess(self, image: np.ndarray, out: np.ndarray) -> Any:
+        """Write the network input for `image` into `out`; return what postprocess needs."""
+
+    def postprocess(self, outputs: dict[str, np.ndarray], meta: Any) -> np.ndarray:
+        """Detections [N, 6] = x1, y1, x2, y2, score, class_id in source pixels."""
+
+
+def build_task(config: TaskConfig, engine: Engine) -> Task:
+    """The task implementation for `config.type`, checked against the active engine's tensors."""
+    from edge.tasks.detector import YoloDetector
+
+    return {"detector": YoloDetector.from_engine}[config.type](config, engine)
