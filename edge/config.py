@@ -112,6 +112,7 @@ class OutputConfig(_Strict):
     heartbeat_hz: float = Field(1.0, gt=0, le=10)
     queue_size: int = Field(64, ge=1, le=10_000)
     sndhwm: int = Field(100, ge=1, le=100_000)
+    labels: bool = False
 
     @field_validator("results")
     @classmethod

@@ -160,6 +160,14 @@ class Engine(abc.ABC):
         self._slots.append(slot)
         return slot
 
+    def warmup(self) -> None:
+        """Run one inference on a zero input so the first real frame does not pay for lazy initialisation."""
+        slot = self.create_slot("warmup", depth=1)
+        try:
+            slot.submit(slot.input()).wait()
+        finally:
+            slot.close()
+
     def _forget(self, slot: Slot) -> None:
         if slot in self._slots:
             self._slots.remove(slot)

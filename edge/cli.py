@@ -1,0 +1,158 @@
+"""The `edge` command: thin argument parsing over the library."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from edge import __version__
+from edge.errors import EdgeError
+from edge.log import LEVELS, get_logger, setup_logging
+
+log = get_logger("cli")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edge.config import load_config
+    from edge.service import Service
+
+    config = load_config(args.config)
+    setup_logging(args.log_level or config.logging.level)
+    service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber)
+    stop = threading.Event()
+    _on_signals(lambda: stop.set())
+    service.start()
+    try:
+        return service.run(stop)
+    finally:
+        service.stop()
+
+
+def _on_signals(handler: Callable[[], None]) -> None:
+    def on_signal(signum: int, frame: Any) -> None:
+        log.info("received %s, stopping", signal.Signals(signum).name)
+        handler()
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+
+def cmd_subscribe(args: argparse.Namespace) -> int:
+    from edge.client import Subscriber
+
+    stop = threading.Event()
+    _on_signals(lambda: stop.set())
+    received = 0
+    with Subscriber(args.endpoint, topics=args.topic or [""]) as sub:
+        print(f"subscribed to {sub.endpoint} topics {args.topic or ['(all)']}", file=sys.stderr, flush=True)
+        while not stop.is_set() and (args.count is None or received < args.count):
+            msg = sub.recv(timeout=0.2)
+            if msg is None:
+                continue
+            received += 1
+            line = json.dumps({"topic": msg.topic, **msg.payload}) if args.json else _summary(msg.topic, msg.payload)
+            print(line, flush=True)
+        print(f"received {received} message(s), missed {sub.missed} (seq gaps), invalid {sub.invalid}",
+              file=sys.stderr)
+    return 0
+
+
+def _summary(topic: str, p: dict[str, Any]) -> str:
+    if p["kind"] == "det":
+        names = p.get("labels") or [f"#{d[5]}" for d in p["detections"]]
+        latency = (p["t_publish_ns"] - p["t_capture_ns"]) / 1e6
+        dets = ", ".join(f"{n} {d[4]:.2f}" for n, d in zip(names, p["detections"]))
+        return f"{topic} seq={p['seq']} frame={p['frame']} latency={latency:.1f}ms {len(p['detections'])} det: {dets}"
+    if p["kind"] == "heartbeat":
+        lanes = "; ".join(f"{ln['task']}.{ln['camera']} {ln['fps']} fps p50={ln['latency_ms_p50']}ms"
+                          f" drops={ln['dropped_camera']}/{ln['dropped_publisher']}" for ln in p["lanes"])
+        return f"{topic} seq={p['seq']} uptime={p['uptime_s']}s {lanes}"
+    extra = {k: v for k, v in p.items() if k not in ("v", "kind", "seq", "t_publish_ns", "t_wall_ns")}
+    return f"{topic} seq={p['seq']} {extra}"
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from edge.demo import run_demo
+
+    setup_logging(args.log_level or "warning")
+    return run_demo(frames=args.frames, endpoint=args.endpoint, save_video=args.save_video)
+
+
+def cmd_assets_fetch(args: argparse.Namespace) -> int:
+    from edge import assets
+
+    result = assets.fetch(args.cache_dir)
+    print(f"demo assets ready in {result.root}")
+    return 0
+
+
+def cmd_darknet2onnx(args: argparse.Namespace) -> int:
+    from edge.tools import darknet
+
+    meta = darknet.convert(args.cfg, args.weights, args.names, args.output)
+    print(f"wrote {args.output}: {len(meta['anchors'])} YOLO heads, {meta['num_classes']} classes")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge", description="Perception runtime for NVIDIA Jetson in vehicles.")
+    parser.add_argument("--version", action="version", version=f"edge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon with a config file")
+    run.add_argument("--config", required=True, type=Path, help="YAML config file")
+    run.add_argument("--max-frames", type=_positive, help="exit 0 after N frames per lane")
+    run.add_argument("--wait-subscriber", type=float, default=0.0, metavar="SECONDS",
+                     help="before starting cameras, wait up to SECONDS for a first subscriber (tests, demos)")
+    run.add_argument("--log-level", choices=LEVELS, help="override logging.level")
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="the demo: YOLOv3-tiny on vtest.avi, results on ZeroMQ, live table")
+    demo.add_argument("--frames", type=_positive, help="stop after N frames (default: the whole video, 795)")
+    demo.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")
+    demo.add_argument("--save-video", type=Path, metavar="PATH", help="write an annotated MP4")
+    demo.add_argument("--log-level", choices=LEVELS)
+    demo.set_defaults(func=cmd_demo)
+
+    subscribe = sub.add_parser("subscribe", help="print results published by a running daemon")
+    subscribe.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")
+    subscribe.add_argument("--topic", action="append", metavar="PREFIX", help="topic prefix, repeatable (default all)")
+    subscribe.add_argument("--count", type=_positive, help="exit after N messages")
+    subscribe.add_argument("--json", action="store_true", help="one JSON object per line")
+    subscribe.set_defaults(func=cmd_subscribe)
+
+    assets = sub.add_parser("assets", help="demo assets").add_subparsers(dest="assets_command", required=True)
+    fetch = assets.add_parser("fetch", help="fetch, verify and convert the demo model, video and images")
+    fetch.add_argument("--cache-dir", type=Path, help="default $EDGE_CACHE or ~/.cache/edge")
+    fetch.set_defaults(func=cmd_assets_fetch)
+
+    model = sub.add_parser("model", help="model toolchain").add_subparsers(dest="model_command", required=True)
+    d2o = model.add_parser("darknet2onnx", help="convert a Darknet YOLO cfg+weights to ONNX")
+    d2o.add_argument("cfg", type=Path)
+    d2o.add_argument("weights", type=Path)
+    d2o.add_argument("names", type=Path, help="class names file, one per line")
+    d2o.add_argument("output", type=Path)
+    d2o.set_defaults(func=cmd_darknet2onnx)
+    return parser
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(getattr(args, "log_level", None) or "info")
+    try:
+        return args.func(args)
+    except EdgeError as exc:
+        print(f"edge {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

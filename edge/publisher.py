@@ -1,0 +1,205 @@
+"""The results publisher: the one thread that owns the PUB socket, fed by a bounded queue.
+
+The socket is an XPUB (a PUB that also sees subscriptions), so the daemon can report and,
+for tests and the demo only, wait for its first subscriber. Sending never blocks a lane:
+a full queue or a full socket (SNDHWM) drops the message and counts it; `seq` numbers are
+given at enqueue time, so subscribers see every drop as a gap.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import errno
+import os
+import queue
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from edge import protocol
+from edge.errors import EdgeError
+from edge.log import get_logger
+
+log = get_logger("publisher")
+CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
+MAX_INBOUND_BYTES = 1024     # subscriptions are tiny; a peer sending more is disconnected
+
+
+@dataclasses.dataclass
+class LaneStats:
+    """Counters of one (task, camera) lane; written by the lane and the publisher thread."""
+
+    task: str
+    camera: str
+    captured: int = 0
+    processed: int = 0
+    dropped_camera: int = 0
+    skipped_rate: int = 0
+    dropped_publisher: int = 0
+    published: int = 0
+    latencies_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=2048))
+
+    def latency_ms(self, quantile: float) -> float | None:
+        values = sorted(self.latencies_ns.copy())  # copy() is atomic; the publisher appends concurrently
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(quantile * len(values)))] / 1e6
+
+
+@dataclasses.dataclass
+class _Item:
+    topic: str
+    payload: dict[str, Any]
+    stats: LaneStats | None
+
+
+class Publisher:
+    def __init__(self, endpoint: str, *, sndhwm: int = 100, queue_size: int = 64,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.endpoint = endpoint
+        self._sndhwm = sndhwm
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket[Any] | None = None
+        self._thread: threading.Thread | None = None
+        self._seq: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self.subscriptions = 0
+        self.rejected_inbound = 0
+        self.dropped_other = 0
+
+    def start(self) -> None:
+        """Bind the socket (errors surface here) and start the sending thread."""
+        self._socket = self._bind()
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+        log.info("publishing results on %s", self.endpoint)
+
+    def _bind(self) -> zmq.Socket[Any]:
+        if self.endpoint.startswith("ipc://"):
+            _prepare_ipc(Path(self.endpoint[len("ipc://"):]))
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.close(linger=0)
+            hint = ("another edge daemon (or another program) uses it; stop it or set output.results /"
+                    " EDGE_RESULTS_ENDPOINT to a free endpoint") if exc.errno == errno.EADDRINUSE else \
+                "check the endpoint syntax and that its directory exists and is writable"
+            raise EdgeError(f"cannot bind results endpoint {self.endpoint}: {exc.strerror}", hint=hint) from exc
+        return sock
+
+    def next_seq(self, topic: str) -> int:
+        with self._seq_lock:
+            seq = self._seq.get(topic, 0)
+            self._seq[topic] = seq + 1
+            return seq
+
+    def publish(self, topic: str, payload: dict[str, Any], stats: LaneStats | None = None) -> bool:
+        """Queue a message (seq and schema version are added here); False when it was dropped."""
+        payload = {"v": protocol.SCHEMA_VERSION, **payload, "seq": self.next_seq(topic)}
+        try:
+            self._queue.put_nowait(_Item(topic, payload, stats))
+        except queue.Full:
+            self._count_drop(stats)
+            return False
+        return True
+
+    def event(self, name: str, details: dict[str, Any]) -> None:
+        log.info("event %s %s", name, details)
+        self.publish("sys.event", {"kind": "event", "event": name, **details})
+
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Send what is queued (bounded by `timeout`), then close the socket with a short flush."""
+        if self._thread is not None:
+            try:
+                self._queue.put(None, timeout=timeout)
+            except queue.Full:
+                log.warning("queue still full at stop; dropping %d queued messages", self._queue.qsize())
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("publisher thread did not stop within %.1f s", timeout)
+                return
+        if self._socket is not None:
+            self._socket.close(linger=CLOSE_FLUSH_MS)
+            self._socket = None
+
+    def _count_drop(self, stats: LaneStats | None) -> None:
+        if stats is not None:
+            stats.dropped_publisher += 1
+        else:
+            self.dropped_other += 1
+
+    def _run(self) -> None:
+        sock = self._socket
+        while True:
+            self._read_inbound(sock)
+            try:
+                item = self._queue.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            self._send(sock, item)
+
+    def _send(self, sock: zmq.Socket[Any], item: _Item) -> None:
+        now = time.monotonic_ns()
+        item.payload["t_publish_ns"] = now
+        item.payload["t_wall_ns"] = time.time_ns()
+        try:
+            sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)], flags=zmq.NOBLOCK)
+        except zmq.Again:
+            self._count_drop(item.stats)
+            return
+        if item.stats is not None:
+            item.stats.published += 1
+            item.stats.latencies_ns.append(now - item.payload["t_capture_ns"])
+
+    def _read_inbound(self, sock: zmq.Socket[Any]) -> None:
+        """Drain subscription messages; anything else a peer sends is counted and ignored."""
+        while True:
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            first = frames[0] if len(frames) == 1 else b""
+            if first[:1] == b"\x01":
+                self.subscriptions += 1
+                self._subscribed.set()
+                log.info("subscriber joined (topic prefix %r)", first[1:65].decode("utf-8", "replace"))
+            elif first[:1] == b"\x00":
+                self.subscriptions = max(0, self.subscriptions - 1)
+            else:
+                self.rejected_inbound += 1
+                if self.rejected_inbound == 1 or self.rejected_inbound % 1000 == 0:
+                    log.warning("ignored %d message(s) from subscribers that are not subscriptions",
+                                self.rejected_inbound)
+
+
+def _prepare_ipc(path: Path) -> None:
+    """Create the socket's directory; refuse when a live process already listens on the path."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        return                     # stale socket file: zmq replaces it
+    finally:
+        probe.close()
+    raise EdgeError(f"results endpoint ipc://{path} is already in use by a running process",
+                    note=f"pid of this process: {os.getpid()}",
+                    hint="stop the other edge daemon (systemctl stop edge) or set output.results /"
+                         " EDGE_RESULTS_ENDPOINT to another path")

@@ -1,0 +1,32 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="edge",
+    version="0.1.0",
+    description="Perception runtime for NVIDIA Jetson in vehicles: TensorRT/ONNX Runtime engines, ZeroMQ results",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["edge", "edge.*"]),
+    package_data={"edge": ["data/*.yaml"]},
+    install_requires=[
+        "numpy>=1.24",
+        "pyzmq>=25",
+        "msgpack>=1.0",
+        "PyYAML>=6.0",
+        "pydantic>=2.5,<3",
+        "onnxruntime>=1.16",
+        "onnx>=1.14",
+    ],
+    extras_require={
+        # pip OpenCV for PCs. On a Jetson keep JetPack's OpenCV (GStreamer for CSI cameras):
+        # do not install this extra there; create the venv with --system-site-packages.
+        "cv": ["opencv-python-headless>=4.8"],
+        "jetson": ["pycuda>=2022.1", "jetson-stats>=4.2"],
+        "tools": ["onnx>=1.14"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "opencv-python-headless>=4.8,<5"],
+    },
+    entry_points={"console_scripts": ["edge=edge.cli:main"]},
+)
