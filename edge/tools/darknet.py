@@ -40,7 +40,10 @@ def parse_cfg(text: str) -> list[dict[str, str]]:
             continue
         if line.startswith("[") and line.endswith("]"):
             sections.append({"type": line[1:-1].strip()})
-        elif "=" in line and sections:
+        elif "=" in line:
+            if not sections:
+                raise EngineError(f"Darknet cfg line {number}: {line!r} comes before the first [section];"
+                                  " a cfg must start with a [net] section")
             key, value = line.split("=", 1)
             sections[-1][key.strip()] = value.strip()
         else:

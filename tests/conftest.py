@@ -1,0 +1,84 @@
+"""Shared fixtures: real demo assets, real ZeroMQ endpoints, condition waits (never sleeps)."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+import zmq
+
+from edge import assets as edge_assets
+
+
+def _has_gpu() -> bool:
+    try:
+        import pycuda.driver as cuda
+
+        cuda.init()
+        return cuda.Device.count() > 0
+    except Exception:  # noqa: BLE001 - any import or driver failure means: no usable GPU
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    on_jetson = Path("/etc/nv_tegra_release").exists()
+    gpu = None
+    for item in items:
+        if "jetson" in item.keywords and not on_jetson:
+            item.add_marker(pytest.mark.skip(reason="needs a Jetson (no /etc/nv_tegra_release here)"))
+        if "gpu" in item.keywords:
+            gpu = _has_gpu() if gpu is None else gpu
+            if not gpu:
+                item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU and pycuda"))
+
+
+@pytest.fixture(scope="session")
+def demo() -> edge_assets.DemoAssets:
+    """The real demo assets (fetched and verified by scripts/test.sh before pytest runs)."""
+    return edge_assets.fetch(say=lambda line: None)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    """Poll `condition` until truthy; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.01)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def ctx() -> Iterator[zmq.Context]:
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def tcp_endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture
+def ipc_endpoint(tmp_path: Path) -> str:
+    return f"ipc://{tmp_path}/results.sock"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default endpoints land in a private runtime dir, never in the machine's /run/edge."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
+    monkeypatch.setattr("edge.protocol.RUN_DIR", Path("/nonexistent/edge"))
+    os.environ.pop("EDGE_RESULTS_ENDPOINT", None)
+    os.environ.pop("EDGE_LOG_LEVEL", None)

@@ -1,0 +1,151 @@
+"""Config: the demo config, every kind of bad input, env overrides, path resolution."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import Config, load_config, parse_config
+from edge.errors import ConfigError
+
+GOOD = """
+version: 1
+cameras:
+  - id: front
+    uri: file://videos/front.avi?realtime=0
+  - id: rear
+    uri: rtsp://user:secret@127.0.0.1:8554/rear
+tasks:
+  - name: people
+    type: detector
+    model: models/yolo.onnx
+    cameras: [front]
+  - name: cars
+    type: detector
+    variants: {fp32: m.onnx, int8: m.int8.onnx}
+    precision: int8
+    cameras: [front]
+    enabled: false
+"""
+
+
+def parse(text: str, env: dict[str, str] | None = None, base: Path = Path("/cfg")) -> Config:
+    return parse_config(text, source="test.yaml", base_dir=base, environ=env or {})
+
+
+def error(text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse(text, env)
+    return str(info.value)
+
+
+def test_good_config_resolves_paths_and_defaults() -> None:
+    config = parse(GOOD)
+    assert config.camera("front").uri == "file:///cfg/videos/front.avi?realtime=0"
+    assert config.camera("front").parsed.lossless
+    assert config.tasks[0].model_files == {"fp32": "/cfg/models/yolo.onnx"}
+    assert config.tasks[1].active_precision == "int8"
+    assert config.tasks[0].in_flight == 2 and config.output.heartbeat_hz == 1.0
+    assert config.output.results.startswith("ipc://") and config.output.results.endswith("/edge/results.sock")
+
+
+def test_only_cameras_of_enabled_tasks_are_used() -> None:
+    assert parse(GOOD).used_camera_ids() == ["front"]
+
+
+def test_packaged_demo_config_is_valid(tmp_path: Path) -> None:
+    from edge.demo import demo_config
+
+    config = demo_config(tmp_path, None)
+    assert config.tasks[0].model == f"{tmp_path}/models/yolov3-tiny.onnx"
+    assert config.cameras[0].parsed.location == f"{tmp_path}/media/vtest.avi"
+
+
+def test_malformed_yaml_names_line_and_column() -> None:
+    message = error("version: 1\ncameras: [\n")
+    assert "not valid YAML at line" in message and "Hint:" in message
+
+
+@pytest.mark.parametrize("text", ["", "- a\n- b\n", "just a string"])
+def test_top_level_must_be_a_mapping(text: str) -> None:
+    assert "must be a YAML mapping" in error(text)
+
+
+def test_unknown_key_lists_allowed_keys() -> None:
+    message = error(GOOD.replace("    cameras: [front]\n  - name: cars", "    camras: [front]\n  - name: cars"))
+    assert "tasks[0].camras" in message
+    assert "allowed keys here: name, type, model" in message
+
+
+def test_missing_required_key() -> None:
+    message = error(GOOD.replace("    type: detector\n    model: models", "    model: models"))
+    assert "tasks[0].type: Field required" in message and "Hint: add this key" in message
+
+
+def test_wrong_type_names_path_value_and_rule() -> None:
+    message = error(GOOD.replace("precision: int8", "precision: int8\n    in_flight: many"))
+    assert "tasks[1].in_flight" in message and "'many'" in message and "whole number" in message
+
+
+def test_uri_without_scheme() -> None:
+    message = error(GOOD.replace("file://videos/front.avi?realtime=0", "/dev/video0"))
+    assert "cameras[0].uri" in message and "has no scheme" in message and "v4l2:///dev/video0" in message
+
+
+def test_unknown_scheme_and_parameter() -> None:
+    assert "unknown camera URI scheme 'http'" in error(GOOD.replace("file://videos", "http://videos"))
+    assert "unknown parameter 'speed'" in error(GOOD.replace("realtime=0", "speed=2"))
+    assert "must be 0 or 1" in error(GOOD.replace("realtime=0", "realtime=maybe"))
+
+
+def test_undefined_camera_reference() -> None:
+    message = error(GOOD.replace("cameras: [front]\n  - name: cars", "cameras: [side]\n  - name: cars"))
+    assert "undefined camera(s) ['side']" in message
+
+
+def test_duplicate_ids_and_model_xor_variants() -> None:
+    assert "defined more than once" in error(GOOD.replace("id: rear", "id: front"))
+    assert "exactly one of `model`" in error(GOOD.replace("    model: models/yolo.onnx\n", ""))
+    assert "precision 'fp16' has no file" in error(GOOD.replace("precision: int8", "precision: fp16"))
+
+
+def test_bad_names_and_ranges() -> None:
+    assert "tasks[0].name" in error(GOOD.replace("name: people", "name: 'people.v2'"))
+    assert "tasks[0].params.conf_threshold" in error(
+        GOOD.replace("    cameras: [front]\n  - name: cars", "    cameras: [front]\n    params: {conf_threshold: 2}\n  - name: cars"))
+
+
+def test_endpoint_rules() -> None:
+    assert "not loopback" in error(GOOD + "output: {results: 'tcp://10.1.2.3:5555'}\n")
+    assert "absolute path" in error(GOOD + "output: {results: 'ipc://relative.sock'}\n")
+    assert parse(GOOD + "output: {results: 'tcp://127.0.0.1:5555'}\n").output.results == "tcp://127.0.0.1:5555"
+
+
+def test_env_overrides_and_their_errors() -> None:
+    config = parse(GOOD, {"EDGE_RESULTS_ENDPOINT": "tcp://127.0.0.1:7000", "EDGE_LOG_LEVEL": "debug"})
+    assert config.output.results == "tcp://127.0.0.1:7000" and config.logging.level == "debug"
+    message = error(GOOD, {"EDGE_LOG_LEVEL": "loud"})
+    assert "logging.level (from $EDGE_LOG_LEVEL)" in message and "'loud'" in message
+
+
+def test_variable_expansion() -> None:
+    config = parse(GOOD.replace("models/yolo.onnx", "${MODELS}/yolo.onnx"), {"MODELS": "/opt/m"})
+    assert config.tasks[0].model == "/opt/m/yolo.onnx"
+    message = error(GOOD.replace("models/yolo.onnx", "${MODELS}/yolo.onnx"))
+    assert "tasks[0].model uses ${MODELS}, which is not set" in message
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    message = error(GOOD.replace("id: rear", "id: rear\n    extra: 1").replace("priority", "x")
+                    .replace("type: detector\n    variants", "type: tracker\n    variants"))
+    assert "2 problem(s)" in message
+
+
+def test_load_config_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_load_config_resolves_relative_to_file(tmp_path: Path) -> None:
+    (tmp_path / "edge.yaml").write_text(GOOD)
+    assert load_config(tmp_path / "edge.yaml", environ={}).tasks[0].model == f"{tmp_path}/models/yolo.onnx"

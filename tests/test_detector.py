@@ -1,0 +1,118 @@
+"""The detector task on the real demo model: known content of the Darknet test images, letterbox, NMS."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.backends.onnxruntime import OnnxRuntimeEngine
+from edge.config import TaskConfig
+from edge.errors import EngineError
+from edge.preprocess import Letterbox, letterbox_into
+from edge.tasks import build_task
+from edge.tasks.detector import nms
+from tests.models import conv_model
+
+CONFIG = TaskConfig(name="objects", type="detector", model="unused.onnx", cameras=["c"])
+
+
+def detect(engine: OnnxRuntimeEngine, image: np.ndarray, config: TaskConfig = CONFIG) -> list[tuple[str, float, list[float]]]:
+    task = build_task(config, engine)
+    slot = engine.create_slot("test", depth=1)
+    buf = slot.input()
+    meta = task.preprocess(image, buf)
+    rows = task.postprocess(slot.submit(buf).wait(), meta)
+    slot.close()
+    return [(task.labels[int(r[5])], float(r[4]), r[:4].tolist()) for r in rows]
+
+
+@pytest.fixture(scope="module")
+def engine(demo):
+    with OnnxRuntimeEngine(demo.model) as active:
+        yield active
+
+
+def test_dog_jpg_known_content(engine, demo) -> None:
+    found = detect(engine, cv2.imread(str(demo.image("dog.jpg"))))
+    names = {name for name, _, _ in found}
+    assert {"dog", "bicycle"} <= names and names & {"car", "truck"}
+    dog = next(box for name, _, box in found if name == "dog")
+    assert 100 < dog[0] < 160 and 480 < dog[3] < 560           # the dog sits bottom-left in the 768x576 image
+
+
+def test_person_jpg_known_content(engine, demo) -> None:
+    names = {name for name, score, _ in detect(engine, cv2.imread(str(demo.image("person.jpg")))) if score > 0.5}
+    assert {"person", "dog", "horse"} <= names
+
+
+def test_boxes_are_in_source_pixels_and_inside_the_frame(engine, demo) -> None:
+    image = cv2.imread(str(demo.image("kite.jpg")))             # 1352x900: a strong letterbox
+    found = detect(engine, image)
+    assert found
+    h, w = image.shape[:2]
+    for _, score, (x1, y1, x2, y2) in found:
+        assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and 0.3 <= score <= 1
+
+
+def test_threshold_and_max_detections(engine, demo) -> None:
+    image = cv2.imread(str(demo.image("dog.jpg")))
+    strict = CONFIG.model_copy(update={"params": CONFIG.params.model_copy(update={"conf_threshold": 0.6})})
+    assert all(score >= 0.6 for _, score, _ in detect(engine, image, strict))
+    capped = CONFIG.model_copy(update={"params": CONFIG.params.model_copy(update={"max_detections": 2})})
+    assert len(detect(engine, image, capped)) == 2
+
+
+def test_letterbox_geometry_and_fill() -> None:
+    image = np.full((576, 768, 3), (0, 0, 255), np.uint8)         # pure red in BGR
+    out = np.zeros((1, 3, 416, 416), np.float32)
+    box = letterbox_into(image, out)
+    assert (box.width, box.height, box.left, box.top) == (416, 312, 0, 52)
+    assert out[0, :, 0, 0].tolist() == [0.5, 0.5, 0.5]          # padding is Darknet grey
+    assert out[0, :, 200, 200].tolist() == [1.0, 0.0, 0.0]       # RGB order, 0..1
+    back = box.to_source(np.array([[0, 52, 416, 364]], np.float32))
+    np.testing.assert_allclose(back, [[0, 0, 768, 576]], atol=1e-3)
+
+
+def test_letterbox_rejects_wrong_image() -> None:
+    with pytest.raises(ValueError, match="BGR uint8"):
+        letterbox_into(np.zeros((10, 10), np.uint8), np.zeros((1, 3, 32, 32), np.float32))
+
+
+def test_letterbox_fit_tall_image() -> None:
+    assert Letterbox.fit(100, 400, 416, 416) == Letterbox(1.04, 156, 0, 104, 416, 100, 400)
+
+
+def test_nms_keeps_best_of_overlapping_boxes() -> None:
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.45).tolist() == [0, 2]
+    assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.95).tolist() == [0, 1, 2]
+
+
+def test_model_without_yolo_metadata_is_refused(tmp_path: Path) -> None:
+    path = conv_model(tmp_path / "plain.onnx", input_shape=[1, 3, 64, 64], out_channels=8, stride=1)
+    with OnnxRuntimeEngine(path) as engine, pytest.raises(EngineError, match="no `edge.yolo` metadata"):
+        build_task(CONFIG, engine)
+
+
+def test_model_input_shape_not_matching_the_task(tmp_path: Path) -> None:
+    meta = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
+    gray = conv_model(tmp_path / "gray.onnx", input_shape=[1, 1, 64, 64], out_channels=21, stride=32, yolo_meta=meta)
+    with OnnxRuntimeEngine(gray) as engine, pytest.raises(EngineError, match=r"needs float32 \[1, 3, H, W\]"):
+        build_task(CONFIG, engine)
+    wrong = conv_model(tmp_path / "wrong.onnx", input_shape=[1, 3, 64, 64], out_channels=20, stride=32, yolo_meta=meta)
+    with OnnxRuntimeEngine(wrong) as engine, pytest.raises(EngineError, match=r"expected \[1, 21, 2, 2\]"):
+        build_task(CONFIG, engine)
+    heads = conv_model(tmp_path / "heads.onnx", input_shape=[1, 3, 64, 64], out_channels=21, stride=32,
+                       yolo_meta=meta, n_outputs=2)
+    with OnnxRuntimeEngine(heads) as engine, pytest.raises(EngineError, match="2 outputs but its metadata describes 1"):
+        build_task(CONFIG, engine)
+
+
+def test_labels_file_must_match_class_count(tmp_path: Path, engine) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    config = CONFIG.model_copy(update={"params": CONFIG.params.model_copy(update={"labels": str(labels)})})
+    with pytest.raises(EngineError, match="lists 2 classes, the model has 80"):
+        build_task(config, engine)

@@ -1,0 +1,197 @@
+"""Cameras: URI parsing, latest-frame slots, real video decode, lost/recovered, bounded stop."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.errors import SourceError
+from edge.sources import Camera, EndOfStream, Frame, FrameSlot, gstreamer_csi_pipeline, open_reader, parse_uri
+from tests.conftest import free_port, wait_for
+from tests.media import write_video
+
+import numpy as np
+
+
+class Events:
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str, details: dict[str, Any]) -> None:
+        with self.lock:
+            self.items.append((name, details))
+
+    def names(self) -> list[str]:
+        with self.lock:
+            return [n for n, _ in self.items]
+
+
+def drain(camera: Camera, limit: int = 10_000) -> list[Frame]:
+    reader = camera.slot.register()
+    frames, last = [], -1
+    try:
+        while len(frames) < limit:
+            frame = camera.slot.get_after(reader, last, timeout=10)
+            assert frame is not None, "camera produced no frame within 10 s"
+            frames.append(frame)
+            last = frame.index
+    except EndOfStream:
+        pass
+    return frames
+
+
+@pytest.mark.parametrize("uri,scheme,location,params", [
+    ("file:///v/a.avi?realtime=0&loop=1", "file", "/v/a.avi", {"realtime": False, "loop": True}),
+    ("test://bars?fps=15&size=320x240&frames=5", "test", "bars", {"fps": 15.0, "size": "320x240", "frames": 5}),
+    ("v4l2:///dev/video0?size=640x480", "v4l2", "/dev/video0", {"size": "640x480"}),
+    ("csi://0?flip=2", "csi", "0", {"flip": 2}),
+    ("rtsp://u:p@cam.local:554/s?x=1", "rtsp", "rtsp://u:p@cam.local:554/s?x=1", {}),
+])
+def test_parse_uri(uri: str, scheme: str, location: str, params: dict[str, Any]) -> None:
+    parsed = parse_uri(uri)
+    assert (parsed.scheme, parsed.location, parsed.params) == (scheme, location, params)
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("video.avi", "has no scheme"), ("http://x/y", "unknown camera URI scheme"),
+    ("test://bars?size=big", "WIDTHxHEIGHT"), ("test://stripes", "unknown test pattern"),
+    ("csi://front", "sensor number"), ("rtsp:///nohost", "no host"), ("file://", "names no file"),
+    ("test://bars?fps=-1", "must not be negative"),
+])
+def test_parse_uri_errors(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_uri(uri)
+
+
+def test_relative_file_uri_resolves_against_base(tmp_path: Path) -> None:
+    assert parse_uri("file://clips/a.avi", base_dir=tmp_path).location == f"{tmp_path}/clips/a.avi"
+
+
+def test_rtsp_password_is_redacted() -> None:
+    assert parse_uri("rtsp://admin:hunter2@10.0.0.5:554/live").redacted() == "rtsp://admin:***@10.0.0.5:554/live"
+
+
+def test_frame_slot_latest_frame_replaces_older() -> None:
+    slot, stop = FrameSlot(lossless=False), threading.Event()
+    reader = slot.register()
+    image = np.zeros((2, 2, 3), np.uint8)
+    for i in range(3):
+        assert slot.put(Frame("c", i, i, image), stop=stop)
+    assert slot.get_after(reader, -1, 0).index == 2
+    assert slot.get_after(reader, 2, 0) is None
+    slot.close()
+    with pytest.raises(EndOfStream):
+        slot.get_after(reader, 2, 0)
+
+
+def test_frame_slot_lossless_waits_for_every_reader() -> None:
+    slot, stop = FrameSlot(lossless=True), threading.Event()
+    a, b = slot.register(), slot.register()
+    image = np.zeros((2, 2, 3), np.uint8)
+    slot.put(Frame("c", 0, 0, image), stop=stop)
+    done = threading.Event()
+    producer = threading.Thread(target=lambda: (slot.put(Frame("c", 1, 1, image), stop=stop), done.set()))
+    producer.start()
+    assert slot.get_after(a, -1, 1).index == 0
+    assert not done.wait(0.05)          # reader b has not read frame 0 yet: the producer must wait
+    assert slot.get_after(b, -1, 1).index == 0
+    wait_for(done.is_set, 5, "producer to continue")
+    producer.join(5)
+
+
+def test_file_camera_decodes_every_frame_when_not_realtime(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "clip.avi", 40)
+    camera = Camera("c", parse_uri(f"file://{video}?realtime=0"), on_event=Events())
+    reader_frames: list[Frame] = []
+    thread = threading.Thread(target=lambda: reader_frames.extend(drain(camera)))
+    thread.start()
+    camera.start()
+    thread.join(20)
+    assert [f.index for f in reader_frames] == list(range(40))
+    assert reader_frames[0].image.shape == (120, 160, 3)
+    assert all(b.t_capture_ns >= a.t_capture_ns for a, b in zip(reader_frames, reader_frames[1:]))
+    assert camera.stop(5)
+
+
+def test_demo_video_decodes(demo: Any) -> None:
+    camera = Camera("vtest", parse_uri(f"file://{demo.video}?realtime=0"), on_event=Events())
+    frames: list[Frame] = []
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera, limit=795)))
+    thread.start()
+    camera.start()
+    thread.join(120)
+    assert len(frames) == 795 and frames[0].image.shape == (576, 768, 3)
+    camera.stop(5)
+
+
+def test_missing_camera_file_fails_start(tmp_path: Path) -> None:
+    camera = Camera("front", parse_uri(f"file://{tmp_path}/missing.avi"), on_event=Events())
+    with pytest.raises(SourceError, match="camera 'front': camera file does not exist") as info:
+        camera.start()
+    assert "Hint:" in str(info.value)
+
+
+def test_test_pattern_honours_frame_limit() -> None:
+    camera = Camera("t", parse_uri("test://bars?size=64x48&frames=7&realtime=0"), on_event=Events())
+    frames: list[Frame] = []
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
+    thread.start()
+    camera.start()
+    thread.join(10)
+    assert len(frames) == 7 and frames[0].image.shape == (48, 64, 3)
+    camera.stop(5)
+
+
+def test_unreachable_rtsp_reports_lost_and_stops_in_bounded_time() -> None:
+    events = Events()
+    camera = Camera("rear", parse_uri(f"rtsp://127.0.0.1:{free_port()}/live"), on_event=events)
+    camera.start()                                   # a live camera that is down does not fail the start
+    wait_for(lambda: "camera.lost" in events.names(), 10, "camera.lost event")
+    assert events.items[0][1]["camera"] == "rear"
+    assert not camera.stats.connected
+    assert camera.stop(5)
+
+
+def test_looping_file_lost_and_recovered(tmp_path: Path) -> None:
+    video = write_video(tmp_path / "loop.avi", 5)
+    kept = tmp_path / "kept.avi"
+    events = Events()
+    camera = Camera("c", parse_uri(f"file://{video}?realtime=0&loop=1"), on_event=events)
+    reader = camera.slot.register()
+    camera.start()
+    assert camera.slot.get_after(reader, -1, 10) is not None
+    video.rename(kept)                               # the file disappears: the next loop cannot reopen it
+    seen = [-1]
+
+    def consume_until_lost() -> bool:              # keep consuming (lossless) until the loop fails
+        frame = camera.slot.get_after(reader, seen[0], 0.05)
+        seen[0] = frame.index if frame is not None else seen[0]
+        return "camera.lost" in events.names()
+    wait_for(consume_until_lost, 10, "camera.lost event")
+    last = seen[0]
+    kept.rename(video)
+    wait_for(lambda: "camera.recovered" in events.names(), 15, "camera.recovered event")
+    assert camera.stats.reconnects == 1
+    frame = camera.slot.get_after(reader, last, 10)
+    assert frame is not None and frame.index > last   # frames flow again, indexes keep increasing
+    assert camera.stop(5)
+
+
+def test_csi_without_gstreamer_is_a_clear_error() -> None:
+    import cv2
+
+    if "GStreamer:                   YES" in cv2.getBuildInformation():
+        pytest.skip("this OpenCV has GStreamer; the error path needs one without")
+    with pytest.raises(SourceError, match="needs OpenCV with GStreamer") as info:
+        open_reader(parse_uri("csi://0"))
+    assert "JetPack's OpenCV" in str(info.value)
+
+
+def test_csi_pipeline_uses_nvargus_and_latest_frame_appsink() -> None:
+    pipeline = gstreamer_csi_pipeline(parse_uri("csi://1?size=1920x1080&fps=60&flip=2"))
+    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
+    assert "width=1920,height=1080,framerate=60/1" in pipeline and "flip-method=2" in pipeline
+    assert pipeline.endswith("appsink drop=1 max-buffers=1 sync=false")
