@@ -4,9 +4,10 @@
         msg = sub.recv(timeout=1.0)      # Message or None
         print(msg.topic, msg.payload["detections"], sub.missed)
 
-Incoming data is untrusted: messages over `max_bytes` are refused by ZeroMQ (MAXMSGSIZE),
-msgpack is unpacked with limits and no ext types, and the schema is checked. Invalid
-messages are skipped and counted (`invalid`, `last_error`), never raised.
+Incoming data is untrusted: payloads over `max_bytes` are skipped, msgpack is unpacked with
+limits and no ext types, and the schema is checked. Invalid messages are skipped and counted
+(`invalid`, `last_error`), never raised. The transport bounds memory too (MAXMSGSIZE,
+TRANSPORT_LIMIT): libzmq drops a connection whose peer sends more, and does not reconnect it.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from edge.errors import ProtocolError
 from edge.log import get_logger
 
 log = get_logger("client")
+TRANSPORT_LIMIT = 64 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +48,7 @@ class Subscriber:
         self._last_seq: dict[str, int] = {}
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max_bytes + 256)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max(TRANSPORT_LIMIT, max_bytes))
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._socket.connect(self.endpoint)

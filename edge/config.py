@@ -268,7 +268,8 @@ def _describe(err: Any, overridden: dict[tuple[str, ...], str]) -> str:
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         hint += f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
-    value = "" if err["type"] == "missing" else f" (value: {err['input']!r:.120})"
+    whole_block = isinstance(err["input"], dict)          # a rule across keys: the rule names the values
+    value = "" if err["type"] == "missing" or whole_block else f" (value: {err['input']!r:.120})"
     return f"{where}: {rule}{value}. Hint: {hint}"
 
 

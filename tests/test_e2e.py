@@ -1,0 +1,185 @@
+"""End to end: `edge run` in a subprocess on the demo video, an independent subscriber, signals, failures."""
+from __future__ import annotations
+
+import collections
+import json
+import signal
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+import zmq
+
+from tests.conftest import free_port
+from tests.daemon import RawSubscriber, run, start
+
+N = 12
+DET_KEYS = {"v", "kind", "task", "camera", "seq", "frame", "t_capture_ns", "t_publish_ns", "t_wall_ns",
+            "precision", "engine", "size", "detections", "labels"}
+
+
+def write_config(tmp_path: Path, demo, endpoint: str, *, cameras: str | None = None, tasks: str | None = None) -> Path:
+    cameras = cameras or f"""
+  - id: cam0
+    uri: file://{demo.video}?realtime=0
+  - id: cam1
+    uri: test://bars?size=320x240&realtime=0
+  - id: unused
+    uri: file:///does/not/exist.avi
+"""
+    tasks = tasks or f"""
+  - name: objects
+    type: detector
+    model: {demo.model}
+    cameras: [cam0, cam1]
+    threads: 1
+  - name: people
+    type: detector
+    model: {demo.model}
+    cameras: [cam0]
+    threads: 1
+  - name: idle
+    type: detector
+    model: {demo.model}
+    cameras: [unused]
+    enabled: false
+"""
+    path = tmp_path / "edge.yaml"
+    path.write_text(f"version: 1\ncameras:{cameras}tasks:{tasks}output:\n  results: {endpoint}\n  labels: true\n")
+    return path
+
+
+def collect(sub: RawSubscriber, proc, until) -> dict[str, list[dict]]:
+    """Messages by topic until `until(messages)` or the daemon exits and nothing more arrives (60 s cap)."""
+    messages: dict[str, list[dict]] = collections.defaultdict(list)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not until(messages):
+        got = sub.recv(200)
+        if got is not None:
+            messages[got[0]].append(got[1])
+        elif proc.poll() is not None:
+            break
+    return messages
+
+
+def test_run_publishes_exactly_n_per_lane(demo, tmp_path: Path, ctx: zmq.Context) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = RawSubscriber(ctx, endpoint)
+    proc = start(write_config(tmp_path, demo, endpoint), "--max-frames", str(N), "--wait-subscriber", "60")
+    messages = collect(sub, proc, lambda m: False)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    lanes = {"det.objects.cam0": (768, 576), "det.objects.cam1": (320, 240), "det.people.cam0": (768, 576)}
+    assert {t for t in messages if t.startswith("det.")} == set(lanes)
+    for topic, (width, height) in lanes.items():
+        got = messages[topic]
+        assert [m["seq"] for m in got] == list(range(N)), topic                  # exactly N, contiguous
+        assert [m["frame"] for m in got] == list(range(N)), topic                # realtime=0: no frame dropped
+        for m in got:
+            assert set(m) == DET_KEYS and m["v"] == 1 and m["kind"] == "det"
+            assert m["size"] == [width, height] and m["precision"] == "fp32"
+            assert m["t_capture_ns"] <= m["t_publish_ns"]
+            assert len(m["labels"]) == len(m["detections"])
+            for x1, y1, x2, y2, score, cls in m["detections"]:
+                assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height and 0 < score <= 1
+                assert isinstance(cls, int) and 0 <= cls < 80
+    people = [label for m in messages["det.objects.cam0"] for label in m["labels"] if label == "person"]
+    assert len(people) >= 3 * N                                                  # vtest: about 5 people a frame
+    beats = messages["sys.heartbeat"]
+    assert beats and beats[-1]["lanes"][0]["processed"] == N
+    assert {c["id"] for c in beats[-1]["cameras"]} == {"cam0", "cam1"}            # 'unused' never opened
+    assert "unused" not in stderr
+    sub.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_stops_everything_with_exit_0(demo, tmp_path: Path, ctx: zmq.Context, signum: int) -> None:
+    endpoint = f"ipc://{tmp_path}/r.sock"
+    sub = RawSubscriber(ctx, endpoint, b"det.")
+    config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?loop=1\n",
+                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+    proc = start(config, "--wait-subscriber", "60")
+    assert collect(sub, proc, lambda m: len(m["det.objects.cam0"]) >= 2)["det.objects.cam0"]
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=10)                     # the service bounds its stop at 5 s
+    assert proc.returncode == 0, stderr
+    assert f"received {signal.Signals(signum).name}, stopping" in stderr and "service    | stopped" in stderr
+    sub.close()
+
+
+def test_unreachable_rtsp_camera_does_not_stop_the_others(demo, tmp_path: Path, ctx: zmq.Context) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = RawSubscriber(ctx, endpoint)
+    cameras = (f"\n  - id: cam0\n    uri: file://{demo.video}?realtime=0\n"
+               f"  - id: rear\n    uri: rtsp://127.0.0.1:{free_port()}/live\n")
+    tasks = f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0, rear]\n"
+    proc = start(write_config(tmp_path, demo, endpoint, cameras=cameras, tasks=tasks), "--wait-subscriber", "60")
+    messages = collect(sub, proc, lambda m: len(m["det.objects.cam0"]) >= 5 and m["sys.event"])
+    assert len(messages["det.objects.cam0"]) >= 5
+    assert any(e["event"] == "camera.lost" and e["camera"] == "rear" for e in messages["sys.event"])
+    assert proc.poll() is None                                   # still running
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=15)
+    assert proc.returncode == 0, stderr
+    sub.close()
+
+
+def _fails(config: Path, *expected: str) -> None:
+    result = run("run", "--config", str(config), "--max-frames", "1")
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("edge run: error:") == 1
+    for text in expected:
+        assert text in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_startup_failure_bad_config(tmp_path: Path) -> None:
+    (tmp_path / "edge.yaml").write_text("version: 1\ncameras: [{id: a, uri: /dev/video0}]\ntasks: []\n")
+    _fails(tmp_path / "edge.yaml", "cameras[0].uri", "has no scheme", "tasks: List should have at least 1 item")
+
+
+def test_startup_failure_missing_camera_file(demo, tmp_path: Path) -> None:
+    config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock",
+                          cameras=f"\n  - id: cam0\n    uri: file://{tmp_path}/gone.avi\n",
+                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+    _fails(config, "camera 'cam0': camera file does not exist", "Hint:")
+
+
+def test_startup_failure_corrupt_model(demo, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage" * 100)
+    config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock",
+                          tasks=f"\n  - name: objects\n    type: detector\n    model: {bad}\n    cameras: [cam0]\n")
+    _fails(config, "ONNX Runtime cannot load", str(bad))
+
+
+def test_startup_failure_endpoint_in_use(demo, tmp_path: Path, ctx: zmq.Context) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    squatter = ctx.socket(zmq.PUB)
+    squatter.setsockopt(zmq.LINGER, 0)
+    squatter.bind(endpoint)
+    _fails(write_config(tmp_path, demo, endpoint), f"cannot bind results endpoint {endpoint}", "Hint:")
+    squatter.close(linger=0)
+
+
+def test_subscribe_command_prints_json(demo, tmp_path: Path) -> None:
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?realtime=0\n",
+                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+    proc = start(config, "--max-frames", "4", "--wait-subscriber", "60")
+    result = run("subscribe", "--endpoint", endpoint, "--topic", "det.", "--count", "4", "--json", timeout=120)
+    proc.communicate(timeout=30)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [m["seq"] for m in lines] == [0, 1, 2, 3] and lines[0]["topic"] == "det.objects.cam0"
+    assert "received 4 message(s), missed 0" in result.stderr
+
+
+def test_demo_command_with_video(tmp_path: Path, demo) -> None:
+    out = tmp_path / "demo.mp4"
+    result = run("demo", "--frames", "5", "--endpoint", f"ipc://{tmp_path}/demo.sock", "--save-video", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "fps" in result.stdout.splitlines()[0] and "processed 5 frames, missed 0" in result.stderr
+    capture = cv2.VideoCapture(str(out))
+    assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5

@@ -1,0 +1,65 @@
+"""Schema v1 and safe unpacking of untrusted msgpack."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from edge import protocol
+from edge.errors import ProtocolError
+
+
+def det(**override: object) -> dict:
+    payload = {"v": 1, "kind": "det", "seq": 0, "t_publish_ns": 2, "t_wall_ns": 3, "task": "t", "camera": "c",
+               "frame": 0, "t_capture_ns": 1, "precision": "fp32", "engine": "m.onnx:onnxruntime:fp32",
+               "size": [768, 576], "detections": [[1.0, 2.0, 30.5, 40.0, 0.9, 0]]}
+    payload.update(override)
+    return payload
+
+
+def test_roundtrip_and_validate() -> None:
+    payload = det()
+    assert protocol.validate("det.t.c", protocol.unpack(protocol.pack(payload))) == payload
+
+
+@pytest.mark.parametrize("buf,message", [
+    (b"\xc1", "not valid msgpack"),
+    (msgpack.packb({1: "int key"}), "not valid msgpack"),
+    (msgpack.packb(msgpack.ExtType(5, b"x")), "ext type 5"),
+    (b"\xdd\xff\xff\xff\xff", "not valid msgpack"),                  # array32 header claiming 4G items
+    (b"\x92\x01", "not valid msgpack"),                              # truncated array
+])
+def test_unpack_rejects_hostile_input(buf: bytes, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        protocol.unpack(buf)
+
+
+def test_unpack_size_limit() -> None:
+    with pytest.raises(ProtocolError, match="exceeds the 100-byte limit"):
+        protocol.unpack(msgpack.packb("x" * 200), max_bytes=100)
+
+
+@pytest.mark.parametrize("payload,message", [
+    ([1, 2], "not a map"),
+    (det(v=2), "schema version 2"),
+    ({k: v for k, v in det().items() if k != "seq"}, "field 'seq'"),
+    (det(seq=True), "field 'seq'"),
+    (det(kind="weird"), "unknown kind"),
+    (det(size=[0, 10]), "is not \\[width, height\\]"),
+    (det(detections=[[1, 2, 3]]), "is not \\[x1, y1, x2, y2, score, class_id\\]"),
+    (det(detections=[["a", 2, 3, 4, 5, 6]]), "is not \\[x1"),
+])
+def test_validate_rejects(payload: object, message: str) -> None:
+    with pytest.raises(ProtocolError, match=message):
+        protocol.validate("det.t.c", payload)
+
+
+def test_heartbeat_needs_only_common_fields() -> None:
+    beat = {"v": 1, "kind": "heartbeat", "seq": 3, "t_publish_ns": 1, "t_wall_ns": 2, "lanes": []}
+    assert protocol.validate("sys.heartbeat", beat) is beat
+
+
+def test_default_endpoint_falls_back_when_run_dir_is_not_writable(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/edge/results.sock"
+    monkeypatch.setattr("edge.protocol.RUN_DIR", tmp_path)
+    assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/results.sock"

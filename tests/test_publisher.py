@@ -1,0 +1,119 @@
+"""The publisher on real sockets: schema, seq, drops, endpoint in use, garbage from subscribers."""
+from __future__ import annotations
+
+import os
+import socket
+from typing import Iterator
+
+import pytest
+import zmq
+
+from edge.client import Subscriber
+from edge.errors import EdgeError
+from edge.publisher import LaneStats, Publisher
+from tests.conftest import wait_for
+
+
+@pytest.fixture
+def publisher(ctx: zmq.Context, tcp_endpoint: str) -> Iterator[Publisher]:
+    pub = Publisher(tcp_endpoint, context=ctx)
+    pub.start()
+    yield pub
+    pub.stop(5)
+
+
+def subscribed(pub: Publisher, ctx: zmq.Context, topics: list[str]) -> Subscriber:
+    sub = Subscriber(pub.endpoint, topics=topics, context=ctx)
+    assert pub.wait_for_subscriber(10)
+    return sub
+
+
+def det(frame: int) -> dict:
+    return {"kind": "det", "task": "t", "camera": "c", "frame": frame, "t_capture_ns": 1, "precision": "fp32",
+            "engine": "e", "size": [10, 10], "detections": []}
+
+
+def test_messages_follow_schema_with_contiguous_seq(publisher: Publisher, ctx: zmq.Context) -> None:
+    sub = subscribed(publisher, ctx, ["det."])
+    stats = LaneStats("t", "c")
+    for frame in range(5):
+        assert publisher.publish("det.t.c", det(frame), stats)
+    messages = [sub.recv(timeout=5) for _ in range(5)]
+    assert [m.seq for m in messages] == [0, 1, 2, 3, 4] and sub.missed == 0 and sub.invalid == 0
+    assert all(m.payload["t_publish_ns"] >= 1 and m.payload["v"] == 1 for m in messages)
+    wait_for(lambda: stats.published == 5, 5, "published counter")
+    assert len(stats.latencies_ns) == 5
+    sub.close()
+
+
+def test_events_carry_their_details(publisher: Publisher, ctx: zmq.Context) -> None:
+    sub = subscribed(publisher, ctx, ["sys.event"])
+    publisher.event("camera.lost", {"camera": "rear", "reason": "timeout"})
+    message = sub.recv(timeout=5)
+    assert message.topic == "sys.event"
+    assert {k: message.payload[k] for k in ("kind", "event", "camera", "reason")} == {
+        "kind": "event", "event": "camera.lost", "camera": "rear", "reason": "timeout"}
+    sub.close()
+
+
+def test_full_queue_drops_and_counts_without_blocking(ctx: zmq.Context, tcp_endpoint: str) -> None:
+    pub = Publisher(tcp_endpoint, queue_size=2, context=ctx)   # not started: nothing drains the queue
+    stats = LaneStats("t", "c")
+    results = [pub.publish("det.t.c", det(i), stats) for i in range(5)]
+    assert results == [True, True, False, False, False] and stats.dropped_publisher == 3
+    assert pub.next_seq("det.t.c") == 5                         # dropped messages used their seq: gaps show
+
+
+def test_tcp_endpoint_in_use(publisher: Publisher, ctx: zmq.Context) -> None:
+    second = Publisher(publisher.endpoint, context=ctx)
+    with pytest.raises(EdgeError, match="cannot bind results endpoint") as info:
+        second.start()
+    assert "Hint: another edge daemon" in str(info.value)
+
+
+def test_ipc_endpoint_in_use_and_stale_socket_file(ctx: zmq.Context, ipc_endpoint: str) -> None:
+    first = Publisher(ipc_endpoint, context=ctx)
+    first.start()
+    with pytest.raises(EdgeError, match="already in use by a running process"):
+        Publisher(ipc_endpoint, context=ctx).start()
+    first.stop(5)
+    path = ipc_endpoint[len("ipc://"):]
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)     # a socket file nobody listens on
+    try:
+        if os.path.exists(path):
+            os.unlink(path)
+        stale.bind(path)
+    finally:
+        stale.close()
+    again = Publisher(ipc_endpoint, context=ctx)
+    again.start()                                                 # stale file: replaced, not refused
+    again.stop(5)
+
+
+def test_ipc_directory_is_created(ctx: zmq.Context, tmp_path) -> None:
+    pub = Publisher(f"ipc://{tmp_path}/a/b/results.sock", context=ctx)
+    pub.start()
+    assert (tmp_path / "a" / "b").is_dir()
+    pub.stop(5)
+
+
+def test_garbage_from_peers_does_not_stop_publishing(publisher: Publisher, ctx: zmq.Context) -> None:
+    good = subscribed(publisher, ctx, ["det."])
+    host, port = publisher.endpoint[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as raw:   # not even ZMTP
+        raw.sendall(b"GET / HTTP/1.1\r\n\r\n" + bytes(range(256)) * 4)
+    junk = ctx.socket(zmq.XSUB)
+    junk.setsockopt(zmq.LINGER, 0)
+    junk.connect(publisher.endpoint)
+    junk.send(b"\x07not a subscription")
+    junk.send(b"\x01" + b"x" * 5000)                                      # over the inbound size limit
+    wait_for(lambda: publisher.rejected_inbound >= 1, 10, "the junk message to be seen and ignored")
+    publisher.publish("det.t.c", det(0), LaneStats("t", "c"))
+    message = good.recv(timeout=5)
+    assert message is not None and message.payload["frame"] == 0
+    junk.close(linger=0)
+    good.close()
+
+
+def test_wait_for_subscriber_times_out(publisher: Publisher) -> None:
+    assert not publisher.wait_for_subscriber(0.05)
