@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Create .venv in the checkout and install edge into it.
+#   scripts/setup.sh          runtime (+ pip OpenCV on PCs)
+#   scripts/setup.sh --dev    also the test tools
+# On a Jetson the venv sees the system site packages (JetPack's TensorRT and OpenCV with GStreamer),
+# and no pip OpenCV is installed over them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=()
+[[ "${1:-}" == "--dev" ]] && extras+=(dev)
+
+pick_python() {
+    for py in "${EDGE_PYTHON:-}" python3 python3.12 python3.11 python3.10; do
+        [[ -n "$py" ]] && command -v "$py" >/dev/null || continue
+        if "$py" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
+            echo "$py"; return 0
+        fi
+    done
+    echo "setup: no Python 3.10-3.12 found (set EDGE_PYTHON=/path/to/python3.x)" >&2
+    return 1
+}
+
+venv_args=()
+if [[ -f /etc/nv_tegra_release ]]; then
+    venv_args+=(--system-site-packages)
+else
+    extras+=(cv)
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+    py=$(pick_python)
+    "$py" -m venv "${venv_args[@]}" .venv || {
+        echo "setup: '$py -m venv' failed. Hint: sudo apt-get install python3-venv" >&2; exit 1; }
+fi
+spec="."
+if (( ${#extras[@]} )); then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+echo "setup: edge installed in .venv ($spec)"
