@@ -1,6 +1,7 @@
 """The daemon: builds everything from config, starts and stops in bounded steps, heartbeats."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -20,9 +21,12 @@ log = get_logger("service")
 STOP_TIMEOUT_S = 5.0
 
 
-def make_engine(task: TaskConfig) -> Engine:
+def make_engine(task: TaskConfig, total_lanes: int) -> Engine:
+    """The task's engine. ONNX Runtime threads default to the usable cores shared among all lanes:
+    two sessions running at once with all cores each oversubscribe the CPU (benchmarks/cpu_pipeline.py)."""
     precision = task.active_precision
-    return OnnxRuntimeEngine(task.model_files[precision], precision=precision, threads=task.threads)
+    threads = task.threads or max(1, len(os.sched_getaffinity(0)) // max(1, total_lanes))
+    return OnnxRuntimeEngine(task.model_files[precision], precision=precision, threads=threads)
 
 
 class Service:
@@ -54,8 +58,9 @@ class Service:
         if not tasks:
             raise EdgeError("no task is enabled", hint="set `enabled: true` on at least one task")
         built = {}
+        total_lanes = sum(len(t.cameras) for t in tasks)
         for task in tasks:
-            engine = make_engine(task)
+            engine = make_engine(task, total_lanes)
             log.info("task %s: loading %s", task.name, engine.name)
             engine.activate()
             self.engines[task.name] = engine
