@@ -42,10 +42,11 @@ class CameraConfig(_Strict):
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str, info: ValidationInfo) -> str:
-        base = (info.context or {}).get("base_dir")
-        parsed = sources.parse_uri(value, base_dir=base)
-        return f"file://{parsed.location}" + (f"?{value.split('?', 1)[1]}" if "?" in value else "") \
-            if parsed.scheme == "file" else value
+        parsed = sources.parse_uri(value, base_dir=(info.context or {}).get("base_dir"))
+        if parsed.scheme != "file":
+            return value
+        query = value.partition("?")[2]
+        return f"file://{parsed.location}" + (f"?{query}" if query else "")
 
     @property
     def parsed(self) -> sources.CameraURI:

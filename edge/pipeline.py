@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Engine, Pending
+from edge.backends.base import Engine, Pending, Slot
 from edge.config import TaskConfig
 from edge.errors import EdgeError
 from edge.log import get_logger
@@ -69,12 +69,15 @@ class Lane:
         except EdgeError as exc:
             self.error = exc
             log.error("%s failed: %s", self.name, exc)
+        except Exception as exc:  # a bug must end the service (exit 1 -> restart), not leave a silent dead lane
+            self.error = EdgeError(f"lane {self.name} crashed: {exc!r}")
+            log.exception("%s crashed", self.name)
         finally:
             self.camera.slot.unregister(reader)
             slot.close()
             self.finished.set()
 
-    def _loop(self, reader: int, slot: Any, inflight: collections.deque[_InFlight]) -> None:
+    def _loop(self, reader: int, slot: Slot, inflight: collections.deque[_InFlight]) -> None:
         last_index, last_accepted_ns, submitted = -1, 0, 0
         ended = False
         while not self._stop.is_set():

@@ -85,11 +85,11 @@ class Service:
                  ", ".join(lane.name for lane in self.lanes))
 
     def run(self, stop: threading.Event) -> int:
-        """Heartbeat until `stop` is set or every lane has finished; 0 when all lanes ended cleanly."""
+        """Heartbeat until `stop` is set, every lane has finished, or one failed (then 1: systemd restarts us)."""
         period = 1.0 / self.config.output.heartbeat_hz
         next_beat = time.monotonic()
         while not stop.is_set():
-            if all(lane.finished.is_set() for lane in self.lanes):
+            if all(lane.finished.is_set() for lane in self.lanes) or any(lane.error for lane in self.lanes):
                 break
             if time.monotonic() >= next_beat:
                 self.publish_heartbeat()

@@ -1,0 +1,79 @@
+"""The service in-process: lifecycle, thread defaults, and a lane failure injected at run time."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from edge.config import parse_config
+from edge.errors import EdgeError, EngineError
+from edge.service import Service
+from edge.tasks.detector import YoloDetector
+
+
+def config(demo, tmp_path: Path, cameras: int = 1, tasks_extra: str = ""):
+    cams = "".join(f"  - id: c{i}\n    uri: file://{demo.video}?realtime=0\n" for i in range(cameras))
+    text = (f"version: 1\ncameras:\n{cams}tasks:\n  - name: objects\n    type: detector\n    model: {demo.model}\n"
+            f"    cameras: [{', '.join(f'c{i}' for i in range(cameras))}]\n{tasks_extra}"
+            f"output:\n  results: ipc://{tmp_path}/r.sock\n")
+    return parse_config(text, source="test", base_dir=tmp_path, environ={})
+
+
+def test_threads_default_to_cores_shared_by_lanes(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    service = Service(config(demo, tmp_path, cameras=2), max_frames=1)
+    service.start()
+    assert service.engines["objects"].threads == 2
+    assert service.run(threading.Event()) == 0
+    service.stop()
+
+
+def test_failing_lane_ends_the_service_with_1(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection in the run phase: postprocessing fails on the third frame."""
+    original, calls = YoloDetector.postprocess, []
+
+    def failing(self, outputs, meta):
+        calls.append(1)
+        if len(calls) == 3:
+            raise EngineError("injected fault")
+        return original(self, outputs, meta)
+    monkeypatch.setattr(YoloDetector, "postprocess", failing)
+    service = Service(config(demo, tmp_path))
+    service.start()
+    assert service.run(threading.Event()) == 1
+    assert "injected fault" in str(service.lanes[0].error)
+    assert service.lanes[0].stats.processed == 2
+    service.stop()
+
+
+def test_a_crash_in_a_lane_is_an_error_too(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(YoloDetector, "postprocess", lambda self, outputs, meta: 1 / 0)
+    service = Service(config(demo, tmp_path))
+    service.start()
+    assert service.run(threading.Event()) == 1
+    assert "ZeroDivisionError" in str(service.lanes[0].error)
+    service.stop()
+
+
+def test_start_failure_releases_what_was_started(demo, tmp_path: Path) -> None:
+    cfg = config(demo, tmp_path, tasks_extra="    enabled: false\n")
+    service = Service(cfg)
+    with pytest.raises(EdgeError, match="no task is enabled"):
+        service.start()
+    again = Service(cfg.model_copy(update={"tasks": [cfg.tasks[0].model_copy(update={"enabled": True})]}),
+                    max_frames=1)
+    again.start()                      # the endpoint was released by the failed start
+    assert again.run(threading.Event()) == 0
+    again.stop()
+
+
+def test_stop_while_running_is_bounded(demo, tmp_path: Path) -> None:
+    service = Service(config(demo, tmp_path))
+    service.start()
+    stop = threading.Event()
+    stop.set()
+    assert service.run(stop) == 0
+    service.stop(timeout=5)
+    assert all(lane.finished.is_set() for lane in service.lanes)
+    assert not service.engines["objects"].is_active
