@@ -26,7 +26,7 @@ setup(
         "cv": ["opencv-python-headless>=4.8"],
         "jetson": ["pycuda>=2022.1", "jetson-stats>=4.2"],
         "tools": ["onnx>=1.14"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "opencv-python-headless>=4.8,<5"],
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "opencv-python-headless>=4.8,<5"],
     },
     entry_points={"console_scripts": ["edge=edge.cli:main"]},
 )

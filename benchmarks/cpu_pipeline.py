@@ -172,7 +172,8 @@ def main() -> None:
                                "repeat": args.repeat}
     results.update({name: median_of(rs) for name, rs in samples.items()})
     raw, naive = results["a_raw_engine"], results["b_naive_loop"]
-    print(f"{'run':18} {'fps':>6} {'x raw':>6} {'x naive':>7} {'p50 ms':>7} {'p99 ms':>7} {'cpu ms/f':>8} {'outside':>8}")
+    print(f"{'run':18} {'fps':>6} {'x raw':>6} {'x naive':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'cpu ms/f':>8} {'outside':>8}")
     for name in runs:
         r = results[name]
         r["ratio_to_raw"] = r["fps"] / raw["fps"]

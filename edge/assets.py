@@ -15,8 +15,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from edge.config import default_cache_dir
 from edge.errors import AssetError

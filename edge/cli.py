@@ -6,8 +6,9 @@ import json
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from edge import __version__
 from edge.errors import EdgeError
@@ -67,11 +68,16 @@ def _summary(topic: str, p: dict[str, Any]) -> str:
         dets = ", ".join(f"{n} {d[4]:.2f}" for n, d in zip(names, p["detections"]))
         return f"{topic} seq={p['seq']} frame={p['frame']} latency={latency:.1f}ms {len(p['detections'])} det: {dets}"
     if p["kind"] == "heartbeat":
-        lanes = "; ".join(f"{ln['task']}.{ln['camera']} {ln['fps']} fps p50={ln['latency_ms_p50']}ms"
+        lanes = "; ".join(f"{ln['task']}.{ln['camera']} {ln['fps']} fps p50={format_ms(ln['latency_ms_p50'])}"
+                          f" p99={format_ms(ln['latency_ms_p99'])}"
                           f" drops={ln['dropped_camera']}/{ln['dropped_publisher']}" for ln in p["lanes"])
         return f"{topic} seq={p['seq']} uptime={p['uptime_s']}s {lanes}"
     extra = {k: v for k, v in p.items() if k not in ("v", "kind", "seq", "t_publish_ns", "t_wall_ns")}
     return f"{topic} seq={p['seq']} {extra}"
+
+
+def format_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}ms"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

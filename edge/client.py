@@ -12,8 +12,9 @@ TRANSPORT_LIMIT): libzmq drops a connection whose peer sends more, and does not 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from types import TracebackType
-from typing import Any, Iterable
+from typing import Any
 
 import zmq
 

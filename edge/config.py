@@ -174,7 +174,8 @@ def load_config(path: str | Path, *, environ: typing.Mapping[str, str] | None = 
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
-                          hint="pass an existing file with --config; `edge demo` uses the packaged demo config") from exc
+                          hint="pass an existing file with --config; `edge demo` uses the packaged demo config"
+                          ) from exc
     return parse_config(text, source=str(path), base_dir=path.resolve().parent, environ=env)
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import assets
+from edge.cli import format_ms
 from edge.client import Message, Subscriber
 from edge.config import Config, parse_config
 from edge.errors import EdgeError
@@ -67,7 +68,8 @@ class _Annotator:
 
 
 class _Table:
-    HEADER = f"{'time s':>7} {'fps':>6} {'lat p50':>8} {'lat p99':>8} {'drops':>6} {'frames':>6} {'det/frame':>9}  top classes"
+    HEADER = (f"{'time s':>7} {'fps':>6} {'lat p50':>8} {'lat p99':>8} {'drops':>6} {'frames':>6} {'det/frame':>9}"
+              "  top classes")
 
     def __init__(self) -> None:
         self.frames = 0
@@ -89,14 +91,10 @@ class _Table:
         per_frame = self.detections / self.frames if self.frames else 0.0
         top = ", ".join(f"{name} {count}" for name, count in self.classes.most_common(3))
         drops = lane["dropped_camera"] + lane["dropped_publisher"]
-        print(f"{payload['uptime_s']:7.1f} {lane['fps']:6.1f} {_ms(lane['latency_ms_p50']):>8} "
-              f"{_ms(lane['latency_ms_p99']):>8} {drops:6d} {self.frames:6d} {per_frame:9.1f}  {top}", flush=True)
+        print(f"{payload['uptime_s']:7.1f} {lane['fps']:6.1f} {format_ms(lane['latency_ms_p50']):>8} "
+              f"{format_ms(lane['latency_ms_p99']):>8} {drops:6d} {self.frames:6d} {per_frame:9.1f}  {top}", flush=True)
         self.frames, self.detections = 0, 0
         self.classes.clear()
-
-
-def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}ms"
 
 
 def run_demo(*, frames: int | None, endpoint: str | None, save_video: Path | None) -> int:

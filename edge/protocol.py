@@ -99,7 +99,8 @@ def validate(topic: str, payload: Any) -> dict[str, Any]:
     fields = dict(_COMMON, **_DET) if payload.get("kind") == "det" else _COMMON
     for key, kind in fields.items():
         if not isinstance(payload.get(key), kind) or isinstance(payload.get(key), bool):
-            raise ProtocolError(f"payload on {topic!r}: field {key!r} is {payload.get(key)!r}, expected {kind.__name__}")
+            raise ProtocolError(f"payload on {topic!r}: field {key!r} is {payload.get(key)!r},"
+                                f" expected {kind.__name__}")
     if payload["kind"] not in KINDS:
         raise ProtocolError(f"payload on {topic!r} has unknown kind {payload['kind']!r}")
     if payload["kind"] == "det":

@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 .venv/bin/edge assets fetch
+.venv/bin/ruff check edge tests benchmarks
 exec .venv/bin/python -m pytest -q "$@"

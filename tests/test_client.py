@@ -1,7 +1,7 @@
 """The subscriber helper against a real ZeroMQ publisher socket owned by the test."""
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import msgpack
 import pytest

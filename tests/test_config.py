@@ -112,7 +112,8 @@ def test_duplicate_ids_and_model_xor_variants() -> None:
 def test_bad_names_and_ranges() -> None:
     assert "tasks[0].name" in error(GOOD.replace("name: people", "name: 'people.v2'"))
     assert "tasks[0].params.conf_threshold" in error(
-        GOOD.replace("    cameras: [front]\n  - name: cars", "    cameras: [front]\n    params: {conf_threshold: 2}\n  - name: cars"))
+        GOOD.replace("    cameras: [front]\n  - name: cars",
+                     "    cameras: [front]\n    params: {conf_threshold: 2}\n  - name: cars"))
 
 
 def test_endpoint_rules() -> None:

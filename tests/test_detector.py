@@ -18,7 +18,10 @@ from tests.models import conv_model
 CONFIG = TaskConfig(name="objects", type="detector", model="unused.onnx", cameras=["c"])
 
 
-def detect(engine: OnnxRuntimeEngine, image: np.ndarray, config: TaskConfig = CONFIG) -> list[tuple[str, float, list[float]]]:
+Found = list[tuple[str, float, list[float]]]
+
+
+def detect(engine: OnnxRuntimeEngine, image: np.ndarray, config: TaskConfig = CONFIG) -> Found:
     task = build_task(config, engine)
     slot = engine.create_slot("test", depth=1)
     buf = slot.input()

@@ -19,6 +19,10 @@ DET_KEYS = {"v", "kind", "task", "camera", "seq", "frame", "t_capture_ns", "t_pu
             "precision", "engine", "size", "detections", "labels"}
 
 
+def one_task(model: Path) -> str:
+    return f"\n  - name: objects\n    type: detector\n    model: {model}\n    cameras: [cam0]\n"
+
+
 def write_config(tmp_path: Path, demo, endpoint: str, *, cameras: str | None = None, tasks: str | None = None) -> Path:
     cameras = cameras or f"""
   - id: cam0
@@ -98,7 +102,7 @@ def test_signal_stops_everything_with_exit_0(demo, tmp_path: Path, ctx: zmq.Cont
     endpoint = f"ipc://{tmp_path}/r.sock"
     sub = RawSubscriber(ctx, endpoint, b"det.")
     config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?loop=1\n",
-                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+                          tasks=one_task(demo.model))
     proc = start(config, "--wait-subscriber", "60")
     assert collect(sub, proc, lambda m: len(m["det.objects.cam0"]) >= 2)["det.objects.cam0"]
     proc.send_signal(signum)
@@ -142,7 +146,7 @@ def test_startup_failure_bad_config(tmp_path: Path) -> None:
 def test_startup_failure_missing_camera_file(demo, tmp_path: Path) -> None:
     config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock",
                           cameras=f"\n  - id: cam0\n    uri: file://{tmp_path}/gone.avi\n",
-                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+                          tasks=one_task(demo.model))
     _fails(config, "camera 'cam0': camera file does not exist", "Hint:")
 
 
@@ -150,7 +154,7 @@ def test_startup_failure_corrupt_model(demo, tmp_path: Path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"garbage" * 100)
     config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock",
-                          tasks=f"\n  - name: objects\n    type: detector\n    model: {bad}\n    cameras: [cam0]\n")
+                          tasks=one_task(bad))
     _fails(config, "ONNX Runtime cannot load", str(bad))
 
 
@@ -166,7 +170,7 @@ def test_startup_failure_endpoint_in_use(demo, tmp_path: Path, ctx: zmq.Context)
 def test_subscribe_command_prints_json(demo, tmp_path: Path) -> None:
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?realtime=0\n",
-                          tasks=f"\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n")
+                          tasks=one_task(demo.model))
     proc = start(config, "--max-frames", "4", "--wait-subscriber", "60")
     result = run("subscribe", "--endpoint", endpoint, "--topic", "det.", "--count", "4", "--json", timeout=120)
     proc.communicate(timeout=30)

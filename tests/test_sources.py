@@ -5,14 +5,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from edge.errors import SourceError
 from edge.sources import Camera, EndOfStream, Frame, FrameSlot, gstreamer_csi_pipeline, open_reader, parse_uri
 from tests.conftest import free_port, wait_for
 from tests.media import write_video
-
-import numpy as np
 
 
 class Events:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import abc
 import dataclasses
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -106,7 +106,8 @@ class YoloDetector:
 
     def _decode(self, head: _Head, raw: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         anchors = head.anchor_w.size // (raw.shape[2] * raw.shape[3])
-        t = raw.reshape(anchors, -1, raw.shape[2] * raw.shape[3]).transpose(0, 2, 1).reshape(-1, raw.shape[1] // anchors)
+        cells = raw.shape[2] * raw.shape[3]
+        t = raw.reshape(anchors, -1, cells).transpose(0, 2, 1).reshape(-1, raw.shape[1] // anchors)
         objectness = _sigmoid(t[:, 4])
         rows = np.nonzero(objectness > conf)[0]
         scores = objectness[rows, None] * _sigmoid(t[rows, 5:])

@@ -112,7 +112,8 @@ class _Builder:
         y = _Tensor(out, n, size(x.height), size(x.width))
         activation = sec.get("activation", "linear")
         if activation == "leaky":
-            self.nodes.append(self.helper.make_node("LeakyRelu", [out], [f"leaky{i}"], name=f"leaky{i}", alpha=LEAKY_SLOPE))
+            self.nodes.append(self.helper.make_node("LeakyRelu", [out], [f"leaky{i}"], name=f"leaky{i}",
+                                                    alpha=LEAKY_SLOPE))
             y.name = f"leaky{i}"
         elif activation != "linear":
             raise EngineError(f"layer {i}: activation {activation!r} is not supported (leaky, linear)")
@@ -183,7 +184,8 @@ def convert(cfg_path: Path, weights_path: Path, names_path: Path, out_path: Path
         name = f"yolo{n}_{head['tensor'].height}x{head['tensor'].width}"
         builder.nodes.append(onnx.helper.make_node("Identity", [head["tensor"].name], [name], name=name))
         t = head["tensor"]
-        outputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [1, t.channels, t.height, t.width]))
+        shape = [1, t.channels, t.height, t.width]
+        outputs.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, shape))
     graph = onnx.helper.make_graph(
         builder.nodes, Path(cfg_path).stem,
         [onnx.helper.make_tensor_value_info("images", onnx.TensorProto.FLOAT,
@@ -207,5 +209,6 @@ def _yolo_head(i: int, sec: dict[str, str], x: _Tensor, num_classes: int, input_
     if int(sec.get("classes", num_classes)) != num_classes:
         raise EngineError(f"layer {i}: [yolo] has classes={sec.get('classes')} but the names file lists {num_classes}")
     if x.channels != len(mask) * (5 + num_classes):
-        raise EngineError(f"layer {i}: [yolo] input has {x.channels} channels, expected {len(mask) * (5 + num_classes)}")
+        raise EngineError(f"layer {i}: [yolo] input has {x.channels} channels,"
+                          f" expected {len(mask) * (5 + num_classes)}")
     return {"tensor": x, "anchors": [pairs[m] for m in mask], "stride": input_width // x.width}
