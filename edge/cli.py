@@ -103,6 +103,68 @@ def cmd_darknet2onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_input_size(path: Path) -> tuple[int, int]:
+    from edge.tools.common import input_shape, load_onnx
+
+    shape = input_shape(load_onnx(path))
+    return shape[3], shape[2]
+
+
+def cmd_fp16(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from edge.tools import data, fp16
+
+    if args.check:
+        samples, report = data.load_samples(args.check, fit_to=_model_input_size(args.input), every=args.every)
+        data.require(samples, report, 1, "--check")
+        images = [s.image for s in samples[:16]]
+    else:
+        rng = np.random.default_rng(0)
+        images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
+    result = fp16.convert(args.input, args.output, check_images=images)
+    print(f"wrote {args.output}: max |fp16 - fp32| = {result.max_abs_diff:.4f} over {result.frames} frames"
+          f" (outputs up to {result.max_abs_output:.1f}; limit {fp16.MAX_REL_DIFF:.0%} of that)")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from edge.tools import data, quantize, select
+
+    samples, report = data.load_samples(args.calib, fit_to=_model_input_size(args.input), every=args.every)
+    print(f"calibration data: {report.describe()}", file=sys.stderr)
+    count = args.count or len(samples)
+    data.require(samples, report, count, "calibration set")
+    chosen = select.select(samples, count, args.select, seed=args.seed)
+    result = quantize.quantize(args.input, args.output, chosen, method=args.method, exclude=args.exclude)
+    print(f"wrote {args.output}: INT8 Q/DQ, {result.quantized_nodes} QuantizeLinear nodes, calibrated on"
+          f" {result.frames} frames ({args.select}, {args.method}); excluded: {result.excluded or 'none'}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from edge.tools import data, evaluate
+
+    samples, report = data.load_samples(args.data, fit_to=_model_input_size(args.reference), every=args.every)
+    print(f"evaluation data: {report.describe()}", file=sys.stderr)
+    data.require(samples, report, 1, "evaluation set")
+    result = evaluate.evaluate(args.reference, args.candidate, samples, conf_threshold=args.conf)
+    if args.labels:
+        result["coco"] = {"reference": evaluate.coco_map(args.labels, args.reference, samples),
+                          "candidate": evaluate.coco_map(args.labels, args.candidate, samples)}
+    print(evaluate.format_report(result, reference=args.reference, candidate=args.candidate, min_f1=args.min_f1))
+    if args.labels:
+        print(f"  COCO labels: reference mAP {result['coco']['reference']['map']} (AP50"
+              f" {result['coco']['reference']['map50']}), candidate mAP {result['coco']['candidate']['map']}"
+              f" (AP50 {result['coco']['candidate']['map50']})")
+    if args.json:
+        from edge.tools.common import atomic_output
+
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps(dict(result, min_f1=args.min_f1), indent=2))
+    return 1 if args.min_f1 is not None and result["f1"] < args.min_f1 else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="Perception runtime for NVIDIA Jetson in vehicles.")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -142,6 +204,38 @@ def build_parser() -> argparse.ArgumentParser:
     d2o.add_argument("names", type=Path, help="class names file, one per line")
     d2o.add_argument("output", type=Path)
     d2o.set_defaults(func=cmd_darknet2onnx)
+
+    half = model.add_parser("fp16", help="FP16 variant (float32 inputs/outputs kept), checked against fp32")
+    half.add_argument("input", type=Path)
+    half.add_argument("output", type=Path)
+    half.add_argument("--check", nargs="+", metavar="SRC", help="videos/images/folders to compare on"
+                      " (default: 4 seeded random images)")
+    half.add_argument("--every", type=_positive, default=1, help="use every K-th video frame")
+    half.set_defaults(func=cmd_fp16)
+
+    quant = model.add_parser("quantize", help="INT8 Q/DQ variant calibrated on your frames")
+    quant.add_argument("input", type=Path)
+    quant.add_argument("output", type=Path)
+    quant.add_argument("--calib", nargs="+", required=True, metavar="SRC", help="videos, images or image folders")
+    quant.add_argument("--select", choices=["random", "diverse"], default="diverse",
+                       help="how to pick --count frames (default diverse: k-center greedy)")
+    quant.add_argument("--count", type=_positive, help="calibration frames to use (default: all)")
+    quant.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
+    quant.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="nodes to keep in float")
+    quant.add_argument("--seed", type=int, default=0, help="seed of --select random")
+    quant.add_argument("--every", type=_positive, default=1, help="use every K-th video frame")
+    quant.set_defaults(func=cmd_quantize)
+
+    evaluate = model.add_parser("evaluate", help="accuracy gate: candidate detections against a reference")
+    evaluate.add_argument("--reference", type=Path, required=True, help="e.g. the fp32 or fp16 variant")
+    evaluate.add_argument("--candidate", type=Path, required=True, help="e.g. the int8 variant")
+    evaluate.add_argument("--data", nargs="+", required=True, metavar="SRC", help="held-out videos/images/folders")
+    evaluate.add_argument("--min-f1", type=float, help="exit 1 when F1 against the reference is below this")
+    evaluate.add_argument("--conf", type=float, default=0.3, help="confidence threshold for F1 (default 0.3)")
+    evaluate.add_argument("--labels", type=Path, help="COCO-format labels for real mAP (pycocotools)")
+    evaluate.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
+    evaluate.add_argument("--every", type=_positive, default=1, help="use every K-th video frame")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

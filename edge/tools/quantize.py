@@ -1,0 +1,91 @@
+"""INT8 Q/DQ variant for TensorRT's explicit quantization: symmetric int8 activations (per tensor)
+and weights (per output channel), calibrated with the task's own preprocessing (ONNX Runtime's
+static quantization in QDQ format)."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from edge.errors import EngineError
+from edge.tools.common import atomic_output, input_shape, input_tensor, load_onnx
+from edge.tools.data import Sample
+
+Method = Literal["entropy", "minmax", "percentile"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizeReport:
+    frames: int
+    method: str
+    quantized_nodes: int
+    excluded: list[str]
+
+
+class _Reader:
+    """CalibrationDataReader over preprocessed frames, with a progress bar."""
+
+    def __init__(self, name: str, tensors: list[np.ndarray], progress: bool) -> None:
+        from tqdm import tqdm
+
+        self._name = name
+        self._items = iter(tensors)
+        self._bar = tqdm(total=len(tensors), desc="calibrating", unit="frame", disable=not progress, leave=False)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        tensor = next(self._items, None)
+        if tensor is None:
+            self._bar.close()
+            return None
+        self._bar.update()
+        return {self._name: tensor}
+
+
+def quantize(src: Path, dst: Path, calibration: list[Sample], *, method: Method = "entropy",
+             exclude: list[str] | None = None, progress: bool = True) -> QuantizeReport:
+    """Write the INT8 Q/DQ variant of `src` calibrated on `calibration` frames to `dst` (atomically)."""
+    try:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    except ImportError as exc:
+        raise EngineError("INT8 quantization needs onnxruntime's quantization tools",
+                          hint="pip install 'edge[tools]'") from exc
+    if not calibration:
+        raise EngineError("the calibration set is empty", hint="pass videos, images or folders with --calib")
+    model = load_onnx(src)
+    shape = input_shape(model)
+    nodes = {n.name for n in model.graph.node}
+    unknown = sorted(set(exclude or []) - nodes)
+    if unknown:
+        raise EngineError(f"--exclude names nodes that are not in {src}: {unknown}",
+                          note=f"nodes: {', '.join(sorted(nodes)[:12])}{' ...' if len(nodes) > 12 else ''}")
+    methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
+               "percentile": CalibrationMethod.Percentile}
+    reader = _Reader(model.graph.input[0].name, [input_tensor(s.image, shape) for s in calibration], progress)
+    with atomic_output(dst) as tmp, _quiet():
+        quantize_static(str(src), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=methods[method], nodes_to_exclude=list(exclude or []),
+                        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                                       "QuantizeBias": False})   # TensorRT takes int8 Q/DQ, float bias
+        quantized = sum(1 for n in load_onnx(tmp).graph.node if n.op_type == "QuantizeLinear")
+    return QuantizeReport(len(calibration), method, quantized, sorted(exclude or []))
+
+
+class _quiet:
+    """ONNX Runtime's quantizer logs advice through the root logger and prints its progress on stdout;
+    keep stdout for our result lines (its prints go to stderr)."""
+
+    def __enter__(self) -> None:
+        self._level = logging.getLogger().level
+        logging.getLogger().setLevel(logging.ERROR)
+        self._redirect = contextlib.redirect_stdout(sys.stderr)
+        self._redirect.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._redirect.__exit__(*exc)
+        logging.getLogger().setLevel(self._level)

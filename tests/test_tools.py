@@ -1,0 +1,204 @@
+"""Model toolchain on the real demo model: FP16, INT8 Q/DQ, selection, evaluation, and their bad inputs."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from edge.errors import EngineError
+from edge.tools import data, evaluate, fp16, quantize, select
+from tests.daemon import run
+
+FIT = (416, 416)
+
+
+@pytest.fixture(scope="module")
+def frames(demo) -> dict[str, list[data.Sample]]:
+    calib, _ = data.load_samples([demo.video], fit_to=FIT, every=40, frames=range(0, 400))
+    held, _ = data.load_samples([demo.video], fit_to=FIT, every=40, frames=range(400, 795))
+    return {"calib": calib, "held": held}
+
+
+@pytest.fixture(scope="module")
+def int8_model(demo, frames, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "yolo.int8.qdq.onnx"
+    quantize.quantize(demo.model, out, frames["calib"], method="minmax", progress=False)
+    return out
+
+
+def test_fp16_keeps_io_types_and_agrees(demo, frames, tmp_path: Path) -> None:
+    out = tmp_path / "yolo.fp16.onnx"
+    report = fp16.convert(demo.model, out, check_images=[s.image for s in frames["held"][:3]])
+    assert report.max_abs_diff <= fp16.MAX_REL_DIFF * report.max_abs_output and report.max_abs_output > 5
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert all(o.type.tensor_type.elem_type == onnx.TensorProto.FLOAT for o in model.graph.output)
+    assert {i.data_type for i in model.graph.initializer if i.name.endswith(".weight")} == {onnx.TensorProto.FLOAT16}
+    assert evaluate.evaluate(demo.model, out, frames["held"], progress=False)["f1"] >= 0.97
+
+
+def test_int8_is_symmetric_per_channel_qdq(int8_model: Path) -> None:
+    model = onnx.load(str(int8_model))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)     # TensorRT: symmetric
+    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
+    assert weight_dq and all(inits[n.input[1]].size > 1 for n in weight_dq)                  # per output channel
+    assert any(p.key == "edge.yolo" for p in model.metadata_props)
+
+
+def test_int8_agreement_with_fp32(demo, frames, int8_model: Path) -> None:
+    report = evaluate.evaluate(demo.model, int8_model, frames["held"], progress=False)
+    assert report["f1"] >= 0.85 and report["map50"] >= 0.7
+    assert report["worst_classes"] and report["worst_frames"]
+
+
+def test_exclude_keeps_a_node_in_float(demo, frames, tmp_path: Path) -> None:
+    out = tmp_path / "x.onnx"
+    quantize.quantize(demo.model, out, frames["calib"][:2], method="minmax", exclude=["conv15"], progress=False)
+    conv = next(n for n in onnx.load(str(out)).graph.node if n.name == "conv15")
+    assert not conv.input[1].endswith("_DequantizeLinear_Output")           # its weight stays float
+    assert conv.input[1] == "conv15.weight"
+
+
+def test_quantize_bad_inputs(demo, frames, tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="calibration set is empty"):
+        quantize.quantize(demo.model, tmp_path / "a.onnx", [], progress=False)
+    with pytest.raises(EngineError, match=r"--exclude names nodes that are not in .*\['nope'\]"):
+        quantize.quantize(demo.model, tmp_path / "a.onnx", frames["calib"][:1], exclude=["nope"], progress=False)
+    with pytest.raises(EngineError, match="output directory does not exist"):
+        quantize.quantize(demo.model, tmp_path / "no" / "a.onnx", frames["calib"][:1], progress=False)
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(demo.model.read_bytes()[:4096])
+    with pytest.raises(EngineError, match="cannot load ONNX model"):
+        quantize.quantize(broken, tmp_path / "a.onnx", frames["calib"][:1], progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
+def test_output_not_writable(demo, frames, tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(EngineError, match="not writable"):
+        quantize.quantize(demo.model, locked / "a.onnx", frames["calib"][:1], progress=False)
+
+
+def test_interrupted_run_leaves_no_output(demo, frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: Ctrl-C arrives in the middle of calibration."""
+    calls = []
+
+    def interrupted(self):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self)
+    original = quantize._Reader.get_next
+    monkeypatch.setattr(quantize._Reader, "get_next", interrupted)
+    target = tmp_path / "out.onnx"
+    target.write_bytes(b"previous good file")
+    with pytest.raises(KeyboardInterrupt):
+        quantize.quantize(demo.model, target, frames["calib"][:3], progress=False)
+    assert target.read_bytes() == b"previous good file"                      # old output untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.onnx"]       # no temp file left
+
+
+def test_data_skips_bad_files_and_refuses_too_few(demo, tmp_path: Path) -> None:
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (folder / "dog.jpg").write_bytes(demo.image("dog.jpg").read_bytes())
+    samples, report = data.load_samples([folder], fit_to=FIT)
+    assert [Path(s.id).name for s in samples] == ["dog.jpg"] and samples[0].image.shape == (312, 416, 3)
+    assert report.skipped == {"non-image files": 1, "unreadable images": 1}
+    with pytest.raises(data.DataError, match="1 usable frames, at least 5 needed") as info:
+        data.require(samples, report, 5, "calibration set")
+    assert "1 non-image files, 1 unreadable images" in str(info.value)
+    with pytest.raises(data.DataError, match="does not exist"):
+        data.load_samples([tmp_path / "missing"], fit_to=FIT)
+
+
+def test_selection_is_deterministic(frames) -> None:
+    pool = frames["calib"] + frames["held"]
+    ids = lambda chosen: [s.id for s in chosen]  # noqa: E731
+    assert ids(select.select(pool, 5, "random", seed=1)) == ids(select.select(pool, 5, "random", seed=1))
+    assert ids(select.select(pool, 5, "random", seed=1)) != ids(select.select(pool, 5, "random", seed=2))
+    diverse = ids(select.select(pool, 5, "diverse"))
+    assert diverse == ids(select.select(pool, 5, "diverse", seed=9)) and len(set(diverse)) == 5
+    with pytest.raises(ValueError, match="cannot select 99 of"):
+        select.select(pool, 99, "diverse")
+
+
+def test_k_center_greedy_spreads_over_clusters() -> None:
+    rng = np.random.default_rng(0)
+    centers = np.array([[0, 0], [10, 0], [0, 10], [10, 10]], np.float32)
+    points = np.concatenate([c + rng.normal(0, 0.1, (50, 2)) for c in centers]).astype(np.float32)
+    chosen = select.k_center_greedy(points, 4)
+    assert sorted({int(i) // 50 for i in chosen}) == [0, 1, 2, 3]             # one from each cluster
+
+
+def test_matching_and_average_precision() -> None:
+    truth = np.array([[0, 0, 10, 10, 0.9, 0], [20, 20, 30, 30, 0.9, 1]], np.float32)
+    found = np.array([[0, 0, 10, 11, 0.8, 0], [20, 20, 30, 30, 0.7, 0], [1, 1, 10, 10, 0.6, 0]], np.float32)
+    assert evaluate.match(truth, found).tolist() == [True, False, False]      # wrong class; duplicate
+    assert evaluate.average_precision(np.array([0.9, 0.8]), np.array([True, True]), 2) == 1.0
+    assert evaluate.average_precision(np.array([0.9, 0.8]), np.array([False, True]), 2) == pytest.approx(0.25)
+    np.testing.assert_allclose(evaluate.iou_matrix(truth[:, :4], found[:, :4])[0], [10 / 11, 0, 0.81], atol=1e-6)
+
+
+def test_identical_model_agrees_perfectly(demo, frames) -> None:
+    report = evaluate.evaluate(demo.model, demo.model, frames["held"][:3], progress=False)
+    assert report["f1"] == 1.0 and report["map50"] == 1.0 and report["fp"] == report["fn"] == 0
+
+
+def test_coco_labels_give_real_map(demo, tmp_path: Path) -> None:
+    """Labels in COCO format (here the fp32 model's own detections on two images, so the plumbing
+    has a known answer: the reference scores AP50 1.0 on them)."""
+    samples, _ = data.load_samples([demo.image("dog.jpg"), demo.image("person.jpg")], fit_to=FIT)
+    truth, labels = evaluate.reference_detections(demo.model, samples, progress=False)
+    images, annotations = [], []
+    for i, (sample, dets) in enumerate(zip(samples, truth)):
+        images.append({"id": i + 1, "file_name": Path(sample.id).name, "width": 1, "height": 1})
+        for x1, y1, x2, y2, _, cls in dets / np.array([sample.scale] * 4 + [1, 1], np.float32):
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": int(cls) + 1,
+                                "bbox": [float(x1), float(y1), float(x2 - x1), float(y2 - y1)],
+                                "area": float((x2 - x1) * (y2 - y1)), "iscrowd": 0})
+    coco = tmp_path / "labels.json"
+    coco.write_text(json.dumps({"images": images, "annotations": annotations,
+                                "categories": [{"id": i + 1, "name": n} for i, n in enumerate(labels)]}))
+    result = evaluate.coco_map(coco, demo.model, samples, progress=False)
+    assert result["images"] == 2 and result["map50"] == pytest.approx(1.0)
+    with pytest.raises(data.DataError, match="none of the 1 frames"):
+        evaluate.coco_map(coco, demo.model, samples[:0] + [data.Sample("x/other.jpg", samples[0].image)],
+                          progress=False)
+
+
+def test_cli_quantize_and_evaluate_gate(demo, tmp_path: Path) -> None:
+    out = tmp_path / "q.onnx"
+    result = run("model", "quantize", str(demo.model), str(out), "--calib", str(demo.video), "--every", "100",
+                 "--count", "4", "--method", "minmax")
+    assert result.returncode == 0, result.stderr
+    assert "calibrated on 4 frames (diverse, minmax)" in result.stdout and out.is_file()
+    too_many = run("model", "quantize", str(demo.model), str(out), "--calib", str(demo.video), "--every", "100",
+                   "--count", "50")
+    assert too_many.returncode == 1 and "8 usable frames, at least 50 needed" in too_many.stderr
+    args = ["model", "evaluate", "--reference", str(demo.model), "--candidate", str(out),
+            "--data", str(demo.video), "--every", "200", "--json", str(tmp_path / "r.json")]
+    passed = run(*args, "--min-f1", "0.5")
+    assert passed.returncode == 0, passed.stderr
+    assert "-> PASS" in passed.stdout and json.loads((tmp_path / "r.json").read_text())["min_f1"] == 0.5
+    failed = run(*args, "--min-f1", "0.999")
+    assert failed.returncode == 1 and "-> FAIL" in failed.stdout and "worst classes" in failed.stdout
+
+
+def test_cli_fp16(demo, tmp_path: Path) -> None:
+    result = run("model", "fp16", str(demo.model), str(tmp_path / "h.onnx"), "--check", str(demo.image("dog.jpg")))
+    assert result.returncode == 0, result.stderr
+    assert "max |fp16 - fp32|" in result.stdout
+    bad = run("model", "fp16", str(tmp_path / "none.onnx"), str(tmp_path / "h2.onnx"))
+    assert bad.returncode == 1 and "ONNX file does not exist" in bad.stderr
