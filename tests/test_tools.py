@@ -47,7 +47,8 @@ def test_int8_is_symmetric_per_channel_qdq(int8_model: Path) -> None:
     inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
     zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
     assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)     # TensorRT: symmetric
-    weight_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
+    weight_dq = [n for n in model.graph.node
+                 if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
     assert weight_dq and all(inits[n.input[1]].size > 1 for n in weight_dq)                  # per output channel
     assert any(p.key == "edge.yolo" for p in model.metadata_props)
 
