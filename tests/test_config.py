@@ -57,7 +57,7 @@ def test_packaged_demo_config_is_valid(tmp_path: Path) -> None:
     from edge.demo import demo_config
 
     config = demo_config(tmp_path, None)
-    assert config.tasks[0].model == f"{tmp_path}/models/yolov3-tiny.onnx"
+    assert config.tasks[0].engines == f"{tmp_path}/engines/yolov3-tiny" and config.tasks[0].precision == "fp32"
     assert config.cameras[0].parsed.location == f"{tmp_path}/media/vtest.avi"
 
 
@@ -106,6 +106,8 @@ def test_undefined_camera_reference() -> None:
 def test_duplicate_ids_and_model_xor_variants() -> None:
     assert "defined more than once" in error(GOOD.replace("id: rear", "id: front"))
     assert "exactly one of `model`" in error(GOOD.replace("    model: models/yolo.onnx\n", ""))
+    assert "exactly one of `model`" in error(GOOD.replace("    model: models/yolo.onnx\n",
+                                                          "    model: models/yolo.onnx\n    engines: repo\n"))
     assert "precision 'fp16' has no file" in error(GOOD.replace("precision: int8", "precision: fp16"))
 
 

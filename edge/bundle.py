@@ -1,0 +1,218 @@
+"""Engine repository: one directory per model with a manifest of its variants, and the resolver
+that picks what a task runs on this device.
+
+    engines/<model>/manifest.json
+    {"schema": 1, "model": "yolov3-tiny", "variants": [
+        {"precision": "fp32", "format": "onnx", "file": "yolov3-tiny.onnx", "sha256": "..."},
+        {"precision": "int8", "format": "onnx", "file": "yolov3-tiny.int8.qdq.onnx", "sha256": "...",
+         "gate": {"f1": 0.95, "min_f1": 0.9}},
+        {"precision": "int8", "format": "plan", "file": "plans/....plan", "sha256": "...",
+         "source_sha256": "<sha256 of the ONNX it was built from>",
+         "device": {"board": ..., "l4t": ..., "tensorrt": ..., "sm": ..., "precision": ..., "input_shapes": ...}}]}
+
+A TensorRT plan runs only on the device it was built for (board, L4T release, TensorRT version,
+SM): the resolver uses a plan only when its device key matches this device and its checksum
+and source are right; otherwise the ONNX variant on ONNX Runtime when the config allows it;
+otherwise it refuses, saying why each candidate was rejected and how to build one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from edge.errors import EngineError
+
+MANIFEST = "manifest.json"
+SCHEMA = 1
+FORMATS = ("onnx", "plan")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceKey:
+    """What a TensorRT plan is bound to. `input_shapes` and `precision` describe the plan itself."""
+
+    board: str
+    l4t: str
+    tensorrt: str
+    sm: str
+    precision: str = ""
+    input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def platform(self) -> tuple[str, str, str, str]:
+        return (self.board, self.l4t, self.tensorrt, self.sm)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"board": self.board, "l4t": self.l4t, "tensorrt": self.tensorrt, "sm": self.sm,
+                "precision": self.precision, "input_shapes": {n: list(s) for n, s in self.input_shapes}}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> DeviceKey:
+        shapes = tuple((str(n), tuple(int(v) for v in s)) for n, s in sorted(data.get("input_shapes", {}).items()))
+        return cls(str(data["board"]), str(data["l4t"]), str(data["tensorrt"]), str(data["sm"]),
+                   str(data.get("precision", "")), shapes)
+
+
+def read_board(root: Path = Path("/")) -> str:
+    """The board model from the device tree (Jetson), else 'unknown'."""
+    try:
+        return (root / "proc/device-tree/model").read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return "unknown"
+
+
+def read_l4t(root: Path = Path("/")) -> str:
+    """The L4T release ('36.4.3') from /etc/nv_tegra_release, else 'none'."""
+    try:
+        text = (root / "etc/nv_tegra_release").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return "none"
+    match = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*([\d.]+)", text)
+    return f"{match.group(1)}.{match.group(2)}" if match else "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    precision: str
+    format: str
+    file: str
+    sha256: str
+    device: DeviceKey | None = None
+    source_sha256: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"precision": self.precision, "format": self.format, "file": self.file,
+                               "sha256": self.sha256, **self.extra}
+        if self.device is not None:
+            out["device"] = self.device.to_json()
+        if self.source_sha256 is not None:
+            out["source_sha256"] = self.source_sha256
+        return out
+
+
+class Manifest:
+    """The variants of one model, stored as manifest.json in the model's repository directory."""
+
+    def __init__(self, root: Path, model: str, variants: list[Variant]) -> None:
+        self.root = root
+        self.model = model
+        self.variants = variants
+
+    @classmethod
+    def load(cls, root: Path) -> Manifest:
+        path = Path(root) / MANIFEST
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise EngineError(f"cannot read engine manifest {path}: {exc.strerror}",
+                              hint="point the task's `engines:` at a model directory with a manifest.json"
+                                   " (`edge assets fetch` makes the demo's)") from exc
+        except ValueError as exc:
+            raise EngineError(f"engine manifest {path} is not valid JSON: {exc}") from exc
+        try:
+            if data.get("schema") != SCHEMA:
+                raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
+            variants = [_variant(v) for v in data["variants"]]
+            return cls(Path(root), str(data["model"]), variants)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise EngineError(f"engine manifest {path} is malformed: {exc!r}",
+                              hint="regenerate it with the tools (edge assets fetch / edge build)") from exc
+
+    def save(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants]}
+        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.root)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=2)
+                f.write("\n")
+            os.replace(tmp, self.root / MANIFEST)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def put(self, variant: Variant) -> None:
+        """Add a variant, replacing one of the same precision, format and device platform."""
+        same = lambda v: (v.precision, v.format, v.device and v.device.platform()) == (  # noqa: E731
+            variant.precision, variant.format, variant.device and variant.device.platform())
+        self.variants = [v for v in self.variants if not same(v)] + [variant]
+
+    def onnx(self, precision: str) -> Variant | None:
+        return next((v for v in self.variants if v.format == "onnx" and v.precision == precision), None)
+
+
+def _variant(data: dict[str, Any]) -> Variant:
+    if data["format"] not in FORMATS:
+        raise ValueError(f"unknown variant format {data['format']!r}")
+    known = {"precision", "format", "file", "sha256", "device", "source_sha256"}
+    return Variant(str(data["precision"]), data["format"], str(data["file"]), str(data["sha256"]),
+                   DeviceKey.from_json(data["device"]) if data.get("device") else None,
+                   data.get("source_sha256"), {k: v for k, v in data.items() if k not in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolution:
+    format: str
+    path: Path
+    variant: Variant
+    rejected: tuple[str, ...]      # why other candidates were not used (for logs and status)
+
+
+def resolve(manifest: Manifest, precision: str, *, device: DeviceKey | None, allow_onnx: bool) -> Resolution:
+    """The variant a task runs: a matching plan, else (if allowed) the ONNX variant, else EngineError."""
+    rejected: list[str] = []
+    source = manifest.onnx(precision)
+    for plan in (v for v in manifest.variants if v.format == "plan" and v.precision == precision):
+        reason = _plan_problem(manifest.root, plan, device, source)
+        if reason is None:
+            return Resolution("plan", manifest.root / plan.file, plan, tuple(rejected))
+        rejected.append(f"plan {plan.file}: {reason}")
+    if source is not None and allow_onnx:
+        problem = _file_problem(manifest.root, source)
+        if problem is None:
+            return Resolution("onnx", manifest.root / source.file, source, tuple(rejected))
+        rejected.append(f"onnx {source.file}: {problem}")
+    elif source is not None:
+        rejected.append(f"onnx {source.file}: ONNX Runtime fallback not allowed (allow_onnx: false)")
+    else:
+        rejected.append(f"no {precision} ONNX variant in the manifest")
+    onnx_name = source.file if source else f"<{precision} ONNX variant>"
+    raise EngineError(f"no usable {precision} engine for model {manifest.model} in {manifest.root}",
+                      note="; ".join(rejected),
+                      hint=f"on the target, build one: edge build {manifest.root / onnx_name}"
+                           if device is not None else "set allow_onnx: true to run the ONNX variant on ONNX Runtime")
+
+
+def _file_problem(root: Path, variant: Variant) -> str | None:
+    path = root / variant.file
+    if not path.is_file():
+        return "file is missing"
+    actual = sha256_file(path)
+    if actual != variant.sha256:
+        return f"sha256 {actual[:12]}... does not match the manifest's {variant.sha256[:12]}... (corrupt or replaced)"
+    return None
+
+
+def _plan_problem(root: Path, plan: Variant, device: DeviceKey | None, source: Variant | None) -> str | None:
+    if device is None:
+        return "TensorRT is not available on this machine"
+    if plan.device is None or plan.device.platform() != device.platform():
+        built = plan.device.platform() if plan.device else "unknown"
+        return f"built for {built}, this device is {device.platform()}"
+    if source is not None and plan.source_sha256 != source.sha256:
+        return "built from another version of the ONNX variant (stale)"
+    return _file_problem(root, plan)

@@ -1,0 +1,216 @@
+"""`edge build`: a TensorRT plan from a strongly typed network (precision comes from the ONNX variant:
+FP16 weights or INT8 Q/DQ), with an optimization profile, timing-cache reuse, DLA with GPU
+fallback, build progress, and a sidecar JSON with the device key and checksums.
+
+Works with TensorRT 10.x and 11.x (11 is always strongly typed and has no precision flags).
+On 10.x, `legacy_fp16=True` builds a weakly typed network with the FP16 flag instead (off by
+default; deprecated by NVIDIA since 10.12).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edge import bundle, cuda
+from edge.backends.tensorrt import import_tensorrt, make_logger
+from edge.errors import EngineError
+from edge.tools.common import atomic_output, check_writable, load_onnx
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildResult:
+    plan: Path
+    sidecar: Path
+    seconds: float
+    device: bundle.DeviceKey
+
+
+def parse_shapes(specs: list[str]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+    """`NAME:1x3x416x416` (fixed) or `NAME:MIN,OPT,MAX` (each like 1x3x416x416) -> profile shapes."""
+    out = {}
+    for spec in specs:
+        name, _, dims = spec.rpartition(":")
+        try:
+            parts = [tuple(int(v) for v in p.split("x")) for p in dims.split(",")]
+        except ValueError:
+            raise EngineError(f"--shapes {spec!r}: dimensions must be integers like 1x3x416x416") from None
+        if not name or len(parts) not in (1, 3) or len({len(p) for p in parts}) != 1:
+            raise EngineError(f"--shapes {spec!r} must be NAME:1x3x416x416 or NAME:MIN,OPT,MAX")
+        low, opt, high = parts * 3 if len(parts) == 1 else parts
+        if any(a > b for a, b in zip(low, opt)) or any(a > b for a, b in zip(opt, high)):
+            raise EngineError(f"--shapes {spec!r}: need MIN <= OPT <= MAX in every dimension")
+        out[name] = (low, opt, high)
+    return out
+
+
+def variant_precision(model: Any) -> str:
+    """int8 for a Q/DQ graph, fp16 when its weights are float16, else fp32."""
+    import onnx
+
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph.node):
+        return "int8"
+    if any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | None = None, workspace_mb: int = 1024,
+          timing_cache: Path | None = None, shapes: list[str] | None = None, legacy_fp16: bool = False,
+          say: Callable[[str], None] = print) -> BuildResult:
+    """Build `onnx_path` into a plan on this device; register it in the repository manifest if there is one."""
+    trt = import_tensorrt()
+    model = load_onnx(onnx_path)
+    precision = variant_precision(model)
+    profiles = parse_shapes(shapes or [])
+    device = bundle.DeviceKey(bundle.read_board(), bundle.read_l4t(), str(trt.__version__), cuda.compute_capability())
+    if plan_path is None:
+        plan_path = _default_plan_path(onnx_path, device)
+        plan_path.parent.mkdir(exist_ok=True)
+    check_writable(plan_path)
+    context = cuda.Context(0)
+    started = time.monotonic()
+    with context.current():
+        blob, input_shapes = _build_serialized(trt, onnx_path, device, dla_core=dla_core, workspace_mb=workspace_mb,
+                                               timing_cache=timing_cache, profiles=profiles,
+                                               legacy_fp16=legacy_fp16, say=say)
+    context.detach()
+    seconds = time.monotonic() - started
+    key = dataclasses.replace(device, precision=precision, input_shapes=tuple(sorted(input_shapes.items())))
+    with atomic_output(plan_path) as tmp:
+        tmp.write_bytes(blob)
+    sidecar = plan_path.with_name(plan_path.name + ".json")
+    source_sha = bundle.sha256_file(onnx_path)
+    with atomic_output(sidecar) as tmp:
+        tmp.write_text(json.dumps({
+            "device": key.to_json(), "plan_sha256": bundle.sha256_file(plan_path),
+            "source": {"file": str(onnx_path), "sha256": source_sha},
+            "build_seconds": round(seconds, 1), "built": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+            "dla_core": dla_core, "workspace_mb": workspace_mb, "legacy_fp16": legacy_fp16,
+            "metadata": {p.key: p.value for p in model.metadata_props}}, indent=2))
+    _register(onnx_path, plan_path, precision, key, source_sha, say)
+    return BuildResult(plan_path, sidecar, seconds, key)
+
+
+def _default_plan_path(onnx_path: Path, device: bundle.DeviceKey) -> Path:
+    tag = f"{device.board}-{device.l4t}-trt{device.tensorrt}-sm{device.sm}"
+    safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in tag)
+    return onnx_path.parent / "plans" / f"{onnx_path.name.removesuffix('.onnx')}.{safe}.plan"
+
+
+def _build_serialized(trt: Any, onnx_path: Path, device: bundle.DeviceKey, *, dla_core: int | None,
+                      workspace_mb: int, timing_cache: Path | None, profiles: dict[str, Any], legacy_fp16: bool,
+                      say: Callable[[str], None]) -> tuple[bytes, dict[str, tuple[int, ...]]]:
+    logger = make_logger(trt)
+    builder = trt.Builder(logger)
+    strongly_typed = not legacy_fp16
+    if legacy_fp16 and not hasattr(trt.BuilderFlag, "FP16"):
+        raise EngineError(f"--legacy-fp16 needs TensorRT 10.x; this is {trt.__version__}, which builds only"
+                          " strongly typed networks", hint="build the FP16 ONNX variant instead (edge model fp16)")
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if strongly_typed else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse(onnx_path.read_bytes()):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise EngineError(f"TensorRT's ONNX parser rejected {onnx_path}", note="; ".join(errors[:5]),
+                          hint="check the opset and operators against this TensorRT version's ONNX support")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
+    if legacy_fp16:
+        config.set_flag(trt.BuilderFlag.FP16)
+    input_shapes = _profile(trt, builder, network, config, profiles, onnx_path)
+    cache = _timing_cache(config, timing_cache)
+    if dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = dla_core
+        config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
+    if hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = _progress_monitor(trt, say)
+    say(f"building {onnx_path.name} for {device.board} (TensorRT {device.tensorrt}, SM {device.sm})"
+        f"{f', DLA core {dla_core} with GPU fallback' if dla_core is not None else ''}")
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build {onnx_path}", note=logger.text(),
+                          hint="see TensorRT's messages above; try a larger --workspace or without --dla")
+    if timing_cache is not None and cache is not None:
+        with atomic_output(timing_cache) as tmp:
+            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized), input_shapes
+
+
+def _profile(trt: Any, builder: Any, network: Any, config: Any, profiles: dict[str, Any],
+             onnx_path: Path) -> dict[str, tuple[int, ...]]:
+    """One optimization profile for dynamic inputs; returns the shape each input is built for (opt)."""
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    unknown = sorted(set(profiles) - set(names))
+    if unknown:
+        raise EngineError(f"--shapes names {unknown}, which are not inputs of {onnx_path}", note=f"inputs: {names}")
+    shapes, profile = {}, None
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        dims = tuple(int(d) for d in tensor.shape)
+        if tensor.name in profiles:
+            low, opt, high = profiles[tensor.name]
+            if len(low) != len(dims) or any(d not in (-1, v) for d, v in zip(dims, opt)):
+                raise EngineError(f"--shapes {tensor.name}: {list(opt)} does not fit the model's {list(dims)}")
+            profile = profile or builder.create_optimization_profile()
+            profile.set_shape(tensor.name, low, opt, high)
+            dims = opt
+        elif -1 in dims:
+            raise EngineError(f"input {tensor.name} of {onnx_path} is dynamic {list(dims)}",
+                              hint=f"give its shapes: --shapes {tensor.name}:MIN,OPT,MAX")
+        shapes[tensor.name] = dims
+    if profile is not None:
+        config.add_optimization_profile(profile)
+    return shapes
+
+
+def _timing_cache(config: Any, path: Path | None) -> Any:
+    if path is None:
+        return None
+    blob = path.read_bytes() if path.is_file() else b""
+    cache = config.create_timing_cache(blob)
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    return cache
+
+
+def _progress_monitor(trt: Any, say: Callable[[str], None]) -> Any:
+    """TensorRT's IProgressMonitor (10.0+): phase start/finish lines; never cancels the build."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            if parent_phase is None:
+                say(f"  {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            pass
+
+    return Monitor()
+
+
+def _register(onnx_path: Path, plan_path: Path, precision: str, key: bundle.DeviceKey, source_sha: str,
+              say: Callable[[str], None]) -> None:
+    """Add the plan to the engine repository when the ONNX lives in one (manifest.json beside it)."""
+    root = onnx_path.parent
+    if not (root / bundle.MANIFEST).is_file():
+        return
+    try:
+        relative = plan_path.resolve().relative_to(root.resolve())
+    except ValueError:
+        say(f"plan is outside the repository {root}; not added to its manifest")
+        return
+    manifest = bundle.Manifest.load(root)
+    manifest.put(bundle.Variant(precision, "plan", str(relative), bundle.sha256_file(plan_path), device=key,
+                                source_sha256=source_sha))
+    manifest.save()
+    say(f"registered {relative} in {root / bundle.MANIFEST}")
