@@ -89,6 +89,10 @@ class Stream:
     def synchronize(self) -> None:
         self._stream.synchronize()
 
+    def free(self) -> None:
+        """Destroy the stream now, while the context is current (pycuda cannot clean it up later)."""
+        self._stream = None
+
 
 class Event:
     """A synchronization event (no timing): record on a stream, then wait for it."""
@@ -96,6 +100,10 @@ class Event:
     def __init__(self) -> None:
         cuda = driver()
         self._event = cuda.Event(cuda.event_flags.DISABLE_TIMING)
+
+    def free(self) -> None:
+        """Destroy the event now, while the context is current."""
+        self._event = None
 
     def record(self, stream: Stream) -> None:
         self._event.record(stream.raw)

@@ -25,6 +25,14 @@ def trt(monkeypatch: pytest.MonkeyPatch):
     return fake_tensorrt
 
 
+@pytest.fixture(autouse=True)
+def _no_out_of_context_cleanup() -> None:
+    """pycuda warns when a CUDA object is collected without its context: everything is freed explicitly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*out-of-thread context could not be cleaned up")
+        yield
+
+
 def test_primary_context_from_several_threads() -> None:
     from edge import cuda
 
@@ -46,6 +54,7 @@ def test_primary_context_from_several_threads() -> None:
                 device.free()
                 host.free()
                 back.free()
+                stream.free()
         except BaseException as exc:  # noqa: BLE001 - collected and re-raised in the test thread
             errors.append(exc)
     threads = [threading.Thread(target=work, args=(float(i),)) for i in range(4)]

@@ -164,6 +164,9 @@ class TrtSlot(Slot):
                 buffer.free()
             for host in self._hosts + [h for d in self.outputs for h in d.values()]:
                 host.free()
+            for event in self.events:
+                event.free()
+            self.stream.free()
             del self.execution
 
 
