@@ -174,6 +174,17 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_selftest(args: argparse.Namespace) -> int:
+    from edge import selftest
+
+    require = args.require_tensorrt or selftest.on_jetson()
+    checks = selftest.run_selftest(require_tensorrt=require, precision=args.precision)
+    failed = [c.name for c in checks if c.status == selftest.FAIL]
+    print(f"selftest: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="Perception runtime for NVIDIA Jetson in vehicles.")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -217,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--legacy-fp16", action="store_true",
                        help="TensorRT 10.x only: weakly typed network with the FP16 flag (deprecated path)")
     build.set_defaults(func=cmd_build)
+
+    selftest = sub.add_parser("selftest", help="check that this machine (a Jetson above all) runs edge")
+    selftest.add_argument("--require-tensorrt", action="store_true",
+                          help="fail when CUDA or TensorRT is missing (the default on a Jetson)")
+    selftest.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
+                          help="demo variant to build and run as a TensorRT plan")
+    selftest.set_defaults(func=cmd_selftest)
 
     model = sub.add_parser("model", help="model toolchain").add_subparsers(dest="model_command", required=True)
     d2o = model.add_parser("darknet2onnx", help="convert a Darknet YOLO cfg+weights to ONNX")

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create .venv in the checkout and install edge into it.
-#   scripts/setup.sh          runtime (+ pip OpenCV on PCs)
+#   scripts/setup.sh          runtime + model toolchain (+ pip OpenCV on PCs)
 #   scripts/setup.sh --dev    also the test tools
 # On a Jetson the venv sees the system site packages (JetPack's TensorRT and OpenCV with GStreamer),
 # and no pip OpenCV is installed over them.
@@ -27,6 +27,7 @@ if [[ -f /etc/nv_tegra_release ]]; then
 else
     extras+=(cv)
 fi
+extras+=(tools)   # the demo assets include FP16 and INT8 variants made by the model toolchain
 
 if [[ ! -x .venv/bin/python ]]; then
     py=$(pick_python)

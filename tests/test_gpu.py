@@ -134,3 +134,10 @@ def test_service_runs_a_plan_from_the_repository(trt, tmp_path: Path) -> None:
     assert service.run(threading.Event()) == 0
     assert [lane.stats.processed for lane in service.lanes] == [25, 25]
     service.stop()
+
+
+def test_selftest_cuda_check() -> None:
+    from edge import selftest
+
+    check = selftest._cuda(True)
+    assert check.status == selftest.OK and "pinned copy round trip" in check.detail

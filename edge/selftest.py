@@ -1,0 +1,178 @@
+"""`edge selftest`: proves on the machine it runs on (above all, the Jetson) that every part edge
+needs is there and works: Python, OpenCV (GStreamer for CSI), ONNX Runtime, ZeroMQ, CUDA through
+pycuda, TensorRT, and the demo model on both ONNX Runtime and a TensorRT plan built here."""
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from edge.backends.base import Engine
+from edge.errors import EdgeError
+
+OK, FAIL, SKIP = "ok", "FAIL", "skip"
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def on_jetson() -> bool:
+    return Path("/etc/nv_tegra_release").exists()
+
+
+def _python() -> Check:
+    version = sys.version_info[:3]
+    ok = (3, 10) <= version[:2] <= (3, 12)
+    return Check("python", OK if ok else FAIL, ".".join(map(str, version)) + ("" if ok else " (need 3.10-3.12)"))
+
+
+def _opencv() -> Check:
+    import cv2
+
+    gstreamer = "GStreamer:                   YES" in cv2.getBuildInformation()
+    if on_jetson() and not gstreamer:
+        return Check("opencv", FAIL, f"{cv2.__version__} without GStreamer: csi:// cameras cannot work."
+                                     " Hint: use JetPack's python3-opencv, not a pip wheel")
+    return Check("opencv", OK, f"{cv2.__version__}, GStreamer {'yes' if gstreamer else 'no'}")
+
+
+def _onnxruntime() -> Check:
+    import onnxruntime
+
+    return Check("onnxruntime", OK, f"{onnxruntime.__version__}, {', '.join(onnxruntime.get_available_providers())}")
+
+
+def _zeromq() -> Check:
+    import zmq
+
+    from edge import protocol
+
+    context = zmq.Context()
+    with tempfile.TemporaryDirectory() as tmp:
+        pub, sub = context.socket(zmq.XPUB), context.socket(zmq.SUB)
+        try:
+            pub.bind(f"ipc://{tmp}/t.sock")
+            sub.setsockopt(zmq.SUBSCRIBE, b"")
+            sub.connect(f"ipc://{tmp}/t.sock")
+            if not pub.poll(5000):
+                return Check("zeromq", FAIL, "no subscription arrived over ipc within 5 s")
+            pub.recv()
+            pub.send_multipart([b"t", protocol.pack({"v": 1})])
+            ok = sub.poll(5000) and protocol.unpack(sub.recv_multipart()[1]) == {"v": 1}
+        finally:
+            pub.close(linger=0)
+            sub.close(linger=0)
+            context.term()
+    return Check("zeromq", OK if ok else FAIL, f"libzmq {zmq.zmq_version()}, ipc round trip")
+
+
+def _cuda(required: bool) -> Check:
+    import numpy as np
+
+    from edge import cuda
+
+    try:
+        context = cuda.Context(0)
+    except EdgeError as exc:
+        return Check("cuda", FAIL if required else SKIP, exc.what)
+    with context.current():
+        host = cuda.HostBuffer((1 << 20,), np.uint8)
+        back = cuda.HostBuffer((1 << 20,), np.uint8)
+        device = cuda.DeviceBuffer(1 << 20)
+        stream = cuda.Stream()
+        host.array[:] = np.arange(1 << 20) % 251
+        device.upload(host.array, stream)
+        device.download(back.array, stream)
+        stream.synchronize()
+        ok = bool((back.array == host.array).all())
+        name = context.device.name()
+        for buffer in (host, back, device, stream):
+            buffer.free()
+    context.detach()
+    return Check("cuda", OK if ok else FAIL, f"{name}, SM {cuda.compute_capability()}, pinned copy round trip")
+
+
+def _tensorrt(required: bool) -> Check:
+    from edge.backends import tensorrt
+
+    try:
+        trt = tensorrt.import_tensorrt()
+        key = tensorrt.device_key()
+    except EdgeError as exc:
+        return Check("tensorrt", FAIL if required else SKIP, exc.what + (f" Hint: {exc.hint}" if required else ""))
+    return Check("tensorrt", OK, f"{trt.__version__}; device key {key.platform() if key else None}")
+
+
+def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20) -> tuple[bool, str]:
+    import cv2
+
+    from edge.config import TaskConfig
+    from edge.tasks import build_task
+
+    with engine_factory() as engine:
+        task = build_task(TaskConfig(name="selftest", type="detector", model="-", cameras=["c"]), engine)
+        slot = engine.create_slot("selftest", depth=1)
+        image = cv2.imread(str(dog))
+        times = []
+        for _ in range(runs):
+            buf = slot.input()
+            meta = task.preprocess(image, buf)
+            t0 = time.perf_counter()
+            outputs = slot.submit(buf).wait(30)
+            times.append((time.perf_counter() - t0) * 1e3)
+        found = {task.labels[int(r[5])] for r in task.postprocess(outputs, meta)}
+    ok = {"dog", "bicycle"} <= found
+    return ok, f"found {sorted(found)}, median {statistics.median(times[1:]):.1f} ms a frame"
+
+
+def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
+    from edge import assets
+    from edge.backends.onnxruntime import OnnxRuntimeEngine
+    from edge.backends.tensorrt import TensorRTEngine
+    from edge.tools import build
+
+    demo = assets.DemoAssets(assets.default_cache_dir())
+    if not demo.model.is_file() or not demo.image("dog.jpg").is_file():
+        return [Check("demo model", SKIP, f"no demo assets in {demo.root}. Hint: edge assets fetch")]
+    ok, detail = _detects_dog(lambda: OnnxRuntimeEngine(demo.model), demo.image("dog.jpg"))
+    checks = [Check("demo on onnxruntime", OK if ok else FAIL, detail)]
+    if not tensorrt_ok:
+        return checks + [Check("demo on tensorrt", SKIP, "TensorRT not available")]
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        shutil.copytree(demo.engines, repo)
+        variant = repo / demo.variant(precision).name
+        try:
+            result = build.build(variant, say=lambda line: None)
+            ok, detail = _detects_dog(lambda: TensorRTEngine(result.plan, precision=precision), demo.image("dog.jpg"))
+            detail = f"{precision} plan built in {result.seconds:.0f} s; {detail}"
+        except EdgeError as exc:
+            ok, detail = False, str(exc)
+    return checks + [Check("demo on tensorrt", OK if ok else FAIL, detail)]
+
+
+def run_selftest(*, require_tensorrt: bool, precision: str = "fp16",
+                 say: Callable[[str], None] = print) -> list[Check]:
+    """Run every check, printing one line each; the caller decides the exit code from the FAILs."""
+    checks: list[Check] = []
+
+    def record(check: Check) -> None:
+        checks.append(check)
+        say(f"{check.status:>4}  {check.name:<20} {check.detail}")
+    for probe in (_python, _opencv, _onnxruntime, _zeromq):
+        record(probe())
+    record(_cuda(require_tensorrt))
+    trt = _tensorrt(require_tensorrt)
+    record(trt)
+    for check in _demo_checks(trt.status == OK, precision):
+        record(check)
+    return checks
