@@ -26,7 +26,7 @@ from edge.config import default_cache_dir
 from edge.errors import AssetError, EngineError
 
 CONVERTER_VERSION = 1
-VARIANTS_VERSION = 1
+VARIANTS_VERSION = 2
 # The demo's INT8 calibration: diverse selection of 100 frames from the first 60 % of vtest.avi
 # (docs/int8-calibration.md); gated on the rest of the video against fp32.
 CALIBRATION_FRAMES = range(0, 477)

@@ -203,3 +203,26 @@ def test_cli_fp16(demo, tmp_path: Path) -> None:
     assert "max |fp16 - fp32|" in result.stdout
     bad = run("model", "fp16", str(tmp_path / "none.onnx"), str(tmp_path / "h2.onnx"))
     assert bad.returncode == 1 and "ONNX file does not exist" in bad.stderr
+
+
+def test_calibration_is_fed_in_bounded_chunks(demo, frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime keeps all intermediate tensors of what it is fed at once: edge feeds small chunks.
+    For minmax the chunked ranges equal the single-pass ranges exactly."""
+    assert [quantize.chunk_size(n) for n in (1, 7, 8, 20, 100, 300, 37)] == [1, 7, 8, 5, 5, 6, 1]
+    ranges = []
+    original = quantize._Reader.set_range
+    monkeypatch.setattr(quantize._Reader, "set_range", lambda self, start_index, end_index: (
+        ranges.append((start_index, end_index)), original(self, start_index, end_index)))
+    chunked = tmp_path / "chunked.onnx"
+    quantize.quantize(demo.model, chunked, frames["calib"][:8], method="minmax", progress=False)
+    assert ranges == [(0, 8)]
+    ranges.clear()
+    quantize.quantize(demo.model, chunked, frames["calib"][:6] + frames["held"][:4], method="minmax", progress=False)
+    assert ranges == [(0, 5), (5, 10)]
+    monkeypatch.setattr(quantize, "CHUNK_FRAMES", 1000)
+    whole = tmp_path / "whole.onnx"
+    quantize.quantize(demo.model, whole, frames["calib"][:6] + frames["held"][:4], method="minmax", progress=False)
+    def scales(path: Path) -> dict[str, list[float]]:
+        model = onnx.load(str(path))
+        return {i.name: numpy_helper.to_array(i).tolist() for i in model.graph.initializer if i.name.endswith("_scale")}
+    assert scales(chunked) == scales(whole)
