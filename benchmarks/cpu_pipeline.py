@@ -1,6 +1,6 @@
 """CPU pipeline benchmark on the demo video (ONNX Runtime CPU), baselines in the same run.
 
-  (a) raw engine: session.run back to back on ready tensors
+  (a) raw engine: session.run back to back on ready tensors (also for the fp16 and int8 variants)
   (b) naive loop: decode -> preprocess -> infer -> postprocess -> publish, one thread
   (c) the edge pipeline (Service) with 1 lane and with 2 lanes (two cameras on the video; default
       ORT threads = cores / lanes, and, to show why, 2 threads per lane)
@@ -98,11 +98,13 @@ def naive_loop(model: Path, video: Path, count: int) -> dict[str, Any]:
     return {"frames": count, "fps": count / wall, "cpu_ms_per_frame": cpu / count * 1e3}
 
 
-def edge_pipeline(root: Path, count: int, lanes: int, *, realtime: bool, threads: int | None = None) -> dict[str, Any]:
+def edge_pipeline(root: Path, count: int, lanes: int, *, realtime: bool, threads: int | None = None,
+                  precision: str = "fp32") -> dict[str, Any]:
     cams = "".join(f"  - id: cam{i}\n    uri: file://{root}/media/vtest.avi?realtime={int(realtime)}&loop=1\n"
                    for i in range(lanes))
     text = (f"version: 1\ncameras:\n{cams}tasks:\n  - name: objects\n    type: detector\n"
-            f"    model: {root}/models/yolov3-tiny.onnx\n    cameras: [{', '.join(f'cam{i}' for i in range(lanes))}]\n"
+            f"    engines: {root}/engines/yolov3-tiny\n    precision: {precision}\n"
+            f"    cameras: [{', '.join(f'cam{i}' for i in range(lanes))}]\n"
             + (f"    threads: {threads}\n" if threads else "") +
             f"output:\n  results: ipc://{root}/bench-{os.getpid()}.sock\nlogging:\n  level: warning\n")
     config = parse_config(text, source="benchmark", base_dir=root, environ={})
@@ -156,8 +158,11 @@ def main() -> None:
     demo = assets.fetch(say=lambda line: None)
     runs: dict[str, Any] = {
         "a_raw_engine": lambda: raw_engine(demo.model, demo.video, args.frames),
+        "a_raw_engine_fp16": lambda: raw_engine(demo.variant("fp16"), demo.video, args.frames),
+        "a_raw_engine_int8": lambda: raw_engine(demo.variant("int8"), demo.video, args.frames),
         "b_naive_loop": lambda: naive_loop(demo.model, demo.video, args.frames),
         "c_edge_1_lane": lambda: edge_pipeline(demo.root, args.frames, 1, realtime=False),
+        "c_edge_1_lane_int8": lambda: edge_pipeline(demo.root, args.frames, 1, realtime=False, precision="int8"),
         "c_edge_2_lanes": lambda: edge_pipeline(demo.root, args.frames // 2, 2, realtime=False),
         "c_edge_2_lanes_2t": lambda: edge_pipeline(demo.root, args.frames // 2, 2, realtime=False, threads=2),
         "d_edge_10fps": lambda: edge_pipeline(demo.root, args.realtime_frames, 1, realtime=True),
@@ -176,13 +181,16 @@ def main() -> None:
           f"{'cpu ms/f':>8} {'outside':>8}")
     for name in runs:
         r = results[name]
-        r["ratio_to_raw"] = r["fps"] / raw["fps"]
+        same = raw if name.startswith("a_") else results.get(f"a_raw_engine_{name.rsplit('_', 1)[-1]}", raw)
+        r["ratio_to_raw"] = r["fps"] / same["fps"]           # against the raw engine of the same precision
         r["ratio_to_naive"] = r["fps"] / naive["fps"]
-        r["cpu_ms_outside_engine"] = r["cpu_ms_per_frame"] - raw["cpu_ms_per_frame"]
+        raw_row = name.startswith("a_")
+        r["cpu_ms_outside_engine"] = None if raw_row else r["cpu_ms_per_frame"] - same["cpu_ms_per_frame"]
         p50 = f"{r['latency_ms_p50']:.1f}" if "latency_ms_p50" in r else "-"
         p99 = f"{r['latency_ms_p99']:.1f}" if "latency_ms_p99" in r else "-"
+        outside = "-" if raw_row else f"{r['cpu_ms_outside_engine']:.1f}"
         print(f"{name:18} {r['fps']:6.1f} {r['ratio_to_raw']:6.2f} {r['ratio_to_naive']:7.2f} {p50:>7} {p99:>7} "
-              f"{r['cpu_ms_per_frame']:8.1f} {r['cpu_ms_outside_engine']:8.1f}")
+              f"{r['cpu_ms_per_frame']:8.1f} {outside:>8}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"medians of {args.repeat} runs; wrote {args.out}")
