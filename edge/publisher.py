@@ -134,6 +134,8 @@ class Publisher:
         if self._socket is not None:
             self._socket.close(linger=CLOSE_FLUSH_MS)
             self._socket = None
+            if self.endpoint.startswith("ipc://"):
+                _wait_released(Path(self.endpoint[len("ipc://"):]), timeout)
 
     def _count_drop(self, stats: LaneStats | None) -> None:
         if stats is not None:
@@ -187,18 +189,33 @@ class Publisher:
                                 self.rejected_inbound)
 
 
-def _prepare_ipc(path: Path) -> None:
-    """Create the socket's directory; refuse when a live process already listens on the path."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+def _listening(path: Path) -> bool:
+    """True when something accepts connections on the unix socket at `path` (a stale file does not)."""
     if not path.exists():
-        return
+        return False
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         probe.connect(str(path))
     except OSError:
-        return                     # stale socket file: zmq replaces it
+        return False
     finally:
         probe.close()
+    return True
+
+
+def _wait_released(path: Path, timeout: float) -> None:
+    """libzmq closes a listener in its I/O thread after close() returns: wait (bounded) until it has,
+    so the endpoint can be bound again at once in this process (a restart of the service)."""
+    deadline = time.monotonic() + timeout
+    while _listening(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _prepare_ipc(path: Path) -> None:
+    """Create the socket's directory; refuse when a live process already listens on the path."""
+    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    if not _listening(path):
+        return                     # none, or a stale socket file: zmq replaces it
     raise EdgeError(f"results endpoint ipc://{path} is already in use by a running process",
                     note=f"pid of this process: {os.getpid()}",
                     hint="stop the other edge daemon (systemctl stop edge) or set output.results /"

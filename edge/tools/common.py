@@ -50,12 +50,12 @@ def atomic_output(path: Path) -> Iterator[Path]:
             os.unlink(tmp)
 
 
-def input_tensor(samples_image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+def input_tensor(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The detector's preprocessing of one frame into a fresh [1,3,H,W] float32 tensor."""
     from edge.preprocess import letterbox_into
 
     out = np.empty(shape, np.float32)
-    letterbox_into(samples_image, out)
+    letterbox_into(image, out)
     return out
 
 
