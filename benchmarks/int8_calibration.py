@@ -7,6 +7,7 @@ is compared with the fp32 model's detections on the held-out set: F1 at IoU 0.5 
 confidence 0.3) and mAP@0.5 with the fp32 detections as ground truth.
 
 Usage: python benchmarks/int8_calibration.py [--sizes 20 100 300] [--seeds 0 1 2] [--method entropy]
+                                            [--exclude NODE ...]
 Writes JSON (default benchmarks/results/int8_calibration.json) and prints a Markdown table.
 """
 from __future__ import annotations
@@ -31,6 +32,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20, 100, 300])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--method", default="entropy", choices=["entropy", "minmax", "percentile"])
+    parser.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="nodes kept in float")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/int8_calibration.json"))
     args = parser.parse_args()
     demo = assets.fetch(say=lambda line: None)
@@ -48,7 +50,7 @@ def main() -> None:
                 chosen = select.select(pool, size, strategy, seed=seed)
                 out = Path(tmp) / f"{strategy}-{size}-{seed}.onnx"
                 t0 = time.perf_counter()
-                quantize.quantize(demo.model, out, chosen, method=args.method, progress=False)
+                quantize.quantize(demo.model, out, chosen, method=args.method, exclude=args.exclude, progress=False)
                 seconds = time.perf_counter() - t0
                 report = evaluate.evaluate_against(truth, labels, out, held, progress=False)
                 rows.append({"size": size, "strategy": strategy, "seed": seed, "f1": report["f1"],
@@ -56,10 +58,10 @@ def main() -> None:
                              "quantize_s": round(seconds, 1)})
                 print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"method": args.method, "pool": [POOL.start, POOL.stop],
+    args.out.write_text(json.dumps({"method": args.method, "exclude": args.exclude, "pool": [POOL.start, POOL.stop],
                                     "held_out_frames": len(held), "rows": rows}, indent=2))
     print(f"\nheld-out: {len(held)} frames ({len(held) - len(stills)} vtest + {len(stills)} stills);"
-          f" method {args.method}\n")
+          f" method {args.method}; excluded: {args.exclude or 'none'}\n")
     print("| N | selection | F1 vs fp32 | mAP@0.5 vs fp32 | recall | precision |")
     print("|---|---|---|---|---|---|")
     for size in args.sizes:
