@@ -13,6 +13,7 @@ from onnx import numpy_helper
 from edge.errors import EngineError
 from edge.tools import data, evaluate, fp16, quantize, select
 from tests.daemon import run
+from tests.models import conv_model
 
 FIT = (416, 416)
 
@@ -226,3 +227,15 @@ def test_calibration_is_fed_in_bounded_chunks(demo, frames, tmp_path: Path, monk
         model = onnx.load(str(path))
         return {i.name: numpy_helper.to_array(i).tolist() for i in model.graph.initializer if i.name.endswith("_scale")}
     assert scales(chunked) == scales(whole)
+
+
+def test_input_shape_mismatch(demo, frames, tmp_path: Path) -> None:
+    gray = conv_model(tmp_path / "gray.onnx", input_shape=[1, 1, 64, 64], out_channels=4, stride=1)
+    with pytest.raises(EngineError, match=r"the tools need a fixed \[1, 3, H, W\] image input"):
+        quantize.quantize(gray, tmp_path / "q.onnx", frames["calib"][:1], progress=False)
+    with pytest.raises(EngineError, match=r"the tools need a fixed \[1, 3, H, W\] image input"):
+        fp16.convert(gray, tmp_path / "h.onnx", check_images=[frames["calib"][0].image])
+    small = conv_model(tmp_path / "small.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1)
+    with pytest.raises(EngineError, match=r"different inputs: \[1, 3, 416, 416\] and \[1, 3, 64, 64\]"):
+        evaluate.evaluate(demo.model, small, frames["held"][:1], progress=False)
+    assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "h.onnx").exists()

@@ -17,7 +17,9 @@ from tqdm import tqdm
 
 from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.config import DetectorParams, TaskConfig
+from edge.errors import EngineError
 from edge.tasks.detector import YoloDetector
+from edge.tools.common import input_shape, load_onnx
 from edge.tools.data import DataError, Sample
 
 IOU = 0.5
@@ -96,6 +98,11 @@ def _detect_all(model: Path, samples: list[Sample], threshold: float, desc: str,
 def evaluate(reference: Path, candidate: Path, samples: list[Sample], *, conf_threshold: float = 0.3,
              progress: bool = True) -> dict[str, Any]:
     """Agreement report of `candidate` against `reference` on `samples`."""
+    shapes = {path: input_shape(load_onnx(path)) for path in (reference, candidate)}
+    if shapes[reference] != shapes[candidate]:
+        raise EngineError(f"reference and candidate take different inputs: {list(shapes[reference])} and"
+                          f" {list(shapes[candidate])}", note=f"reference {reference}, candidate {candidate}",
+                          hint="compare variants of the same model (same input size)")
     truth_all, labels = reference_detections(reference, samples, conf_threshold=conf_threshold, progress=progress)
     return evaluate_against(truth_all, labels, candidate, samples, conf_threshold=conf_threshold, progress=progress)
 
