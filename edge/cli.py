@@ -259,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     quant.add_argument("--select", choices=["random", "diverse"], default="diverse",
                        help="how to pick --count frames (default diverse: k-center greedy)")
     quant.add_argument("--count", type=_positive, help="calibration frames to use (default: all)")
-    quant.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="entropy")
+    quant.add_argument("--method", choices=["entropy", "minmax", "percentile"], default="percentile",
+                       help="calibration method (default percentile: best in docs/int8-calibration.md)")
     quant.add_argument("--exclude", nargs="+", default=[], metavar="NODE", help="nodes to keep in float")
     quant.add_argument("--seed", type=int, default=0, help="seed of --select random")
     quant.add_argument("--every", type=_positive, default=1, help="use every K-th video frame")

@@ -67,7 +67,7 @@ class _Reader:
         return {self._name: tensor}
 
 
-def quantize(src: Path, dst: Path, calibration: list[Sample], *, method: Method = "entropy",
+def quantize(src: Path, dst: Path, calibration: list[Sample], *, method: Method = "percentile",
              exclude: list[str] | None = None, progress: bool = True) -> QuantizeReport:
     """Write the INT8 Q/DQ variant of `src` calibrated on `calibration` frames to `dst` (atomically)."""
     try:
