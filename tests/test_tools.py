@@ -75,6 +75,10 @@ def test_quantize_bad_inputs(demo, frames, tmp_path: Path) -> None:
         quantize.quantize(demo.model, tmp_path / "a.onnx", frames["calib"][:1], exclude=["nope"], progress=False)
     with pytest.raises(EngineError, match="output directory does not exist"):
         quantize.quantize(demo.model, tmp_path / "no" / "a.onnx", frames["calib"][:1], progress=False)
+    (tmp_path / "out.onnx").mkdir()
+    with pytest.raises(EngineError, match="output path is a directory"):
+        quantize.quantize(demo.model, tmp_path / "out.onnx", frames["calib"][:1], progress=False)
+    (tmp_path / "out.onnx").rmdir()
     broken = tmp_path / "broken.onnx"
     broken.write_bytes(demo.model.read_bytes()[:4096])
     with pytest.raises(EngineError, match="cannot load ONNX model"):

@@ -32,6 +32,8 @@ def check_writable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise EngineError(f"output directory does not exist: {parent}", hint="create it first")
+    if path.is_dir():
+        raise EngineError(f"output path is a directory: {path}", hint="name the output file, e.g. model.int8.qdq.onnx")
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise EngineError(f"output path is not writable: {path}", hint="choose another path or fix permissions")
 
