@@ -110,15 +110,23 @@ def _model_input_size(path: Path) -> tuple[int, int]:
     return shape[3], shape[2]
 
 
+def _frames(sources: list[str], model: Path, every: int, what: str, needed: int | None = None) -> list[Any]:
+    """Frames for a model tool, resized for `model`'s input; refuses fewer than `needed` (default: all, >= 1)."""
+    from edge.tools import data
+
+    samples, report = data.load_samples(sources, fit_to=_model_input_size(model), every=every)
+    print(f"{what}: {report.describe()}", file=sys.stderr)
+    data.require(samples, report, needed or max(1, len(samples)), what)
+    return samples
+
+
 def cmd_fp16(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from edge.tools import data, fp16
+    from edge.tools import fp16
 
     if args.check:
-        samples, report = data.load_samples(args.check, fit_to=_model_input_size(args.input), every=args.every)
-        data.require(samples, report, 1, "--check")
-        images = [s.image for s in samples[:16]]
+        images = [s.image for s in _frames(args.check, args.input, args.every, "--check data")[:16]]
     else:
         rng = np.random.default_rng(0)
         images = [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(4)]
@@ -129,13 +137,10 @@ def cmd_fp16(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from edge.tools import data, quantize, select
+    from edge.tools import quantize, select
 
-    samples, report = data.load_samples(args.calib, fit_to=_model_input_size(args.input), every=args.every)
-    print(f"calibration data: {report.describe()}", file=sys.stderr)
-    count = args.count or len(samples)
-    data.require(samples, report, count, "calibration set")
-    chosen = select.select(samples, count, args.select, seed=args.seed)
+    samples = _frames(args.calib, args.input, args.every, "calibration set", needed=args.count)
+    chosen = select.select(samples, args.count or len(samples), args.select, seed=args.seed)
     result = quantize.quantize(args.input, args.output, chosen, method=args.method, exclude=args.exclude)
     print(f"wrote {args.output}: INT8 Q/DQ, {result.quantized_nodes} QuantizeLinear nodes, calibrated on"
           f" {result.frames} frames ({args.select}, {args.method}); excluded: {result.excluded or 'none'}")
@@ -143,11 +148,9 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from edge.tools import data, evaluate
+    from edge.tools import evaluate
 
-    samples, report = data.load_samples(args.data, fit_to=_model_input_size(args.reference), every=args.every)
-    print(f"evaluation data: {report.describe()}", file=sys.stderr)
-    data.require(samples, report, 1, "evaluation set")
+    samples = _frames(args.data, args.reference, args.every, "evaluation set")
     result = evaluate.evaluate(args.reference, args.candidate, samples, conf_threshold=args.conf)
     if args.labels:
         result["coco"] = {"reference": evaluate.coco_map(args.labels, args.reference, samples),

@@ -108,9 +108,6 @@ class Event:
     def record(self, stream: Stream) -> None:
         self._event.record(stream.raw)
 
-    def done(self) -> bool:
-        return bool(self._event.query())
-
     def wait(self, timeout: float | None) -> bool:
         """True when the work before the event finished; False after `timeout` s."""
         if timeout is None:

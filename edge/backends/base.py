@@ -13,7 +13,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
 
 import numpy as np
 
@@ -47,9 +46,6 @@ class Pending(abc.ABC):
 
     @abc.abstractmethod
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]: ...
-
-    @abc.abstractmethod
-    def done(self) -> bool: ...
 
 
 class Slot(abc.ABC):
@@ -195,8 +191,3 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _create_slot_impl(self, name: str, depth: int) -> Slot: ...
-
-    def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "backend": self.backend, "precision": self.precision,
-                "inputs": [(t.name, list(t.shape), str(t.dtype)) for t in self.inputs],
-                "outputs": [(t.name, list(t.shape), str(t.dtype)) for t in self.outputs]}

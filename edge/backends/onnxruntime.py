@@ -38,9 +38,6 @@ class OrtPending(Pending):
         self._names = names
         self._engine = engine
 
-    def done(self) -> bool:
-        return self._future.done()
-
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]:
         try:
             values = self._future.result(timeout)

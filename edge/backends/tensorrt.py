@@ -109,9 +109,6 @@ class TrtPending(Pending):
         self._slot = slot
         self._index = index
 
-    def done(self) -> bool:
-        return self._slot.events[self._index].done()
-
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]:
         with self._slot.engine.context.current():
             if not self._slot.events[self._index].wait(timeout):
