@@ -237,36 +237,62 @@ class Builder:
             if -1 in tensor.shape and not any(name in p.shapes for p in config.profiles):
                 self.logger.log(ILogger.ERROR, f"Network has dynamic input {name} but no optimization profile")
                 return None
-        shapes = {t.name: list(next((p.shapes[t.name][1] for p in config.profiles if t.name in p.shapes), t.shape))
-                  for t in network.inputs}
-        io = [{"name": t.name, "mode": "INPUT", "shape": shapes[t.name]} for t in network.inputs]
+        profile = {t.name: [list(s) for s in p.shapes[t.name]] for p in config.profiles for t in network.inputs
+                   if t.name in p.shapes}
+        io = [{"name": t.name, "mode": "INPUT", "shape": list(t.shape)} for t in network.inputs]
         io += [{"name": t.name, "mode": "OUTPUT", "shape": list(t.shape)} for t in network.outputs]
         if config.timing_cache is not None:
             config.timing_cache.entries.append(f"tactics for {len(network.ops)} op types")
         if monitor is not None:
             monitor.phase_finish("Building engine")
-        return IHostMemory(MAGIC + json.dumps({"board": BOARD, "io": io}).encode())
+        return IHostMemory(MAGIC + json.dumps({"board": BOARD, "io": io, "profile": profile}).encode())
 
 
 class IExecutionContext:
     def __init__(self, engine: ICudaEngine) -> None:
         self.engine = engine
         self.addresses: dict[str, int] = {}
+        self.input_shapes: dict[str, tuple[int, ...]] = {}
 
     def set_tensor_address(self, name: str, memory: int) -> bool:
         self.addresses[name] = int(memory)
         return True
 
+    def set_input_shape(self, name: str, shape: Any) -> bool:
+        shape = tuple(shape)
+        declared = self.engine.get_tensor_shape(name)
+        low, _, high = self.engine.profile.get(name, (declared, declared, declared))
+        ok = len(shape) == len(declared) and all(
+            (d == -1 and lo <= s <= hi) or d == s for d, s, lo, hi in zip(declared, shape, low, high))
+        if ok:
+            self.input_shapes[name] = shape
+        else:
+            self.engine.logger.log(ILogger.ERROR, f"IExecutionContext::setInputShape: {name} {shape} is outside"
+                                                  f" the optimization profile [{low}, {high}]")
+        return ok
+
+    def get_tensor_shape(self, name: str) -> tuple[int, ...]:
+        """Inputs: the shape set; outputs: their declared shape with a dynamic batch taken from the input."""
+        if name in self.input_shapes:
+            return self.input_shapes[name]
+        shape = self.engine.get_tensor_shape(name)
+        batch = next(iter(self.input_shapes.values()), (-1,))[0]
+        return tuple(batch if d == -1 and i == 0 else d for i, d in enumerate(shape))
+
     def execute_async_v3(self, stream_handle: int) -> bool:
         if set(self.addresses) != {t["name"] for t in self.engine.io}:
             self.engine.logger.log(ILogger.ERROR, "IExecutionContext::enqueueV3: tensor address not set")
             return False
+        shapes = {t["name"]: self.get_tensor_shape(t["name"]) for t in self.engine.io}
+        if any(-1 in s for s in shapes.values()):
+            self.engine.logger.log(ILogger.ERROR, "IExecutionContext::enqueueV3: input shape not specified")
+            return False
         from cuda.bindings import driver
 
-        source = next(t for t in self.engine.io if t["mode"] == "INPUT")
-        size = lambda t: int(np.prod(t["shape"])) * 4  # noqa: E731
-        for out in (t for t in self.engine.io if t["mode"] == "OUTPUT"):
-            err, = driver.cuMemcpyDtoDAsync(self.addresses[out["name"]], self.addresses[source["name"]],
+        source = next(t["name"] for t in self.engine.io if t["mode"] == "INPUT")
+        size = lambda name: int(np.prod(shapes[name])) * 4  # noqa: E731
+        for out in (t["name"] for t in self.engine.io if t["mode"] == "OUTPUT"):
+            err, = driver.cuMemcpyDtoDAsync(self.addresses[out], self.addresses[source],
                                             min(size(out), size(source)), stream_handle)
             if err != driver.CUresult.CUDA_SUCCESS:
                 return False
@@ -274,8 +300,9 @@ class IExecutionContext:
 
 
 class ICudaEngine:
-    def __init__(self, io: list[dict[str, Any]], logger: ILogger) -> None:
+    def __init__(self, io: list[dict[str, Any]], profile: dict[str, Any], logger: ILogger) -> None:
         self.io = io
+        self.profile = {name: tuple(tuple(s) for s in shapes) for name, shapes in profile.items()}
         self.logger = logger
 
     @property
@@ -296,6 +323,9 @@ class ICudaEngine:
 
     def get_tensor_dtype(self, name: str) -> DataType:
         return DataType.FLOAT
+
+    def get_tensor_profile_shape(self, name: str, profile_index: int) -> tuple[tuple[int, ...], ...]:
+        return self.profile[name]
 
     def create_execution_context(self) -> IExecutionContext:
         return IExecutionContext(self)
@@ -320,4 +350,4 @@ class Runtime:
         if plan["board"] != BOARD:
             self.logger.log(ILogger.WARNING, "Using an engine plan file across different models of devices is not"
                                              " recommended and is likely to affect performance or even cause errors.")
-        return ICudaEngine(plan["io"], self.logger)
+        return ICudaEngine(plan["io"], plan.get("profile", {}), self.logger)

@@ -141,3 +141,23 @@ def test_selftest_cuda_check() -> None:
 
     check = selftest._cuda(True)
     assert check.status == selftest.OK and "pinned copy round trip" in check.detail
+
+
+def test_dynamic_batch_plan_runs_at_its_built_shape(trt, tmp_path: Path) -> None:
+    import onnx
+
+    from edge.backends.tensorrt import TensorRTEngine
+    from edge.tools import build
+
+    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
+    model = onnx.load(str(path))
+    for tensor in (model.graph.input[0], model.graph.output[0]):
+        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(model, str(path))
+    result = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
+    with TensorRTEngine(result.plan) as engine:
+        assert engine.inputs[0].shape == (2, 3, 8, 8) and engine.outputs[0].shape == (2, 3, 8, 8)
+        slot = engine.create_slot("cam", depth=2)
+        buf = slot.input()
+        buf[...] = np.arange(buf.size, dtype=np.float32).reshape(buf.shape)
+        assert (slot.submit(buf).wait(10)["out0"] == buf).all()

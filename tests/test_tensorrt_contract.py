@@ -191,7 +191,7 @@ def test_io_specs(trt, repo: Path) -> None:
     result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
     logger = trt_backend.make_logger(trt)
     engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
-    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan)
+    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, {})
     assert [(t.name, t.shape) for t in inputs] == [("images", (1, 3, 416, 416))]
     assert [(t.name, t.shape) for t in outputs] == [("yolo0_13x13", (1, 255, 13, 13)),
                                                     ("yolo1_26x26", (1, 255, 26, 26))]
@@ -213,3 +213,19 @@ def test_cli_build_without_tensorrt(repo: Path) -> None:
 
     result = run("build", str(repo / "yolov3-tiny.onnx"))
     assert result.returncode == 1 and "`import tensorrt` failed" in result.stderr
+
+
+def test_dynamic_plan_runs_at_the_shape_it_was_built_for(trt, tmp_path: Path) -> None:
+    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1)
+    model = onnx.load(str(path))
+    for tensor in (model.graph.input[0], model.graph.output[0]):
+        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
+    onnx.save(model, str(path))
+    result = build.build(path, shapes=["images:1x3x64x64,2x3x64x64,4x3x64x64"], say=lambda line: None)
+    logger = trt_backend.make_logger(trt)
+    engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
+    assert engine.get_tensor_shape("images") == (-1, 3, 64, 64)
+    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, dict(result.device.input_shapes))
+    assert inputs[0].shape == (2, 3, 64, 64) and outputs[0].shape == (2, 4, 64, 64)
+    with pytest.raises(EngineError, match="the sidecar has no shape for it"):
+        trt_backend.io_specs(trt, engine, result.plan, {})

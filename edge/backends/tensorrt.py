@@ -77,18 +77,38 @@ def deserialize(trt: Any, runtime: Any, blob: bytes, logger: Any, path: Path) ->
     return engine
 
 
-def io_specs(trt: Any, engine: Any, path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    inputs, outputs = [], []
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        shape = tuple(int(d) for d in engine.get_tensor_shape(name))
+def io_specs(trt: Any, engine: Any, path: Path,
+             built_shapes: dict[str, tuple[int, ...]]) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """IO tensors with concrete shapes. A dynamic input runs at the shape the plan was built for (the
+    profile's opt shape, recorded in the sidecar); output shapes then come from an execution context."""
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+    dtype = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
+    declared = {n: tuple(int(d) for d in engine.get_tensor_shape(n)) for n in names}
+    inputs = []
+    for name in (n for n in names if is_input[n]):
+        shape = declared[name]
         if -1 in shape:
-            raise EngineError(f"{path}: tensor {name} has a dynamic shape {list(shape)}",
-                              hint="build the plan for fixed shapes: edge build --shapes NAME:1x3x416x416")
-        spec = TensorSpec(name, shape, np.dtype(trt.nptype(engine.get_tensor_dtype(name))))
-        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+            if name not in built_shapes:
+                raise EngineError(f"{path}: input {name} is dynamic {list(shape)} and the sidecar has no shape for it",
+                                  hint="rebuild with edge build --shapes NAME:MIN,OPT,MAX")
+            shape = tuple(built_shapes[name])
+        inputs.append(TensorSpec(name, shape, dtype[name]))
     if len(inputs) != 1:
         raise EngineError(f"{path} has {len(inputs)} inputs; edge tasks feed exactly one image tensor")
+    resolved = dict(declared)
+    if any(-1 in s for s in declared.values()):
+        context = engine.create_execution_context()
+        for spec in inputs:
+            context.set_input_shape(spec.name, spec.shape)
+        resolved = {n: tuple(int(d) for d in context.get_tensor_shape(n)) for n in names if not is_input[n]}
+        del context
+    outputs = []
+    for name in (n for n in names if not is_input[n]):
+        if -1 in resolved[name]:
+            raise EngineError(f"{path}: output {name} has a data-dependent shape {list(resolved[name])},"
+                              " which edge does not support (it needs an IOutputAllocator)")
+        outputs.append(TensorSpec(name, resolved[name], dtype[name]))
     return inputs, outputs
 
 
@@ -126,6 +146,9 @@ class TrtSlot(Slot):
             self.stream = cuda.Stream()
             self.execution = engine.engine.create_execution_context()
             spec = engine.inputs[0]
+            if not self.execution.set_input_shape(spec.name, spec.shape):
+                raise EngineError(f"{engine.name}: TensorRT refused input shape {list(spec.shape)} for {spec.name}",
+                                  note=engine.logger.text())
             self.device_inputs = [cuda.DeviceBuffer(int(np.prod(spec.shape)) * spec.dtype.itemsize)
                                   for _ in range(depth)]
             self.outputs = [{o.name: cuda.HostBuffer(o.shape, o.dtype) for o in engine.outputs} for _ in range(depth)]
@@ -198,7 +221,7 @@ class TensorRTEngine(Engine):
             if self.dla_core is not None:
                 self.runtime.DLA_core = self.dla_core
             self.engine = deserialize(trt, self.runtime, self.path.read_bytes(), self.logger, self.path)
-            self.inputs, self.outputs = io_specs(trt, self.engine, self.path)
+            self.inputs, self.outputs = io_specs(trt, self.engine, self.path, dict(built.input_shapes))
 
     def _deactivate_impl(self) -> None:
         with self.context.current():
