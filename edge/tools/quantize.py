@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
-import sys
 from pathlib import Path
 from typing import Any, Literal
 
@@ -99,13 +99,13 @@ def quantize(src: Path, dst: Path, calibration: list[Sample], *, method: Method 
 
 
 class _quiet:
-    """ONNX Runtime's quantizer logs advice through the root logger and prints its progress on stdout;
-    keep stdout for our result lines (its prints go to stderr)."""
+    """ONNX Runtime's quantizer logs advice through the root logger and prints its steps on stdout
+    ("Collecting tensor data ..."); our progress bar and result lines replace both."""
 
     def __enter__(self) -> None:
         self._level = logging.getLogger().level
         logging.getLogger().setLevel(logging.ERROR)
-        self._redirect = contextlib.redirect_stdout(sys.stderr)
+        self._redirect = contextlib.redirect_stdout(io.StringIO())
         self._redirect.__enter__()
 
     def __exit__(self, *exc: Any) -> None:
