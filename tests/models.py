@@ -27,3 +27,13 @@ def conv_model(path: Path, *, input_shape: list[int], out_channels: int, stride:
         helper.set_model_props(model, {"edge.yolo": json.dumps(yolo_meta)})
     onnx.save(model, str(path))
     return path
+
+
+def make_dynamic(path: Path, dims: dict[str, int]) -> Path:
+    """Turn axis `dims[name]` of graph input/output `name` into a named dynamic dimension, in place."""
+    model = onnx.load(str(path))
+    for tensor in list(model.graph.input) + list(model.graph.output):
+        if tensor.name in dims:
+            tensor.type.tensor_type.shape.dim[dims[tensor.name]].dim_param = f"{tensor.name}_dim{dims[tensor.name]}"
+    onnx.save(model, str(path))
+    return path

@@ -8,7 +8,7 @@ import pytest
 
 from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EngineError, UsageError
-from tests.models import conv_model
+from tests.models import conv_model, make_dynamic
 
 
 @pytest.fixture
@@ -79,11 +79,7 @@ def test_truncated_real_model_is_refused(demo, tmp_path: Path) -> None:
 
 
 def test_dynamic_input_shape_is_refused(tmp_path: Path) -> None:
-    import onnx
-
-    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 32, 32], out_channels=4, stride=2)
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
-    onnx.save(model, str(path))
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 32, 32], out_channels=4, stride=2),
+                        {"images": 2})
     with pytest.raises(EngineError, match="dynamic shape"):
         OnnxRuntimeEngine(path).activate()

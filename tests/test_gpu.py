@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests import fake_tensorrt
-from tests.models import conv_model
+from tests.models import conv_model, make_dynamic
 
 pytestmark = pytest.mark.gpu
 
@@ -144,16 +144,11 @@ def test_selftest_cuda_check() -> None:
 
 
 def test_dynamic_batch_plan_runs_at_its_built_shape(trt, tmp_path: Path) -> None:
-    import onnx
-
     from edge.backends.tensorrt import TensorRTEngine
     from edge.tools import build
 
-    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
-    model = onnx.load(str(path))
-    for tensor in (model.graph.input[0], model.graph.output[0]):
-        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.save(model, str(path))
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
+                        {"images": 0, "out0": 0})
     result = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
     with TensorRTEngine(result.plan) as engine:
         assert engine.inputs[0].shape == (2, 3, 8, 8) and engine.outputs[0].shape == (2, 3, 8, 8)

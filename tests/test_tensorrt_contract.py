@@ -12,7 +12,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import onnx
 import pytest
 
 from edge import bundle
@@ -20,7 +19,7 @@ from edge.backends import tensorrt as trt_backend
 from edge.errors import EngineError
 from edge.tools import build
 from tests import fake_tensorrt
-from tests.models import conv_model
+from tests.models import conv_model, make_dynamic
 
 BOARD = fake_tensorrt.BOARD
 
@@ -110,10 +109,8 @@ def test_timing_cache_is_reused(trt, repo: Path, tmp_path: Path) -> None:
 
 
 def test_dynamic_shapes_need_a_profile(trt, tmp_path: Path) -> None:
-    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1)
-    model = onnx.load(str(path))
-    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.save(model, str(path))
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1),
+                        {"images": 0})
     with pytest.raises(EngineError, match=r"input images of .* is dynamic \[-1, 3, 64, 64\]") as info:
         build.build(path, say=lambda line: None)
     assert "--shapes images:MIN,OPT,MAX" in str(info.value)
@@ -216,11 +213,8 @@ def test_cli_build_without_tensorrt(repo: Path) -> None:
 
 
 def test_dynamic_plan_runs_at_the_shape_it_was_built_for(trt, tmp_path: Path) -> None:
-    path = conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1)
-    model = onnx.load(str(path))
-    for tensor in (model.graph.input[0], model.graph.output[0]):
-        tensor.type.tensor_type.shape.dim[0].dim_param = "batch"
-    onnx.save(model, str(path))
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1),
+                        {"images": 0, "out0": 0})
     result = build.build(path, shapes=["images:1x3x64x64,2x3x64x64,4x3x64x64"], say=lambda line: None)
     logger = trt_backend.make_logger(trt)
     engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
