@@ -42,17 +42,22 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from edge.client import Subscriber
+    from edge.client import SilenceNotice, Subscriber
 
     stop = threading.Event()
     _on_signals(lambda: stop.set())
     received = 0
     with Subscriber(args.endpoint, topics=args.topic or [""]) as sub:
         print(f"subscribed to {sub.endpoint} topics {args.topic or ['(all)']}", file=sys.stderr, flush=True)
+        silence = SilenceNotice(sub.endpoint, args.topic or [""], after_s=args.notice_after)
         while not stop.is_set() and (args.count is None or received < args.count):
             msg = sub.recv(timeout=0.2)
             if msg is None:
+                notice = silence.due(invalid=sub.invalid)
+                if notice:
+                    print(f"edge subscribe: {notice}", file=sys.stderr, flush=True)
                 continue
+            silence.heard()
             received += 1
             line = json.dumps({"topic": msg.topic, **msg.payload}) if args.json else _summary(msg.topic, msg.payload)
             print(line, flush=True)
@@ -213,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--topic", action="append", metavar="PREFIX", help="topic prefix, repeatable (default all)")
     subscribe.add_argument("--count", type=_positive, help="exit after N messages")
     subscribe.add_argument("--json", action="store_true", help="one JSON object per line")
+    subscribe.add_argument("--notice-after", type=float, default=3.0, metavar="SECONDS",
+                           help="say so on stderr after SECONDS with nothing received, then every 10 s"
+                           " (default 3; 0: never)")
     subscribe.set_defaults(func=cmd_subscribe)
 
     assets = sub.add_parser("assets", help="demo assets").add_subparsers(dest="assets_command", required=True)

@@ -12,7 +12,10 @@ TRANSPORT_LIMIT): libzmq drops a connection whose peer sends more, and does not 
 from __future__ import annotations
 
 import dataclasses
+import stat
+import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +27,8 @@ from edge.log import get_logger
 
 log = get_logger("client")
 TRANSPORT_LIMIT = 64 << 20
+SILENCE_NOTICE_S = 3.0        # first "nothing received" notice of `edge subscribe`
+SILENCE_REPEAT_S = 10.0       # then once per this much continued silence
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,3 +103,62 @@ class Subscriber:
         if last is not None and seq > last + 1:
             self.missed += seq - last - 1
         self._last_seq[topic] = seq
+
+
+class SilenceNotice:
+    """Says when a subscriber hears nothing: after `after_s` s of silence, then every `every_s` s more.
+
+    Clock-driven and free of sockets and threads: call `heard()` for each message and `due()` from the
+    receive loop; `due()` returns the notice text at most once per period, else None. A message resets
+    it. `after_s <= 0` turns it off. `now` (time.monotonic() seconds) is for tests.
+    """
+
+    def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, after_s: float = SILENCE_NOTICE_S,
+                 every_s: float = SILENCE_REPEAT_S, now: float | None = None) -> None:
+        self.endpoint = endpoint
+        self.topics = [t for t in topics if t]
+        self.after_s = after_s
+        self.every_s = every_s
+        self.received = 0
+        self._since = time.monotonic() if now is None else now
+        self._next = after_s
+
+    def heard(self, *, now: float | None = None) -> None:
+        self.received += 1
+        self._since = time.monotonic() if now is None else now
+        self._next = self.after_s
+
+    def due(self, *, invalid: int = 0, now: float | None = None) -> str | None:
+        silent = (time.monotonic() if now is None else now) - self._since
+        if self.after_s <= 0 or silent < self._next:
+            return None
+        periods = 1 + int((silent - self._next) // self.every_s)     # one notice, even after a long stall
+        self._next += periods * self.every_s
+        return self._text(silent, invalid)
+
+    def _text(self, silent: float, invalid: int) -> str:
+        what = "nothing valid" if invalid else "nothing"
+        when = f"for {_seconds(silent)} s since the last message" if self.received else f"in {_seconds(silent)} s"
+        details = [f"skipped {invalid} invalid message(s)"] if invalid else []
+        details += [state] if (state := endpoint_state(self.endpoint)) else []
+        topics = f" on topic(s) {', '.join(self.topics)}" if self.topics else ""
+        return (f"{what} received from {self.endpoint} {when}" + (f" ({'; '.join(details)})" if details else "")
+                + f"; is `edge run` running and publishing there{topics}? (still waiting)")
+
+
+def endpoint_state(endpoint: str) -> str:
+    """For an ipc:// endpoint, whether its socket file exists ('socket file /x exists'); else ''."""
+    if not endpoint.startswith("ipc:///"):
+        return ""
+    path = Path(endpoint[len("ipc://"):])
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return f"no socket file {path}"
+    except OSError as exc:
+        return f"socket file {path} cannot be checked: {exc.strerror}"
+    return f"socket file {path} exists" if stat.S_ISSOCK(mode) else f"{path} exists but is not a socket"
+
+
+def _seconds(value: float) -> str:
+    return f"{round(value) if value >= 1 else round(value, 1):g}"

@@ -187,3 +187,48 @@ def test_demo_command_with_video(tmp_path: Path, demo) -> None:
     assert "fps" in result.stdout.splitlines()[0] and "processed 5 frames, missed 0" in result.stderr
     capture = cv2.VideoCapture(str(out))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+
+
+def test_subscribe_says_when_nothing_arrives_and_keeps_waiting(tmp_path: Path) -> None:
+    import queue
+    import subprocess
+    import threading
+
+    from tests.daemon import ROOT, edge_cmd, env
+
+    endpoint = f"ipc://{tmp_path}/none.sock"
+    proc = subprocess.Popen(edge_cmd("subscribe", "--endpoint", endpoint, "--notice-after", "0.3"), cwd=ROOT,
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read_stderr() -> None:                       # lines as they come, then None at end of file
+        for line in proc.stderr:
+            lines.put(line)
+        lines.put(None)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        deadline, notice = time.monotonic() + 30, None
+        while notice is None and time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=deadline - time.monotonic())
+            except queue.Empty:
+                break
+            assert line is not None, "edge subscribe exited before its notice"
+            notice = line if "nothing received from" in line else None
+        assert notice is not None, "no 'nothing received' notice within 30 s"
+        assert notice.startswith(f"edge subscribe: nothing received from {endpoint} in ")
+        assert f"(no socket file {tmp_path}/none.sock)" in notice and "(still waiting)" in notice
+        assert proc.poll() is None                                   # it goes on waiting
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(timeout=10)
+    rest = []
+    while (line := lines.get_nowait()) is not None:
+        rest.append(line)
+    assert any("received 0 message(s)" in line for line in rest), rest
