@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,67 @@ def _import_ort() -> Any:
         raise EngineError("ONNX Runtime backend requested but `import onnxruntime` failed", note=str(exc),
                           hint="pip install onnxruntime (or onnxruntime-gpu where CUDA is installed)") from exc
     return onnxruntime
+
+
+def session_options(threads: int | None = None, *, spinning: bool = False) -> Any:
+    """The ONNX Runtime session options of every session edge creates: the runtime's, the INT8 gate's,
+    the FP16 check's and the benchmarks'. So a variant is always judged exactly as it will run."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    if not spinning:
+        # No busy-waiting between runs: at camera rate the spinning pool burned a second core for nothing
+        # (benchmarks/cpu_pipeline.py at 10 fps: 101 -> 65 ms CPU per frame).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if int8_saturates():
+        # ORT's x86 U8S8 kernels for SSE4.1/AVX2/AVX-512 without VNNI sum pairs of u8*s8 products in
+        # int16 (vpmaddubsw), which saturates. On such a CPU the demo's INT8 variant was wrong (head
+        # outputs off by 16.5, F1 0.35 against fp32). Precise mode makes ORT use its U8U8 kernels there.
+        # It is set only where the probe below shows the saturation: on a VNNI CPU the results are
+        # identical without it, and with it INT8 ran 2x slower (docs/int8-calibration.md has the figures).
+        options.add_session_config_entry("session.x64quantprecision", "1")
+    return options
+
+
+_PROBE_CHANNELS = 64
+
+
+@functools.cache
+def int8_saturates() -> bool:
+    """True when ONNX Runtime's default INT8 convolution saturates on this CPU.
+
+    Asks the kernel itself rather than reading CPU flags (which an emulator or a VM may misreport):
+    a QDQ 1x1 convolution over 64 channels whose every input and weight is the int8 maximum gives
+    64.0 per output when exact; a kernel that adds u8*s8 pairs in int16 gives something else."""
+    ort = _import_ort()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_probe_model(), options, providers=["CPUExecutionProvider"])
+    out = session.run(None, {"x": np.ones((1, _PROBE_CHANNELS, 4, 4), np.float32)})[0]
+    return not np.array_equal(out, np.full_like(out, _PROBE_CHANNELS))
+
+
+def _probe_model() -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = _PROBE_CHANNELS
+    values = {"w": np.full((8, n, 1, 1), 127, np.int8), "w_scale": np.full(8, 1 / 127, np.float32),
+              "w_zero": np.zeros(8, np.int8), "x_scale": np.float32(1 / 127), "y_scale": np.float32(1.0),
+              "zero": np.int8(0)}
+    nodes = [helper.make_node("QuantizeLinear", ["x", "x_scale", "zero"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "x_scale", "zero"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "w_scale", "w_zero"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"]),
+             helper.make_node("QuantizeLinear", ["y", "y_scale", "zero"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "y_scale", "zero"], ["out"])]
+    graph = helper.make_graph(nodes, "int8-saturation-probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n, 4, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 8, 4, 4])],
+                              [numpy_helper.from_array(np.asarray(v), k) for k, v in values.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+    return model.SerializeToString()
 
 
 def _spec(arg: Any) -> TensorSpec:
@@ -82,13 +144,7 @@ class OnnxRuntimeEngine(Engine):
 
     def _activate_impl(self) -> None:
         ort = _import_ort()
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        options.log_severity_level = 3
-        # No busy-waiting between runs: at camera rate the spinning pool burned a second core for nothing
-        # (benchmarks/cpu_pipeline.py at 10 fps: 101 -> 65 ms CPU per frame).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(self.threads)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=self.providers)
         except Exception as exc:  # ORT raises InvalidProtobuf/Fail/InvalidGraph/NoSuchFile, all RuntimeError-like

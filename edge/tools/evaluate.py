@@ -116,7 +116,18 @@ def reference_detections(reference: Path, samples: list[Sample], *, conf_thresho
 def evaluate_against(truth_all: list[np.ndarray], labels: list[str], candidate: Path, samples: list[Sample], *,
                      conf_threshold: float = 0.3, progress: bool = True) -> dict[str, Any]:
     """Agreement of `candidate` with precomputed reference detections."""
-    ranked_all, _ = _detect_all(candidate, samples, RANK_THRESHOLD, "candidate", progress)
+    return score(truth_all, candidate_detections(candidate, samples, progress=progress), samples, labels,
+                 conf_threshold=conf_threshold)
+
+
+def candidate_detections(candidate: Path, samples: list[Sample], *, progress: bool = True) -> list[np.ndarray]:
+    """The candidate's detections down to RANK_THRESHOLD (what `score` ranks for mAP)."""
+    return _detect_all(candidate, samples, RANK_THRESHOLD, "candidate", progress)[0]
+
+
+def score(truth_all: list[np.ndarray], ranked_all: list[np.ndarray], samples: list[Sample], labels: list[str], *,
+          conf_threshold: float = 0.3) -> dict[str, Any]:
+    """The agreement report of ranked candidate detections with the reference's, frame by frame."""
     per_class: dict[int, ClassStats] = collections.defaultdict(ClassStats)
     ranked_hits: dict[int, list[tuple[float, bool]]] = collections.defaultdict(list)
     frames = []

@@ -49,8 +49,10 @@ def convert(src: Path, dst: Path, *, check_images: list[np.ndarray]) -> Fp16Repo
 def compare(reference: Path, candidate: Path, tensors: list[np.ndarray]) -> Fp16Report:
     import onnxruntime as ort
 
-    ref = ort.InferenceSession(str(reference), providers=["CPUExecutionProvider"])
-    cand = ort.InferenceSession(str(candidate), providers=["CPUExecutionProvider"])
+    from edge.backends.onnxruntime import session_options
+
+    ref = ort.InferenceSession(str(reference), session_options(), providers=["CPUExecutionProvider"])
+    cand = ort.InferenceSession(str(candidate), session_options(), providers=["CPUExecutionProvider"])
     name = ref.get_inputs()[0].name
     diff = magnitude = 0.0
     for tensor in tensors:
