@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from edge import protocol, sources
 from edge.errors import ConfigError
@@ -87,17 +88,18 @@ class TaskConfig(_Strict):
     def _variant_paths(cls, value: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
         return None if value is None else {k: _resolve(v, info) for k, v in value.items()}
 
+    @field_validator("cameras")
+    @classmethod
+    def _distinct_cameras(cls, value: list[str]) -> list[str]:
+        twice = sorted({c for c in value if value.count(c) > 1})
+        if twice:
+            raise PydanticCustomError("camera_twice", "lists camera(s) {twice} more than once", {"twice": twice})
+        return value
+
     @model_validator(mode="after")
-    def _one_model(self) -> TaskConfig:
-        if [self.model, self.variants, self.engines].count(None) != 2:
-            raise ValueError("give exactly one of `model` (one ONNX file), `variants` (precision -> file)"
-                             " or `engines` (an engine repository directory with manifest.json)")
-        if self.variants is not None and not self.variants:
-            raise ValueError("`variants` is empty; list at least one of fp32, fp16, int8")
-        if self.engines is None and self.precision is not None and self.precision not in self.model_files:
-            raise ValueError(f"precision {self.precision!r} has no file; variants are {sorted(self.model_files)}")
-        if len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"cameras {self.cameras} lists a camera twice")
+    def _one_model(self, info: ValidationInfo) -> TaskConfig:
+        if not _rules_checked(info):                  # parse_config checks these on the raw file, with the rest
+            _raise(_task_rules((), self.model_dump()))
         return self
 
     @property
@@ -139,14 +141,9 @@ class Config(_Strict):
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
-    def _references(self) -> Config:
-        ids = [c.id for c in self.cameras]
-        _unique("camera id", ids)
-        _unique("task name", [t.name for t in self.tasks])
-        for task in self.tasks:
-            missing = [c for c in task.cameras if c not in ids]
-            if missing:
-                raise ValueError(f"task {task.name!r} uses undefined camera(s) {missing}; defined: {ids}")
+    def _references(self, info: ValidationInfo) -> Config:
+        if not _rules_checked(info):                  # parse_config checks these on the raw file, with the rest
+            _raise(_reference_rules([c.model_dump() for c in self.cameras], [t.model_dump() for t in self.tasks]))
         return self
 
     def camera(self, camera_id: str) -> CameraConfig:
@@ -158,10 +155,99 @@ class Config(_Strict):
         return [c.id for c in self.cameras if c.id in used]
 
 
-def _unique(what: str, values: list[str]) -> None:
-    dupes = sorted({v for v in values if values.count(v) > 1})
-    if dupes:
-        raise ValueError(f"{what} {dupes} defined more than once")
+# ---------------------------------------------------------------- rules across keys
+# Pydantic runs a model's "after" validators only when all of its fields are valid, so a rule across
+# keys would be reported only once everything else is fixed. These rules therefore work on plain data:
+# parse_config applies them to the raw file (skipping entries of the wrong type: the schema reports
+# those) and reports them together with the schema's problems; the validators apply them to objects
+# built in code.
+
+class Problem(typing.NamedTuple):
+    """One problem in a config: key path, rule, value (omitted when the rule names the values), hint."""
+    loc: tuple[Any, ...]
+    rule: str
+    value: Any = None
+    hint: str = "change the value as the rule says"
+    show_value: bool = True
+
+    def render(self, overridden: typing.Mapping[tuple[Any, ...], str]) -> str:
+        where = _loc(self.loc) + (f" (from ${overridden[self.loc]})" if self.loc in overridden else "")
+        value = f" (value: {self.value!r:.120})" if self.show_value else ""
+        return f"{where}: {self.rule}{value}. Hint: {self.hint}"
+
+
+def _rules_checked(info: ValidationInfo) -> bool:
+    return bool((info.context or {}).get("rules_checked"))
+
+
+def _raise(problems: list[Problem]) -> None:
+    if problems:
+        raise ValueError("; ".join(f"{_loc(p.loc)}: {p.rule}" if p.loc else p.rule for p in problems))
+
+
+def _rule_problems(raw: dict[str, Any]) -> list[Problem]:
+    """Every rule across keys, on the raw (expanded) YAML data."""
+    cameras = raw.get("cameras") if isinstance(raw.get("cameras"), list) else None
+    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else []
+    problems = _reference_rules(cameras, tasks)
+    for i, task in enumerate(tasks):
+        if isinstance(task, dict):
+            problems += _task_rules(("tasks", i), task)
+    return problems
+
+
+def _reference_rules(cameras: list[Any] | None, tasks: list[Any]) -> list[Problem]:
+    """Camera ids and task names are unique; tasks use only defined cameras (unless `cameras` is no list)."""
+    problems = _unique("task name", ("tasks", "name"), tasks,
+                       "give every task its own name (it is part of topic names)")
+    if cameras is None:
+        return problems
+    problems += _unique("camera id", ("cameras", "id"), cameras, "give every camera its own id")
+    ids = list(dict.fromkeys(c["id"] for c in cameras if isinstance(c, dict) and isinstance(c.get("id"), str)))
+    for i, task in enumerate(tasks):
+        used = task.get("cameras") if isinstance(task, dict) else None
+        missing = [c for c in used if isinstance(c, str) and c not in ids] if isinstance(used, list) else []
+        if missing:
+            name = task["name"] if isinstance(task.get("name"), str) else f"tasks[{i}]"
+            problems.append(Problem(("tasks", i, "cameras"), f"task {name!r} uses undefined camera(s) {missing};"
+                                    f" defined: {ids}", used, "define the camera under `cameras:` or fix the id"))
+    return problems
+
+
+def _unique(what: str, where: tuple[str, str], entries: list[Any], hint: str) -> list[Problem]:
+    section, key = where
+    first: dict[str, int] = {}
+    problems = []
+    for i, entry in enumerate(entries):
+        value = entry.get(key) if isinstance(entry, dict) else None
+        if not isinstance(value, str):
+            continue
+        if value in first:
+            also = _loc((section, first[value], key))
+            problems.append(Problem((section, i, key), f"{what} {value!r} is defined more than once (also at {also})",
+                                    value, hint))
+        first.setdefault(value, i)
+    return problems
+
+
+def _task_rules(loc: tuple[Any, ...], task: typing.Mapping[str, Any]) -> list[Problem]:
+    """One model source per task; variants not empty; the pinned precision has a file."""
+    given = [k for k in ("model", "variants", "engines") if task.get(k) is not None]
+    if len(given) != 1:
+        return [Problem(loc, "give exactly one of `model` (one ONNX file), `variants` (precision -> file) or"
+                        " `engines` (an engine repository directory with manifest.json); given: "
+                        + (", ".join(f"`{k}`" for k in given) or "none"),
+                        hint="keep one of the three keys" if given else "add one of the three keys",
+                        show_value=False)]
+    variants, precision = task.get("variants"), task.get("precision")
+    if isinstance(variants, dict) and not variants:
+        return [Problem(loc + ("variants",), "`variants` is empty; list at least one of fp32, fp16, int8", variants,
+                        "add e.g. `fp32: model.onnx`")]
+    files = {"fp32": task["model"]} if given == ["model"] else variants if isinstance(variants, dict) else None
+    if files is not None and precision in typing.get_args(Precision) and precision not in files:
+        return [Problem(loc + ("precision",), f"precision {precision!r} has no file; variants are {sorted(files)}",
+                        precision, "add that variant or pin a precision that has one")]
+    return []
 
 
 def _resolve(value: str, info: ValidationInfo) -> str:
@@ -189,12 +275,17 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
     raw = _parse_yaml(text, source)
     raw = _expand(raw, environ, source, [])
     overridden = _apply_overrides(raw, environ)
+    problems = []
     try:
-        return Config.model_validate(raw, context={"base_dir": base_dir})
+        config = Config.model_validate(raw, context={"base_dir": base_dir, "rules_checked": True})
     except ValidationError as exc:
-        problems = [_describe(err, overridden) for err in exc.errors()]
-        raise ConfigError(f"invalid config {source}: {len(problems)} problem(s)", note="\n  " + "\n  ".join(problems),
-                          hint="see the config reference in README.md") from None
+        problems = [_describe(err) for err in exc.errors()]
+    problems += _rule_problems(raw)             # rules across keys: reported with the rest, not after
+    if problems:
+        lines = [p.render(overridden) for p in sorted(problems, key=_file_order)]
+        raise ConfigError(f"invalid config {source}: {len(lines)} problem(s)", note="\n  " + "\n  ".join(lines),
+                          hint="see the config reference in README.md")
+    return config
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
@@ -263,22 +354,27 @@ _HINTS = {
     "dict": "write a YAML mapping (key: value lines)",
     "model": "write a YAML mapping (key: value lines)",
     "too": "add or remove entries as the rule says",
+    "camera_twice": "list each camera once",
 }
 
 
-def _describe(err: Any, overridden: dict[tuple[str, ...], str]) -> str:
+def _describe(err: Any) -> Problem:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    where = _loc(loc)
-    if loc in overridden:
-        where += f" (from ${overridden[loc]})"
     rule = err["msg"].removeprefix("Value error, ")
     hint = _HINTS.get(err["type"]) or _HINTS.get(err["type"].split("_")[0], "change the value as the rule says")
     if err["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         hint += f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
     whole_block = isinstance(err["input"], dict)          # a rule across keys: the rule names the values
-    value = "" if err["type"] == "missing" or whole_block else f" (value: {err['input']!r:.120})"
-    return f"{where}: {rule}{value}. Hint: {hint}"
+    return Problem(loc, rule, err["input"], hint, show_value=err["type"] != "missing" and not whole_block)
+
+
+def _file_order(problem: Problem) -> tuple[int, int]:
+    """Sort key: by top-level section, then by list entry (stable, so rules follow the schema's problems)."""
+    sections = list(Config.model_fields)
+    section, index = (list(problem.loc) + [None, None])[:2]
+    rank = sections.index(section) if section in sections else (-1 if section is None else len(sections))
+    return rank, index if isinstance(index, int) else -1
 
 
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:

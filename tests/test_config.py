@@ -152,3 +152,69 @@ def test_load_config_missing_file(tmp_path: Path) -> None:
 def test_load_config_resolves_relative_to_file(tmp_path: Path) -> None:
     (tmp_path / "edge.yaml").write_text(GOOD)
     assert load_config(tmp_path / "edge.yaml", environ={}).tasks[0].model == f"{tmp_path}/models/yolo.onnx"
+
+
+def test_rules_across_keys_are_reported_with_every_other_problem(tmp_path: Path) -> None:
+    (tmp_path / "edge.yaml").write_text("""
+version: 1
+cameras:
+  - id: front
+    uri: test://bars
+    colour: red
+  - id: front
+    uri: test://bars
+tasks:
+  - name: people
+    type: detector
+    model: m.onnx
+    variants: {fp32: m.onnx}
+    cameras: [front, side, front]
+  - name: people
+    type: detector
+    variants: {fp32: m.onnx}
+    precision: int8
+    priority: high
+    cameras: [rear]
+""")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "edge.yaml", environ={})
+    message = str(info.value)
+    expected = [
+        "cameras[0].colour: Extra inputs are not permitted (value: 'red'). Hint: remove it",
+        "cameras[1].id: camera id 'front' is defined more than once (also at cameras[0].id) (value: 'front')."
+        " Hint: give every camera its own id",
+        "tasks[0].cameras: lists camera(s) ['front'] more than once (value: ['front', 'side', 'front'])."
+        " Hint: list each camera once",
+        "tasks[0].cameras: task 'people' uses undefined camera(s) ['side']; defined: ['front']"
+        " (value: ['front', 'side', 'front']). Hint: define the camera under `cameras:`",
+        "tasks[0]: give exactly one of `model`", "given: `model`, `variants`. Hint: keep one of the three keys",
+        "tasks[1].priority: Input should be a valid integer", "(value: 'high'). Hint: write a whole number",
+        "tasks[1].name: task name 'people' is defined more than once (also at tasks[0].name) (value: 'people')."
+        " Hint: give every task its own name",
+        "tasks[1].cameras: task 'people' uses undefined camera(s) ['rear']; defined: ['front'] (value: ['rear'])."
+        " Hint: define the camera",
+        "tasks[1].precision: precision 'int8' has no file; variants are ['fp32'] (value: 'int8'). Hint: add that",
+    ]
+    assert f"invalid config {tmp_path}/edge.yaml: 9 problem(s)" in message
+    for text in expected:
+        assert text in message, text
+    lines = message.splitlines()
+    assert lines.index(next(x for x in lines if "cameras[1].id" in x)) < lines.index(
+        next(x for x in lines if "tasks[0].cameras" in x))                              # in file order
+
+
+def test_rules_across_keys_still_apply_to_objects_built_in_code() -> None:
+    from pydantic import ValidationError
+
+    from edge.config import CameraConfig, TaskConfig
+
+    with pytest.raises(ValidationError, match="exactly one of `model`"):
+        TaskConfig(name="t", type="detector", cameras=["c"])
+    task = TaskConfig(name="t", type="detector", model="m.onnx", cameras=["c"])
+    with pytest.raises(ValidationError, match=r"tasks\[0\].cameras: task 't' uses undefined camera\(s\) \['c'\]"):
+        Config(version=1, cameras=[CameraConfig(id="a", uri="test://bars")], tasks=[task])
+
+
+def test_undefined_cameras_are_not_guessed_when_the_cameras_section_is_broken() -> None:
+    message = error(GOOD.replace("cameras:\n  - id: front", "cameras: front\nunused:\n  - id: front"))
+    assert "cameras: Input should be a valid list" in message and "undefined camera" not in message
