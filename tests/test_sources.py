@@ -194,3 +194,56 @@ def test_csi_pipeline_uses_nvargus_and_latest_frame_appsink() -> None:
     assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
     assert "width=1920,height=1080,framerate=60/1" in pipeline and "flip-method=2" in pipeline
     assert pipeline.endswith("appsink drop=1 max-buffers=1 sync=false")
+
+
+class _RecordedStop(threading.Event):
+    """The camera's stop event, recording each backoff wait and returning at once (no sleeping);
+    it reports a stop after `waits` waits, which ends the capture thread's loop."""
+
+    def __init__(self, waits: int) -> None:
+        super().__init__()
+        self.waits: list[float | None] = []
+        self._limit = waits
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(timeout)
+        if len(self.waits) >= self._limit:
+            self.set()
+        return self.is_set()
+
+
+class _NoFrames:
+    """A live device that opens but delivers no frame (unplugged right after opening)."""
+
+    fps = 30.0
+
+    def read(self) -> None:
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def _reconnecting_camera(monkeypatch: pytest.MonkeyPatch, opens: list[bool], waits: int) -> _RecordedStop:
+    """Run a lost v4l2 camera's capture loop in this thread; `opens` says which reconnect attempts succeed."""
+    attempts = iter(opens)
+
+    def open_reader(uri: Any) -> _NoFrames:
+        if next(attempts, False):
+            return _NoFrames()
+        raise SourceError("cannot open V4L2 device /dev/video9")
+    monkeypatch.setattr("edge.sources.open_reader", open_reader)
+    camera = Camera("rear", parse_uri("v4l2:///dev/video9"), on_event=Events())
+    stop = camera._stop = _RecordedStop(waits)
+    camera._run()                                     # the reader is None: the camera starts lost
+    return stop
+
+
+def test_reconnect_backoff_doubles_from_half_a_second_up_to_ten(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = _reconnecting_camera(monkeypatch, opens=[], waits=9)
+    assert stop.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
+
+
+def test_reconnect_backoff_starts_over_after_a_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
+    stop = _reconnecting_camera(monkeypatch, opens=[False, False, True, False], waits=6)
+    assert stop.waits == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]   # third attempt opened, then the device was lost again
