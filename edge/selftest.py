@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.backends.base import Engine
 from edge.errors import EdgeError
@@ -48,7 +49,12 @@ def _opencv() -> Check:
 def _onnxruntime() -> Check:
     import onnxruntime
 
-    return Check("onnxruntime", OK, f"{onnxruntime.__version__}, {', '.join(onnxruntime.get_available_providers())}")
+    from edge.backends.onnxruntime import int8_saturates
+
+    int8 = ("INT8 precise mode (this CPU's U8S8 kernel saturates)" if int8_saturates()
+            else "INT8 U8S8 kernel exact")
+    return Check("onnxruntime", OK, f"{onnxruntime.__version__}, {', '.join(onnxruntime.get_available_providers())},"
+                                   f" {int8}")
 
 
 def _zeromq() -> Check:
@@ -134,6 +140,20 @@ def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20
     return ok, f"found {sorted(found)}, median {statistics.median(times[1:]):.1f} ms a frame"
 
 
+def _demo_repository(demo: Any) -> Check:
+    """The demo's engine repository as `edge demo` resolves it: manifest readable, fp32 variant intact."""
+    from edge import bundle
+
+    try:
+        manifest = bundle.Manifest.load(demo.engines)
+        bundle.resolve(manifest, "fp32", device=None, allow_onnx=True)
+    except EdgeError as exc:
+        return Check("demo engines", FAIL, f"{exc.what}. Hint: edge assets fetch --rebuild")
+    variants = sorted(v.precision for v in manifest.variants if v.format == "onnx")
+    refused = "; ".join(f"{p} refused: {r['reason']}" for p, r in sorted(manifest.refused.items()))
+    return Check("demo engines", OK, f"variants {', '.join(variants)}" + (f"; {refused}" if refused else ""))
+
+
 def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     from edge import assets
     from edge.backends.onnxruntime import OnnxRuntimeEngine
@@ -141,10 +161,13 @@ def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     from edge.tools import build
 
     demo = assets.DemoAssets(assets.default_cache_dir())
-    if not demo.model.is_file() or not demo.image("dog.jpg").is_file():
+    if not demo.engines.is_dir() or not demo.image("dog.jpg").is_file():
         return [Check("demo model", SKIP, f"no demo assets in {demo.root}. Hint: edge assets fetch")]
+    repository = _demo_repository(demo)
+    if repository.status == FAIL:
+        return [repository]
     ok, detail = _detects_dog(lambda: OnnxRuntimeEngine(demo.model), demo.image("dog.jpg"))
-    checks = [Check("demo on onnxruntime", OK if ok else FAIL, detail)]
+    checks = [repository, Check("demo on onnxruntime", OK if ok else FAIL, detail)]
     if not tensorrt_ok:
         return checks + [Check("demo on tensorrt", SKIP, "TensorRT not available")]
     with tempfile.TemporaryDirectory() as tmp:

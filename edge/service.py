@@ -23,6 +23,13 @@ log = get_logger("service")
 STOP_TIMEOUT_S = 5.0
 
 
+FALLBACK_ORDER = ("fp16", "fp32")     # what a task runs when its configured variant was refused
+
+
+def _has_plan(manifest: bundle.Manifest, precision: str) -> bool:
+    return any(v.format == "plan" and v.precision == precision for v in manifest.variants)
+
+
 def make_engine(task: TaskConfig, total_lanes: int) -> Engine:
     """The task's engine. ONNX Runtime threads default to the usable cores shared among all lanes:
     two sessions running at once with all cores each oversubscribe the CPU (benchmarks/cpu_pipeline.py)."""
@@ -31,6 +38,13 @@ def make_engine(task: TaskConfig, total_lanes: int) -> Engine:
     if task.engines is None:
         return OnnxRuntimeEngine(task.model_files[precision], precision=precision, threads=threads)
     manifest = bundle.Manifest.load(Path(task.engines))
+    for refused, record in sorted(manifest.refused.items()):
+        log.warning("task %s: the %s variant of %s was refused when it was made: %s", task.name, refused,
+                    manifest.model, record["reason"])
+    if precision in manifest.refused:
+        precision = next((p for p in FALLBACK_ORDER if manifest.onnx(p) is not None or _has_plan(manifest, p)),
+                         precision)
+        log.warning("task %s: running %s instead of the configured %s", task.name, precision, task.active_precision)
     choice = bundle.resolve(manifest, precision, device=tensorrt.device_key(), allow_onnx=task.allow_onnx)
     for reason in choice.rejected:
         log.info("task %s: not using %s", task.name, reason)

@@ -26,8 +26,9 @@ def start(config: Path, *args: str) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(edge_cmd(*args), cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+def run(*args: str, timeout: float = 120, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(edge_cmd(*args), cwd=ROOT, env={**env(), **(extra_env or {})}, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 class RawSubscriber:

@@ -2,13 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
+import signal
+import stat
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from edge import assets, bundle
 from edge.errors import AssetError
+from tests.daemon import ROOT, edge_cmd, env
 
 
 def seeded_cache(demo: assets.DemoAssets, tmp_path: Path) -> Path:
@@ -57,15 +62,115 @@ def test_stale_model_conversion_is_redone(demo, tmp_path: Path) -> None:
     assert said[0].startswith("converting Darknet YOLOv3-tiny")
     assert assets.sha256_file(root / "engines" / "yolov3-tiny" / "yolov3-tiny.onnx") == assets.sha256_file(demo.model)
     # the fp32 model is identical again, so its variants and manifest are still current: nothing else rebuilt
-    assert len(said) == 1
+    assert len(said) == 2 and all(line.startswith("converting Darknet YOLOv3-tiny") for line in said)
 
 
-def test_missing_variant_rebuilds_the_repository(demo, tmp_path: Path) -> None:
+def test_missing_variant_is_remade_alone(demo, tmp_path: Path) -> None:
     root = seeded_cache(demo, tmp_path)
     (root / "engines" / "yolov3-tiny" / "yolov3-tiny.fp16.onnx").unlink()
     said: list[str] = []
     assets.fetch(root, say=said.append)
-    assert [line.split(" ")[1] for line in said[:2]] == ["the", "the"] and "FP16" in said[0] and "INT8" in said[1]
+    assert said[0].startswith("FP16 variant: converting") and not any("INT8" in line for line in said)
     manifest = bundle.Manifest.load(root / "engines" / "yolov3-tiny")
     assert sorted(v.precision for v in manifest.variants) == ["fp16", "fp32", "int8"]
     assert manifest.onnx("int8").extra["gate"]["f1"] >= assets.INT8_MIN_F1
+
+
+@pytest.fixture
+def quick_int8(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real INT8 path (calibrate, gate) on few frames, so a test can afford to remake the variant."""
+    monkeypatch.setattr(assets, "CALIBRATION_FRAMES", range(0, 40))
+    monkeypatch.setattr(assets, "CALIBRATION_COUNT", 4)
+    monkeypatch.setattr(assets, "HELD_OUT_FRAMES", range(477, 493))
+
+
+def leftovers(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.name.endswith((".tmp", ".part", "-inferred.onnx"))
+            or p.name.startswith((".int8-", ".download-"))]
+
+
+def test_refused_int8_keeps_the_other_variants_and_is_not_remade(demo, tmp_path: Path, quick_int8,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    root = seeded_cache(demo, tmp_path)
+    repo = root / "engines" / "yolov3-tiny"
+    (repo / "yolov3-tiny.int8.qdq.onnx").unlink()
+    monkeypatch.setattr(assets, "INT8_MIN_F1", 1.01)              # no variant can pass: the real gate refuses
+    said: list[str] = []
+    old_umask = os.umask(0o022)
+    try:
+        assets.fetch(root, say=said.append)
+    finally:
+        os.umask(old_umask)
+    manifest = bundle.Manifest.load(repo)
+    assert sorted(v.precision for v in manifest.variants) == ["fp16", "fp32"]
+    record = manifest.refused["int8"]
+    assert record["reason"].startswith(f"F1 {record['gate']['f1']} < 1.01 against fp32")
+    assert 0 < record["gate"]["f1"] <= 1 and record["inputs"]["variants_version"] == assets.VARIANTS_VERSION
+    assert not (repo / "yolov3-tiny.int8.qdq.onnx").exists() and leftovers(root) == []
+    assert said[-1].startswith("note: the demo's int8 variant is refused: F1 ")
+    assert stat.S_IMODE((repo / "manifest.json").stat().st_mode) == 0o644
+
+    said.clear()
+    assets.fetch(root, say=said.append)                          # refused for these inputs: not tried again
+    assert not any("INT8 variant" in line for line in said) and said[-1].startswith("note: the demo's int8")
+
+    monkeypatch.setattr(assets, "INT8_MIN_F1", 0.0)
+    said.clear()
+    assets.fetch(root, say=said.append, rebuild=True)             # --rebuild retries it
+    assert any(line.startswith("INT8 variant: calibrating") for line in said)
+    manifest = bundle.Manifest.load(repo)
+    assert manifest.refused == {} and manifest.onnx("int8") is not None
+    assert stat.S_IMODE((repo / "yolov3-tiny.int8.qdq.onnx").stat().st_mode) == 0o644
+
+
+def test_variants_are_remade_when_their_inputs_change(demo, tmp_path: Path, quick_int8,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    root = seeded_cache(demo, tmp_path)
+    monkeypatch.setattr(assets, "VARIANTS_VERSION", assets.VARIANTS_VERSION + 1)
+    monkeypatch.setattr(assets, "INT8_MIN_F1", 0.0)
+    said: list[str] = []
+    assets.fetch(root, say=said.append)
+    assert any(line.startswith("FP16 variant") for line in said) and any(line.startswith("INT8 gate") for line in said)
+
+
+def test_leftovers_of_a_killed_run_are_removed(demo, tmp_path: Path) -> None:
+    root = seeded_cache(demo, tmp_path)
+    repo = root / "engines" / "yolov3-tiny"
+    (repo / ".yolov3-tiny.int8.qdq.onnx.x1y2.tmp").write_bytes(b"")
+    (repo / ".int8-abc").mkdir()
+    (repo / ".int8-abc" / "yolov3-tiny.int8.qdq.onnx").write_bytes(b"ungated")
+    (root / "images" / "dog.jpg.part").write_bytes(b"half")
+    assets.fetch(root, say=lambda line: None)
+    assert leftovers(root) == []
+
+
+def test_two_fetches_at_once_make_a_variant_once(demo, tmp_path: Path) -> None:
+    root = seeded_cache(demo, tmp_path)
+    (root / "engines" / "yolov3-tiny" / "yolov3-tiny.fp16.onnx").unlink()
+    procs = [subprocess.Popen(edge_cmd("assets", "fetch", "--cache-dir", str(root)), cwd=ROOT, env=env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    stderr = "".join(err for _, err in outputs)
+    started = [line for line in stderr.splitlines() if line.startswith("FP16 variant") and line.endswith(" ...")]
+    assert len(started) == 1 and "waiting for another process" in stderr, stderr
+    assert bundle.Manifest.load(root / "engines" / "yolov3-tiny").onnx("fp16") is not None and leftovers(root) == []
+
+
+def test_interrupt_during_the_gate_leaves_no_ungated_variant(demo, tmp_path: Path) -> None:
+    root = seeded_cache(demo, tmp_path)
+    repo = root / "engines" / "yolov3-tiny"
+    (repo / "yolov3-tiny.int8.qdq.onnx").unlink()
+    proc = subprocess.Popen(edge_cmd("assets", "fetch", "--cache-dir", str(root)), cwd=ROOT, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stderr:                                   # bounded: the process ends on its own
+            if line.startswith("INT8 variant: gate against fp32") and line.rstrip().endswith("..."):
+                proc.send_signal(signal.SIGINT)
+                break
+        assert proc.wait(timeout=60) == 130
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (repo / "yolov3-tiny.int8.qdq.onnx").exists() and leftovers(root) == []
+    assert bundle.Manifest.load(repo).onnx("fp16") is not None

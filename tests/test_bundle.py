@@ -131,3 +131,37 @@ def test_service_runs_the_repository_variant(demo, tmp_path: Path) -> None:
     broken = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=2)
     with pytest.raises(EngineError, match="sha256 .* does not match the manifest"):
         broken.start()
+
+
+def test_refused_variant_is_reported_and_the_task_runs_the_next_one(demo, tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    repo = tmp_path / "repo"
+    shutil.copytree(demo.engines, repo)
+    manifest = bundle.Manifest.load(repo)
+    manifest.refuse("int8", {"reason": "F1 0.35 < 0.9 against fp32 on 80 held-out vtest frames"})
+    manifest.save()
+    (repo / "yolov3-tiny.int8.qdq.onnx").unlink()
+    assert bundle.Manifest.load(repo).refused["int8"]["reason"].startswith("F1 0.35")
+    with pytest.raises(EngineError, match="int8 variant was refused when made: F1 0.35 < 0.9"):
+        bundle.resolve(bundle.Manifest.load(repo), "int8", device=None, allow_onnx=True)
+    text = (f"version: 1\ncameras:\n  - id: c\n    uri: file://{demo.video}?realtime=0\ntasks:\n"
+            f"  - name: objects\n    type: detector\n    engines: {repo}\n    precision: int8\n    cameras: [c]\n"
+            f"output:\n  results: ipc://{tmp_path}/r.sock\n")
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=2)
+    with caplog.at_level("WARNING"):
+        service.start()
+    try:
+        engine = service.engines["objects"]
+        assert engine.precision == "fp16" and engine.path == repo / "yolov3-tiny.fp16.onnx"
+        assert "the int8 variant of yolov3-tiny was refused when it was made: F1 0.35" in caplog.text
+        assert "running fp16 instead of the configured int8" in caplog.text
+        assert service.run(threading.Event()) == 0
+    finally:
+        service.stop()
+
+
+def test_manifest_refused_record_without_reason_is_malformed(tmp_path: Path) -> None:
+    (tmp_path / "manifest.json").write_text('{"schema": 1, "model": "m", "variants": [],'
+                                            ' "refused": [{"precision": "int8"}]}')
+    with pytest.raises(EngineError, match="malformed.*refused variant has no reason"):
+        bundle.Manifest.load(tmp_path)

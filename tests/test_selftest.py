@@ -18,3 +18,15 @@ def test_selftest_fails_when_tensorrt_is_required_and_missing(demo) -> None:
     assert result.returncode == 1
     assert "FAILED: cuda, tensorrt" in result.stdout
     assert "python3-libnvinfer" in result.stdout                  # the hint says where TensorRT comes from
+
+
+def test_selftest_fails_when_the_demo_engine_repository_is_broken(demo, tmp_path) -> None:
+    import shutil
+
+    shutil.copytree(demo.root, tmp_path / "cache", ignore=shutil.ignore_patterns("media"))
+    (tmp_path / "cache" / "engines" / "yolov3-tiny" / "manifest.json").write_text("{not json")
+    result = run("selftest", extra_env={"EDGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 1, result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.split()[:3] == ["FAIL", "demo", "engines"])
+    assert "not valid JSON" in line and "edge assets fetch --rebuild" in line
+    assert "FAILED: demo engines" in result.stdout

@@ -243,3 +243,26 @@ def test_input_shape_mismatch(demo, frames, tmp_path: Path) -> None:
     with pytest.raises(EngineError, match=r"different inputs: \[1, 3, 416, 416\] and \[1, 3, 64, 64\]"):
         evaluate.evaluate(demo.model, small, frames["held"][:1], progress=False)
     assert not (tmp_path / "q.onnx").exists() and not (tmp_path / "h.onnx").exists()
+
+
+def test_two_quantize_runs_of_one_source_at_once(demo, frames, tmp_path: Path) -> None:
+    """ONNX Runtime writes <model>-inferred.onnx beside the model it quantizes; two runs raced on it."""
+    import concurrent.futures
+    import shutil
+
+    source = tmp_path / "src" / "yolo.onnx"
+    source.parent.mkdir()
+    shutil.copyfile(demo.model, source)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(quantize.quantize, source, tmp_path / f"out{i}.onnx", frames["calib"][:2],
+                            method="minmax", progress=False) for i in range(2)]
+        reports = [run.result(timeout=300) for run in runs]
+    assert all(r.quantized_nodes > 0 for r in reports)
+    assert sorted(p.name for p in source.parent.iterdir()) == ["yolo.onnx"]
+    assert oct((tmp_path / "out0.onnx").stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

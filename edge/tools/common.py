@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from edge.bundle import atomic_path
 from edge.errors import EngineError
 
 
@@ -42,14 +42,8 @@ def check_writable(path: Path) -> None:
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` only when the block succeeds."""
     check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        yield tmp
 
 
 def input_tensor(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

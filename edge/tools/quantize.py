@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import logging
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -87,8 +88,12 @@ def quantize(src: Path, dst: Path, calibration: list[Sample], *, method: Method 
     methods = {"entropy": CalibrationMethod.Entropy, "minmax": CalibrationMethod.MinMax,
                "percentile": CalibrationMethod.Percentile}
     reader = _Reader(model.graph.input[0].name, calibration, shape, progress)
-    with atomic_output(dst) as tmp, _quiet():
-        quantize_static(str(src), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+    with atomic_output(dst) as tmp, _quiet(), tempfile.TemporaryDirectory(prefix="edge-quantize-") as private:
+        # ONNX Runtime writes "<model>-inferred.onnx" beside the model it is given and deletes it at the
+        # end: two runs on one source raced on that file. Give it a link in a directory of our own.
+        source = Path(private) / src.name
+        source.symlink_to(src.resolve())
+        quantize_static(str(source), str(tmp), reader, quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
                         calibrate_method=methods[method], nodes_to_exclude=list(exclude or []),
                         extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
