@@ -51,12 +51,20 @@ def test_person_jpg_known_content(engine, demo) -> None:
 
 
 def test_boxes_are_in_source_pixels_and_inside_the_frame(engine, demo) -> None:
-    image = cv2.imread(str(demo.image("kite.jpg")))             # 1352x900: a strong letterbox
+    image = cv2.imread(str(demo.image("kite.jpg")))             # 1352x900: a strong letterbox (x0.31, 69 px bars)
     found = detect(engine, image)
-    assert found
     h, w = image.shape[:2]
     for _, score, (x1, y1, x2, y2) in found:
         assert 0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h and 0.3 <= score <= 1
+    kite = max((item for item in found if item[0] == "kite"), key=lambda item: item[1])[2]
+    assert 600 < kite[0] < kite[2] < 670 and 80 < kite[1] < kite[3] < 150       # high up, in the middle
+    people = [box for name, _, box in found if name == "person"]
+    assert people and all(box[2] < 300 and box[1] > 600 for box in people)      # on the beach, bottom left
+    half = detect(engine, cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA))
+    assert sorted(name for name, _, _ in half) == sorted(name for name, _, _ in found)
+    by_place = lambda items: sorted(items, key=lambda item: (item[0], item[2][0]))  # noqa: E731
+    for (name, _, box), (_, _, box_half) in zip(by_place(found), by_place(half)):
+        np.testing.assert_allclose(np.array(box_half) * 2, box, atol=6, err_msg=name)   # same scene, half the pixels
 
 
 def test_threshold_and_max_detections(engine, demo) -> None:
@@ -78,6 +86,19 @@ def test_letterbox_geometry_and_fill() -> None:
     np.testing.assert_allclose(back, [[0, 0, 768, 576]], atol=1e-3)
 
 
+@pytest.mark.parametrize("height,width", [(576, 768), (768, 576), (33, 100), (100, 33), (416, 416)])
+def test_letterbox_fills_every_pad_and_only_the_pads(height: int, width: int) -> None:
+    """Bars top and bottom (wide image) or left and right (tall one), also when they differ by a row."""
+    image = np.full((height, width, 3), (0, 0, 255), np.uint8)
+    out = np.full((1, 3, 416, 416), 7.0, np.float32)               # stale data from the previous frame
+    box = letterbox_into(image, out)
+    inside = np.zeros((416, 416), bool)
+    inside[box.top:box.top + box.height, box.left:box.left + box.width] = True
+    assert inside.sum() == box.width * box.height and max(box.width, box.height) == 416
+    assert (out[0][:, ~inside] == 0.5).all()
+    assert (out[0][:, inside] == np.array([[1.0], [0.0], [0.0]], np.float32)).all()
+
+
 def test_letterbox_rejects_wrong_image() -> None:
     with pytest.raises(ValueError, match="BGR uint8"):
         letterbox_into(np.zeros((10, 10), np.uint8), np.zeros((1, 3, 32, 32), np.float32))
@@ -91,6 +112,51 @@ def test_nms_keeps_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.45).tolist() == [0, 2]
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.95).tolist() == [0, 1, 2]
+
+
+YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    """The detector for a real one-head model: input 64x64, 3 anchors, 2 classes, head [1, 21, 2, 2]."""
+    path = conv_model(tmp_path_factory.mktemp("tiny") / "tiny.onnx", input_shape=[1, 3, 64, 64], out_channels=21,
+                      stride=32, yolo_meta=YOLO)
+    with OnnxRuntimeEngine(path) as engine:
+        return build_task(CONFIG, engine)
+
+
+def head(*boxes: tuple[int, int, int, float, int]) -> dict[str, np.ndarray]:
+    """Raw head output with one 20x20 box per (anchor, row, col, objectness logit, class); all else empty."""
+    raw = np.full((1, 3, 7, 2, 2), -20.0, np.float32)               # (anchor, tx ty tw th obj c0 c1, row, col)
+    for anchor, row, col, objectness, cls in boxes:
+        aw, ah = YOLO["anchors"][0][anchor]
+        raw[0, anchor, :5, row, col] = [0.0, 0.0, np.log(20 / aw), np.log(20 / ah), objectness]
+        raw[0, anchor, 5 + cls, row, col] = 20.0
+    return {"out0": raw.reshape(1, 21, 2, 2)}
+
+
+def test_decode_places_boxes_by_cell_and_anchor(tiny) -> None:
+    found = tiny.postprocess(head((0, 0, 1, 3.0, 0), (2, 1, 0, 2.0, 1)), Letterbox.fit(64, 64, 64, 64))
+    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
+    np.testing.assert_allclose(found, [[38, 6, 58, 26, sig(3.0), 0],             # row 0, col 1: centre (48, 16)
+                                       [6, 38, 26, 58, sig(2.0), 1]], atol=1e-4)  # row 1, col 0: centre (16, 48)
+
+
+def test_nms_is_class_wise(tiny) -> None:
+    """Two anchors of one cell find the same 20x20 box (IoU 1): one class keeps one box, two classes keep both."""
+    meta = Letterbox.fit(64, 64, 64, 64)
+    same = tiny.postprocess(head((0, 0, 0, 3.0, 1), (1, 0, 0, 2.0, 1)), meta)
+    np.testing.assert_allclose(same[:, 4:], [[1 / (1 + np.exp(-3.0)), 1]], atol=1e-4)   # the better one
+    both = tiny.postprocess(head((0, 0, 0, 3.0, 0), (1, 0, 0, 2.0, 1)), meta)
+    assert both[:, 5].tolist() == [0, 1]
+    np.testing.assert_allclose(both[:, :4], [[6, 6, 26, 26]] * 2, atol=1e-4)
+
+
+def test_boxes_map_back_through_the_letterbox(tiny) -> None:
+    """A 128x64 frame sits in the 64x64 input at scale 0.5 with 16-px bars above and below."""
+    found = tiny.postprocess(head((0, 1, 1, 3.0, 0)), Letterbox.fit(128, 64, 64, 64))
+    np.testing.assert_allclose(found[:, :4], [[76, 44, 116, 64]], atol=1e-4)   # (38..58, 38..58) - bar, x2, clipped
 
 
 def test_model_without_yolo_metadata_is_refused(tmp_path: Path) -> None:
