@@ -23,7 +23,7 @@ setup(
     extras_require={
         # pip OpenCV for PCs. On a Jetson keep JetPack's OpenCV (GStreamer for CSI cameras):
         # do not install this extra there; create the venv with --system-site-packages.
-        "cv": ["opencv-python-headless>=4.8"],
+        "cv": ["opencv-python-headless>=4.8,<5"],
         "jetson": ["pycuda>=2022.1", "jetson-stats>=4.2"],
         "tools": ["onnx>=1.14", "onnxconverter-common>=1.14", "tqdm>=4.60", "pycocotools>=2.0.7"],
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "opencv-python-headless>=4.8,<5"],

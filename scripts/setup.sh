@@ -36,6 +36,13 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 spec="."
 if (( ${#extras[@]} )); then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+echo "setup: installing edge $spec into .venv with the versions CI tested (scripts/constraints.txt)"
+# pip's own lines say what it installs; "already satisfied" lines and setuptools' editable-install banner
+# (PYTHONWARNINGS reaches pip's build subprocess) say nothing useful.
+pip_install() {
+    PYTHONWARNINGS=ignore .venv/bin/python -m pip install --disable-pip-version-check --progress-bar off "$@" \
+        | sed -u '/^Requirement already satisfied/d'
+}
+pip_install --upgrade pip
+pip_install -c scripts/constraints.txt -e "$spec"
 echo "setup: edge installed in .venv ($spec)"
