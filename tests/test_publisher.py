@@ -87,7 +87,25 @@ def test_ipc_endpoint_in_use_and_stale_socket_file(ctx: zmq.Context, ipc_endpoin
         stale.close()
     again = Publisher(ipc_endpoint, context=ctx)
     again.start()                                                 # stale file: replaced, not refused
+    sub = subscribed(again, ctx, ["det."])                        # and the new socket really serves
+    assert again.publish("det.t.c", det(7), LaneStats("t", "c"))
+    message = sub.recv(timeout=5)
+    assert message is not None and message.payload["frame"] == 7 and message.seq == 0
+    sub.close()
     again.stop(5)
+
+
+def test_restart_on_the_same_ipc_endpoint_serves_subscribers(ctx: zmq.Context, ipc_endpoint: str) -> None:
+    """A service restart in one process: stop, then bind the same path again at once."""
+    for frame in range(2):
+        pub = Publisher(ipc_endpoint, context=ctx)
+        pub.start()
+        sub = subscribed(pub, ctx, ["det."])
+        assert pub.publish("det.t.c", det(frame), LaneStats("t", "c"))
+        message = sub.recv(timeout=5)
+        assert message is not None and message.payload["frame"] == frame
+        sub.close()
+        pub.stop(5)
 
 
 def test_ipc_directory_is_created(ctx: zmq.Context, tmp_path) -> None:
