@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from edge.config import parse_config
 from edge.errors import EdgeError, EngineError
 from edge.service import Service
 from edge.tasks.detector import YoloDetector
+from tests.conftest import wait_for
 
 
 def config(demo, tmp_path: Path, cameras: int = 1, tasks_extra: str = ""):
@@ -69,11 +71,46 @@ def test_start_failure_releases_what_was_started(demo, tmp_path: Path) -> None:
 
 
 def test_stop_while_running_is_bounded(demo, tmp_path: Path) -> None:
+    """The stop request arrives while the lane is busy on the 795-frame video: run() returns 0 and
+    stop() releases everything within its timeout, long before the video would end."""
     service = Service(config(demo, tmp_path))
     service.start()
-    stop = threading.Event()
+    stop, codes = threading.Event(), []
+    runner = threading.Thread(target=lambda: codes.append(service.run(stop)))
+    runner.start()
+    wait_for(lambda: service.lanes[0].stats.processed >= 2, 60, "frames to flow")
     stop.set()
-    assert service.run(stop) == 0
+    runner.join(10)
+    assert not runner.is_alive() and codes == [0]
+    started = time.monotonic()
     service.stop(timeout=5)
+    assert time.monotonic() - started < 5
     assert all(lane.finished.is_set() for lane in service.lanes)
     assert not service.engines["objects"].is_active
+    assert service.lanes[0].stats.processed < 795                     # stopped mid-stream, not at its end
+
+
+def test_stop_is_bounded_when_a_lane_hangs(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection in the run phase: the lane hangs in postprocessing (like an inference that never
+    returns). stop(1) gives up on it after its share of the timeout instead of waiting for it."""
+    hung, unblock = threading.Event(), threading.Event()
+    original = YoloDetector.postprocess
+
+    def hanging(self, outputs, meta):
+        hung.set()
+        unblock.wait(30)
+        return original(self, outputs, meta)
+    monkeypatch.setattr(YoloDetector, "postprocess", hanging)
+    service = Service(config(demo, tmp_path))
+    service.start()
+    wait_for(hung.is_set, 60, "the lane to hang")
+    watchdog = threading.Timer(15, unblock.set)                      # an unbounded stop returns late, and fails
+    watchdog.start()
+    started = time.monotonic()
+    service.stop(timeout=1)
+    elapsed = time.monotonic() - started
+    hung_through_stop = not service.lanes[0].finished.is_set()
+    unblock.set()
+    watchdog.cancel()
+    assert hung_through_stop and elapsed < 3                         # 1 s for the lane, 0.1 s floors for the rest
+    wait_for(service.lanes[0].finished.is_set, 10, "the released lane to end")
