@@ -86,11 +86,12 @@ def test_quantize_bad_inputs(demo, frames, tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.onnx"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write anywhere")
-def test_output_not_writable(demo, frames, tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    with pytest.raises(EngineError, match="not writable"):
+def test_output_not_writable(demo, frames) -> None:
+    """/proc/sys takes no new files from anyone, root included (the kernel refuses, whatever the capabilities),
+    so this runs as root too, where a directory with mode 0500 would be writable."""
+    locked = Path("/proc/sys")
+    assert locked.is_dir() and not os.access(locked, os.W_OK)
+    with pytest.raises(EngineError, match="output path is not writable: /proc/sys/a.onnx"):
         quantize.quantize(demo.model, locked / "a.onnx", frames["calib"][:1], progress=False)
 
 
