@@ -139,9 +139,16 @@ def test_variable_expansion() -> None:
 
 
 def test_every_problem_is_reported_at_once() -> None:
-    message = error(GOOD.replace("id: rear", "id: rear\n    extra: 1").replace("priority", "x")
-                    .replace("type: detector\n    variants", "type: tracker\n    variants"))
-    assert "2 problem(s)" in message
+    text = GOOD
+    for old, new in [("id: rear", "id: rear\n    extra: 1"), ("    enabled: false", "    enabled: maybe"),
+                     ("type: detector\n    variants", "type: tracker\n    variants")]:
+        assert text.count(old) == 1, old                      # each edit really makes one problem
+        text = text.replace(old, new)
+    message = error(text)
+    assert "3 problem(s)" in message
+    assert "cameras[1].extra: Extra inputs are not permitted" in message
+    assert "tasks[1].type: Input should be 'detector' (value: 'tracker')" in message
+    assert "tasks[1].enabled: Input should be a valid boolean" in message
 
 
 def test_load_config_missing_file(tmp_path: Path) -> None:
