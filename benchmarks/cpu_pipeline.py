@@ -1,6 +1,7 @@
 """CPU pipeline benchmark on the demo video (ONNX Runtime CPU), baselines in the same run.
 
-  (a) raw engine: session.run back to back on ready tensors (also for the fp16 and int8 variants)
+  (a) raw engine: session.run back to back on ready tensors (also for the fp16 and int8 variants, and
+      int8 with ONNX Runtime's precise mode forced on)
   (b) naive loop: decode -> preprocess -> infer -> postprocess -> publish, one thread
   (c) the edge pipeline (Service) with 1 lane and with 2 lanes (two cameras on the video; default
       ORT threads = cores / lanes, and, to show why, 2 threads per lane)
@@ -26,7 +27,7 @@ import numpy as np
 import zmq
 
 from edge import assets, protocol
-from edge.backends.onnxruntime import OnnxRuntimeEngine, session_options
+from edge.backends.onnxruntime import OnnxRuntimeEngine, cpu_facts, session_options
 from edge.client import Subscriber
 from edge.config import TaskConfig, parse_config
 from edge.service import Service
@@ -47,16 +48,17 @@ def read_frames(video: Path, count: int) -> list[np.ndarray]:
     return frames
 
 
-def _plain_session(model: Path) -> Any:
+def _plain_session(model: Path, int8_precise: bool | None = None) -> Any:
     """ONNX Runtime with its defaults (all cores, spinning pool): the strongest plain baseline. It takes
     edge's INT8 precision setting too, so an INT8 row is never the fast but wrong saturating kernel."""
     import onnxruntime
 
-    return onnxruntime.InferenceSession(str(model), session_options(spinning=True), providers=["CPUExecutionProvider"])
+    options = session_options(spinning=True, int8_precise=int8_precise)
+    return onnxruntime.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
 
 
-def raw_engine(model: Path, video: Path, count: int) -> dict[str, Any]:
-    session = _plain_session(model)
+def raw_engine(model: Path, video: Path, count: int, int8_precise: bool | None = None) -> dict[str, Any]:
+    session = _plain_session(model, int8_precise)
     with OnnxRuntimeEngine(model) as engine:
         task = build_task(TASK, engine)
     tensors = []
@@ -161,6 +163,8 @@ def main() -> None:
         "a_raw_engine": lambda: raw_engine(demo.model, demo.video, args.frames),
         "a_raw_engine_fp16": lambda: raw_engine(demo.variant("fp16"), demo.video, args.frames),
         "a_raw_engine_int8": lambda: raw_engine(demo.variant("int8"), demo.video, args.frames),
+        # precise mode forced on: what the fix for CPUs without VNNI would cost where it is not needed
+        "a_raw_engine_int8_precise": lambda: raw_engine(demo.variant("int8"), demo.video, args.frames, True),
         "b_naive_loop": lambda: naive_loop(demo.model, demo.video, args.frames),
         "c_edge_1_lane": lambda: edge_pipeline(demo.root, args.frames, 1, realtime=False),
         "c_edge_1_lane_int8": lambda: edge_pipeline(demo.root, args.frames, 1, realtime=False, precision="int8"),
@@ -172,10 +176,12 @@ def main() -> None:
     for _ in range(args.repeat):                       # interleaved, so drift hits every configuration alike
         for name, run in runs.items():
             samples[name].append(run())
-    results: dict[str, Any] = {"machine": {"cpu": platform.processor() or platform.machine(),
-                                           "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
-                                           "onnxruntime": __import__("onnxruntime").__version__},
-                               "repeat": args.repeat}
+    machine = {**cpu_facts(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+               "onnxruntime": __import__("onnxruntime").__version__}
+    results: dict[str, Any] = {"machine": machine, "repeat": args.repeat}
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, flags {' '.join(machine['flags']) or '-'}"
+          f" (VNNI {'yes' if machine['vnni'] else 'no'}), INT8 precise mode {machine['int8_precise_mode']},"
+          f" onnxruntime {machine['onnxruntime']}")
     results.update({name: median_of(rs) for name, rs in samples.items()})
     raw, naive = results["a_raw_engine"], results["b_naive_loop"]
     print(f"{'run':18} {'fps':>6} {'x raw':>6} {'x naive':>7} {'p50 ms':>7} {'p99 ms':>7} "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import assets
+from edge.backends.onnxruntime import cpu_facts
 from edge.tools import data, evaluate, quantize, select
 
 POOL = range(0, 477)
@@ -58,9 +59,11 @@ def main() -> None:
                              "quantize_s": round(seconds, 1)})
                 print(json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"method": args.method, "exclude": args.exclude, "pool": [POOL.start, POOL.stop],
+    args.out.write_text(json.dumps({"machine": cpu_facts(), "method": args.method, "exclude": args.exclude,
+                                    "pool": [POOL.start, POOL.stop],
                                     "held_out_frames": len(held), "rows": rows}, indent=2))
-    print(f"\nheld-out: {len(held)} frames ({len(held) - len(stills)} vtest + {len(stills)} stills);"
+    print(f"\nmachine: {cpu_facts()}")
+    print(f"held-out: {len(held)} frames ({len(held) - len(stills)} vtest + {len(stills)} stills);"
           f" method {args.method}; excluded: {args.exclude or 'none'}\n")
     print("| N | selection | F1 vs fp32 | mAP@0.5 vs fp32 | recall | precision |")
     print("|---|---|---|---|---|---|")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -24,9 +25,10 @@ def _import_ort() -> Any:
     return onnxruntime
 
 
-def session_options(threads: int | None = None, *, spinning: bool = False) -> Any:
+def session_options(threads: int | None = None, *, spinning: bool = False, int8_precise: bool | None = None) -> Any:
     """The ONNX Runtime session options of every session edge creates: the runtime's, the INT8 gate's,
-    the FP16 check's and the benchmarks'. So a variant is always judged exactly as it will run."""
+    the FP16 check's and the benchmarks'. So a variant is always judged exactly as it will run.
+    `int8_precise` None decides by the probe below (benchmarks force it to show what it costs)."""
     ort = _import_ort()
     options = ort.SessionOptions()
     if threads:
@@ -36,7 +38,7 @@ def session_options(threads: int | None = None, *, spinning: bool = False) -> An
         # No busy-waiting between runs: at camera rate the spinning pool burned a second core for nothing
         # (benchmarks/cpu_pipeline.py at 10 fps: 101 -> 65 ms CPU per frame).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if int8_saturates():
+    if int8_saturates() if int8_precise is None else int8_precise:
         # ORT's x86 U8S8 kernels for SSE4.1/AVX2/AVX-512 without VNNI sum pairs of u8*s8 products in
         # int16 (vpmaddubsw), which saturates. On such a CPU the demo's INT8 variant was wrong (head
         # outputs off by 16.5, F1 0.35 against fp32). Precise mode makes ORT use its U8U8 kernels there.
@@ -44,6 +46,25 @@ def session_options(threads: int | None = None, *, spinning: bool = False) -> An
         # identical without it, and with it INT8 ran 2x slower (docs/int8-calibration.md has the figures).
         options.add_session_config_entry("session.x64quantprecision", "1")
     return options
+
+
+def cpu_facts() -> dict[str, Any]:
+    """What decides INT8 speed and exactness on ONNX Runtime's CPU kernels, for benchmark records:
+    the CPU model, its AVX2/AVX-512/VNNI flags (from /proc/cpuinfo), and whether edge runs INT8 in
+    precise mode here."""
+    model, flags = "unknown", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model == "unknown":
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "asimddp")
+    return {"cpu": model, "flags": [f for f in wanted if f in flags],
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "int8_precise_mode": int8_saturates()}
 
 
 _PROBE_CHANNELS = 64
