@@ -33,6 +33,7 @@ def send(pub: zmq.Socket, seq: int, topic: str = "det.t.c", **override: object) 
 
 def test_receives_valid_messages_and_counts_seq_gaps(pair) -> None:
     pub, sub = pair
+    assert (sub.missed, sub.invalid, sub.last_error) == (0, 0, "")
     for seq in (0, 1, 5, 6):
         send(pub, seq)
     seqs = [sub.recv(timeout=5).seq for _ in range(4)]
@@ -48,6 +49,30 @@ def test_gaps_are_tracked_per_topic(pair) -> None:
         send(pub, seq, topic)
     assert [(m.topic, m.seq) for m in (sub.recv(timeout=5) for _ in sent)] == sent
     assert sub.missed == 1                      # a.c lost seq 2; one tracker for all topics would count 8
+
+
+def test_restarted_or_repeated_seqs_are_not_gaps(pair) -> None:
+    """Only forward jumps are losses: a daemon restart starts again at 0 (here twice in a row)."""
+    pub, sub = pair
+    seqs = [0, 1, 4, 0, 0, 2]
+    for seq in seqs:
+        send(pub, seq)
+    assert [sub.recv(timeout=5).seq for _ in seqs] == seqs
+    assert sub.missed == 2 + 1                  # 2 and 3 lost before the restart, 1 after it
+
+
+def test_recv_without_timeout_waits_for_the_next_message(pair) -> None:
+    pub, sub = pair
+    send(pub, 3)
+    assert sub.recv().seq == 3
+
+
+def test_error_names_the_topic(pair) -> None:
+    pub, sub = pair
+    pub.send_multipart([b"det.t.c", protocol.pack(det(v=9))])
+    send(pub, 1)
+    assert sub.recv(timeout=5).seq == 1
+    assert sub.last_error == "payload on 'det.t.c' has schema version 9, expected 1"
 
 
 def test_garbage_is_skipped_and_counted(pair) -> None:
@@ -72,13 +97,21 @@ def test_oversized_message_is_skipped_and_the_next_one_arrives(pair) -> None:
     assert sub.invalid == 1 and "exceeds the 4096-byte limit" in sub.last_error
 
 
-def test_latest_only_returns_the_newest_waiting_message(ctx: zmq.Context) -> None:
-    """inproc: a message is in the subscriber's queue once send() returns, so all five are waiting."""
+@pytest.fixture
+def latest(ctx: zmq.Context) -> Iterator[tuple[zmq.Socket, Subscriber]]:
+    """inproc: a message is in the subscriber's queue once send() returns, so everything sent is waiting."""
     pub = ctx.socket(zmq.XPUB)
     pub.setsockopt(zmq.LINGER, 0)
     pub.bind("inproc://latest")
-    latest = Subscriber("inproc://latest", topics=["det."], latest_only=True, context=ctx)
+    sub = Subscriber("inproc://latest", topics=["det."], latest_only=True, context=ctx)
     assert pub.poll(10_000) and pub.recv() == b"\x01det."
+    yield pub, sub
+    sub.close()
+    pub.close(linger=0)
+
+
+def test_latest_only_returns_the_newest_waiting_message(latest) -> None:
+    pub, latest = latest
     for seq in range(5):
         send(pub, seq)
     assert latest.recv(timeout=5).seq == 4      # the older four were drained, not returned
@@ -86,5 +119,10 @@ def test_latest_only_returns_the_newest_waiting_message(ctx: zmq.Context) -> Non
     assert latest.missed == 0                   # skipped on purpose is not lost upstream
     send(pub, 5)
     assert latest.recv(timeout=5).seq == 5
-    latest.close()
-    pub.close(linger=0)
+
+
+def test_latest_only_with_nothing_valid_waiting_returns_none(latest) -> None:
+    pub, latest = latest
+    pub.send_multipart([b"det.t.c", b"\xc1"])
+    pub.send_multipart([b"det.t.c", protocol.pack(det(v=9))])
+    assert latest.recv(timeout=5) is None and latest.invalid == 2
