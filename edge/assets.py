@@ -320,16 +320,11 @@ def _current(manifest: bundle.Manifest, precision: str, inputs: dict[str, Any]) 
 @contextlib.contextmanager
 def _step(say: Callable[[str], None], what: str) -> Iterator[None]:
     """One line when a long step starts and one when it ends: readable in a log as on a terminal
-    (where the step's own progress bar runs in between)."""
+    (where the step's own progress bar runs in between; the tools show bars on a terminal only)."""
     say(f"{what} ...")
     start = time.monotonic()
     yield
     say(f"{what}: done in {time.monotonic() - start:.0f} s")
-
-
-def _bars() -> bool:
-    """Progress bars only on a terminal; logs get the plain step lines."""
-    return sys.stderr.isatty()
 
 
 def _fp16_variant(assets: DemoAssets, inputs: dict[str, Any], say: Callable[[str], None]) -> bundle.Variant:
@@ -360,10 +355,10 @@ def _int8_variant(assets: DemoAssets, inputs: dict[str, Any], say: Callable[[str
             chosen = select.select(pool, CALIBRATION_COUNT, "diverse")
             del pool
         with _step(say, f"INT8 variant: calibrating ({CALIBRATION_METHOD})"):
-            quantize.quantize(assets.model, candidate, chosen, method=CALIBRATION_METHOD, progress=_bars())
+            quantize.quantize(assets.model, candidate, chosen, method=CALIBRATION_METHOD, progress=True)
         held, _ = data.load_samples([assets.video], fit_to=(416, 416), every=4, frames=HELD_OUT_FRAMES)
         with _step(say, f"INT8 variant: gate against fp32 on {len(held)} held-out frames (min F1 {INT8_MIN_F1})"):
-            report = evaluate.evaluate(assets.model, candidate, held, progress=_bars())
+            report = evaluate.evaluate(assets.model, candidate, held, progress=True)
         gate = {"reference": "fp32", "f1": report["f1"], "map50": report["map50"], "min_f1": INT8_MIN_F1,
                 "held_out_frames": report["frames"]}
         say(f"INT8 gate: F1 {report['f1']} (min {INT8_MIN_F1}), mAP@0.5 {report['map50']} against fp32")

@@ -147,6 +147,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     samples = _frames(args.calib, args.input, args.every, "calibration set", needed=args.count)
     chosen = select.select(samples, args.count or len(samples), args.select, seed=args.seed)
+    print(f"calibrating on {len(chosen)} frames ({args.select}, {args.method}) ...", file=sys.stderr, flush=True)
     result = quantize.quantize(args.input, args.output, chosen, method=args.method, exclude=args.exclude)
     print(f"wrote {args.output}: INT8 Q/DQ, {result.quantized_nodes} QuantizeLinear nodes, calibrated on"
           f" {result.frames} frames ({args.select}, {args.method}); excluded: {result.excluded or 'none'}")
@@ -157,6 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge.tools import evaluate
 
     samples = _frames(args.data, args.reference, args.every, "evaluation set")
+    print(f"running the reference and the candidate on {len(samples)} frames ...", file=sys.stderr, flush=True)
     result = evaluate.evaluate(args.reference, args.candidate, samples, conf_threshold=args.conf)
     if args.labels:
         result["coco"] = {"reference": evaluate.coco_map(args.labels, args.reference, samples),

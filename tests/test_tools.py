@@ -267,3 +267,36 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_in_a_log(demo, tmp_path: Path) -> None:
+    import fcntl
+    import pty
+    import struct
+    import subprocess
+    import termios
+
+    from tests.daemon import ROOT, edge_cmd, env
+
+    cmd = edge_cmd("model", "quantize", str(demo.model), str(tmp_path / "q.onnx"), "--calib",
+                   str(demo.image("dog.jpg")), str(demo.image("person.jpg")), "--method", "minmax")
+    logged = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=120)
+    assert logged.returncode == 0, logged.stderr
+    assert "calibrating on 2 frames (diverse, minmax) ..." in logged.stderr and "\r" not in logged.stderr
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))    # a terminal 100 columns wide
+    with open(main, "rb", buffering=0) as terminal:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=child)
+        os.close(child)
+        shown = b""
+        while chunk := _read_pty(terminal):
+            shown += chunk
+        assert proc.wait(timeout=120) == 0
+    assert b"calibrating:" in shown and b"\r" in shown                  # tqdm's bar, redrawn in place
+
+
+def _read_pty(terminal) -> bytes:
+    try:
+        return terminal.read(4096)
+    except OSError:                      # EIO: the child closed its end
+        return b""

@@ -87,7 +87,8 @@ def _detect_all(model: Path, samples: list[Sample], threshold: float, desc: str,
         task = YoloDetector.from_engine(config, engine)
         slot = engine.create_slot("evaluate", depth=1)
         results = []
-        for sample in tqdm(samples, desc=desc, unit="frame", disable=not progress, leave=False):
+        # disable=None: a bar on a terminal only; logs are not filled with redraws
+        for sample in tqdm(samples, desc=desc, unit="frame", disable=None if progress else True, leave=False):
             buf = slot.input()
             meta = task.preprocess(sample.image, buf)
             results.append(task.postprocess(slot.submit(buf).wait(), meta))

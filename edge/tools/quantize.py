@@ -49,7 +49,8 @@ class _Reader:
         self._samples = samples
         self._shape = shape
         self._position, self._end = 0, len(samples)
-        self._bar = tqdm(total=len(samples), desc="calibrating", unit="frame", disable=not progress, leave=False)
+        self._bar = tqdm(total=len(samples), desc="calibrating", unit="frame", leave=False,
+                         disable=None if progress else True)      # None: a bar on a terminal only
 
     def __len__(self) -> int:
         return len(self._samples)
