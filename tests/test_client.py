@@ -126,3 +126,48 @@ def test_latest_only_with_nothing_valid_waiting_returns_none(latest) -> None:
     pub.send_multipart([b"det.t.c", b"\xc1"])
     pub.send_multipart([b"det.t.c", protocol.pack(det(v=9))])
     assert latest.recv(timeout=5) is None and latest.invalid == 2
+
+
+
+def test_silence_notice_stays_quiet_while_messages_flow() -> None:
+    from edge.client import SilenceNotice
+
+    notice = SilenceNotice("tcp://127.0.0.1:5555", after_s=3, every_s=10, now=0.0)
+    for t in range(1, 60):                       # one message a second for a minute: never a notice
+        notice.heard(now=t - 0.5)
+        assert notice.due(now=float(t)) is None
+    assert notice.received == 59
+
+
+def test_silence_notice_first_after_delay_then_every_period_and_resets() -> None:
+    from edge.client import SilenceNotice
+
+    notice = SilenceNotice("tcp://127.0.0.1:5555", topics=["det.", ""], after_s=3, every_s=10, now=100.0)
+    assert notice.due(now=102.9) is None
+    first = notice.due(now=103.0)
+    assert first == ("nothing received from tcp://127.0.0.1:5555 in 3 s; is `edge run` running and publishing"
+                     " there on topic(s) det.? (still waiting)")
+    assert [notice.due(now=t) for t in (103.1, 110.0, 112.9)] == [None, None, None]    # no spamming
+    assert "in 13 s" in notice.due(now=113.0)
+    assert "in 60 s" in notice.due(now=160.0) and notice.due(now=162.0) is None       # one notice after a stall
+    notice.heard(now=170.0)
+    assert notice.due(now=172.0) is None
+    later = notice.due(now=173.0, invalid=2)
+    assert later.startswith("nothing valid received from tcp://127.0.0.1:5555 for 3 s since the last message"
+                            " (skipped 2 invalid message(s))")
+    assert SilenceNotice("tcp://127.0.0.1:5555", after_s=0, now=0.0).due(now=1e6) is None    # 0: off
+
+
+def test_silence_notice_says_whether_the_ipc_socket_file_exists(tmp_path, ctx: zmq.Context) -> None:
+    from edge.client import SilenceNotice
+
+    def text(endpoint: str) -> str:
+        return SilenceNotice(endpoint, after_s=1, now=0.0).due(now=1.0)
+
+    assert f"(no socket file {tmp_path}/none.sock)" in text(f"ipc://{tmp_path}/none.sock")
+    (tmp_path / "plain").write_text("")
+    assert f"({tmp_path}/plain exists but is not a socket)" in text(f"ipc://{tmp_path}/plain")
+    pub = ctx.socket(zmq.PUB)
+    pub.bind(f"ipc://{tmp_path}/bound.sock")
+    assert f"(socket file {tmp_path}/bound.sock exists)" in text(f"ipc://{tmp_path}/bound.sock")
+    pub.close(linger=0)
