@@ -61,8 +61,18 @@ class Subscriber:
 
     def recv(self, timeout: float | None = None) -> Message | None:
         """The next valid message (latest-only: the newest one waiting), or None after `timeout` s."""
-        if not self._socket.poll(None if timeout is None else int(timeout * 1000)):
-            return None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._socket.poll(None if remaining is None else int(remaining * 1000)):
+                return None
+            newest = self._drain()
+            if newest is not None:
+                return newest
+            # only invalid messages were waiting: keep waiting for a valid one until the deadline
+
+    def _drain(self) -> Message | None:
+        """The first valid waiting message (latest-only: the newest), None when none of them is valid."""
         newest = None
         while True:
             try:

@@ -125,8 +125,7 @@ def test_latest_only_with_nothing_valid_waiting_returns_none(latest) -> None:
     pub, latest = latest
     pub.send_multipart([b"det.t.c", b"\xc1"])
     pub.send_multipart([b"det.t.c", protocol.pack(det(v=9))])
-    assert latest.recv(timeout=5) is None and latest.invalid == 2
-
+    assert latest.recv(timeout=0.5) is None and latest.invalid == 2     # waited out its timeout: nothing valid
 
 
 def test_silence_notice_stays_quiet_while_messages_flow() -> None:
@@ -171,3 +170,19 @@ def test_silence_notice_says_whether_the_ipc_socket_file_exists(tmp_path, ctx: z
     pub.bind(f"ipc://{tmp_path}/bound.sock")
     assert f"(socket file {tmp_path}/bound.sock exists)" in text(f"ipc://{tmp_path}/bound.sock")
     pub.close(linger=0)
+
+
+def test_recv_keeps_waiting_after_an_invalid_message_until_a_valid_one(pair) -> None:
+    """An invalid message that arrives first must not end recv() before its timeout."""
+    import concurrent.futures
+
+    from tests.conftest import wait_for
+
+    pub, sub = pair
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(sub.recv, 30)
+        pub.send_multipart([b"det.t.c", b"\xc1"])                      # not msgpack
+        wait_for(lambda: sub.invalid == 1, what="the invalid message to be read")
+        send(pub, 9)
+        message = pending.result(timeout=30)
+    assert message is not None and message.seq == 9
