@@ -273,7 +273,8 @@ def load_config(path: str | Path, *, environ: typing.Mapping[str, str] | None = 
 
 def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapping[str, str]) -> Config:
     raw = _parse_yaml(text, source)
-    raw = _expand(raw, environ, source, [])
+    unset: list[Problem] = []
+    raw = _expand(raw, environ, [], unset)
     overridden = _apply_overrides(raw, environ)
     problems = []
     try:
@@ -281,6 +282,8 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
     problems += _rule_problems(raw)             # rules across keys: reported with the rest, not after
+    # a value with an unset variable is reported as that, not also as whatever its unexpanded text breaks
+    problems = unset + [p for p in problems if p.loc not in {u.loc for u in unset}]
     if problems:
         lines = [p.render(overridden) for p in sorted(problems, key=_file_order)]
         raise ConfigError(f"invalid config {source}: {len(lines)} problem(s)", note="\n  " + "\n  ".join(lines),
@@ -304,11 +307,13 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return raw
 
 
-def _expand(node: Any, environ: typing.Mapping[str, str], source: str, path: list[Any]) -> Any:
+def _expand(node: Any, environ: typing.Mapping[str, str], path: list[Any], unset: list[Problem]) -> Any:
+    """`${NAME}` from the environment in every string; an unset one is left as written and becomes a
+    problem reported with all the others."""
     if isinstance(node, dict):
-        return {k: _expand(v, environ, source, path + [k]) for k, v in node.items()}
+        return {k: _expand(v, environ, path + [k], unset) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, environ, source, path + [i]) for i, v in enumerate(node)]
+        return [_expand(v, environ, path + [i], unset) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
 
@@ -317,8 +322,9 @@ def _expand(node: Any, environ: typing.Mapping[str, str], source: str, path: lis
         if name == "EDGE_CACHE" and not environ.get(name):
             return str(default_cache_dir())
         if name not in environ:
-            raise ConfigError(f"config {source}: {_loc(path)} uses ${{{name}}}, which is not set",
-                              note=f"value: {node!r}", hint=f"export {name}=... or write the value directly")
+            unset.append(Problem(tuple(path), f"uses ${{{name}}}, which is not set", node,
+                                 f"export {name}=... or write the value directly"))
+            return match.group(0)
         return environ[name]
     return _VAR.sub(sub, node)
 

@@ -135,7 +135,18 @@ def test_variable_expansion() -> None:
     config = parse(GOOD.replace("models/yolo.onnx", "${MODELS}/yolo.onnx"), {"MODELS": "/opt/m"})
     assert config.tasks[0].model == "/opt/m/yolo.onnx"
     message = error(GOOD.replace("models/yolo.onnx", "${MODELS}/yolo.onnx"))
-    assert "tasks[0].model uses ${MODELS}, which is not set" in message
+    assert "tasks[0].model: uses ${MODELS}, which is not set (value: '${MODELS}/yolo.onnx')" in message
+
+
+def test_unset_variables_are_reported_with_every_other_problem() -> None:
+    text = GOOD.replace("models/yolo.onnx", "${MODELS}/yolo.onnx").replace("id: rear", "id: rear\n    extra: 1")
+    text = text.replace("    enabled: false", "    enabled: ${ENABLED}")
+    assert text.count("${") == 2 and text.count("extra: 1") == 1
+    message = error(text)
+    assert "3 problem(s)" in message
+    assert "tasks[0].model: uses ${MODELS}, which is not set" in message
+    assert "uses ${ENABLED}, which is not set" in message and "extra" in message
+    assert "valid boolean" not in message                  # the unexpanded text is not judged as a value
 
 
 def test_every_problem_is_reported_at_once() -> None:
