@@ -281,9 +281,11 @@ def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None
         manifest = bundle.Manifest.load(assets.engines)
     except EngineError:
         manifest = bundle.Manifest(assets.engines, "yolov3-tiny", [])
+    fp32 = bundle.Variant("fp32", "onnx", assets.model.name, fp32_sha)
+    if manifest.onnx("fp32") != fp32:
+        manifest.put(fp32)
+        manifest.save()
     inputs = _variant_inputs(fp32_sha)
-    before = json.dumps([[v.to_json() for v in manifest.variants], manifest.refused], sort_keys=True)
-    manifest.put(bundle.Variant("fp32", "onnx", assets.model.name, fp32_sha))
     for precision, make in (("fp16", _fp16_variant), ("int8", _int8_variant)):
         if rebuild or not _current(manifest, precision, inputs):
             try:
@@ -291,8 +293,6 @@ def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None
             except _Refused as refusal:
                 manifest.refuse(precision, {"reason": refusal.reason, **refusal.details, "inputs": inputs})
             manifest.save()        # each finished variant is kept even if a later step is interrupted
-    if json.dumps([[v.to_json() for v in manifest.variants], manifest.refused], sort_keys=True) != before:
-        manifest.save()
     for precision, record in sorted(manifest.refused.items()):
         say(f"note: the demo's {precision} variant is refused: {record['reason']}."
             " `edge assets fetch --rebuild` tries again")
