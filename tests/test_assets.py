@@ -174,3 +174,22 @@ def test_interrupt_during_the_gate_leaves_no_ungated_variant(demo, tmp_path: Pat
         proc.wait()
     assert not (repo / "yolov3-tiny.int8.qdq.onnx").exists() and leftovers(root) == []
     assert bundle.Manifest.load(repo).onnx("fp16") is not None
+
+
+def test_a_variant_that_cannot_be_made_does_not_block_the_others(demo, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.errors import EngineError
+    from edge.tools import quantize
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise EngineError("ONNX Runtime cannot quantize this model")
+
+    root = seeded_cache(demo, tmp_path)
+    (root / "engines" / "yolov3-tiny" / "yolov3-tiny.int8.qdq.onnx").unlink()
+    monkeypatch.setattr(assets, "CALIBRATION_FRAMES", range(0, 8))
+    monkeypatch.setattr(assets, "CALIBRATION_COUNT", 2)
+    monkeypatch.setattr(quantize, "quantize", broken)
+    assets.fetch(root, say=lambda line: None)
+    manifest = bundle.Manifest.load(root / "engines" / "yolov3-tiny")
+    assert manifest.refused["int8"]["reason"] == "making it failed: ONNX Runtime cannot quantize this model"
+    assert manifest.onnx("fp16") is not None and leftovers(root) == []
