@@ -34,6 +34,23 @@ if [[ ! -x .venv/bin/python ]]; then
     "$py" -m venv "${venv_args[@]}" .venv || {
         echo "setup: '$py -m venv' failed. Hint: sudo apt-get install python3-venv" >&2; exit 1; }
 fi
+# Skip pip when .venv already has these extras, installed from this setup.py and these constraints
+# (edge itself is an editable install: code changes need no reinstall).
+stamp=.venv/.edge-setup
+inputs=$(cat setup.py scripts/constraints.txt | sha256sum | cut -c1-16)
+installed=()
+if [[ -f $stamp ]] && [[ "$(head -n1 "$stamp")" == "$inputs" ]]; then
+    mapfile -t installed < <(tail -n +2 "$stamp")
+fi
+missing=()
+for extra in "${extras[@]}"; do
+    [[ " ${installed[*]} " == *" $extra "* ]] || missing+=("$extra")
+done
+if (( ${#installed[@]} )) && (( ! ${#missing[@]} )); then
+    echo "setup: .venv is up to date (edge with ${installed[*]})"
+    exit 0
+fi
+
 spec="."
 if (( ${#extras[@]} )); then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
 echo "setup: installing edge $spec into .venv with the versions CI tested (scripts/constraints.txt)"
@@ -45,4 +62,5 @@ pip_install() {
 }
 pip_install --upgrade pip
 pip_install -c scripts/constraints.txt -e "$spec"
+printf '%s\n' "$inputs" $(printf '%s\n' "${installed[@]}" "${extras[@]}" | sort -u) > "$stamp"
 echo "setup: edge installed in .venv ($spec)"
