@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Mutation testing of the core with mutmut (not part of CI or scripts/test.sh: it takes minutes per module).
+# Each module is mutated in a scratch copy of the working tree (never in place) and only the test files
+# that concern it are run against each mutant. docs/testing.md says what it covers and how to read it.
+#
+#   scripts/mutation.sh                  every module below
+#   scripts/mutation.sh client pipeline  only these
+#   MUTATION_JOBS=1 MUTATION_DIR=/var/tmp/m scripts/mutation.sh detector
+#
+# Per module it prints killed/total and lists the survivors; each survivor's diff is written to
+# $MUTATION_DIR/<module>/survivors.diff and the table to $MUTATION_DIR/summary.txt.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+MUTMUT_VERSION=3.8.1
+JOBS=${MUTATION_JOBS:-2}
+OUT=${MUTATION_DIR:-${TMPDIR:-/tmp}/edge-mutation}
+
+# module -> "file | test files | mutant name patterns (the functions that are mutated)"
+declare -A SPEC=(
+  [pipeline]="edge/pipeline.py | tests/test_pipeline.py | edge.pipeline.*"
+  [detector]="edge/tasks/detector.py | tests/test_detector.py | edge.tasks.detector.*"
+  [publisher]="edge/publisher.py | tests/test_publisher.py | edge.publisher.*"
+  [client]="edge/client.py | tests/test_client.py | edge.client.xǁSubscriberǁ* edge.client.xǁMessageǁ*"
+  [evaluate]="edge/tools/evaluate.py | tests/test_evaluate.py | edge.tools.evaluate.x_iou_matrix__*
+    edge.tools.evaluate.x_match__* edge.tools.evaluate.x_average_precision__* edge.tools.evaluate.xǁClassStatsǁ*
+    edge.tools.evaluate.x_evaluate_against__* edge.tools.evaluate.x__report__* edge.tools.evaluate.x_format_report__*"
+  # the INT8 gate: quantize, evaluate against fp32, refuse below the minimum F1, keep the other variants
+  [assets]="edge/assets.py | tests/test_assets.py::test_refused_int8_keeps_the_other_variants_and_is_not_remade
+    tests/test_assets.py::test_variants_are_remade_when_their_inputs_change tests/test_assets.py::test_missing_variant_is_remade_alone
+    | edge.assets.x__int8_variant__* edge.assets.x__build_variants__*"
+  # reconnect with backoff
+  [sources]="edge/sources.py | tests/test_sources.py | edge.sources.xǁCameraǁ_run__* edge.sources.xǁCameraǁ_reconnect__*
+    edge.sources.xǁCameraǁ_lost__*"
+)
+ORDER=(client pipeline detector publisher evaluate sources assets)
+
+modules=("$@")
+[ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
+for m in "${modules[@]}"; do
+  [ -n "${SPEC[$m]:-}" ] || { echo "unknown module '$m' (known: ${ORDER[*]})" >&2; exit 2; }
+done
+
+[ -x "$PY" ] || { echo "no .venv here: run scripts/setup.sh --dev first" >&2; exit 2; }
+if ! "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version('mutmut') != '$MUTMUT_VERSION')" 2>/dev/null; then
+  echo "installing mutmut $MUTMUT_VERSION into .venv"
+  "$PY" -m pip install -q "mutmut==$MUTMUT_VERSION"
+fi
+
+mkdir -p "$OUT"
+: > "$OUT/summary.txt"
+for m in "${modules[@]}"; do
+  spec=${SPEC[$m]}
+  set -f                                          # split on white space; the patterns are not file globs
+  file=(${spec%%|*}); rest=${spec#*|}; tests=(${rest%%|*}); names=(${rest#*|})
+  set +f
+  work=$OUT/$m
+  rm -rf "$work" && mkdir -p "$work"
+  # the working tree as it is (tracked and untracked files, not ignored ones), so uncommitted tests count
+  git ls-files -z --cached --others --exclude-standard \
+    | "$PY" -c 'import os, shutil, sys
+for path in sys.stdin.buffer.read().decode().split("\0"):
+    if path and os.path.isfile(path):
+        os.makedirs(os.path.join(sys.argv[1], os.path.dirname(path)), exist_ok=True)
+        shutil.copy2(path, os.path.join(sys.argv[1], path))' "$work"
+  {
+    echo "[mutmut]"
+    echo "source_paths = edge/"
+    echo "only_mutate = $file"
+    echo "also_copy = pytest.ini"
+    echo "use_git_change_detection = false"
+    echo "pytest_add_cli_args_test_selection ="
+    printf '    %s\n' "${tests[@]}"
+  } > "$work/setup.cfg"
+  echo "== $m: mutating $file, tests: ${tests[*]} (log: $work/run.log)"
+  started=$(date +%s)
+  (cd "$work" && "$ROOT/.venv/bin/mutmut" run --max-children "$JOBS" "${names[@]}" > run.log 2>&1) \
+    || { echo "   mutmut failed; the end of $work/run.log:"; tail -n 20 "$work/run.log"; continue; }
+  (cd "$work" && "$ROOT/.venv/bin/mutmut" results --all true > results.txt)
+  (cd "$work" && "$PY" - "$ROOT/.venv/bin/mutmut" "$m" "$(( $(date +%s) - started ))" "${names[@]}" <<'EOF' \
+      | tee -a "$OUT/summary.txt"
+import collections, fnmatch, subprocess, sys
+mutmut, module, seconds, patterns = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+status = {}
+for line in open("results.txt", encoding="utf-8"):
+    name, _, state = line.strip().rpartition(": ")
+    if name and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+        status[name] = state
+counts = collections.Counter(status.values())
+detected = counts["killed"] + counts["timeout"]
+checked = sum(n for s, n in counts.items() if s != "not checked")
+rate = f"{100 * detected / checked:.1f}%" if checked else "-"
+rest = ", ".join(f"{s} {n}" for s, n in sorted(counts.items()) if s not in ("killed", "timeout"))
+print(f"{module:<10} killed {detected}/{checked} = {rate} (timeouts {counts['timeout']}; {rest or 'no others'};"
+      f" {seconds} s)")
+survivors = sorted(n for n, s in status.items() if s not in ("killed", "timeout"))
+with open("survivors.diff", "w", encoding="utf-8") as out:
+    for name in survivors:
+        print(f"    {status[name]}: {name}")
+        diff = subprocess.run([mutmut, "show", name], capture_output=True, text=True).stdout
+        out.write(diff + "\n")
+EOF
+  )
+done
+echo "summary: $OUT/summary.txt"
