@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +225,8 @@ class _NoFrames:
         pass
 
 
-def _reconnecting_camera(monkeypatch: pytest.MonkeyPatch, opens: list[bool], waits: int) -> _RecordedStop:
+def _reconnecting_camera(monkeypatch: pytest.MonkeyPatch, opens: list[bool], waits: int,
+                         events: Callable[[Camera], Any] = lambda camera: Events()) -> tuple[Camera, _RecordedStop]:
     """Run a lost v4l2 camera's capture loop in this thread; `opens` says which reconnect attempts succeed."""
     attempts = iter(opens)
 
@@ -233,17 +235,40 @@ def _reconnecting_camera(monkeypatch: pytest.MonkeyPatch, opens: list[bool], wai
             return _NoFrames()
         raise SourceError("cannot open V4L2 device /dev/video9")
     monkeypatch.setattr("edge.sources.open_reader", open_reader)
-    camera = Camera("rear", parse_uri("v4l2:///dev/video9"), on_event=Events())
+    camera = Camera("rear", parse_uri("v4l2:///dev/video9"), on_event=lambda name, details: sink(name, details))
+    sink = events(camera)
     stop = camera._stop = _RecordedStop(waits)
     camera._run()                                     # the reader is None: the camera starts lost
-    return stop
+    return camera, stop
 
 
 def test_reconnect_backoff_doubles_from_half_a_second_up_to_ten(monkeypatch: pytest.MonkeyPatch) -> None:
-    stop = _reconnecting_camera(monkeypatch, opens=[], waits=9)
+    _, stop = _reconnecting_camera(monkeypatch, opens=[], waits=9)
     assert stop.waits == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
 
 
 def test_reconnect_backoff_starts_over_after_a_reconnect(monkeypatch: pytest.MonkeyPatch) -> None:
-    stop = _reconnecting_camera(monkeypatch, opens=[False, False, True, False], waits=6)
+    _, stop = _reconnecting_camera(monkeypatch, opens=[False, False, True, False], waits=6)
     assert stop.waits == [0.5, 1.0, 2.0, 0.5, 1.0, 2.0]   # third attempt opened, then the device was lost again
+
+
+def test_lost_and_recovered_events_stats_and_log(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """Two recoveries, each followed by a device that delivers nothing: the events (with the state the
+    heartbeat reports at that moment), the reconnect count, and what the operator reads in the log."""
+    seen: list[tuple[str, dict[str, Any], bool]] = []
+
+    def events(camera: Camera) -> Callable[[str, dict[str, Any]], None]:
+        return lambda name, details: seen.append((name, details, camera.stats.connected))
+    with caplog.at_level("DEBUG", logger="edge.camera"):
+        camera, stop = _reconnecting_camera(monkeypatch, opens=[False, True, True], waits=5, events=events)
+    assert stop.waits == [0.5, 1.0, 0.5, 0.5, 1.0]
+    lost = ("camera.lost", {"camera": "rear", "reason": "no frame from the device"}, False)
+    recovered = ("camera.recovered", {"camera": "rear"}, True)
+    assert seen == [recovered, lost, recovered, lost]
+    assert camera.stats.reconnects == 2 and camera.stats.connected is False
+    failed = "rear: reconnect failed: cannot open V4L2 device /dev/video9"
+    assert [r.getMessage() for r in caplog.records] == [
+        failed, "rear recovered", "rear lost: no frame from the device", "rear recovered",
+        "rear lost: no frame from the device", failed]
+    assert [r.levelname for r in caplog.records] == ["DEBUG", "INFO", "WARNING", "INFO", "WARNING", "DEBUG"]
