@@ -23,9 +23,10 @@ declare -A SPEC=(
   [detector]="edge/tasks/detector.py | tests/test_detector.py | edge.tasks.detector.*"
   [publisher]="edge/publisher.py | tests/test_publisher.py | edge.publisher.*"
   [client]="edge/client.py | tests/test_client.py | edge.client.xǁSubscriberǁ* edge.client.xǁMessageǁ*"
-  [evaluate]="edge/tools/evaluate.py | tests/test_evaluate.py | edge.tools.evaluate.x_iou_matrix__*
+  [evaluate]="edge/tools/evaluate.py | tests/test_evaluate.py | edge.tools.evaluate.x_iou_matrix__* edge.tools.evaluate.x_score__*
     edge.tools.evaluate.x_match__* edge.tools.evaluate.x_average_precision__* edge.tools.evaluate.xǁClassStatsǁ*
-    edge.tools.evaluate.x_evaluate_against__* edge.tools.evaluate.x__report__* edge.tools.evaluate.x_format_report__*"
+    edge.tools.evaluate.x_evaluate_against__* edge.tools.evaluate.x_candidate_detections__*
+    edge.tools.evaluate.x__report__* edge.tools.evaluate.x_format_report__*"
   # the INT8 gate: quantize, evaluate against fp32, refuse below the minimum F1, keep the other variants
   [assets]="edge/assets.py | tests/test_assets.py::test_refused_int8_keeps_the_other_variants_and_is_not_remade
     tests/test_assets.py::test_variants_are_remade_when_their_inputs_change tests/test_assets.py::test_missing_variant_is_remade_alone
