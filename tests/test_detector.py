@@ -12,7 +12,7 @@ from edge.config import TaskConfig
 from edge.errors import EngineError
 from edge.preprocess import Letterbox, letterbox_into
 from edge.tasks import build_task
-from edge.tasks.detector import nms
+from edge.tasks.detector import YoloDetector, nms
 from tests.models import conv_model
 
 CONFIG = TaskConfig(name="objects", type="detector", model="unused.onnx", cameras=["c"])
@@ -126,31 +126,74 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
         return build_task(CONFIG, engine)
 
 
-def head(*boxes: tuple[int, int, int, float, int]) -> dict[str, np.ndarray]:
-    """Raw head output with one 20x20 box per (anchor, row, col, objectness logit, class); all else empty."""
-    raw = np.full((1, 3, 7, 2, 2), -20.0, np.float32)               # (anchor, tx ty tw th obj c0 c1, row, col)
+def head(*boxes: tuple[int, int, int, float, int], grid: tuple[int, int] = (2, 2), size: float = 20,
+         offset: tuple[float, float] = (0.0, 0.0), class_logit: float = 20.0) -> dict[str, np.ndarray]:
+    """Raw head output with one `size`-px square box per (anchor, row, col, objectness logit, class); all else
+    empty. `offset` are the tx, ty logits (0: the cell's centre)."""
+    raw = np.full((1, 3, 7, *grid), -20.0, np.float32)               # (anchor, tx ty tw th obj c0 c1, row, col)
     for anchor, row, col, objectness, cls in boxes:
         aw, ah = YOLO["anchors"][0][anchor]
-        raw[0, anchor, :5, row, col] = [0.0, 0.0, np.log(20 / aw), np.log(20 / ah), objectness]
-        raw[0, anchor, 5 + cls, row, col] = 20.0
-    return {"out0": raw.reshape(1, 21, 2, 2)}
+        raw[0, anchor, :5, row, col] = [*offset, np.log(size / aw), np.log(size / ah), objectness]
+        raw[0, anchor, 5 + cls, row, col] = class_logit
+    return {"out0": raw.reshape(1, 21, *grid)}
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + np.exp(-x))
 
 
 def test_decode_places_boxes_by_cell_and_anchor(tiny) -> None:
     found = tiny.postprocess(head((0, 0, 1, 3.0, 0), (2, 1, 0, 2.0, 1)), Letterbox.fit(64, 64, 64, 64))
-    sig = lambda x: 1 / (1 + np.exp(-x))  # noqa: E731
-    np.testing.assert_allclose(found, [[38, 6, 58, 26, sig(3.0), 0],             # row 0, col 1: centre (48, 16)
-                                       [6, 38, 26, 58, sig(2.0), 1]], atol=1e-4)  # row 1, col 0: centre (16, 48)
+    assert found.dtype == np.float32
+    np.testing.assert_allclose(found, [[38, 6, 58, 26, sigmoid(3.0), 0],         # row 0, col 1: centre (48, 16)
+                                       [6, 38, 26, 58, sigmoid(2.0), 1]], atol=1e-4)  # row 1, col 0: centre (16, 48)
+    shifted = tiny.postprocess(head((0, 1, 0, 3.0, 0), offset=(1.0, -1.0)), Letterbox.fit(64, 64, 64, 64))
+    cx, cy = (0 + sigmoid(1.0)) * 32, (1 + sigmoid(-1.0)) * 32                   # tx moves x, ty moves y
+    np.testing.assert_allclose(shifted[0, :4], [cx - 10, cy - 10, cx + 10, cy + 10], atol=1e-4)
+
+
+def test_decode_on_a_grid_that_is_not_square(tmp_path: Path) -> None:
+    path = conv_model(tmp_path / "wide.onnx", input_shape=[1, 3, 64, 96], out_channels=21, stride=32,
+                      yolo_meta=YOLO)
+    with OnnxRuntimeEngine(path) as engine:
+        wide = build_task(CONFIG, engine)
+    found = wide.postprocess(head((0, 1, 2, 3.0, 1), grid=(2, 3)), Letterbox.fit(96, 64, 96, 64))
+    np.testing.assert_allclose(found[:, :4], [[70, 38, 90, 58]], atol=1e-4)   # row 1, col 2: centre (80, 48)
+
+
+def test_nothing_found(tiny) -> None:
+    found = tiny.postprocess(head(), Letterbox.fit(64, 64, 64, 64))
+    assert found.shape == (0, 6) and found.dtype == np.float32
+
+
+def test_confidence_must_exceed_the_threshold(tiny) -> None:
+    """At 0.5: objectness 0.5 (logit 0) or class 0.5 (logit 0, objectness 1.0) is not enough."""
+    strict = YoloDetector(input_shape=tiny.input_shape, heads=tiny.heads, labels=tiny.labels,
+                          params=tiny.params.model_copy(update={"conf_threshold": 0.5}))
+    meta = Letterbox.fit(64, 64, 64, 64)
+    assert strict.postprocess(head((0, 0, 0, 0.0, 0)), meta).shape == (0, 6)
+    assert strict.postprocess(head((0, 0, 0, 30.0, 0), class_logit=0.0), meta).shape == (0, 6)
+    assert strict.postprocess(head((0, 0, 0, 30.0, 0), class_logit=0.01), meta).shape == (1, 6)
 
 
 def test_nms_is_class_wise(tiny) -> None:
     """Two anchors of one cell find the same 20x20 box (IoU 1): one class keeps one box, two classes keep both."""
     meta = Letterbox.fit(64, 64, 64, 64)
     same = tiny.postprocess(head((0, 0, 0, 3.0, 1), (1, 0, 0, 2.0, 1)), meta)
-    np.testing.assert_allclose(same[:, 4:], [[1 / (1 + np.exp(-3.0)), 1]], atol=1e-4)   # the better one
+    np.testing.assert_allclose(same[:, 4:], [[sigmoid(3.0), 1]], atol=1e-4)   # the better one
     both = tiny.postprocess(head((0, 0, 0, 3.0, 0), (1, 0, 0, 2.0, 1)), meta)
     assert both[:, 5].tolist() == [0, 1]
     np.testing.assert_allclose(both[:, :4], [[6, 6, 26, 26]] * 2, atol=1e-4)
+    big = tiny.postprocess(head((0, 0, 0, 3.0, 0), (1, 0, 0, 2.0, 1), size=120), meta)   # larger than the input
+    assert big[:, 5].tolist() == [0, 1]
+
+
+def test_nms_keeps_what_does_not_overlap_and_suppresses_at_more_than_iou() -> None:
+    tiny_boxes = np.array([[0, 0, 1, 1], [2, 0, 3, 1], [0, 2, 1, 3], [4, 4, 4.5, 4.5], [4, 4, 4.5, 4.5]], np.float32)
+    assert nms(tiny_boxes, np.array([0.9, 0.8, 0.7, 0.6, 0.5], np.float32), 0.45).tolist() == [0, 1, 2, 3]
+    half = np.array([[0, 0, 10, 10], [0, 0, 10, 5]], np.float32)                     # IoU exactly 0.5
+    assert nms(half, np.array([0.9, 0.8], np.float32), 0.5).tolist() == [0, 1]
+    assert nms(half, np.array([0.9, 0.8], np.float32), 0.49).tolist() == [0]
 
 
 def test_boxes_map_back_through_the_letterbox(tiny) -> None:
@@ -161,22 +204,43 @@ def test_boxes_map_back_through_the_letterbox(tiny) -> None:
 
 def test_model_without_yolo_metadata_is_refused(tmp_path: Path) -> None:
     path = conv_model(tmp_path / "plain.onnx", input_shape=[1, 3, 64, 64], out_channels=8, stride=1)
-    with OnnxRuntimeEngine(path) as engine, pytest.raises(EngineError, match="no `edge.yolo` metadata"):
+    with OnnxRuntimeEngine(path) as engine, pytest.raises(EngineError, match="no `edge.yolo` metadata") as info:
         build_task(CONFIG, engine)
+    assert "Hint: convert Darknet models with `edge model darknet2onnx`, which embeds it" in str(info.value)
+
+
+@pytest.mark.parametrize("meta,problem", [
+    ({"anchors": [[[10, 14]]], "strides": [32, 16], "labels": ["a"]}, "anchors and strides differ in length"),
+    ({"anchors": [[[10, 14]]], "strides": [32], "labels": "a"}, "anchors and strides differ in length"),
+    ({"anchors": [[[10, 14]]], "labels": ["a"]}, "'strides'"),
+])
+def test_malformed_yolo_metadata_is_refused(tmp_path: Path, meta: dict, problem: str) -> None:
+    path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 64, 64], out_channels=6, stride=32, yolo_meta=meta)
+    with OnnxRuntimeEngine(path) as engine, pytest.raises(EngineError) as info:
+        build_task(CONFIG, engine)
+    assert str(info.value) == f"model {path} has malformed `edge.yolo` metadata: {problem}"
 
 
 def test_model_input_shape_not_matching_the_task(tmp_path: Path) -> None:
     meta = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
     gray = conv_model(tmp_path / "gray.onnx", input_shape=[1, 1, 64, 64], out_channels=21, stride=32, yolo_meta=meta)
-    with OnnxRuntimeEngine(gray) as engine, pytest.raises(EngineError, match=r"needs float32 \[1, 3, H, W\]"):
+    with OnnxRuntimeEngine(gray) as engine, pytest.raises(EngineError) as info:
+        build_task(CONFIG, engine)
+    assert str(info.value) == ("task 'objects': model input images is float32 [1, 1, 64, 64]; the detector needs"
+                               f" float32 [1, 3, H, W]\nNote: model: {gray}")
+    batch = conv_model(tmp_path / "batch.onnx", input_shape=[2, 3, 64, 64], out_channels=21, stride=32,
+                       yolo_meta=meta)
+    with OnnxRuntimeEngine(batch) as engine, pytest.raises(EngineError, match=r"needs float32 \[1, 3, H, W\]"):
         build_task(CONFIG, engine)
     wrong = conv_model(tmp_path / "wrong.onnx", input_shape=[1, 3, 64, 64], out_channels=20, stride=32, yolo_meta=meta)
-    with OnnxRuntimeEngine(wrong) as engine, pytest.raises(EngineError, match=r"expected \[1, 21, 2, 2\]"):
+    with OnnxRuntimeEngine(wrong) as engine, pytest.raises(EngineError, match=r"expected \[1, 21, 2, 2\]") as info:
         build_task(CONFIG, engine)
+    assert str(info.value).endswith(f"\nNote: model: {wrong}\nHint: the labels file must match the model's classes")
     heads = conv_model(tmp_path / "heads.onnx", input_shape=[1, 3, 64, 64], out_channels=21, stride=32,
                        yolo_meta=meta, n_outputs=2)
-    with OnnxRuntimeEngine(heads) as engine, pytest.raises(EngineError, match="2 outputs but its metadata describes 1"):
+    with OnnxRuntimeEngine(heads) as engine, pytest.raises(EngineError, match="2 outputs but its metadata") as info:
         build_task(CONFIG, engine)
+    assert str(info.value).endswith(f"describes 1 YOLO heads\nNote: model: {heads}")
 
 
 def test_labels_file_must_match_class_count(tmp_path: Path, engine) -> None:
@@ -185,3 +249,7 @@ def test_labels_file_must_match_class_count(tmp_path: Path, engine) -> None:
     config = CONFIG.model_copy(update={"params": CONFIG.params.model_copy(update={"labels": str(labels)})})
     with pytest.raises(EngineError, match="lists 2 classes, the model has 80"):
         build_task(config, engine)
+    missing = config.model_copy(update={"params": config.params.model_copy(update={"labels": str(tmp_path / "no")})})
+    with pytest.raises(EngineError) as info:
+        build_task(missing, engine)
+    assert str(info.value) == f"cannot read labels file {tmp_path / 'no'}: No such file or directory"
