@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -42,7 +43,7 @@ def test_messages_follow_schema_with_contiguous_seq(publisher: Publisher, ctx: z
     assert [m.seq for m in messages] == [0, 1, 2, 3, 4] and sub.missed == 0 and sub.invalid == 0
     assert all(m.payload["t_publish_ns"] >= 1 and m.payload["v"] == 1 for m in messages)
     wait_for(lambda: stats.published == 5, 5, "published counter")
-    assert len(stats.latencies_ns) == 5
+    assert list(stats.latencies_ns) == [m.payload["t_publish_ns"] - 1 for m in messages]    # capture at 1 ns
     sub.close()
 
 
@@ -68,14 +69,24 @@ def test_tcp_endpoint_in_use(publisher: Publisher, ctx: zmq.Context) -> None:
     second = Publisher(publisher.endpoint, context=ctx)
     with pytest.raises(EdgeError, match="cannot bind results endpoint") as info:
         second.start()
-    assert "Hint: another edge daemon" in str(info.value)
+    assert str(info.value).endswith("Hint: another edge daemon (or another program) uses it; stop it or set"
+                                    " output.results / EDGE_RESULTS_ENDPOINT to a free endpoint")
+
+
+def test_bad_endpoint_says_what_to_check(ctx: zmq.Context) -> None:
+    with pytest.raises(EdgeError, match="cannot bind results endpoint tcp://127.0.0.1:notaport") as info:
+        Publisher("tcp://127.0.0.1:notaport", context=ctx).start()
+    assert str(info.value).endswith("Hint: check the endpoint syntax and that its directory exists and is writable")
 
 
 def test_ipc_endpoint_in_use_and_stale_socket_file(ctx: zmq.Context, ipc_endpoint: str) -> None:
     first = Publisher(ipc_endpoint, context=ctx)
     first.start()
-    with pytest.raises(EdgeError, match="already in use by a running process"):
+    with pytest.raises(EdgeError, match="already in use by a running process") as info:
         Publisher(ipc_endpoint, context=ctx).start()
+    assert str(info.value).endswith(f"\nNote: pid of this process: {os.getpid()}\nHint: stop the other edge"
+                                    " daemon (systemctl stop edge) or set output.results / EDGE_RESULTS_ENDPOINT to"
+                                    " another path")
     first.stop(5)
     path = ipc_endpoint[len("ipc://"):]
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)     # a socket file nobody listens on
@@ -111,8 +122,90 @@ def test_restart_on_the_same_ipc_endpoint_serves_subscribers(ctx: zmq.Context, i
 def test_ipc_directory_is_created(ctx: zmq.Context, tmp_path) -> None:
     pub = Publisher(f"ipc://{tmp_path}/a/b/results.sock", context=ctx)
     pub.start()
-    assert (tmp_path / "a" / "b").is_dir()
+    assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o750 & ~umask()
     pub.stop(5)
+
+
+def umask() -> int:
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def test_latency_quantiles() -> None:
+    stats = LaneStats("t", "c")
+    assert stats.latency_ms(0.5) is None
+    stats.latencies_ns.extend(ms * 1_000_000 for ms in (40, 10, 30, 20))
+    assert [stats.latency_ms(q) for q in (0.0, 0.5, 0.99, 1.0)] == [10.0, 30.0, 40.0, 40.0]
+
+
+def test_counters_start_at_zero_and_stop_before_start_is_harmless(ctx: zmq.Context, tcp_endpoint: str) -> None:
+    pub = Publisher(tcp_endpoint, queue_size=1, context=ctx)
+    assert (pub.subscriptions, pub.rejected_inbound, pub.dropped_other) == (0, 0, 0)
+    for _ in range(3):
+        pub.event("camera.lost", {"camera": "c"})          # not started: nothing drains the queue
+    assert pub.dropped_other == 2
+    pub.stop(1)
+
+
+def test_stop_sends_what_is_queued_ends_its_thread_and_can_repeat(ctx: zmq.Context, ipc_endpoint: str,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    before = set(threading.enumerate())
+    pub = Publisher(ipc_endpoint, context=ctx)
+    with caplog.at_level("INFO", logger="edge.publisher"):
+        pub.start()
+    [thread] = set(threading.enumerate()) - before
+    assert thread.name == "publisher" and thread.daemon                 # never blocks the interpreter's exit
+    assert f"publishing results on {ipc_endpoint}" in [r.getMessage() for r in caplog.records]
+    sub = subscribed(pub, ctx, ["det."])
+    for frame in range(5):
+        pub.publish("det.t.c", det(frame), LaneStats("t", "c"))
+    pub.stop(5)                                                          # at once: the queue is sent first
+    assert not thread.is_alive()
+    assert [sub.recv(timeout=5).payload["frame"] for _ in range(5)] == list(range(5))
+    pub.stop(5)
+    sub.close()
+
+
+def test_inproc_endpoint_uses_the_given_context(ctx: zmq.Context) -> None:
+    pub = Publisher("inproc://results", context=ctx)
+    pub.start()
+    sub = subscribed(pub, ctx, ["det."])
+    pub.publish("det.t.c", det(3))
+    assert sub.recv(timeout=5).payload["frame"] == 3
+    sub.close()
+    pub.stop(5)
+
+
+def test_subscriptions_and_rejected_messages_are_counted(publisher: Publisher, ctx: zmq.Context,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    """An XSUB speaks the subscription protocol directly. Messages from one peer arrive in order, so a junk
+    message after the (un)subscriptions tells when they have all been read."""
+    peer = ctx.socket(zmq.XSUB)
+    peer.setsockopt(zmq.LINGER, 0)
+    peer.connect(publisher.endpoint)
+    rejected = 0
+
+    def then_junk(*messages: bytes) -> None:
+        nonlocal rejected
+        for message in messages:
+            peer.send(message)
+        peer.send(b"junk")
+        rejected += 1 + sum(message[:1] not in (b"\x00", b"\x01") for message in messages)
+        wait_for(lambda: publisher.rejected_inbound == rejected, 10, "the junk message to be read")
+    with caplog.at_level("WARNING", logger="edge.publisher"):
+        then_junk(b"\x01det.a", b"\x01det.b")
+        assert publisher.subscriptions == 2 and publisher.wait_for_subscriber(0)
+        then_junk(b"\x00det.a")
+        assert publisher.subscriptions == 1
+        then_junk(b"\x00det.b")
+        assert publisher.subscriptions == 0
+        while rejected < 1000:                                          # in batches well under the HWMs
+            then_junk(*[b"junk"] * min(99, 1000 - rejected - 1))
+    assert publisher.subscriptions == 0 and publisher.rejected_inbound == 1000
+    assert [r.getMessage() for r in caplog.records] == [
+        f"ignored {n} message(s) from subscribers that are not subscriptions" for n in (1, 1000)]
+    peer.close(linger=0)
 
 
 def test_garbage_from_peers_does_not_stop_publishing(publisher: Publisher, ctx: zmq.Context) -> None:
