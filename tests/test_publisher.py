@@ -47,9 +47,11 @@ def test_messages_follow_schema_with_contiguous_seq(publisher: Publisher, ctx: z
     sub.close()
 
 
-def test_events_carry_their_details(publisher: Publisher, ctx: zmq.Context) -> None:
+def test_events_carry_their_details(publisher: Publisher, ctx: zmq.Context, caplog: pytest.LogCaptureFixture) -> None:
     sub = subscribed(publisher, ctx, ["sys.event"])
-    publisher.event("camera.lost", {"camera": "rear", "reason": "timeout"})
+    with caplog.at_level("INFO", logger="edge.publisher"):
+        publisher.event("camera.lost", {"camera": "rear", "reason": "timeout"})
+    assert caplog.records[-1].getMessage() == "event camera.lost {'camera': 'rear', 'reason': 'timeout'}"
     message = sub.recv(timeout=5)
     assert message.topic == "sys.event"
     assert {k: message.payload[k] for k in ("kind", "event", "camera", "reason")} == {
@@ -193,17 +195,18 @@ def test_subscriptions_and_rejected_messages_are_counted(publisher: Publisher, c
         peer.send(b"junk")
         rejected += 1 + sum(message[:1] not in (b"\x00", b"\x01") for message in messages)
         wait_for(lambda: publisher.rejected_inbound == rejected, 10, "the junk message to be read")
-    with caplog.at_level("WARNING", logger="edge.publisher"):
-        then_junk(b"\x01det.a", b"\x01det.b")
+    with caplog.at_level("INFO", logger="edge.publisher"):
+        then_junk(b"\x01det.a", b"\x01" + "dét.".encode("latin-1"))
         assert publisher.subscriptions == 2 and publisher.wait_for_subscriber(0)
         then_junk(b"\x00det.a")
         assert publisher.subscriptions == 1
-        then_junk(b"\x00det.b")
+        then_junk(b"\x00" + "dét.".encode("latin-1"))
         assert publisher.subscriptions == 0
         while rejected < 1000:                                          # in batches well under the HWMs
             then_junk(*[b"junk"] * min(99, 1000 - rejected - 1))
     assert publisher.subscriptions == 0 and publisher.rejected_inbound == 1000
     assert [r.getMessage() for r in caplog.records] == [
+        "subscriber joined (topic prefix 'det.a')", "subscriber joined (topic prefix 'd\ufffdt.')"] + [
         f"ignored {n} message(s) from subscribers that are not subscriptions" for n in (1, 1000)]
     peer.close(linger=0)
 
