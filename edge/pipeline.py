@@ -78,7 +78,8 @@ class Lane:
             self.finished.set()
 
     def _loop(self, reader: int, slot: Slot, inflight: collections.deque[_InFlight]) -> None:
-        last_index, last_accepted_ns, submitted = -1, 0, 0
+        last_index, submitted = -1, 0
+        last_accepted_ns: int | None = None          # none yet: CLOCK_MONOTONIC counts from boot, not from 0
         ended = False
         while not self._stop.is_set():
             want_more = not ended and (self.max_frames is None or submitted < self.max_frames)
@@ -92,7 +93,8 @@ class Lane:
                         self.stats.dropped_camera += frame.index - last_index - 1
                     last_index = frame.index
                     self.stats.captured += 1
-                    if self._min_gap_ns and frame.t_capture_ns - last_accepted_ns < self._min_gap_ns:
+                    if (self._min_gap_ns and last_accepted_ns is not None
+                            and frame.t_capture_ns - last_accepted_ns < self._min_gap_ns):
                         self.stats.skipped_rate += 1
                         continue
                     last_accepted_ns = frame.t_capture_ns

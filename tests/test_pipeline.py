@@ -132,8 +132,6 @@ def test_rate_limit_skips_frames_closer_than_its_period(tiny, results, hz: float
     assert published_frames(subscriber, 4) == [0, 2, 4, 6]
 
 
-@pytest.mark.xfail(strict=True, reason="bug: the lane starts as if a frame was accepted at CLOCK_MONOTONIC 0, so"
-                   " frames within one rate-limit period after boot are skipped (edge/pipeline.py last_accepted_ns)")
 def test_rate_limit_accepts_the_first_frame_soon_after_boot(tiny, results) -> None:
     """CLOCK_MONOTONIC counts from boot: a vehicle's daemon sees its first frames seconds after it. With a
     limit of one frame a minute the first frame must still be processed, not the first after 60 s of uptime."""
