@@ -2,8 +2,11 @@
 
 The socket is an XPUB (a PUB that also sees subscriptions), so the daemon can report and,
 for tests and the demo only, wait for its first subscriber. Sending never blocks a lane:
-a full queue or a full socket (SNDHWM) drops the message and counts it; `seq` numbers are
-given at enqueue time, so subscribers see every drop as a gap.
+a full queue drops the message and counts it (`dropped_publisher`). A subscriber that does not
+keep up loses messages at its own high-water mark (SNDHWM); libzmq drops them for that
+subscriber alone and the others still get everything (ZMQ_XPUB_NODROP would instead stop
+delivery to all while one is full). `seq` numbers are given at enqueue time, so a subscriber
+sees every drop, in the queue or at its own socket, as a gap.
 """
 from __future__ import annotations
 
@@ -159,11 +162,7 @@ class Publisher:
         now = time.monotonic_ns()
         item.payload["t_publish_ns"] = now
         item.payload["t_wall_ns"] = time.time_ns()
-        try:
-            sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)], flags=zmq.NOBLOCK)
-        except zmq.Again:
-            self._count_drop(item.stats)
-            return
+        sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)])   # an XPUB drops, never blocks
         if item.stats is not None:
             item.stats.published += 1
             item.stats.latencies_ns.append(now - item.payload["t_capture_ns"])
