@@ -11,7 +11,6 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from edge.backends.base import Engine
 from edge.errors import EdgeError
@@ -140,12 +139,12 @@ def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20
     return ok, f"found {sorted(found)}, median {statistics.median(times[1:]):.1f} ms a frame"
 
 
-def _demo_repository(demo: Any) -> Check:
+def _demo_repository(engines: Path) -> Check:
     """The demo's engine repository as `edge demo` resolves it: manifest readable, fp32 variant intact."""
     from edge import bundle
 
     try:
-        manifest = bundle.Manifest.load(demo.engines)
+        manifest = bundle.Manifest.load(engines)
         bundle.resolve(manifest, "fp32", device=None, allow_onnx=True)
     except EdgeError as exc:
         return Check("demo engines", FAIL, f"{exc.what}. Hint: edge assets fetch --rebuild")
@@ -163,7 +162,7 @@ def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     demo = assets.DemoAssets(assets.default_cache_dir())
     if not demo.engines.is_dir() or not demo.image("dog.jpg").is_file():
         return [Check("demo model", SKIP, f"no demo assets in {demo.root}. Hint: edge assets fetch")]
-    repository = _demo_repository(demo)
+    repository = _demo_repository(demo.engines)
     if repository.status == FAIL:
         return [repository]
     ok, detail = _detects_dog(lambda: OnnxRuntimeEngine(demo.model), demo.image("dog.jpg"))
