@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -34,6 +35,7 @@ from edge.service import Service
 from edge.tasks import build_task
 
 TASK = TaskConfig(name="objects", type="detector", model="x", cameras=["c"])
+SOCKETS = tempfile.TemporaryDirectory(prefix="edge-bench-")   # the runs' ipc socket (removed at exit), not in the cache
 
 
 def read_frames(video: Path, count: int) -> list[np.ndarray]:
@@ -109,7 +111,7 @@ def edge_pipeline(root: Path, count: int, lanes: int, *, realtime: bool, threads
             f"    engines: {root}/engines/yolov3-tiny\n    precision: {precision}\n"
             f"    cameras: [{', '.join(f'cam{i}' for i in range(lanes))}]\n"
             + (f"    threads: {threads}\n" if threads else "") +
-            f"output:\n  results: ipc://{root}/bench-{os.getpid()}.sock\nlogging:\n  level: warning\n")
+            f"output:\n  results: ipc://{SOCKETS.name}/results.sock\nlogging:\n  level: warning\n")
     config = parse_config(text, source="benchmark", base_dir=root, environ={})
     service = Service(config, max_frames=count, wait_subscriber_s=30)
     latencies: list[float] = []

@@ -23,7 +23,8 @@ def test_selftest_fails_when_tensorrt_is_required_and_missing(demo) -> None:
 def test_selftest_fails_when_the_demo_engine_repository_is_broken(demo, tmp_path) -> None:
     import shutil
 
-    shutil.copytree(demo.root, tmp_path / "cache", ignore=shutil.ignore_patterns("media"))
+    shutil.copytree(demo.engines, tmp_path / "cache" / "engines" / "yolov3-tiny")
+    shutil.copytree(demo.root / "images", tmp_path / "cache" / "images")
     (tmp_path / "cache" / "engines" / "yolov3-tiny" / "manifest.json").write_text("{not json")
     result = run("selftest", extra_env={"EDGE_CACHE": str(tmp_path / "cache")})
     assert result.returncode == 1, result.stdout
