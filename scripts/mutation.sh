@@ -32,6 +32,7 @@ declare -A SPEC=(
     tests/test_assets.py::test_variants_are_remade_when_their_inputs_change tests/test_assets.py::test_missing_variant_is_remade_alone
     tests/test_assets.py::test_a_variant_that_cannot_be_made_does_not_block_the_others
     tests/test_assets.py::test_leftovers_of_a_killed_run_are_removed tests/test_assets.py::test_complete_cache_fetches_nothing
+    tests/test_assets.py::test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded
     | edge.assets.x__int8_variant__* edge.assets.x__build_variants__* edge.assets.x__current__*
     edge.assets.x__remove_leftovers__*"
   # reconnect with backoff

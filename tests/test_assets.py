@@ -193,3 +193,46 @@ def test_a_variant_that_cannot_be_made_does_not_block_the_others(demo, tmp_path:
     manifest = bundle.Manifest.load(root / "engines" / "yolov3-tiny")
     assert manifest.refused["int8"]["reason"] == "making it failed: ONNX Runtime cannot quantize this model"
     assert manifest.onnx("fp16") is not None and leftovers(root) == []
+
+
+def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(demo, tmp_path: Path, quick_int8,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real calibration and gate (on few frames), watched: which frames each step reads, the method,
+    the manifest record, and the gate's boundary (F1 equal to the minimum passes)."""
+    from edge.tools import data, quantize
+
+    loads, methods = [], []
+    real_load, real_quantize = data.load_samples, quantize.quantize
+
+    def load(sources, **kwargs):
+        loads.append((list(sources), kwargs))
+        return real_load(sources, **kwargs)
+
+    def quantize_spy(*args, **kwargs):
+        methods.append(kwargs["method"])
+        return real_quantize(*args, **kwargs)
+
+    monkeypatch.setattr(data, "load_samples", load)
+    monkeypatch.setattr(quantize, "quantize", quantize_spy)
+    monkeypatch.setattr(assets, "INT8_MIN_F1", 0.0)
+    root = seeded_cache(demo, tmp_path)
+    repo = root / "engines" / "yolov3-tiny"
+    (repo / "yolov3-tiny.int8.qdq.onnx").unlink()
+    assets.fetch(root, say=lambda line: None)
+    video = [root / "media" / "vtest.avi"]
+    assert loads == [(video, {"fit_to": (416, 416), "frames": range(0, 40)}),
+                     (video, {"fit_to": (416, 416), "every": 4, "frames": range(477, 493)})]
+    assert methods == ["percentile"]
+    int8 = bundle.Manifest.load(repo).onnx("int8")
+    assert int8.file == "yolov3-tiny.int8.qdq.onnx" and int8.sha256 == assets.sha256_file(repo / int8.file)
+    assert int8.extra["calibration"] == {"source": "vtest.avi", "frames": [0, 40], "select": "diverse", "count": 4,
+                                         "method": "percentile"}
+    gate = int8.extra["gate"]
+    assert set(gate) == {"reference", "f1", "map50", "min_f1", "held_out_frames"}
+    assert gate["reference"] == "fp32" and gate["min_f1"] == 0.0 and gate["held_out_frames"] == 4
+    assert 0 < gate["f1"] <= 1 and 0 < gate["map50"] <= 1
+
+    monkeypatch.setattr(assets, "INT8_MIN_F1", gate["f1"])           # the same variant again: exactly at the minimum
+    assets.fetch(root, say=lambda line: None, rebuild=True)
+    again = bundle.Manifest.load(repo)
+    assert again.refused == {} and again.onnx("int8").extra["gate"]["f1"] == gate["f1"]
