@@ -205,7 +205,7 @@ def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(de
     the manifest record, and the gate's boundary (F1 equal to the minimum passes)."""
     from edge.tools import data, quantize
 
-    loads, methods = [], []
+    loads, methods, candidates, said = [], [], [], []
     real_load, real_quantize = data.load_samples, quantize.quantize
 
     def load(sources, **kwargs):
@@ -214,6 +214,7 @@ def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(de
 
     def quantize_spy(*args, **kwargs):
         methods.append(kwargs["method"])
+        candidates.append(args[1])
         return real_quantize(*args, **kwargs)
 
     monkeypatch.setattr(data, "load_samples", load)
@@ -222,8 +223,14 @@ def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(de
     root = seeded_cache(demo, tmp_path)
     repo = root / "engines" / "yolov3-tiny"
     (repo / "yolov3-tiny.int8.qdq.onnx").unlink()
-    assets.fetch(root, say=lambda line: None)
+    assets.fetch(root, say=said.append)
     video = [root / "media" / "vtest.avi"]
+    # made in a private directory beside the repository (renamed into place, found by the leftover sweep)
+    assert [(c.parent.parent, c.parent.name[:6], c.name) for c in candidates] == [(repo, ".int8-",
+                                                                                   "yolov3-tiny.int8.qdq.onnx")]
+    assert [line for line in said if line.endswith(" ...")] == [
+        "INT8 variant: choosing 4 calibration frames (diverse) ...", "INT8 variant: calibrating (percentile) ...",
+        "INT8 variant: gate against fp32 on 4 held-out frames (min F1 0.0) ..."]
     assert loads == [(video, {"fit_to": (416, 416), "frames": range(0, 40)}),
                      (video, {"fit_to": (416, 416), "every": 4, "frames": range(477, 493)})]
     assert methods == ["percentile"]
