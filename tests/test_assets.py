@@ -108,6 +108,7 @@ def test_refused_int8_keeps_the_other_variants_and_is_not_remade(demo, tmp_path:
     assert 0 < record["gate"]["f1"] <= 1 and record["inputs"]["variants_version"] == assets.VARIANTS_VERSION
     assert not (repo / "yolov3-tiny.int8.qdq.onnx").exists() and leftovers(root) == []
     assert said[-1].startswith("note: the demo's int8 variant is refused: F1 ")
+    assert said[-1].endswith(f"{record['reason']}. `edge assets fetch --rebuild` tries again")
     assert stat.S_IMODE((repo / "manifest.json").stat().st_mode) == 0o644
 
     said.clear()
@@ -185,7 +186,10 @@ def test_a_variant_that_cannot_be_made_does_not_block_the_others(demo, tmp_path:
     from edge.errors import EngineError
     from edge.tools import quantize
 
+    calls = []
+
     def broken(*args: object, **kwargs: object) -> None:
+        calls.append(args)
         raise EngineError("ONNX Runtime cannot quantize this model")
 
     root = seeded_cache(demo, tmp_path)
@@ -197,6 +201,8 @@ def test_a_variant_that_cannot_be_made_does_not_block_the_others(demo, tmp_path:
     manifest = bundle.Manifest.load(root / "engines" / "yolov3-tiny")
     assert manifest.refused["int8"]["reason"] == "making it failed: ONNX Runtime cannot quantize this model"
     assert manifest.onnx("fp16") is not None and leftovers(root) == []
+    assets.fetch(root, say=lambda line: None)                  # refused for these inputs: not tried again
+    assert len(calls) == 1
 
 
 def test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded(demo, tmp_path: Path, quick_int8,
