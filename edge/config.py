@@ -61,6 +61,9 @@ class DetectorParams(_Strict):
     labels: str | None = None
 
 
+MIN_RATE_HZ = 1 / 3600
+
+
 class TaskConfig(_Strict):
     name: str = Field(pattern=_NAME)
     type: Literal["detector"]
@@ -70,13 +73,21 @@ class TaskConfig(_Strict):
     allow_onnx: bool = True
     precision: Precision | None = None
     cameras: list[str] = Field(min_length=1)
-    rate_limit_hz: float = Field(0.0, ge=0)
+    rate_limit_hz: float = Field(0.0, ge=0, le=1000)     # 0 = off
     priority: int = Field(50, ge=0, le=100)
     enabled: bool = True
     backend: Literal["onnxruntime"] = "onnxruntime"
     threads: int | None = Field(None, ge=1, le=64)
     in_flight: int = Field(2, ge=1, le=8)
     params: DetectorParams = DetectorParams()
+
+    @field_validator("rate_limit_hz")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        # a tiny rate made the frame gap overflow (1e-300 Hz ended the daemon with an OverflowError)
+        if 0 < value < MIN_RATE_HZ:
+            raise ValueError(f"must be 0 (off) or at least {MIN_RATE_HZ:.6f} Hz (one frame an hour)")
+        return value
 
     @field_validator("model", "engines")
     @classmethod

@@ -236,3 +236,12 @@ def test_rules_across_keys_still_apply_to_objects_built_in_code() -> None:
 def test_undefined_cameras_are_not_guessed_when_the_cameras_section_is_broken() -> None:
     message = error(GOOD.replace("cameras:\n  - id: front", "cameras: front\nunused:\n  - id: front"))
     assert "cameras: Input should be a valid list" in message and "undefined camera" not in message
+
+
+def test_rate_limit_must_be_off_or_a_usable_rate() -> None:
+    for bad, rule in (("1e-300", "must be 0 (off) or at least 0.000278 Hz"), ("-1", "greater than or equal to 0"),
+                      ("1e9", "less than or equal to 1000")):
+        message = error(GOOD.replace("    enabled: false", f"    enabled: false\n    rate_limit_hz: {bad}"))
+        assert "rate_limit_hz" in message and rule in message, message
+    slow = GOOD.replace("    enabled: false", "    enabled: false\n    rate_limit_hz: 0.0003")
+    assert parse(slow).tasks[1].rate_limit_hz == 0.0003
