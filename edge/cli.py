@@ -126,11 +126,20 @@ def _frames(sources: list[str], model: Path, every: int, what: str, needed: int 
     return samples
 
 
+def _check_output(path: Path | None) -> None:
+    """Refuse an unwritable output before any long work (not after an evaluation of many minutes)."""
+    from edge.tools.common import check_writable
+
+    if path is not None:
+        check_writable(path)
+
+
 def cmd_fp16(args: argparse.Namespace) -> int:
     import numpy as np
 
     from edge.tools import fp16
 
+    _check_output(args.output)
     if args.check:
         images = [s.image for s in _frames(args.check, args.input, args.every, "--check data")[:16]]
     else:
@@ -145,6 +154,7 @@ def cmd_fp16(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     from edge.tools import quantize, select
 
+    _check_output(args.output)
     samples = _frames(args.calib, args.input, args.every, "calibration set", needed=args.count)
     chosen = select.select(samples, args.count or len(samples), args.select, seed=args.seed)
     print(f"calibrating on {len(chosen)} frames ({args.select}, {args.method}) ...", file=sys.stderr, flush=True)
@@ -157,6 +167,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from edge.tools import evaluate
 
+    _check_output(args.json)
     samples = _frames(args.data, args.reference, args.every, "evaluation set")
     print(f"running the reference and the candidate on {len(samples)} frames ...", file=sys.stderr, flush=True)
     result = evaluate.evaluate(args.reference, args.candidate, samples, conf_threshold=args.conf)

@@ -300,3 +300,16 @@ def _read_pty(terminal) -> bytes:
         return terminal.read(4096)
     except OSError:                      # EIO: the child closed its end
         return b""
+
+
+def test_outputs_are_checked_before_the_work(demo, tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "x"
+    for args, work_line in ((("model", "evaluate", "--reference", str(demo.model), "--candidate", str(demo.model),
+                              "--data", str(demo.video), "--json", f"{missing}.json"), "evaluation set"),
+                            (("model", "quantize", str(demo.model), f"{missing}.onnx", "--calib", str(demo.video)),
+                             "calibration set"),
+                            (("model", "fp16", str(demo.model), f"{missing}.onnx", "--check", str(demo.video)),
+                             "--check data")):
+        result = run(*args)
+        assert result.returncode == 1 and f"output directory does not exist: {missing.parent}" in result.stderr
+        assert work_line not in result.stderr, result.stderr          # refused before any frame was read
