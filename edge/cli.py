@@ -26,11 +26,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber)
     stop = threading.Event()
     _on_signals(lambda: stop.set())
-    service.start()
+    signal.signal(signal.SIGHUP, _reload_unsupported)
+    service.start(stop)
     try:
         return service.run(stop)
     finally:
         service.stop()
+
+
+def _reload_unsupported(signum: int, frame: Any) -> None:
+    log.warning("received SIGHUP: reloading the config is not supported yet; still running with the config"
+                " it started with (restart the service to apply a new one)")
 
 
 def _on_signals(handler: Callable[[], None]) -> None:

@@ -68,15 +68,16 @@ class Service:
         self._started_ns = time.monotonic_ns()
         self._last_processed: dict[str, tuple[int, int]] = {}
 
-    def start(self) -> None:
-        """Start everything; on any failure, stop what was started and raise."""
+    def start(self, stop: threading.Event | None = None) -> None:
+        """Start everything; on any failure, stop what was started and raise. A `stop` set while waiting
+        for the first subscriber ends the start early (no camera is opened) and `run` then returns 0."""
         try:
-            self._start()
+            self._start(stop or threading.Event())
         except BaseException:
             self.stop(STOP_TIMEOUT_S)
             raise
 
-    def _start(self) -> None:
+    def _start(self, stop: threading.Event) -> None:
         self.publisher.start()
         tasks = [t for t in self.config.tasks if t.enabled]
         if not tasks:
@@ -90,7 +91,10 @@ class Service:
             self.engines[task.name] = engine
             built[task.name] = build_task(task, engine)
             engine.warmup()
-        if self.wait_subscriber_s > 0 and not self.publisher.wait_for_subscriber(self.wait_subscriber_s):
+        if self.wait_subscriber_s > 0 and not self._wait_for_subscriber(stop):
+            if stop.is_set():
+                log.info("stopping while waiting for the first subscriber")
+                return
             raise EdgeError(f"no subscriber connected to {self.publisher.endpoint} within {self.wait_subscriber_s} s",
                             hint="start the subscriber first, or drop --wait-subscriber")
         for camera_id in self.config.used_camera_ids():
@@ -107,6 +111,14 @@ class Service:
             camera.start()
         log.info("running %d lane(s) on %d camera(s): %s", len(self.lanes), len(self.cameras),
                  ", ".join(lane.name for lane in self.lanes))
+
+    def _wait_for_subscriber(self, stop: threading.Event) -> bool:
+        log.info("waiting up to %s s for a first subscriber on %s", self.wait_subscriber_s, self.publisher.endpoint)
+        deadline = time.monotonic() + self.wait_subscriber_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            if self.publisher.wait_for_subscriber(min(0.1, max(0.0, deadline - time.monotonic()))):
+                return True
+        return False
 
     def run(self, stop: threading.Event) -> int:
         """Heartbeat until `stop` is set, every lane has finished, or one failed (then 1: systemd restarts us)."""
