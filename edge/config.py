@@ -383,7 +383,10 @@ def _describe(err: Any) -> Problem:
         allowed = _allowed_keys(loc[:-1])
         hint += f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
     whole_block = isinstance(err["input"], dict)          # a rule across keys: the rule names the values
-    return Problem(loc, rule, err["input"], hint, show_value=err["type"] != "missing" and not whole_block)
+    value = err["input"]
+    if loc and loc[-1] == "uri" and isinstance(value, str):
+        value = sources.redact(value)                    # a camera password never reaches an error message
+    return Problem(loc, rule, value, hint, show_value=err["type"] != "missing" and not whole_block)
 
 
 def _file_order(problem: Problem) -> tuple[int, int]:

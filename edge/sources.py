@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
@@ -55,12 +55,19 @@ class CameraURI:
         return self.scheme in ("file", "test") and not self.params.get("realtime", True)
 
     def redacted(self) -> str:
-        """The URI with any password replaced, safe to log."""
-        parts = urlsplit(self.raw)
-        if parts.password is None:
-            return self.raw
-        netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
+        """The URI with any credentials replaced, safe to log."""
+        return redact(self.raw)
+
+
+def redact(uri: str) -> str:
+    """`uri` with the password replaced by `***`, whatever the URI looks like: the credentials run to the
+    last `@` (a password may contain `/`, `:` or `@`), the user name to the first `:` of them."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or "@" not in rest:
+        return uri
+    credentials, host = rest.rsplit("@", 1)
+    user, colon, _ = credentials.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -104,8 +111,15 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
     if scheme not in SCHEMES:
         raise ValueError(f"unknown camera URI scheme {scheme!r} (known: {', '.join(SCHEMES)})")
     if scheme == "rtsp":
-        if not urlsplit(text).hostname:
-            raise ValueError(f"rtsp URI {text!r} has no host")
+        safe = urlsplit(redact(text))                 # credentials out of the way (and out of any message)
+        if not safe.hostname:
+            raise ValueError(f"rtsp URI {redact(text)!r} has no host")
+        try:
+            port_ok = safe.port != 0
+        except ValueError:                            # Python rejects ports above 65535 only when asked
+            port_ok = False
+        if not port_ok:
+            raise ValueError(f"rtsp URI {redact(text)!r} has a port outside 1..65535")
         return CameraURI(scheme, text, {}, text)
     location, _, query = rest.partition("?")
     params = {k: _typed(scheme, k, v) for k, v in parse_qsl(query, keep_blank_values=True)}

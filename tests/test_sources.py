@@ -272,3 +272,32 @@ def test_lost_and_recovered_events_stats_and_log(monkeypatch: pytest.MonkeyPatch
         failed, "rear recovered", "rear lost: no frame from the device", "rear recovered",
         "rear lost: no frame from the device", failed]
     assert [r.levelname for r in caplog.records] == ["DEBUG", "INFO", "WARNING", "INFO", "WARNING", "DEBUG"]
+
+
+@pytest.mark.parametrize("uri", ["rtsp://user:s3cret@host:99999/x", "rtsp://user:s3cret@host:0/x",
+                                 "rtsp://user:s3cret@/x", "rtsp://user:s3/cr:et@@/x"])
+def test_bad_rtsp_uris_are_refused_without_their_password(uri: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_uri(uri)
+    assert "s3" not in str(info.value) and ":***@" in str(info.value)
+    assert "port outside 1..65535" in str(info.value) or "has no host" in str(info.value)
+
+
+@pytest.mark.parametrize("uri, shown", [("rtsp://u:p@ss/w:rd@cam.local:554/live", "rtsp://u:***@cam.local:554/live"),
+                                        ("rtsp://admin:secret@10.0.0.2/stream", "rtsp://admin:***@10.0.0.2/stream"),
+                                        ("rtsp://viewer@cam.local/stream", "rtsp://viewer@cam.local/stream"),
+                                        ("rtsp://cam.local/stream", "rtsp://cam.local/stream")])
+def test_redacted_never_shows_credentials(uri: str, shown: str) -> None:
+    assert parse_uri(uri).redacted() == shown
+
+
+def test_a_bad_camera_uri_is_a_config_error_that_hides_the_password(tmp_path) -> None:
+    from edge.config import parse_config
+    from edge.errors import ConfigError
+
+    text = ("version: 1\ncameras:\n  - id: c\n    uri: rtsp://u:s3cret@host:99999/x\ntasks:\n  - name: t\n"
+            "    type: detector\n    model: m.onnx\n    cameras: [c]\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="t.yaml", base_dir=tmp_path, environ={})
+    assert "cameras[0].uri" in str(info.value) and "port outside 1..65535" in str(info.value)
+    assert "s3cret" not in str(info.value)
