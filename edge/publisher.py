@@ -16,6 +16,7 @@ import errno
 import os
 import queue
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
@@ -211,11 +212,26 @@ def _wait_released(path: Path, timeout: float) -> None:
 
 
 def _prepare_ipc(path: Path) -> None:
-    """Create the socket's directory; refuse when a live process already listens on the path."""
-    path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    """Create the socket's directory; refuse a path that is something other than a socket (libzmq would
+    replace it, losing a file) and one a live process already listens on."""
+    hint = "set output.results / EDGE_RESULTS_ENDPOINT to a socket path in a directory this user owns"
+    try:
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EdgeError(f"cannot create the directory of results endpoint ipc://{path}: {exc.strerror}",
+                        note=f"directory: {path.parent}", hint=hint) from exc
+    if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
+        raise EdgeError(f"results endpoint ipc://{path} exists and is not a socket; edge does not replace it",
+                        note=f"found: {_kind(path)}", hint=hint)
     if not _listening(path):
         return                     # none, or a stale socket file: zmq replaces it
     raise EdgeError(f"results endpoint ipc://{path} is already in use by a running process",
                     note=f"pid of this process: {os.getpid()}",
                     hint="stop the other edge daemon (systemctl stop edge) or set output.results /"
                          " EDGE_RESULTS_ENDPOINT to another path")
+
+
+def _kind(path: Path) -> str:
+    if path.is_symlink():
+        return "a symbolic link"
+    return "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a special file"

@@ -5,6 +5,7 @@ import os
 import socket
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import msgpack
 import pytest
@@ -272,3 +273,22 @@ def _seqs(sub: zmq.Socket, most: int) -> list[int]:
     while len(seqs) < most and sub.poll(1000):
         seqs.append(msgpack.unpackb(sub.recv_multipart()[1])["seq"])
     return seqs
+
+
+def test_an_ipc_endpoint_never_replaces_a_file(ctx: zmq.Context, tmp_path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    with pytest.raises(EdgeError, match="exists and is not a socket; edge does not replace it") as info:
+        Publisher(f"ipc://{victim}", context=ctx).start()
+    assert "found: a regular file" in str(info.value) and victim.read_text() == "keep me"
+    (tmp_path / "dir.sock").mkdir()
+    with pytest.raises(EdgeError, match="found: a directory"):
+        Publisher(f"ipc://{tmp_path}/dir.sock", context=ctx).start()
+
+
+@pytest.mark.parametrize("parent", ["file", "proc"])
+def test_an_ipc_directory_that_cannot_be_made_is_a_clear_error(ctx: zmq.Context, tmp_path, parent: str) -> None:
+    (tmp_path / "plain").write_text("")
+    where = {"file": tmp_path / "plain" / "sub", "proc": Path("/proc/sys/edge-test")}[parent]  # root cannot either
+    with pytest.raises(EdgeError, match=f"cannot create the directory of results endpoint ipc://{where}/r.sock"):
+        Publisher(f"ipc://{where}/r.sock", context=ctx).start()
