@@ -12,6 +12,7 @@ TRANSPORT_LIMIT): libzmq drops a connection whose peer sends more, and does not 
 from __future__ import annotations
 
 import dataclasses
+import os
 import stat
 import time
 from collections.abc import Iterable
@@ -46,6 +47,10 @@ class Subscriber:
                  latest_only: bool = False, max_bytes: int = protocol.MAX_MESSAGE_BYTES,
                  context: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint or protocol.default_results_endpoint()
+        if self.endpoint.startswith("ipc://"):
+            # the default path is per user, so its directory must be ours; any directory must be safe
+            protocol.check_socket_dir(Path(self.endpoint[len("ipc://"):]).parent,
+                                      owner=os.geteuid() if endpoint is None else None)
         self.latest_only = latest_only
         self.max_bytes = max_bytes
         self.missed = 0              # messages lost upstream, from seq gaps

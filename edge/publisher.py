@@ -220,6 +220,7 @@ def _prepare_ipc(path: Path) -> None:
     except OSError as exc:
         raise EdgeError(f"cannot create the directory of results endpoint ipc://{path}: {exc.strerror}",
                         note=f"directory: {path.parent}", hint=hint) from exc
+    protocol.check_socket_dir(path.parent, owner=os.geteuid())
     if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
         raise EdgeError(f"results endpoint ipc://{path} exists and is not a socket; edge does not replace it",
                         note=f"found: {_kind(path)}", hint=hint)

@@ -63,3 +63,45 @@ def test_default_endpoint_falls_back_when_run_dir_is_not_writable(tmp_path, monk
     assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/edge/results.sock"
     monkeypatch.setattr("edge.protocol.RUN_DIR", tmp_path)
     assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/results.sock"
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
+def test_a_socket_directory_others_can_write_is_refused_by_daemon_and_subscriber(tmp_path, mode: int) -> None:
+    import zmq
+
+    from edge.client import Subscriber
+    from edge.errors import EdgeError
+    from edge.publisher import Publisher
+
+    spoofed = tmp_path / "edge-1000"
+    spoofed.mkdir()
+    spoofed.chmod(mode)
+    ctx = zmq.Context()
+    try:
+        with pytest.raises(EdgeError, match=f"socket directory {spoofed} is writable by group or others"):
+            Publisher(f"ipc://{spoofed}/results.sock", context=ctx).start()
+        with pytest.raises(EdgeError, match=f"mode {mode:o}"):
+            Subscriber(f"ipc://{spoofed}/results.sock", context=ctx)
+        assert not (spoofed / "results.sock").exists()
+    finally:
+        ctx.destroy(linger=0)
+
+
+def test_a_default_socket_directory_owned_by_another_user_is_refused(tmp_path, monkeypatch) -> None:
+    import os
+
+    from edge.client import Subscriber
+    from edge.errors import EdgeError
+    from edge.publisher import Publisher
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a directory to another user")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    theirs = tmp_path / "edge"
+    theirs.mkdir(mode=0o755)
+    other = os.geteuid() + 1
+    os.chown(theirs, other, other)                         # another user's, as a spoofer would leave it
+    with pytest.raises(EdgeError, match=f"belongs to uid {other}, not to this user"):
+        Subscriber()
+    with pytest.raises(EdgeError, match=f"belongs to uid {other}, not to this user"):
+        Publisher(protocol.default_results_endpoint()).start()
