@@ -139,7 +139,9 @@ class Publisher:
             self._socket.close(linger=CLOSE_FLUSH_MS)
             self._socket = None
             if self.endpoint.startswith("ipc://"):
-                _wait_released(Path(self.endpoint[len("ipc://"):]), timeout)
+                path = Path(self.endpoint[len("ipc://"):])
+                _wait_released(path, timeout)
+                _remove_own_socket(path)
 
     def _count_drop(self, stats: LaneStats | None) -> None:
         if stats is not None:
@@ -209,6 +211,15 @@ def _wait_released(path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while _listening(path) and time.monotonic() < deadline:
         time.sleep(0.01)
+
+
+def _remove_own_socket(path: Path) -> None:
+    """Remove the socket file this publisher bound, once nothing listens on it (a clean exit leaves none)."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode) and not _listening(path):
+            path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def _prepare_ipc(path: Path) -> None:

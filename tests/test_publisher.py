@@ -292,3 +292,12 @@ def test_an_ipc_directory_that_cannot_be_made_is_a_clear_error(ctx: zmq.Context,
     where = {"file": tmp_path / "plain" / "sub", "proc": Path("/proc/sys/edge-test")}[parent]  # root cannot either
     with pytest.raises(EdgeError, match=f"cannot create the directory of results endpoint ipc://{where}/r.sock"):
         Publisher(f"ipc://{where}/r.sock", context=ctx).start()
+
+
+def test_a_clean_stop_removes_the_socket_file(ctx: zmq.Context, ipc_endpoint: str) -> None:
+    path = Path(ipc_endpoint[len("ipc://"):])
+    publisher = Publisher(ipc_endpoint, context=ctx)
+    publisher.start()
+    assert path.is_socket()
+    publisher.stop(5)
+    assert not path.exists()
