@@ -16,7 +16,6 @@ import os
 import stat
 import time
 from collections.abc import Iterable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -47,10 +46,10 @@ class Subscriber:
                  latest_only: bool = False, max_bytes: int = protocol.MAX_MESSAGE_BYTES,
                  context: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint or protocol.default_results_endpoint()
-        if self.endpoint.startswith("ipc://"):
+        path = protocol.ipc_path(self.endpoint)
+        if path is not None:
             # the default path is per user, so its directory must be ours; any directory must be safe
-            protocol.check_socket_dir(Path(self.endpoint[len("ipc://"):]).parent,
-                                      owner=os.geteuid() if endpoint is None else None)
+            protocol.check_socket_dir(path.parent, owner=os.geteuid() if endpoint is None else None)
         self.latest_only = latest_only
         self.max_bytes = max_bytes
         self.missed = 0              # messages lost upstream, from seq gaps
@@ -163,9 +162,9 @@ class SilenceNotice:
 
 def endpoint_state(endpoint: str) -> str:
     """For an ipc:// endpoint, whether its socket file exists ('socket file /x exists'); else ''."""
-    if not endpoint.startswith("ipc:///"):
+    path = protocol.ipc_path(endpoint)
+    if path is None or not path.is_absolute():
         return ""
-    path = Path(endpoint[len("ipc://"):])
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:

@@ -27,6 +27,11 @@ def runtime_dir() -> Path:
     return Path(base) / "edge" if base else Path(f"/tmp/edge-{os.getuid()}")
 
 
+def ipc_path(endpoint: str) -> Path | None:
+    """The socket file of an ipc:// endpoint; None for any other transport."""
+    return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
+
+
 def check_socket_dir(path: Path, *, owner: int | None) -> None:
     """Refuse a socket directory that someone else could have prepared (the rules ssh and XDG use): a
     symbolic link, one writable by group or others, or, when `owner` is given, one owned by another

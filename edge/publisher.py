@@ -85,8 +85,9 @@ class Publisher:
         log.info("publishing results on %s", self.endpoint)
 
     def _bind(self) -> zmq.Socket[Any]:
-        if self.endpoint.startswith("ipc://"):
-            _prepare_ipc(Path(self.endpoint[len("ipc://"):]))
+        path = protocol.ipc_path(self.endpoint)
+        if path is not None:
+            _prepare_ipc(path)
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
@@ -138,8 +139,8 @@ class Publisher:
         if self._socket is not None:
             self._socket.close(linger=CLOSE_FLUSH_MS)
             self._socket = None
-            if self.endpoint.startswith("ipc://"):
-                path = Path(self.endpoint[len("ipc://"):])
+            path = protocol.ipc_path(self.endpoint)
+            if path is not None:
                 _wait_released(path, timeout)
                 _remove_own_socket(path)
 
