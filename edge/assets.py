@@ -313,10 +313,8 @@ def _current(manifest: bundle.Manifest, precision: str, inputs: dict[str, Any]) 
     if precision in manifest.refused:
         return manifest.refused[precision].get("inputs") == inputs
     variant = manifest.onnx(precision)
-    if variant is None or variant.extra.get("inputs") != inputs:
-        return False
-    path = manifest.root / variant.file
-    return path.is_file() and sha256_file(path) == variant.sha256
+    return (variant is not None and variant.extra.get("inputs") == inputs
+            and bundle.file_problem(manifest.root, variant) is None)
 
 
 @contextlib.contextmanager

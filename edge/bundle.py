@@ -217,7 +217,7 @@ def resolve(manifest: Manifest, precision: str, *, device: DeviceKey | None, all
             return Resolution("plan", manifest.root / plan.file, plan, tuple(rejected))
         rejected.append(f"plan {plan.file}: {reason}")
     if source is not None and allow_onnx:
-        problem = _file_problem(manifest.root, source)
+        problem = file_problem(manifest.root, source)
         if problem is None:
             return Resolution("onnx", manifest.root / source.file, source, tuple(rejected))
         rejected.append(f"onnx {source.file}: {problem}")
@@ -234,7 +234,8 @@ def resolve(manifest: Manifest, precision: str, *, device: DeviceKey | None, all
                            if device is not None else "set allow_onnx: true to run the ONNX variant on ONNX Runtime")
 
 
-def _file_problem(root: Path, variant: Variant) -> str | None:
+def file_problem(root: Path, variant: Variant) -> str | None:
+    """Why the variant's file cannot be used (missing, or not the file the manifest names), else None."""
     path = root / variant.file
     if not path.is_file():
         return "file is missing"
@@ -252,4 +253,4 @@ def _plan_problem(root: Path, plan: Variant, device: DeviceKey | None, source: V
         return f"built for {built}, this device is {device.platform()}"
     if source is not None and plan.source_sha256 != source.sha256:
         return "built from another version of the ONNX variant (stale)"
-    return _file_problem(root, plan)
+    return file_problem(root, plan)
