@@ -10,6 +10,8 @@ URIs (an explicit scheme is required):
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +38,19 @@ OPEN_TIMEOUT_MS = 2000
 READ_TIMEOUT_MS = 2000
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
+SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, before its declared count (an estimate)
+SHORT_FILE_SLACK_SHARE = 0.05
+
+# FFmpeg's log, as OpenCV's FFmpeg backend sets it up: without OPENCV_FFMPEG_LOGLEVEL every FFmpeg error goes
+# to stderr (one line per damaged macroblock: over 10,000 for the demo video with 3,000 flipped bits); with it,
+# FFmpeg logs up to that AV_LOG_* level, through OpenCV's callback to stdout. OpenCV reads it when its FFmpeg
+# backend opens a capture, opencv-python 4.14 only at the first, so edge sets it before it opens its first video.
+FFMPEG_LOG_ENV = "OPENCV_FFMPEG_LOGLEVEL"
+OPENCV_LOG_ENV = "OPENCV_LOG_LEVEL"
+AV_LOG_FATAL = 8
+AV_LOG_WARNING = 24
+_media_logs_lock = threading.Lock()
+_media_logs_routed = False
 
 EventSink = Callable[[str, dict[str, Any]], None]
 
@@ -214,6 +229,8 @@ class FrameSlot:
 
 class _Reader(Protocol):
     fps: float
+    frames: int                    # frames read since it opened
+    declared_frames: int           # the frame count the file's header declares; 0 when unknown or live
 
     def read(self) -> np.ndarray | None: ...
 
@@ -226,14 +243,21 @@ class _CvReader:
     def __init__(self, capture: Any, what: str) -> None:
         if not capture.isOpened():
             capture.release()
-            raise SourceError(f"cannot open {what}")
+            raise SourceError(f"cannot open {what}", hint="`edge run --log-level debug` shows what FFmpeg and OpenCV"
+                                                           " said about it")
         self._capture = capture
         fps = float(capture.get(5))  # cv2.CAP_PROP_FPS
         self.fps = fps if 0 < fps < 1000 else 30.0
+        self.frames = 0
+        declared = float(capture.get(7))  # cv2.CAP_PROP_FRAME_COUNT: -1, 0 or NaN when unknown
+        self.declared_frames = int(declared) if 0 < declared < 1e9 else 0
 
     def read(self) -> np.ndarray | None:
         ok, image = self._capture.read()
-        return image if ok else None
+        if not ok:
+            return None
+        self.frames += 1
+        return image
 
     def close(self) -> None:
         self._capture.release()
@@ -247,6 +271,8 @@ class _PatternReader:
         w, h = parse_size(uri.params.get("size", "640x480"))
         self._limit = uri.params.get("frames")
         self._n = 0
+        self.frames = 0
+        self.declared_frames = 0
         bars = np.array([[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
                          [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], np.uint8)
         self._base = np.repeat(bars, -(-w // len(bars)), axis=0)[:w][None].repeat(h, axis=0).copy()
@@ -260,6 +286,7 @@ class _PatternReader:
         x = (self._n * 4) % max(1, w - side)
         image[h // 2 - side // 2:h // 2 + side // 2, x:x + side] = 128
         self._n += 1
+        self.frames = self._n
         return image
 
     def close(self) -> None:
@@ -275,6 +302,36 @@ def _import_cv2() -> Any:
                           hint="pip install 'edge[cv]' on a PC; on a Jetson use JetPack's python3-opencv"
                                " (create the venv with --system-site-packages)") from exc
     return cv2
+
+
+def media_log_levels(level: int) -> tuple[int, int]:
+    """FFmpeg's AV_LOG_* level and OpenCV's own log level for edge's `level` (a `logging` level): FFmpeg's
+    warnings and errors and OpenCV's info at debug; otherwise only FFmpeg's fatal errors and OpenCV's
+    warnings (at error, OpenCV's errors)."""
+    if level <= logging.DEBUG:
+        return AV_LOG_WARNING, 4          # cv2.utils.logging.LOG_LEVEL_INFO
+    return AV_LOG_FATAL, 2 if level >= logging.ERROR else 3   # LOG_LEVEL_ERROR, LOG_LEVEL_WARNING
+
+
+def route_media_logs(cv2: Any) -> None:
+    """Tie FFmpeg's and OpenCV's logs to edge's log level, once per process, before the first capture opens.
+    An OPENCV_FFMPEG_LOGLEVEL or OPENCV_LOG_LEVEL already in the environment is the operator's and stays."""
+    global _media_logs_routed
+    with _media_logs_lock:
+        if _media_logs_routed:
+            return
+        _media_logs_routed = True
+        ffmpeg, opencv = media_log_levels(log.getEffectiveLevel())
+        if FFMPEG_LOG_ENV not in os.environ:
+            os.environ[FFMPEG_LOG_ENV] = str(ffmpeg)
+        logging_api = getattr(getattr(cv2, "utils", None), "logging", None)
+        if OPENCV_LOG_ENV not in os.environ and logging_api is not None:
+            logging_api.setLogLevel(opencv)
+
+
+def ended_short(frames: int, declared: int) -> bool:
+    """True when a file that declares `declared` frames ended clearly before them (0: nothing declared)."""
+    return declared - frames > max(SHORT_FILE_SLACK_FRAMES, SHORT_FILE_SLACK_SHARE * declared)
 
 
 def gstreamer_csi_pipeline(uri: CameraURI) -> str:
@@ -293,6 +350,7 @@ def open_reader(uri: CameraURI) -> _Reader:
     if uri.scheme == "test":
         return _PatternReader(uri)
     cv2 = _import_cv2()
+    route_media_logs(cv2)
     if uri.scheme == "file":
         if not Path(uri.location).is_file():
             raise SourceError(f"camera file does not exist: {uri.location}",
@@ -329,6 +387,10 @@ class CameraStats:
     captured: int = 0
     reconnects: int = 0
     connected: bool = False
+    # Frames video files declared in their header but never delivered, summed over the passes that ended
+    # short (`ended_short`): a truncated file, or damage the decoder could not get past. Damage that FFmpeg
+    # conceals (it still returns the frame) is not seen here: OpenCV reports no decode errors.
+    missing_frames: int = 0
 
 
 class Camera:
@@ -348,6 +410,7 @@ class Camera:
         self._thread: threading.Thread | None = None
         self._reader: _Reader | None = None
         self._index = 0
+        self._warned_short = False
 
     @property
     def live(self) -> bool:
@@ -438,11 +501,25 @@ class Camera:
         if self.live:
             self._lost("no frame from the device")
             return True
+        self._check_length(reader)
         if self.uri.params.get("loop"):
             self._reconnect_file()
             return True
         log.info("%s: end of stream after %d frames", self.id, self._index)
         return False
+
+    def _check_length(self, reader: _Reader) -> None:
+        """Count and report a file that ended well before the frame count its header declares; a looping
+        file warns on its first short pass, later ones only count (and log at debug)."""
+        frames, declared = reader.frames, reader.declared_frames
+        if not ended_short(frames, declared):
+            return
+        self.stats.missing_frames += declared - frames
+        report = log.debug if self._warned_short else log.warning
+        self._warned_short = True
+        report("%s: video file %s ended after %d of the %d frames its header declares: the file may be truncated"
+               " or corrupt (copied before it was complete?); `ffmpeg -v error -i %s -f null -` lists what FFmpeg"
+               " finds wrong with it", self.id, self.uri.location, frames, declared, self.uri.location)
 
     def _reconnect_file(self) -> None:
         try:

@@ -1,6 +1,10 @@
-"""Cameras: URI parsing, latest-frame slots, real video decode, lost/recovered, bounded stop."""
+"""Cameras: URI parsing, latest-frame slots, real video decode, lost/recovered, bounded stop, damaged files."""
 from __future__ import annotations
 
+import logging
+import random
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -9,9 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge import sources
 from edge.errors import SourceError
 from edge.sources import Camera, EndOfStream, Frame, FrameSlot, gstreamer_csi_pipeline, open_reader, parse_uri
 from tests.conftest import free_port, wait_for
+from tests.daemon import ROOT, env
 from tests.media import write_video
 
 
@@ -116,15 +122,150 @@ def test_file_camera_decodes_every_frame_when_not_realtime(tmp_path: Path) -> No
     assert camera.stop(5)
 
 
-def test_demo_video_decodes(demo: Any) -> None:
+def test_demo_video_decodes_to_its_end_without_a_length_warning(demo: Any, caplog: pytest.LogCaptureFixture) -> None:
     camera = Camera("vtest", parse_uri(f"file://{demo.video}?realtime=0"), on_event=Events())
     frames: list[Frame] = []
-    thread = threading.Thread(target=lambda: frames.extend(drain(camera, limit=795)))
-    thread.start()
-    camera.start()
-    thread.join(120)
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
+    with caplog.at_level("DEBUG", logger="edge.camera"):
+        thread.start()
+        camera.start()
+        thread.join(120)
     assert len(frames) == 795 and frames[0].image.shape == (576, 768, 3)
+    assert camera.stats.missing_frames == 0
+    assert [r.getMessage() for r in caplog.records if "header declares" in r.getMessage()] == []
+    assert "vtest: end of stream after 795 frames" in caplog.messages
     camera.stop(5)
+
+
+DEMO_FRAMES = 795
+
+
+def _cut(demo: Any, path: Path, share: float) -> Path:
+    """The first `share` of the demo video's bytes: its header still declares all 795 frames."""
+    data = Path(demo.video).read_bytes()
+    path.write_bytes(data[:int(len(data) * share)])
+    return path
+
+
+def _frames_in(path: Path) -> int:
+    reader = open_reader(parse_uri(f"file://{path}"))
+    try:
+        count = 0
+        while reader.read() is not None:
+            count += 1
+        return count
+    finally:
+        reader.close()
+
+
+def test_a_file_cut_at_half_warns_with_both_counts_and_counts_the_missing_frames(
+        demo: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    half = _cut(demo, tmp_path / "half.avi", 0.5)
+    camera = Camera("c", parse_uri(f"file://{half}?realtime=0"), on_event=Events())
+    frames: list[Frame] = []
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
+    with caplog.at_level("INFO", logger="edge.camera"):
+        thread.start()
+        camera.start()
+        thread.join(60)
+    assert 300 < len(frames) < 500                      # it decodes what is there, then ends
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"c: video file {half} ended after {len(frames)} of the {DEMO_FRAMES} frames its header"
+                        f" declares: the file may be truncated or corrupt (copied before it was complete?);"
+                        f" `ffmpeg -v error -i {half} -f null -` lists what FFmpeg finds wrong with it"]
+    assert camera.stats.missing_frames == DEMO_FRAMES - len(frames)
+    assert camera.stop(5)
+
+
+def test_a_short_looping_file_warns_once_and_counts_every_pass(
+        demo: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    short = _cut(demo, tmp_path / "short.avi", 0.05)
+    per_pass = DEMO_FRAMES - _frames_in(short)
+    camera = Camera("c", parse_uri(f"file://{short}?realtime=0&loop=1"), on_event=Events())
+    with caplog.at_level("DEBUG", logger="edge.camera"):
+        camera.start()                                  # no reader registered: frames flow without waiting
+        wait_for(lambda: camera.stats.missing_frames >= 3 * per_pass, 60, "three short passes")
+        assert camera.stop(5)
+    short_passes = [r for r in caplog.records if "header declares" in r.getMessage()]
+    assert [r.levelname for r in short_passes][:3] == ["WARNING", "DEBUG", "DEBUG"]
+    assert camera.stats.missing_frames == len(short_passes) * per_pass
+
+
+@pytest.mark.parametrize("frames, declared, short", [
+    (397, 795, True), (755, 795, True), (756, 795, False), (795, 795, False), (800, 795, False),
+    (1, 5, True), (2, 5, False), (0, 0, False), (10, 0, False)])
+def test_ended_short_allows_five_percent_or_three_frames(frames: int, declared: int, short: bool) -> None:
+    assert sources.ended_short(frames, declared) is short
+
+
+@pytest.mark.parametrize("level, ffmpeg, opencv", [
+    (logging.DEBUG, 24, 4), (logging.INFO, 8, 3), (logging.WARNING, 8, 3), (logging.ERROR, 8, 2)])
+def test_media_log_levels_follow_edges_level(level: int, ffmpeg: int, opencv: int) -> None:
+    assert sources.media_log_levels(level) == (ffmpeg, opencv)  # AV_LOG_*, cv2 LOG_LEVEL_*
+
+
+_READ_DAMAGED = """
+import sys
+from edge.log import setup_logging
+from edge.sources import Camera, EndOfStream, parse_uri
+setup_logging(sys.argv[2])
+camera = Camera("c", parse_uri(f"file://{sys.argv[1]}?realtime=0"), on_event=lambda name, details: None)
+reader, last = camera.slot.register(), -1
+camera.start()
+try:
+    while last + 1 < int(sys.argv[3]):
+        frame = camera.slot.get_after(reader, last, 30)
+        if frame is None:
+            sys.exit("no frame within 30 s")
+        last = frame.index
+except EndOfStream:
+    pass
+camera.stop(5)
+sys.stderr.write(f"RESULT {last + 1} {camera.stats.missing_frames}\\n")   # FFmpeg writes to stdout
+"""
+
+
+@pytest.fixture(scope="module")
+def damaged_video(demo: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo video with 3,000 random bits flipped past its header (fixed seed): it still decodes all its
+    frames, FFmpeg concealing the damage, and FFmpeg reports over 10,000 errors on the way."""
+    data = bytearray(Path(demo.video).read_bytes())
+    rng = random.Random(7)
+    for _ in range(3000):
+        data[rng.randrange(4096, len(data))] ^= 1 << rng.randrange(8)
+    path = tmp_path_factory.mktemp("damaged") / "damaged.avi"
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _read_in_a_process(video: Path, level: str, frames: int, **environ: str) -> tuple[list[str], int, int]:
+    """Read `video` through a file camera in a fresh process (FFmpeg's log is set up once per process):
+    every line it wrote to stdout or stderr besides its result, the frames read and the missing frames."""
+    clean = {k: v for k, v in env().items() if k not in ("OPENCV_FFMPEG_LOGLEVEL", "OPENCV_LOG_LEVEL")}
+    done = subprocess.run([sys.executable, "-c", _READ_DAMAGED, str(video), level, str(frames)], cwd=ROOT,
+                          env={**clean, **environ}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines() + done.stderr.splitlines()
+    result = done.stderr.splitlines()[-1:]
+    assert result and result[0].startswith("RESULT "), done.stderr[-2000:]
+    _, read, missing = result[0].split()
+    return lines[:-1], int(read), int(missing)
+
+
+def test_a_damaged_file_is_quiet_at_info(damaged_video: Path) -> None:
+    lines, read, missing = _read_in_a_process(damaged_video, "info", DEMO_FRAMES + 1)
+    assert len(lines) <= 4, lines[:10]                 # started, end of stream (before: 10,736 FFmpeg lines)
+    assert read == DEMO_FRAMES
+    assert missing == 0                                # concealed damage: every frame arrived, none counts missing
+
+
+@pytest.mark.parametrize("level, environ", [("debug", {}), ("info", {"OPENCV_FFMPEG_LOGLEVEL": "16"})],
+                         ids=["edge-at-debug", "operator-set-ffmpeg-level"])
+def test_ffmpeg_errors_show_at_debug_or_when_the_operator_asks(damaged_video: Path, level: str,
+                                                               environ: dict[str, str]) -> None:
+    lines, read, _ = _read_in_a_process(damaged_video, level, 60, **environ)
+    ffmpeg = [line for line in lines if line.startswith("[OPENCV:FFMPEG:16]")]
+    assert read == 60 and len(ffmpeg) > 100, lines[:10]
 
 
 def test_missing_camera_file_fails_start(tmp_path: Path) -> None:
@@ -132,6 +273,15 @@ def test_missing_camera_file_fails_start(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="camera 'front': camera file does not exist") as info:
         camera.start()
     assert "Hint:" in str(info.value)
+
+
+def test_a_file_no_backend_can_open_fails_start_with_a_hint(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(bytes(range(256)) * 64)
+    camera = Camera("front", parse_uri(f"file://{junk}"), on_event=Events())
+    with pytest.raises(SourceError, match=f"camera 'front': cannot open video file {junk}") as info:
+        camera.start()
+    assert "Hint: `edge run --log-level debug` shows what FFmpeg and OpenCV said about it" in str(info.value)
 
 
 def test_test_pattern_honours_frame_limit() -> None:
