@@ -2,12 +2,16 @@
 
 Strings may use ${NAME} environment variables; ${EDGE_CACHE} defaults to the asset cache.
 Environment overrides (per machine): EDGE_RESULTS_ENDPOINT -> output.results,
-EDGE_LOG_LEVEL -> logging.level.
+EDGE_LOG_LEVEL -> logging.level. Errors do not print values from the environment (see `Problem`).
+
+The YAML is read with limits a config never reaches (size, nesting, what aliases expand to) and a key
+twice in one mapping is an error, so a hostile or broken file is refused at once with a ConfigError.
 """
 from __future__ import annotations
 
 import os
 import re
+import stat
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -23,6 +27,11 @@ Precision = Literal["fp32", "fp16", "int8"]
 ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_LOG_LEVEL": ("logging", "level")}
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+MAX_CONFIG_BYTES = 1 << 20       # a config is a few kB
+MAX_DEPTH = 32                   # levels of nesting, aliases copied out (a config has about 5)
+MAX_VALUES = 100_000             # values (keys, scalars, lists, mappings), aliases copied out (a config: hundreds)
+SHOWN_ENV = frozenset({"EDGE_LOG_LEVEL", "EDGE_CACHE"})   # a log level and a directory: printed in errors
+MIN_HIDDEN = 4                   # environment values this long are hidden in every problem, shorter at their key
 
 
 def default_cache_dir() -> Path:
@@ -174,17 +183,57 @@ class Config(_Strict):
 # built in code.
 
 class Problem(typing.NamedTuple):
-    """One problem in a config: key path, rule, value (omitted when the rule names the values), hint."""
+    """One problem in a config: key path, rule, value (omitted when the rule names the values), hint.
+
+    Values from the environment are not printed: they are how secrets get into a config
+    (`uri: rtsp://cam:${CAM_PASS}@host/stream`), and error messages end up in logs and bug reports. Where
+    a problem's key, or a key below it, holds a string that used `${NAME}`, its rule and value show that
+    string as written in the file, with `${NAME}` in place of the variable's value; where an EDGE_*
+    override set the key, they show `${EDGE_...}` in place of its value. A rule may quote another key's
+    value (an undefined camera lists the ids defined), so a value of MIN_HIDDEN characters or more is
+    replaced in every problem; a shorter one only in its own key's (elsewhere a `1` would turn every 1 in
+    the message into `${NAME}`). Printed as they are: EDGE_LOG_LEVEL and EDGE_CACHE (a log level and a
+    directory, edge's own settings: SHOWN_ENV), and an unset variable (it has no value).
+    """
     loc: tuple[Any, ...]
     rule: str
     value: Any = None
     hint: str = "change the value as the rule says"
     show_value: bool = True
 
-    def render(self, overridden: typing.Mapping[tuple[Any, ...], str]) -> str:
+    def render(self, overridden: typing.Mapping[tuple[Any, ...], str], hidden: _Hidden) -> str:
         where = _loc(self.loc) + (f" (from ${overridden[self.loc]})" if self.loc in overridden else "")
-        value = f" (value: {self.value!r:.120})" if self.show_value else ""
-        return f"{where}: {self.rule}{value}. Hint: {self.hint}"
+        secrets = _secrets_at(self.loc, hidden)
+        own = any(at[:len(self.loc)] == self.loc or self.loc[:len(at)] == at for at in hidden)
+        not_shown = "; values from the environment not shown" if own else ""
+        value = f" (value: {_scrub(self.value, secrets)!r:.120}{not_shown})" if self.show_value else ""
+        return f"{where}: {_scrub(self.rule, secrets)}{value}. Hint: {self.hint}"
+
+
+_Hidden = dict[tuple[Any, ...], list[tuple[str, str]]]     # key path -> (text from the environment, shown instead)
+
+
+def _secrets_at(loc: tuple[Any, ...], hidden: _Hidden) -> list[tuple[str, str]]:
+    """What to hide in a problem at `loc`: the environment's text at that key, below or above it, and any of
+    MIN_HIDDEN characters or more; longest first (a whole expanded string before the variable values inside
+    it), also as repr() escapes it."""
+    pairs = [pair for at, some in hidden.items() for pair in some
+             if at[:len(loc)] == loc or loc[:len(at)] == at or len(pair[0]) >= MIN_HIDDEN]
+    pairs += [(repr(text)[1:-1], shown) for text, shown in pairs if repr(text)[1:-1] != text]
+    return sorted(pairs, key=lambda pair: -len(pair[0]))
+
+
+def _scrub(value: Any, secrets: list[tuple[str, str]]) -> Any:
+    """`value` (a string, or lists and mappings of them) with every secret replaced by what is shown instead."""
+    if isinstance(value, str):
+        for text, shown in secrets:
+            value = value.replace(text, shown)
+        return value
+    if isinstance(value, list):
+        return [_scrub(v, secrets) for v in value]
+    if isinstance(value, dict):
+        return {k: _scrub(v, secrets) for k, v in value.items()}
+    return value
 
 
 def _rules_checked(info: ValidationInfo) -> bool:
@@ -273,20 +322,46 @@ def load_config(path: str | Path, *, environ: typing.Mapping[str, str] | None = 
     """Read, expand, override and validate a config file. ConfigError lists every problem."""
     path = Path(path)
     env = dict(os.environ if environ is None else environ)
+    return parse_config(_read(path), source=str(path), base_dir=path.resolve().parent, environ=env)
+
+
+def _read(path: Path) -> str:
+    """The file's text; at most MAX_CONFIG_BYTES + 1 bytes are read, so /dev/zero or a pipe that never ends
+    is refused as too large rather than read for ever."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            data = file.read(MAX_CONFIG_BYTES + 1)
+            info = os.fstat(file.fileno())
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
                           hint="pass an existing file with --config; `edge demo` uses the packaged demo config"
                           ) from exc
-    return parse_config(text, source=str(path), base_dir=path.resolve().parent, environ=env)
+    if len(data) > MAX_CONFIG_BYTES:                  # a file says its size; a pipe or device does not
+        _check_size(info.st_size if stat.S_ISREG(info.st_mode) else None, str(path))
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text",
+                          note=f"byte {exc.start} ({data[exc.start:exc.start + 1]!r}): {exc.reason}",
+                          hint="save the config as UTF-8 (a config is YAML text)") from None
+
+
+def _check_size(size: int | None, source: str) -> None:
+    """Refuse a config over MAX_CONFIG_BYTES; `size` None: more than that was read, and reading stopped."""
+    if size is None or size > MAX_CONFIG_BYTES:
+        has = f"{size} bytes" if size is not None else f"more than {MAX_CONFIG_BYTES} bytes (reading stopped there)"
+        raise ConfigError(f"config {source} is larger than {MAX_CONFIG_BYTES >> 20} MiB",
+                          note=f"it has {has}; the limit is {MAX_CONFIG_BYTES} bytes",
+                          hint="pass the config file itself (a few kB of YAML), not a model, a video or a device")
 
 
 def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapping[str, str]) -> Config:
+    _check_size(len(text) if len(text) > MAX_CONFIG_BYTES else len(text.encode("utf-8", "surrogatepass")), source)
     raw = _parse_yaml(text, source)
     unset: list[Problem] = []
-    raw = _expand(raw, environ, [], unset)
-    overridden = _apply_overrides(raw, environ)
+    hidden: _Hidden = {}
+    raw = _expand(raw, environ, [], unset, hidden)
+    overridden = _apply_overrides(raw, environ, hidden)
     problems = []
     try:
         config = Config.model_validate(raw, context={"base_dir": base_dir, "rules_checked": True})
@@ -296,21 +371,24 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
     # a value with an unset variable is reported as that, not also as whatever its unexpanded text breaks
     problems = unset + [p for p in problems if p.loc not in {u.loc for u in unset}]
     if problems:
-        lines = [p.render(overridden) for p in sorted(problems, key=_file_order)]
+        lines = [p.render(overridden, hidden) for p in sorted(problems, key=_file_order)]
         raise ConfigError(f"invalid config {source}: {len(lines)} problem(s)", note="\n  " + "\n  ".join(lines),
                           hint="see the config reference in README.md")
     return config
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
+    loader = _Loader(text, source)
     try:
-        raw = yaml.safe_load(text)
+        raw = loader.get_single_data()
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"config {source} is not valid YAML{where}: {problem}",
                           hint="check indentation and quoting near that line") from None
+    finally:
+        loader.dispose()
     if not isinstance(raw, dict):
         raise ConfigError(f"config {source} must be a YAML mapping at the top level",
                           note=f"found {type(raw).__name__}: {raw!r:.80}",
@@ -318,15 +396,140 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     return raw
 
 
-def _expand(node: Any, environ: typing.Mapping[str, str], path: list[Any], unset: list[Problem]) -> Any:
+class _Loader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing (with a ConfigError, before any object is built) what no config needs:
+    nesting deeper than MAX_DEPTH, aliases that copy out to more than MAX_VALUES values (a "billion laughs"
+    file of a few hundred bytes expands to 10^9), an alias inside the block its own anchor marks, and a key
+    twice in one mapping (YAML would silently keep the last). A few anchors and aliases, and `<<:` merge
+    keys, load as usual."""
+
+    def __init__(self, text: str, source: str) -> None:
+        super().__init__(text)
+        self.source = source
+        self.depth = 0
+        self.nodes = 0                                      # values composed so far, aliases not copied out
+        self.aliases = 0
+        self.measured: dict[int, tuple[int, int]] = {}     # id(node) -> (values, depth), aliases copied out
+        self.open: set[int] = set()                         # nodes being measured (an alias to one is a loop)
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self.aliases += self.check_event(yaml.AliasEvent)
+        self.nodes += 1
+        self.depth += 1
+        try:
+            self._check_composed()
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def _check_composed(self) -> None:
+        """Refuse as soon as the text alone is too deep (the composer recurses) or has too many values."""
+        line = self.peek_event().start_mark.line + 1
+        if self.depth > MAX_DEPTH:
+            raise ConfigError(f"config {self.source} nests deeper than {MAX_DEPTH} levels at line {line}",
+                              note="a config nests about 5 levels (tasks[0].params.nms_iou)",
+                              hint="check the brackets and indentation near that line")
+        if self.nodes > MAX_VALUES:
+            raise ConfigError(f"config {self.source} has more than {MAX_VALUES} values (the limit is passed at line"
+                              f" {line})", note="a config has a few hundred values (keys, scalars, lists, mappings)",
+                              hint="pass the config file itself, not data; a config lists cameras and tasks")
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        self._measure(node, ())
+        return node
+
+    def _measure(self, node: yaml.Node, path: tuple[Any, ...]) -> tuple[int, int]:
+        """(values, depth) of `node` with every alias copied out; checks the keys of each mapping once."""
+        if id(node) in self.measured:
+            return self.measured[id(node)]
+        if id(node) in self.open:
+            raise ConfigError(f"config {self.source}: {_loc(path)} is an alias (*name) inside the block that its"
+                              f" anchor (&name) marks at line {node.start_mark.line + 1}",
+                              note="that block would contain itself without end",
+                              hint="use an alias only after the block of its anchor has ended")
+        self.open.add(id(node))
+        values, depth = 1, 1
+        for child, child_path in self._children(node, path):
+            child_values, child_depth = self._measure(child, child_path)
+            values, depth = min(values + child_values, MAX_VALUES + 1), max(depth, child_depth + 1)
+        self.open.discard(id(node))
+        self._check_expansion(node, path, values, depth)
+        self.measured[id(node)] = values, depth
+        return values, depth
+
+    def _children(self, node: yaml.Node, path: tuple[Any, ...]) -> list[tuple[yaml.Node, tuple[Any, ...]]]:
+        if isinstance(node, yaml.SequenceNode):
+            return [(child, path + (i,)) for i, child in enumerate(node.value)]
+        if not isinstance(node, yaml.MappingNode):
+            return []
+        self._check_keys(node, path)
+        children = []
+        for key, value in node.value:
+            children += [(key, path), (value, path + (key.value if isinstance(key, yaml.ScalarNode) else "?",))]
+        return children
+
+    def _check_expansion(self, node: yaml.Node, path: tuple[Any, ...], values: int, depth: int) -> None:
+        line = f"line {node.start_mark.line + 1}" + (f" ({_loc(path)})" if path else "")
+        if values > MAX_VALUES:
+            raise ConfigError(f"config {self.source} expands to more than {MAX_VALUES} values: the value at {line}"
+                              " alone does, with its aliases copied out",
+                              note=f"the file has {self.aliases} alias(es) (*name), each a copy of the block that"
+                              " its anchor (&name) marks; a config has a few hundred values",
+                              hint="write repeated blocks out, or alias only small ones (a shared `params` block)")
+        if len(path) + depth > MAX_DEPTH:
+            raise ConfigError(f"config {self.source} nests deeper than {MAX_DEPTH} levels at {line}, with its"
+                              " aliases copied out", note="a config nests about 5 levels (tasks[0].params.nms_iou)",
+                              hint="alias only blocks that do not themselves contain aliases of deep blocks")
+
+    def _check_keys(self, node: yaml.MappingNode, path: tuple[Any, ...]) -> None:
+        """A key twice in one mapping is an error naming both lines. Keys that `<<: *name` merges in are not
+        in `node` yet (they may be overridden); `<<` twice is an error too (write `<<: [*a, *b]`)."""
+        first: dict[Any, yaml.Mark] = {}
+        for key, _ in node.value:
+            same, mark = self._key(key), key.start_mark
+            if same in first:                               # only a scalar key can equal another
+                where = _lines(first[same], mark)
+                raise ConfigError(f"config {self.source}: key {key.value!r} appears twice"
+                                  f"{' in ' + _loc(path) if path else ''}: {where}",
+                                  note=f"YAML would keep the value at line {mark.line + 1} and drop the one at"
+                                  f" line {first[same].line + 1} without a word",
+                                  hint="delete one of the two, or merge them into one")
+            first[same] = mark
+
+    def _key(self, key: yaml.Node) -> Any:
+        """What the key becomes, so that `1` and `0x1`, or `true` and `yes`, are one key; its text where it
+        cannot be built here (the constructor reports that later). A list or mapping key is never equal."""
+        if not isinstance(key, yaml.ScalarNode):
+            return "node", id(key)
+        build = self.yaml_constructors.get(key.tag)
+        try:
+            value = build(self, key) if build is not None else None
+            hash(value)
+        except (yaml.YAMLError, ValueError, TypeError):
+            build = None
+        return ("built", value) if build is not None else (key.tag, key.value)
+
+
+def _lines(one: yaml.Mark, two: yaml.Mark) -> str:
+    """`line 3 and line 17`, or `line 4, columns 14 and 25` (1-based)."""
+    if one.line == two.line:
+        return f"line {one.line + 1}, columns {one.column + 1} and {two.column + 1}"
+    return f"line {one.line + 1} and line {two.line + 1}"
+
+
+def _expand(node: Any, environ: typing.Mapping[str, str], path: list[Any], unset: list[Problem],
+            hidden: _Hidden) -> Any:
     """`${NAME}` from the environment in every string; an unset one is left as written and becomes a
-    problem reported with all the others."""
+    problem reported with all the others. What a variable put into a string is noted in `hidden` (not
+    printed in errors, see Problem) unless SHOWN_ENV names the variable."""
     if isinstance(node, dict):
-        return {k: _expand(v, environ, path + [k], unset) for k, v in node.items()}
+        return {k: _expand(v, environ, path + [k], unset, hidden) for k, v in node.items()}
     if isinstance(node, list):
-        return [_expand(v, environ, path + [i], unset) for i, v in enumerate(node)]
+        return [_expand(v, environ, path + [i], unset, hidden) for i, v in enumerate(node)]
     if not isinstance(node, str):
         return node
+    used: list[str] = []
 
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
@@ -336,11 +539,18 @@ def _expand(node: Any, environ: typing.Mapping[str, str], path: list[Any], unset
             unset.append(Problem(tuple(path), f"uses ${{{name}}}, which is not set", node,
                                  f"export {name}=... or write the value directly"))
             return match.group(0)
+        used.append(name)
         return environ[name]
-    return _VAR.sub(sub, node)
+    text = _VAR.sub(sub, node)
+    secrets = [(environ[name], f"${{{name}}}") for name in used if name not in SHOWN_ENV and environ[name]]
+    if secrets:
+        hidden[tuple(path)] = [(text, node), *secrets]
+    return text
 
 
-def _apply_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> dict[tuple[str, ...], str]:
+def _apply_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str],
+                     hidden: _Hidden) -> dict[tuple[str, ...], str]:
+    """EDGE_* variables over the file's values; what they set is noted in `hidden` unless SHOWN_ENV names them."""
     overridden = {}
     for var, (section, key) in ENV_OVERRIDES.items():
         if environ.get(var):
@@ -348,6 +558,8 @@ def _apply_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str]) -> 
             if isinstance(block, dict):
                 block[key] = environ[var]
                 overridden[(section, key)] = var
+                if var not in SHOWN_ENV:
+                    hidden[(section, key)] = [(environ[var], f"${{{var}}}")]
     return overridden
 
 

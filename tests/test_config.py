@@ -245,3 +245,148 @@ def test_rate_limit_must_be_off_or_a_usable_rate() -> None:
         assert "rate_limit_hz" in message and rule in message, message
     slow = GOOD.replace("    enabled: false", "    enabled: false\n    rate_limit_hz: 0.0003")
     assert parse(slow).tasks[1].rate_limit_hz == 0.0003
+
+
+# ---------------------------------------------------------------- hostile and broken files (issue 7)
+
+def bomb(levels: int = 9) -> str:
+    """A "billion laughs" file: 9 levels of 9 aliases, a few hundred bytes that copy out to 9^9 values."""
+    names = "abcdefghi"[:levels]
+    lines = [f"a: &a [{', '.join('x' * 9)}]"]
+    lines += [f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]" for p, n in zip(names, names[1:])]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.timeout(10)
+def test_alias_bomb_is_refused() -> None:
+    text = bomb()
+    assert len(text) < 400 and text.count("*") == 72
+    message = error(text)
+    assert "expands to more than 100000 values" in message and "line 6 (f)" in message
+    assert "72 alias(es)" in message and "Hint: write repeated blocks out" in message
+
+
+@pytest.mark.timeout(10)
+def test_alias_inside_its_own_anchor_and_deep_nesting_are_refused() -> None:
+    assert "cameras[0] is an alias (*name) inside the block that its anchor (&name) marks at line 1" in error(
+        "cameras: &a [*a]\n")
+    assert "nests deeper than 32 levels at line 1" in error("x: " + "[" * 5000 + "]" * 5000 + "\n")
+    deep = "a: &a " + "[" * 25 + "]" * 25 + "\nb: &b " + "[" * 10 + "*a" + "]" * 10 + "\n"
+    assert "nests deeper than 32 levels at line 2 (b" in error(deep)      # each alone is shallow enough
+
+
+def test_anchors_aliases_and_merge_keys_still_load() -> None:
+    text = """
+version: 1
+cameras:
+  - &front {id: front, uri: test://bars}
+  - <<: *front
+    id: rear
+tasks:
+  - &people
+    name: people
+    type: detector
+    model: m.onnx
+    cameras: &both [front, rear]
+    params: &strict {conf_threshold: 0.6, nms_iou: 0.5}
+  - <<: *people
+    name: cars
+    cameras: *both
+    params: *strict
+"""
+    config = parse(text)
+    assert [c.id for c in config.cameras] == ["front", "rear"] and config.camera("rear").uri == "test://bars"
+    assert config.tasks[1].name == "cars" and config.tasks[1].model == "/cfg/m.onnx"
+    assert config.tasks[1].cameras == ["front", "rear"] and config.tasks[1].params.conf_threshold == 0.6
+    two = text.replace("  - <<: *front\n", "  - <<: [*front, {uri: 'test://bars?size=64x48'}]\n")
+    assert parse(two).camera("rear").uri.startswith("test://bars")           # a list of merges loads
+    message = error(text.replace("  - <<: *front\n", "  - <<: *front\n    <<: {uri: 'test://bars?size=64x48'}\n"))
+    assert "key '<<' appears twice in cameras[1]: line 5 and line 6" in message   # write `<<: [*a, *b]`
+
+
+def test_duplicate_keys_name_both_lines() -> None:
+    message = error(GOOD + "tasks: []\n")
+    assert "config test.yaml: key 'tasks' appears twice: line 8 and line 19" in message
+    assert "Note: YAML would keep the value at line 19 and drop the one at line 8" in message
+    message = error(GOOD.replace("    precision: int8\n", "    precision: int8\n    cameras: [rear]\n"))
+    assert "key 'cameras' appears twice in tasks[1]: line 17 and line 18" in message
+    message = error(GOOD.replace("realtime=0\n", "realtime=0\n    params: {a: 1, 'a': 2}\n"))
+    assert "key 'a' appears twice in cameras[0].params: line 6, columns 14 and 20" in message
+
+
+def test_oversized_config_is_refused(tmp_path: Path) -> None:
+    from edge.config import MAX_CONFIG_BYTES
+
+    path = tmp_path / "edge.yaml"
+    path.write_text(GOOD + "#" * MAX_CONFIG_BYTES)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    size = len(GOOD) + MAX_CONFIG_BYTES
+    assert f"config {path} is larger than 1 MiB\nNote: it has {size} bytes; the limit is 1048576 bytes" in str(
+        info.value)
+    assert "larger than 1 MiB" in error(GOOD + "#" * MAX_CONFIG_BYTES)
+    assert parse(GOOD + "#" * (MAX_CONFIG_BYTES - len(GOOD) - 1)).version == 1
+
+
+@pytest.mark.timeout(10)
+def test_endless_pipe_is_refused_after_reading_just_past_the_limit(tmp_path: Path) -> None:
+    """A pipe (or /dev/zero) that never ends: load_config reads MAX_CONFIG_BYTES + 1 bytes, refuses, and closes
+    it. The writer gives up at 8 MiB, so a load_config that read to the end would still end, and fail here."""
+    import os
+    import threading
+
+    from edge.config import MAX_CONFIG_BYTES
+
+    fifo = tmp_path / "edge.yaml"
+    os.mkfifo(fifo)
+    written, cut_off = [0], threading.Event()
+
+    def write() -> None:
+        fd = os.open(fifo, os.O_WRONLY)                 # returns once load_config opens the other end
+        try:
+            while written[0] < 8 * MAX_CONFIG_BYTES:
+                written[0] += os.write(fd, b"# a comment that never ends\n" * 1000)
+        except BrokenPipeError:                         # the reader closed the pipe
+            cut_off.set()
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    with pytest.raises(ConfigError) as info:
+        load_config(fifo, environ={})
+    writer.join()
+    assert f"config {fifo} is larger than 1 MiB\nNote: it has more than 1048576 bytes (reading stopped there)" in str(
+        info.value)
+    assert cut_off.is_set() and written[0] < 2 * MAX_CONFIG_BYTES
+
+
+def test_config_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    path.write_bytes(GOOD.encode() + b"# \xff\n")
+    with pytest.raises(ConfigError, match=rf"is not UTF-8 text\nNote: byte {len(GOOD) + 2} \(b'\\xff'\)"):
+        load_config(path, environ={})
+
+
+def test_values_from_the_environment_are_not_printed() -> None:
+    env = {"CAM_PASS": "hunter2", "CAM_URI": "admin:hunter2@cam/stream", "CONF": "hunter2",
+           "EDGE_RESULTS_ENDPOINT": "tcp://admin:hunter2@10.0.0.1:5555", "EDGE_LOG_LEVEL": "loud"}
+    text = GOOD.replace("rtsp://user:secret@127.0.0.1:8554/rear", "rtsp://user:${CAM_PASS}@127.0.0.1:99999/rear")
+    text = text.replace("file://videos/front.avi?realtime=0", "${CAM_URI}")
+    text = text.replace("    enabled: false", "    enabled: false\n    params: {conf_threshold: 'x${CONF}'}")
+    message = error(text, env)
+    assert "hunter2" not in message
+    assert "cameras[0].uri: camera URI '${CAM_URI}' has no scheme" in message
+    assert "(value: '${CAM_URI}'; values from the environment not shown)" in message
+    assert "cameras[1].uri: rtsp URI 'rtsp://user:***@127.0.0.1:99999/rear' has a port outside" in message
+    assert "tasks[1].params.conf_threshold: Input should be a valid number" in message
+    assert "(value: 'x${CONF}'; values from the environment not shown)" in message
+    assert "output.results (from $EDGE_RESULTS_ENDPOINT): tcp endpoint '${EDGE_RESULTS_ENDPOINT}'" in message
+    assert "logging.level (from $EDGE_LOG_LEVEL)" in message and "(value: 'loud')" in message   # a level: shown
+
+
+def test_environment_values_quoted_by_other_keys_are_not_printed() -> None:
+    text = GOOD.replace("id: rear", "id: ${CAM_PASS}").replace("cameras: [front]\n  - name: cars",
+                                                                  "cameras: [side]\n  - name: cars")
+    message = error(text, {"CAM_PASS": "hunter2"})
+    assert "hunter2" not in message and "defined: ['front', '${CAM_PASS}']" in message
