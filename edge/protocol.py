@@ -17,6 +17,10 @@ KINDS = ("det", "heartbeat", "event")
 RUN_DIR = Path("/run/edge")
 MAX_MESSAGE_BYTES = 1 << 20          # largest results payload a subscriber accepts
 MAX_DETECTIONS = 10_000
+NAME_BYTES = 64                      # a task name or camera id (config: letters, digits, _ and -)
+MAX_TOPIC_BYTES = len("det.") + NAME_BYTES + 1 + NAME_BYTES
+_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_TOPIC_ROOTS = {b"det.": 2, b"sys.": 1}   # det.<task>.<camera>; sys.heartbeat, sys.event
 
 
 def runtime_dir() -> Path:
@@ -90,6 +94,21 @@ def _is_ip(host: str) -> bool:
 
 def det_topic(task: str, camera: str) -> str:
     return f"det.{task}.{camera}"
+
+
+def is_topic_prefix(prefix: bytes) -> bool:
+    """True when some topic edge can publish starts with `prefix` (the subscriptions the daemon accepts):
+    a prefix of `det.<task>.<camera>` or `sys.<name>`, names of letters, digits, `_` and `-`."""
+    if len(prefix) > MAX_TOPIC_BYTES:
+        return False
+    for root, names in _TOPIC_ROOTS.items():
+        if root.startswith(prefix):
+            return True
+        if prefix.startswith(root):
+            parts = prefix[len(root):].split(b".")
+            return (len(parts) <= names and all(parts[:-1])
+                    and all(len(part) <= NAME_BYTES and _NAME_CHARS.issuperset(part) for part in parts))
+    return False
 
 
 def pack(payload: dict[str, Any]) -> bytes:

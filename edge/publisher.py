@@ -1,7 +1,10 @@
 """The results publisher: the one thread that owns the PUB socket, fed by a bounded queue.
 
-The socket is an XPUB (a PUB that also sees subscriptions), so the daemon can report and,
-for tests and the demo only, wait for its first subscriber. Sending never blocks a lane:
+The socket is an XPUB (a PUB that also sees subscriptions) in manual mode: the daemon applies only
+subscriptions to its own topics, within per-peer limits (edge/peers.py), counts subscribers and, for
+tests and the demo only, waits for the first one. Peers that do not speak ZMTP 3 are refused at the
+handshake (docs/reliability.md has why: libzmq takes any byte stream that does not start with 0xff
+for a ZMTP 1.0 peer subscribed to everything). Sending never blocks a lane:
 a full queue drops the message and counts it (`dropped_publisher`). A subscriber that does not
 keep up loses messages at its own high-water mark (SNDHWM); libzmq drops them for that
 subscriber alone and the others still get everything (ZMQ_XPUB_NODROP would instead stop
@@ -19,6 +22,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,14 @@ import zmq
 from edge import protocol
 from edge.errors import EdgeError
 from edge.log import get_logger
+from edge.peers import ZAP_ENDPOINT, Activity, Gate, Limits, Subscriptions
 
 log = get_logger("publisher")
 CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
-MAX_INBOUND_BYTES = 1024     # subscriptions are tiny; a peer sending more is disconnected
+HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP handshake by then is closed
+INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
+ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
+BATCH = 512                  # inbound messages handled between two rounds of sending
 
 
 @dataclasses.dataclass
@@ -62,45 +70,88 @@ class _Item:
 
 
 class Publisher:
-    def __init__(self, endpoint: str, *, sndhwm: int = 100, queue_size: int = 64,
+    def __init__(self, endpoint: str, *, sndhwm: int = 100, queue_size: int = 64, limits: Limits | None = None,
                  context: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint
         self._sndhwm = sndhwm
+        self._limits = limits or Limits()
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
+        self._gate: Gate | None = None
+        self._wake: tuple[socket.socket, socket.socket] | None = None   # publish() wakes the thread's poll
         self._thread: threading.Thread | None = None
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.subscriptions = 0
-        self.rejected_inbound = 0
+        self._activity = Activity()
+        self._subscriptions = Subscriptions(self._limits, lambda sock: False, self._activity)
         self.dropped_other = 0
 
     def start(self) -> None:
         """Bind the socket (errors surface here) and start the sending thread."""
-        self._socket = self._bind()
-        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        limits = self._limits.within_open_files()
+        self._socket, monitor = self._bind()
+        is_listener = _listener_check(self._socket)
+        try:
+            self._gate = Gate(self._context, monitor, limits, is_listener, self._activity)
+        except zmq.ZMQError as exc:
+            monitor.close(linger=0)
+            self._socket.close(linger=0)
+            self._socket = None
+            raise EdgeError(f"cannot serve connection checks for {self.endpoint}: {exc.strerror}",
+                            note=f"{ZAP_ENDPOINT} is bound already in this process",
+                            hint="run one publisher per ZeroMQ context") from exc
+        self._subscriptions = Subscriptions(limits, is_listener, self._activity)
+        self._gate.start()
+        self._wake = socket.socketpair()
+        self._wake[1].setblocking(False)
+        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake[0]), name="publisher",
+                                        daemon=True)
         self._thread.start()
         log.info("publishing results on %s", self.endpoint)
 
-    def _bind(self) -> zmq.Socket[Any]:
+    def _bind(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         path = protocol.ipc_path(self.endpoint)
         if path is not None:
             _prepare_ipc(path)
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_INBOUND_BYTES)
+        sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
+        sock.setsockopt(zmq.MAXMSGSIZE, 1 + protocol.MAX_TOPIC_BYTES)   # a larger message ends its connection
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)       # no handshake completes without the gate's answer
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:
+            sock.disable_monitor()
+            monitor.close(linger=0)
             sock.close(linger=0)
             hint = ("another edge daemon (or another program) uses it; stop it or set output.results /"
                     " EDGE_RESULTS_ENDPOINT to a free endpoint") if exc.errno == errno.EADDRINUSE else \
                 "check the endpoint syntax and that its directory exists and is writable"
             raise EdgeError(f"cannot bind results endpoint {self.endpoint}: {exc.strerror}", hint=hint) from exc
-        return sock
+        return sock, monitor
+
+    @property
+    def subscriptions(self) -> int:
+        return self._subscriptions.subscriptions
+
+    @property
+    def connections(self) -> int:
+        return self._gate.connected if self._gate is not None else 0
+
+    @property
+    def rejected_inbound(self) -> int:
+        return self._subscriptions.rejected
+
+    @property
+    def refused_connections(self) -> int:
+        return self._gate.refused if self._gate is not None else 0
 
     def next_seq(self, topic: str) -> int:
         with self._seq_lock:
@@ -116,7 +167,17 @@ class Publisher:
         except queue.Full:
             self._count_drop(stats)
             return False
+        self._notify()
         return True
+
+    def _notify(self) -> None:
+        wake = self._wake
+        if wake is None:
+            return                      # not started: the queue waits
+        try:
+            wake[1].send(b"\0")
+        except OSError:
+            pass                        # full: the thread is awake already; closed: it has stopped
 
     def event(self, name: str, details: dict[str, Any]) -> None:
         log.info("event %s %s", name, details)
@@ -130,6 +191,7 @@ class Publisher:
         if self._thread is not None:
             try:
                 self._queue.put(None, timeout=timeout)
+                self._notify()
             except queue.Full:
                 log.warning("queue still full at stop; dropping %d queued messages", self._queue.qsize())
             self._thread.join(timeout)
@@ -137,12 +199,20 @@ class Publisher:
                 log.warning("publisher thread did not stop within %.1f s", timeout)
                 return
         if self._socket is not None:
+            self._socket.disable_monitor()
+            if self._gate is not None:
+                self._gate.stop(timeout)
             self._socket.close(linger=CLOSE_FLUSH_MS)
             self._socket = None
             path = protocol.ipc_path(self.endpoint)
             if path is not None:
                 _wait_released(path, timeout)
                 _remove_own_socket(path)
+        if self._wake is not None:
+            for end in self._wake:
+                end.close()
+            self._wake = None
+        self._thread = None
 
     def _count_drop(self, stats: LaneStats | None) -> None:
         if stats is not None:
@@ -150,16 +220,32 @@ class Publisher:
         else:
             self.dropped_other += 1
 
-    def _run(self) -> None:
-        sock = self._socket
+    def _run(self, sock: zmq.Socket[Any], wake: socket.socket) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
         while True:
+            poller.poll(1000)
             self._read_inbound(sock)
             try:
-                item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                continue
-            if item is None:
+                wake.recv(4096, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                pass
+            final = not self._send_queued(sock)
+            self._activity.summary(f"{self.connections} connection(s), {self.subscriptions} subscription(s)",
+                                   final=final)
+            if final:
                 return
+
+    def _send_queued(self, sock: zmq.Socket[Any]) -> bool:
+        """Send what the lanes queued; False at the stop marker."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
             self._send(sock, item)
 
     def _send(self, sock: zmq.Socket[Any], item: _Item) -> None:
@@ -172,24 +258,46 @@ class Publisher:
             item.stats.latencies_ns.append(now - item.payload["t_capture_ns"])
 
     def _read_inbound(self, sock: zmq.Socket[Any]) -> None:
-        """Drain subscription messages; anything else a peer sends is counted and ignored."""
-        while True:
+        """Apply the subscriptions that are prefixes of edge's topics, within the limits; count and ignore
+        every other message, closing the connection that sent it."""
+        for _ in range(BATCH):
             try:
-                frames = sock.recv_multipart(flags=zmq.NOBLOCK)
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            first = frames[0] if len(frames) == 1 else b""
-            if first[:1] == b"\x01":
-                self.subscriptions += 1
-                self._subscribed.set()
-                log.info("subscriber joined (topic prefix %r)", first[1:65].decode("utf-8", "replace"))
-            elif first[:1] == b"\x00":
-                self.subscriptions = max(0, self.subscriptions - 1)
-            else:
-                self.rejected_inbound += 1
-                if self.rejected_inbound == 1 or self.rejected_inbound % 1000 == 0:
-                    log.warning("ignored %d message(s) from subscribers that are not subscriptions",
-                                self.rejected_inbound)
+            first = frames[0]
+            action = self._subscriptions.inbound(_property(first, "User-Id"), _source_fd(first),
+                                                 first.bytes if len(frames) == 1 else None)
+            if action is not None:
+                subscribe, prefix = action
+                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)  # for that peer only
+                if subscribe:
+                    self._subscribed.set()
+
+
+def _property(frame: zmq.Frame, name: str) -> str | None:
+    try:
+        return str(frame.get(name))
+    except zmq.ZMQError:
+        return None
+
+
+def _source_fd(frame: zmq.Frame) -> int | None:
+    """The fd of the connection a message came on; None for inproc and for libzmq's own unsubscriptions."""
+    try:
+        return int(frame.get(zmq.SRCFD))
+    except zmq.ZMQError:
+        return None
+
+
+def _listener_check(sock: zmq.Socket[Any]) -> Callable[[socket.socket], bool]:
+    """A test that a connection's socket belongs to the endpoint `sock` is bound to."""
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    path = protocol.ipc_path(endpoint)
+    if path is not None:
+        return lambda conn: conn.family == socket.AF_UNIX and conn.getsockname() == str(path)
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else -1
+    return lambda conn: conn.family in (socket.AF_INET, socket.AF_INET6) and conn.getsockname()[1] == port
 
 
 def _listening(path: Path) -> bool:

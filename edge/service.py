@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge import __version__, bundle
+from edge import __version__, bundle, peers
 from edge.backends import tensorrt
 from edge.backends.base import Engine
 from edge.backends.onnxruntime import OnnxRuntimeEngine
@@ -78,6 +78,7 @@ class Service:
             raise
 
     def _start(self, stop: threading.Event) -> None:
+        peers.raise_open_files_limit()
         self.publisher.start()
         tasks = [t for t in self.config.tasks if t.enabled]
         if not tasks:
@@ -168,12 +169,15 @@ class Service:
 
     def publish_heartbeat(self) -> None:
         cameras = [{"id": c.id, "connected": c.stats.connected, "captured": c.stats.captured,
-                    "reconnects": c.stats.reconnects} for c in self.cameras.values()]
+                    "reconnects": c.stats.reconnects, "missing_frames": c.stats.missing_frames}
+                   for c in self.cameras.values()]
         self.publisher.publish("sys.heartbeat", {
             "kind": "heartbeat", "version": __version__,
             "uptime_s": round((time.monotonic_ns() - self._started_ns) / 1e9, 3),
             "lanes": self.lane_status(), "cameras": cameras,
-            "subscriptions": self.publisher.subscriptions, "dropped_other": self.publisher.dropped_other})
+            "connections": self.publisher.connections, "subscriptions": self.publisher.subscriptions,
+            "refused_connections": self.publisher.refused_connections,
+            "rejected_inbound": self.publisher.rejected_inbound, "dropped_other": self.publisher.dropped_other})
 
 
 def _round(value: float | None) -> float | None:

@@ -1,0 +1,337 @@
+"""Who may connect to the results socket, and what each connection may hold there (DESIGN section 8).
+
+A bound XPUB in libzmq 4.3 has no limit per peer. Any local process that can reach the socket may
+open connections until the daemon runs out of file descriptors (libzmq then aborts the process in its
+ipc listener). It may also send subscriptions without end: libzmq keeps every one in a trie, and walks
+the whole trie each time a connection closes, inside the publishing thread's send(). docs/reliability.md
+has the measurements. Two parts add the limits, with what libzmq exposes:
+
+- `Gate`, a thread of its own, so that it keeps working however busy the publishing thread is:
+  - it answers libzmq's ZAP requests (the socket has a ZAP domain, enforced): a connection is admitted
+    only within a rate and a count per source (the uid of an ipc peer, the address of a tcp one) and
+    gets a connection id, which libzmq attaches to its messages as User-Id;
+  - it reads the socket monitor (ACCEPTED and DISCONNECTED carry the connection's fd) and closes a
+    connection over the count limits at once, before its handshake, so idle connections cannot
+    exhaust the fds.
+- `Subscriptions`, in the publishing thread (XPUB_MANUAL): only prefixes of edge's own topics are
+  applied, at most `subscriptions_per_peer` a connection; a connection that sends anything else is
+  closed on its first such message.
+
+Closing a connection is shutdown(2) on its fd, after checking that the fd still belongs to this
+listener (an fd number is reused once libzmq closes it). libzmq then closes the connection as if the
+peer had hung up. A libzmq SUB reconnects by itself, so the limits sit well above what honest
+subscribers need.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import resource
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from edge import protocol
+from edge.log import get_logger
+
+log = get_logger("publisher")
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"     # fixed by the ZAP protocol (ZeroMQ RFC 27)
+SUMMARY_EVERY_S = 10.0                      # connection comings and goings: one log line per interval
+RESERVED_FDS = 64                           # never given to peers: camera reopen, logs, engine files
+
+
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    peers: int = 128                    # connections at once, from everyone
+    peers_per_source: int = 64          # from one uid (ipc) or one address (tcp)
+    admit_per_s: float = 20.0           # new connections a second from one source, after a burst of
+    admit_burst: int = 64
+    subscriptions_per_peer: int = 64    # topic prefixes one connection may hold
+
+    def within_open_files(self) -> Limits:
+        """These limits, with `peers` lowered where needed so that peers never take the fds the process needs."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        room = soft - _open_fds() - RESERVED_FDS
+        if room >= self.peers:
+            return self
+        peers = max(1, room)
+        log.warning("the open files limit (%d) leaves room for %d subscriber connections, not %d; raise"
+                    " LimitNOFILE (systemd) or ulimit -n", soft, peers, self.peers)
+        return dataclasses.replace(self, peers=peers, peers_per_source=min(self.peers_per_source, peers))
+
+
+def raise_open_files_limit() -> None:
+    """Raise the soft RLIMIT_NOFILE to the hard limit (the soft default is often 1024)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        log.info("open files limit raised from %d to %d", soft, hard)
+
+
+def _open_fds() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return 0
+
+
+class Activity:
+    """What happened to connections since the last summary line; written by both threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: collections.Counter[str] = collections.Counter()
+        self._last = ""
+        self._logged = -SUMMARY_EVERY_S
+
+    def note(self, what: str, example: str = "") -> None:
+        with self._lock:
+            self._counts[what] += 1
+            self._last = example or self._last
+
+    def summary(self, state: str, *, now: float | None = None, final: bool = False) -> None:
+        """Log the counts with `state`, at most once per SUMMARY_EVERY_S (`final`: now) and only when
+        something happened."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            if not self._counts or (now - self._logged < SUMMARY_EVERY_S and not final):
+                return
+            counts, last = self._counts, self._last
+            self._counts, self._last, self._logged = collections.Counter(), "", now
+        happened = ", ".join(f"{n} {what}" for what, n in sorted(counts.items()))
+        if last:
+            log.warning("%s; since the last line: %s; the last refusal: %s", state, happened, last)
+        else:
+            log.info("%s; since the last line: %s", state, happened)
+
+
+class Gate:
+    """Admits and counts connections in a thread of its own (see the module doc)."""
+
+    def __init__(self, context: zmq.Context[Any], monitor: zmq.Socket[Any], limits: Limits,
+                 is_listener: Callable[[socket.socket], bool], activity: Activity) -> None:
+        self.limits = limits
+        self._monitor = monitor
+        self._is_listener = is_listener
+        self._activity = activity
+        self._zap = context.socket(zmq.ROUTER)
+        self._zap.setsockopt(zmq.LINGER, 0)
+        self._zap.bind(ZAP_ENDPOINT)          # EADDRINUSE: another handler in this context
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._fds: dict[int, str] = {}        # open connections: fd -> source
+        self._sources: collections.Counter[str] = collections.Counter()
+        self._buckets: dict[str, tuple[float, float]] = {}   # source -> (tokens, when)
+        self._ids = 0
+        self.connected = 0
+        self.refused = 0
+        self._thread = threading.Thread(target=self._run, name="publisher-gate", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float) -> None:
+        """End the thread, then close its sockets (the monitor socket too)."""
+        if self._thread.is_alive():
+            self._wake_w.send(b"\0")
+            self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.warning("connection gate thread did not stop within %.1f s", timeout)
+            return
+        self._zap.close(linger=0)
+        self._monitor.close(linger=0)
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        for item in (self._monitor, self._zap, self._wake_r):
+            poller.register(item, zmq.POLLIN)
+        while True:
+            ready = dict(poller.poll())
+            if self._wake_r.fileno() in ready:
+                return
+            self._read_monitor()               # first: a connection's ACCEPTED precedes its ZAP request
+            self._answer_zap()
+
+    def _read_monitor(self) -> None:
+        while True:
+            try:
+                event, _ = self._monitor.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            kind, fd = struct.unpack("=HI", event[:6])
+            if kind == zmq.EVENT_ACCEPTED:
+                self._accepted(fd)
+            elif kind == zmq.EVENT_DISCONNECTED:
+                self._closed(fd)
+
+    def _accepted(self, fd: int) -> None:
+        self._closed(fd)                       # a reused fd number whose DISCONNECTED came first
+        source = _source(fd)
+        why = self._over(source)
+        if why:
+            self._refuse(why)
+            _shutdown(fd, self._is_listener)   # not counted: it is gone once libzmq sees the shutdown
+            return
+        self._fds[fd] = source
+        self._sources[source] += 1
+        self.connected += 1
+
+    def _closed(self, fd: int) -> None:
+        source = self._fds.pop(fd, None)
+        if source is None:
+            return
+        self.connected -= 1
+        self._sources[source] -= 1
+        if not self._sources[source]:
+            del self._sources[source]
+
+    def _over(self, source: str) -> str:
+        """Why one more connection from `source` is over a limit ('' when it is not)."""
+        if self.connected >= self.limits.peers:
+            return f"{self.connected} connections open (limit {self.limits.peers})"
+        if self._sources[source] >= self.limits.peers_per_source:
+            return f"{source} holds {self._sources[source]} connections (limit {self.limits.peers_per_source})"
+        return ""
+
+    def _answer_zap(self) -> None:
+        """ZAP (RFC 27): [routing id, '', version, request id, domain, address, identity, mechanism, ...]."""
+        while True:
+            try:
+                frames = self._zap.recv_multipart(flags=zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frames) < 8:
+                continue
+            route, _, version, request = frames[:4]
+            source = _zap_source(frames[5].decode("utf-8", "replace"))
+            why = self._rate(source)
+            if why:
+                self._refuse(why)
+                reply = [b"400", why.encode(), b""]
+            else:
+                self._ids += 1
+                reply = [b"200", b"OK", f"c{self._ids}".encode()]
+            self._zap.send_multipart([route, b"", version, request, *reply, b""])
+
+    def _rate(self, source: str) -> str:
+        """A token bucket per source: `admit_burst` at once, then `admit_per_s`."""
+        now = time.monotonic()
+        tokens, when = self._buckets.get(source, (float(self.limits.admit_burst), now))
+        tokens = min(float(self.limits.admit_burst), tokens + (now - when) * self.limits.admit_per_s)
+        if len(self._buckets) > 4 * self.limits.peers:
+            self._buckets.clear()              # forget idle sources (each one starts with a full bucket)
+        if tokens < 1:
+            self._buckets[source] = (tokens, now)
+            return f"{source} connects faster than {self.limits.admit_per_s:g}/s"
+        self._buckets[source] = (tokens - 1, now)
+        return ""
+
+    def _refuse(self, why: str) -> None:
+        self.refused += 1
+        self._activity.note("connections refused", f"refused a connection: {why}")
+
+
+class Subscriptions:
+    """The subscriptions the publishing thread applies (XPUB_MANUAL), counted over all connections."""
+
+    def __init__(self, limits: Limits, is_listener: Callable[[socket.socket], bool], activity: Activity) -> None:
+        self.limits = limits
+        self._is_listener = is_listener
+        self._activity = activity
+        self._held: collections.Counter[bytes] = collections.Counter()    # prefix -> connections holding it
+        self._peers: collections.OrderedDict[str, set[bytes]] = collections.OrderedDict()
+        self.subscriptions = 0
+        self.rejected = 0
+
+    def inbound(self, conn: str | None, fd: int | None, message: bytes | None) -> tuple[bool, bytes] | None:
+        """A message from connection `conn` (libzmq's User-Id; None for inproc peers and for the
+        unsubscriptions libzmq makes when a connection closes) on `fd`; `message` None is a multipart one.
+        Returns (subscribe, prefix) to apply for that connection, or None to ignore the message."""
+        if message is None or message[:1] not in (b"\x00", b"\x01"):
+            return self._reject(fd, "a message that is not a subscription")
+        prefix, subscribe = message[1:], message[0] == 1
+        mine = self._peer(conn)
+        if not subscribe:
+            if mine is not None and prefix not in mine:
+                return None
+            if mine is None and not self._held[prefix]:
+                return None                    # libzmq's, for a subscription this daemon refused
+            self._drop(prefix, mine)
+            return False, prefix
+        if not protocol.is_topic_prefix(prefix):
+            return self._reject(fd, f"subscription {prefix[:40]!r}, not a prefix of an edge topic")
+        if mine is not None and prefix in mine:
+            return True, prefix
+        if mine is not None and len(mine) >= self.limits.subscriptions_per_peer:
+            return self._reject(fd, f"subscription number {len(mine) + 1} on one connection (limit"
+                                    f" {self.limits.subscriptions_per_peer})")
+        if mine is not None:
+            mine.add(prefix)
+        self._held[prefix] += 1
+        self.subscriptions += 1
+        self._activity.note("subscriptions")
+        return True, prefix
+
+    def _peer(self, conn: str | None) -> set[bytes] | None:
+        """The prefixes `conn` holds. Kept for the most recent connections only: libzmq does not say when
+        a connection closes, and its own unsubscriptions then (one per prefix) keep the counts."""
+        if conn is None:
+            return None
+        mine = self._peers.pop(conn, None)
+        self._peers[conn] = mine = set() if mine is None else mine
+        while len(self._peers) > 4 * self.limits.peers:
+            self._peers.popitem(last=False)
+        return mine
+
+    def _drop(self, prefix: bytes, mine: set[bytes] | None) -> None:
+        if mine is not None:
+            mine.discard(prefix)
+        if self._held[prefix]:
+            self._held[prefix] -= 1
+            self.subscriptions -= 1
+            if not self._held[prefix]:
+                del self._held[prefix]
+
+    def _reject(self, fd: int | None, what: str) -> None:
+        self.rejected += 1
+        closed = fd is not None and _shutdown(fd, self._is_listener)
+        self._activity.note("messages rejected", f"rejected {what}" + ("; closed its connection" if closed else ""))
+        return None
+
+
+def _zap_source(address: str) -> str:
+    """The source of a ZAP request: `uid N` for ipc (libzmq sends 'host:uid:gid:pid'), else the address."""
+    parts = address.rsplit(":", 3)
+    return f"uid {parts[1]}" if len(parts) == 4 and parts[1].isdigit() else address
+
+
+def _source(fd: int) -> str:
+    """The source of an accepted connection, named as `_zap_source` names it."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if sock.family == socket.AF_UNIX:
+                _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                struct.calcsize("3i")))
+                return f"uid {uid}"
+            return str(sock.getpeername()[0])
+    except OSError:
+        return "unknown"                      # closed already: its DISCONNECTED follows
+
+
+def _shutdown(fd: int, is_listener: Callable[[socket.socket], bool]) -> bool:
+    """Shut down the connection on `fd` if it still is one of this listener's; libzmq then closes it."""
+    try:
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            if not is_listener(sock):
+                return False
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        return False
+    return True

@@ -1,0 +1,158 @@
+"""Limits on what peers of the results socket may hold (edge/peers.py), on real sockets: subscriptions
+are counted per connection, only prefixes of edge's topics are applied, and a connection over a limit
+is closed and logged in one summary line."""
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from edge import protocol
+from edge.peers import Limits
+from edge.publisher import Publisher
+from tests.conftest import wait_for
+
+
+def started(endpoint: str, ctx: zmq.Context, **limits: float) -> Publisher:
+    pub = Publisher(endpoint, context=ctx, limits=Limits(**limits))
+    pub.start()
+    return pub
+
+
+@pytest.fixture
+def publisher(ctx: zmq.Context, tcp_endpoint: str) -> Iterator[Publisher]:
+    pub = started(tcp_endpoint, ctx)
+    yield pub
+    pub.stop(5)
+
+
+def sub_socket(ctx: zmq.Context, endpoint: str, *topics: bytes) -> zmq.Socket:
+    sock = ctx.socket(zmq.SUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    for topic in topics:
+        sock.setsockopt(zmq.SUBSCRIBE, topic)
+    sock.connect(endpoint)
+    return sock
+
+
+def xsub(ctx: zmq.Context, endpoint: str) -> tuple[zmq.Socket, zmq.Socket]:
+    """A peer that speaks the subscription protocol directly, with a monitor that sees it disconnected."""
+    sock = ctx.socket(zmq.XSUB)
+    sock.setsockopt(zmq.LINGER, 0)
+    monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    sock.connect(endpoint)
+    return sock, monitor
+
+
+def at_eof(sock: socket.socket) -> bool:
+    """True once the daemon closed `sock` (libzmq's greeting bytes may come first)."""
+    try:
+        while data := sock.recv(4096, socket.MSG_DONTWAIT):
+            assert data
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True
+    return True
+
+
+def disconnected(monitor: zmq.Socket) -> bool:
+    assert monitor.poll(10_000), "the daemon did not close the connection"
+    return recv_monitor_message(monitor)["event"] == zmq.EVENT_DISCONNECTED
+
+
+@pytest.mark.parametrize(("prefix", "valid"), [
+    (b"", True), (b"d", True), (b"det.", True), (b"det.people.", True), (b"det.people.cam_0", True),
+    (b"sys.", True), (b"sys.heartbeat", True), (b"det.a.b.", False), (b"det..x", False), (b"sys.a.b", False),
+    (b"results", False), (b"det.p\xc3\xa9", False), (b"det." + b"a" * 65, False), (b"\x00det.", False)])
+def test_only_prefixes_of_edge_topics_are_valid(prefix: bytes, valid: bool) -> None:
+    assert protocol.is_topic_prefix(prefix) is valid
+
+
+def test_subscriptions_and_connections_are_counted(publisher: Publisher, ctx: zmq.Context) -> None:
+    """20 subscribers to everything are 20 subscriptions (the old heartbeat said 1: one unique prefix)."""
+    subs = [sub_socket(ctx, publisher.endpoint, b"") for _ in range(20)]
+    both = sub_socket(ctx, publisher.endpoint, b"det.", b"sys.heartbeat")
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (22, 21), 10, "22 subscriptions")
+    both.setsockopt(zmq.UNSUBSCRIBE, b"det.")
+    wait_for(lambda: publisher.subscriptions == 21, 10, "an unsubscription to be counted")
+    for sub in subs[:10]:
+        sub.close(linger=0)
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (11, 11), 10, "closed ones to leave")
+    for sub in [*subs[10:], both]:
+        sub.close(linger=0)
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (0, 0), 10, "everyone to leave")
+
+
+def test_a_message_that_is_not_a_valid_subscription_closes_its_connection(publisher: Publisher,
+                                                                          ctx: zmq.Context) -> None:
+    good = sub_socket(ctx, publisher.endpoint, b"det.")
+    for junk in (b"\x01results", b"\x07hello", b"\x01det.a.b.c"):
+        peer, monitor = xsub(ctx, publisher.endpoint)
+        peer.send(b"\x01det.a")
+        peer.send(junk)
+        assert disconnected(monitor)
+        peer.close(linger=0)
+        monitor.close(linger=0)
+    assert publisher.rejected_inbound >= 3
+    wait_for(lambda: publisher.subscriptions == 1, 10, "only the good subscription to stay")
+    publisher.publish("det.a.c", {"kind": "det"})
+    assert good.poll(10_000) and good.recv_multipart()[0] == b"det.a.c"
+    good.close(linger=0)
+
+
+def test_a_connection_holds_at_most_its_limit_of_subscriptions(ctx: zmq.Context, tcp_endpoint: str) -> None:
+    pub = started(tcp_endpoint, ctx, subscriptions_per_peer=3)
+    peer, monitor = xsub(ctx, tcp_endpoint)
+    for n in range(3):
+        peer.send(b"\x01det.t%d" % n)
+    wait_for(lambda: pub.subscriptions == 3, 10, "three subscriptions")
+    peer.send(b"\x01det.t3")
+    assert disconnected(monitor) and pub.rejected_inbound == 1
+    peer.close(linger=0)
+    monitor.close(linger=0)
+    pub.stop(5)
+
+
+def test_connections_over_the_limit_are_closed_at_once_and_logged_in_one_line(
+        ctx: zmq.Context, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Idle connections (no handshake) are counted and closed too: they hold an fd each."""
+    endpoint = f"ipc://{tmp_path}/r.sock"
+    with caplog.at_level(logging.INFO, logger="edge.publisher"):
+        pub = started(endpoint, ctx, peers_per_source=5)
+        idle = [socket.socket(socket.AF_UNIX) for _ in range(50)]
+        for sock in idle:
+            sock.connect(str(tmp_path / "r.sock"))
+        wait_for(lambda: pub.refused_connections == 45 and pub.connections == 5, 10, "45 refusals")
+        wait_for(lambda: sum(map(at_eof, idle)) == 45, 10, "the daemon to close 45 of them")
+        pub.stop(5)
+    for sock in idle:
+        sock.close()
+    lines = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(lines) == 1 and "45 connections refused" in lines[0]
+    assert "holds 5 connections (limit 5)" in lines[0]
+
+
+def test_new_connections_are_admitted_at_a_bounded_rate(ctx: zmq.Context, tcp_endpoint: str) -> None:
+    pub = started(tcp_endpoint, ctx, admit_burst=2, admit_per_s=0.001)
+    subs = [sub_socket(ctx, tcp_endpoint, b"det.") for _ in range(3)]
+    wait_for(lambda: pub.subscriptions == 2 and pub.refused_connections >= 1, 10, "the third to be refused")
+    for sub in subs:
+        sub.close(linger=0)
+    pub.stop(5)
+
+
+def test_peers_that_do_not_speak_zmtp3_are_refused_before_any_subscription(publisher: Publisher) -> None:
+    """libzmq took such bytes for a ZMTP 1.0 peer and subscribed it to everything."""
+    host, port = publisher.endpoint[len("tcp://"):].rsplit(":", 1)
+    for junk in (b"\x05\x00\x01abcd" * 100, b"GET / HTTP/1.1\r\n\r\n", b"\xff" + b"\0" * 8 + b"\x7f\x01\x00"):
+        with socket.create_connection((host, int(port)), timeout=5) as raw:
+            raw.sendall(junk)
+            wait_for(lambda sock=raw: at_eof(sock), 10, "the daemon to close the connection")
+    wait_for(lambda: publisher.connections == 0, 10, "the junk connections to be closed")
+    assert publisher.subscriptions == 0 and publisher.rejected_inbound == 0
