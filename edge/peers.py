@@ -276,7 +276,7 @@ class Subscriptions:
             mine.add(prefix)
         self._held[prefix] += 1
         self.subscriptions += 1
-        self._activity.note("subscriptions")
+        self._activity.note("subscriptions accepted")
         return True, prefix
 
     def _peer(self, conn: str | None) -> set[bytes] | None:
