@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from edge import assets
+from edge import assets, sources
 from edge.cli import format_ms
 from edge.client import Message, Subscriber
 from edge.config import Config, parse_config
@@ -36,6 +36,7 @@ class _Annotator:
         import cv2
 
         self._cv2 = cv2
+        sources.route_media_logs(cv2)
         self._capture = cv2.VideoCapture(str(video))
         fps = self._capture.get(cv2.CAP_PROP_FPS) or 10.0
         size = (int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))

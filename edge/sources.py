@@ -78,11 +78,13 @@ def redact(uri: str) -> str:
     """`uri` with the password replaced by `***`, whatever the URI looks like: the credentials run to the
     last `@` (a password may contain `/`, `:` or `@`), the user name to the first `:` of them."""
     scheme, sep, rest = uri.partition("://")
-    if not sep or "@" not in rest:
+    if not sep:
+        scheme, rest = "", uri                       # no scheme (a config error): credentials all the same
+    if "@" not in rest:
         return uri
     credentials, host = rest.rsplit("@", 1)
     user, colon, _ = credentials.partition(":")
-    return f"{scheme}://{user}{':***' if colon else ''}@{host}"
+    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -120,7 +122,7 @@ def _typed(scheme: str, key: str, value: str) -> Any:
 def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
     """Parse a camera URI; relative file paths resolve against `base_dir`. ValueError says what is wrong."""
     if "://" not in text:
-        raise ValueError(f"camera URI {text!r} has no scheme; write e.g. file://{text} or v4l2://{text}"
+        raise ValueError(f"camera URI {redact(text)!r} has no scheme; write e.g. file://PATH or v4l2:///dev/video0"
                          f" (schemes: {', '.join(SCHEMES)})")
     scheme, rest = text.split("://", 1)
     if scheme not in SCHEMES:

@@ -441,6 +441,12 @@ def test_redacted_never_shows_credentials(uri: str, shown: str) -> None:
     assert parse_uri(uri).redacted() == shown
 
 
+def test_a_uri_without_a_scheme_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="has no scheme") as info:
+        parse_uri("admin:s3cret@cam.local/x")
+    assert "s3cret" not in str(info.value) and "'admin:***@cam.local/x'" in str(info.value)
+
+
 def test_a_bad_camera_uri_is_a_config_error_that_hides_the_password(tmp_path) -> None:
     from edge.config import parse_config
     from edge.errors import ConfigError

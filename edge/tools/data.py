@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edge import sources
 from edge.errors import EdgeError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -98,6 +99,7 @@ def _iter_file(path: Path, every: int, frames: range | None, report: LoadReport)
 
 
 def _iter_video(path: Path, every: int, frames: range | None, report: LoadReport) -> Iterator[Sample]:
+    sources.route_media_logs(cv2)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         report.skipped["unreadable videos"] += 1
