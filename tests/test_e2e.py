@@ -93,6 +93,9 @@ def test_run_publishes_exactly_n_per_lane(demo, tmp_path: Path, ctx: zmq.Context
     beats = messages["sys.heartbeat"]
     assert beats and beats[-1]["lanes"][0]["processed"] == N
     assert {c["id"] for c in beats[-1]["cameras"]} == {"cam0", "cam1"}            # 'unused' never opened
+    assert all(c["missing_frames"] == 0 for c in beats[-1]["cameras"])
+    assert {k: beats[-1][k] for k in ("connections", "subscriptions", "refused_connections", "rejected_inbound")} \
+        == {"connections": 1, "subscriptions": 1, "refused_connections": 0, "rejected_inbound": 0}
     assert "unused" not in stderr
     sub.close()
 

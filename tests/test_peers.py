@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -156,3 +158,11 @@ def test_peers_that_do_not_speak_zmtp3_are_refused_before_any_subscription(publi
             wait_for(lambda sock=raw: at_eof(sock), 10, "the daemon to close the connection")
     wait_for(lambda: publisher.connections == 0, 10, "the junk connections to be closed")
     assert publisher.subscriptions == 0 and publisher.rejected_inbound == 0
+
+
+def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_NOFILE, (256, 512));"
+            " from edge.peers import raise_open_files_limit; raise_open_files_limit();"
+            " print(resource.getrlimit(resource.RLIMIT_NOFILE))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "(512, 512)"
