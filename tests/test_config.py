@@ -376,8 +376,8 @@ def test_values_from_the_environment_are_not_printed() -> None:
     text = text.replace("    enabled: false", "    enabled: false\n    params: {conf_threshold: 'x${CONF}'}")
     message = error(text, env)
     assert "hunter2" not in message
-    assert "cameras[0].uri: camera URI '${CAM_URI}' has no scheme" in message
-    assert "(value: '${CAM_URI}'; values from the environment not shown)" in message
+    assert "cameras[0].uri: camera URI 'admin:***@cam/stream' has no scheme" in message   # redacted at the source
+    assert "(value: 'admin:***@cam/stream'; values from the environment not shown)" in message
     assert "cameras[1].uri: rtsp URI 'rtsp://user:***@127.0.0.1:99999/rear' has a port outside" in message
     assert "tasks[1].params.conf_threshold: Input should be a valid number" in message
     assert "(value: 'x${CONF}'; values from the environment not shown)" in message
