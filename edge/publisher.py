@@ -266,7 +266,8 @@ class Publisher:
             except zmq.Again:
                 return
             first = frames[0]
-            action = self._subscriptions.inbound(_property(first, "User-Id"), _source_fd(first),
+            conn, fd = _frame_get(first, "User-Id"), _frame_get(first, zmq.SRCFD)
+            action = self._subscriptions.inbound(None if conn is None else str(conn), None if fd is None else int(fd),
                                                  first.bytes if len(frames) == 1 else None)
             if action is not None:
                 subscribe, prefix = action
@@ -275,17 +276,11 @@ class Publisher:
                     self._subscribed.set()
 
 
-def _property(frame: zmq.Frame, name: str) -> str | None:
+def _frame_get(frame: zmq.Frame, key: str | int) -> object | None:
+    """A message property (User-Id from the gate, ZMQ_SRCFD the connection's fd); None where libzmq has
+    none: inproc peers, and the unsubscriptions libzmq makes itself when a connection closes."""
     try:
-        return str(frame.get(name))
-    except zmq.ZMQError:
-        return None
-
-
-def _source_fd(frame: zmq.Frame) -> int | None:
-    """The fd of the connection a message came on; None for inproc and for libzmq's own unsubscriptions."""
-    try:
-        return int(frame.get(zmq.SRCFD))
+        return frame.get(key)
     except zmq.ZMQError:
         return None
 
