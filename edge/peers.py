@@ -25,6 +25,7 @@ subscribers need.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import os
 import resource
@@ -32,7 +33,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import zmq
@@ -44,6 +45,7 @@ log = get_logger("publisher")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"     # fixed by the ZAP protocol (ZeroMQ RFC 27)
 SUMMARY_EVERY_S = 10.0                      # connection comings and goings: one log line per interval
 RESERVED_FDS = 64                           # never given to peers: camera reopen, logs, engine files
+BURST_FDS = 1024      # connections libzmq may accept before the gate closes them (up to ~800 measured)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,15 +57,23 @@ class Limits:
     subscriptions_per_peer: int = 64    # topic prefixes one connection may hold
 
     def within_open_files(self) -> Limits:
-        """These limits, with `peers` lowered where needed so that peers never take the fds the process needs."""
+        """These limits, with `peers` lowered where needed so that peers never take the fds the process
+        needs. Warns when the limit leaves too little room for a burst of connections in flight."""
         soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        room = soft - _open_fds() - RESERVED_FDS
-        if room >= self.peers:
-            return self
-        peers = max(1, room)
-        log.warning("the open files limit (%d) leaves room for %d subscriber connections, not %d; raise"
-                    " LimitNOFILE (systemd) or ulimit -n", soft, peers, self.peers)
-        return dataclasses.replace(self, peers=peers, peers_per_source=min(self.peers_per_source, peers))
+        used = _open_fds()
+        room = soft - used - RESERVED_FDS
+        limits = self
+        if room < self.peers:
+            peers = max(1, room)
+            log.warning("the open files limit (%d) leaves room for %d subscriber connections, not %d; raise"
+                        " LimitNOFILE (systemd) or ulimit -n", soft, peers, self.peers)
+            limits = dataclasses.replace(self, peers=peers, peers_per_source=min(self.peers_per_source, peers))
+        if room - limits.peers < BURST_FDS:
+            log.warning("the open files limit (%d) leaves %d fds for connections the gate has not closed yet;"
+                        " a burst of more connections than that at once can reach the limit, and libzmq"
+                        " aborts the process then (ipc); raise LimitNOFILE (systemd) or ulimit -n to %d or"
+                        " more", soft, max(0, room - limits.peers), used + RESERVED_FDS + limits.peers + BURST_FDS)
+        return limits
 
 
 def raise_open_files_limit() -> None:
@@ -312,10 +322,21 @@ def _zap_source(address: str) -> str:
     return f"uid {parts[1]}" if len(parts) == 4 and parts[1].isdigit() else address
 
 
+@contextlib.contextmanager
+def _borrowed(fd: int) -> Iterator[socket.socket]:
+    """A socket object on libzmq's `fd` that leaves the fd open. It takes no fd of its own: a dup would
+    fail with EMFILE exactly when a burst of connections has to be refused."""
+    sock = socket.socket(fileno=fd)
+    try:
+        yield sock
+    finally:
+        sock.detach()
+
+
 def _source(fd: int) -> str:
     """The source of an accepted connection, named as `_zap_source` names it."""
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        with _borrowed(fd) as sock:
             if sock.family == socket.AF_UNIX:
                 _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                 struct.calcsize("3i")))
@@ -328,7 +349,7 @@ def _source(fd: int) -> str:
 def _shutdown(fd: int, is_listener: Callable[[socket.socket], bool]) -> bool:
     """Shut down the connection on `fd` if it still is one of this listener's; libzmq then closes it."""
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:
+        with _borrowed(fd) as sock:
             if not is_listener(sock):
                 return False
             sock.shutdown(socket.SHUT_RDWR)

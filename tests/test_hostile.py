@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 import zmq
 
+from edge.peers import Limits
 from tests.conftest import wait_for
 from tests.daemon import RawSubscriber, start
 
@@ -34,6 +35,9 @@ class Daemon:
     proc: subprocess.Popen[str]
     endpoint: str
     path: Path
+
+    def open_fds(self) -> int:
+        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
 
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -146,7 +150,11 @@ def _under_attack(daemon: Daemon, attack: Callable[[], None]) -> Watcher:
 def _connect_unix(path: Path) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX)
     sock.settimeout(5)
-    sock.connect(str(path))
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -247,4 +255,48 @@ def test_idle_connections_under_a_low_fd_limit_are_refused_not_fatal(demo: Any, 
         daemon.proc.kill()
     watcher.assert_contiguous()
     assert daemon.proc.returncode == 0, stderr[-2000:]
+    assert "refused a connection: " in stderr
+
+
+def test_a_tight_burst_of_held_connections_at_a_modest_fd_limit_is_refused_not_fatal(
+        demo: Any, tmp_path: Path) -> None:
+    """1,200 connections opened as fast as a loop can and held, against `ulimit -n 1024`. Without the gate
+    they would take every fd, and libzmq's ipc listener aborts on EMFILE. The gate closes those over the
+    limit faster than they fill the room the daemon keeps for connections in flight (BURST_FDS), and the
+    daemon warns at start that this limit leaves less room than it wants."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1400:
+        pytest.skip(f"this test holds 1,200 connections; the hard open files limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096) if hard != resource.RLIM_INFINITY else 4096, hard))
+    daemon = _launch(tmp_path, demo, nofile=1024)
+    watcher = Watcher(daemon.endpoint)
+    held: list[socket.socket] = []
+    try:
+        wait_for(lambda: watcher.count() >= 3, 30, "heartbeats")
+        fds = daemon.open_fds()
+        for _ in range(100_000):                # EAGAIN while libzmq's accept backlog (100) is full
+            if len(held) == 1200:
+                break
+            try:
+                held.append(_connect_unix(daemon.path))
+            except BlockingIOError:
+                continue
+        assert len(held) == 1200
+        wait_for(lambda: daemon.proc.poll() is not None or daemon.open_fds() <= fds + Limits().peers_per_source,
+                 30, "the daemon to close the connections over the limit")
+        assert daemon.proc.poll() is None, _stop(daemon)[-2000:]
+        count = watcher.count()
+        wait_for(lambda: watcher.count() >= count + 10, 30, "heartbeats with 1,200 connections held")
+        for sock in held:
+            sock.close()
+        stderr = _stop(daemon)
+    finally:
+        watcher.close()
+        for sock in held:
+            sock.close()
+        daemon.proc.kill()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    watcher.assert_contiguous()
+    assert daemon.proc.returncode == 0, stderr[-2000:]
+    assert "a burst of more connections than that at once can reach the limit" in stderr
     assert "refused a connection: " in stderr

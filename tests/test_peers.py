@@ -4,6 +4,7 @@ is closed and logged in one summary line."""
 from __future__ import annotations
 
 import logging
+import resource
 import socket
 import subprocess
 import sys
@@ -166,3 +167,27 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one() -> None:
             " print(resource.getrlimit(resource.RLIMIT_NOFILE))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "(512, 512)"
+
+
+def _limits_under(nofile: int) -> subprocess.CompletedProcess[str]:
+    code = (f"import logging, resource; resource.setrlimit(resource.RLIMIT_NOFILE, ({nofile}, {nofile}));"
+            " logging.basicConfig(level=logging.WARNING, format='%(message)s');"
+            " from edge.peers import Limits; print(Limits().within_open_files().peers)")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+
+
+def test_a_low_open_files_limit_lowers_the_peer_limit_and_says_what_to_raise_it_to() -> None:
+    out = _limits_under(150)
+    peers = int(out.stdout)
+    assert 1 <= peers < Limits().peers
+    assert f"leaves room for {peers} subscriber connections, not 128" in out.stderr
+    assert "a burst of more connections than that at once can reach the limit" in out.stderr
+    assert "ulimit -n to " in out.stderr
+
+
+def test_an_ample_open_files_limit_warns_of_nothing() -> None:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the hard open files limit here is {hard}, below the 4096 this test needs")
+    out = _limits_under(4096)
+    assert int(out.stdout) == Limits().peers and out.stderr == ""
