@@ -193,6 +193,8 @@ class Manifest:
 def _variant(data: dict[str, Any]) -> Variant:
     if data["format"] not in FORMATS:
         raise ValueError(f"unknown variant format {data['format']!r}")
+    if not data["sha256"]:
+        raise ValueError(f"variant {data['file']!r} has no sha256")
     known = {"precision", "format", "file", "sha256", "device", "source_sha256"}
     return Variant(str(data["precision"]), data["format"], str(data["file"]), str(data["sha256"]),
                    DeviceKey.from_json(data["device"]) if data.get("device") else None,
@@ -239,6 +241,8 @@ def file_problem(root: Path, variant: Variant) -> str | None:
     path = root / variant.file
     if not path.is_file():
         return "file is missing"
+    if not variant.sha256:
+        return None                   # a file named in the config (`model`, `variants`): nothing to check against
     actual = sha256_file(path)
     if actual != variant.sha256:
         return f"sha256 {actual[:12]}... does not match the manifest's {variant.sha256[:12]}... (corrupt or replaced)"

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge import __version__
+from edge import __version__, display
 from edge.errors import EdgeError
 from edge.log import LEVELS, get_logger, setup_logging
 
@@ -65,30 +65,11 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 continue
             silence.heard()
             received += 1
-            line = json.dumps({"topic": msg.topic, **msg.payload}) if args.json else _summary(msg.topic, msg.payload)
-            print(line, flush=True)
+            print(json.dumps({"topic": msg.topic, **msg.payload}) if args.json
+                  else display.summary(msg.topic, msg.payload), flush=True)
         print(f"received {received} message(s), missed {sub.missed} (seq gaps), invalid {sub.invalid}",
               file=sys.stderr)
     return 0
-
-
-def _summary(topic: str, p: dict[str, Any]) -> str:
-    if p["kind"] == "det":
-        names = p.get("labels") or [f"#{d[5]}" for d in p["detections"]]
-        latency = (p["t_publish_ns"] - p["t_capture_ns"]) / 1e6
-        dets = ", ".join(f"{n} {d[4]:.2f}" for n, d in zip(names, p["detections"]))
-        return f"{topic} seq={p['seq']} frame={p['frame']} latency={latency:.1f}ms {len(p['detections'])} det: {dets}"
-    if p["kind"] == "heartbeat":
-        lanes = "; ".join(f"{ln['task']}.{ln['camera']} {ln['fps']} fps p50={format_ms(ln['latency_ms_p50'])}"
-                          f" p99={format_ms(ln['latency_ms_p99'])}"
-                          f" drops={ln['dropped_camera']}/{ln['dropped_publisher']}" for ln in p["lanes"])
-        return f"{topic} seq={p['seq']} uptime={p['uptime_s']}s {lanes}"
-    extra = {k: v for k, v in p.items() if k not in ("v", "kind", "seq", "t_publish_ns", "t_wall_ns")}
-    return f"{topic} seq={p['seq']} {extra}"
-
-
-def format_ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1f}ms"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

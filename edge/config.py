@@ -24,6 +24,8 @@ from edge import protocol, sources
 from edge.errors import ConfigError
 
 Precision = Literal["fp32", "fp16", "int8"]
+PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
+Mode = Literal["auto", "fp32", "fp16", "int8"]    # auto: the supervisor chooses
 ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_LOG_LEVEL": ("logging", "level")}
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -80,7 +82,8 @@ class TaskConfig(_Strict):
     variants: dict[Precision, str] | None = None
     engines: str | None = None
     allow_onnx: bool = True
-    precision: Precision | None = None
+    precision: Mode = "auto"
+    preload: Literal["all", "active"] = "all"       # active: load a variant when first chosen, keep it loaded
     cameras: list[str] = Field(min_length=1)
     rate_limit_hz: float = Field(0.0, ge=0, le=1000)     # 0 = off
     priority: int = Field(50, ge=0, le=100)
@@ -126,14 +129,6 @@ class TaskConfig(_Strict):
     def model_files(self) -> dict[str, str]:
         """precision -> ONNX file for `model`/`variants` (empty for `engines`, resolved by edge.bundle)."""
         return {"fp32": self.model} if self.model is not None else dict(self.variants or {})
-
-    @property
-    def active_precision(self) -> str:
-        """The configured precision, else fp32 when present, else the first variant."""
-        files = self.model_files
-        if self.precision or self.engines is not None:
-            return self.precision or "fp32"
-        return "fp32" if "fp32" in files else next(iter(files))
 
 
 class OutputConfig(_Strict):

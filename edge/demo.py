@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from edge import assets, sources
-from edge.cli import format_ms
 from edge.client import Message, Subscriber
 from edge.config import Config, parse_config
+from edge.display import format_ms
 from edge.errors import EdgeError
 from edge.service import Service
 

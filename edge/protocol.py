@@ -4,6 +4,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -13,7 +14,9 @@ import msgpack
 from edge.errors import EdgeError, ProtocolError
 
 SCHEMA_VERSION = 1
-KINDS = ("det", "heartbeat", "event")
+KINDS = ("det", "heartbeat", "event", "telemetry")
+EVENTS = ("camera.lost", "camera.recovered", "precision.switch", "supervisor.level", "task.enabled",
+          "task.disabled", "engine.refused", "telemetry.problem")
 RUN_DIR = Path("/run/edge")
 MAX_MESSAGE_BYTES = 1 << 20          # largest results payload a subscriber accepts
 MAX_DETECTIONS = 10_000
@@ -109,6 +112,50 @@ def is_topic_prefix(prefix: bytes) -> bool:
             return (len(parts) <= names and all(parts[:-1])
                     and all(len(part) <= NAME_BYTES and _NAME_CHARS.issuperset(part) for part in parts))
     return False
+
+
+# ---------------------------------------------------------------- the messages (the only place they are built)
+# The publisher adds `seq`, `t_publish_ns` and `t_wall_ns` when it sends.
+
+def det_message(*, task: str, camera: str, frame: int, t_capture_ns: int, precision: str, engine: str,
+                size: tuple[int, int], detections: Iterable[Sequence[float]],
+                labels: Sequence[str] | None = None) -> dict[str, Any]:
+    """The detections of one frame; `labels` (the model's class names) adds a name per detection."""
+    rows = [[round(float(x1), 1), round(float(y1), 1), round(float(x2), 1), round(float(y2), 1),
+             round(float(score), 4), int(cls)] for x1, y1, x2, y2, score, cls in detections]
+    payload: dict[str, Any] = {"v": SCHEMA_VERSION, "kind": "det", "task": task, "camera": camera, "frame": frame,
+                               "t_capture_ns": t_capture_ns, "precision": precision, "engine": engine,
+                               "size": [int(size[0]), int(size[1])], "detections": rows}
+    if labels is not None:
+        payload["labels"] = [labels[row[5]] if 0 <= row[5] < len(labels) else str(row[5]) for row in rows]
+    return payload
+
+
+def heartbeat_message(*, version: str, uptime_s: float, lanes: list[dict[str, Any]], cameras: list[dict[str, Any]],
+                      peers: dict[str, int], supervisor: dict[str, Any] | None) -> dict[str, Any]:
+    """The daemon's state: per-lane counters (`lane_row`), cameras, subscriber connections
+    (connections, subscriptions, refused_connections, rejected_inbound, dropped_other) and the
+    supervisor's level with its reason (None where no supervisor runs)."""
+    return {"v": SCHEMA_VERSION, "kind": "heartbeat", "version": version, "uptime_s": round(uptime_s, 3),
+            "lanes": lanes, "cameras": cameras, **peers, "supervisor": supervisor}
+
+
+def event_message(event: str, **details: str | int | float | None) -> dict[str, Any]:
+    """Something that happened once (EVENTS), with its details, e.g. `camera`, `reason`."""
+    if event not in EVENTS:
+        raise ValueError(f"unknown event {event!r}; known: {', '.join(EVENTS)}")
+    return {"v": SCHEMA_VERSION, "kind": "event", "event": event, **details}
+
+
+def telemetry_message(*, source: str, temps_c: dict[str, float], power_mw: dict[str, float],
+                      total_mw: float | None, mode: str | None, gpu_load: float | None,
+                      problems: Sequence[str]) -> dict[str, Any]:
+    """One telemetry sample, as the supervisor saw it."""
+    return {"v": SCHEMA_VERSION, "kind": "telemetry", "source": source,
+            "temps_c": {k: round(v, 2) for k, v in temps_c.items()},
+            "power_mw": {k: round(v, 1) for k, v in power_mw.items()},
+            "total_mw": None if total_mw is None else round(total_mw, 1), "mode": mode,
+            "gpu_load": None if gpu_load is None else round(gpu_load, 3), "problems": list(problems)}
 
 
 def pack(payload: dict[str, Any]) -> bytes:

@@ -13,7 +13,6 @@ sees every drop, in the queue or at its own socket, as a gap.
 """
 from __future__ import annotations
 
-import collections
 import dataclasses
 import errno
 import os
@@ -24,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import zmq
 
@@ -41,32 +40,19 @@ ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 pee
 BATCH = 512                  # inbound messages handled between two rounds of sending
 
 
-@dataclasses.dataclass
-class LaneStats:
-    """Counters of one (task, camera) lane; written by the lane and the publisher thread."""
+class Outcome(Protocol):
+    """Told what became of one queued message (a lane counts its own; the publisher knows no lanes)."""
 
-    task: str
-    camera: str
-    captured: int = 0
-    processed: int = 0
-    dropped_camera: int = 0
-    skipped_rate: int = 0
-    dropped_publisher: int = 0
-    published: int = 0
-    latencies_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=2048))
+    def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None: ...
 
-    def latency_ms(self, quantile: float) -> float | None:
-        values = sorted(self.latencies_ns.copy())  # copy() is atomic; the publisher appends concurrently
-        if not values:
-            return None
-        return values[min(len(values) - 1, int(quantile * len(values)))] / 1e6
+    def dropped(self) -> None: ...
 
 
 @dataclasses.dataclass
 class _Item:
     topic: str
     payload: dict[str, Any]
-    stats: LaneStats | None
+    outcome: Outcome | None
 
 
 class Publisher:
@@ -159,13 +145,17 @@ class Publisher:
             self._seq[topic] = seq + 1
             return seq
 
-    def publish(self, topic: str, payload: dict[str, Any], stats: LaneStats | None = None) -> bool:
-        """Queue a message (seq and schema version are added here); False when it was dropped."""
-        payload = {"v": protocol.SCHEMA_VERSION, **payload, "seq": self.next_seq(topic)}
+    def publish(self, topic: str, payload: dict[str, Any], outcome: Outcome | None = None) -> bool:
+        """Queue a message built by edge.protocol (seq is added here); False when it was dropped. `outcome`
+        hears whether it was sent or dropped; drops of messages without one count in `dropped_other`."""
+        payload["seq"] = self.next_seq(topic)
         try:
-            self._queue.put_nowait(_Item(topic, payload, stats))
+            self._queue.put_nowait(_Item(topic, payload, outcome))
         except queue.Full:
-            self._count_drop(stats)
+            if outcome is not None:
+                outcome.dropped()
+            else:
+                self.dropped_other += 1
             return False
         self._notify()
         return True
@@ -181,7 +171,7 @@ class Publisher:
 
     def event(self, name: str, details: dict[str, Any]) -> None:
         log.info("event %s %s", name, details)
-        self.publish("sys.event", {"kind": "event", "event": name, **details})
+        self.publish("sys.event", protocol.event_message(name, **details))
 
     def wait_for_subscriber(self, timeout: float) -> bool:
         return self._subscribed.wait(timeout)
@@ -213,12 +203,6 @@ class Publisher:
                 end.close()
             self._wake = None
         self._thread = None
-
-    def _count_drop(self, stats: LaneStats | None) -> None:
-        if stats is not None:
-            stats.dropped_publisher += 1
-        else:
-            self.dropped_other += 1
 
     def _run(self, sock: zmq.Socket[Any], wake: socket.socket) -> None:
         poller = zmq.Poller()
@@ -253,9 +237,8 @@ class Publisher:
         item.payload["t_publish_ns"] = now
         item.payload["t_wall_ns"] = time.time_ns()
         sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)])   # an XPUB drops, never blocks
-        if item.stats is not None:
-            item.stats.published += 1
-            item.stats.latencies_ns.append(now - item.payload["t_capture_ns"])
+        if item.outcome is not None:
+            item.outcome.sent(item.payload, now)
 
     def _read_inbound(self, sock: zmq.Socket[Any]) -> None:
         """Apply the subscriptions that are prefixes of edge's topics, within the limits; count and ignore

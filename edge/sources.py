@@ -418,6 +418,10 @@ class Camera:
     def live(self) -> bool:
         return self.uri.scheme in ("v4l2", "rtsp", "csi")
 
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def start(self) -> None:
         try:
             self._reader = open_reader(self.uri)

@@ -82,3 +82,13 @@ def _isolated_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
     monkeypatch.setattr("edge.protocol.RUN_DIR", Path("/nonexistent/edge"))
     os.environ.pop("EDGE_RESULTS_ENDPOINT", None)
     os.environ.pop("EDGE_LOG_LEVEL", None)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_device_key() -> Iterator[None]:
+    """device_key() is read once per process; tests that install a stand-in TensorRT need it read again."""
+    from edge.backends import tensorrt
+
+    tensorrt.device_key.cache_clear()
+    yield
+    tensorrt.device_key.cache_clear()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -122,15 +123,23 @@ def test_service_runs_the_repository_variant(demo, tmp_path: Path) -> None:
             f"output:\n  results: ipc://{tmp_path}/r.sock\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=2)
     service.start()
-    engine = service.engines["objects"]
-    assert engine.path == repo / "yolov3-tiny.int8.qdq.onnx" and engine.precision == "int8"
-    assert service.run(threading.Event()) == 0
-    assert service.lanes[0].stats.processed == 2
-    service.stop()
+    try:
+        engine = service.tasks["objects"].active()
+        assert engine.path == repo / "yolov3-tiny.int8.qdq.onnx" and engine.precision == "int8"
+        assert service.run(threading.Event()) == 0
+        assert service.lanes[0].stats.processed == 2
+    finally:
+        service.stop()
     (repo / "yolov3-tiny.int8.qdq.onnx").write_bytes(b"tampered")
-    broken = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=2)
-    with pytest.raises(EngineError, match="sha256 .* does not match the manifest"):
-        broken.start()
+    tampered = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=2)
+    tampered.start()                  # the vehicle keeps seeing, on another variant, and says why
+    try:
+        runtime = tampered.tasks["objects"]
+        assert runtime.precision == "fp32"
+        assert re.search(r"sha256 .* does not match the manifest", runtime.unavailable["int8"])
+        assert "pinned to int8 by the config, which cannot run" in runtime.reason
+    finally:
+        tampered.stop()
 
 
 def test_refused_variant_is_reported_and_the_task_runs_the_next_one(demo, tmp_path: Path,
@@ -151,10 +160,10 @@ def test_refused_variant_is_reported_and_the_task_runs_the_next_one(demo, tmp_pa
     with caplog.at_level("WARNING"):
         service.start()
     try:
-        engine = service.engines["objects"]
-        assert engine.precision == "fp16" and engine.path == repo / "yolov3-tiny.fp16.onnx"
-        assert "the int8 variant of yolov3-tiny was refused when it was made: F1 0.35" in caplog.text
-        assert "running fp16 instead of the configured int8" in caplog.text
+        engine = service.tasks["objects"].active()
+        assert engine.precision == "fp32" and engine.path == repo / "yolov3-tiny.onnx"   # CPU: fp32 over fp16
+        assert "task objects: no int8 variant: refused when it was made: F1 0.35" in caplog.text
+        assert "pinned to int8 by the config, which cannot run (refused when it was made: F1 0.35" in caplog.text
         assert service.run(threading.Event()) == 0
     finally:
         service.stop()

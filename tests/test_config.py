@@ -44,7 +44,8 @@ def test_good_config_resolves_paths_and_defaults() -> None:
     assert config.camera("front").uri == "file:///cfg/videos/front.avi?realtime=0"
     assert config.camera("front").parsed.lossless
     assert config.tasks[0].model_files == {"fp32": "/cfg/models/yolo.onnx"}
-    assert config.tasks[1].active_precision == "int8"
+    assert (config.tasks[0].precision, config.tasks[1].precision) == ("auto", "int8")
+    assert config.tasks[0].preload == "all"
     assert config.tasks[0].in_flight == 2 and config.output.heartbeat_hz == 1.0
     assert config.output.results.startswith("ipc://") and config.output.results.endswith("/edge/results.sock")
 

@@ -130,10 +130,12 @@ def test_service_runs_a_plan_from_the_repository(trt, tmp_path: Path) -> None:
             f"output:\n  results: ipc://{tmp_path}/r.sock\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=25)
     service.start()
-    assert service.engines["t"].backend == "tensorrt"
-    assert service.run(threading.Event()) == 0
-    assert [lane.stats.processed for lane in service.lanes] == [25, 25]
-    service.stop()
+    try:
+        assert service.tasks["t"].active().backend == "tensorrt"
+        assert service.run(threading.Event()) == 0
+        assert [lane.stats.processed for lane in service.lanes] == [25, 25]
+    finally:
+        service.stop()
 
 
 def test_selftest_cuda_check() -> None:

@@ -14,6 +14,7 @@ import pytest
 import zmq
 
 from edge import pipeline
+from edge.backends import Variants
 from edge.backends.base import Pending, Slot
 from edge.backends.onnxruntime import OnnxRuntimeEngine, OrtSlot
 from edge.client import Message, Subscriber
@@ -21,6 +22,7 @@ from edge.config import TaskConfig
 from edge.errors import EngineError
 from edge.pipeline import Lane
 from edge.publisher import Publisher
+from edge.runtime import TaskRuntime
 from edge.sources import Camera, EndOfStream, Frame, parse_uri
 from edge.tasks import build_task
 from edge.tasks.detector import YoloDetector
@@ -68,10 +70,17 @@ def published_frames(subscriber: Subscriber, count: int) -> list[int]:
     return [m.payload["frame"] for m in messages]
 
 
+def runtime_of(config: TaskConfig, engine: OnnxRuntimeEngine) -> TaskRuntime:
+    """A task runtime over one engine the test activated."""
+    runtime = TaskRuntime(config, Variants({engine.precision: engine}, {}, engine.path.name), lambda *_: None)
+    runtime.load()
+    return runtime
+
+
 def run_lane(config: TaskConfig, engine: OnnxRuntimeEngine, camera: object, publisher: Publisher,
              feed: Callable[[Lane], None] = lambda lane: None, **options: object) -> Lane:
     """Start a lane, let `feed` drive its camera, wait until the lane has finished (end of stream)."""
-    lane = Lane(config, build_task(config, engine), engine, camera, publisher, **options)   # type: ignore[arg-type]
+    lane = Lane(runtime_of(config, engine), camera, publisher, **options)   # type: ignore[arg-type]
     lane.start()
     feed(lane)
     wait_for(lane.finished.is_set, 20, "the lane to finish at the end of the stream")
@@ -317,7 +326,7 @@ def test_stop_says_whether_the_lane_ended(tmp_path: Path, results, caplog: pytes
     held = HeldResults()
     with HeldEngine(tiny_yolo(tmp_path / "tiny.onnx"), held) as engine:
         config = task_config(engine.path)
-        lane = Lane(config, build_task(config, engine), engine, ReadyCamera(100), publisher)  # type: ignore[arg-type]
+        lane = Lane(runtime_of(config, engine), ReadyCamera(100), publisher)  # type: ignore[arg-type]
         lane.start()
         held.wait_first_wait()
         with caplog.at_level("WARNING", logger="edge.pipeline"):
@@ -335,7 +344,7 @@ def test_inference_timeout_fails_the_lane(tmp_path: Path, results, monkeypatch: 
     monkeypatch.setattr(pipeline, "INFER_TIMEOUT_S", 0.2)
     with HeldEngine(tiny_yolo(tmp_path / "tiny.onnx"), HeldResults()) as engine:
         config = task_config(engine.path)
-        lane = Lane(config, build_task(config, engine), engine, ReadyCamera(5), publisher)  # type: ignore[arg-type]
+        lane = Lane(runtime_of(config, engine), ReadyCamera(5), publisher)  # type: ignore[arg-type]
         with caplog.at_level("ERROR", logger="edge.pipeline"):
             lane.start()
             wait_for(lane.finished.is_set, 20, "the lane to give up")
@@ -348,7 +357,7 @@ def test_a_crash_in_the_task_fails_the_lane(tiny, results, monkeypatch: pytest.M
     publisher, _ = results
     monkeypatch.setattr(YoloDetector, "postprocess", lambda self, outputs, meta: 1 / 0)
     config = task_config(tiny.path)
-    lane = Lane(config, build_task(config, tiny), tiny, ReadyCamera(5), publisher)  # type: ignore[arg-type]
+    lane = Lane(runtime_of(config, tiny), ReadyCamera(5), publisher)  # type: ignore[arg-type]
     with caplog.at_level("ERROR", logger="edge.pipeline"):
         lane.start()
         wait_for(lane.finished.is_set, 20, "the lane to end")

@@ -11,9 +11,11 @@ import msgpack
 import pytest
 import zmq
 
+from edge import protocol
 from edge.client import Subscriber
 from edge.errors import EdgeError
-from edge.publisher import LaneStats, Publisher
+from edge.pipeline import LaneStats
+from edge.publisher import Publisher
 from tests.conftest import wait_for
 
 
@@ -32,8 +34,8 @@ def subscribed(pub: Publisher, ctx: zmq.Context, topics: list[str]) -> Subscribe
 
 
 def det(frame: int) -> dict:
-    return {"kind": "det", "task": "t", "camera": "c", "frame": frame, "t_capture_ns": 1, "precision": "fp32",
-            "engine": "e", "size": [10, 10], "detections": []}
+    return protocol.det_message(task="t", camera="c", frame=frame, t_capture_ns=1, precision="fp32", engine="e",
+                                size=(10, 10), detections=[])
 
 
 def test_messages_follow_schema_with_contiguous_seq(publisher: Publisher, ctx: zmq.Context) -> None:

@@ -26,9 +26,11 @@ def test_threads_default_to_cores_shared_by_lanes(demo, tmp_path: Path, monkeypa
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     service = Service(config(demo, tmp_path, cameras=2), max_frames=1)
     service.start()
-    assert service.engines["objects"].threads == 2
-    assert service.run(threading.Event()) == 0
-    service.stop()
+    try:
+        assert service.tasks["objects"].active().threads == 2
+        assert service.run(threading.Event()) == 0
+    finally:
+        service.stop()
 
 
 def test_failing_lane_ends_the_service_with_1(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,6 +77,7 @@ def test_stop_while_running_is_bounded(demo, tmp_path: Path) -> None:
     stop() releases everything within its timeout, long before the video would end."""
     service = Service(config(demo, tmp_path))
     service.start()
+    runtime, lanes = service.tasks["objects"], service.lanes
     stop, codes = threading.Event(), []
     runner = threading.Thread(target=lambda: codes.append(service.run(stop)))
     runner.start()
@@ -85,9 +88,9 @@ def test_stop_while_running_is_bounded(demo, tmp_path: Path) -> None:
     started = time.monotonic()
     service.stop(timeout=5)
     assert time.monotonic() - started < 5
-    assert all(lane.finished.is_set() for lane in service.lanes)
-    assert not service.engines["objects"].is_active
-    assert service.lanes[0].stats.processed < 795                     # stopped mid-stream, not at its end
+    assert lanes and all(lane.finished.is_set() for lane in lanes)
+    assert not service.tasks and not any(e.is_active for e in runtime.variants.engines.values())
+    assert lanes[0].stats.processed < 795                     # stopped mid-stream, not at its end
 
 
 def test_stop_is_bounded_when_a_lane_hangs(demo, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -104,13 +107,14 @@ def test_stop_is_bounded_when_a_lane_hangs(demo, tmp_path: Path, monkeypatch: py
     service = Service(config(demo, tmp_path))
     service.start()
     wait_for(hung.is_set, 60, "the lane to hang")
+    lane = service.lanes[0]
     watchdog = threading.Timer(15, unblock.set)                      # an unbounded stop returns late, and fails
     watchdog.start()
     started = time.monotonic()
     service.stop(timeout=1)
     elapsed = time.monotonic() - started
-    hung_through_stop = not service.lanes[0].finished.is_set()
+    hung_through_stop = not lane.finished.is_set()
     unblock.set()
     watchdog.cancel()
     assert hung_through_stop and elapsed < 3                         # 1 s for the lane, 0.1 s floors for the rest
-    wait_for(service.lanes[0].finished.is_set, 10, "the released lane to end")
+    wait_for(lane.finished.is_set, 10, "the released lane to end")

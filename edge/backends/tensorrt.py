@@ -8,6 +8,7 @@ refused: plans are rebuilt on the target, never silently used elsewhere.
 """
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -35,8 +36,10 @@ def import_tensorrt() -> Any:
     return tensorrt
 
 
+@functools.cache
 def device_key() -> DeviceKey | None:
-    """This machine's plan key, or None where TensorRT is not installed (no plan can run here)."""
+    """This machine's plan key, or None where TensorRT is not installed (no plan can run here). Read once
+    per process: the board, L4T release, TensorRT version and GPU do not change while it runs."""
     try:
         import tensorrt
     except ImportError:
@@ -195,10 +198,8 @@ class TensorRTEngine(Engine):
 
     backend = "tensorrt"
 
-    def __init__(self, path: Any, *, precision: str = "fp32", expected: DeviceKey | None = None, device: int = 0,
-                 dla_core: int | None = None) -> None:
+    def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, dla_core: int | None = None) -> None:
         super().__init__(path, precision=precision)
-        self.expected = expected
         self.device = device
         self.dla_core = dla_core
         self.context: cuda.Context

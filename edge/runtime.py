@@ -1,0 +1,191 @@
+"""A TaskRuntime per task: its loaded precision variants, the active one and why, and the one place a
+switch happens. Cameras are shared and reference-counted: one opens when the first running task needs
+it and closes when the last one stops.
+
+A switch is a reference change: lanes read `active()` at each frame boundary (edge/pipeline.py), so no
+frame is lost or processed twice, and frames already in flight finish on the variant they started on.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from edge import backends
+from edge.backends.base import Engine
+from edge.config import Config, TaskConfig
+from edge.errors import EdgeError, EngineError
+from edge.log import get_logger
+from edge.sources import Camera
+from edge.tasks import Task, build_task
+
+log = get_logger("runtime")
+NORMAL_ORDER = ("fp16", "fp32", "int8")   # what an `auto` task runs when nothing is hot
+PINNED_FALLBACK = ("fp16", "fp32", "int8")
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class TaskRuntime:
+    """The variants of one task. `load()` activates them (all, or with `preload: active` the first one;
+    others load when first chosen), `choose()` switches, `unload()` frees them."""
+
+    def __init__(self, config: TaskConfig, variants: backends.Variants, on_event: EventSink) -> None:
+        self.config = config
+        self.variants = variants
+        self.on_event = on_event
+        self.unavailable = dict(variants.unavailable)      # precision -> why it cannot run
+        self.rate_scale = 1.0                              # the supervisor's CRITICAL action; 0 pauses
+        self.task: Task
+        self._lock = threading.Lock()
+        self._precision = self._initial()
+        self.reason = self._initial_reason()
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def precision(self) -> str:
+        return self._precision
+
+    def available(self) -> list[str]:
+        """Precisions this task can switch to."""
+        return [p for p in self.variants.engines if p not in self.unavailable]
+
+    def _initial(self) -> str:
+        wanted = self.config.precision
+        if wanted != "auto" and wanted in self.variants.engines:
+            return wanted
+        order = NORMAL_ORDER if wanted == "auto" else PINNED_FALLBACK
+        precision = self.variants.first(order)
+        if precision is None:
+            raise EngineError(f"task {self.name}: nothing to run", note=str(self.unavailable))
+        return precision
+
+    def _initial_reason(self) -> str:
+        wanted = self.config.precision
+        if wanted == "auto":
+            return f"auto: {self._precision} until the supervisor decides"
+        if wanted == self._precision:
+            return f"pinned to {wanted} by the config"
+        return f"pinned to {wanted} by the config, which cannot run ({self.unavailable.get(wanted, 'not present')})"
+
+    def load(self) -> None:
+        """Activate the variants to preload and build the task from them; on failure free what was loaded."""
+        try:
+            first = self._activate(self._precision)
+            self.task = build_task(self.config, first)
+            if self.config.preload == "all":
+                for precision in list(self.variants.engines):
+                    if precision != self._precision:
+                        self._load_other(precision)
+        except BaseException:
+            self.unload()
+            raise
+        pinned_elsewhere = self.config.precision not in ("auto", self._precision)
+        log.log(logging.WARNING if pinned_elsewhere else logging.INFO, "task %s: running %s (%s); loaded %s",
+                self.name, self.active().name, self.reason,
+                ", ".join(e.precision for e in self.variants.engines.values() if e.is_active))
+
+    def _activate(self, precision: str) -> Engine:
+        engine = self.variants.engines[precision]
+        if not engine.is_active:
+            log.info("task %s: loading %s", self.name, engine.name)
+            engine.activate()
+            engine.warmup()
+        return engine
+
+    def _load_other(self, precision: str) -> bool:
+        """Load one more variant; one that fails to load or does not fit the task is marked unavailable."""
+        try:
+            engine = self._activate(precision)
+            _check_same_io(self.name, self.active(), engine)
+        except EngineError as exc:
+            self.variants.engines[precision].deactivate()
+            self.unavailable[precision] = f"failed to load: {exc.what}"
+            log.warning("task %s: the %s variant cannot be used: %s", self.name, precision, exc)
+            self.on_event("engine.refused", {"task": self.name, "precision": precision, "reason": exc.what})
+            return False
+        return True
+
+    def active(self) -> Engine:
+        with self._lock:
+            return self.variants.engines[self._precision]
+
+    def choose(self, precision: str, reason: str) -> bool:
+        """Make `precision` the active variant (loading it first with `preload: active`). True when it
+        switched; False when it already ran, or cannot (then why is logged and kept in `unavailable`)."""
+        if precision == self._precision:
+            with self._lock:
+                self.reason = reason
+            return False
+        if precision not in self.variants.engines or precision in self.unavailable:
+            log.warning("task %s: cannot switch to %s: %s", self.name, precision,
+                        self.unavailable.get(precision, "no such variant"))
+            return False
+        if not self.variants.engines[precision].is_active and not self._load_other(precision):
+            return False
+        with self._lock:
+            before = self.variants.engines[self._precision]
+            self._precision, self.reason = precision, reason
+            after = self.variants.engines[precision]
+        log.info("task %s: %s -> %s: %s", self.name, before.precision, after.precision, reason)
+        self.on_event("precision.switch", {"task": self.name, "from": before.precision, "to": after.precision,
+                                           "engine": after.name, "reason": reason})
+        return True
+
+    def unload(self) -> None:
+        for engine in self.variants.engines.values():
+            engine.deactivate()
+
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            engine = self.variants.engines[self._precision]
+            return {"task": self.name, "precision": engine.precision, "engine": engine.name, "reason": self.reason,
+                    "mode": self.config.precision, "priority": self.config.priority, "rate_scale": self.rate_scale,
+                    "loaded": [e.precision for e in self.variants.engines.values() if e.is_active],
+                    "unavailable": dict(self.unavailable)}
+
+
+def _check_same_io(task: str, reference: Engine, other: Engine) -> None:
+    """Variants of one task take the same input and give the same outputs (one pre/postprocessing)."""
+    shapes = lambda e: ([(s.name, s.shape) for s in e.inputs], [(s.name, s.shape) for s in e.outputs])  # noqa: E731
+    if shapes(reference) != shapes(other):
+        raise EngineError(f"task {task}: {other.name} does not have the tensors of {reference.name}",
+                          note=f"{shapes(other)} vs {shapes(reference)}",
+                          hint="make every variant from the same source model")
+
+
+class Cameras:
+    """The cameras of the config, opened on first use and closed when the last user lets go."""
+
+    def __init__(self, config: Config, on_event: EventSink) -> None:
+        self.config = config
+        self.on_event = on_event
+        self.open: dict[str, Camera] = {}
+        self._users: dict[str, int] = {}
+
+    def acquire(self, camera_id: str) -> Camera:
+        camera = self.open.get(camera_id)
+        if camera is None:
+            camera = Camera(camera_id, self.config.camera(camera_id).parsed, on_event=self.on_event)
+            self.open[camera_id] = camera
+            self._users[camera_id] = 0
+        self._users[camera_id] += 1
+        return camera
+
+    def start(self) -> None:
+        """Start the capture of every acquired camera not yet started."""
+        for camera in self.open.values():
+            if not camera.started:
+                camera.start()
+
+    def release(self, camera_id: str, timeout: float) -> None:
+        if camera_id not in self._users:
+            raise EdgeError(f"camera {camera_id} released but not acquired")
+        self._users[camera_id] -= 1
+        if self._users[camera_id] == 0:
+            del self._users[camera_id]
+            self.open.pop(camera_id).stop(timeout)
+            log.info("camera %s closed: no running task uses it", camera_id)
