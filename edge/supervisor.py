@@ -81,17 +81,18 @@ class SupervisorConfig:
     """The system's thresholds (YAML `supervisor:`); defaults for an Orin module (docs/supervisor.md).
 
     zone: None = the hottest SoC zone. hot_c 85: 14 °C below the 99 °C passive trip, room for the INT8
-    switch to act (the module heats at most a few tenths of a degree a second). cool_c 78: the 7 °C
-    hysteresis is wider than the drop the FP16 -> INT8 switch itself causes, so the level does not
-    oscillate at a steady ambient. confirm_s 2: two kernel polls of the thermal zones (1 s on Orin) and
-    2-4 samples at 1-2 Hz, so one odd reading never switches; it delays a real step by under a degree.
-    dwell_s 30: each swap costs a frame boundary and an event; 30 s spaces them well apart while the
-    module's thermal time constant is minutes.
+    switch to act (the module heats at most a few tenths of a degree a second). cool_c 75: the 10 °C
+    hysteresis must be wider than the drop the FP16 -> INT8 switch itself causes (R_th x the power saved;
+    2.5 °C/W x 3 W = 7.5 °C in benchmarks/thermal_sim.py's assumptions), else at a steady ambient the
+    return to FP16 heats the module back over hot_c and the level cycles; measure that drop on the vehicle.
+    confirm_s 2: two kernel polls of the thermal zones (1 s on Orin) and 2-4 samples at 1-2 Hz, so one odd
+    reading never switches; it delays a real step by under a degree. dwell_s 30: each swap costs a frame
+    boundary and an event; 30 s spaces them well apart while the module's thermal time constant is minutes.
     """
 
     zone: str | None = None
     hot_c: float = 85.0
-    cool_c: float = 78.0
+    cool_c: float = 75.0
     critical_c: float | None = None          # None: lowest passive trip of the watched zones - margin
     critical_margin_c: float = 5.0
     critical_hysteresis_c: float = 4.0       # CRITICAL -> HOT below critical_c - this, for dwell_s
@@ -554,7 +555,7 @@ def _check_numbers(cfg: SupervisorConfig) -> None:
 def _check_temperatures(cfg: SupervisorConfig) -> None:
     if not cfg.cool_c < cfg.hot_c:
         raise _bad("cool_c must be below hot_c", f"cool_c {cfg.cool_c} °C, hot_c {cfg.hot_c} °C",
-                   f"lower cool_c, e.g. to {cfg.hot_c - 7:g} (hot_c - 7)")
+                   f"lower cool_c, e.g. to {cfg.hot_c - 10:g} (hot_c - 10)")
     if cfg.critical_c is not None and not cfg.hot_c < cfg.critical_c:
         raise _bad("critical_c must be above hot_c", f"hot_c {cfg.hot_c} °C, critical_c {cfg.critical_c} °C",
                    f"raise critical_c (at most the passive trip {DEFAULT_PASSIVE_TRIP_C:g} °C - a margin), "

@@ -75,13 +75,13 @@ def test_oscillation_around_hot_and_cool_does_not_flap() -> None:
     sup = supervisor()
     # 10 s above hot, 10 s between cool and hot, for 5 minutes: HOT once, never back (never below cool).
     around_hot = [86.0 if (i // 10) % 2 == 0 else 80.0 for i in range(300)]
-    # then around cool, 77/79 °C every 10 s, 5 minutes: below cool never lasts the 30 s dwell.
-    around_cool = [77.0 if (i // 10) % 2 == 0 else 79.0 for i in range(300)]
+    # then around cool, 74/76 °C every 10 s, 5 minutes: below cool never lasts the 30 s dwell.
+    around_cool = [74.0 if (i // 10) % 2 == 0 else 76.0 for i in range(300)]
     updates = run(sup, trace(around_hot + around_cool + [70.0] * 40))
     assert levels(updates) == [(2.0, "HOT"), (630.0, "NORMAL")]
     assert switches(updates, "det") == [(0.0, "fp16"), (2.0, "int8"), (630.0, "fp16")]
     assert updates[620].pending == "HOT -> NORMAL: 20.0 of 30.0 s"
-    assert updates[630].decisions["det"].reason == "tj 70.0 °C < cool 78.0 °C for 30.0 s: fp16"
+    assert updates[630].decisions["det"].reason == "tj 70.0 °C < cool 75.0 °C for 30.0 s: fp16"
 
 
 def test_alternating_readings_over_hot_never_confirm() -> None:
@@ -143,7 +143,7 @@ def test_cool_down_steps_down_one_level_at_a_time_after_each_dwell() -> None:
     assert hot.reason == "tj 60.0 °C < 90.0 °C (critical 94.0 °C − 4.0 °C) for 30.0 s"
     assert (hot.decisions["lanes"].paused, hot.decisions["lanes"].rate_scale) == (False, 1.0)
     assert hot.decisions["det"].precision == "int8"
-    assert normal.reason == "tj 60.0 °C < cool 78.0 °C for 30.0 s"   # the dwell restarts on entering HOT
+    assert normal.reason == "tj 60.0 °C < cool 75.0 °C for 30.0 s"   # the dwell restarts on entering HOT
     assert normal.decisions["det"].precision == "fp16"
 
 
@@ -153,7 +153,7 @@ def test_power_over_budget_counts_as_hot_and_resumes_below_the_resume_level() ->
     updates = run(sup, [sample(float(i), 60.0, power_mw=p) for i, p in enumerate(power)])
     assert levels(updates) == [(7.0, "HOT"), (100.0, "NORMAL")]
     assert updates[7].decisions["det"].reason == "power 21000 mW ≥ budget 20000 mW for 2.0 s: int8"
-    assert updates[100].reason == "tj 60.0 °C < cool 78.0 °C and power 17000 mW < resume 18000 mW for 30.0 s"
+    assert updates[100].reason == "tj 60.0 °C < cool 75.0 °C and power 17000 mW < resume 18000 mW for 30.0 s"
 
 
 def test_temperature_and_power_together_are_both_named() -> None:
@@ -378,7 +378,7 @@ def test_invalid_task_values_are_refused(task: dict, message: str) -> None:
 def test_defaults_and_the_resume_level() -> None:
     cfg = SupervisorConfig()
     assert (cfg.zone, cfg.hot_c, cfg.cool_c, cfg.critical_c, cfg.dwell_s, cfg.confirm_s) == (
-        None, 85.0, 78.0, None, 30.0, 2.0)
+        None, 85.0, 75.0, None, 30.0, 2.0)
     assert cfg.resume_mw is None
     assert SupervisorConfig(power_budget_mw=20000).resume_mw == 18000.0
     assert SupervisorConfig(power_budget_mw=20000, power_resume_mw=15000).resume_mw == 15000
