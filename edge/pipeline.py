@@ -135,9 +135,7 @@ class Lane:
         ended = False
         while not self._stop.is_set():
             want_more = not ended and (self.max_frames is None or submitted < self.max_frames)
-            engine = self.runtime.active()            # the frame boundary: a switch takes effect here
-            slot = self._slot(slots, engine)
-            if want_more and slot.in_flight() < slot.depth and len(inflight) < slot.depth:
+            if want_more and len(inflight) < self.config.in_flight:
                 try:
                     frame = self.camera.slot.get_after(reader, last_index, 0.0 if inflight else IDLE_POLL_S)
                 except EndOfStream:
@@ -151,16 +149,23 @@ class Lane:
                         self.stats.skipped_rate += 1
                         continue
                     last_accepted_ns = frame.t_capture_ns
-                    buf = slot.input()
-                    meta = self.runtime.task.preprocess(frame.image, buf)
-                    inflight.append(_InFlight(frame, meta, engine, slot.submit(buf)))
-                    self.engine = engine
+                    self._submit(frame, slots, inflight)
                     submitted += 1
                     continue
             if inflight:
                 self._finish(inflight.popleft())
             elif not want_more:
                 return
+
+    def _submit(self, frame: Frame, slots: dict[Engine, Slot], inflight: collections.deque[_InFlight]) -> None:
+        """The frame boundary: the frame runs on the variant active now. At most `in_flight` frames are in
+        flight over all of the lane's slots, so the slot of a new variant always has a free buffer."""
+        engine = self.runtime.active()
+        slot = self._slot(slots, engine)
+        buf = slot.input()
+        meta = self.runtime.task.preprocess(frame.image, buf)
+        inflight.append(_InFlight(frame, meta, engine, slot.submit(buf)))
+        self.engine = engine
 
     def _accept(self, frame: Frame, last_accepted_ns: int | None) -> bool:
         """The task's rate limit, then the supervisor's rate scale (1.0: every frame; 0.5: every other;

@@ -10,9 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def conv_model(path: Path, *, input_shape: list[int], out_channels: int, stride: int, yolo_meta: dict | None = None,
-               n_outputs: int = 1) -> Path:
-    """images -> Conv(k=1, stride) -> `n_outputs` outputs; optional edge.yolo metadata."""
-    weight = numpy_helper.from_array(np.full((out_channels, input_shape[1], 1, 1), 0.01, np.float32), "w")
+               n_outputs: int = 1, weight: float = 0.01) -> Path:
+    """images -> Conv(k=1, stride, every weight `weight`) -> `n_outputs` outputs; optional edge.yolo metadata."""
+    weight = numpy_helper.from_array(np.full((out_channels, input_shape[1], 1, 1), weight, np.float32), "w")
     nodes = [helper.make_node("Conv", ["images", "w"], ["y"], strides=[stride, stride])]
     outputs = []
     h, w = input_shape[2] // stride, input_shape[3] // stride

@@ -1,0 +1,245 @@
+"""Task runtimes and run-time tasks, on real ONNX Runtime engines, a real publisher and subscriber and
+real cameras: a precision switch at a frame boundary (every frame once, in order, each result naming the
+variant that ran it), variants loaded on first use, variants that cannot be used, tasks enabled and
+disabled while the daemon runs with their cameras following them, and status that changes nothing."""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zmq
+
+from edge.backends import Variants
+from edge.backends.onnxruntime import OnnxRuntimeEngine
+from edge.client import Subscriber
+from edge.config import TaskConfig, parse_config
+from edge.errors import EdgeError
+from edge.pipeline import Lane
+from edge.publisher import Publisher
+from edge.runtime import TaskRuntime
+from edge.service import Service
+from edge.sources import Frame
+from tests.conftest import wait_for
+from tests.models import conv_model
+from tests.test_pipeline import IMAGE, YOLO, lossless_camera
+
+BRIGHT = np.full_like(IMAGE, 255)
+
+
+def two_variants(tmp_path: Path) -> dict[str, Path]:
+    """Two files with the detector's layout, standing for the fp32 and int8 variants of one model. On a
+    bright frame the "int8" one detects (scores near 0.9) and the "fp32" one does not (0.25 < 0.3), so a
+    result shows which engine really ran its frame."""
+    shape = {"input_shape": [1, 3, 64, 64], "out_channels": 21, "stride": 32, "yolo_meta": YOLO}
+    return {"fp32": conv_model(tmp_path / "m.onnx", **shape),
+            "int8": conv_model(tmp_path / "m.int8.onnx", weight=1.0, **shape)}
+
+
+def runtime(tmp_path: Path, events: list[tuple[str, dict[str, Any]]], **fields: Any) -> TaskRuntime:
+    files = two_variants(tmp_path)
+    config = TaskConfig(name="objects", type="detector", variants={p: str(f) for p, f in files.items()},
+                        cameras=["c"], **fields)
+    engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
+    return TaskRuntime(config, Variants(engines, {}, "m"), lambda name, details: events.append((name, details)))
+
+
+@pytest.fixture
+def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Subscriber]]:
+    publisher = Publisher(ipc_endpoint, context=ctx)
+    publisher.start()
+    subscriber = Subscriber(ipc_endpoint, topics=["det."], context=ctx)
+    assert publisher.wait_for_subscriber(10), "subscription did not arrive"
+    yield publisher, subscriber
+    subscriber.close()
+    publisher.stop(5)
+
+
+def test_a_switch_takes_effect_at_the_next_frame_and_loses_or_repeats_none(tmp_path: Path, results) -> None:
+    publisher, subscriber = results
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events, precision="auto", in_flight=2)
+    task.load()
+    camera = lossless_camera()
+    lane = Lane(task, camera, publisher)
+    lane.start()
+    stop = threading.Event()
+    try:
+        for index in range(5):
+            assert camera.slot.put(Frame("c", index, 10**9 + index, IMAGE), stop=stop)
+        wait_for(lambda: lane.stats.processed == 5, 20, "frames 0-4 to be processed")
+        assert task.choose("int8", "test: hot")
+        for index in range(5, 10):
+            assert camera.slot.put(Frame("c", index, 10**9 + index, IMAGE), stop=stop)
+        camera.slot.close()
+        wait_for(lane.finished.is_set, 20, "the lane to finish")
+    finally:
+        lane.stop(5)
+        task.unload()
+    assert lane.error is None
+    messages = [subscriber.recv(timeout=10) for _ in range(10)]
+    assert subscriber.recv(timeout=0) is None and subscriber.missed == 0
+    assert [m.payload["frame"] for m in messages] == list(range(10))
+    assert [m.seq for m in messages] == list(range(10))
+    assert [m.payload["precision"] for m in messages] == ["fp32"] * 5 + ["int8"] * 5
+    assert {m.payload["engine"] for m in messages[5:]} == {"m.int8.onnx:onnxruntime:int8"}
+    assert events == [("precision.switch", {"task": "objects", "from": "fp32", "to": "int8",
+                                            "engine": "m.int8.onnx:onnxruntime:int8", "reason": "test: hot"})]
+
+
+def test_frames_in_flight_finish_on_the_variant_they_started_on(tmp_path: Path, results) -> None:
+    """Switching back and forth while frames stream: each frame is published once, in order, and the
+    precision in its result is the one of the engine that ran it."""
+    publisher, subscriber = results
+    task = runtime(tmp_path, [], in_flight=3)
+    task.load()
+    camera = lossless_camera()
+    lane = Lane(task, camera, publisher)
+    lane.start()
+    stop = threading.Event()
+    try:
+        for index in range(60):
+            assert camera.slot.put(Frame("c", index, 10**9 + index, BRIGHT), stop=stop)
+            if index % 7 == 0:
+                task.choose("int8" if task.precision == "fp32" else "fp32", f"flip at {index}")
+        camera.slot.close()
+        wait_for(lane.finished.is_set, 30, "the lane to finish")
+    finally:
+        lane.stop(5)
+        task.unload()
+    messages = [subscriber.recv(timeout=10) for _ in range(60)]
+    assert subscriber.recv(timeout=0) is None
+    assert [m.payload["frame"] for m in messages] == list(range(60)) and [m.seq for m in messages] == list(range(60))
+    assert all(m.payload["engine"].endswith(":" + m.payload["precision"]) for m in messages)
+    ran_int8 = [bool(m.payload["detections"]) for m in messages]       # what the engine that ran it says
+    assert [m.payload["precision"] == "int8" for m in messages] == ran_int8
+    assert {m.payload["precision"] for m in messages} == {"fp32", "int8"}
+
+
+def test_preload_active_loads_a_variant_when_it_is_first_chosen(tmp_path: Path) -> None:
+    task = runtime(tmp_path, [], preload="active")
+    task.load()
+    try:
+        assert task.status()["loaded"] == ["fp32"]
+        assert task.choose("int8", "hot")
+        assert task.status()["loaded"] == ["fp32", "int8"] and task.active().precision == "int8"
+    finally:
+        task.unload()
+    assert not any(e.is_active for e in task.variants.engines.values())
+
+
+def test_a_variant_with_other_tensors_is_refused_and_the_task_keeps_running(tmp_path: Path) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    files = two_variants(tmp_path)
+    conv_model(files["int8"], input_shape=[1, 3, 96, 96], out_channels=21, stride=32, yolo_meta=YOLO)
+    config = TaskConfig(name="objects", type="detector", variants={p: str(f) for p, f in files.items()},
+                        cameras=["c"])
+    engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
+    task = TaskRuntime(config, Variants(engines, {}, "m"), lambda name, details: events.append((name, details)))
+    task.load()
+    try:
+        assert task.active().precision == "fp32" and not engines["int8"].is_active
+        assert "does not have the tensors of" in task.unavailable["int8"]
+        assert [name for name, _ in events] == ["engine.refused"]
+        assert not task.choose("int8", "hot") and task.precision == "fp32"
+    finally:
+        task.unload()
+
+
+def test_choosing_what_cannot_run_changes_nothing(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    task = runtime(tmp_path, [], precision="fp32")
+    task.load()
+    try:
+        assert task.reason == "pinned to fp32 by the config"
+        with caplog.at_level("WARNING"):
+            assert not task.choose("fp16", "cool")
+        assert "cannot switch to fp16: no such variant" in caplog.text
+        assert not task.choose("fp32", "still cool") and task.reason == "still cool"
+    finally:
+        task.unload()
+
+
+def service_config(demo: Any, tmp_path: Path) -> str:
+    return f"""version: 1
+cameras:
+  - id: c0
+    uri: test://bars?size=160x120&fps=30
+  - id: c1
+    uri: test://bars?size=160x120&fps=30
+tasks:
+  - name: people
+    type: detector
+    model: {demo.model}
+    cameras: [c0]
+    threads: 1
+  - name: cars
+    type: detector
+    model: {demo.model}
+    cameras: [c0, c1]
+    enabled: false
+    threads: 1
+output:
+  results: ipc://{tmp_path}/r.sock
+"""
+
+
+def test_tasks_start_and_stop_at_run_time_and_cameras_follow_them(demo: Any, tmp_path: Path,
+                                                                  ctx: zmq.Context) -> None:
+    service = Service(parse_config(service_config(demo, tmp_path), source="t", base_dir=tmp_path, environ={}))
+    events = Subscriber(f"ipc://{tmp_path}/r.sock", topics=["sys.event"], context=ctx)
+    service.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    runner.start()
+    try:
+        assert set(service.cameras.open) == {"c0"}                   # cars is disabled: c1 is never opened
+        service.enable_task("cars")
+        assert set(service.cameras.open) == {"c0", "c1"} and set(service.tasks) == {"people", "cars"}
+        wait_for(lambda: all(lane.stats.processed > 0 for lane in service.lanes), 60, "every lane to run")
+        service.disable_task("people")
+        assert set(service.cameras.open) == {"c0", "c1"}             # cars still reads c0
+        service.disable_task("cars")
+        assert service.cameras.open == {} and service.lanes == [] and service.tasks == {}
+        assert runner.is_alive()                                     # nothing running is not an end
+        with pytest.raises(EdgeError, match="no task named 'trucks'"):
+            service.enable_task("trucks")
+        with pytest.raises(EdgeError, match="task cars is not running"):
+            service.disable_task("cars")
+        service.enable_task("people")
+        with pytest.raises(EdgeError, match="task people is running already"):
+            service.enable_task("people")
+        wait_for(lambda: service.lanes and service.lanes[0].stats.processed > 0, 60, "people to run again")
+        seen = []
+        while len(seen) < 4:
+            message = events.recv(timeout=10)
+            assert message is not None, f"events so far: {seen}"
+            seen.append((message.payload["event"], message.payload["task"]))
+        assert seen == [("task.enabled", "cars"), ("task.disabled", "people"), ("task.disabled", "cars"),
+                        ("task.enabled", "people")]
+    finally:
+        stop.set()
+        runner.join(10)
+        service.stop()
+        events.close()
+
+
+def test_status_is_a_snapshot_that_changes_nothing(demo: Any, tmp_path: Path) -> None:
+    """The old heartbeat reset the fps window as it read it: a second read right after said 0 fps."""
+    service = Service(parse_config(service_config(demo, tmp_path), source="t", base_dir=tmp_path, environ={}),
+                      max_frames=3)
+    service.start()
+    try:
+        wait_for(lambda: service.lanes[0].finished.is_set(), 60, "the lane to process its 3 frames")
+        wait_for(lambda: service.lanes[0].stats.published == 3, 10, "the 3 results to be sent")
+        lane, now = service.lanes[0], service.lanes[0].stats.sent_ns[-1]
+        first = lane.status(now)
+        assert first["fps"] == 3 / 2.0 and first["processed"] == 3      # 3 results within the 2 s window
+        service.publish_heartbeat()
+        service.status()
+        assert lane.status(now) == first
+        assert service.status()["tasks"][0]["reason"] == "auto: fp32 until the supervisor decides"
+    finally:
+        service.stop()
