@@ -22,11 +22,13 @@ from pydantic_core import PydanticCustomError
 
 from edge import protocol, sources
 from edge.errors import ConfigError
+from edge.supervisor import SupervisorConfig
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 Mode = Literal["auto", "fp32", "fp16", "int8"]    # auto: the supervisor chooses
-ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_LOG_LEVEL": ("logging", "level")}
+ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_CONTROL_ENDPOINT": ("control", "endpoint"),
+                 "EDGE_TELEMETRY": ("supervisor", "telemetry"), "EDGE_LOG_LEVEL": ("logging", "level")}
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_CONFIG_BYTES = 1 << 20       # a config is a few kB
@@ -144,6 +146,52 @@ class OutputConfig(_Strict):
         return protocol.check_endpoint(value)
 
 
+class ControlConfig(_Strict):
+    endpoint: str = Field(default_factory=protocol.default_control_endpoint)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str) -> str:
+        if not value.startswith("ipc://"):
+            raise ValueError(f"the control socket {value!r} must be ipc:// (a socket file only this user and root"
+                             " can reach); tcp would let any local process command the daemon")
+        return protocol.check_endpoint(value)
+
+
+class SupervisorSection(_Strict):
+    """YAML `supervisor:`; the thresholds are edge.supervisor.SupervisorConfig's (docs/supervisor.md)."""
+
+    enabled: bool = True
+    telemetry: str = "auto"                 # auto, none, jtop, sysfs, sysfs:///ROOT, nvml, trace:///PATH.jsonl
+    interval_s: float = Field(1.0, ge=0.1, le=60)
+    zone: str | None = None
+    hot_c: float = 85.0
+    cool_c: float = 75.0
+    critical_c: float | None = None
+    critical_margin_c: float = 5.0
+    critical_hysteresis_c: float = 4.0
+    power_budget_mw: float | None = None
+    power_resume_mw: float | None = None
+    dwell_s: float = 30.0
+    confirm_s: float = 2.0
+    critical_rate_scale: float = 0.5
+    pause_after_s: float = 20.0
+    pause_below_priority: int = 50
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> SupervisorSection:
+        try:
+            self.policy()
+        except ConfigError as exc:
+            what = exc.what.removeprefix("supervisor: ")
+            raise ValueError(f"{what} ({exc.note}); {exc.hint}" if exc.note else what) from None
+        return self
+
+    def policy(self) -> SupervisorConfig:
+        fields = self.model_dump(exclude={"enabled", "telemetry", "interval_s"})
+        return SupervisorConfig(**fields)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -153,6 +201,8 @@ class Config(_Strict):
     cameras: list[CameraConfig] = Field(min_length=1)
     tasks: list[TaskConfig] = Field(min_length=1)
     output: OutputConfig = Field(default_factory=OutputConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

@@ -64,6 +64,10 @@ def default_results_endpoint() -> str:
     return f"ipc://{runtime_dir() / 'results.sock'}"
 
 
+def default_control_endpoint() -> str:
+    return f"ipc://{runtime_dir() / 'control.sock'}"
+
+
 def check_endpoint(endpoint: str) -> str:
     """Validate a results endpoint (ipc://PATH or loopback tcp://HOST:PORT); ValueError with the rule."""
     if endpoint.startswith("ipc://"):

@@ -36,6 +36,7 @@ class TaskRuntime:
         self.on_event = on_event
         self.unavailable = dict(variants.unavailable)      # precision -> why it cannot run
         self.rate_scale = 1.0                              # the supervisor's CRITICAL action; 0 pauses
+        self.mode = config.precision                       # auto, or the pinned precision (precision.set)
         self.task: Task
         self._lock = threading.Lock()
         self._precision = self._initial()
@@ -143,7 +144,7 @@ class TaskRuntime:
         with self._lock:
             engine = self.variants.engines[self._precision]
             return {"task": self.name, "precision": engine.precision, "engine": engine.name, "reason": self.reason,
-                    "mode": self.config.precision, "priority": self.config.priority, "rate_scale": self.rate_scale,
+                    "mode": self.mode, "priority": self.config.priority, "rate_scale": self.rate_scale,
                     "loaded": [e.precision for e in self.variants.engines.values() if e.is_active],
                     "unavailable": dict(self.unavailable)}
 

@@ -9,6 +9,7 @@ from typing import Any
 from edge import __version__, backends, peers, protocol
 from edge.config import Config, TaskConfig
 from edge.errors import EdgeError
+from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
 from edge.pipeline import Lane
 from edge.publisher import Publisher
@@ -31,6 +32,7 @@ class Service:
         self.cameras = Cameras(config, self.publisher.event)
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane]] = {}
+        self.governor: Governor | None = None
         self._lock = threading.RLock()               # tasks and lanes: the control thread changes them
         self._started_ns = time.monotonic_ns()
 
@@ -57,6 +59,11 @@ class Service:
         total_lanes = sum(len(t.cameras) for t in enabled)
         for task in enabled:
             self._load(task, total_lanes)
+        if self.config.supervisor.enabled:
+            reader = open_telemetry(self.config.supervisor.telemetry, self.publisher.event)
+            self.governor = Governor(self.config.supervisor, reader, self.publisher.publish, self.publisher.event)
+            for runtime in self.tasks.values():
+                self.governor.add(runtime)
         if self.wait_subscriber_s > 0 and not self._wait_for_subscriber(stop):
             if stop.is_set():
                 log.info("stopping while waiting for the first subscriber")
@@ -66,6 +73,10 @@ class Service:
         for task in enabled:
             self._start_lanes(task)
         self.cameras.start()
+        if self.governor is not None:
+            self.governor.start()
+            log.info("supervisor on: telemetry from %s every %.1f s", self.governor.reader.name,
+                     self.config.supervisor.interval_s)
         log.info("running %d lane(s) on %d camera(s): %s", len(self.lanes), len(self.cameras.open),
                  ", ".join(lane.name for lane in self.lanes))
 
@@ -100,7 +111,9 @@ class Service:
         with self._lock:
             if name in self.tasks:
                 raise EdgeError(f"task {name} is running already")
-            self._load(task, sum(len(t.cameras) for t in self._running_configs()) + len(task.cameras))
+            runtime = self._load(task, sum(len(t.cameras) for t in self._running_configs()) + len(task.cameras))
+            if self.governor is not None:
+                self.governor.add(runtime)
             self._start_lanes(task)
             self.cameras.start()
         self.publisher.event("task.enabled", {"task": name, "cameras": ",".join(task.cameras)})
@@ -110,6 +123,8 @@ class Service:
         with self._lock:
             if name not in self.tasks:
                 raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self.tasks) or 'none'}")
+            if self.governor is not None:
+                self.governor.remove(name)
             self._stop_task(name, time.monotonic() + timeout)
         self.publisher.event("task.disabled", {"task": name})
 
@@ -151,6 +166,8 @@ class Service:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Release everything in order, each step bounded by what is left of `timeout`."""
         deadline = time.monotonic() + timeout
+        if self.governor is not None:
+            self.governor.stop(max(0.1, deadline - time.monotonic()))
         with self._lock:
             for name in list(self._lanes):
                 self._stop_task(name, deadline)
@@ -169,8 +186,45 @@ class Service:
             cameras = [{"id": c.id, "connected": c.stats.connected, "captured": c.stats.captured,
                         "reconnects": c.stats.reconnects, "missing_frames": c.stats.missing_frames}
                        for c in self.cameras.open.values()]
+        governor = self.governor
         return {"version": __version__, "uptime_s": (now - self._started_ns) / 1e9, "tasks": tasks, "lanes": lanes,
-                "cameras": cameras, "peers": self._peers()}
+                "cameras": cameras, "peers": self._peers(),
+                "supervisor": governor.status() if governor is not None else None,
+                "telemetry": governor.telemetry() if governor is not None else None}
+
+    def set_precision(self, name: str, mode: str) -> None:
+        """`precision.set`: pin a running task to a precision, or give it back to the supervisor (auto)."""
+        with self._lock:
+            runtime = self.tasks.get(name)
+            if runtime is None:
+                raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self.tasks) or 'none'}")
+            if self.governor is not None:
+                self.governor.set_mode(name, mode)
+                return
+            if mode == "auto":
+                raise EdgeError(f"task {name} cannot follow the supervisor: it is off",
+                                hint="set supervisor.enabled: true in the config, or pin fp32, fp16 or int8")
+            if mode not in runtime.available():
+                raise EdgeError(f"task {name} cannot run {mode}", note=runtime.unavailable.get(mode, "no such variant"),
+                                hint=f"available: {', '.join(runtime.available())}")
+            runtime.mode = mode
+            runtime.choose(mode, f"pinned to {mode} by precision.set")
+
+    def handle(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A control request, already checked by the control socket; EdgeError becomes an error reply."""
+        if cmd == "status":
+            return self.status()
+        if cmd == "task.enable":
+            self.enable_task(args["task"])
+        elif cmd == "task.disable":
+            self.disable_task(args["task"])
+        elif cmd == "precision.set":
+            self.set_precision(args["task"], args["mode"])
+        elif cmd == "reload":
+            raise EdgeError("reload is not supported yet", hint="restart the daemon (systemctl restart edge-runtime)")
+        else:
+            raise EdgeError(f"unknown command {cmd!r}")
+        return {}
 
     def _peers(self) -> dict[str, int]:
         return {"connections": self.publisher.connections, "subscriptions": self.publisher.subscriptions,
@@ -181,4 +235,4 @@ class Service:
         snapshot = self.status()
         self.publisher.publish("sys.heartbeat", protocol.heartbeat_message(
             version=__version__, uptime_s=snapshot["uptime_s"], lanes=snapshot["lanes"],
-            cameras=snapshot["cameras"], peers=snapshot["peers"], supervisor=None))
+            cameras=snapshot["cameras"], peers=snapshot["peers"], supervisor=snapshot["supervisor"]))

@@ -137,7 +137,7 @@ def test_service_runs_the_repository_variant(demo, tmp_path: Path) -> None:
         runtime = tampered.tasks["objects"]
         assert runtime.precision == "fp32"
         assert re.search(r"sha256 .* does not match the manifest", runtime.unavailable["int8"])
-        assert "pinned to int8 by the config, which cannot run" in runtime.reason
+        assert "pinned int8 not available, int8 refused (no usable int8 engine" in runtime.reason
     finally:
         tampered.stop()
 

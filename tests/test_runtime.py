@@ -183,6 +183,8 @@ tasks:
     threads: 1
 output:
   results: ipc://{tmp_path}/r.sock
+supervisor:
+  telemetry: none
 """
 
 
@@ -240,6 +242,9 @@ def test_status_is_a_snapshot_that_changes_nothing(demo: Any, tmp_path: Path) ->
         service.publish_heartbeat()
         service.status()
         assert lane.status(now) == first
-        assert service.status()["tasks"][0]["reason"] == "auto: fp32 until the supervisor decides"
+        tasks = service.status()["tasks"]
+        assert tasks[0]["reason"].startswith("no usable temperature (telemetry source none): holding NORMAL")
+        service.publish_heartbeat()
+        assert service.status()["tasks"] == tasks
     finally:
         service.stop()
