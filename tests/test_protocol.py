@@ -105,3 +105,29 @@ def test_a_default_socket_directory_owned_by_another_user_is_refused(tmp_path, m
         Subscriber()
     with pytest.raises(EdgeError, match=f"belongs to uid {other}, not to this user"):
         Publisher(protocol.default_results_endpoint()).start()
+
+
+SENT = {"seq": 0, "t_publish_ns": 2, "t_wall_ns": 3}       # what the publisher adds
+
+
+def test_the_constructors_build_valid_messages() -> None:
+    det_msg = protocol.det_message(task="t", camera="c", frame=4, t_capture_ns=1, precision="int8", engine="e",
+                                   size=(768, 576), detections=[(1.04, 2.0, 3.0, 4.0, 0.912345, 1.0),
+                                                                (0, 0, 1, 1, 0.5, 7)], labels=["a", "b"])
+    assert det_msg["detections"] == [[1.0, 2.0, 3.0, 4.0, 0.9123, 1], [0.0, 0.0, 1.0, 1.0, 0.5, 7]]
+    assert det_msg["labels"] == ["b", "7"]                        # a class id the labels do not cover
+    beat = protocol.heartbeat_message(version="0", uptime_s=1.23456, lanes=[], cameras=[],
+                                      peers={"connections": 1}, supervisor=None)
+    event = protocol.event_message("precision.switch", task="t", reason="tj 90 °C ≥ hot 85 °C")
+    telemetry = protocol.telemetry_message(source="sysfs", temps_c={"tj": 61.237}, power_mw={"VDD_IN": 5123.44},
+                                           total_mw=5123.44, mode=None, gpu_load=0.12345, problems=("cv0: EAGAIN",))
+    for topic, message in (("det.t.c", det_msg), ("sys.heartbeat", beat), ("sys.event", event),
+                           ("sys.telemetry", telemetry)):
+        assert protocol.validate(topic, protocol.unpack(protocol.pack({**message, **SENT})))
+    assert beat["uptime_s"] == 1.235 and beat["connections"] == 1
+    assert telemetry["temps_c"] == {"tj": 61.24} and telemetry["gpu_load"] == 0.123
+
+
+def test_an_unknown_event_is_a_bug_caught_where_it_is_built() -> None:
+    with pytest.raises(ValueError, match="unknown event 'camera.exploded'"):
+        protocol.event_message("camera.exploded")
