@@ -70,14 +70,19 @@ class _Annotator:
 
 class _Table:
     HEADER = (f"{'time s':>7} {'fps':>6} {'lat p50':>8} {'lat p99':>8} {'drops':>6} {'frames':>6} {'det/frame':>9}"
-              "  top classes")
+              f" {'prec':>5} {'level':>8} {'temp':>6}  top classes")
 
     def __init__(self) -> None:
         self.frames = 0
         self.detections = 0
         self.classes: collections.Counter[str] = collections.Counter()
         self.total_frames = 0
+        self.hottest = "-"
         print(self.HEADER, flush=True)
+
+    def telemetry(self, payload: dict[str, Any]) -> None:
+        temps = payload["temps_c"]
+        self.hottest = f"{max(temps.values()):.0f}C" if temps else "-"
 
     def det(self, payload: dict[str, Any]) -> None:
         self.frames += 1
@@ -92,8 +97,10 @@ class _Table:
         per_frame = self.detections / self.frames if self.frames else 0.0
         top = ", ".join(f"{name} {count}" for name, count in self.classes.most_common(3))
         drops = lane["dropped_camera"] + lane["dropped_publisher"]
+        level = (payload.get("supervisor") or {}).get("level", "off")
         print(f"{payload['uptime_s']:7.1f} {lane['fps']:6.1f} {format_ms(lane['latency_ms_p50']):>8} "
-              f"{format_ms(lane['latency_ms_p99']):>8} {drops:6d} {self.frames:6d} {per_frame:9.1f}  {top}", flush=True)
+              f"{format_ms(lane['latency_ms_p99']):>8} {drops:6d} {self.frames:6d} {per_frame:9.1f}"
+              f" {lane['precision']:>5} {level:>8} {self.hottest:>6}  {top}", flush=True)
         self.frames, self.detections = 0, 0
         self.classes.clear()
 
@@ -149,5 +156,9 @@ def _show(msg: Message, table: _Table, annotator: _Annotator | None) -> None:
             annotator.draw(msg.payload)
     elif kind == "heartbeat":
         table.heartbeat(msg.payload)
+    elif kind == "telemetry":
+        table.telemetry(msg.payload)
     else:
-        print(f"event: {msg.payload.get('event')} {msg.payload}", flush=True)
+        details = " ".join(f"{k}={v}" for k, v in msg.payload.items()
+                           if k not in ("v", "kind", "event", "seq", "t_publish_ns", "t_wall_ns"))
+        print(f"event: {msg.payload.get('event')} {details}", flush=True)
