@@ -80,6 +80,25 @@ def _zeromq() -> Check:
     return Check("zeromq", OK if ok else FAIL, f"libzmq {zmq.zmq_version()}, ipc round trip")
 
 
+def _telemetry(root: Path = Path("/")) -> Check:
+    """What the supervisor will read here. On a Jetson it must find temperatures, else it can only hold
+    NORMAL: the jtop service down and no readable thermal zone is a failure there."""
+    from edge.telemetry import open_reader
+
+    with open_reader("auto", root=root) as reader:
+        sample = reader.read()
+    temps = ", ".join(f"{zone} {c:.1f} °C" for zone, c in sorted(sample.temps_c.items()))
+    power = f", {sample.total_mw:.0f} mW in" if sample.total_mw is not None else ""
+    problems = f"; unreadable: {'; '.join(sample.problems)}" if sample.problems else ""
+    if sample.temps_c:
+        return Check("telemetry", OK, f"{reader.name}: {temps}{power}{problems}")
+    if on_jetson():
+        return Check("telemetry", FAIL, f"{reader.name}: no temperature{problems}; the supervisor cannot follow the"
+                                        " heat. Hint: start the jtop service (sudo systemctl start jtop) or check"
+                                        " /sys/class/thermal")
+    return Check("telemetry", SKIP, f"{reader.name}: no temperature here; the supervisor holds NORMAL")
+
+
 def _cuda(required: bool) -> Check:
     import numpy as np
 
@@ -190,7 +209,7 @@ def run_selftest(*, require_tensorrt: bool, precision: str = "fp16",
     def record(check: Check) -> None:
         checks.append(check)
         say(f"{check.status:>4}  {check.name:<20} {check.detail}")
-    for probe in (_python, _opencv, _onnxruntime, _zeromq):
+    for probe in (_python, _opencv, _onnxruntime, _zeromq, _telemetry):
         record(probe())
     record(_cuda(require_tensorrt))
     trt = _tensorrt(require_tensorrt)

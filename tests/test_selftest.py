@@ -31,3 +31,22 @@ def test_selftest_fails_when_the_demo_engine_repository_is_broken(demo, tmp_path
     line = next(line for line in result.stdout.splitlines() if line.split()[:3] == ["FAIL", "demo", "engines"])
     assert "not valid JSON" in line and "edge assets fetch --rebuild" in line
     assert "FAILED: demo engines" in result.stdout
+
+
+def test_selftest_reports_what_the_supervisor_will_read(tmp_path, monkeypatch) -> None:
+    """On a Jetson, no temperature is a failure (the supervisor could only hold NORMAL); a board with a
+    thermal zone passes with its readings. The sysfs tree is a temporary one laid out as on an Orin."""
+    from edge import selftest
+
+    monkeypatch.setitem(__import__("sys").modules, "jtop", None)          # no jetson-stats: auto goes to sysfs
+    monkeypatch.setattr(selftest, "on_jetson", lambda: True)
+    check = selftest._telemetry(tmp_path)
+    assert check.status == "FAIL" and "sudo systemctl start jtop" in check.detail
+    zone = tmp_path / "sys/class/thermal/thermal_zone0"
+    zone.mkdir(parents=True)
+    (zone / "type").write_text("tj-thermal\n")
+    (zone / "temp").write_text("45500\n")
+    check = selftest._telemetry(tmp_path)
+    assert check.status == "ok" and check.detail.startswith("sysfs: tj 45.5 °C")
+    monkeypatch.setattr(selftest, "on_jetson", lambda: False)
+    assert selftest._telemetry(tmp_path / "empty").status == "skip"
