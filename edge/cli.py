@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
@@ -21,7 +22,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.config import load_config
     from edge.service import Service
 
-    config = load_config(args.config)
+    config = load_config(args.config, environ={**os.environ, **_env_overrides(args)})
     setup_logging(args.log_level or config.logging.level)
     service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber)
     stop = threading.Event()
@@ -32,6 +33,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return service.run(stop)
     finally:
         service.stop()
+
+
+def _env_overrides(args: argparse.Namespace) -> dict[str, str]:
+    """--control and --telemetry of `run` and `demo`, as the config's environment overrides."""
+    given = {"EDGE_CONTROL_ENDPOINT": args.control, "EDGE_TELEMETRY": args.telemetry}
+    return {name: value for name, value in given.items() if value}
 
 
 def _reload_unsupported(signum: int, frame: Any) -> None:
@@ -76,7 +83,38 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from edge.demo import run_demo
 
     setup_logging(args.log_level or "warning")
+    os.environ.update(_env_overrides(args))       # demo_config reads the overrides from the environment
     return run_demo(frames=args.frames, endpoint=args.endpoint, save_video=args.save_video)
+
+
+def _control(args: argparse.Namespace) -> str:
+    from edge import protocol
+
+    return args.control or os.environ.get("EDGE_CONTROL_ENDPOINT") or protocol.default_control_endpoint()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from edge import control
+
+    status = control.request(_control(args), "status", timeout_s=args.timeout)
+    print(json.dumps(status, indent=2, ensure_ascii=False, default=str) if args.json else display.status_table(status))
+    return 0
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from edge import control
+
+    control.request(_control(args), f"task.{args.action}", timeout_s=args.timeout, task=args.name)
+    print(f"task {args.name}: {args.action}d")
+    return 0
+
+
+def cmd_precision(args: argparse.Namespace) -> int:
+    from edge import control
+
+    control.request(_control(args), "precision.set", timeout_s=args.timeout, task=args.task, mode=args.mode)
+    print(f"task {args.task}: precision {args.mode}" + (" (the supervisor chooses)" if args.mode == "auto" else ""))
+    return 0
 
 
 def cmd_assets_fetch(args: argparse.Namespace) -> int:
@@ -205,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wait-subscriber", type=float, default=0.0, metavar="SECONDS",
                      help="before starting cameras, wait up to SECONDS for a first subscriber (tests, demos)")
     run.add_argument("--log-level", choices=LEVELS, help="override logging.level")
+    _daemon_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="the demo: YOLOv3-tiny on vtest.avi, results on ZeroMQ, live table")
@@ -212,7 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")
     demo.add_argument("--save-video", type=Path, metavar="PATH", help="write an annotated MP4")
     demo.add_argument("--log-level", choices=LEVELS)
+    _daemon_args(demo)
     demo.set_defaults(func=cmd_demo)
+
+    status = sub.add_parser("status", help="the running daemon's state: tasks, lanes, cameras, supervisor, telemetry")
+    status.add_argument("--json", action="store_true", help="the control socket's status reply as JSON")
+    _control_args(status, timeout=5.0)
+    status.set_defaults(func=cmd_status)
+
+    task = sub.add_parser("task", help="enable or disable a task of the running daemon (its cameras follow)")
+    task.add_argument("action", choices=["enable", "disable"])
+    task.add_argument("name", metavar="NAME", help="the task's name in the config")
+    _control_args(task, timeout=30.0)
+    task.set_defaults(func=cmd_task)
+
+    precision = sub.add_parser("precision", help="pin a task of the running daemon to a precision, or auto")
+    precision.add_argument("task", metavar="TASK")
+    precision.add_argument("mode", metavar="MODE", help="auto (the supervisor chooses), fp32, fp16 or int8")
+    _control_args(precision, timeout=5.0)
+    precision.set_defaults(func=cmd_precision)
 
     subscribe = sub.add_parser("subscribe", help="print results published by a running daemon")
     subscribe.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")
@@ -291,6 +348,20 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--every", type=_positive, default=1, help="use every K-th video frame")
     evaluate.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _daemon_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--control", metavar="ENDPOINT",
+                        help="control socket, ipc:///PATH (overrides control.endpoint, like EDGE_CONTROL_ENDPOINT)")
+    parser.add_argument("--telemetry", metavar="URI", help="auto, none, jtop, sysfs, sysfs:///ROOT, nvml or"
+                        " trace:///PATH.jsonl (overrides supervisor.telemetry, like EDGE_TELEMETRY)")
+
+
+def _control_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
+    parser.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
+                        " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
+    parser.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
+                        help=f"wait this long for the reply (default {timeout:g})")
 
 
 def _positive(text: str) -> int:

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import os
 import queue
 import socket
-import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import zmq
 
-from edge import protocol
+from edge import ipc, protocol
 from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.peers import ZAP_ENDPOINT, Activity, Gate, Limits, Subscriptions
@@ -38,6 +35,7 @@ HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP hands
 INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
 ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
 BATCH = 512                  # inbound messages handled between two rounds of sending
+RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
 
 
 class Outcome(Protocol):
@@ -100,7 +98,7 @@ class Publisher:
     def _bind(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
         path = protocol.ipc_path(self.endpoint)
         if path is not None:
-            _prepare_ipc(path)
+            ipc.prepare(path, what="results endpoint", setting=RESULTS_SETTING)
         sock = self._context.socket(zmq.XPUB)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
@@ -196,8 +194,8 @@ class Publisher:
             self._socket = None
             path = protocol.ipc_path(self.endpoint)
             if path is not None:
-                _wait_released(path, timeout)
-                _remove_own_socket(path)
+                ipc.wait_released(path, timeout)
+                ipc.remove_own_socket(path)
         if self._wake is not None:
             for end in self._wake:
                 end.close()
@@ -276,61 +274,3 @@ def _listener_check(sock: zmq.Socket[Any]) -> Callable[[socket.socket], bool]:
         return lambda conn: conn.family == socket.AF_UNIX and conn.getsockname() == str(path)
     port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else -1
     return lambda conn: conn.family in (socket.AF_INET, socket.AF_INET6) and conn.getsockname()[1] == port
-
-
-def _listening(path: Path) -> bool:
-    """True when something accepts connections on the unix socket at `path` (a stale file does not)."""
-    if not path.exists():
-        return False
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.connect(str(path))
-    except OSError:
-        return False
-    finally:
-        probe.close()
-    return True
-
-
-def _wait_released(path: Path, timeout: float) -> None:
-    """libzmq closes a listener in its I/O thread after close() returns: wait (bounded) until it has,
-    so the endpoint can be bound again at once in this process (a restart of the service)."""
-    deadline = time.monotonic() + timeout
-    while _listening(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-
-def _remove_own_socket(path: Path) -> None:
-    """Remove the socket file this publisher bound, once nothing listens on it (a clean exit leaves none)."""
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode) and not _listening(path):
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def _prepare_ipc(path: Path) -> None:
-    """Create the socket's directory; refuse a path that is something other than a socket (libzmq would
-    replace it, losing a file) and one a live process already listens on."""
-    hint = "set output.results / EDGE_RESULTS_ENDPOINT to a socket path in a directory this user owns"
-    try:
-        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
-    except OSError as exc:
-        raise EdgeError(f"cannot create the directory of results endpoint ipc://{path}: {exc.strerror}",
-                        note=f"directory: {path.parent}", hint=hint) from exc
-    protocol.check_socket_dir(path.parent, owner=os.geteuid())
-    if path.is_symlink() or (path.exists() and not stat.S_ISSOCK(path.stat().st_mode)):
-        raise EdgeError(f"results endpoint ipc://{path} exists and is not a socket; edge does not replace it",
-                        note=f"found: {_kind(path)}", hint=hint)
-    if not _listening(path):
-        return                     # none, or a stale socket file: zmq replaces it
-    raise EdgeError(f"results endpoint ipc://{path} is already in use by a running process",
-                    note=f"pid of this process: {os.getpid()}",
-                    hint="stop the other edge daemon (systemctl stop edge) or set output.results /"
-                         " EDGE_RESULTS_ENDPOINT to another path")
-
-
-def _kind(path: Path) -> str:
-    if path.is_symlink():
-        return "a symbolic link"
-    return "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a special file"
