@@ -11,6 +11,8 @@ import pytest
 import zmq
 
 from edge import assets as edge_assets
+from edge.client import Subscriber
+from edge.publisher import Publisher
 
 
 def _has_gpu() -> bool:
@@ -92,3 +94,15 @@ def _fresh_device_key() -> Iterator[None]:
     tensorrt.device_key.cache_clear()
     yield
     tensorrt.device_key.cache_clear()
+
+
+@pytest.fixture
+def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Subscriber]]:
+    """A started publisher and a subscriber to its `det.` topics, connected."""
+    publisher = Publisher(ipc_endpoint, context=ctx)
+    publisher.start()
+    subscriber = Subscriber(ipc_endpoint, topics=["det."], context=ctx)
+    assert publisher.wait_for_subscriber(10), "subscription did not arrive"
+    yield publisher, subscriber
+    subscriber.close()
+    publisher.stop(5)

@@ -220,31 +220,18 @@ def test_sigterm_during_a_flood_stops_the_daemon_with_exit_0(demo: Any, tmp_path
     assert not daemon.path.exists()
 
 
-def test_idle_connections_under_a_low_fd_limit_are_refused_not_fatal(demo: Any, tmp_path: Path) -> None:
-    """With `ulimit -n 256`, ~340 idle ipc connections ended the old daemon with SIGABRT in libzmq's ipc
-    listener (EMFILE is an assertion there). Now the connections over the limit are closed at once. The
-    connections come in batches: a burst of hundreds within milliseconds can still outrun the gate at so
-    low a hard limit (docs/reliability.md)."""
-    daemon = _launch(tmp_path, demo, nofile=256)
+def _holding(daemon: Daemon, attack: Callable[[Watcher, list[socket.socket]], None], what: str) -> str:
+    """Run `attack`, which opens connections into the list and keeps them, while a good subscriber reads.
+    With them held the daemon must go on publishing (10 more heartbeats, no `seq` gap), and once they are
+    closed it must stop with 0, having logged its refusals. Returns its stderr."""
     watcher = Watcher(daemon.endpoint)
     held: list[socket.socket] = []
     try:
         wait_for(lambda: watcher.count() >= 3, 30, "heartbeats")
-        for batch in range(8):                     # 400 in batches the gate has seen before the next
-            for _ in range(50):
-                try:
-                    held.append(_connect_unix(daemon.path))
-                except OSError:
-                    pass
-            seen = 1 + 50 * (batch + 1)            # the good subscriber too
-            wait_for(lambda n=seen: daemon.proc.poll() is not None or (
-                watcher.heartbeats[-1]["connections"] + watcher.heartbeats[-1]["refused_connections"] >= n),
-                30, f"the daemon to have seen {seen} connections")
-            assert daemon.proc.poll() is None, _stop(daemon)[-2000:]
+        attack(watcher, held)
+        assert daemon.proc.poll() is None, _stop(daemon)[-2000:]
         count = watcher.count()
-        wait_for(lambda: watcher.count() >= count + 10, 30, "heartbeats with 400 idle connections open")
-        wait_for(lambda: watcher.heartbeats[-1]["refused_connections"] > 0, 30, "refusals in the heartbeat")
-        assert daemon.proc.poll() is None
+        wait_for(lambda: watcher.count() >= count + 10, 30, f"heartbeats with {what} held")
         for sock in held:
             sock.close()
         stderr = _stop(daemon)
@@ -256,6 +243,30 @@ def test_idle_connections_under_a_low_fd_limit_are_refused_not_fatal(demo: Any, 
     watcher.assert_contiguous()
     assert daemon.proc.returncode == 0, stderr[-2000:]
     assert "refused a connection: " in stderr
+    return stderr
+
+
+def test_idle_connections_under_a_low_fd_limit_are_refused_not_fatal(demo: Any, tmp_path: Path) -> None:
+    """With `ulimit -n 256`, ~340 idle ipc connections ended the old daemon with SIGABRT in libzmq's ipc
+    listener (EMFILE is an assertion there). Now the connections over the limit are closed at once. The
+    connections come in batches: a burst of hundreds within milliseconds can still outrun the gate at so
+    low a hard limit (docs/reliability.md)."""
+    daemon = _launch(tmp_path, demo, nofile=256)
+
+    def in_batches(watcher: Watcher, held: list[socket.socket]) -> None:
+        for batch in range(8):                     # 400 in batches the gate has seen before the next
+            for _ in range(50):
+                try:
+                    held.append(_connect_unix(daemon.path))
+                except OSError:
+                    pass
+            seen = 1 + 50 * (batch + 1)            # the good subscriber too
+            wait_for(lambda n=seen: daemon.proc.poll() is not None or (
+                watcher.heartbeats[-1]["connections"] + watcher.heartbeats[-1]["refused_connections"] >= n),
+                30, f"the daemon to have seen {seen} connections")
+            assert daemon.proc.poll() is None, _stop(daemon)[-2000:]
+        wait_for(lambda: watcher.heartbeats[-1]["refused_connections"] > 0, 30, "refusals in the heartbeat")
+    _holding(daemon, in_batches, "400 idle connections")
 
 
 def test_a_tight_burst_of_held_connections_at_a_modest_fd_limit_is_refused_not_fatal(
@@ -269,10 +280,8 @@ def test_a_tight_burst_of_held_connections_at_a_modest_fd_limit_is_refused_not_f
         pytest.skip(f"this test holds 1,200 connections; the hard open files limit here is {hard}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096) if hard != resource.RLIM_INFINITY else 4096, hard))
     daemon = _launch(tmp_path, demo, nofile=1024)
-    watcher = Watcher(daemon.endpoint)
-    held: list[socket.socket] = []
-    try:
-        wait_for(lambda: watcher.count() >= 3, 30, "heartbeats")
+
+    def tight_loop(watcher: Watcher, held: list[socket.socket]) -> None:
         fds = daemon.open_fds()
         for _ in range(100_000):                # EAGAIN while libzmq's accept backlog (100) is full
             if len(held) == 1200:
@@ -284,19 +293,8 @@ def test_a_tight_burst_of_held_connections_at_a_modest_fd_limit_is_refused_not_f
         assert len(held) == 1200
         wait_for(lambda: daemon.proc.poll() is not None or daemon.open_fds() <= fds + Limits().peers_per_source,
                  30, "the daemon to close the connections over the limit")
-        assert daemon.proc.poll() is None, _stop(daemon)[-2000:]
-        count = watcher.count()
-        wait_for(lambda: watcher.count() >= count + 10, 30, "heartbeats with 1,200 connections held")
-        for sock in held:
-            sock.close()
-        stderr = _stop(daemon)
+    try:
+        stderr = _holding(daemon, tight_loop, "1,200 connections")
     finally:
-        watcher.close()
-        for sock in held:
-            sock.close()
-        daemon.proc.kill()
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    watcher.assert_contiguous()
-    assert daemon.proc.returncode == 0, stderr[-2000:]
     assert "a burst of more connections than that at once can reach the limit" in stderr
-    assert "refused a connection: " in stderr

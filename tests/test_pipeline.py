@@ -11,7 +11,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import zmq
 
 from edge import pipeline
 from edge.backends import Variants
@@ -40,17 +39,6 @@ def tiny_yolo(path: Path) -> Path:
 
 def task_config(model: Path, **fields: object) -> TaskConfig:
     return TaskConfig(name="objects", type="detector", model=str(model), cameras=["c"], **fields)
-
-
-@pytest.fixture
-def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Subscriber]]:
-    publisher = Publisher(ipc_endpoint, context=ctx)
-    publisher.start()
-    subscriber = Subscriber(ipc_endpoint, topics=["det."], context=ctx)
-    assert publisher.wait_for_subscriber(10), "subscription did not arrive"
-    yield publisher, subscriber
-    subscriber.close()
-    publisher.stop(5)
 
 
 def published(subscriber: Subscriber, count: int) -> list[Message]:

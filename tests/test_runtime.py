@@ -5,7 +5,7 @@ disabled while the daemon runs with their cameras following them, and status tha
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,39 +47,38 @@ def runtime(tmp_path: Path, events: list[tuple[str, dict[str, Any]]], **fields: 
     return TaskRuntime(config, Variants(engines, {}, "m"), lambda name, details: events.append((name, details)))
 
 
-@pytest.fixture
-def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Subscriber]]:
-    publisher = Publisher(ipc_endpoint, context=ctx)
-    publisher.start()
-    subscriber = Subscriber(ipc_endpoint, topics=["det."], context=ctx)
-    assert publisher.wait_for_subscriber(10), "subscription did not arrive"
-    yield publisher, subscriber
-    subscriber.close()
-    publisher.stop(5)
-
-
-def test_a_switch_takes_effect_at_the_next_frame_and_loses_or_repeats_none(tmp_path: Path, results) -> None:
-    publisher, subscriber = results
-    events: list[tuple[str, dict[str, Any]]] = []
-    task = runtime(tmp_path, events, precision="auto", in_flight=2)
+def stream(task: TaskRuntime, publisher: Publisher, count: int, image: np.ndarray,
+           before: Callable[[Lane, int], None]) -> Lane:
+    """Frames 0..count-1 through a lane on `task` (a lossless camera: none is dropped), calling
+    `before(lane, index)` before frame `index` is put; returns the lane once it finished."""
     task.load()
     camera = lossless_camera()
     lane = Lane(task, camera, publisher)
     lane.start()
     stop = threading.Event()
     try:
-        for index in range(5):
-            assert camera.slot.put(Frame("c", index, 10**9 + index, IMAGE), stop=stop)
-        wait_for(lambda: lane.stats.processed == 5, 20, "frames 0-4 to be processed")
-        assert task.choose("int8", "test: hot")
-        for index in range(5, 10):
-            assert camera.slot.put(Frame("c", index, 10**9 + index, IMAGE), stop=stop)
+        for index in range(count):
+            before(lane, index)
+            assert camera.slot.put(Frame("c", index, 10**9 + index, image), stop=stop)
         camera.slot.close()
-        wait_for(lane.finished.is_set, 20, "the lane to finish")
+        wait_for(lane.finished.is_set, 30, "the lane to finish")
     finally:
         lane.stop(5)
         task.unload()
     assert lane.error is None
+    return lane
+
+
+def test_a_switch_takes_effect_at_the_next_frame_and_loses_or_repeats_none(tmp_path: Path, results) -> None:
+    publisher, subscriber = results
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events, precision="auto", in_flight=2)
+
+    def switch_at_5(lane: Lane, index: int) -> None:
+        if index == 5:
+            wait_for(lambda: lane.stats.processed == 5, 20, "frames 0-4 to be processed")
+            assert task.choose("int8", "test: hot")
+    stream(task, publisher, 10, IMAGE, switch_at_5)
     messages = [subscriber.recv(timeout=10) for _ in range(10)]
     assert subscriber.recv(timeout=0) is None and subscriber.missed == 0
     assert [m.payload["frame"] for m in messages] == list(range(10))
@@ -95,21 +94,11 @@ def test_frames_in_flight_finish_on_the_variant_they_started_on(tmp_path: Path, 
     precision in its result is the one of the engine that ran it."""
     publisher, subscriber = results
     task = runtime(tmp_path, [], in_flight=3)
-    task.load()
-    camera = lossless_camera()
-    lane = Lane(task, camera, publisher)
-    lane.start()
-    stop = threading.Event()
-    try:
-        for index in range(60):
-            assert camera.slot.put(Frame("c", index, 10**9 + index, BRIGHT), stop=stop)
-            if index % 7 == 0:
-                task.choose("int8" if task.precision == "fp32" else "fp32", f"flip at {index}")
-        camera.slot.close()
-        wait_for(lane.finished.is_set, 30, "the lane to finish")
-    finally:
-        lane.stop(5)
-        task.unload()
+
+    def flip(lane: Lane, index: int) -> None:
+        if index % 7 == 1:
+            task.choose("int8" if task.precision == "fp32" else "fp32", f"flip at {index}")
+    stream(task, publisher, 60, BRIGHT, flip)
     messages = [subscriber.recv(timeout=10) for _ in range(60)]
     assert subscriber.recv(timeout=0) is None
     assert [m.payload["frame"] for m in messages] == list(range(60)) and [m.seq for m in messages] == list(range(60))
