@@ -111,7 +111,8 @@ def edge_pipeline(root: Path, count: int, lanes: int, *, realtime: bool, threads
             f"    engines: {root}/engines/yolov3-tiny\n    precision: {precision}\n"
             f"    cameras: [{', '.join(f'cam{i}' for i in range(lanes))}]\n"
             + (f"    threads: {threads}\n" if threads else "") +
-            f"output:\n  results: ipc://{SOCKETS.name}/results.sock\nlogging:\n  level: warning\n")
+            f"output:\n  results: ipc://{SOCKETS.name}/results.sock\ncontrol:\n  endpoint: ipc://{SOCKETS.name}/control.sock\n"
+            "logging:\n  level: warning\n")
     config = parse_config(text, source="benchmark", base_dir=root, environ={})
     service = Service(config, max_frames=count, wait_subscriber_s=30)
     latencies: list[float] = []

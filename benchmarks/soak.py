@@ -194,7 +194,7 @@ def main() -> None:
     config = tmp / "edge.yaml"
     config.write_text(f"version: 1\ncameras:\n  - id: cam0\n    uri: file://{demo.video}?loop=1&realtime=0\n"
                       f"tasks:\n  - name: objects\n    type: detector\n    model: {demo.model}\n    cameras: [cam0]\n"
-                      f"output:\n  results: {endpoint}\n  heartbeat_hz: 1\n")
+                      f"output:\n  results: {endpoint}\n  heartbeat_hz: 1\ncontrol:\n  endpoint: ipc://{tmp}/c.sock\n")
     log = (tmp / "daemon.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--config", str(config)], cwd=ROOT,
                             stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONPATH=str(ROOT)))

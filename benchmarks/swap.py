@@ -49,6 +49,8 @@ tasks:
     cameras: [cam0]
 output:
   results: ipc://{sockets}/results.sock
+control:
+  endpoint: ipc://{sockets}/control.sock
   queue_size: 1000
 supervisor:
   enabled: false

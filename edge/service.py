@@ -8,6 +8,7 @@ from typing import Any
 
 from edge import __version__, backends, peers, protocol
 from edge.config import Config, TaskConfig
+from edge.control import ControlServer
 from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
@@ -33,6 +34,7 @@ class Service:
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane]] = {}
         self.governor: Governor | None = None
+        self.control = ControlServer(config.control.endpoint, self.handle)
         self._lock = threading.RLock()               # tasks and lanes: the control thread changes them
         self._started_ns = time.monotonic_ns()
 
@@ -53,6 +55,7 @@ class Service:
     def _start(self, stop: threading.Event) -> None:
         peers.raise_open_files_limit()
         self.publisher.start()
+        self.control.start()
         enabled = [t for t in self.config.tasks if t.enabled]
         if not enabled:
             raise EdgeError("no task is enabled", hint="set `enabled: true` on at least one task")
@@ -166,6 +169,7 @@ class Service:
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Release everything in order, each step bounded by what is left of `timeout`."""
         deadline = time.monotonic() + timeout
+        self.control.stop(max(0.1, deadline - time.monotonic()))
         if self.governor is not None:
             self.governor.stop(max(0.1, deadline - time.monotonic()))
         with self._lock:

@@ -273,3 +273,46 @@ def test_sighup_is_logged_and_the_daemon_keeps_publishing(demo, tmp_path: Path, 
         sub.close()
     assert proc.returncode == 0
     assert "received SIGHUP: reloading the config is not supported yet" in stderr
+
+
+def test_operators_command_the_running_daemon(demo, tmp_path: Path, ctx: zmq.Context) -> None:
+    """`edge status`, `edge precision` and `edge task` against `edge run` (real subprocesses, the demo
+    repository with its int8 variant): a pinned precision shows in the next results, a disabled task stops
+    publishing and comes back, and the daemon still stops cleanly, removing its control socket."""
+    endpoint, control = f"ipc://{tmp_path}/r.sock", f"ipc://{tmp_path}/c.sock"
+    config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?loop=1\n",
+                          tasks=f"\n  - name: objects\n    type: detector\n    engines: {demo.engines}\n"
+                                f"    cameras: [cam0]\n")
+    sub = RawSubscriber(ctx, endpoint, b"det.")
+    proc = start(config, "--control", control, "--telemetry", "none")
+    try:
+        first = collect(sub, proc, lambda m: len(m["det.objects.cam0"]) >= 2)["det.objects.cam0"]
+        assert first and first[0]["precision"] == "fp32"
+        status = run("status", "--control", control)
+        assert status.returncode == 0, status.stderr
+        assert "objects" in status.stdout and "fp32" in status.stdout and "NORMAL" in status.stdout
+        state = json.loads(run("status", "--json", "--control", control).stdout)
+        assert state["tasks"][0]["unavailable"]["fp16"].startswith("ONNX Runtime on CPU runs FP16 no faster")
+        assert run("precision", "objects", "int8", "--control", control).returncode == 0
+        pinned = collect(sub, proc, lambda m: any(r["precision"] == "int8" for r in m["det.objects.cam0"]))
+        assert pinned["det.objects.cam0"][-1]["engine"] == "yolov3-tiny.int8.qdq.onnx:onnxruntime:int8"
+        refused = run("precision", "objects", "fp16", "--control", control)
+        assert refused.returncode == 1 and "cannot be pinned to fp16" in refused.stderr
+        assert run("task", "disable", "objects", "--control", control).returncode == 0
+        assert json.loads(run("status", "--json", "--control", control).stdout)["tasks"] == []
+        assert run("task", "enable", "objects", "--control", control).returncode == 0
+
+        def restarted(m: dict[str, list[dict]]) -> bool:        # the camera reopened: its frames count from 0
+            frames = [r["frame"] for r in m["det.objects.cam0"]]
+            return any(b < a for a, b in zip(frames, frames[1:]))
+        again = collect(sub, proc, restarted)["det.objects.cam0"]
+        frames = [r["frame"] for r in again]
+        first_new = next(b for a, b in zip(again, again[1:]) if b["frame"] < a["frame"])
+        assert restarted({"det.objects.cam0": again}), frames
+        assert first_new["precision"] == "fp32"                  # a task enabled again starts from its config
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr
+    assert not (tmp_path / "c.sock").exists()
+    sub.close()

@@ -129,7 +129,7 @@ supervisor:
   confirm_s: 0
   dwell_s: 1
 """
-    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}))
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), wait_subscriber_s=30)
     results = Subscriber(f"ipc://{tmp_path}/r.sock", topics=["det.", "sys.event"], context=ctx)
     service.start()
     stop = threading.Event()

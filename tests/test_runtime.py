@@ -186,6 +186,7 @@ def test_tasks_start_and_stop_at_run_time_and_cameras_follow_them(demo: Any, tmp
     runner = threading.Thread(target=service.run, args=(stop,))
     runner.start()
     try:
+        wait_for(lambda: service.publisher.subscriptions == 1, 10, "the event subscriber to be connected")
         assert set(service.cameras.open) == {"c0"}                   # cars is disabled: c1 is never opened
         service.enable_task("cars")
         assert set(service.cameras.open) == {"c0", "c1"} and set(service.tasks) == {"people", "cars"}
