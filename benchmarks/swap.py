@@ -49,9 +49,9 @@ tasks:
     cameras: [cam0]
 output:
   results: ipc://{sockets}/results.sock
+  queue_size: 1000
 control:
   endpoint: ipc://{sockets}/control.sock
-  queue_size: 1000
 supervisor:
   enabled: false
 logging:

@@ -35,7 +35,7 @@ def prepare(path: Path, *, what: str, setting: str) -> None:
         return                     # none, or a stale socket file: the bind replaces it
     raise EdgeError(f"{what} ipc://{path} is already in use by a running process",
                     note=f"pid of this process: {os.getpid()}",
-                    hint=f"stop the other edge daemon (systemctl stop edge) or set {setting} to another path")
+                    hint=f"stop the other edge daemon (systemctl stop edge-runtime) or set {setting} to another path")
 
 
 def check_dir(directory: Path, *, owner: int | None, setting: str) -> None:

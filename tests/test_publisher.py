@@ -91,8 +91,8 @@ def test_ipc_endpoint_in_use_and_stale_socket_file(ctx: zmq.Context, ipc_endpoin
     with pytest.raises(EdgeError, match="already in use by a running process") as info:
         Publisher(ipc_endpoint, context=ctx).start()
     assert str(info.value).endswith(f"\nNote: pid of this process: {os.getpid()}\nHint: stop the other edge"
-                                    " daemon (systemctl stop edge) or set output.results / EDGE_RESULTS_ENDPOINT to"
-                                    " another path")
+                                    " daemon (systemctl stop edge-runtime) or set output.results /"
+                                    " EDGE_RESULTS_ENDPOINT to another path")
     first.stop(5)
     path = ipc_endpoint[len("ipc://"):]
     stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)     # a socket file nobody listens on
