@@ -316,3 +316,17 @@ def test_operators_command_the_running_daemon(demo, tmp_path: Path, ctx: zmq.Con
     assert proc.returncode == 0, stderr
     assert not (tmp_path / "c.sock").exists()
     sub.close()
+
+
+def test_demo_shows_a_switch_when_a_trace_heats_up(tmp_path: Path, demo) -> None:
+    """The demo's detector runs `precision: auto`: a telemetry trace over the hot threshold from 0.5 s on
+    switches it to int8 (after the 2 s confirm time), and the demo prints the event and the new level."""
+    trace = tmp_path / "hot.jsonl"
+    trace.write_text('{"t": 0, "temps_c": {"tj": 60.0}}\n{"t": 0.5, "temps_c": {"tj": 90.0}}\n')
+    result = run("demo", "--frames", "80", "--endpoint", f"ipc://{tmp_path}/demo.sock",
+                 "--control", f"ipc://{tmp_path}/control.sock", "--telemetry", f"trace://{trace}")
+    assert result.returncode == 0, result.stderr
+    switch = next(line for line in result.stdout.splitlines() if line.startswith("event: precision.switch"))
+    assert "from=fp32 to=int8" in switch and "tj 90.0 °C ≥ hot 85.0 °C" in switch
+    rows = [line.split() for line in result.stdout.splitlines()[1:] if line[:1] == " "]
+    assert any("int8" in row and "HOT" in row and "90C" in row for row in rows), result.stdout
