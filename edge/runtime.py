@@ -21,8 +21,7 @@ from edge.sources import Camera
 from edge.tasks import Task, build_task
 
 log = get_logger("runtime")
-NORMAL_ORDER = ("fp16", "fp32", "int8")   # what an `auto` task runs when nothing is hot
-PINNED_FALLBACK = ("fp16", "fp32", "int8")
+ORDER = ("fp16", "fp32", "int8")   # what an `auto` task starts on, and what runs when a pinned variant cannot
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -58,8 +57,7 @@ class TaskRuntime:
         wanted = self.config.precision
         if wanted != "auto" and wanted in self.variants.engines:
             return wanted
-        order = NORMAL_ORDER if wanted == "auto" else PINNED_FALLBACK
-        precision = self.variants.first(order)
+        precision = self.variants.first(ORDER)
         if precision is None:
             raise EngineError(f"task {self.name}: nothing to run", note=str(self.unavailable))
         return precision

@@ -60,7 +60,7 @@ def published_frames(subscriber: Subscriber, count: int) -> list[int]:
 
 def runtime_of(config: TaskConfig, engine: OnnxRuntimeEngine) -> TaskRuntime:
     """A task runtime over one engine the test activated."""
-    runtime = TaskRuntime(config, Variants({engine.precision: engine}, {}, engine.path.name), lambda *_: None)
+    runtime = TaskRuntime(config, Variants({engine.precision: engine}, {}), lambda *_: None)
     runtime.load()
     return runtime
 

@@ -44,7 +44,7 @@ def runtime(tmp_path: Path, events: list[tuple[str, dict[str, Any]]], **fields: 
     config = TaskConfig(name="objects", type="detector", variants={p: str(f) for p, f in files.items()},
                         cameras=["c"], **fields)
     engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
-    return TaskRuntime(config, Variants(engines, {}, "m"), lambda name, details: events.append((name, details)))
+    return TaskRuntime(config, Variants(engines, {}), lambda name, details: events.append((name, details)))
 
 
 def stream(task: TaskRuntime, publisher: Publisher, count: int, image: np.ndarray,
@@ -127,7 +127,7 @@ def test_a_variant_with_other_tensors_is_refused_and_the_task_keeps_running(tmp_
     config = TaskConfig(name="objects", type="detector", variants={p: str(f) for p, f in files.items()},
                         cameras=["c"])
     engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
-    task = TaskRuntime(config, Variants(engines, {}, "m"), lambda name, details: events.append((name, details)))
+    task = TaskRuntime(config, Variants(engines, {}), lambda name, details: events.append((name, details)))
     task.load()
     try:
         assert task.active().precision == "fp32" and not engines["int8"].is_active

@@ -30,7 +30,6 @@ class Variants:
 
     engines: dict[str, Engine]
     unavailable: dict[str, str]
-    model: str
 
     def first(self, order: tuple[str, ...]) -> str | None:
         return next((p for p in order if p in self.engines), None)
@@ -76,7 +75,7 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
     for precision, why in unavailable.items():
         log.log(logging.INFO if why == CPU_FP16 else logging.WARNING, "task %s: no %s variant: %s", task.name,
                 precision, why)
-    return Variants(engines, unavailable, manifest.model)
+    return Variants(engines, unavailable)
 
 
 def default_threads(task: TaskConfig, total_lanes: int) -> int:
