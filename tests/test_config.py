@@ -58,7 +58,7 @@ def test_packaged_demo_config_is_valid(tmp_path: Path) -> None:
     from edge.demo import demo_config
 
     config = demo_config(tmp_path, None)
-    assert config.tasks[0].engines == f"{tmp_path}/engines/yolov3-tiny" and config.tasks[0].precision == "fp32"
+    assert config.tasks[0].engines == f"{tmp_path}/engines/yolov3-tiny" and config.tasks[0].precision == "auto"
     assert config.cameras[0].parsed.location == f"{tmp_path}/media/vtest.avi"
 
 
