@@ -36,7 +36,6 @@ import math
 import os
 import re
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -176,7 +175,7 @@ class ControlServer:
         self._handler = handler
         self._context = context
         self._own_context: zmq.Context[Any] | None = None
-        self._wake: tuple[socket.socket, socket.socket] | None = None
+        self._wake: ipc.Waker | None = None
         self._thread: threading.Thread | None = None
         self._refusals = _Refusals()
         self.requests = 0      # valid requests handed to the handler
@@ -197,8 +196,8 @@ class ControlServer:
                 context.term()
             raise
         self._own_context = None if context is self._context else context
-        self._wake = socket.socketpair()
-        self._thread = threading.Thread(target=self._run, args=(sock, self._wake[0]), name="control", daemon=True)
+        self._wake = ipc.Waker()
+        self._thread = threading.Thread(target=self._run, args=(sock, self._wake), name="control", daemon=True)
         self._thread.start()
         log.info("control socket on %s", self.endpoint)
 
@@ -227,10 +226,7 @@ class ControlServer:
         """End the serving thread (it closes the socket), then remove the socket file; bounded by `timeout`."""
         deadline = time.monotonic() + timeout
         if self._thread is not None and self._wake is not None:
-            try:
-                self._wake[1].send(b"\0")
-            except OSError:
-                pass                    # full: the thread is awake already
+            self._wake.notify()
             self._thread.join(timeout)
             if self._thread.is_alive():
                 log.warning("control thread did not stop within %.1f s (a command still running?)", timeout)
@@ -242,12 +238,11 @@ class ControlServer:
             self._own_context.term()    # its only socket is closed
             self._own_context = None
         if self._wake is not None:
-            for end in self._wake:
-                end.close()
+            self._wake.close()
             self._wake = None
         self._thread = None
 
-    def _run(self, sock: zmq.Socket[Any], wake: socket.socket) -> None:
+    def _run(self, sock: zmq.Socket[Any], wake: ipc.Waker) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)

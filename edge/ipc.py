@@ -83,3 +83,32 @@ def _kind(path: Path) -> str:
     if path.is_symlink():
         return "a symbolic link"
     return "a directory" if path.is_dir() else "a regular file" if path.is_file() else "a special file"
+
+
+class Waker:
+    """Wakes a thread blocked in a poll: register it (it has `fileno()`), `notify()` from any thread (never
+    blocks, harmless once closed), `drain()` in the polling thread. A socketpair: zmq.Poller polls it."""
+
+    def __init__(self) -> None:
+        self._read, self._write = socket.socketpair()
+        self._read.setblocking(False)
+        self._write.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._read.fileno()
+
+    def notify(self) -> None:
+        try:
+            self._write.send(b"\0")
+        except OSError:
+            pass                        # full: the thread is awake already; closed: it has stopped
+
+    def drain(self) -> None:
+        try:
+            self._read.recv(4096)
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        self._read.close()
+        self._write.close()

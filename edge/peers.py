@@ -38,7 +38,7 @@ from typing import Any
 
 import zmq
 
-from edge import protocol
+from edge import ipc, protocol
 from edge.log import get_logger
 
 log = get_logger("publisher")
@@ -133,7 +133,7 @@ class Gate:
         self._zap = context.socket(zmq.ROUTER)
         self._zap.setsockopt(zmq.LINGER, 0)
         self._zap.bind(ZAP_ENDPOINT)          # EADDRINUSE: another handler in this context
-        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake = ipc.Waker()
         self._fds: dict[int, str] = {}        # open connections: fd -> source
         self._sources: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, tuple[float, float]] = {}   # source -> (tokens, when)
@@ -148,23 +148,22 @@ class Gate:
     def stop(self, timeout: float) -> None:
         """End the thread, then close its sockets (the monitor socket too)."""
         if self._thread.is_alive():
-            self._wake_w.send(b"\0")
+            self._wake.notify()
             self._thread.join(timeout)
         if self._thread.is_alive():
             log.warning("connection gate thread did not stop within %.1f s", timeout)
             return
         self._zap.close(linger=0)
         self._monitor.close(linger=0)
-        self._wake_r.close()
-        self._wake_w.close()
+        self._wake.close()
 
     def _run(self) -> None:
         poller = zmq.Poller()
-        for item in (self._monitor, self._zap, self._wake_r):
+        for item in (self._monitor, self._zap, self._wake):
             poller.register(item, zmq.POLLIN)
         while True:
             ready = dict(poller.poll())
-            if self._wake_r.fileno() in ready:
+            if self._wake.fileno() in ready:
                 return
             self._read_monitor()               # first: a connection's ACCEPTED precedes its ZAP request
             self._answer_zap()

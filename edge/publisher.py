@@ -63,7 +63,7 @@ class Publisher:
         self._context = context or zmq.Context.instance()
         self._socket: zmq.Socket[Any] | None = None
         self._gate: Gate | None = None
-        self._wake: tuple[socket.socket, socket.socket] | None = None   # publish() wakes the thread's poll
+        self._wake: ipc.Waker | None = None     # publish() wakes the thread's poll
         self._thread: threading.Thread | None = None
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
@@ -88,9 +88,8 @@ class Publisher:
                             hint="run one publisher per ZeroMQ context") from exc
         self._subscriptions = Subscriptions(limits, is_listener, self._activity)
         self._gate.start()
-        self._wake = socket.socketpair()
-        self._wake[1].setblocking(False)
-        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake[0]), name="publisher",
+        self._wake = ipc.Waker()
+        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake), name="publisher",
                                         daemon=True)
         self._thread.start()
         log.info("publishing results on %s", self.endpoint)
@@ -160,12 +159,8 @@ class Publisher:
 
     def _notify(self) -> None:
         wake = self._wake
-        if wake is None:
-            return                      # not started: the queue waits
-        try:
-            wake[1].send(b"\0")
-        except OSError:
-            pass                        # full: the thread is awake already; closed: it has stopped
+        if wake is not None:            # else not started: the queue waits
+            wake.notify()
 
     def event(self, name: str, details: dict[str, Any]) -> None:
         log.info("event %s %s", name, details)
@@ -197,22 +192,18 @@ class Publisher:
                 ipc.wait_released(path, timeout)
                 ipc.remove_own_socket(path)
         if self._wake is not None:
-            for end in self._wake:
-                end.close()
+            self._wake.close()
             self._wake = None
         self._thread = None
 
-    def _run(self, sock: zmq.Socket[Any], wake: socket.socket) -> None:
+    def _run(self, sock: zmq.Socket[Any], wake: ipc.Waker) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         while True:
             poller.poll(1000)
             self._read_inbound(sock)
-            try:
-                wake.recv(4096, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                pass
+            wake.drain()
             final = not self._send_queued(sock)
             self._activity.summary(f"{self.connections} connection(s), {self.subscriptions} subscription(s)",
                                    final=final)
