@@ -122,14 +122,20 @@ def test_file_camera_decodes_every_frame_when_not_realtime(tmp_path: Path) -> No
     assert camera.stop(5)
 
 
-def test_demo_video_decodes_to_its_end_without_a_length_warning(demo: Any, caplog: pytest.LogCaptureFixture) -> None:
-    camera = Camera("vtest", parse_uri(f"file://{demo.video}?realtime=0"), on_event=Events())
+def _decode(camera: Camera, caplog: pytest.LogCaptureFixture, level: str, timeout: float) -> list[Frame]:
+    """Start `camera` on a file and take all its frames, logging the camera's records at `level`."""
     frames: list[Frame] = []
     thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
-    with caplog.at_level("DEBUG", logger="edge.camera"):
+    with caplog.at_level(level, logger="edge.camera"):
         thread.start()
         camera.start()
-        thread.join(120)
+        thread.join(timeout)
+    return frames
+
+
+def test_demo_video_decodes_to_its_end_without_a_length_warning(demo: Any, caplog: pytest.LogCaptureFixture) -> None:
+    camera = Camera("vtest", parse_uri(f"file://{demo.video}?realtime=0"), on_event=Events())
+    frames = _decode(camera, caplog, "DEBUG", 120)
     assert len(frames) == 795 and frames[0].image.shape == (576, 768, 3)
     assert camera.stats.missing_frames == 0
     assert [r.getMessage() for r in caplog.records if "header declares" in r.getMessage()] == []
@@ -162,12 +168,7 @@ def test_a_file_cut_at_half_warns_with_both_counts_and_counts_the_missing_frames
         demo: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     half = _cut(demo, tmp_path / "half.avi", 0.5)
     camera = Camera("c", parse_uri(f"file://{half}?realtime=0"), on_event=Events())
-    frames: list[Frame] = []
-    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
-    with caplog.at_level("INFO", logger="edge.camera"):
-        thread.start()
-        camera.start()
-        thread.join(60)
+    frames = _decode(camera, caplog, "INFO", 60)
     assert 300 < len(frames) < 500                      # it decodes what is there, then ends
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"c: video file {half} ended after {len(frames)} of the {DEMO_FRAMES} frames its header"
