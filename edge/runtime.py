@@ -71,12 +71,14 @@ class TaskRuntime:
         return f"pinned to {wanted} by the config, which cannot run ({self.unavailable.get(wanted, 'not present')})"
 
     def load(self) -> None:
-        """Activate the variants to preload and build the task from them; on failure free what was loaded."""
+        """Activate the variants to preload and build the task from them; on failure free what was loaded.
+        A variant that fails to load is refused (with an event) and the next one in ORDER runs instead; the
+        load fails only when none does."""
         try:
-            first = self._activate(self._precision)
+            first = self._load_first()
             self.task = build_task(self.config, first)
             if self.config.preload == "all":
-                for precision in list(self.variants.engines):
+                for precision in self.available():
                     if precision != self._precision:
                         self._load_other(precision)
         except BaseException:
@@ -87,6 +89,19 @@ class TaskRuntime:
                 self.name, self.active().name, self.reason,
                 ", ".join(e.precision for e in self.variants.engines.values() if e.is_active))
 
+    def _load_first(self) -> Engine:
+        while True:
+            try:
+                return self._activate(self._precision)
+            except EngineError as exc:
+                failed = self._precision
+                self._refuse(failed, exc)
+                following = next((p for p in ORDER if p in self.available()), None)
+                if following is None:
+                    raise
+                self._precision = following
+                self.reason = f"{failed} failed to load ({exc.what}): {following}"
+
     def _activate(self, precision: str) -> Engine:
         engine = self.variants.engines[precision]
         if not engine.is_active:
@@ -96,17 +111,20 @@ class TaskRuntime:
         return engine
 
     def _load_other(self, precision: str) -> bool:
-        """Load one more variant; one that fails to load or does not fit the task is marked unavailable."""
+        """Load one more variant; one that fails to load or does not fit the task is refused."""
         try:
             engine = self._activate(precision)
             _check_same_io(self.name, self.active(), engine)
         except EngineError as exc:
-            self.variants.engines[precision].deactivate()
-            self.unavailable[precision] = f"failed to load: {exc.what}"
-            log.warning("task %s: the %s variant cannot be used: %s", self.name, precision, exc)
-            self.on_event("engine.refused", {"task": self.name, "precision": precision, "reason": exc.what})
+            self._refuse(precision, exc)
             return False
         return True
+
+    def _refuse(self, precision: str, exc: EngineError) -> None:
+        self.variants.engines[precision].deactivate()
+        self.unavailable[precision] = f"failed to load: {exc.what}"
+        log.warning("task %s: the %s variant cannot be used: %s", self.name, precision, exc)
+        self.on_event("engine.refused", {"task": self.name, "precision": precision, "reason": exc.what})
 
     def active(self) -> Engine:
         with self._lock:

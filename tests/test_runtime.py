@@ -17,7 +17,7 @@ from edge.backends import Variants
 from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.client import Subscriber
 from edge.config import TaskConfig, parse_config
-from edge.errors import EdgeError
+from edge.errors import EdgeError, EngineError
 from edge.pipeline import Lane
 from edge.publisher import Publisher
 from edge.runtime import TaskRuntime
@@ -238,3 +238,25 @@ def test_status_is_a_snapshot_that_changes_nothing(demo: Any, tmp_path: Path) ->
         assert service.status()["tasks"] == tasks
     finally:
         service.stop()
+
+
+def test_a_variant_that_fails_to_load_is_refused_and_the_next_one_runs(tmp_path: Path) -> None:
+    """A corrupt fp32 file: the task starts on int8, says why, and fails only when nothing loads."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events)
+    task.variants.engines["fp32"].path.write_bytes(b"not an onnx model")
+    task.load()
+    try:
+        assert task.active().precision == "int8"
+        assert task.unavailable["fp32"].startswith("failed to load: ONNX Runtime cannot load")
+        assert task.reason.startswith("fp32 failed to load (ONNX Runtime cannot load")
+        assert [name for name, _ in events] == ["engine.refused"]
+    finally:
+        task.unload()
+    (tmp_path / "broken").mkdir()
+    broken = runtime(tmp_path / "broken", [])
+    for engine in broken.variants.engines.values():
+        engine.path.write_bytes(b"garbage")
+    with pytest.raises(EngineError, match="ONNX Runtime cannot load"):
+        broken.load()
+    assert not any(e.is_active for e in broken.variants.engines.values())
