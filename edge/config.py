@@ -90,7 +90,7 @@ class TaskConfig(_Strict):
     rate_limit_hz: float = Field(0.0, ge=0, le=1000)     # 0 = off
     priority: int = Field(50, ge=0, le=100)
     enabled: bool = True
-    backend: Literal["onnxruntime"] = "onnxruntime"
+    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"   # auto: TensorRT where it and a GPU are
     threads: int | None = Field(None, ge=1, le=64)
     in_flight: int = Field(2, ge=1, le=8)
     params: DetectorParams = DetectorParams()

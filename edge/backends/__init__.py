@@ -46,16 +46,40 @@ def manifest_of(task: TaskConfig) -> bundle.Manifest:
     return bundle.Manifest(Path(first).resolve().parent, Path(first).name, variants)
 
 
+def choose_backend(task: TaskConfig) -> tuple[str, bundle.DeviceKey | None, str]:
+    """(backend, this device's plan key or None, why) for the task's `backend: auto|tensorrt|onnxruntime`."""
+    if task.backend == "onnxruntime":
+        return "onnxruntime", None, "backend: onnxruntime in the config"
+    try:
+        device = tensorrt.device_key()
+        missing = "TensorRT is not installed here" if device is None else ""
+    except EngineError as exc:                   # TensorRT is there, CUDA is not (no driver, no pycuda)
+        device, missing = None, f"TensorRT is installed but CUDA is not usable: {exc.what}"
+    if device is None:
+        if task.backend == "tensorrt":
+            raise EngineError(f"task {task.name}: backend tensorrt, but {missing}",
+                              hint="on a Jetson install JetPack's python3-libnvinfer and edge's `jetson` extra;"
+                                   " elsewhere set backend: auto or onnxruntime")
+        return "onnxruntime", None, f"auto: {missing}"
+    return "tensorrt", device, f"{task.backend}: TensorRT {device.tensorrt} on {device.board}, SM {device.sm}"
+
+
 def variants_for(task: TaskConfig, *, threads: int) -> Variants:
-    """Every precision variant of `task` that can run on this machine, as an engine ready to activate."""
+    """Every precision variant of `task` that can run on this machine, as an engine ready to activate. On
+    TensorRT, a variant of an engine repository (`engines:`) that has no plan for this device gets one
+    built now (minutes on a Jetson, once: the plan is kept in the repository)."""
+    backend, device, why = choose_backend(task)
+    log.info("task %s: %s (%s)", task.name, backend, why)
     manifest = manifest_of(task)
-    device = tensorrt.device_key()
     engines: dict[str, Engine] = {}
     unavailable = {p: f"refused when it was made: {r['reason']}" for p, r in sorted(manifest.refused.items())}
     present = {v.precision for v in manifest.variants}
+    allow_onnx = task.allow_onnx and task.backend != "tensorrt"
     for precision in (p for p in PRECISIONS if p in present):
+        if device is not None and task.engines is not None:
+            manifest = _with_plan(task, manifest, precision, device)
         try:
-            choice = bundle.resolve(manifest, precision, device=device, allow_onnx=task.allow_onnx)
+            choice = bundle.resolve(manifest, precision, device=device, allow_onnx=allow_onnx)
         except EngineError as exc:
             unavailable[precision] = f"{exc.what} ({exc.note})" if exc.note else exc.what
             continue
@@ -76,6 +100,31 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
         log.log(logging.INFO if why == CPU_FP16 else logging.WARNING, "task %s: no %s variant: %s", task.name,
                 precision, why)
     return Variants(engines, unavailable)
+
+
+def _with_plan(task: TaskConfig, manifest: bundle.Manifest, precision: str,
+               device: bundle.DeviceKey) -> bundle.Manifest:
+    """The manifest, with a plan of `precision` for this device built first when it has none that can run.
+    A failed build is logged; resolving then says what is missing (or falls back to the ONNX variant)."""
+    source = manifest.onnx(precision)
+    try:
+        bundle.resolve(manifest, precision, device=device, allow_onnx=False)
+        return manifest                                  # a plan for this device is there
+    except EngineError:
+        if source is None:
+            return manifest
+    from edge.tools import build
+
+    onnx = manifest.root / source.file
+    log.warning("task %s: building the %s TensorRT plan of %s for this device; this takes minutes on a Jetson,"
+                " once", task.name, precision, onnx.name)
+    try:
+        result = build.build(onnx, say=lambda line: log.info("task %s: %s", task.name, line))
+    except EngineError as exc:
+        log.error("task %s: the %s plan could not be built: %s", task.name, precision, exc)
+        return manifest
+    log.warning("task %s: built %s in %.0f s", task.name, result.plan.name, result.seconds)
+    return bundle.Manifest.load(manifest.root)
 
 
 def default_threads(task: TaskConfig, total_lanes: int) -> int:
