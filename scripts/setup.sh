@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Create .venv in the checkout and install edge into it.
-#   scripts/setup.sh          runtime + model toolchain (+ pip OpenCV on PCs)
-#   scripts/setup.sh --dev    also the test tools
+#   scripts/setup.sh            runtime + model toolchain (+ pip OpenCV on PCs)
+#   scripts/setup.sh --dev      also the test tools
+#   scripts/setup.sh --dry-run  say what it would install, and change nothing
 # On a Jetson the venv sees the system site packages (JetPack's TensorRT and OpenCV with GStreamer),
-# and no pip OpenCV is installed over them.
+# no pip OpenCV is installed over them, and the `jetson` extra brings pycuda (built here against
+# JetPack's CUDA, so nvcc must be there) and jetson-stats (the jtop client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=()
-[[ "${1:-}" == "--dev" ]] && extras+=(dev)
+dry_run=0
+for arg in "$@"; do
+    case "$arg" in
+        --dev) extras+=(dev) ;;
+        --dry-run) dry_run=1 ;;
+        *) echo "setup: unknown option '$arg' (use --dev, --dry-run)" >&2; exit 2 ;;
+    esac
+done
+tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}   # tests point it at a file of their own
 
 pick_python() {
     for py in "${EDGE_PYTHON:-}" python3 python3.12 python3.11 python3.10; do
-        [[ -n "$py" ]] && command -v "$py" >/dev/null || continue
+        if [[ -z "$py" ]] || ! command -v "$py" >/dev/null; then continue; fi
         if "$py" -c 'import sys; sys.exit(not ((3, 10) <= sys.version_info[:2] <= (3, 12)))'; then
             echo "$py"; return 0
         fi
@@ -21,13 +31,41 @@ pick_python() {
     return 1
 }
 
+# pycuda compiles against the CUDA toolkit: $CUDA_ROOT if set, else JetPack's /usr/local/cuda, else the
+# toolkit of the nvcc on PATH.
+find_cuda() {
+    local root=${CUDA_ROOT:-}
+    if [[ -z "$root" ]]; then
+        if [[ -x /usr/local/cuda/bin/nvcc ]]; then
+            root=/usr/local/cuda
+        elif command -v nvcc >/dev/null; then
+            root=$(dirname "$(dirname "$(command -v nvcc)")")
+        fi
+    fi
+    if [[ -z "$root" || ! -x "$root/bin/nvcc" ]]; then
+        echo "setup: this is a Jetson, but no CUDA toolkit was found (no nvcc in ${root:-/usr/local/cuda}/bin nor on" \
+             "PATH): pycuda cannot be built. Hint: sudo apt-get install nvidia-jetpack, or set CUDA_ROOT" >&2
+        return 1
+    fi
+    CUDA_ROOT=$root
+    export CUDA_ROOT PATH="$CUDA_ROOT/bin:$PATH"
+}
+
 venv_args=()
-if [[ -f /etc/nv_tegra_release ]]; then
+if [[ -f "$tegra_release" ]]; then
     venv_args+=(--system-site-packages)
+    extras+=(jetson)
+    find_cuda
 else
     extras+=(cv)
 fi
 extras+=(tools)   # the demo assets include FP16 and INT8 variants made by the model toolchain
+
+if (( dry_run )); then
+    echo "setup: would install edge[$(IFS=,; echo "${extras[*]}")] into .venv${venv_args[*]:+ (venv ${venv_args[*]})}" \
+         "with $(pick_python)${CUDA_ROOT:+, pycuda against $CUDA_ROOT}"
+    exit 0
+fi
 
 if [[ ! -x .venv/bin/python ]]; then
     py=$(pick_python)
@@ -62,5 +100,6 @@ pip_install() {
 }
 pip_install --upgrade pip
 pip_install -c scripts/constraints.txt -e "$spec"
-printf '%s\n' "$inputs" $(printf '%s\n' "${installed[@]}" "${extras[@]}" | sort -u) > "$stamp"
+mapfile -t recorded < <(printf '%s\n' "${installed[@]}" "${extras[@]}" | sort -u)
+printf '%s\n' "$inputs" "${recorded[@]}" > "$stamp"
 echo "setup: edge installed in .venv ($spec)"

@@ -1,0 +1,43 @@
+"""`scripts/setup.sh --dry-run`: what it installs on a PC and on a Jetson (there: the venv sees JetPack's
+system packages, the `jetson` extra brings pycuda and jetson-stats, and pycuda needs a CUDA toolkit). The
+Jetson is a release file and a toolkit directory of the test's own; nothing is installed."""
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+from tests.daemon import ROOT
+
+
+def dry_run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts/setup.sh"), "--dry-run"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "EDGE_TEGRA_RELEASE": str(tmp_path / "none"), **env})
+
+
+def test_on_a_pc_it_installs_pip_opencv_and_no_jetson_extra(tmp_path: Path) -> None:
+    result = dry_run(tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "edge[cv,tools]" in result.stdout and "system-site-packages" not in result.stdout
+
+
+def test_on_a_jetson_it_installs_pycuda_against_the_cuda_toolkit(tmp_path: Path) -> None:
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3\n")
+    toolkit = tmp_path / "cuda"
+    (toolkit / "bin").mkdir(parents=True)
+    (toolkit / "bin/nvcc").write_text("#!/bin/sh\n")
+    (toolkit / "bin/nvcc").chmod(0o755)
+    result = dry_run(tmp_path, EDGE_TEGRA_RELEASE=str(release), CUDA_ROOT=str(toolkit))
+    assert result.returncode == 0, result.stderr
+    assert "edge[jetson,tools]" in result.stdout and "--system-site-packages" in result.stdout
+    assert f"pycuda against {toolkit}" in result.stdout
+    missing = dry_run(tmp_path, EDGE_TEGRA_RELEASE=str(release), CUDA_ROOT=str(tmp_path / "nowhere"))
+    assert missing.returncode == 1
+    assert "no CUDA toolkit was found" in missing.stderr and "nvidia-jetpack" in missing.stderr
+
+
+def test_an_unknown_option_is_refused(tmp_path: Path) -> None:
+    result = subprocess.run([str(ROOT / "scripts/setup.sh"), "--devel"], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "unknown option '--devel'" in result.stderr
