@@ -8,6 +8,8 @@ explicitly while the context is current, never left to the garbage collector.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.errors import EngineError
+from edge.errors import EngineError, UsageError
 
 _init_lock = threading.Lock()
 _initialised = False
@@ -47,8 +49,29 @@ def compute_capability(device: int = 0) -> str:
     return f"{major}.{minor}"
 
 
+@functools.cache
+def _libcuda() -> Any:
+    return ctypes.CDLL("libcuda.so.1")          # the driver library pycuda itself is linked against
+
+
+def _pop_current() -> None:
+    """cuCtxPopCurrent through the driver library: pycuda has no call that pops a context it no longer tracks."""
+    popped = ctypes.c_void_p()
+    result = _libcuda().cuCtxPopCurrent_v2(ctypes.byref(popped))
+    if result != 0:
+        raise EngineError(f"cuCtxPopCurrent failed after releasing the primary context (CUresult {result})")
+
+
 class Context:
-    """The primary context of one device, shared by every owner of this process."""
+    """The primary context of one device, retained once per owner (an engine, a build) of this process.
+
+    pycuda releases a retained primary context cleanly only while it is current: `detach()` from a thread
+    where it is not current pushes it and never pops it (one stale entry on that thread's context stack per
+    detach), and from a thread other than the one that retained it releases nothing at all. While it is
+    current pycuda releases it from any thread, but still leaves the driver's stack entry behind (its own
+    Context.pop() then fails: 'cannot pop non-current context'). So `detach` makes the context current,
+    releases it, and pops that entry through the driver. (Measured with pycuda 2026.1 on an H200.)
+    """
 
     def __init__(self, device: int = 0) -> None:
         cuda = driver()
@@ -67,9 +90,16 @@ class Context:
             self._cuda.Context.pop()
 
     def detach(self) -> None:
-        if not self._detached:
-            self._detached = True
-            self._context.detach()
+        """Release this owner's hold on the context, once, from any thread; not inside a `current()` block."""
+        if self._detached:
+            return
+        if self._cuda.Context.get_current() is not None:
+            raise UsageError("Context.detach() while a CUDA context is current in this thread",
+                             hint="detach after leaving every `with context.current():` block")
+        self._detached = True
+        self._context.push()
+        self._context.detach()
+        _pop_current()
 
 
 class Stream:
@@ -170,3 +200,33 @@ class DeviceBuffer:
             self._alloc.free()
             self._alloc = None
             self.nbytes = 0
+
+
+class Kernel:
+    """One __global__ function of CUDA C++ source, compiled by NVRTC for this device's SM (cached on disk,
+    see edge/nvrtc.py) and loaded into the current context; `free()` unloads it while the context is
+    current. `signature` is pycuda's prepared-call format (P pointer, i int, d double, f float)."""
+
+    def __init__(self, source: str, function: str, signature: str, *, cache_dir: Any = None) -> None:
+        from edge import nvrtc
+
+        cuda = driver()
+        major, minor = cuda.Context.get_device().compute_capability()
+        arch = f"sm_{major}{minor}"
+        binary = nvrtc.cubin(source, function, arch=arch, cache_dir=cache_dir)
+        try:
+            self._module = cuda.module_from_buffer(binary)
+        except cuda.Error:                          # a damaged cache file, or a cubin this driver refuses
+            binary = nvrtc.cubin(source, function, arch=arch, cache_dir=cache_dir, refresh=True)
+            self._module = cuda.module_from_buffer(binary)
+        self._function = self._module.get_function(function)
+        self._function.prepare(signature)
+
+    def launch(self, grid: tuple[int, int], block: tuple[int, int, int], stream: Stream, *args: Any) -> None:
+        """Enqueue on `stream`; returns at once."""
+        self._function.prepared_async_call(grid, block, stream.raw, *args)
+
+    def free(self) -> None:
+        """Unload the module now, while the context is current."""
+        self._function = None
+        self._module = None

@@ -1,0 +1,169 @@
+"""CUDA C++ source -> cubin through NVRTC (ctypes on libnvrtc; no pycuda, no nvcc), cached on disk.
+
+NVRTC is the runtime compiler library of the CUDA toolkit: libnvrtc.so.12 on JetPack 6 (CUDA 12.x,
+Debian package cuda-nvrtc-12-x, part of the JetPack CUDA runtime), libnvrtc.so.13 on JetPack 7 and
+CUDA 13 hosts. It is searched on the loader path, then under $CUDA_HOME, $CUDA_PATH and /usr/local/cuda.
+A cubin is compiled for the exact SM of the device (sm_87 on Orin, sm_110 on Thor), so nothing is
+JIT-compiled by the driver, and it is kept in the cache directory ($EDGE_CACHE/kernels, default
+~/.cache/edge/kernels) under a key of (source, options, SM): the library is needed only the first
+time a kernel is built on a board; later starts read the cubin and need neither NVRTC nor nvcc. A newer
+driver loads an older cubin; one the driver refuses (a downgraded driver, a damaged file) is compiled
+again. An unwritable cache directory costs a compile per process, with a warning.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import hashlib
+import os
+import tempfile
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge.config import default_cache_dir
+from edge.errors import EngineError
+from edge.log import get_logger
+
+log = get_logger("nvrtc")
+_LIBRARY_NAMES = ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12")
+_compile_lock = threading.Lock()
+
+
+def default_kernel_cache() -> Path:
+    """$EDGE_CACHE/kernels (default ~/.cache/edge/kernels)."""
+    return default_cache_dir() / "kernels"
+
+
+def _candidates() -> list[str]:
+    found = ctypes.util.find_library("nvrtc")
+    names = [found] if found else []
+    names += list(_LIBRARY_NAMES)
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    for root in filter(None, roots):
+        for lib in ("lib64", "lib"):
+            names += [str(Path(root, lib, name)) for name in _LIBRARY_NAMES]
+    return names
+
+
+@functools.cache
+def library() -> ctypes.CDLL:
+    """libnvrtc, loaded once; EngineError naming every place tried when it is not there."""
+    tried = _candidates()
+    for name in tried:
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        _declare(lib)
+        return lib
+    raise EngineError("the GPU preprocessing kernel must be compiled but NVRTC (libnvrtc) was not found",
+                      note=f"tried {', '.join(tried)}",
+                      hint="install the CUDA runtime compiler library (JetPack 6: apt install cuda-nvrtc-12-6;"
+                           " it is part of nvidia-jetpack), or set CUDA_HOME to the CUDA toolkit")
+
+
+def _declare(lib: ctypes.CDLL) -> None:
+    ptr, size, cstr = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p
+    signatures = {
+        "nvrtcVersion": [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)],
+        "nvrtcCreateProgram": [ctypes.POINTER(ptr), cstr, cstr, ctypes.c_int, ctypes.POINTER(cstr),
+                               ctypes.POINTER(cstr)],
+        "nvrtcCompileProgram": [ptr, ctypes.c_int, ctypes.POINTER(cstr)],
+        "nvrtcGetProgramLogSize": [ptr, ctypes.POINTER(size)],
+        "nvrtcGetProgramLog": [ptr, ctypes.c_char_p],
+        "nvrtcGetCUBINSize": [ptr, ctypes.POINTER(size)],
+        "nvrtcGetCUBIN": [ptr, ctypes.c_char_p],
+        "nvrtcDestroyProgram": [ctypes.POINTER(ptr)],
+    }
+    for name, args in signatures.items():
+        getattr(lib, name).argtypes = args
+        getattr(lib, name).restype = ctypes.c_int
+    lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
+    lib.nvrtcGetErrorString.restype = ctypes.c_char_p
+
+
+def version() -> str:
+    """NVRTC's version, e.g. '12.6'."""
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    _check(library().nvrtcVersion(ctypes.byref(major), ctypes.byref(minor)), "nvrtcVersion")
+    return f"{major.value}.{minor.value}"
+
+
+_COMPILE_HINT = ("'invalid value for --gpu-architecture' means this NVRTC is older than the GPU: use the CUDA"
+                 " toolkit that matches the driver; any other error is in the kernel source")
+
+
+def _check(status: int, call: str, log_text: str = "", hint: str | None = None) -> None:
+    if status != 0:
+        what = library().nvrtcGetErrorString(status).decode(errors="replace")
+        raise EngineError(f"{call} failed: {what}", note=log_text.strip()[-2000:] or None, hint=hint)
+
+
+def cache_key(source: str, options: Sequence[str], arch: str) -> str:
+    """sha256 of what the cubin is made from (the compiler's version aside: see the module doc)."""
+    digest = hashlib.sha256()
+    for part in (source, "\0".join(options), arch):
+        digest.update(part.encode())
+        digest.update(b"\x1f")
+    return digest.hexdigest()
+
+
+def cubin(source: str, name: str, *, arch: str, options: Sequence[str] = (), cache_dir: Path | None = None,
+          refresh: bool = False) -> bytes:
+    """The cubin of `source` for `arch` ('sm_87'), from the cache or compiled (then cached).
+
+    `refresh` compiles even when cached (a cached file that the driver refused)."""
+    cache_dir = default_kernel_cache() if cache_dir is None else cache_dir
+    with _compile_lock:
+        path = cache_dir / f"{name}-{cache_key(source, options, arch)[:24]}.cubin"
+        if path.is_file() and not refresh:
+            return path.read_bytes()
+        binary = compile_cubin(source, name, [f"--gpu-architecture={arch}", *options])
+        _store(path, binary)
+        return binary
+
+
+def compile_cubin(source: str, name: str, options: Sequence[str]) -> bytes:
+    """Compile with NVRTC now; EngineError with the compiler log on failure."""
+    lib = library()
+    program = ctypes.c_void_p()
+    _check(lib.nvrtcCreateProgram(ctypes.byref(program), source.encode(), f"{name}.cu".encode(), 0, None, None),
+           "nvrtcCreateProgram")
+    try:
+        args = (ctypes.c_char_p * len(options))(*(o.encode() for o in options))
+        status = lib.nvrtcCompileProgram(program, len(options), args)
+        _check(status, f"NVRTC compile of {name} ({' '.join(options)})", _program_log(lib, program), _COMPILE_HINT)
+        size = ctypes.c_size_t()
+        _check(lib.nvrtcGetCUBINSize(program, ctypes.byref(size)), "nvrtcGetCUBINSize")
+        buffer = ctypes.create_string_buffer(size.value)
+        _check(lib.nvrtcGetCUBIN(program, buffer), "nvrtcGetCUBIN")
+        return buffer.raw
+    finally:
+        lib.nvrtcDestroyProgram(ctypes.byref(program))
+
+
+def _program_log(lib: ctypes.CDLL, program: ctypes.c_void_p) -> str:
+    size = ctypes.c_size_t()
+    if lib.nvrtcGetProgramLogSize(program, ctypes.byref(size)) != 0 or size.value <= 1:
+        return ""
+    buffer = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(program, buffer)
+    return buffer.value.decode(errors="replace")
+
+
+def _store(path: Path, binary: bytes) -> None:
+    """Write atomically (a temporary file renamed), so a reader never sees half a cubin."""
+    tmp: str | None = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as file:
+            tmp = file.name
+            file.write(binary)
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        log.warning("kernel cache %s not writable (%s): the kernel is compiled again by the next process",
+                    path.parent, exc)
