@@ -1,27 +1,38 @@
 """Contract tests of `edge build` and plan loading against tests/fake_tensorrt.py, a stand-in that
-follows TensorRT's documented Python API (TensorRT exists only on the Jetson; tests marked
-`jetson` run the real thing there). On this CPU tier the CUDA context is a no-op stand-in too:
-the builder only needs it current, and the GPU tier (tests/test_gpu.py) uses real pycuda."""
+follows TensorRT's Python bindings and headers, failures included (TensorRT exists only on the
+Jetson; tests marked `jetson` run the real thing there). On this CPU tier CUDA is a stand-in too:
+the builder only needs a context current, and slots only need streams and buffers to exist; the
+GPU tier (tests/test_gpu.py) uses real pycuda. Context lifetime is tested against a stand-in of
+pycuda's context stack (as pycuda's src/cpp/cuda.hpp implements it), and on a GPU for real."""
 from __future__ import annotations
 
 import contextlib
-import enum
 import json
 import shutil
+import subprocess
 import sys
+import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
+import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper
 
-from edge import bundle
+from edge import bundle, cuda
 from edge.backends import tensorrt as trt_backend
-from edge.errors import EngineError
+from edge.backends.tensorrt import TensorRTEngine
+from edge.errors import EngineError, UsageError
 from edge.tools import build
 from tests import fake_tensorrt
 from tests.models import conv_model, make_dynamic
 
 BOARD = fake_tensorrt.BOARD
+REAL_CONTEXT = cuda.Context
 
 
 class _NoContext:
@@ -38,6 +49,23 @@ class _NoContext:
         self.detached = True
 
 
+class _CpuBuffer:
+    """Stand-in for edge.cuda's Stream, Event, HostBuffer and DeviceBuffer where there is no GPU: slots can be
+    created and closed (nothing runs on them here)."""
+
+    handle = 0
+
+    def __init__(self, shape: Any = (), dtype: Any = np.float32, **flags: Any) -> None:
+        self.array = np.zeros(shape, dtype)
+        self.pointer = id(self)
+
+    def synchronize(self) -> None:
+        pass
+
+    def free(self) -> None:
+        pass
+
+
 @pytest.fixture
 def trt(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
@@ -50,7 +78,113 @@ def trt(monkeypatch: pytest.MonkeyPatch):
         except ImportError:
             monkeypatch.setattr("edge.cuda.compute_capability", lambda device=0: "8.7")
             monkeypatch.setattr("edge.cuda.Context", _NoContext)
+            for name in ("Stream", "Event", "HostBuffer", "DeviceBuffer"):
+                monkeypatch.setattr(f"edge.cuda.{name}", _CpuBuffer)
     return fake_tensorrt
+
+
+class _Driver:
+    """The CUDA driver as pycuda's context calls see it: this thread's context stack, the primary context's
+    retain count, and cuCtxPopCurrent (which edge.cuda calls through the driver library)."""
+
+    def __init__(self) -> None:
+        self.retains = 0
+        self._local = threading.local()
+
+    def stack(self) -> list[str]:
+        if not hasattr(self._local, "stack"):
+            self._local.stack = []
+        return self._local.stack
+
+    def cuCtxPopCurrent_v2(self, popped: Any) -> int:  # noqa: N802 - the driver's name
+        if not self.stack():
+            return 201                                      # CUDA_ERROR_INVALID_CONTEXT
+        self.stack().pop()
+        return 0
+
+
+def _pycuda(drv: _Driver) -> SimpleNamespace:
+    """pycuda.driver's primary-context calls as pycuda 2026.1 implements them (src/cpp/cuda.hpp: context_push,
+    context::pop, prepare_context_switch, current_context, context::detach, primary_context::detach_internal,
+    which releases with cuDevicePrimaryCtxRelease and pops nothing). The device probe agreed: push, pop, detach
+    left one entry on the stack; detach from another thread left the context retained."""
+    local = threading.local()
+
+    def tracked() -> list[Context]:
+        if not hasattr(local, "stack"):
+            local.stack = []
+        return local.stack
+
+    def current_context(skip: Context | None = None) -> Context | None:
+        while tracked():
+            if tracked()[-1] is not skip and tracked()[-1].valid:
+                return tracked()[-1]
+            tracked().pop()
+        return None
+
+    def prepare_context_switch() -> None:
+        if tracked():
+            drv.stack().pop()
+
+    class LogicError(Exception):
+        pass
+
+    class Context:
+        def __init__(self) -> None:
+            self.valid = True
+            self.thread = threading.get_ident()
+            drv.retains += 1
+
+        def push(self) -> None:
+            prepare_context_switch()
+            drv.stack().append("primary")
+            tracked().append(self)
+
+        @staticmethod
+        def pop() -> None:
+            prepare_context_switch()
+            if not tracked():
+                raise LogicError("context::pop failed: invalid device context - cannot pop non-current context")
+            tracked().pop()
+            if current_context():
+                drv.stack().append("primary")
+
+        @staticmethod
+        def get_current() -> Context | None:
+            return current_context()
+
+        def detach(self) -> None:
+            active = current_context() is self
+            if active:
+                drv.retains -= 1
+            elif self.thread == threading.get_ident():
+                drv.stack().append("primary")                  # pushed to release it; "pop is implicit" is untrue
+                drv.retains -= 1
+            self.valid = False
+            if active and current_context(skip=self):
+                drv.stack().append("primary")
+
+    class Device:
+        def __init__(self, ordinal: int) -> None:
+            pass
+
+        def retain_primary_context(self) -> Context:
+            return Context()
+
+        def compute_capability(self) -> tuple[int, int]:
+            return 8, 7
+
+    return SimpleNamespace(Device=Device, Context=Context, Error=LogicError)
+
+
+@pytest.fixture
+def pycuda_stand_in(monkeypatch: pytest.MonkeyPatch) -> _Driver:
+    drv = _Driver()
+    fake = _pycuda(drv)
+    monkeypatch.setattr("edge.cuda.Context", REAL_CONTEXT)
+    monkeypatch.setattr("edge.cuda.driver", lambda: fake)
+    monkeypatch.setattr("edge.cuda._libcuda", lambda: drv)
+    return drv
 
 
 @pytest.fixture
@@ -95,17 +229,59 @@ def test_build_configures_the_builder_as_documented(trt, repo: Path, monkeypatch
     assert trt.BuilderFlag.GPU_FALLBACK in config.flags and trt.BuilderFlag.FP16 not in config.flags
 
 
+def _cache_entries(path: Path) -> list[str]:
+    return json.loads(path.read_bytes()[len(fake_tensorrt.CACHE_MAGIC):])["entries"]
+
+
 def test_timing_cache_is_reused(trt, repo: Path, tmp_path: Path) -> None:
     cache = tmp_path / "orin.cache"
     build.build(repo / "yolov3-tiny.onnx", timing_cache=cache, say=lambda line: None)
-    first = cache.read_bytes()
+    first = _cache_entries(cache)
     build.build(repo / "yolov3-tiny.fp16.onnx", timing_cache=cache, say=lambda line: None)
-    entries = lambda blob: json.loads(blob[len(b"FAKECACHE"):])  # noqa: E731
-    assert len(entries(first)) == 1
-    assert entries(cache.read_bytes())[:1] == entries(first) and len(entries(cache.read_bytes())) == 2
-    cache.write_bytes(b"garbage")
-    with pytest.raises(RuntimeError, match="invalid serialized timing cache"):
+    assert len(first) == 1 and _cache_entries(cache)[:1] == first and len(_cache_entries(cache)) == 2
+
+
+@pytest.mark.parametrize("case", ["corrupt", "other device"])
+def test_an_unusable_timing_cache_is_replaced_by_a_fresh_one(trt, repo: Path, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch, case: str) -> None:
+    """TensorRT does not raise: create_timing_cache logs and returns None for a corrupt blob, set_timing_cache
+    returns False for a cache from another device. The build goes on with a fresh cache and says so."""
+    cache = tmp_path / "orin.cache"
+    if case == "corrupt":
+        cache.write_bytes(b"garbage")
+    else:
+        monkeypatch.setattr(trt, "BOARD", "NVIDIA Jetson Orin Nano Developer Kit")
         build.build(repo / "yolov3-tiny.onnx", timing_cache=cache, say=lambda line: None)
+        monkeypatch.setattr(trt, "BOARD", BOARD)
+    said: list[str] = []
+    result = build.build(repo / "yolov3-tiny.onnx", timing_cache=cache, say=said.append)
+    assert result.plan.is_file()
+    message = next(line for line in said if "cannot be used here" in line)
+    assert ("corrupt" if case == "corrupt" else "different properties") in message
+    assert json.loads(cache.read_bytes()[len(trt.CACHE_MAGIC):])["device"] == BOARD
+    assert len(_cache_entries(cache)) == 1                             # the fresh cache, saved
+
+
+def test_the_plan_is_written_before_the_timing_cache_and_kept_when_the_cache_fails(
+        trt, repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written: list[str] = []
+    original = build.atomic_output
+
+    @contextlib.contextmanager
+    def recording(path: Path) -> Iterator[Path]:
+        with original(path) as tmp:
+            yield tmp
+        written.append(path.suffix)
+    monkeypatch.setattr(build, "atomic_output", recording)
+    cache = tmp_path / "orin.cache"
+    build.build(repo / "yolov3-tiny.onnx", timing_cache=cache, say=lambda line: None)
+    assert written == [".plan", ".json", ".cache"]
+    before = cache.read_bytes()
+    monkeypatch.setattr(trt.ITimingCache, "serialize", lambda self: None)    # TensorRT returns None on failure
+    said: list[str] = []
+    result = build.build(repo / "yolov3-tiny.fp16.onnx", timing_cache=cache, say=said.append)
+    assert result.plan.is_file() and cache.read_bytes() == before
+    assert any("did not serialize the timing cache; the plan is kept" in line for line in said)
 
 
 def test_dynamic_shapes_need_a_profile(trt, tmp_path: Path) -> None:
@@ -136,18 +312,47 @@ def test_legacy_fp16_path(trt, repo: Path, monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setattr(trt.Builder, "create_builder_config", lambda self: seen.setdefault("c", original(self)))
     build.build(repo / "yolov3-tiny.onnx", legacy_fp16=True, say=lambda line: None)
     assert trt.BuilderFlag.FP16 in seen["c"].flags
-    trt11_flags = enum.IntEnum("BuilderFlag", {"GPU_FALLBACK": 5})  # TensorRT 11 removed the precision flags
-    monkeypatch.setattr(trt, "BuilderFlag", trt11_flags)
-    monkeypatch.setattr(trt, "__version__", "11.4.1.2")
+    for name, value in trt.TENSORRT_11.items():                    # TensorRT 11 removed the precision flags
+        monkeypatch.setattr(trt, name, value)
     with pytest.raises(EngineError, match="--legacy-fp16 needs TensorRT 10.x"):
         build.build(repo / "yolov3-tiny.onnx", legacy_fp16=True, say=lambda line: None)
+
+
+def test_tensorrt_11_builds_strongly_typed_networks(trt, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    original = trt.Builder.create_network
+    monkeypatch.setattr(trt.Builder, "create_network",
+                        lambda self, flags=0: seen.setdefault("network", original(self, flags)))
+    for name, value in trt.TENSORRT_11.items():
+        monkeypatch.setattr(trt, name, value)
+    result = build.build(repo / "yolov3-tiny.fp16.onnx", say=lambda line: None)
+    assert seen["network"].flags == 1                              # STRONGLY_TYPED is 0 in TensorRT 11
+    assert result.device.tensorrt == trt.TENSORRT_11["__version__"]
+
+
+def test_the_stand_in_is_as_strict_as_tensorrt(trt) -> None:
+    """Values and failures the bindings and headers have (NvInfer.h, pyCore.cpp, tensorrt/__init__.py)."""
+    assert trt.BuilderFlag.GPU_FALLBACK == 3 and trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED == 1
+    assert trt.TENSORRT_11["NetworkDefinitionCreationFlag"].STRONGLY_TYPED == 0
+    assert not hasattr(trt.TENSORRT_11["NetworkDefinitionCreationFlag"], "EXPLICIT_BATCH")
+    assert not hasattr(trt.TENSORRT_11["BuilderFlag"], "FP16")
+    with pytest.raises(TypeError, match="Could not resolve TensorRT datatype"):
+        trt.nptype(trt.DataType.BF16)
+
+    class Forgetful(trt.ILogger):
+        def __init__(self) -> None:                                # no trt.ILogger.__init__(self)
+            self.messages = []
+    with pytest.raises(TypeError, match="must be called when overriding __init__"):
+        Forgetful()
+    assert trt_backend.make_logger(trt).text() == "(TensorRT logged nothing)"
+    assert trt.IBuilderConfig(trt.Logger()).create_timing_cache(b"garbage") is None
 
 
 def test_build_failures_are_reported(trt, repo: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(trt, "DLA_UNSUPPORTED", {"Resize"})
     monkeypatch.setattr(trt.IBuilderConfig, "set_flag", lambda self, flag: None)   # GPU fallback ignored
     with pytest.raises(EngineError, match="TensorRT failed to build") as info:
-        build.build(repo / "yolov3-tiny.onnx", dla_core=0, say=lambda line: None)
+        build.build(repo / "yolov3-tiny.fp16.onnx", dla_core=0, say=lambda line: None)
     assert "DLA does not support Resize" in str(info.value)
     monkeypatch.setattr(trt.OnnxParser, "parse", lambda self, model: self.errors.append(
         trt._ParserError("Unsupported operator Foo")) or False)
@@ -163,7 +368,7 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, repo
     monkeypatch.setitem(sys.modules, "tensorrt", None)                # import tensorrt -> ImportError
     with pytest.raises(EngineError, match="`import tensorrt` failed") as info:
         build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
-    assert "python3-libnvinfer" in str(info.value)
+    assert "python3-libnvinfer" in str(info.value) and "TensorRT 11.4.1+" in str(info.value)
     assert trt_backend.device_key() is None
 
 
@@ -188,8 +393,8 @@ def test_io_specs(trt, repo: Path) -> None:
     result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
     logger = trt_backend.make_logger(trt)
     engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
-    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, {})
-    assert [(t.name, t.shape) for t in inputs] == [("images", (1, 3, 416, 416))]
+    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, {}, logger)
+    assert [(t.name, t.shape, t.dtype) for t in inputs] == [("images", (1, 3, 416, 416), np.float32)]
     assert [(t.name, t.shape) for t in outputs] == [("yolo0_13x13", (1, 255, 13, 13)),
                                                     ("yolo1_26x26", (1, 255, 26, 26))]
 
@@ -198,11 +403,11 @@ def test_engine_refuses_plan_of_another_device_before_loading(trt, repo: Path, m
     result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
     monkeypatch.setattr("edge.bundle.read_l4t", lambda root=Path("/"): "38.2.0")    # JetPack upgraded since
     with pytest.raises(EngineError, match="refusing .*built for .*36.4.3.*this device is .*38.2.0") as info:
-        trt_backend.TensorRTEngine(result.plan).activate()
+        TensorRTEngine(result.plan).activate()
     assert "rebuild it here: edge build" in str(info.value)
     result.sidecar.unlink()
     with pytest.raises(EngineError, match="has no readable sidecar"):
-        trt_backend.TensorRTEngine(result.plan).activate()
+        TensorRTEngine(result.plan).activate()
 
 
 def test_cli_build_without_tensorrt(repo: Path) -> None:
@@ -219,7 +424,245 @@ def test_dynamic_plan_runs_at_the_shape_it_was_built_for(trt, tmp_path: Path) ->
     logger = trt_backend.make_logger(trt)
     engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
     assert engine.get_tensor_shape("images") == (-1, 3, 64, 64)
-    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, dict(result.device.input_shapes))
+    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, dict(result.device.input_shapes), logger)
     assert inputs[0].shape == (2, 3, 64, 64) and outputs[0].shape == (2, 4, 64, 64)
     with pytest.raises(EngineError, match="the sidecar has no shape for it"):
-        trt_backend.io_specs(trt, engine, result.plan, {})
+        trt_backend.io_specs(trt, engine, result.plan, {}, logger)
+
+
+def _io_model(path: Path, elem_type: int, out_type: int) -> Path:
+    """images -> Cast -> out0, with the given ONNX element types (TensorRT takes IO types from the graph)."""
+    graph = helper.make_graph([helper.make_node("Cast", ["images"], ["out0"], to=out_type)], "g",
+                              [helper.make_tensor_value_info("images", elem_type, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out0", out_type, [1, 3, 8, 8])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_io_types_come_from_the_plan(trt, tmp_path: Path) -> None:
+    """fp16 IO gives float16 buffers; a type numpy lacks (bf16) is an EngineError, not nptype's TypeError."""
+    result = build.build(_io_model(tmp_path / "half.onnx", TensorProto.FLOAT16, TensorProto.FLOAT16),
+                         say=lambda line: None)
+    with TensorRTEngine(result.plan) as engine:
+        assert [t.dtype for t in engine.inputs + engine.outputs] == [np.float16, np.float16]
+        assert engine.create_slot("cam").input().dtype == np.float16
+    result = build.build(_io_model(tmp_path / "bf16.onnx", TensorProto.FLOAT, TensorProto.BFLOAT16),
+                         say=lambda line: None)
+    with pytest.raises(EngineError, match="tensor out0 is of TensorRT type DataType.BF16, which numpy has no type"):
+        TensorRTEngine(result.plan).activate()
+
+
+# Item 1: the DLA core a plan was built for is the one it runs on.
+
+def test_a_dla_plan_runs_on_the_core_it_was_built_for(trt, repo: Path) -> None:
+    result = build.build(repo / "yolov3-tiny.fp16.onnx", dla_core=1, say=lambda line: None)
+    assert json.loads(result.sidecar.read_text())["dla_core"] == 1
+    with TensorRTEngine(result.plan) as engine:
+        assert engine.runtime.DLA_core == 1 and engine.engine.dla_core == 1     # set before deserializing
+    gpu = build.build(repo / "yolov3-tiny.int8.qdq.onnx", say=lambda line: None)
+    with TensorRTEngine(gpu.plan) as engine:
+        assert engine.runtime.DLA_core == -1 and engine.engine.dla_core is None
+
+
+def test_a_dla_plan_is_refused_where_its_core_is_missing(trt, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = build.build(repo / "yolov3-tiny.fp16.onnx", dla_core=1, say=lambda line: None)
+    monkeypatch.setattr(trt, "DLA_CORES", 1)                       # an Orin NX with one DLA, say
+    with pytest.raises(EngineError, match="built for DLA core 1, and this device has 1 DLA cores") as info:
+        TensorRTEngine(result.plan).activate()
+    assert "rebuild it here without --dla" in str(info.value)
+
+
+# Item 2: DLA only for FP16/INT8 variants, only where the device has DLA cores.
+
+def test_dla_is_refused_for_an_fp32_variant(trt, repo: Path) -> None:
+    with pytest.raises(EngineError, match="refusing --dla for yolov3-tiny.onnx: it is an fp32 variant") as info:
+        build.build(repo / "yolov3-tiny.onnx", dla_core=0, say=lambda line: None)
+    assert "build the fp16 or int8 variant" in str(info.value)
+    assert not (repo / "plans").exists() or not list((repo / "plans").glob("*.plan"))
+    build.build(repo / "yolov3-tiny.onnx", dla_core=0, legacy_fp16=True, say=lambda line: None)   # FP16 flag
+    with pytest.raises(EngineError, match="--dla -1: DLA cores are numbered from 0"):
+        build.build(repo / "yolov3-tiny.int8.qdq.onnx", dla_core=-1, say=lambda line: None)
+
+
+@pytest.mark.parametrize("cores,core", [(0, 0), (2, 2)])
+def test_dla_is_refused_where_the_device_has_no_such_core(trt, repo: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         cores: int, core: int) -> None:
+    monkeypatch.setattr(trt, "DLA_CORES", cores)                  # 0: Orin Nano, Thor, or TensorRT 11.0-11.4.0
+    with pytest.raises(EngineError, match=f"--dla {core}: this device has {cores} DLA cores") as info:
+        build.build(repo / "yolov3-tiny.int8.qdq.onnx", dla_core=core, say=lambda line: None)
+    assert "TensorRT 11.0 to 11.4.0 have no DLA on Jetson" in str(info.value)
+
+
+# Item 3: each execution context of a dynamic-shape plan in concurrent use has its own optimization profile.
+
+def test_each_slot_of_a_dynamic_plan_has_its_own_optimization_profile(trt, tmp_path: Path) -> None:
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
+                        {"images": 0, "out0": 0})
+    result = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], profiles=2, say=lambda line: None)
+    assert json.loads(result.sidecar.read_text())["profiles"] == 2
+    with TensorRTEngine(result.plan) as engine:
+        first, second = engine.create_slot("cam0"), engine.create_slot("cam1")
+        assert [first.execution.active_optimization_profile, second.execution.active_optimization_profile] == [0, 1]
+        with pytest.raises(EngineError, match="slot 'cam2' needs an optimization profile of its own, and all 2") \
+                as info:
+            engine.create_slot("cam2")
+        assert "slots: cam0, cam1" in str(info.value)
+        first.close()
+        assert engine.create_slot("cam2").execution.active_optimization_profile == 0
+    single = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
+    with TensorRTEngine(single.plan) as engine:
+        engine.create_slot("cam0")
+        with pytest.raises(EngineError, match="all 1 of this dynamic-shape plan are in use"):
+            engine.create_slot("cam1")
+        shared = engine.engine.create_execution_context()              # what TensorRT forbids, and the stand-in
+        assert not shared.set_input_shape("images", (2, 3, 8, 8))       # refuses
+    static = build.build(conv_model(tmp_path / "static.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
+                         say=lambda line: None)
+    with TensorRTEngine(static.plan) as engine:                        # static shapes: slots share profile 0
+        assert {engine.create_slot(f"cam{i}").profile for i in range(3)} == {None}
+
+
+def test_profiles_need_dynamic_shapes(trt, repo: Path) -> None:
+    with pytest.raises(EngineError, match="profiles=2: give 1, or more than 1 together with --shapes"):
+        build.build(repo / "yolov3-tiny.onnx", profiles=2, say=lambda line: None)
+
+
+# Item 5: create_execution_context() returning None is an EngineError with TensorRT's messages.
+
+def test_no_execution_context_is_an_engine_error(trt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
+                        {"images": 0, "out0": 0})
+    result = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], profiles=2, say=lambda line: None)
+    monkeypatch.setattr(trt, "DEVICE_MEMORY", 0)                    # output shapes need a context at load
+    with pytest.raises(EngineError, match="could not create an execution context") as info:
+        TensorRTEngine(result.plan).activate()
+    assert "could not be allocated" in str(info.value) and "fewer cameras" in str(info.value)
+    monkeypatch.setattr(trt, "DEVICE_MEMORY", trt.CONTEXT_MEMORY)  # room for one context
+    with TensorRTEngine(result.plan) as engine:
+        engine.create_slot("cam0")
+        with pytest.raises(EngineError, match="could not create an execution context") as info:
+            engine.create_slot("cam1")
+        assert "could not be allocated" in str(info.value)
+        monkeypatch.setattr(trt, "DEVICE_MEMORY", 2 * trt.CONTEXT_MEMORY)
+        assert engine.create_slot("cam1").profile == 1              # the failed slot gave its profile back
+
+
+def test_a_slot_that_fails_gives_back_its_profile_and_execution_context(trt, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
+                        {"images": 0, "out0": 0})
+    result = build.build(path, shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
+
+    def no_memory(*args: Any, **kwargs: Any) -> None:
+        raise MemoryError("cuMemAlloc failed: out of memory")
+    with TensorRTEngine(result.plan) as engine:
+        with monkeypatch.context() as patch:
+            patch.setattr("edge.cuda.Event", no_memory)
+            with pytest.raises(MemoryError) as failed:
+                engine.create_slot("cam0")
+        assert engine.create_slot("cam0").execution.active_optimization_profile == 0
+        del failed
+
+
+# Item 6: the CUDA context is released once per owner, from any thread, leaving no stack entry behind.
+
+def test_the_pycuda_stand_in_leaks_like_pycuda(pycuda_stand_in: _Driver) -> None:
+    """What the device probe measured (pycuda 2026.1, H200): push, pop, then pycuda's detach leaves one entry."""
+    fake = cuda.driver()
+    context = fake.Device(0).retain_primary_context()
+    context.push()
+    fake.Context.pop()
+    context.detach()
+    assert pycuda_stand_in.stack() == ["primary"] and pycuda_stand_in.retains == 0
+
+
+def test_detach_releases_the_context_and_leaves_no_stack_entry(pycuda_stand_in: _Driver) -> None:
+    context = cuda.Context(0)
+    with context.current():
+        assert pycuda_stand_in.stack() == ["primary"]
+    context.detach()
+    context.detach()                                                # once per owner
+    assert pycuda_stand_in.retains == 0 and pycuda_stand_in.stack() == []
+
+
+def test_detach_from_another_thread_releases_the_context(pycuda_stand_in: _Driver) -> None:
+    context = cuda.Context(0)
+    with context.current():
+        pass
+    left: list[list[str]] = []
+
+    def stop() -> None:
+        context.detach()
+        left.append(list(pycuda_stand_in.stack()))
+    thread = threading.Thread(target=stop)
+    thread.start()
+    thread.join(10)
+    assert pycuda_stand_in.retains == 0 and left == [[]] and pycuda_stand_in.stack() == []
+
+
+def test_detach_inside_current_is_refused(pycuda_stand_in: _Driver) -> None:
+    context = cuda.Context(0)
+    with context.current(), pytest.raises(UsageError, match="detach.. while a CUDA context is current"):
+        context.detach()
+    context.detach()
+    assert pycuda_stand_in.retains == 0 and pycuda_stand_in.stack() == []
+
+
+def test_a_failing_driver_pop_is_an_engine_error(pycuda_stand_in: _Driver, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pycuda_stand_in, "cuCtxPopCurrent_v2", lambda popped: 201)
+    with pytest.raises(EngineError, match=r"cuCtxPopCurrent failed .* \(CUresult 201\)"):
+        cuda.Context(0).detach()
+
+
+def test_failed_builds_and_loads_release_the_context(trt, repo: Path, pycuda_stand_in: _Driver,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
+    assert pycuda_stand_in.retains == 0
+    monkeypatch.setattr(trt.Builder, "build_serialized_network", lambda self, network, config: None)
+    with pytest.raises(EngineError, match="TensorRT failed to build"):
+        build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
+    assert pycuda_stand_in.retains == 0 and pycuda_stand_in.stack() == []
+    result.plan.write_bytes(b"not a plan")
+    with pytest.raises(EngineError, match="could not deserialize"):
+        TensorRTEngine(result.plan).activate()
+    assert pycuda_stand_in.retains == 0 and pycuda_stand_in.stack() == []
+
+
+_REAL_DETACH = textwrap.dedent("""
+    import ctypes, json, threading
+    from edge import cuda
+    lib = ctypes.CDLL("libcuda.so.1")
+
+    def state():
+        current, flags, active = ctypes.c_void_p(), ctypes.c_uint(), ctypes.c_int()
+        lib.cuCtxGetCurrent(ctypes.byref(current))
+        lib.cuDevicePrimaryCtxGetState(0, ctypes.byref(flags), ctypes.byref(active))
+        return {"current": bool(current.value), "active": bool(active.value)}
+
+    seen = {}
+    context = cuda.Context(0)
+    with context.current():
+        seen["inside"] = state()
+    context.detach()
+    seen["after"] = state()
+    context = cuda.Context(0)
+    with context.current():
+        pass
+    thread = threading.Thread(target=lambda: (context.detach(), seen.update(thread=state())))
+    thread.start()
+    thread.join()
+    seen["after thread"] = state()
+    print(json.dumps(seen))
+""")
+
+
+@pytest.mark.gpu
+def test_detach_on_a_real_gpu() -> None:
+    """The same, against pycuda and the driver (a fresh process: nothing else holds the primary context)."""
+    run = subprocess.run([sys.executable, "-c", _REAL_DETACH], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout)
+    assert seen["inside"] == {"current": True, "active": True}
+    assert seen["after"] == seen["thread"] == seen["after thread"] == {"current": False, "active": False}

@@ -1,6 +1,9 @@
 """`edge build`: a TensorRT plan from a strongly typed network (precision comes from the ONNX variant:
-FP16 weights or INT8 Q/DQ), with an optimization profile, timing-cache reuse, DLA with GPU
+FP16 weights or INT8 Q/DQ), with optimization profiles, timing-cache reuse, DLA with GPU
 fallback, build progress, and a sidecar JSON with the device key and checksums.
+
+The plan is written before the timing cache, and a timing cache TensorRT cannot use here (corrupt,
+or from another device) is replaced by a fresh one: a cache never costs a finished build.
 
 Works with TensorRT 10.x and 11.x (11 is always strongly typed and has no precision flags).
 On 10.x, `legacy_fp16=True` builds a weakly typed network with the FP16 flag instead (off by
@@ -17,9 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from edge import bundle, cuda
-from edge.backends.tensorrt import import_tensorrt, make_logger
+from edge.backends.tensorrt import DLA_HINT, import_tensorrt, make_logger
 from edge.errors import EngineError
 from edge.tools.common import atomic_output, check_writable, load_onnx
+
+
+@dataclasses.dataclass(frozen=True)
+class _Built:
+    plan: bytes
+    input_shapes: dict[str, tuple[int, ...]]
+    timing_cache: bytes | None          # serialized after the build; None when not asked for or not serialized
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,29 +70,40 @@ def variant_precision(model: Any) -> str:
 
 
 def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | None = None, workspace_mb: int = 1024,
-          timing_cache: Path | None = None, shapes: list[str] | None = None, legacy_fp16: bool = False,
-          say: Callable[[str], None] = print) -> BuildResult:
-    """Build `onnx_path` into a plan on this device; register it in the repository manifest if there is one."""
+          timing_cache: Path | None = None, shapes: list[str] | None = None, profiles: int = 1,
+          legacy_fp16: bool = False, say: Callable[[str], None] = print) -> BuildResult:
+    """Build `onnx_path` into a plan on this device; register it in the repository manifest if there is one.
+
+    `profiles` copies of the dynamic inputs' optimization profile let that many cameras (slots) run the plan at
+    once: TensorRT needs a profile per execution context in concurrent use."""
     trt = import_tensorrt()
     model = load_onnx(onnx_path)
     precision = variant_precision(model)
-    profiles = parse_shapes(shapes or [])
+    _check_dla(dla_core, precision, legacy_fp16=legacy_fp16, onnx_path=onnx_path)
+    shape_ranges = parse_shapes(shapes or [])
+    if profiles < 1 or (profiles > 1 and not shape_ranges):
+        raise EngineError(f"profiles={profiles}: give 1, or more than 1 together with --shapes for dynamic inputs",
+                          hint="only a dynamic-shape plan has optimization profiles to copy")
     device = bundle.DeviceKey(bundle.read_board(), bundle.read_l4t(), str(trt.__version__), cuda.compute_capability())
     if plan_path is None:
         plan_path = _default_plan_path(onnx_path, device)
         plan_path.parent.mkdir(exist_ok=True)
     check_writable(plan_path)
+    if timing_cache is not None:
+        check_writable(timing_cache)
     context = cuda.Context(0)
     started = time.monotonic()
-    with context.current():
-        blob, input_shapes = _build_serialized(trt, onnx_path, device, dla_core=dla_core, workspace_mb=workspace_mb,
-                                               timing_cache=timing_cache, profiles=profiles,
-                                               legacy_fp16=legacy_fp16, say=say)
-    context.detach()
+    try:
+        with context.current():
+            built = _build_serialized(trt, onnx_path, device, dla_core=dla_core, workspace_mb=workspace_mb,
+                                      timing_cache=timing_cache, shape_ranges=shape_ranges, profiles=profiles,
+                                      legacy_fp16=legacy_fp16, say=say)
+    finally:
+        context.detach()
     seconds = time.monotonic() - started
-    key = dataclasses.replace(device, precision=precision, input_shapes=tuple(sorted(input_shapes.items())))
+    key = dataclasses.replace(device, precision=precision, input_shapes=tuple(sorted(built.input_shapes.items())))
     with atomic_output(plan_path) as tmp:
-        tmp.write_bytes(blob)
+        tmp.write_bytes(built.plan)
     sidecar = plan_path.with_name(plan_path.name + ".json")
     source_sha = bundle.sha256_file(onnx_path)
     with atomic_output(sidecar) as tmp:
@@ -90,10 +111,25 @@ def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | Non
             "device": key.to_json(), "plan_sha256": bundle.sha256_file(plan_path),
             "source": {"file": str(onnx_path), "sha256": source_sha},
             "build_seconds": round(seconds, 1), "built": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-            "dla_core": dla_core, "workspace_mb": workspace_mb, "legacy_fp16": legacy_fp16,
+            "dla_core": dla_core, "profiles": profiles, "workspace_mb": workspace_mb, "legacy_fp16": legacy_fp16,
             "metadata": {p.key: p.value for p in model.metadata_props}}, indent=2))
     _register(onnx_path, plan_path, precision, key, source_sha, say)
+    if timing_cache is not None and built.timing_cache is not None:
+        with atomic_output(timing_cache) as tmp:
+            tmp.write_bytes(built.timing_cache)
     return BuildResult(plan_path, sidecar, seconds, key)
+
+
+def _check_dla(dla_core: int | None, precision: str, *, legacy_fp16: bool, onnx_path: Path) -> None:
+    """DLA runs FP16 and INT8 layers only: an fp32 variant on --dla would run every layer on the GPU."""
+    if dla_core is None:
+        return
+    if dla_core < 0:
+        raise EngineError(f"--dla {dla_core}: DLA cores are numbered from 0")
+    if precision == "fp32" and not legacy_fp16:
+        raise EngineError(f"refusing --dla for {onnx_path.name}: it is an fp32 variant, and the DLA runs only FP16 and"
+                          " INT8 layers, so every layer would silently run on the GPU",
+                          hint="build the fp16 or int8 variant for the DLA (edge model fp16 / edge model quantize)")
 
 
 def _default_plan_path(onnx_path: Path, device: bundle.DeviceKey) -> Path:
@@ -103,10 +139,13 @@ def _default_plan_path(onnx_path: Path, device: bundle.DeviceKey) -> Path:
 
 
 def _build_serialized(trt: Any, onnx_path: Path, device: bundle.DeviceKey, *, dla_core: int | None,
-                      workspace_mb: int, timing_cache: Path | None, profiles: dict[str, Any], legacy_fp16: bool,
-                      say: Callable[[str], None]) -> tuple[bytes, dict[str, tuple[int, ...]]]:
+                      workspace_mb: int, timing_cache: Path | None, shape_ranges: dict[str, Any], profiles: int,
+                      legacy_fp16: bool, say: Callable[[str], None]) -> _Built:
     logger = make_logger(trt)
     builder = trt.Builder(logger)
+    if dla_core is not None and dla_core >= builder.num_DLA_cores:
+        raise EngineError(f"--dla {dla_core}: this device has {builder.num_DLA_cores} DLA cores"
+                          f" (TensorRT {trt.__version__} on {device.board})", hint=DLA_HINT)
     strongly_typed = not legacy_fp16
     if legacy_fp16 and not hasattr(trt.BuilderFlag, "FP16"):
         raise EngineError(f"--legacy-fp16 needs TensorRT 10.x; this is {trt.__version__}, which builds only"
@@ -122,8 +161,8 @@ def _build_serialized(trt: Any, onnx_path: Path, device: bundle.DeviceKey, *, dl
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if legacy_fp16:
         config.set_flag(trt.BuilderFlag.FP16)
-    input_shapes = _profile(trt, builder, network, config, profiles, onnx_path)
-    cache = _timing_cache(config, timing_cache)
+    input_shapes = _profiles(builder, network, config, shape_ranges, profiles, onnx_path)
+    _timing_cache(config, timing_cache, logger, say)
     if dla_core is not None:
         config.default_device_type = trt.DeviceType.DLA
         config.DLA_core = dla_core
@@ -136,46 +175,67 @@ def _build_serialized(trt: Any, onnx_path: Path, device: bundle.DeviceKey, *, dl
     if serialized is None:
         raise EngineError(f"TensorRT failed to build {onnx_path}", note=logger.text(),
                           hint="see TensorRT's messages above; try a larger --workspace or without --dla")
-    if timing_cache is not None and cache is not None:
-        with atomic_output(timing_cache) as tmp:
-            tmp.write_bytes(bytes(config.get_timing_cache().serialize()))
-    return bytes(serialized), input_shapes
+    cache = _serialized_timing_cache(config, say) if timing_cache is not None else None
+    return _Built(bytes(serialized), input_shapes, cache)
 
 
-def _profile(trt: Any, builder: Any, network: Any, config: Any, profiles: dict[str, Any],
-             onnx_path: Path) -> dict[str, tuple[int, ...]]:
-    """One optimization profile for dynamic inputs; returns the shape each input is built for (opt)."""
+def _profiles(builder: Any, network: Any, config: Any, shape_ranges: dict[str, Any], copies: int,
+              onnx_path: Path) -> dict[str, tuple[int, ...]]:
+    """`copies` identical optimization profiles for dynamic inputs; returns the shape each input is built for
+    (opt)."""
     names = [network.get_input(i).name for i in range(network.num_inputs)]
-    unknown = sorted(set(profiles) - set(names))
+    unknown = sorted(set(shape_ranges) - set(names))
     if unknown:
         raise EngineError(f"--shapes names {unknown}, which are not inputs of {onnx_path}", note=f"inputs: {names}")
-    shapes, profile = {}, None
+    shapes = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
         dims = tuple(int(d) for d in tensor.shape)
-        if tensor.name in profiles:
-            low, opt, high = profiles[tensor.name]
+        if tensor.name in shape_ranges:
+            low, opt, high = shape_ranges[tensor.name]
             if len(low) != len(dims) or any(d not in (-1, v) for d, v in zip(dims, opt)):
                 raise EngineError(f"--shapes {tensor.name}: {list(opt)} does not fit the model's {list(dims)}")
-            profile = profile or builder.create_optimization_profile()
-            profile.set_shape(tensor.name, low, opt, high)
             dims = opt
         elif -1 in dims:
             raise EngineError(f"input {tensor.name} of {onnx_path} is dynamic {list(dims)}",
                               hint=f"give its shapes: --shapes {tensor.name}:MIN,OPT,MAX")
         shapes[tensor.name] = dims
-    if profile is not None:
+    for _ in range(copies if shape_ranges else 0):
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shape_ranges.items():
+            profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(profile)
     return shapes
 
 
-def _timing_cache(config: Any, path: Path | None) -> Any:
+def _timing_cache(config: Any, path: Path | None, logger: Any, say: Callable[[str], None]) -> None:
+    """Attach the timing cache at `path`, or a fresh one. TensorRT does not raise for a cache it cannot use:
+    create_timing_cache logs and returns None for a corrupt one, set_timing_cache returns False for one from
+    another device; either is said and replaced by a fresh cache."""
     if path is None:
-        return None
+        return
     blob = path.read_bytes() if path.is_file() else b""
+    if blob and _attach_timing_cache(config, blob):
+        return
+    if blob:
+        say(f"timing cache {path} cannot be used here ({logger.text(1)}); starting a fresh one")
+    if not _attach_timing_cache(config, b""):
+        raise EngineError("TensorRT could not create a fresh timing cache", note=logger.text(),
+                          hint="build without --timing-cache")
+
+
+def _attach_timing_cache(config: Any, blob: bytes) -> bool:
     cache = config.create_timing_cache(blob)
-    config.set_timing_cache(cache, ignore_mismatch=False)
-    return cache
+    return cache is not None and config.set_timing_cache(cache, ignore_mismatch=False)
+
+
+def _serialized_timing_cache(config: Any, say: Callable[[str], None]) -> bytes | None:
+    cache = config.get_timing_cache()
+    serialized = cache.serialize() if cache is not None else None
+    if serialized is None:
+        say("TensorRT did not serialize the timing cache; the plan is kept, the cache file is left as it was")
+        return None
+    return bytes(serialized)
 
 
 def _progress_monitor(trt: Any, say: Callable[[str], None]) -> Any:
