@@ -216,7 +216,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     from edge.tools import build
 
     result = build.build(args.onnx, plan_path=args.output, dla_core=args.dla, workspace_mb=args.workspace,
-                         timing_cache=args.timing_cache, shapes=args.shapes, legacy_fp16=args.legacy_fp16)
+                         timing_cache=args.timing_cache, shapes=args.shapes, profiles=args.profiles,
+                         legacy_fp16=args.legacy_fp16)
     print(f"wrote {result.plan} ({result.device.precision}, {result.seconds:.1f} s) and {result.sidecar.name}")
     return 0
 
@@ -296,6 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--timing-cache", type=Path, metavar="FILE", help="read and update this timing cache")
     build.add_argument("--shapes", nargs="+", metavar="NAME:SHAPE",
                        help="NAME:1x3x416x416, or NAME:MIN,OPT,MAX for dynamic inputs")
+    build.add_argument("--profiles", type=_positive, default=1, metavar="N",
+                       help="dynamic inputs: N optimization profiles, so N cameras can run the plan at once")
     build.add_argument("--legacy-fp16", action="store_true",
                        help="TensorRT 10.x only: weakly typed network with the FP16 flag (deprecated path)")
     build.set_defaults(func=cmd_build)
