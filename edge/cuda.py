@@ -49,6 +49,18 @@ def compute_capability(device: int = 0) -> str:
     return f"{major}.{minor}"
 
 
+def integrated(device: int = 0) -> bool:
+    """True for a GPU that shares the host's memory (a Jetson's iGPU): the device's INTEGRATED attribute."""
+    cuda = driver()
+    return bool(cuda.Device(device).get_attribute(cuda.device_attribute.INTEGRATED))
+
+
+def can_map_host_memory(device: int = 0) -> bool:
+    """True where pinned host memory can be mapped into the device (zero-copy): CAN_MAP_HOST_MEMORY."""
+    cuda = driver()
+    return bool(cuda.Device(device).get_attribute(cuda.device_attribute.CAN_MAP_HOST_MEMORY))
+
+
 @functools.cache
 def _libcuda() -> Any:
     return ctypes.CDLL("libcuda.so.1")          # the driver library pycuda itself is linked against
@@ -119,17 +131,30 @@ class Stream:
     def synchronize(self) -> None:
         self._stream.synchronize()
 
+    def wait(self, event: Event) -> None:
+        """Work enqueued on this stream from now on starts after the work before `event` (no host wait)."""
+        self._stream.wait_for_event(event.raw)
+
     def free(self) -> None:
         """Destroy the stream now, while the context is current (pycuda cannot clean it up later)."""
         self._stream = None
 
 
 class Event:
-    """A synchronization event (no timing): record on a stream, then wait for it."""
+    """A synchronization event: record on a stream, then wait for it. `timing=True` for `elapsed_ms` (timing
+    makes the event a little slower to record, so it is off by default)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, timing: bool = False) -> None:
         cuda = driver()
-        self._event = cuda.Event(cuda.event_flags.DISABLE_TIMING)
+        self._event = cuda.Event(0 if timing else cuda.event_flags.DISABLE_TIMING)
+
+    def elapsed_ms(self, start: Event) -> float:
+        """GPU time from `start` to this event; both recorded with timing=True and completed."""
+        return float(self._event.time_since(start.raw))
+
+    @property
+    def raw(self) -> Any:
+        return self._event
 
     def free(self) -> None:
         """Destroy the event now, while the context is current."""
@@ -166,7 +191,10 @@ class HostBuffer:
         return int(self.array.base.get_device_pointer())
 
     def free(self) -> None:
-        self.array.base.free()
+        """Unpin and release the memory now, while the context is current; a second call does nothing."""
+        if self.array is not None:
+            self.array.base.free()
+            self.array = None
 
 
 class DeviceBuffer:

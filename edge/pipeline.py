@@ -159,12 +159,18 @@ class Lane:
 
     def _submit(self, frame: Frame, slots: dict[Engine, Slot], inflight: collections.deque[_InFlight]) -> None:
         """The frame boundary: the frame runs on the variant active now. At most `in_flight` frames are in
-        flight over all of the lane's slots, so the slot of a new variant always has a free buffer."""
+        flight over all of the lane's slots, so the slot of a new variant always has a free buffer. A slot that
+        takes raw frames (TensorRT: the letterbox on the GPU, bit-identical to the task's CPU letterbox) gets
+        the frame itself; otherwise the task preprocesses into the slot's input buffer."""
         engine = self.runtime.active()
         slot = self._slot(slots, engine)
-        buf = slot.input()
-        meta = self.runtime.task.preprocess(frame.image, buf)
-        inflight.append(_InFlight(frame, meta, engine, slot.submit(buf)))
+        if slot.takes_frames:
+            pending, meta = slot.submit_frame(frame.image)
+        else:
+            buf = slot.input()
+            meta = self.runtime.task.preprocess(frame.image, buf)
+            pending = slot.submit(buf)
+        inflight.append(_InFlight(frame, meta, engine, pending))
         self.engine = engine
 
     def _accept(self, frame: Frame, last_accepted_ns: int | None) -> bool:
@@ -180,7 +186,7 @@ class Lane:
         return True
 
     def _finish(self, item: _InFlight) -> None:
-        outputs = item.pending.wait(INFER_TIMEOUT_S)
+        outputs = item.pending.wait(INFER_TIMEOUT_S, copy=False)    # decoded before the slot reuses them
         detections = self.runtime.task.postprocess(outputs, item.meta)
         self.stats.processed += 1
         h, w = item.frame.image.shape[:2]

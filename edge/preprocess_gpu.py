@@ -196,8 +196,12 @@ class GpuLetterbox:
         self._cuda = cuda
         self.fill = float(fill)
         self.zero_copy = zero_copy
-        self._kernel = cuda.Kernel(KERNEL_SOURCE, FUNCTIONS[self.dtype], SIGNATURE, cache_dir=cache_dir)
-        self._done = cuda.Event()
+        self._kernel: Any = cuda.Kernel(KERNEL_SOURCE, FUNCTIONS[self.dtype], SIGNATURE, cache_dir=cache_dir)
+        try:
+            self._done: Any = cuda.Event()
+        except BaseException:
+            self._kernel.free()
+            raise
         self._host: Any = None          # cuda.HostBuffer (mapped with zero_copy), grown to the largest frame
         self._device: Any = None        # cuda.DeviceBuffer of the uploaded frame (copy mode)
 
@@ -237,11 +241,11 @@ class GpuLetterbox:
         return box
 
     def free(self) -> None:
-        """Release the buffers, the event and the kernel now, while the context is current."""
+        """Release the buffers, the event and the kernel now, while the context is current; once."""
         for owned in (self._host, self._device, self._done, self._kernel):
             if owned is not None:
                 owned.free()
-        self._host = self._device = None
+        self._host = self._device = self._done = self._kernel = None
 
     def _staging(self, nbytes: int) -> np.ndarray:
         if self._host is None or self._host.array.nbytes < nbytes:

@@ -26,11 +26,14 @@ IExecutionContext"), and every execution context takes device memory, so create_
 returns None once DEVICE_MEMORY is used up (as on an 8 GB Orin Nano).
 
 Its "network" copies the start of the input tensor into every output (so GPU tests can check
-the buffers and streams): execute_async_v3 does that with cuMemcpyDtoDAsync on the given raw
-stream when cuda-bindings is installed, and returns False when an address was not set.
+the buffers and streams): execute_async_v3 does that with `device_copy` (cuMemcpyDtoDAsync on the
+given raw stream, through cuda-bindings; CPU-tier tests replace it), and returns False when an
+address was not set. With COMPUTE_NS > 0 each enqueue first runs a kernel that spins that long on
+the stream: a slow engine, so tests can see what overlaps its compute.
 """
 from __future__ import annotations
 
+import ctypes
 import enum
 import json
 import weakref
@@ -46,6 +49,54 @@ CONTEXT_MEMORY = 64 << 20                           # what one execution context
 MAGIC = b"FAKEPLAN"
 CACHE_MAGIC = b"FAKECACHE"
 DLA_UNSUPPORTED = {"Resize"}                        # layers this stand-in's DLA cannot run
+COMPUTE_NS = 0                                      # > 0: each enqueue spins this long on the GPU first
+SPIN_SOURCE = r"""
+extern "C" __global__ void spin(unsigned long long ns)
+{
+    unsigned long long start, now;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+    do {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    } while (now - start < ns);
+}
+"""
+
+
+def device_copy(dst: int, src: int, nbytes: int, stream_handle: int) -> bool:
+    """The stand-in network's compute: an async device-to-device copy on the raw stream."""
+    from cuda.bindings import driver
+
+    err, = driver.cuMemcpyDtoDAsync(dst, src, nbytes, stream_handle)
+    return err == driver.CUresult.CUDA_SUCCESS
+
+
+class _Spin:
+    """A one-thread kernel that spins for a given time on a raw stream (libcuda through ctypes; loaded into
+    the context current when the engine first runs, like an engine's own kernels)."""
+
+    def __init__(self) -> None:
+        from edge import cuda, nvrtc
+
+        major, minor = cuda.driver().Context.get_device().compute_capability()
+        self._lib = ctypes.CDLL("libcuda.so.1")
+        self._lib.cuLaunchKernel.argtypes = [ctypes.c_void_p] + [ctypes.c_uint] * 7 + [
+            ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
+        self._cubin = nvrtc.cubin(SPIN_SOURCE, "spin", arch=f"sm_{major}{minor}")   # kept alive while loaded
+        self._module, self._function = ctypes.c_void_p(), ctypes.c_void_p()
+        self._check(self._lib.cuModuleLoadData(ctypes.byref(self._module), self._cubin), "cuModuleLoadData")
+        self._check(self._lib.cuModuleGetFunction(ctypes.byref(self._function), self._module, b"spin"),
+                    "cuModuleGetFunction")
+
+    @staticmethod
+    def _check(result: int, call: str) -> None:
+        if result != 0:
+            raise RuntimeError(f"{call} failed (CUresult {result})")
+
+    def launch(self, ns: int, stream_handle: int) -> None:
+        arg = ctypes.c_ulonglong(ns)
+        params = (ctypes.c_void_p * 1)(ctypes.cast(ctypes.byref(arg), ctypes.c_void_p))
+        self._check(self._lib.cuLaunchKernel(self._function, 1, 1, 1, 1, 1, 1, 0, stream_handle, params, None),
+                    "cuLaunchKernel")
 
 
 class _Pybind11Meta(type):
@@ -408,16 +459,13 @@ class IExecutionContext:
             self.engine.logger.log(ILogger.ERROR, "IExecutionContext::enqueueV3: optimization profile shared with"
                                                   " another execution context")
             return False
-        from cuda.bindings import driver
-
+        if COMPUTE_NS > 0:
+            self.engine.spin().launch(COMPUTE_NS, stream_handle)
         source = next(t["name"] for t in self.engine.io if t["mode"] == "INPUT")
         size = lambda name: int(np.prod(shapes[name])) * self.engine.itemsize(name)  # noqa: E731
-        for out in (t["name"] for t in self.engine.io if t["mode"] == "OUTPUT"):
-            err, = driver.cuMemcpyDtoDAsync(self.addresses[out], self.addresses[source],
-                                            min(size(out), size(source)), stream_handle)
-            if err != driver.CUresult.CUDA_SUCCESS:
-                return False
-        return True
+        return all(device_copy(self.addresses[out], self.addresses[source], min(size(out), size(source)),
+                               stream_handle)
+                   for out in (t["name"] for t in self.engine.io if t["mode"] == "OUTPUT"))
 
 
 class ICudaEngine:
@@ -428,6 +476,12 @@ class ICudaEngine:
         self.dla_core = dla_core            # stand-in only: the DLA core its DLA layers run on (None: GPU plan)
         self.logger = logger
         self.contexts: weakref.WeakSet[IExecutionContext] = weakref.WeakSet()
+        self._spin: _Spin | None = None
+
+    def spin(self) -> _Spin:
+        if self._spin is None:
+            self._spin = _Spin()
+        return self._spin
 
     @property
     def num_io_tensors(self) -> int:

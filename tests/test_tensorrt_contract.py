@@ -28,58 +28,36 @@ from edge.backends import tensorrt as trt_backend
 from edge.backends.tensorrt import TensorRTEngine
 from edge.errors import EngineError, UsageError
 from edge.tools import build
-from tests import fake_tensorrt
+from tests import fake_cuda, fake_tensorrt
 from tests.models import conv_model, make_dynamic
 
 BOARD = fake_tensorrt.BOARD
 REAL_CONTEXT = cuda.Context
 
 
-class _NoContext:
-    """Stand-in for edge.cuda.Context where there is no GPU (CPU tier only)."""
-
-    def __init__(self, device: int = 0) -> None:
-        self.detached = False
-
-    @contextlib.contextmanager
-    def current(self) -> Iterator[None]:
-        yield
-
-    def detach(self) -> None:
-        self.detached = True
+@pytest.fixture
+def cuda_stand_in(monkeypatch: pytest.MonkeyPatch) -> fake_cuda.Ledger:
+    """edge.cuda without a GPU, keeping a ledger of what is held (tests/fake_cuda.py)."""
+    return fake_cuda.install(monkeypatch)
 
 
-class _CpuBuffer:
-    """Stand-in for edge.cuda's Stream, Event, HostBuffer and DeviceBuffer where there is no GPU: slots can be
-    created and closed (nothing runs on them here)."""
-
-    handle = 0
-
-    def __init__(self, shape: Any = (), dtype: Any = np.float32, **flags: Any) -> None:
-        self.array = np.zeros(shape, dtype)
-        self.pointer = id(self)
-
-    def synchronize(self) -> None:
-        pass
-
-    def free(self) -> None:
-        pass
+def _has_pycuda() -> bool:
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 @pytest.fixture
 def trt(monkeypatch: pytest.MonkeyPatch):
+    """The stand-in TensorRT, on real CUDA where pycuda is installed, else on the CUDA stand-in."""
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
     monkeypatch.setattr(fake_tensorrt, "BOARD", BOARD)
     monkeypatch.setattr("edge.bundle.read_board", lambda root=Path("/"): BOARD)
     monkeypatch.setattr("edge.bundle.read_l4t", lambda root=Path("/"): "36.4.3")
-    if "pycuda" not in sys.modules:
-        try:
-            import pycuda.driver  # noqa: F401
-        except ImportError:
-            monkeypatch.setattr("edge.cuda.compute_capability", lambda device=0: "8.7")
-            monkeypatch.setattr("edge.cuda.Context", _NoContext)
-            for name in ("Stream", "Event", "HostBuffer", "DeviceBuffer"):
-                monkeypatch.setattr(f"edge.cuda.{name}", _CpuBuffer)
+    if not _has_pycuda():
+        fake_cuda.install(monkeypatch)
     return fake_tensorrt
 
 
@@ -174,7 +152,11 @@ def _pycuda(drv: _Driver) -> SimpleNamespace:
         def compute_capability(self) -> tuple[int, int]:
             return 8, 7
 
-    return SimpleNamespace(Device=Device, Context=Context, Error=LogicError)
+        def get_attribute(self, attribute: str) -> int:
+            return 0                                        # a discrete GPU
+
+    attributes = SimpleNamespace(INTEGRATED="INTEGRATED", CAN_MAP_HOST_MEMORY="CAN_MAP_HOST_MEMORY")
+    return SimpleNamespace(Device=Device, Context=Context, Error=LogicError, device_attribute=attributes)
 
 
 @pytest.fixture
@@ -666,3 +648,260 @@ def test_detach_on_a_real_gpu() -> None:
     seen = json.loads(run.stdout)
     assert seen["inside"] == {"current": True, "active": True}
     assert seen["after"] == seen["thread"] == seen["after thread"] == {"current": False, "active": False}
+
+
+# Issue 9, items 1 to 3 in the slot: one InFlightFrame per frame in flight, three streams ordered by events,
+# copy modes, raw frames letterboxed on the slot. Against the CUDA stand-in (tests/fake_cuda.py), whose ledger
+# sees every allocation and free, and what is enqueued on which stream.
+
+def _plan(tmp_path: Path, name: str = "m") -> Path:
+    onnx_path = conv_model(tmp_path / f"{name}.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1,
+                           n_outputs=2)
+    return build.build(onnx_path, say=lambda line: None).plan
+
+
+def _held_per_slot(depth: int, mode: str, frames: bool) -> dict[str, int]:
+    """What a slot holds: three streams; per frame 3 events, a host input and 2 host outputs (mapped in zerocopy
+    mode), device buffers for the input and outputs in copy mode (the input alone for GPU preprocessing in
+    zerocopy mode), and for GPU preprocessing a GpuLetterbox (a kernel and an event)."""
+    device = 3 if mode == "copy" else int(frames)
+    held = {"stream": 3, "event": depth * (3 + frames),
+            "mapped host buffer" if mode == "zerocopy" else "host buffer": depth * 3,
+            "device buffer": depth * device, "kernel": depth * frames}
+    return {kind: count for kind, count in held.items() if count}
+
+
+@pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+@pytest.mark.parametrize("frames", [True, False])
+def test_a_slot_holds_one_in_flight_frame_per_buffer_and_frees_everything(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, mode: str, frames: bool) -> None:
+    plan = _plan(tmp_path)
+    engine = TensorRTEngine(plan, copy_mode=mode, gpu_preprocess=frames).activate()
+    assert cuda_stand_in.kinds() == {"context": 1} and engine.copy_mode == mode and engine.takes_frames == frames
+    slot = engine.create_slot("cam", depth=3)
+    assert cuda_stand_in.kinds() == {"context": 1, **_held_per_slot(3, mode, frames)}
+    assert len(slot.frames) == 3 and len({id(f.host_input) for f in slot.frames}) == 3
+    for value in (1.0, 2.0, 3.0, 4.0):
+        buf = slot.input()
+        buf[...] = value
+        assert (slot.submit(buf).wait(0)["out1"] == value).all()      # the stand-in copies input to outputs
+    if frames:
+        slot.submit_frame(np.zeros((6, 10, 3), np.uint8))[0].wait(0)   # stages the frame (one more buffer)
+    slot.close()
+    assert cuda_stand_in.kinds() == {"context": 1} and not engine.engine.contexts
+    engine.deactivate()
+    assert cuda_stand_in.live == {}
+
+
+@pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+def test_a_slot_that_fails_at_any_allocation_frees_what_it_took(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                              tmp_path: Path, mode: str) -> None:
+    """cuMemAlloc (or an event, a stream, a kernel) failing at each allocation in turn: each time the slot
+    frees everything it took, gives back its execution context, and the next slot is whole."""
+    with TensorRTEngine(_plan(tmp_path), copy_mode=mode) as engine:
+        before = dict(cuda_stand_in.live)
+        start = cuda_stand_in.allocations
+        engine.create_slot("cam", depth=2).close()
+        needed = cuda_stand_in.allocations - start
+        assert needed == sum(_held_per_slot(2, mode, True).values())
+        for failing in range(1, needed + 1):
+            cuda_stand_in.fail_at = cuda_stand_in.allocations + failing
+            with pytest.raises(MemoryError, match="out of memory"):
+                engine.create_slot("cam", depth=2)
+            assert cuda_stand_in.live == before, f"allocation {failing} of {needed} failed"
+            assert not engine.engine.contexts and engine._slots == []
+        cuda_stand_in.fail_at = None
+        assert engine.create_slot("cam", depth=2).in_flight() == 0
+    assert cuda_stand_in.live == {}
+
+
+def test_a_failed_activate_releases_what_it_took(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
+    plan = _plan(tmp_path)
+    cuda_stand_in.can_map = False
+    with pytest.raises(EngineError, match="zerocopy, and this GPU cannot map host memory") as info:
+        TensorRTEngine(plan, copy_mode="zerocopy").activate()
+    assert "set copy_mode: copy" in str(info.value)
+    plan.write_bytes(b"not a plan")
+    with pytest.raises(EngineError, match="could not deserialize"):
+        TensorRTEngine(plan).activate()
+    bf16 = build.build(_io_model(tmp_path / "bf16.onnx", TensorProto.FLOAT, TensorProto.BFLOAT16),
+                       say=lambda line: None)
+    with pytest.raises(EngineError, match="numpy has no type"):
+        TensorRTEngine(bf16.plan).activate()
+    assert cuda_stand_in.live == {}                                 # the context detached each time
+
+
+def test_a_frame_is_reused_only_after_its_events_complete(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                          tmp_path: Path) -> None:
+    with TensorRTEngine(_plan(tmp_path), copy_mode="copy") as engine:
+        slot = engine.create_slot("cam", depth=2)
+        cuda_stand_in.hold = True                                   # the GPU has not run what was enqueued
+        pendings = []
+        for value in (1.0, 2.0):
+            buf = slot.input()
+            buf[...] = value
+            pendings.append(slot.submit(buf))
+        with pytest.raises(trt_backend.WaitTimeout, match="did not finish within 0.01 s"):
+            pendings[0].wait(0.01)
+        assert slot.in_flight() == 2                                # a timed-out frame keeps its buffers
+        with pytest.raises(UsageError, match="all 2 input buffers are in flight"):
+            slot.input()
+        cuda_stand_in.finish()
+        assert (pendings[0].wait(0.01)["out0"] == 1.0).all()
+        assert slot.in_flight() == 1 and slot.input() is slot.frames[0].host_input.array
+        assert (pendings[1].wait(0.01)["out0"] == 2.0).all()
+
+
+def test_a_failed_submission_waits_for_its_work_before_giving_back_its_frame(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with TensorRTEngine(_plan(tmp_path), copy_mode="copy") as engine:
+        slot = engine.create_slot("cam", depth=1)
+        cuda_stand_in.hold = True
+        monkeypatch.setattr(trt.IExecutionContext, "execute_async_v3", lambda self, stream_handle: False)
+        mark = len(cuda_stand_in.trace)
+        with pytest.raises(EngineError, match="execute_async_v3 failed on slot cam"):
+            slot.submit(slot.input())
+        kinds = [entry[0] for entry in cuda_stand_in.trace[mark:]]
+        assert kinds[:2] == ["h2d", "record"] and kinds[-3:] == ["synchronize"] * 3
+        assert slot.frames[0].uploaded.complete and slot.in_flight() == 0
+
+
+_STAGE_EVENTS = ("uploaded", "computed", "done")
+
+
+def _readable(slot: trt_backend.TrtSlot, trace: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
+    """The trace with stream and event names (an event of no InFlightFrame is the GpuLetterbox's own)."""
+    streams = {slot.upload.handle: "upload", slot.compute.handle: "compute", slot.download.handle: "download"}
+    events = {id(getattr(f, n)): n for f in slot.frames for n in _STAGE_EVENTS}
+    readable = []
+    for kind, stream, *rest in trace:
+        named = (events.get(id(rest[0]), "letterbox"),) if kind in ("record", "wait") else ()
+        readable.append((kind, streams[stream], *named))
+    return readable
+
+
+ORDER = {  # what one frame enqueues, per copy mode and input path
+    ("copy", "tensor"): [("h2d", "upload"), ("record", "upload", "uploaded"), ("wait", "compute", "uploaded"),
+                         ("compute", "compute"), ("compute", "compute"), ("record", "compute", "computed"),
+                         ("wait", "download", "computed"), ("d2h", "download"), ("d2h", "download"),
+                         ("record", "download", "done")],
+    ("zerocopy", "tensor"): [("compute", "compute"), ("compute", "compute"), ("record", "compute", "done")],
+    ("copy", "frame"): [("h2d", "upload"), ("kernel", "upload"), ("record", "upload", "letterbox"),
+                        ("record", "upload", "uploaded"), ("wait", "compute", "uploaded"), ("compute", "compute"),
+                        ("compute", "compute"), ("record", "compute", "computed"), ("wait", "download", "computed"),
+                        ("d2h", "download"), ("d2h", "download"), ("record", "download", "done")],
+    ("zerocopy", "frame"): [("kernel", "upload"), ("record", "upload", "letterbox"), ("record", "upload", "uploaded"),
+                            ("wait", "compute", "uploaded"), ("compute", "compute"), ("compute", "compute"),
+                            ("record", "compute", "done")],
+}
+
+
+@pytest.mark.parametrize("mode,path", list(ORDER))
+def test_each_stage_runs_on_its_stream_after_the_event_it_needs(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                               tmp_path: Path, mode: str, path: str) -> None:
+    """Upload (or the letterbox kernel) on the upload stream, the engine on the compute stream after the frame's
+    `uploaded` event, the downloads on the download stream after its `computed` event; each frame its own
+    buffers and events; zerocopy hands the engine mapped host memory and copies nothing."""
+    with TensorRTEngine(_plan(tmp_path), copy_mode=mode) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        for index in range(2):
+            mark = len(cuda_stand_in.trace)
+            if path == "tensor":
+                slot.submit(slot.input())
+            else:
+                slot.submit_frame(np.zeros((6, 10, 3), np.uint8))
+            trace = cuda_stand_in.trace[mark:]
+            assert _readable(slot, trace) == ORDER[mode, path]
+            frame = slot.frames[index]
+            stage_events = {id(getattr(f, n)) for f in slot.frames for n in _STAGE_EVENTS}
+            assert all(entry[2] in [getattr(frame, n) for n in _STAGE_EVENTS] for entry in trace
+                       if entry[0] in ("wait", "record") and id(entry[2]) in stage_events)     # this frame's own
+            used = frame.addresses if path == "tensor" else frame.frame_addresses
+            assert slot.execution.addresses == used
+            if mode == "zerocopy":
+                assert used["out0"] == frame.host_outputs["out0"].array.ctypes.data      # mapped: UVA pointer
+            if path == "tensor":
+                assert used["images"] == (frame.host_input.array.ctypes.data if mode == "zerocopy"
+                                          else frame.device_input.pointer)
+            else:
+                assert used["images"] == frame.device_input.pointer == trace[1 if mode == "copy" else 0][2]
+
+
+@pytest.mark.parametrize("integrated,can_map,requested,chosen", [
+    (False, True, "auto", "copy"), (True, True, "auto", "zerocopy"), (True, False, "auto", "copy"),
+    (False, True, "zerocopy", "zerocopy"), (True, True, "copy", "copy")])
+def test_the_copy_mode_follows_the_devices_integrated_attribute(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        integrated: bool, can_map: bool, requested: str, chosen: str) -> None:
+    cuda_stand_in.integrated, cuda_stand_in.can_map = integrated, can_map
+    with caplog.at_level("INFO", logger="edge.engine"), TensorRTEngine(_plan(tmp_path), copy_mode=requested) as engine:
+        assert engine.copy_mode == chosen
+        slot = engine.create_slot("cam")
+        assert all(h.mapped == (chosen == "zerocopy") for f in slot.frames
+                   for h in [f.host_input, *f.host_outputs.values()])
+    why = {("auto", "copy"): "a discrete GPU" if not integrated else "an integrated GPU that cannot map host memory",
+           ("auto", "zerocopy"): "an integrated GPU shares the host's memory"}.get((requested, chosen), requested)
+    assert f"copy mode {chosen} (" in caplog.text and why in caplog.text
+
+
+def test_copy_mode_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from edge import backends
+    from edge.config import TaskConfig
+
+    onnx_path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
+    bundle.Manifest(tmp_path, "m", [bundle.Variant("fp32", "onnx", "m.onnx", bundle.sha256_file(onnx_path))]).save()
+    task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"], copy_mode="zerocopy")
+    [engine] = backends.variants_for(task, threads=1).engines.values()
+    assert isinstance(engine, TensorRTEngine) and engine.requested_copy_mode == "zerocopy"
+    assert TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).copy_mode == "auto"
+    with pytest.raises(ValidationError, match="copy_mode"):
+        TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"], copy_mode="fast")
+    with pytest.raises(UsageError, match="copy_mode 'fast' is not one of auto, copy, zerocopy"):
+        TensorRTEngine(onnx_path, copy_mode="fast")
+
+
+def test_slots_take_raw_frames_where_the_input_is_one_float_image(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                                 tmp_path: Path) -> None:
+    half = build.build(_io_model(tmp_path / "half.onnx", TensorProto.FLOAT16, TensorProto.FLOAT16),
+                       say=lambda line: None)
+    byte = build.build(_io_model(tmp_path / "byte.onnx", TensorProto.UINT8, TensorProto.FLOAT), say=lambda line: None)
+    dynamic = build.build(make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3,
+                                                  stride=1), {"images": 0, "out0": 0}),
+                          shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
+    cases = [(half.plan, True, True), (_plan(tmp_path), False, False), (byte.plan, True, False),
+             (dynamic.plan, True, False)]
+    for plan, wanted, takes in cases:
+        with TensorRTEngine(plan, gpu_preprocess=wanted) as engine:
+            slot = engine.create_slot("cam")
+            assert engine.takes_frames == slot.takes_frames == takes, plan.name
+            if not takes:
+                with pytest.raises(UsageError, match="does not take raw frames") as info:
+                    slot.submit_frame(np.zeros((4, 4, 3), np.uint8))
+                assert "preprocess into slot.input() and submit()" in str(info.value) and slot.in_flight() == 0
+
+
+def test_submit_frame_returns_the_letterbox_and_refuses_bad_frames(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                                   tmp_path: Path) -> None:
+    from edge.preprocess import FrameError, Letterbox
+
+    with TensorRTEngine(_plan(tmp_path)) as engine:
+        slot = engine.create_slot("cam", depth=1)
+        pending, box = slot.submit_frame(np.zeros((6, 10, 3), np.uint8))
+        assert box == Letterbox.fit(10, 6, 8, 8)
+        pending.wait(0)
+        mark = len(cuda_stand_in.trace)
+        with pytest.raises(FrameError, match="BGR uint8"):
+            slot.submit_frame(np.zeros((6, 10), np.uint8))
+        assert slot.in_flight() == 0 and cuda_stand_in.trace[mark:] == []    # nothing enqueued, frame free
+
+
+def test_results_are_copies_unless_asked_for_the_slots_own_buffers(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                                   tmp_path: Path) -> None:
+    with TensorRTEngine(_plan(tmp_path)) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        copied = slot.submit(slot.input()).wait(0)
+        own = slot.submit(slot.input()).wait(0, copy=False)
+        assert not np.shares_memory(copied["out0"], slot.frames[0].host_outputs["out0"].array)
+        assert own["out0"] is slot.frames[1].host_outputs["out0"].array

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Engine, Pending, Slot, TensorSpec
+from edge.backends.base import Engine, Pending, Slot, TensorSpec, WaitTimeout
 from edge.errors import EngineError
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -125,7 +125,7 @@ class OrtPending(Pending):
         try:
             values = self._future.result(timeout)
         except concurrent.futures.TimeoutError:
-            raise EngineError(f"{self._engine}: inference did not finish within {timeout} s") from None
+            raise WaitTimeout(f"{self._engine}: inference did not finish within {timeout} s") from None
         except Exception as exc:  # ORT raises its own RuntimeError subclasses from the worker
             raise EngineError(f"{self._engine}: inference failed: {exc}") from exc
         return dict(zip(self._names, values))
@@ -136,11 +136,12 @@ class OrtSlot(Slot):
 
     def __init__(self, engine: OnnxRuntimeEngine, name: str, depth: int) -> None:
         super().__init__(engine, name, depth)
+        spec = engine.inputs[0]
+        self._buffers = [np.zeros(spec.shape, spec.dtype) for _ in range(depth)]
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
 
-    def _alloc_input(self) -> np.ndarray:
-        spec = self.engine.inputs[0]
-        return np.zeros(spec.shape, spec.dtype)
+    def _input(self, index: int) -> np.ndarray:
+        return self._buffers[index]
 
     def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending:
         feed = {self.engine.inputs[0].name: self._buffers[index]}

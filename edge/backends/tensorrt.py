@@ -1,8 +1,14 @@
 """TensorRT backend (TensorRT 10/11 name-based API), with pycuda through edge.cuda.
 
-One runtime and engine per task variant; per slot (camera) one IExecutionContext, one CUDA
-stream, and for each of the K frames in flight its own pinned host and device buffers, so
-frame n+1 is uploaded and enqueued while frame n still runs. A plan whose sidecar says it was
+One runtime and engine per task variant; per slot (camera) one IExecutionContext and three CUDA
+streams (upload, compute, download) ordered by events, and for each of the K frames in flight one
+InFlightFrame with its own buffers and events, so the upload of frame n+1 and the download of frame
+n-1 run while frame n computes (TrtSlot). Copy modes: `copy` (pinned host + device buffers, async
+copies; the default on a discrete GPU) and `zerocopy` (mapped pinned memory handed to the engine; the
+default on an integrated GPU such as a Jetson's, read from the device's INTEGRATED attribute). A slot
+whose engine input is one fp32/fp16 [1,3,H,W] image also takes raw frames (`submit_frame`): the
+GpuLetterbox of the frame's InFlightFrame letterboxes it on the upload stream straight into the
+engine's input, bit-identical to the CPU letterbox (edge/preprocess_gpu.py). A plan whose sidecar says it was
 built for another device, or that TensorRT warns about ("different models of devices"), is
 refused: plans are rebuilt on the target, never silently used elsewhere.
 
@@ -16,16 +22,23 @@ import contextlib
 import functools
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from edge import bundle, cuda
-from edge.backends.base import Engine, Pending, Slot, TensorSpec
+from edge.backends.base import Engine, Pending, Slot, TensorSpec, WaitTimeout
 from edge.bundle import DeviceKey
-from edge.errors import EngineError
+from edge.errors import EngineError, UsageError
+from edge.log import get_logger
+from edge.preprocess import Letterbox, check_frame
+from edge.preprocess_gpu import GpuLetterbox, output_geometry
+
+log = get_logger("engine")
+_Owned = TypeVar("_Owned")
+COPY_MODES = ("auto", "copy", "zerocopy")
 
 FOREIGN_PLAN_WARNING = "different models of devices"
 INSTALL_HINT = ("TensorRT exists on the Jetson: JetPack 6.x and 7.x ship TensorRT 10 as the apt package"
@@ -171,6 +184,36 @@ def open_execution(engine: Any, logger: Any, spec: TensorSpec, profile: int | No
     return execution
 
 
+def choose_copy_mode(requested: str, device: int) -> tuple[str, str]:
+    """(copy or zerocopy, why) for `copy_mode: auto|copy|zerocopy` on this device. auto takes zero-copy on an
+    integrated GPU (a Jetson's shares the host's DRAM: a copy would only move bytes within it), copies on a
+    discrete one (mapped memory works there too, but the engine would read it over PCIe)."""
+    if requested == "copy":
+        return "copy", "copy_mode: copy"
+    integrated = cuda.integrated(device)
+    if requested == "auto" and not integrated:
+        return "copy", "auto: a discrete GPU (pinned host and device buffers, async copies)"
+    if not cuda.can_map_host_memory(device):
+        if requested == "auto":
+            return "copy", "auto: an integrated GPU that cannot map host memory"
+        raise EngineError("copy_mode: zerocopy, and this GPU cannot map host memory", note=f"CUDA device {device}",
+                          hint="set copy_mode: copy (or auto) for this task")
+    if requested == "auto":
+        return "zerocopy", "auto: an integrated GPU shares the host's memory (mapped pinned buffers, no copies)"
+    return "zerocopy", "copy_mode: zerocopy"
+
+
+def frames_unfit(spec: TensorSpec) -> str | None:
+    """Why GPU preprocessing cannot write this engine input, or None where it can (one fp32/fp16 [1,3,H,W])."""
+    if len(spec.shape) == 4 and spec.shape[0] != 1:
+        return f"input {spec.name} holds a batch of {spec.shape[0]} images"
+    try:
+        output_geometry(spec.shape, spec.dtype)
+    except EngineError as exc:
+        return f"{exc.what} ({exc.note})"
+    return None
+
+
 def read_sidecar(plan: Path) -> dict[str, Any]:
     path = plan.with_name(plan.name + ".json")
     try:
@@ -183,74 +226,171 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
 
 
 class TrtPending(Pending):
-    def __init__(self, slot: TrtSlot, index: int, release: Callable[[], None]) -> None:
+    views = True
+
+    def __init__(self, slot: TrtSlot, frame: InFlightFrame, release: Callable[[], None]) -> None:
         super().__init__(release)
         self._slot = slot
-        self._index = index
+        self._frame = frame
 
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]:
         with self._slot.engine.context.current():
-            if not self._slot.events[self._index].wait(timeout):
-                raise EngineError(f"{self._slot.engine.name}: inference did not finish within {timeout} s")
-        return {name: host.array.copy() for name, host in self._slot.outputs[self._index].items()}
+            if not self._frame.done.wait(timeout):
+                raise WaitTimeout(f"{self._slot.engine.name}: inference did not finish within {timeout} s")
+        return {name: host.array for name, host in self._frame.host_outputs.items()}
+
+
+def _nbytes(spec: TensorSpec) -> int:
+    return int(np.prod(spec.shape)) * spec.dtype.itemsize
+
+
+class InFlightFrame:
+    """The memory and events of one frame in flight on a TrtSlot, like the TensorRT samples' HostDeviceMem
+    with explicit frees: a host input (mapped in zerocopy mode) and, in copy mode or for GPU preprocessing,
+    a device input; host outputs (mapped in zerocopy mode) and, in copy mode, device outputs; the events
+    that order its stages over the slot's streams (uploaded, computed, done); with GPU preprocessing its
+    own GpuLetterbox, which stages one frame. Created and freed with the context current; a constructor
+    that fails frees what it took."""
+
+    def __init__(self, engine: TensorRTEngine, mode: str, *, frames: bool) -> None:
+        self._owned: list[Any] = []
+        try:
+            self._allocate(engine, mode == "zerocopy", frames)
+        except BaseException:
+            self.free()
+            raise
+
+    def _own(self, thing: _Owned) -> _Owned:
+        self._owned.append(thing)
+        return thing
+
+    def _allocate(self, engine: TensorRTEngine, zerocopy: bool, frames: bool) -> None:
+        spec = engine.inputs[0]
+        self.host_input = self._own(cuda.HostBuffer(spec.shape, spec.dtype, mapped=zerocopy))
+        self.device_input = self._own(cuda.DeviceBuffer(_nbytes(spec))) if frames or not zerocopy else None
+        self.host_outputs = {o.name: self._own(cuda.HostBuffer(o.shape, o.dtype, mapped=zerocopy))
+                             for o in engine.outputs}
+        self.device_outputs = {} if zerocopy else {o.name: self._own(cuda.DeviceBuffer(_nbytes(o)))
+                                                   for o in engine.outputs}
+        self.uploaded, self.computed, self.done = (self._own(cuda.Event()) for _ in range(3))
+        self.letterbox = self._own(GpuLetterbox(spec.shape, spec.dtype, zero_copy=zerocopy)) if frames else None
+        outputs = {name: host.device_pointer() if zerocopy else self.device_outputs[name].pointer
+                   for name, host in self.host_outputs.items()}
+        given = self.host_input.device_pointer() if zerocopy else self.device_input.pointer
+        self.addresses = {spec.name: given, **outputs}                       # submit(): the host input as given
+        self.frame_addresses = {spec.name: self.device_input.pointer, **outputs} if frames else {}
+
+    def free(self) -> None:
+        while self._owned:
+            self._owned.pop().free()
 
 
 class TrtSlot(Slot):
+    """One camera's lane through the engine: an execution context and three streams. `upload` carries the
+    frame's H2D copy (or its GPU preprocessing), `compute` the engine, `download` the D2H copies; per frame,
+    compute waits for the frame's `uploaded` event and download for its `computed` event, so the upload of
+    frame n+1 and the download of frame n-1 run while frame n computes. The copies take two streams because a
+    stream runs its work in order: the D2H of frame n waits for frame n's compute, and an upload queued behind
+    it on the same stream would wait as long. In zerocopy mode the engine reads and writes mapped host memory
+    and nothing is copied. Everything is allocated here after the base constructor; a failure frees it all."""
+
     engine: TensorRTEngine
 
     def __init__(self, engine: TensorRTEngine, name: str, depth: int) -> None:
-        self._hosts: list[cuda.HostBuffer] = []
-        spec = engine.inputs[0]
-        with engine.context.current(), contextlib.ExitStack() as undo:
-            self.profile = engine.take_profile(name)
-            undo.callback(engine.give_profile, self.profile)
-            self.stream = cuda.Stream()
-            undo.callback(self.stream.free)
-            self.execution = open_execution(engine.engine, engine.logger, spec, self.profile, self.stream.handle,
-                                            f"{engine.name} slot {name}")
-            undo.callback(delattr, self, "execution")       # before its profile goes back
-            super().__init__(engine, name, depth)
-            self.device_inputs = [cuda.DeviceBuffer(int(np.prod(spec.shape)) * spec.dtype.itemsize)
-                                  for _ in range(depth)]
-            self.outputs = [{o.name: cuda.HostBuffer(o.shape, o.dtype) for o in engine.outputs} for _ in range(depth)]
-            self.device_outputs = [{o.name: cuda.DeviceBuffer(int(np.prod(o.shape)) * o.dtype.itemsize)
-                                    for o in engine.outputs} for _ in range(depth)]
-            self.events = [cuda.Event() for _ in range(depth)]
-            undo.pop_all()
+        super().__init__(engine, name, depth)
+        self.copy_mode = engine.copy_mode
+        self.takes_frames = engine.takes_frames
+        self.profile: int | None = None
+        self._holds_profile = False
+        self.streams: list[cuda.Stream] = []
+        self.execution: Any = None
+        self.frames: list[InFlightFrame] = []
+        with engine.context.current():
+            try:
+                self._open()
+            except BaseException:
+                self._release()
+                raise
 
-    def _alloc_input(self) -> np.ndarray:
-        spec = self.engine.inputs[0]
-        host = cuda.HostBuffer(spec.shape, spec.dtype)
-        self._hosts.append(host)
-        return host.array
+    def _open(self) -> None:
+        engine = self.engine
+        self.profile = engine.take_profile(self.name)
+        self._holds_profile = True
+        for _ in range(3):
+            self.streams.append(cuda.Stream())
+        self.upload, self.compute, self.download = self.streams
+        self.execution = open_execution(engine.engine, engine.logger, engine.inputs[0], self.profile,
+                                        self.compute.handle, f"{engine.name} slot {self.name}")
+        for _ in range(self.depth):
+            self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames))
+
+    def _release(self) -> None:
+        """Wait for the streams, then free everything this slot holds (the context current)."""
+        for stream in self.streams:
+            stream.synchronize()
+        self.execution = None                       # before its profile goes back
+        if self._holds_profile:
+            self._holds_profile = False
+            self.engine.give_profile(self.profile)
+        while self.frames:
+            self.frames.pop().free()
+        while self.streams:
+            self.streams.pop().free()
+
+    def _input(self, index: int) -> np.ndarray:
+        return self.frames[index].host_input.array
 
     def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending:
-        spec = self.engine.inputs[0]
-        with self.engine.context.current():
-            self.device_inputs[index].upload(self._buffers[index], self.stream)
-            self.execution.set_tensor_address(spec.name, self.device_inputs[index].pointer)
-            for name, buffer in self.device_outputs[index].items():
-                self.execution.set_tensor_address(name, buffer.pointer)
-            if not self.execution.execute_async_v3(self.stream.handle):
-                release()
-                raise EngineError(f"{self.engine.name}: execute_async_v3 failed on slot {self.name}")
-            for name, buffer in self.device_outputs[index].items():
-                buffer.download(self.outputs[index][name].array, self.stream)
-            self.events[index].record(self.stream)
-        return TrtPending(self, index, release)
+        frame = self.frames[index]
+        copying = self.copy_mode == "copy"
+        with self.engine.context.current(), self._settled_on_error():
+            if copying:
+                frame.device_input.upload(frame.host_input.array, self.upload)
+            self._run(frame, frame.addresses, uploaded=copying)
+        return TrtPending(self, frame, release)
+
+    def _submit_frame_impl(self, index: int, image: np.ndarray, release: Callable[[], None]
+                           ) -> tuple[Pending, Letterbox]:
+        check_frame(image)                          # a bad frame enqueues nothing (and stalls no stream)
+        frame = self.frames[index]
+        with self.engine.context.current(), self._settled_on_error():
+            box = frame.letterbox.run(image, frame.device_input.pointer, self.upload)
+            self._run(frame, frame.frame_addresses, uploaded=True)
+        return TrtPending(self, frame, release), box
+
+    def _run(self, frame: InFlightFrame, addresses: dict[str, int], *, uploaded: bool) -> None:
+        """Enqueue the engine after the frame's upload stage (when it had one), then the downloads (copy mode);
+        the frame's `done` event follows its last stage."""
+        if uploaded:
+            frame.uploaded.record(self.upload)
+            self.compute.wait(frame.uploaded)
+        for name, address in addresses.items():
+            self.execution.set_tensor_address(name, address)
+        if not self.execution.execute_async_v3(self.compute.handle):
+            raise EngineError(f"{self.engine.name}: execute_async_v3 failed on slot {self.name}",
+                              note=self.engine.logger.text())
+        if not frame.device_outputs:                # zerocopy: the engine wrote the host outputs itself
+            frame.done.record(self.compute)
+            return
+        frame.computed.record(self.compute)
+        self.download.wait(frame.computed)
+        for name, buffer in frame.device_outputs.items():
+            buffer.download(frame.host_outputs[name].array, self.download)
+        frame.done.record(self.download)
+
+    @contextlib.contextmanager
+    def _settled_on_error(self) -> Iterator[None]:
+        """A submission that fails gives its frame back only after what it enqueued has finished."""
+        try:
+            yield
+        except BaseException:
+            for stream in self.streams:
+                stream.synchronize()
+            raise
 
     def _close_impl(self) -> None:
         with self.engine.context.current():
-            self.stream.synchronize()
-            for buffer in self.device_inputs + [b for d in self.device_outputs for b in d.values()]:
-                buffer.free()
-            for host in self._hosts + [h for d in self.outputs for h in d.values()]:
-                host.free()
-            for event in self.events:
-                event.free()
-            self.stream.free()
-            del self.execution
-        self.engine.give_profile(self.profile)
+            self._release()
 
 
 class TensorRTEngine(Engine):
@@ -258,9 +398,16 @@ class TensorRTEngine(Engine):
 
     backend = "tensorrt"
 
-    def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0) -> None:
+    def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, copy_mode: str = "auto",
+                 gpu_preprocess: bool = True) -> None:
         super().__init__(path, precision=precision)
+        if copy_mode not in COPY_MODES:
+            raise UsageError(f"copy_mode {copy_mode!r} is not one of {', '.join(COPY_MODES)}")
         self.device = device
+        self.requested_copy_mode = copy_mode
+        self.copy_mode = "copy"                           # resolved by activate()
+        self.gpu_preprocess = gpu_preprocess
+        self.takes_frames = False                         # slots letterbox raw frames on the GPU (activate())
         self.context: cuda.Context
         self.engine: Any = None
         self._profiles_lock = threading.Lock()
@@ -276,6 +423,7 @@ class TensorRTEngine(Engine):
                               f" this device is {here.platform() if here else 'without TensorRT'}",
                               hint=f"rebuild it here: edge build {sidecar.get('source', {}).get('file', '<onnx>')}")
         self.metadata = dict(sidecar.get("metadata", {}))
+        self.copy_mode, why = choose_copy_mode(self.requested_copy_mode, self.device)
         self.logger = make_logger(trt)
         self.context = cuda.Context(self.device)
         try:
@@ -285,6 +433,10 @@ class TensorRTEngine(Engine):
             self.runtime = self.engine = None
             self.context.detach()
             raise
+        unfit = frames_unfit(self.inputs[0]) if self.gpu_preprocess else "gpu_preprocess=False"
+        self.takes_frames = unfit is None
+        log.info("%s | copy mode %s (%s); preprocessing on the %s", self.name, self.copy_mode, why,
+                 "GPU" if unfit is None else f"CPU: {unfit}")
 
     def _load(self, trt: Any, dla_core: int | None, built_shapes: dict[str, tuple[int, ...]]) -> None:
         self.runtime = trt.Runtime(self.logger)

@@ -1,0 +1,247 @@
+"""A stand-in for edge.cuda where there is no GPU, for the TensorRT backend's contract tests.
+
+It keeps a ledger of what is held (the context, streams, events, pinned and device buffers, kernels),
+so tests can check that every allocation is freed, on close and on every failure path, and that each
+one is made and freed with the context current (pycuda's rule). Memory is numpy: a device buffer or a
+mapped host buffer has a pointer the stand-in TensorRT's compute can copy between (`install` routes
+tests/fake_tensorrt.device_copy here), and copies run at once. Events finish when recorded, unless the
+ledger `hold`s them: then they stay unfinished until `finish()` (or a synchronize of their stream), and a
+host wait on one without a timeout fails the test instead of hanging. `trace` lists what was enqueued
+on which stream, in order. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes are settable.
+"""
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.errors import EngineError
+
+ledger: Ledger
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.live: dict[int, str] = {}          # id -> kind of everything held now
+        self.allocations = 0                    # made so far
+        self.fail_at: int | None = None         # the allocation (1-based count) that fails, like cuMemAlloc
+        self.current = 0                        # depth of context.current() blocks
+        self.hold = False
+        self.integrated = False
+        self.can_map = True
+        self.trace: list[tuple[Any, ...]] = []
+        self.memory: dict[int, np.ndarray] = {}
+        self._unfinished: list[Event] = []
+        self._handles = itertools.count(1)
+
+    def take(self, thing: Any, kind: str, *, current: bool = True) -> None:
+        if current:
+            self._check_current(f"allocating a {kind}")
+        self.allocations += 1
+        if self.allocations == self.fail_at:
+            raise MemoryError(f"cuMemAlloc failed: out of memory (stand-in, allocation {self.allocations}: {kind})")
+        self.live[id(thing)] = kind
+
+    def give(self, thing: Any, *, current: bool = True) -> None:
+        if current:
+            self._check_current("freeing")
+        if id(thing) not in self.live:
+            raise AssertionError(f"{type(thing).__name__} freed twice, or never allocated")
+        del self.live[id(thing)]
+
+    def kinds(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for kind in self.live.values():
+            counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    def finish(self) -> None:
+        """Everything enqueued so far has run."""
+        for event in self._unfinished:
+            event.complete = True
+        self._unfinished.clear()
+
+    def copy(self, dst: int, src: int, nbytes: int, stream_handle: int) -> bool:
+        self.trace.append(("compute", stream_handle))
+        self.memory[dst][:nbytes] = self.memory[src][:nbytes]
+        return True
+
+    def handle(self) -> int:
+        return next(self._handles)
+
+    def _check_current(self, what: str) -> None:
+        if self.current <= 0:
+            raise AssertionError(f"{what} without the CUDA context current")
+
+
+def _bytes(array: np.ndarray) -> np.ndarray:
+    return array.reshape(-1).view(np.uint8)
+
+
+class Context:
+    """The primary context, retained by an owner (the ledger holds it until `detach`)."""
+
+    def __init__(self, device: int = 0) -> None:
+        ledger.take(self, "context", current=False)
+        self._detached = False
+
+    @contextlib.contextmanager
+    def current(self) -> Iterator[None]:
+        ledger.current += 1
+        try:
+            yield
+        finally:
+            ledger.current -= 1
+
+    def detach(self) -> None:
+        if not self._detached:
+            self._detached = True
+            ledger.give(self, current=False)
+
+
+class Stream:
+    def __init__(self) -> None:
+        ledger.take(self, "stream")
+        self.handle = ledger.handle()
+
+    @property
+    def raw(self) -> Stream:
+        return self
+
+    def synchronize(self) -> None:
+        ledger.trace.append(("synchronize", self.handle))
+        for event in ledger._unfinished:
+            if event.stream is self:
+                event.complete = True
+        ledger._unfinished[:] = [e for e in ledger._unfinished if not e.complete]
+
+    def wait(self, event: Event) -> None:
+        ledger.trace.append(("wait", self.handle, event))
+
+    def free(self) -> None:
+        ledger.give(self)
+
+
+class Event:
+    def __init__(self) -> None:
+        ledger.take(self, "event")
+        self.stream: Stream | None = None
+        self.complete = True
+
+    def record(self, stream: Stream) -> None:
+        ledger.trace.append(("record", stream.handle, self))
+        self.stream = stream
+        self.complete = not ledger.hold
+        if ledger.hold:
+            ledger._unfinished.append(self)
+
+    def wait(self, timeout: float | None) -> bool:
+        if not self.complete and timeout is None:
+            raise AssertionError("the host would wait forever for work the test holds back")
+        return self.complete
+
+    def free(self) -> None:
+        ledger.give(self)
+
+
+class HostBuffer:
+    def __init__(self, shape: tuple[int, ...], dtype: Any, *, mapped: bool = False) -> None:
+        ledger.take(self, "mapped host buffer" if mapped else "host buffer")
+        self.array: Any = np.zeros(shape, dtype)
+        self.mapped = mapped
+        if mapped:
+            ledger.memory[self.array.ctypes.data] = _bytes(self.array)
+
+    def device_pointer(self) -> int:
+        if not self.mapped:
+            raise EngineError("device_pointer() needs a mapped host buffer (mapped=True)")
+        return int(self.array.ctypes.data)
+
+    def free(self) -> None:
+        if self.array is not None:
+            ledger.give(self)
+            self.array = None
+
+
+class DeviceBuffer:
+    def __init__(self, nbytes: int = 0) -> None:
+        self._bytes: np.ndarray | None = None
+        self.nbytes = 0
+        self.ensure(nbytes)
+
+    def ensure(self, nbytes: int) -> DeviceBuffer:
+        if nbytes > self.nbytes or self._bytes is None:
+            self.free()
+            ledger.take(self, "device buffer")
+            self._bytes = np.zeros(max(1, nbytes), np.uint8)
+            self.nbytes = max(1, nbytes)
+            ledger.memory[self.pointer] = self._bytes
+        return self
+
+    @property
+    def pointer(self) -> int:
+        return int(self._bytes.ctypes.data)
+
+    def upload(self, host: np.ndarray, stream: Stream) -> None:
+        ledger.trace.append(("h2d", stream.handle, self.pointer))
+        self._bytes[:host.nbytes] = _bytes(host)
+
+    def download(self, host: np.ndarray, stream: Stream) -> None:
+        ledger.trace.append(("d2h", stream.handle, self.pointer))
+        _bytes(host)[:] = self._bytes[:host.nbytes]
+
+    def free(self) -> None:
+        if self._bytes is not None:
+            ledger.give(self)
+            self._bytes = None
+            self.nbytes = 0
+
+
+class Kernel:
+    """Loads nothing and computes nothing: GpuLetterbox's kernel runs on the GPU tier."""
+
+    def __init__(self, source: str, function: str, signature: str, *, cache_dir: Any = None) -> None:
+        ledger.take(self, "kernel")
+        self.function = function
+
+    def launch(self, grid: tuple[int, int], block: tuple[int, int, int], stream: Stream, *args: Any) -> None:
+        ledger.trace.append(("kernel", stream.handle, int(args[1])))
+
+    def free(self) -> None:
+        ledger.give(self)
+
+
+class _Device:
+    def __init__(self, ordinal: int) -> None:
+        self.ordinal = ordinal
+
+    def get_attribute(self, attribute: str) -> int:
+        return int({"INTEGRATED": ledger.integrated, "CAN_MAP_HOST_MEMORY": ledger.can_map}[attribute])
+
+    def compute_capability(self) -> tuple[int, int]:
+        return 8, 7
+
+
+_DRIVER = SimpleNamespace(Device=_Device, device_attribute=SimpleNamespace(
+    INTEGRATED="INTEGRATED", CAN_MAP_HOST_MEMORY="CAN_MAP_HOST_MEMORY"))
+
+
+def install(monkeypatch: pytest.MonkeyPatch) -> Ledger:
+    """Put the stand-in in place of edge.cuda's classes (and the stand-in TensorRT's compute) for one test;
+    the ledger already in place when it is."""
+    global ledger
+    from edge import cuda
+
+    if cuda.Stream is Stream:
+        return ledger
+    ledger = Ledger()
+    monkeypatch.setattr("edge.cuda.driver", lambda: _DRIVER)
+    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel"):
+        monkeypatch.setattr(f"edge.cuda.{name}", globals()[name])
+    monkeypatch.setattr("tests.fake_tensorrt.device_copy", ledger.copy)
+    return ledger
