@@ -23,10 +23,12 @@ The padding is `fill` (0.5, Darknet grey, as the CPU path).
 Compilation: NVRTC at first use, for the device's own SM, cached as a cubin (edge/nvrtc.py says where
 and what a Jetson needs: libnvrtc from JetPack's CUDA the first time, nothing after; no nvcc).
 
-Use from a slot (the primary context current, as for every edge.cuda object):
-    pre = GpuLetterbox(spec.shape, spec.dtype, zero_copy=integrated)
+Use (the primary context current, as for every edge.cuda object), as a TensorRT slot does
+(edge/backends/tensorrt.py: TrtSlot.submit_frame, one instance per InFlightFrame, on the slot's upload
+stream; the engine's compute stream waits for an event recorded after it):
+    pre = GpuLetterbox(spec.shape, spec.dtype, zero_copy=zerocopy_mode)
     box = pre.run(frame, input_buffer.pointer, stream)      # enqueued; returns at once
-    ... engine on the same stream ...
+    ... engine after it (same stream, or one that waits for an event recorded after it) ...
     pre.free()
 One instance holds one frame: `run` waits until the instance's previous kernel is done before it
 overwrites the staged frame, so a slot with K frames in flight keeps one instance per frame.

@@ -26,7 +26,7 @@ IExecutionContext"), and every execution context takes device memory, so create_
 returns None once DEVICE_MEMORY is used up (as on an 8 GB Orin Nano).
 
 Its "network" copies the start of the input tensor into every output (so GPU tests can check
-the buffers and streams): execute_async_v3 does that with `device_copy` (cuMemcpyDtoDAsync on the
+the buffers and streams): execute_async_v3 does that with `device_copy` (cuMemcpyAsync on the
 given raw stream, through cuda-bindings; CPU-tier tests replace it), and returns False when an
 address was not set. With COMPUTE_NS > 0 each enqueue first runs a kernel that spins that long on
 the stream: a slow engine, so tests can see what overlaps its compute.
@@ -63,10 +63,11 @@ extern "C" __global__ void spin(unsigned long long ns)
 
 
 def device_copy(dst: int, src: int, nbytes: int, stream_handle: int) -> bool:
-    """The stand-in network's compute: an async device-to-device copy on the raw stream."""
+    """The stand-in network's compute: an async copy on the raw stream (cuMemcpyAsync: unified addressing
+    tells device memory from mapped host memory, which a zerocopy slot hands the engine)."""
     from cuda.bindings import driver
 
-    err, = driver.cuMemcpyDtoDAsync(dst, src, nbytes, stream_handle)
+    err, = driver.cuMemcpyAsync(dst, src, nbytes, stream_handle)
     return err == driver.CUresult.CUDA_SUCCESS
 
 

@@ -1,6 +1,7 @@
 """GPU tier (device machine: NVIDIA GPU + pycuda, no TensorRT): edge.cuda for real, and the TensorRT
-backend's slots, streams and buffers for real, with tests/fake_tensorrt.py standing in for TensorRT
-(its network copies the input into the outputs on the given stream via cuMemcpyDtoDAsync)."""
+backend's slots, streams, buffers, copy modes and GPU preprocessing for real, with tests/fake_tensorrt.py
+standing in for TensorRT (its network copies the input into the outputs on the given stream via
+cuMemcpyAsync; with COMPUTE_NS it first spins that long, a slow engine for the overlap test)."""
 from __future__ import annotations
 
 import collections
@@ -8,6 +9,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,31 +113,80 @@ def test_tensorrt_engine_slots_keep_frames_apart(trt, tmp_path: Path) -> None:
         engine.deactivate()
 
 
-def test_service_runs_a_plan_from_the_repository(trt, tmp_path: Path) -> None:
-    """The whole daemon on the GPU: resolver picks the plan built here, lanes run it on CUDA streams."""
+def _detector_repo(root: Path) -> Path:
+    """An engine repository whose plan's stand-in output (the start of its input, copied) is a YOLO head of
+    6 x 32 x 32 values wholly taken from the letterboxed image, so detections depend on every preprocessed
+    pixel they read (nothing left uninitialised)."""
     from edge import bundle
-    from edge.config import parse_config
-    from edge.service import Service
     from edge.tools import build
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    meta = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
-    onnx = conv_model(repo / "m.onnx", input_shape=[1, 3, 64, 64], out_channels=21, stride=32, yolo_meta=meta)
-    bundle.Manifest(repo, "m", [bundle.Variant("fp32", "onnx", "m.onnx", bundle.sha256_file(onnx))]).save()
+    root.mkdir()
+    meta = {"anchors": [[[10, 14]]], "strides": [2], "labels": ["a"]}
+    onnx = conv_model(root / "m.onnx", input_shape=[1, 3, 64, 64], out_channels=6, stride=2, yolo_meta=meta)
+    bundle.Manifest(root, "m", [bundle.Variant("fp32", "onnx", "m.onnx", bundle.sha256_file(onnx))]).save()
     build.build(onnx, say=lambda line: None)
+    return root
+
+
+def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Run the daemon for 25 frames of two test:// cameras; (camera, frame) -> published detections, and how
+    many frames each slot letterboxed on the GPU."""
+    from edge import protocol
+    from edge.backends.tensorrt import TrtSlot
+    from edge.config import parse_config
+    from edge.service import Service
+
+    published: dict[tuple[str, int], np.ndarray] = {}
+    on_gpu: collections.Counter[str] = collections.Counter()
+    det_message, submit_frame = protocol.det_message, TrtSlot._submit_frame_impl
+
+    def record(**fields):
+        published[fields["camera"], fields["frame"]] = np.array(fields["detections"], copy=True)
+        return det_message(**fields)
+
+    def counted(self, index, image, release):
+        on_gpu[self.name] += 1
+        return submit_frame(self, index, image, release)
     text = (f"version: 1\ncameras:\n  - id: c0\n    uri: test://bars?size=320x240&realtime=0\n"
             f"  - id: c1\n    uri: test://bars?size=160x120&realtime=0\ntasks:\n  - name: t\n    type: detector\n"
-            f"    engines: {repo}\n    allow_onnx: false\n    cameras: [c0, c1]\n"
-            f"output:\n  results: ipc://{tmp_path}/r.sock\n")
+            f"    engines: {repo}\n    allow_onnx: false\n    cameras: [c0, c1]\n    copy_mode: {copy_mode}\n"
+            f"output:\n  results: ipc://{tmp_path}/r-{copy_mode}.sock\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=25)
-    service.start()
-    try:
-        assert service.tasks["t"].active().backend == "tensorrt"
-        assert service.run(threading.Event()) == 0
-        assert [lane.stats.processed for lane in service.lanes] == [25, 25]
-    finally:
-        service.stop()
+    with monkeypatch.context() as patch:
+        patch.setattr(protocol, "det_message", record)
+        patch.setattr(TrtSlot, "_submit_frame_impl", counted)
+        service.start()
+        try:
+            engine = service.tasks["t"].active()
+            assert engine.backend == "tensorrt" and engine.copy_mode == ("copy" if copy_mode == "auto" else copy_mode)
+            assert service.run(threading.Event()) == 0
+            assert [lane.stats.processed for lane in service.lanes] == [25, 25]
+        finally:
+            service.stop()
+    return {"published": published, "on_gpu": dict(on_gpu)}
+
+
+def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole daemon on the GPU: the resolver picks the plan built here, lanes hand their raw frames to the
+    slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode as with the CPU
+    letterbox (zero-copy works on a discrete GPU too; auto picks copy there)."""
+    from edge import cuda
+    from edge.backends import tensorrt
+
+    repo = _detector_repo(tmp_path / "repo")
+    assert cuda.integrated() is False and cuda.can_map_host_memory()
+    runs = {mode: _run_service(repo, tmp_path, mode, monkeypatch) for mode in ("auto", "zerocopy")}
+    monkeypatch.setattr(tensorrt, "frames_unfit", lambda spec: "the CPU letterbox, for comparison")
+    cpu = _run_service(repo, tmp_path, "copy", monkeypatch)
+    assert cpu["on_gpu"] == {}
+    for run in runs.values():
+        assert run["on_gpu"] == {"t.c0": 25, "t.c1": 25}
+        common = sorted(set(run["published"]) & set(cpu["published"]))
+        assert len(common) >= 40                                 # realtime=0: no frame dropped
+        assert any(len(cpu["published"][key]) for key in common)
+        for key in common:
+            assert np.array_equal(run["published"][key], cpu["published"][key]), key
 
 
 def test_selftest_cuda_check() -> None:
@@ -158,3 +209,91 @@ def test_dynamic_batch_plan_runs_at_its_built_shape(trt, tmp_path: Path) -> None
         buf = slot.input()
         buf[...] = np.arange(buf.size, dtype=np.float32).reshape(buf.shape)
         assert (slot.submit(buf).wait(10)["out0"] == buf).all()
+
+
+def _identity_plan(path: Path, shape: list[int], elem_type: int) -> Path:
+    """A plan whose stand-in network returns its whole input: images -> Identity -> out0, same type and shape."""
+    import onnx
+    from onnx import helper
+
+    from edge.tools import build
+
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out0"])], "g",
+                              [helper.make_tensor_value_info("images", elem_type, shape)],
+                              [helper.make_tensor_value_info("out0", elem_type, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return build.build(path, say=lambda line: None).plan
+
+
+def test_uploads_and_downloads_overlap_the_engines_compute(trt, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a slow engine (the stand-in spins 20 ms per enqueue), CUDA timing events on the slot's streams show
+    the upload of frame n+1 finished before the compute of frame n ended, and the download of frame n-1 done
+    while frame n computed (on one stream each would have waited for the compute before it)."""
+    from onnx import TensorProto
+
+    from edge import cuda
+    from edge.backends.tensorrt import TensorRTEngine
+
+    monkeypatch.setattr(trt, "COMPUTE_NS", 20_000_000)
+    plan = _identity_plan(tmp_path / "m.onnx", [1, 3, 416, 416], TensorProto.FLOAT)
+    driver = cuda.driver()
+    with TensorRTEngine(plan, copy_mode="copy") as engine:
+        slot = engine.create_slot("cam", depth=3)
+        with engine.context.current():
+            marks: dict[str, Any] = {}          # timing events, each recorded after what a submit enqueued
+            pendings = []
+            for n in range(3):
+                buf = slot.input()
+                buf[...] = n
+                pendings.append(slot.submit(buf))
+                for stage, stream in (("upload", slot.upload), ("compute", slot.compute), ("download", slot.download)):
+                    marks[f"{stage} {n}"] = driver.Event().record(stream.raw)
+            for n, pending in enumerate(pendings):
+                assert (pending.wait(10)["out0"] == n).all()
+            marks["download 2"].synchronize()
+            ms = {name: mark.time_since(marks["compute 0"]) for name, mark in marks.items()}   # from compute 0's end
+            marks.clear()                       # destroyed while the context is current
+    assert ms["compute 1"] > 15 and ms["compute 2"] > 35                          # the engine is slow
+    assert ms["upload 1"] < 0 and ms["upload 2"] < ms["compute 1"]                # n+1 uploaded while n computes
+    assert 0 < ms["download 0"] < ms["compute 1"] and ms["compute 1"] < ms["download 1"] < ms["compute 2"]
+
+
+@pytest.mark.parametrize("elem_type", ["float32", "float16"])
+def test_results_match_between_copy_modes_and_the_cpu_path(trt, tmp_path: Path, elem_type: str) -> None:
+    """Frames letterboxed in the slot (GPU, K=2 in flight) equal the CPU letterbox bit for bit (fp16: the CPU's
+    fp32 cast to fp16), in copy and in zerocopy mode; a tensor submitted from the host comes back unchanged."""
+    from onnx import TensorProto
+
+    from edge.backends.tensorrt import TensorRTEngine
+    from edge.preprocess import letterbox_into
+
+    dtype = np.dtype(elem_type)
+    shape = (1, 3, 96, 128)
+    kind = TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16
+    plan = _identity_plan(tmp_path / "m.onnx", list(shape), kind)
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in ((1920, 1080), (641, 479), (100, 300))]
+    expected = []
+    for frame in frames:
+        cpu = np.zeros(shape, np.float32)
+        box = letterbox_into(frame, cpu)
+        expected.append((cpu.astype(dtype), box))
+    tensor = rng.random(shape, np.float32).astype(dtype)
+    for mode in ("copy", "zerocopy"):
+        with TensorRTEngine(plan, copy_mode=mode) as engine:
+            slot = engine.create_slot("cam", depth=2)
+            assert engine.copy_mode == mode and slot.takes_frames
+            in_flight = collections.deque()
+            for frame, want in zip(frames + frames, expected + expected):
+                if len(in_flight) == 2:
+                    (pending, box), (cpu, cpu_box) = in_flight.popleft()
+                    assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu), mode
+                in_flight.append((slot.submit_frame(frame), want))
+            for (pending, box), (cpu, cpu_box) in in_flight:
+                assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu), mode
+            buf = slot.input()
+            buf[...] = tensor
+            assert np.array_equal(slot.submit(buf).wait(10)["out0"], tensor), mode
