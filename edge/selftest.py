@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from edge.backends.base import Engine
 from edge.errors import EdgeError
@@ -99,6 +100,9 @@ def _telemetry(root: Path = Path("/")) -> Check:
     return Check("telemetry", SKIP, f"{reader.name}: no temperature here; the supervisor holds NORMAL")
 
 
+UPLOAD_BYTES = 64 << 20          # the pinned upload measured for its bandwidth
+
+
 def _cuda(required: bool) -> Check:
     import numpy as np
 
@@ -109,20 +113,83 @@ def _cuda(required: bool) -> Check:
     except EdgeError as exc:
         return Check("cuda", FAIL if required else SKIP, exc.what)
     with context.current():
-        host = cuda.HostBuffer((1 << 20,), np.uint8)
-        back = cuda.HostBuffer((1 << 20,), np.uint8)
-        device = cuda.DeviceBuffer(1 << 20)
-        stream = cuda.Stream()
-        host.array[:] = np.arange(1 << 20) % 251
+        host = cuda.HostBuffer((UPLOAD_BYTES,), np.uint8)
+        back = cuda.HostBuffer((UPLOAD_BYTES,), np.uint8)
+        device = cuda.DeviceBuffer(UPLOAD_BYTES)
+        stream, start, end = cuda.Stream(), cuda.Event(timing=True), cuda.Event(timing=True)
+        host.array[:] = np.arange(UPLOAD_BYTES) % 251
+        device.upload(host.array, stream)                     # the first copy pays for lazy set-up
+        start.record(stream)
         device.upload(host.array, stream)
+        end.record(stream)
         device.download(back.array, stream)
         stream.synchronize()
         ok = bool((back.array == host.array).all())
+        gb_s = UPLOAD_BYTES / (end.elapsed_ms(start) / 1e3) / 1e9
         name = context.device.name()
-        for buffer in (host, back, device, stream):
-            buffer.free()
+        memory = context.device.total_memory() / 2**30
+        for item in (host, back, device, stream, start, end):
+            item.free()
     context.detach()
-    return Check("cuda", OK if ok else FAIL, f"{name}, SM {cuda.compute_capability()}, pinned copy round trip")
+    kind = "integrated (shares the host's memory: zero-copy by default)" if cuda.integrated() else "discrete"
+    copy = "exact" if ok else "WRONG"
+    return Check("cuda", OK if ok else FAIL, f"{name}, SM {cuda.compute_capability()}, {kind}, {memory:.0f} GiB;"
+                                             f" pinned upload {gb_s:.1f} GB/s, pinned copy round trip {copy}")
+
+
+def _gpu_preprocess() -> Check:
+    """The preprocessing kernel on a 1080p frame against the CPU letterbox: identical output, and the time of
+    each (GPU: CUDA events on the kernel alone and on the pinned upload; CPU: OpenCV), medians of 20 runs."""
+    import numpy as np
+
+    from edge import cuda
+    from edge.preprocess import letterbox_into
+    from edge.preprocess_gpu import GpuLetterbox
+
+    frame = (np.arange(1080 * 1920 * 3, dtype=np.uint32).reshape(1080, 1920, 3) * 2654435761 % 251).astype(np.uint8)
+    shape = (1, 3, 416, 416)
+    cpu = np.empty(shape, np.float32)
+    cpu_ms = statistics.median(_timed(lambda: letterbox_into(frame, cpu)) for _ in range(20))
+    context = cuda.Context(0)
+    try:
+        with context.current():
+            letterbox = GpuLetterbox(shape, np.float32)
+            pinned, source = cuda.HostBuffer(frame.shape, np.uint8), cuda.DeviceBuffer(frame.nbytes)
+            out, host = cuda.DeviceBuffer(cpu.nbytes), cuda.HostBuffer(shape, np.float32)
+            stream, start, end = cuda.Stream(), cuda.Event(timing=True), cuda.Event(timing=True)
+            pinned.array[:] = frame
+            upload_ms = _gpu_ms(lambda: source.upload(pinned.array, stream), stream, start, end)
+            kernel_ms = _gpu_ms(lambda: letterbox.launch(source.pointer, 1920, 1080, out.pointer, stream), stream,
+                                start, end)
+            letterbox.run(frame, out.pointer, stream)           # the whole path, from an ordinary array
+            out.download(host.array, stream)
+            stream.synchronize()
+            diff = float(np.abs(host.array - cpu).max())
+            for item in (letterbox, pinned, source, out, host, stream, start, end):
+                item.free()
+    finally:
+        context.detach()
+    detail = (f"1080p -> 416x416: kernel {kernel_ms:.3f} ms, CPU letterbox {cpu_ms:.3f} ms ({cpu_ms / kernel_ms:.0f}x);"
+              f" pinned upload {upload_ms:.3f} ms; max abs difference {diff:g}")
+    return Check("gpu preprocess", OK if diff == 0 else FAIL, detail)
+
+
+def _gpu_ms(work: Callable[[], object], stream: Any, start: Any, end: Any, runs: int = 20) -> float:
+    """Median GPU time of `work` enqueued on `stream` (after one warm-up run)."""
+    times = []
+    for _ in range(runs + 1):
+        start.record(stream)
+        work()
+        end.record(stream)
+        stream.synchronize()
+        times.append(end.elapsed_ms(start))
+    return statistics.median(times[1:])
+
+
+def _timed(work: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    work()
+    return (time.perf_counter() - started) * 1e3
 
 
 def _tensorrt(required: bool) -> Check:
@@ -211,7 +278,10 @@ def run_selftest(*, require_tensorrt: bool, precision: str = "fp16",
         say(f"{check.status:>4}  {check.name:<20} {check.detail}")
     for probe in (_python, _opencv, _onnxruntime, _zeromq, _telemetry):
         record(probe())
-    record(_cuda(require_tensorrt))
+    gpu = _cuda(require_tensorrt)
+    record(gpu)
+    if gpu.status == OK:
+        record(_gpu_preprocess())
     trt = _tensorrt(require_tensorrt)
     record(trt)
     for check in _demo_checks(trt.status == OK, precision):

@@ -1,6 +1,8 @@
 """`edge selftest` on this machine: CPU parts pass, CUDA/TensorRT are skipped unless required."""
 from __future__ import annotations
 
+import pytest
+
 from tests.daemon import run
 
 
@@ -50,3 +52,16 @@ def test_selftest_reports_what_the_supervisor_will_read(tmp_path, monkeypatch) -
     assert check.status == "ok" and check.detail.startswith("sysfs: tj 45.5 °C")
     monkeypatch.setattr(selftest, "on_jetson", lambda: False)
     assert selftest._telemetry(tmp_path / "empty").status == "skip"
+
+
+@pytest.mark.gpu
+def test_selftest_reports_the_gpu() -> None:
+    """On a GPU machine: the device, whether it is integrated, the pinned upload bandwidth, and the
+    preprocessing kernel against the CPU letterbox (identical output)."""
+    from edge import selftest
+
+    cuda = selftest._cuda(True)
+    assert cuda.status == "ok" and ("discrete" in cuda.detail or "integrated" in cuda.detail)
+    assert "GB/s" in cuda.detail and "pinned copy round trip exact" in cuda.detail
+    kernel = selftest._gpu_preprocess()
+    assert kernel.status == "ok" and "max abs difference 0" in kernel.detail, kernel.detail
