@@ -12,6 +12,7 @@ from edge.control import ControlServer
 from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
+from edge.notify import Notifier
 from edge.pipeline import Lane
 from edge.publisher import Publisher
 from edge.runtime import Cameras, TaskRuntime
@@ -35,6 +36,9 @@ class Service:
         self._lanes: dict[str, list[Lane]] = {}
         self.governor: Governor | None = None
         self.control = ControlServer(config.control.endpoint, self.handle)
+        self.notifier = Notifier()
+        self._progress: dict[str, tuple[int, int, float]] = {}   # lane -> (submitted, processed, since)
+        self._stalled: set[str] = set()
         self._lock = threading.RLock()               # tasks and lanes: the control thread changes them
         self._started_ns = time.monotonic_ns()
 
@@ -47,10 +51,12 @@ class Service:
         """Start everything; on any failure, stop what was started and raise. A `stop` set while waiting
         for the first subscriber ends the start early (no camera is opened) and `run` then returns 0."""
         try:
-            self._start(stop or threading.Event())
+            with self.notifier.extending("starting: loading engines and opening cameras"):
+                self._start(stop or threading.Event())
         except BaseException:
             self.stop(STOP_TIMEOUT_S)
             raise
+        self.notifier.ready(self.summary())
 
     def _start(self, stop: threading.Event) -> None:
         peers.raise_open_files_limit()
@@ -149,16 +155,22 @@ class Service:
         self.tasks.pop(name).unload()
 
     def run(self, stop: threading.Event) -> int:
-        """Heartbeat until `stop` is set, every lane has finished, or one failed (then 1: systemd restarts us)."""
+        """Heartbeat until `stop` is set, every lane has finished, or one failed (then 1: systemd restarts us).
+        Under a systemd watchdog, ping it at half its interval while no lane is stalled."""
         period = 1.0 / self.config.output.heartbeat_hz
-        next_beat = time.monotonic()
+        next_beat = next_ping = time.monotonic()
         while not stop.is_set():
             lanes = self.lanes
             if (lanes and all(lane.finished.is_set() for lane in lanes)) or any(lane.error for lane in lanes):
                 break
-            if time.monotonic() >= next_beat:
+            now = time.monotonic()
+            if now >= next_beat:
                 self.publish_heartbeat()
+                self.notifier.status(self.summary())
                 next_beat += period
+            if self.notifier.watchdog_s is not None and now >= next_ping:
+                self._ping_watchdog(now, self.notifier.watchdog_s)
+                next_ping = now + self.notifier.watchdog_s / 2
             stop.wait(min(0.05, max(0.0, next_beat - time.monotonic())))
         self.publish_heartbeat()
         failed = [lane for lane in self.lanes if lane.error is not None]
@@ -166,9 +178,39 @@ class Service:
             log.error("lane %s ended with an error: %s", lane.name, lane.error)
         return 1 if failed else 0
 
+    def _ping_watchdog(self, now: float, watchdog_s: float) -> None:
+        """WATCHDOG=1 unless a lane has had frames in flight and finished none for a whole watchdog interval:
+        then the pings stop and systemd restarts the daemon (a lane merely without frames is not stalled)."""
+        stalled = []
+        for lane in self.lanes:
+            submitted = lane.stats.captured - lane.stats.skipped_rate
+            counts = (submitted, lane.stats.processed)
+            before = self._progress.get(lane.name)
+            if before is None or before[:2] != counts:
+                self._progress[lane.name] = (*counts, now)
+            elif submitted > lane.stats.processed and now - before[2] >= watchdog_s and not lane.finished.is_set():
+                stalled.append(lane.name)
+        for name in set(stalled) - self._stalled:
+            log.error("lane %s has finished no frame for %.0f s with frames in flight; not pinging the systemd"
+                      " watchdog, so systemd restarts the daemon", name, now - self._progress[name][2])
+        self._stalled = set(stalled)
+        if stalled:
+            self.notifier.status(f"stalled: {', '.join(stalled)}")
+        else:
+            self.notifier.watchdog()
+
+    def summary(self) -> str:
+        """One line for `systemctl status`: lanes with precision and fps, the supervisor's level, subscribers."""
+        now = time.monotonic_ns()
+        lanes = ", ".join(f"{lane.name} {lane.status(now)['precision']} {lane.stats.fps(now):.0f} fps"
+                          for lane in self.lanes) or "no task running"
+        level = self.governor.last.level.name if self.governor is not None and self.governor.last else "off"
+        return f"{lanes}; supervisor {level}; {self.publisher.connections} subscriber connection(s)"
+
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Release everything in order, each step bounded by what is left of `timeout`."""
         deadline = time.monotonic() + timeout
+        self.notifier.stopping("stopping")
         self.control.stop(max(0.1, deadline - time.monotonic()))
         if self.governor is not None:
             self.governor.stop(max(0.1, deadline - time.monotonic()))

@@ -22,9 +22,11 @@ def env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
 
 
-def start(config: Path, *args: str, preexec_fn: Callable[[], None] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(edge_cmd("run", "--config", str(config), *args), cwd=ROOT, env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
+def start(config: Path, *args: str, preexec_fn: Callable[[], None] | None = None,
+          env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen(edge_cmd("run", "--config", str(config), *args), cwd=ROOT,
+                            env={**env(), **(env_extra or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=preexec_fn)
 
 
 def run(*args: str, timeout: float = 120, extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -1,0 +1,97 @@
+"""The systemd notification protocol (sd_notify(3)), spoken directly: one datagram of newline-separated
+KEY=VALUE lines to the AF_UNIX socket in $NOTIFY_SOCKET (a path, or an abstract name written `@name`).
+Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
+
+The watchdog interval comes from $WATCHDOG_USEC (set by systemd with WatchdogSec=); the service pings at
+half of it, and only while its lanes make progress (edge/service.py), never from a free-running timer.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+from edge.log import get_logger
+
+log = get_logger("systemd")
+EXTEND_EVERY_S = 10.0           # while starting: ask for this much more time, this often
+EXTEND_BY_S = 30.0
+
+
+class Notifier:
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        env = os.environ if environ is None else environ
+        self.address = _address(env.get("NOTIFY_SOCKET", ""))
+        usec, pid = env.get("WATCHDOG_USEC", ""), env.get("WATCHDOG_PID", "")
+        mine = not pid or (pid.isdigit() and int(pid) == os.getpid())
+        self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
+        self._warned = False
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def send(self, **fields: str | int) -> bool:
+        """Send one notification, e.g. send(READY=1, STATUS="..."); False when there is no systemd to tell."""
+        if self.address is None:
+            return False
+        message = "\n".join(f"{key}={_one_line(str(value))}" for key, value in fields.items())
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.connect(self.address)
+                sock.sendall(message.encode("utf-8"))
+        except OSError as exc:
+            if not self._warned:               # systemd gone or the socket unusable: say it once, run on
+                self._warned = True
+                log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc.strerror)
+            return False
+        return True
+
+    def ready(self, status: str) -> None:
+        self.send(READY=1, STATUS=status)
+
+    def status(self, status: str) -> None:
+        self.send(STATUS=status)
+
+    def watchdog(self) -> None:
+        self.send(WATCHDOG=1)
+
+    def stopping(self, status: str) -> None:
+        self.send(STOPPING=1, STATUS=status)
+
+    @contextmanager
+    def extending(self, status: str) -> Iterator[None]:
+        """While the block runs (loading engines, building plans: minutes on a Jetson), ask systemd for more
+        start time every EXTEND_EVERY_S, so TimeoutStartSec only has to cover a start that hangs."""
+        if self.address is None:
+            yield
+            return
+        done = threading.Event()
+
+        def keep_extending() -> None:
+            while not done.is_set():
+                self.send(EXTEND_TIMEOUT_USEC=int(EXTEND_BY_S * 1e6), STATUS=status)
+                done.wait(EXTEND_EVERY_S)
+        thread = threading.Thread(target=keep_extending, name="systemd-extend", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(EXTEND_EVERY_S)
+
+
+def _address(value: str) -> str | None:
+    if value.startswith("@"):
+        return "\0" + value[1:]                 # abstract namespace
+    if value.startswith("/"):
+        return value
+    if value:
+        log.warning("NOTIFY_SOCKET %r is neither a path nor an abstract name (@...); not notifying systemd", value)
+    return None
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", " ")

@@ -1,0 +1,193 @@
+"""systemd: the unit checked by `systemd-analyze`, and the daemon under a real NOTIFY_SOCKET (an AF_UNIX
+datagram socket the test binds, as systemd does): READY once started, STATUS, WATCHDOG=1 while frames flow,
+no WATCHDOG=1 while a lane is stalled, STOPPING on SIGTERM."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config import parse_config
+from edge.notify import Notifier
+from edge.service import Service
+from edge.tasks.detector import YoloDetector
+from tests.conftest import wait_for
+from tests.daemon import ROOT, start
+
+UNIT = ROOT / "systemd" / "edge-runtime.service"
+EXPOSURE_LIMIT = 3.5       # systemd's "OK" band; what is left open and why is written in the unit
+
+
+class Systemd:
+    """The manager's end of NOTIFY_SOCKET: a bound datagram socket collecting what the daemon says."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[dict[str, str]] = []
+
+    def next(self, timeout: float = 30) -> dict[str, str]:
+        self.sock.settimeout(timeout)
+        data = self.sock.recv(4096).decode()
+        message = dict(line.split("=", 1) for line in data.split("\n"))
+        self.messages.append(message)
+        return message
+
+    def until(self, key: str, timeout: float = 30) -> dict[str, str]:
+        """The next message with `key`, keeping every message on the way."""
+        while True:
+            message = self.next(timeout)
+            if key in message:
+                return message
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[Systemd]:
+    manager = Systemd(tmp_path / "notify.sock")
+    yield manager
+    manager.close()
+
+
+def test_the_notifier_speaks_to_path_and_abstract_sockets(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind("\0edge-test-" + tmp_path.name)
+        assert Notifier({"NOTIFY_SOCKET": "@edge-test-" + tmp_path.name}).send(READY=1, STATUS="two\nlines")
+        assert sock.recv(100) == b"READY=1\nSTATUS=two lines"
+    assert not Notifier({}).send(READY=1) and not Notifier({}).enabled
+    assert Notifier({"NOTIFY_SOCKET": "relative/path"}).address is None
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000"}).watchdog_s == 4.0
+    assert Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}).watchdog_s is None
+    assert not Notifier({"NOTIFY_SOCKET": str(tmp_path / "nobody.sock")}).send(READY=1)   # no manager: run on
+
+
+def _config(tmp_path: Path, demo: Any) -> Path:
+    path = tmp_path / "edge.yaml"
+    path.write_text(f"""version: 1
+cameras:
+  - id: cam0
+    uri: file://{demo.video}?loop=1&realtime=0
+tasks:
+  - name: objects
+    type: detector
+    model: {demo.model}
+    cameras: [cam0]
+    threads: 1
+output:
+  results: ipc://{tmp_path}/r.sock
+control:
+  endpoint: ipc://{tmp_path}/c.sock
+supervisor:
+  telemetry: none
+""")
+    return path
+
+
+def test_the_daemon_says_ready_pings_while_frames_flow_and_says_stopping(demo: Any, tmp_path: Path,
+                                                                        systemd: Systemd) -> None:
+    proc = start(_config(tmp_path, demo), env_extra={"NOTIFY_SOCKET": str(systemd.path), "WATCHDOG_USEC": "1000000"})
+    try:
+        ready = systemd.until("READY", 60)
+        assert ready["READY"] == "1" and "objects.cam0 fp32" in ready["STATUS"]
+        pings = [systemd.until("WATCHDOG") for _ in range(3)]           # every 0.5 s while frames flow
+        assert all(p["WATCHDOG"] == "1" for p in pings)
+        assert any("fps; supervisor NORMAL" in m.get("STATUS", "") for m in systemd.messages)
+        proc.send_signal(signal.SIGTERM)
+        assert systemd.until("STOPPING")["STOPPING"] == "1"
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+
+
+def test_a_stalled_lane_stops_the_watchdog_pings(demo: Any, tmp_path: Path, systemd: Systemd,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: postprocessing hangs from the fifth frame on (like an engine that never returns).
+    The pings stop within a watchdog interval and STATUS names the lane; systemd would then restart edge."""
+    hang, release = threading.Event(), threading.Event()
+    original, calls = YoloDetector.postprocess, []
+
+    def hanging(self: YoloDetector, outputs: Any, meta: Any) -> Any:
+        calls.append(1)
+        if len(calls) >= 5:
+            hang.set()
+            release.wait(60)
+        return original(self, outputs, meta)
+    monkeypatch.setattr(YoloDetector, "postprocess", hanging)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(systemd.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "600000")                       # 0.6 s: pings every 0.3 s
+    config = parse_config(_config(tmp_path, demo).read_text(), source="t", base_dir=tmp_path, environ={})
+    service = Service(config)
+    service.start()
+    stop = threading.Event()
+    runner = threading.Thread(target=service.run, args=(stop,))
+    runner.start()
+    try:
+        assert systemd.until("READY")["READY"] == "1"
+        wait_for(hang.is_set, 60, "the lane to hang")
+        statuses = []
+        for _ in range(20):                                             # heartbeats come at 1 Hz: 20 s at most
+            statuses.append(systemd.until("STATUS", 10)["STATUS"])
+            if statuses[-1].startswith("stalled"):
+                break
+        assert statuses[-1] == "stalled: objects.cam0", statuses[-3:]
+        seen = len(systemd.messages)
+        for _ in range(3):                                              # a second of messages: no ping among them
+            assert "WATCHDOG" not in systemd.until("STATUS", 10)
+        assert all("WATCHDOG" not in m for m in systemd.messages[seen:])
+    finally:
+        release.set()
+        stop.set()
+        runner.join(30)
+        service.stop()
+
+
+def _unit_here(tmp_path: Path) -> Path:
+    """The unit with ExecStart pointing at this checkout's `edge` (systemd-analyze needs it to exist)."""
+    edge = shutil.which("edge", path=str(Path(os.sys.executable).parent)) or os.sys.executable
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/opt/edge/.venv/bin/edge", edge))
+    return unit
+
+
+needs_systemd = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                                   reason="systemd-analyze is not installed here (Debian: apt-get install systemd)")
+
+
+@needs_systemd
+def test_the_unit_verifies_without_warnings(tmp_path: Path) -> None:
+    result = subprocess.run(["systemd-analyze", "verify", str(_unit_here(tmp_path))], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "Unknown" not in result.stderr and "Ignoring" not in result.stderr, result.stderr
+    text = UNIT.read_text()
+    for line in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "StartLimitBurst=", "User=edge",
+                 "SupplementaryGroups=video jtop", "StateDirectory=edge", "RuntimeDirectory=edge"):
+        assert line in text
+    assert "PrivateDevices=yes" not in text                             # it would hide the GPU nodes
+
+
+@needs_systemd
+def test_the_units_exposure_stays_within_its_limit(tmp_path: Path) -> None:
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", str(_unit_here(tmp_path))],
+                            capture_output=True, text=True, timeout=60)
+    line = next(line for line in result.stdout.splitlines() if "Overall exposure level" in line)
+    score = float(line.split(":")[1].split()[0])
+    assert score <= EXPOSURE_LIMIT, result.stdout
+
+
+def test_the_example_config_is_valid() -> None:
+    config = parse_config((ROOT / "systemd" / "config.yaml").read_text(), source="systemd/config.yaml",
+                          base_dir=ROOT, environ={})
+    assert config.control.endpoint == "ipc:///run/edge/control.sock" and config.tasks[0].precision == "auto"
