@@ -3,11 +3,11 @@ datagram socket the test binds, as systemd does): READY once started, STATUS, WA
 no WATCHDOG=1 while a lane is stalled, STOPPING on SIGTERM."""
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,7 +155,7 @@ def test_a_stalled_lane_stops_the_watchdog_pings(demo: Any, tmp_path: Path, syst
 
 def _unit_here(tmp_path: Path) -> Path:
     """The unit with ExecStart pointing at this checkout's `edge` (systemd-analyze needs it to exist)."""
-    edge = shutil.which("edge", path=str(Path(os.sys.executable).parent)) or os.sys.executable
+    edge = shutil.which("edge", path=str(Path(sys.executable).parent)) or sys.executable
     unit = tmp_path / UNIT.name
     unit.write_text(UNIT.read_text().replace("/opt/edge/.venv/bin/edge", edge))
     return unit
