@@ -62,9 +62,10 @@ mkdir -p "$OUT"
 : > "$OUT/summary.txt"
 for m in "${modules[@]}"; do
   spec=${SPEC[$m]}
-  set -f                                          # split on white space; the patterns are not file globs
-  file=(${spec%%|*}); rest=${spec#*|}; tests=(${rest%%|*}); names=(${rest#*|})
-  set +f
+  rest=${spec#*|}                                 # "FILE | TESTS... | NAMES...", split on white space
+  read -r file <<< "${spec%%|*}"
+  read -r -d '' -a tests <<< "${rest%%|*}" || true   # -d '': across lines; it ends at end of input (status 1)
+  read -r -d '' -a names <<< "${rest#*|}" || true
   work=$OUT/$m
   rm -rf "$work" && mkdir -p "$work"
   # the working tree as it is (tracked and untracked files, not ignored ones), so uncommitted tests count

@@ -15,4 +15,5 @@ if ! command -v qemu-x86_64 >/dev/null && [[ "$(uname -m)" == x86_64 ]]; then
 fi
 .venv/bin/edge assets fetch
 .venv/bin/ruff check edge tests benchmarks
+.venv/bin/shellcheck scripts/*.sh
 exec .venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# Provision a Jetson to run edge as a service: install this checkout under a prefix with its venv (system site
+# packages: JetPack's TensorRT and OpenCV), the edge user and its groups, the systemd unit, a config, the demo
+# engine repository; then enable and start the service and check it answers. Run on the board, as root.
+# --dry-run prints every command instead of running it.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: sudo scripts/provision-target.sh [--prefix DIR] [--config FILE] [--no-start] [--dry-run]
+
+  --prefix DIR   where edge is installed (default /opt/edge; the unit expects /opt/edge/.venv/bin/edge)
+  --config FILE  the config to install as /etc/edge/config.yaml (default: keep an existing one, else the
+                 example systemd/config.yaml: one CSI camera, the demo detector)
+  --no-start     install and enable, but do not start the service
+  --dry-run      print the commands; change nothing
+  --help         this text
+EOF
+}
+
+prefix=/opt/edge config="" start=1 dry_run=0
+while (( $# )); do
+    case "$1" in
+        --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
+        --config) config=${2:?--config needs a file}; shift 2 ;;
+        --no-start) start=0; shift ;;
+        --dry-run) dry_run=1; shift ;;
+        --help|-h) usage; exit 0 ;;
+        *) echo "provision-target: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+die() { echo "provision-target: $*" >&2; exit 1; }
+run() {                                   # run a command, or print it with --dry-run
+    printf -v shown '%q ' "$@"
+    echo "+ ${shown% }"
+    (( dry_run )) || "$@"
+}
+
+source_dir=$(cd "$(dirname "$0")/.." && pwd)
+tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}
+[[ -f "$tegra_release" ]] || die "this is not a Jetson ($tegra_release is missing); provision the board itself"
+(( dry_run )) || (( EUID == 0 )) || die "run as root (sudo): it installs a system service and a user"
+[[ -z "$config" || -f "$config" ]] || die "no config file $config"
+unit=/etc/systemd/system/edge-runtime.service
+edge="$prefix/.venv/bin/edge"
+
+echo "provision-target: installing edge from $source_dir into $prefix"
+run install -d -m 0755 "$prefix"
+run rsync -a --delete --exclude .venv --exclude .git --exclude '__pycache__' "$source_dir/" "$prefix/"
+run "$prefix/scripts/setup.sh"
+run install -m 0644 "$source_dir/systemd/edge-sysusers.conf" /usr/lib/sysusers.d/edge.conf
+run install -m 0644 "$source_dir/systemd/edge-tmpfiles.conf" /usr/lib/tmpfiles.d/edge.conf
+run systemd-sysusers /usr/lib/sysusers.d/edge.conf
+run systemd-tmpfiles --create /usr/lib/tmpfiles.d/edge.conf
+if getent group jtop >/dev/null; then
+    run usermod -aG jtop edge
+else
+    echo "provision-target: note: no jtop group (jetson-stats' service is not installed): the supervisor will" \
+         "read sysfs instead. Hint: sudo pip3 install jetson-stats, then run this again"
+fi
+if [[ -n "$config" ]]; then
+    run install -m 0640 -o root -g edge "$config" /etc/edge/config.yaml
+elif [[ ! -f /etc/edge/config.yaml ]]; then
+    run install -m 0640 -o root -g edge "$source_dir/systemd/config.yaml" /etc/edge/config.yaml
+else
+    echo "provision-target: keeping /etc/edge/config.yaml"
+fi
+run install -d -m 0750 -o edge -g edge /var/lib/edge
+run runuser -u edge -- env EDGE_CACHE=/var/lib/edge "$edge" assets fetch
+echo "+ sed 's#/opt/edge/.venv/bin/edge#$edge#' $source_dir/systemd/edge-runtime.service > $unit"
+(( dry_run )) || sed "s#/opt/edge/.venv/bin/edge#$edge#" "$source_dir/systemd/edge-runtime.service" > "$unit"
+run systemctl daemon-reload
+if (( start )); then
+    run systemctl enable --now edge-runtime      # returns once the daemon said READY=1 (Type=notify), or failed
+    run systemctl is-active edge-runtime
+    run runuser -u edge -- "$edge" status --control ipc:///run/edge/control.sock --timeout 30
+else
+    run systemctl enable edge-runtime
+fi
+echo "provision-target: done. Logs: journalctl -u edge-runtime -f; state: edge status"

