@@ -13,7 +13,7 @@ from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
 from edge.notify import Notifier
-from edge.pipeline import Lane
+from edge.pipeline import BatchedLane, BatchMember, Lane
 from edge.publisher import Publisher
 from edge.runtime import Cameras, TaskRuntime
 
@@ -98,9 +98,18 @@ class Service:
         return runtime
 
     def _start_lanes(self, task: TaskConfig) -> None:
+        """A lane per camera, or with `batch: true` one batched lane over them all (refused here, before a camera
+        is acquired, where a loaded variant cannot run that batch); the service sees a lane per camera either way."""
         runtime = self.tasks[task.name]
-        lanes = [Lane(runtime, self.cameras.acquire(camera_id), self.publisher, max_frames=self.max_frames,
-                      include_labels=self.config.output.labels) for camera_id in task.cameras]
+        options: dict[str, Any] = {"max_frames": self.max_frames, "include_labels": self.config.output.labels}
+        lanes: list[Lane] | list[BatchMember]
+        if task.batch:
+            BatchedLane.check(runtime, len(task.cameras))
+            cameras = [self.cameras.acquire(camera_id) for camera_id in task.cameras]
+            lanes = BatchedLane(runtime, cameras, self.publisher, **options).members
+        else:
+            lanes = [Lane(runtime, self.cameras.acquire(camera_id), self.publisher, **options)
+                     for camera_id in task.cameras]
         with self._lock:
             self._lanes[task.name] = lanes
         for lane in lanes:

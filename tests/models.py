@@ -37,3 +37,17 @@ def make_dynamic(path: Path, dims: dict[str, int]) -> Path:
             tensor.type.tensor_type.shape.dim[dims[tensor.name]].dim_param = f"{tensor.name}_dim{dims[tensor.name]}"
     onnx.save(model, str(path))
     return path
+
+
+def set_batch(path: Path, batch: int | None) -> Path:
+    """Make the first dimension of every graph input and output `batch` (None: a symbolic `batch` dimension,
+    which ONNX Runtime runs at any batch), in place: a conv_model made batch-capable."""
+    model = onnx.load(str(path))
+    for tensor in list(model.graph.input) + list(model.graph.output):
+        dim = tensor.type.tensor_type.shape.dim[0]
+        if batch is None:
+            dim.dim_param = "batch"
+        else:
+            dim.dim_value = batch
+    onnx.save(model, str(path))
+    return path

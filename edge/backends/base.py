@@ -7,6 +7,12 @@ into `buf`, `pending = slot.submit(buf)`, later `outputs = pending.wait()`. A sl
 the raw BGR uint8 frame and letterboxes it exactly as edge.preprocess.letterbox_into does (on the
 GPU, for TensorRT), returning the Letterbox the postprocessing needs. Up to K submissions of either
 kind are in flight; a buffer is reused only after its pending result was waited for.
+
+Batching: `engine.create_slot(name, depth=K, batch=N)` makes a slot whose submissions carry up to N
+images (one per camera of a batched task): its input buffers hold `slot.rows` images
+(`engine.batch_sizes.rows(N)`: N, or more where the engine runs a larger fixed batch), the caller
+fills rows 0..n-1 and calls `slot.submit(buf, count=n)`, and the outputs hold n rows. A slot made
+without `batch` runs the engine's own input shape, as it always did.
 """
 from __future__ import annotations
 
@@ -35,6 +41,36 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]     # -1 marks a dynamic dimension
     dtype: np.dtype
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchSizes:
+    """How many images one execution of an engine takes (its input's first dimension): `low` to `high`,
+    `high` None where nothing bounds it (an ONNX model's symbolic batch dimension). A fixed batch of N is
+    N to N; a batch-1 model 1 to 1."""
+
+    low: int
+    high: int | None
+
+    def takes(self, count: int) -> bool:
+        return self.high is None or count <= self.high
+
+    def rows(self, count: int) -> int:
+        """Rows an execution of `count` images runs: `count`, padded up to the smallest batch the engine takes."""
+        return max(count, self.low)
+
+    def __str__(self) -> str:
+        if self.low == self.high:
+            return f"a fixed batch of {self.low}"
+        return f"batches of {self.low} or more" if self.high is None else f"batches of {self.low} to {self.high}"
+
+
+def batch_error(engine: Engine, count: int, what: str, *, also: str = "") -> EngineError:
+    """The error for `count` images in one execution of `engine`, which does not take that many."""
+    spec = engine.inputs[0]
+    return EngineError(f"{what}: {count} images in one execution, and {engine.name} runs {engine.batch_sizes}",
+                       note=f"input {spec.name} {list(spec.shape)} of {engine.path}",
+                       hint=engine.batch_hint.replace("{n}", str(count)) + also)
 
 
 class WaitTimeout(EngineError):
@@ -81,14 +117,17 @@ class Slot(abc.ABC):
 
     takes_frames = False        # True where submit_frame() preprocesses raw frames itself
 
-    def __init__(self, engine: Engine, name: str, depth: int) -> None:
+    def __init__(self, engine: Engine, name: str, depth: int, batch: int | None = None) -> None:
         if depth < 1:
             raise UsageError(f"slot {name!r}: depth must be at least 1, got {depth}")
         self.engine = engine
         self.name = name
         self.depth = depth
+        self.batch = batch          # None: the engine's own input shape; N: up to N images per submission
+        self.rows = None if batch is None else engine.batch_sizes.rows(batch)   # images its input buffers hold
         self._lock = threading.Lock()
         self._busy = [False] * depth
+        self._counts = [0] * depth  # images in each submission of a batched slot (0: not batched)
         self._next = 0
         self._closed = False
 
@@ -104,6 +143,11 @@ class Slot(abc.ABC):
         """Preprocess `image` into ring position `index` and start inference: slots with `takes_frames`."""
         raise NotImplementedError
 
+    def _submit_frames_impl(self, index: int, images: list[np.ndarray], release: Callable[[], None]
+                            ) -> tuple[Pending, list[Letterbox]]:
+        """Letterbox `images` into rows of ring position `index` and start inference: batched `takes_frames` slots."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def _close_impl(self) -> None: ...
 
@@ -114,14 +158,16 @@ class Slot(abc.ABC):
             self._check_free(self._next)
             return self._input(self._next)
 
-    def submit(self, tensor: np.ndarray) -> Pending:
-        """Start inference on `tensor`, which must be the buffer returned by `input()`."""
+    def submit(self, tensor: np.ndarray, *, count: int | None = None) -> Pending:
+        """Start inference on `tensor`, which must be the buffer returned by `input()`; on a batched slot its
+        first `count` rows (default: `batch`), and the outputs hold that many rows."""
         with self._lock:
             self._check_open()
             index = self._next
             if self._busy[index] or tensor is not self._input(index):
                 raise UsageError(f"slot {self.name!r}: submit() takes the buffer returned by input()",
                                  hint="call slot.input(), fill that array in place, then submit it")
+            self._counts[index] = self._count(count)
             self._take(index)
         return self._start(index, lambda release: self._submit_impl(index, release))
 
@@ -137,6 +183,33 @@ class Slot(abc.ABC):
             self._check_free(index)
             self._take(index)
         return self._start(index, lambda release: self._submit_frame_impl(index, image, release))
+
+    def _count(self, count: int | None) -> int:
+        if self.batch is None:
+            if count is not None:
+                raise UsageError(f"slot {self.name!r} is not batched: submit() takes no count",
+                                 hint="create the slot with engine.create_slot(name, batch=N) to submit N images")
+            return 0
+        if count is None:
+            return self.batch
+        if not 1 <= count <= self.batch:
+            raise UsageError(f"slot {self.name!r}: count must be 1 to {self.batch}, got {count}")
+        return count
+
+    def submit_frames(self, images: list[np.ndarray]) -> tuple[Pending, list[Letterbox]]:
+        """A batched slot's `submit_frame`: letterbox raw BGR uint8 `images` into rows 0..n-1 of the next input
+        and start inference on them; returns the pending result and a Letterbox per image."""
+        with self._lock:
+            self._check_open()
+            if not self.takes_frames or self.batch is None:
+                raise UsageError(f"slot {self.name!r} of {self.engine.name} does not take batches of raw frames",
+                                 hint="check slot.takes_frames and slot.batch; otherwise preprocess into slot.input()"
+                                      " and submit(buf, count=n)")
+            index = self._next
+            self._check_free(index)
+            self._counts[index] = self._count(len(images))
+            self._take(index)
+        return self._start(index, lambda release: self._submit_frames_impl(index, images, release))
 
     def in_flight(self) -> int:
         with self._lock:
@@ -182,6 +255,7 @@ class Engine(abc.ABC):
     """One model variant on one backend. `activate()` loads it; `deactivate()` frees it and its slots."""
 
     backend = "base"
+    batch_hint = "give the task a model that takes a batch of {n} images"
 
     def __init__(self, path: str | Path, *, precision: str = "fp32") -> None:
         self.path = Path(path)
@@ -189,6 +263,7 @@ class Engine(abc.ABC):
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.metadata: dict[str, str] = {}
+        self.batch_sizes = BatchSizes(1, 1)          # read from the model by activate()
         self.is_active = False
         self._slots: list[Slot] = []
 
@@ -213,11 +288,17 @@ class Engine(abc.ABC):
         self._deactivate_impl()
         self.is_active = False
 
-    def create_slot(self, name: str, *, depth: int = 2) -> Slot:
+    def create_slot(self, name: str, *, depth: int = 2, batch: int | None = None) -> Slot:
+        """A slot with `depth` submissions in flight; with `batch`, each of up to `batch` images."""
         if not self.is_active:
             raise UsageError(f"engine {self.name}: create_slot() before activate()",
                              hint="use `with engine:` or call engine.activate() first")
-        slot = self._create_slot_impl(name, depth)
+        if batch is None:
+            slot = self._create_slot_impl(name, depth)
+        else:
+            if batch < 1 or not self.batch_sizes.takes(batch):
+                raise batch_error(self, batch, f"slot {name!r}")
+            slot = self._create_batch_slot_impl(name, depth, batch)
         self._slots.append(slot)
         return slot
 
@@ -255,3 +336,7 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _create_slot_impl(self, name: str, depth: int) -> Slot: ...
+
+    def _create_batch_slot_impl(self, name: str, depth: int, batch: int) -> Slot:
+        raise EngineError(f"{self.name}: the {self.backend} backend does not run batched slots",
+                          hint="set batch: false on the task (one lane per camera)")

@@ -1,4 +1,8 @@
-"""ONNX Runtime backend: one shared session, one worker thread per slot (ORT releases the GIL)."""
+"""ONNX Runtime backend: one shared session, one worker thread per slot (ORT releases the GIL).
+
+A model whose input has a symbolic (or -1) first dimension takes any batch: it runs batch 1 on a plain
+slot and up to N images on a batched slot (`create_slot(name, batch=N)`); a fixed first dimension N
+takes exactly N images (a batched slot pads a smaller batch)."""
 from __future__ import annotations
 
 import concurrent.futures
@@ -9,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Engine, Pending, Slot, TensorSpec, WaitTimeout
+from edge.backends.base import BatchSizes, Engine, Pending, Slot, TensorSpec, WaitTimeout
 from edge.errors import EngineError
 
 _DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8,
@@ -115,11 +119,12 @@ def _spec(arg: Any) -> TensorSpec:
 
 class OrtPending(Pending):
     def __init__(self, future: concurrent.futures.Future[list[np.ndarray]], names: list[str],
-                 release: Callable[[], None], engine: str) -> None:
+                 release: Callable[[], None], engine: str, count: int = 0) -> None:
         super().__init__(release)
         self._future = future
         self._names = names
         self._engine = engine
+        self._count = count             # a batched submission's images: the outputs' first rows
 
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]:
         try:
@@ -128,25 +133,37 @@ class OrtPending(Pending):
             raise WaitTimeout(f"{self._engine}: inference did not finish within {timeout} s") from None
         except Exception as exc:  # ORT raises its own RuntimeError subclasses from the worker
             raise EngineError(f"{self._engine}: inference failed: {exc}") from exc
-        return dict(zip(self._names, values))
+        outputs = dict(zip(self._names, values))
+        return self._rows(outputs) if self._count else outputs
+
+    def _rows(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        for name, value in outputs.items():
+            if value.ndim == 0 or value.shape[0] < self._count:
+                raise EngineError(f"{self._engine}: output {name} has shape {list(value.shape)} for a batch of"
+                                  f" {self._count} images: its first dimension is not the batch",
+                                  hint="batch only models whose outputs keep the batch as their first dimension")
+        return {name: value[:self._count] for name, value in outputs.items()}
 
 
 class OrtSlot(Slot):
     engine: OnnxRuntimeEngine
 
-    def __init__(self, engine: OnnxRuntimeEngine, name: str, depth: int) -> None:
-        super().__init__(engine, name, depth)
+    def __init__(self, engine: OnnxRuntimeEngine, name: str, depth: int, batch: int | None = None) -> None:
+        super().__init__(engine, name, depth, batch)
         spec = engine.inputs[0]
-        self._buffers = [np.zeros(spec.shape, spec.dtype) for _ in range(depth)]
+        shape = spec.shape if self.rows is None else (self.rows, *spec.shape[1:])
+        self._buffers = [np.zeros(shape, spec.dtype) for _ in range(depth)]
         self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"ort-{name}")
 
     def _input(self, index: int) -> np.ndarray:
         return self._buffers[index]
 
     def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending:
-        feed = {self.engine.inputs[0].name: self._buffers[index]}
-        future = self._worker.submit(self.engine.session.run, None, feed)
-        return OrtPending(future, [o.name for o in self.engine.outputs], release, self.engine.name)
+        tensor, count = self._buffers[index], self._counts[index]
+        if count:                       # a batched submission runs its rows only (a fixed batch: all of them)
+            tensor = tensor[:self.engine.batch_sizes.rows(count)]
+        future = self._worker.submit(self.engine.session.run, None, {self.engine.inputs[0].name: tensor})
+        return OrtPending(future, [o.name for o in self.engine.outputs], release, self.engine.name, count)
 
     def _close_impl(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
@@ -156,6 +173,9 @@ class OnnxRuntimeEngine(Engine):
     """ONNX model on ONNX Runtime. CPU by default; pass providers to use e.g. the CUDA EP."""
 
     backend = "onnxruntime"
+    batch_hint = ("export the ONNX model with a dynamic batch dimension (a symbolic first dimension of its input and"
+                  " outputs, e.g. torch.onnx.export(..., dynamic_axes={'images': {0: 'batch'}})) or with a fixed"
+                  " batch of {n}")
 
     def __init__(self, path: Any, *, precision: str = "fp32", threads: int | None = None,
                  providers: list[str] | None = None) -> None:
@@ -176,11 +196,18 @@ class OnnxRuntimeEngine(Engine):
         if len(self.session.get_inputs()) != 1:
             names = [i.name for i in self.session.get_inputs()]
             raise EngineError(f"{self.path} has {len(names)} inputs {names}; edge tasks feed exactly one image tensor")
-        self.inputs = [_spec(self.session.get_inputs()[0])]
-        if -1 in self.inputs[0].shape:
-            raise EngineError(f"{self.path}: input {self.inputs[0].name} has a dynamic shape {self.inputs[0].shape}",
-                              hint="export the model with a fixed input shape, e.g. 1x3x416x416")
-        self.outputs = [_spec(o) for o in self.session.get_outputs()]
+        spec = _spec(self.session.get_inputs()[0])
+        if -1 in spec.shape[1:] or not spec.shape:
+            raise EngineError(f"{self.path}: input {spec.name} has a dynamic shape {spec.shape}",
+                              hint="export the model with a fixed input shape, e.g. 1x3x416x416 (a dynamic batch"
+                                   " dimension, the first, is fine)")
+        outputs = [_spec(o) for o in self.session.get_outputs()]
+        if spec.shape[0] == -1:         # a dynamic batch: batch 1 unless a slot asks for more
+            self.batch_sizes = BatchSizes(1, None)
+            spec, outputs = _batch_one(spec), [_batch_one(o) for o in outputs]
+        else:
+            self.batch_sizes = BatchSizes(spec.shape[0], spec.shape[0])
+        self.inputs, self.outputs = [spec], outputs
         self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def _deactivate_impl(self) -> None:
@@ -188,3 +215,13 @@ class OnnxRuntimeEngine(Engine):
 
     def _create_slot_impl(self, name: str, depth: int) -> Slot:
         return OrtSlot(self, name, depth)
+
+    def _create_batch_slot_impl(self, name: str, depth: int, batch: int) -> Slot:
+        return OrtSlot(self, name, depth, batch)
+
+
+def _batch_one(spec: TensorSpec) -> TensorSpec:
+    """`spec` with a dynamic first dimension set to 1: what a plain slot runs."""
+    if not spec.shape or spec.shape[0] != -1:
+        return spec
+    return TensorSpec(spec.name, (1, *spec.shape[1:]), spec.dtype)

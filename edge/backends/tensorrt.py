@@ -15,6 +15,12 @@ refused: plans are rebuilt on the target, never silently used elsewhere.
 A plan built for a DLA core runs on that core (set on the runtime before deserializing). A
 dynamic-shape plan gives each slot an optimization profile of its own: TensorRT requires one per
 execution context in concurrent use, so such a plan runs as many slots as it has profiles.
+
+Batching: a plan whose input has a dynamic first dimension takes the batches its profile allows (min to
+max), a static one exactly its first dimension. A batched slot (`create_slot(name, batch=N)`) holds
+`rows` images per frame in flight, sets the input shape of each submission's batch on its execution
+context (only when it changes), copies only the rows a submission runs, and letterboxes a batch of raw
+frames on the GPU into rows 0..n-1 (`submit_frames`), one GpuLetterbox per row.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edge import bundle, cuda
-from edge.backends.base import Engine, Pending, Slot, TensorSpec, WaitTimeout
+from edge.backends.base import BatchSizes, Engine, Pending, Slot, TensorSpec, WaitTimeout
 from edge.bundle import DeviceKey
 from edge.errors import EngineError, UsageError
 from edge.log import get_logger
@@ -228,15 +234,18 @@ def read_sidecar(plan: Path) -> dict[str, Any]:
 class TrtPending(Pending):
     views = True
 
-    def __init__(self, slot: TrtSlot, frame: InFlightFrame, release: Callable[[], None]) -> None:
+    def __init__(self, slot: TrtSlot, frame: InFlightFrame, release: Callable[[], None], count: int = 0) -> None:
         super().__init__(release)
         self._slot = slot
         self._frame = frame
+        self._count = count             # a batched submission's images: the outputs' first rows
 
     def _wait_impl(self, timeout: float | None) -> dict[str, np.ndarray]:
         with self._slot.engine.context.current():
             if not self._frame.done.wait(timeout):
                 raise WaitTimeout(f"{self._slot.engine.name}: inference did not finish within {timeout} s")
+        if self._count:
+            return {name: host.array[:self._count] for name, host in self._frame.host_outputs.items()}
         return {name: host.array for name, host in self._frame.host_outputs.items()}
 
 
@@ -244,18 +253,29 @@ def _nbytes(spec: TensorSpec) -> int:
     return int(np.prod(spec.shape)) * spec.dtype.itemsize
 
 
+def _head(array: np.ndarray, rows: int | None) -> np.ndarray:
+    """The first `rows` images of a batched buffer (None: all of it)."""
+    return array if rows is None else array[:rows]
+
+
+def _shaped(spec: TensorSpec, shapes: dict[str, tuple[int, ...]]) -> TensorSpec:
+    return TensorSpec(spec.name, shapes[spec.name], spec.dtype) if spec.name in shapes else spec
+
+
 class InFlightFrame:
     """The memory and events of one frame in flight on a TrtSlot, like the TensorRT samples' HostDeviceMem
     with explicit frees: a host input (mapped in zerocopy mode) and, in copy mode or for GPU preprocessing,
     a device input; host outputs (mapped in zerocopy mode) and, in copy mode, device outputs; the events
     that order its stages over the slot's streams (uploaded, computed, done); with GPU preprocessing its
-    own GpuLetterbox, which stages one frame. Created and freed with the context current; a constructor
+    own GpuLetterbox, which stages one frame (a batched slot's frame: one per row). `shapes` are the
+    slot's IO shapes (default: the engine's). Created and freed with the context current; a constructor
     that fails frees what it took."""
 
-    def __init__(self, engine: TensorRTEngine, mode: str, *, frames: bool) -> None:
+    def __init__(self, engine: TensorRTEngine, mode: str, *, frames: bool,
+                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self._owned: list[Any] = []
         try:
-            self._allocate(engine, mode == "zerocopy", frames)
+            self._allocate(engine, mode == "zerocopy", frames, shapes or {})
         except BaseException:
             self.free()
             raise
@@ -264,16 +284,18 @@ class InFlightFrame:
         self._owned.append(thing)
         return thing
 
-    def _allocate(self, engine: TensorRTEngine, zerocopy: bool, frames: bool) -> None:
-        spec = engine.inputs[0]
+    def _allocate(self, engine: TensorRTEngine, zerocopy: bool, frames: bool,
+                  shapes: dict[str, tuple[int, ...]]) -> None:
+        spec, outputs = _shaped(engine.inputs[0], shapes), [_shaped(o, shapes) for o in engine.outputs]
         self.host_input = self._own(cuda.HostBuffer(spec.shape, spec.dtype, mapped=zerocopy))
         self.device_input = self._own(cuda.DeviceBuffer(_nbytes(spec))) if frames or not zerocopy else None
-        self.host_outputs = {o.name: self._own(cuda.HostBuffer(o.shape, o.dtype, mapped=zerocopy))
-                             for o in engine.outputs}
-        self.device_outputs = {} if zerocopy else {o.name: self._own(cuda.DeviceBuffer(_nbytes(o)))
-                                                   for o in engine.outputs}
+        self.host_outputs = {o.name: self._own(cuda.HostBuffer(o.shape, o.dtype, mapped=zerocopy)) for o in outputs}
+        self.device_outputs = {} if zerocopy else {o.name: self._own(cuda.DeviceBuffer(_nbytes(o))) for o in outputs}
         self.uploaded, self.computed, self.done = (self._own(cuda.Event()) for _ in range(3))
-        self.letterbox = self._own(GpuLetterbox(spec.shape, spec.dtype, zero_copy=zerocopy)) if frames else None
+        image = (1, *spec.shape[1:])
+        self.letterboxes = [self._own(GpuLetterbox(image, spec.dtype, zero_copy=zerocopy))
+                            for _ in range(spec.shape[0] if frames else 0)]
+        self.letterbox = self.letterboxes[0] if self.letterboxes else None
         outputs = {name: host.device_pointer() if zerocopy else self.device_outputs[name].pointer
                    for name, host in self.host_outputs.items()}
         given = self.host_input.device_pointer() if zerocopy else self.device_input.pointer
@@ -296,15 +318,17 @@ class TrtSlot(Slot):
 
     engine: TensorRTEngine
 
-    def __init__(self, engine: TensorRTEngine, name: str, depth: int) -> None:
-        super().__init__(engine, name, depth)
+    def __init__(self, engine: TensorRTEngine, name: str, depth: int, batch: int | None = None) -> None:
+        super().__init__(engine, name, depth, batch)
         self.copy_mode = engine.copy_mode
-        self.takes_frames = engine.takes_frames
+        self.takes_frames = engine.takes_frames if batch is None else engine.rows_take_frames
         self.profile: int | None = None
         self._holds_profile = False
         self.streams: list[cuda.Stream] = []
         self.execution: Any = None
         self.frames: list[InFlightFrame] = []
+        self._spec = engine.inputs[0] if self.rows is None else _rows_of(engine.inputs[0], self.rows)
+        self._set_rows = self._spec.shape[0]         # the batch the execution context's input shape is set to
         with engine.context.current():
             try:
                 self._open()
@@ -319,10 +343,24 @@ class TrtSlot(Slot):
         for _ in range(3):
             self.streams.append(cuda.Stream())
         self.upload, self.compute, self.download = self.streams
-        self.execution = open_execution(engine.engine, engine.logger, engine.inputs[0], self.profile,
+        self.execution = open_execution(engine.engine, engine.logger, self._spec, self.profile,
                                         self.compute.handle, f"{engine.name} slot {self.name}")
+        shapes = None if self.batch is None else self._batch_shapes()
         for _ in range(self.depth):
-            self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames))
+            self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames, shapes=shapes))
+
+    def _batch_shapes(self) -> dict[str, tuple[int, ...]]:
+        """A batched slot's IO shapes at its full batch: the outputs' from the execution context, each of
+        which must keep the batch as its first dimension."""
+        shapes = {self._spec.name: self._spec.shape}
+        for spec in self.engine.outputs:
+            shape = tuple(int(d) for d in self.execution.get_tensor_shape(spec.name))
+            if not shape or shape[0] != self.rows:
+                raise EngineError(f"{self.engine.name}: output {spec.name} has shape {list(shape)} for a batch of"
+                                  f" {self.rows} images: its first dimension is not the batch",
+                                  hint="batch only models whose outputs keep the batch as their first dimension")
+            shapes[spec.name] = shape
+        return shapes
 
     def _release(self) -> None:
         """Wait for the streams, then free everything this slot holds (the context current)."""
@@ -341,13 +379,41 @@ class TrtSlot(Slot):
         return self.frames[index].host_input.array
 
     def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending:
-        frame = self.frames[index]
+        frame, count = self.frames[index], self._counts[index]
         copying = self.copy_mode == "copy"
         with self.engine.context.current(), self._settled_on_error():
+            rows = self._batch_rows(count)
             if copying:
-                frame.device_input.upload(frame.host_input.array, self.upload)
-            self._run(frame, frame.addresses, uploaded=copying)
-        return TrtPending(self, frame, release)
+                frame.device_input.upload(_head(frame.host_input.array, rows), self.upload)
+            self._run(frame, frame.addresses, uploaded=copying, rows=rows)
+        return TrtPending(self, frame, release, count)
+
+    def _submit_frames_impl(self, index: int, images: list[np.ndarray], release: Callable[[], None]
+                            ) -> tuple[Pending, list[Letterbox]]:
+        for image in images:
+            check_frame(image)                      # a bad frame enqueues nothing (and stalls no stream)
+        frame = self.frames[index]
+        with self.engine.context.current(), self._settled_on_error():
+            rows = self._batch_rows(len(images))
+            pointer, step = frame.device_input.pointer, frame.letterbox.nbytes
+            boxes = [box.run(image, pointer + i * step, self.upload)
+                     for i, (box, image) in enumerate(zip(frame.letterboxes, images))]
+            self._run(frame, frame.frame_addresses, uploaded=True, rows=rows)
+        return TrtPending(self, frame, release, len(images)), boxes
+
+    def _batch_rows(self, count: int) -> int | None:
+        """The rows a batched submission of `count` images runs (None: not batched), with the execution
+        context's input shape set to them where that changes (a dynamic-shape plan)."""
+        if not count:
+            return None
+        rows = self.engine.batch_sizes.rows(count)
+        if rows != self._set_rows:
+            shape = (rows, *self._spec.shape[1:])
+            if not self.execution.set_input_shape(self._spec.name, shape):
+                raise EngineError(f"{self.engine.name}: TensorRT refused input shape {list(shape)} on slot"
+                                  f" {self.name}", note=self.engine.logger.text())
+            self._set_rows = rows
+        return rows
 
     def _submit_frame_impl(self, index: int, image: np.ndarray, release: Callable[[], None]
                            ) -> tuple[Pending, Letterbox]:
@@ -358,9 +424,10 @@ class TrtSlot(Slot):
             self._run(frame, frame.frame_addresses, uploaded=True)
         return TrtPending(self, frame, release), box
 
-    def _run(self, frame: InFlightFrame, addresses: dict[str, int], *, uploaded: bool) -> None:
-        """Enqueue the engine after the frame's upload stage (when it had one), then the downloads (copy mode);
-        the frame's `done` event follows its last stage."""
+    def _run(self, frame: InFlightFrame, addresses: dict[str, int], *, uploaded: bool, rows: int | None = None
+             ) -> None:
+        """Enqueue the engine after the frame's upload stage (when it had one), then the downloads (copy mode;
+        of a batched submission's `rows` only); the frame's `done` event follows its last stage."""
         if uploaded:
             frame.uploaded.record(self.upload)
             self.compute.wait(frame.uploaded)
@@ -375,7 +442,7 @@ class TrtSlot(Slot):
         frame.computed.record(self.compute)
         self.download.wait(frame.computed)
         for name, buffer in frame.device_outputs.items():
-            buffer.download(frame.host_outputs[name].array, self.download)
+            buffer.download(_head(frame.host_outputs[name].array, rows), self.download)
         frame.done.record(self.download)
 
     @contextlib.contextmanager
@@ -397,6 +464,9 @@ class TensorRTEngine(Engine):
     """A TensorRT plan built by `edge build` (its sidecar JSON holds the device key and the model metadata)."""
 
     backend = "tensorrt"
+    batch_hint = ("build the plan from an ONNX model with a dynamic batch dimension, with a profile that reaches"
+                  " batch {n}: edge build model.onnx --shapes images:1x3x416x416,4x3x416x416,8x3x416x416"
+                  " (MIN,OPT,MAX), or from a model with a fixed batch of {n}")
 
     def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, copy_mode: str = "auto",
                  gpu_preprocess: bool = True) -> None:
@@ -408,6 +478,7 @@ class TensorRTEngine(Engine):
         self.copy_mode = "copy"                           # resolved by activate()
         self.gpu_preprocess = gpu_preprocess
         self.takes_frames = False                         # slots letterbox raw frames on the GPU (activate())
+        self.rows_take_frames = False                     # batched slots do, one image per row (activate())
         self.context: cuda.Context
         self.engine: Any = None
         self._profiles_lock = threading.Lock()
@@ -435,6 +506,7 @@ class TensorRTEngine(Engine):
             raise
         unfit = frames_unfit(self.inputs[0]) if self.gpu_preprocess else "gpu_preprocess=False"
         self.takes_frames = unfit is None
+        self.rows_take_frames = self.gpu_preprocess and frames_unfit(_rows_of(self.inputs[0], 1)) is None
         log.info("%s | copy mode %s (%s); preprocessing on the %s", self.name, self.copy_mode, why,
                  "GPU" if unfit is None else f"CPU: {unfit}")
 
@@ -445,6 +517,17 @@ class TensorRTEngine(Engine):
         self.inputs, self.outputs = io_specs(trt, self.engine, self.path, built_shapes, self.logger)
         dynamic = any(-1 in tuple(self.engine.get_tensor_shape(spec.name)) for spec in self.inputs)
         self._free_profiles = list(range(self.engine.num_optimization_profiles)) if dynamic else None
+        self.batch_sizes = self._batch_sizes()
+
+    def _batch_sizes(self) -> BatchSizes:
+        """The batches the plan runs: its profile's range of a dynamic first dimension, else that dimension."""
+        spec = self.inputs[0]
+        if not spec.shape:
+            return BatchSizes(1, 1)
+        if int(self.engine.get_tensor_shape(spec.name)[0]) != -1:
+            return BatchSizes(spec.shape[0], spec.shape[0])
+        low, _, high = self.engine.get_tensor_profile_shape(spec.name, 0)
+        return BatchSizes(int(low[0]), int(high[0]))
 
     def take_profile(self, slot: str) -> int | None:
         """The optimization profile a new slot runs on: its own one on a dynamic-shape plan, None otherwise."""
@@ -473,3 +556,11 @@ class TensorRTEngine(Engine):
 
     def _create_slot_impl(self, name: str, depth: int) -> Slot:
         return TrtSlot(self, name, depth)
+
+    def _create_batch_slot_impl(self, name: str, depth: int, batch: int) -> Slot:
+        return TrtSlot(self, name, depth, batch)
+
+
+def _rows_of(spec: TensorSpec, rows: int) -> TensorSpec:
+    """`spec` with `rows` images in its first dimension."""
+    return TensorSpec(spec.name, (rows, *spec.shape[1:]), spec.dtype)

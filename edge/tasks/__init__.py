@@ -10,7 +10,8 @@ from edge.config import TaskConfig
 
 
 class Task(Protocol):
-    """What a lane needs from a task type."""
+    """What a lane needs from a task type: one image at a time (a lane per camera), or a list of images
+    that run as one batch (a batched lane, `batch: true`), image i in row i of the input and outputs."""
 
     labels: list[str]
 
@@ -19,6 +20,13 @@ class Task(Protocol):
 
     def postprocess(self, outputs: dict[str, np.ndarray], meta: Any) -> np.ndarray:
         """Detections [N, 6] = x1, y1, x2, y2, score, class_id in source pixels."""
+
+    def preprocess_batch(self, images: list[np.ndarray], out: np.ndarray) -> list[Any]:
+        """Write the input of images[i] into row i of `out` (rows beyond them are left as they are); return
+        what postprocess_batch needs, one item per image."""
+
+    def postprocess_batch(self, outputs: dict[str, np.ndarray], metas: list[Any]) -> list[np.ndarray]:
+        """The detections of each image, from row i of the outputs (which hold at least len(metas) rows)."""
 
 
 def build_task(config: TaskConfig, engine: Engine) -> Task:

@@ -66,17 +66,15 @@ class YoloDetector:
         meta = _yolo_metadata(engine)
         labels = _labels(config.params.labels, meta["labels"])
         spec = engine.inputs[0]
-        if len(spec.shape) != 4 or spec.shape[0] != 1 or spec.shape[1] != 3 or spec.dtype != np.float32:
-            raise EngineError(f"task {config.name!r}: model input {spec.name} is {spec.dtype} {list(spec.shape)};"
-                              " the detector needs float32 [1, 3, H, W]", note=f"model: {engine.path}")
-        height, width = spec.shape[2:]
+        _check_input(config, engine)
+        batch, height, width = spec.shape[0], spec.shape[2], spec.shape[3]
         outputs = {o.name: o for o in engine.outputs}
         if len(meta["anchors"]) != len(engine.outputs):
             raise EngineError(f"task {config.name!r}: model has {len(engine.outputs)} outputs but its metadata"
                               f" describes {len(meta['anchors'])} YOLO heads", note=f"model: {engine.path}")
         heads = []
         for out, anchors, stride in zip(engine.outputs, meta["anchors"], meta["strides"]):
-            expected = (1, len(anchors) * (5 + len(labels)), height // stride, width // stride)
+            expected = (batch, len(anchors) * (5 + len(labels)), height // stride, width // stride)
             if tuple(outputs[out.name].shape) != expected:
                 raise EngineError(f"task {config.name!r}: output {out.name} has shape {list(out.shape)},"
                                   f" expected {list(expected)} for input {width}x{height}, {len(labels)} classes",
@@ -104,6 +102,13 @@ class YoloDetector:
         result[:, 5] = classes[keep]
         return result
 
+    def preprocess_batch(self, images: list[np.ndarray], out: np.ndarray) -> list[Letterbox]:
+        return [letterbox_into(image, out[i:i + 1]) for i, image in enumerate(images)]
+
+    def postprocess_batch(self, outputs: dict[str, np.ndarray], metas: list[Letterbox]) -> list[np.ndarray]:
+        return [self.postprocess({name: value[i:i + 1] for name, value in outputs.items()}, meta)
+                for i, meta in enumerate(metas)]
+
     def _decode(self, head: _Head, raw: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         anchors = head.anchor_w.size // (raw.shape[2] * raw.shape[3])
         cells = raw.shape[2] * raw.shape[3]
@@ -120,6 +125,19 @@ class YoloDetector:
         h = head.anchor_h[rows_kept] * np.exp(cand[:, 3])
         boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], axis=1)
         return boxes, scores[cell, cls], cls.astype(np.float32)
+
+
+def _check_input(config: TaskConfig, engine: Engine) -> None:
+    """The detector takes float32 [1, 3, H, W] images; a batched task (`batch: true`) any batch of them."""
+    spec = engine.inputs[0]
+    image = len(spec.shape) == 4 and spec.shape[1] == 3 and spec.dtype == np.float32
+    if image and (spec.shape[0] == 1 or config.batch):
+        return
+    wanted = "[N, 3, H, W]" if config.batch else "[1, 3, H, W]"
+    hint = ("a model with a batch of N images runs on a task of N cameras with batch: true"
+            if image and not config.batch else None)
+    raise EngineError(f"task {config.name!r}: model input {spec.name} is {spec.dtype} {list(spec.shape)};"
+                      f" the detector needs float32 {wanted}", note=f"model: {engine.path}", hint=hint)
 
 
 def _make_head(name: str, stride: int, anchors: list[list[int]], rows: int, cols: int) -> _Head:
