@@ -55,12 +55,13 @@ def _on_signals(handler: Callable[[], None]) -> None:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
-    from edge.client import SilenceNotice, Subscriber
+    from edge.client import CurveKeys, SilenceNotice, Subscriber
 
+    curve = CurveKeys.load(Path(args.curve[0]), Path(args.curve[1])) if args.curve else None
     stop = threading.Event()
     _on_signals(lambda: stop.set())
     received = 0
-    with Subscriber(args.endpoint, topics=args.topic or [""]) as sub:
+    with Subscriber(args.endpoint, topics=args.topic or [""], curve=curve) as sub:
         print(f"subscribed to {sub.endpoint} topics {args.topic or ['(all)']}", file=sys.stderr, flush=True)
         silence = SilenceNotice(sub.endpoint, args.topic or [""], after_s=args.notice_after)
         while not stop.is_set() and (args.count is None or received < args.count):
@@ -76,6 +77,21 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                   else display.summary(msg.topic, msg.payload), flush=True)
         print(f"received {received} message(s), missed {sub.missed} (seq gaps), invalid {sub.invalid}",
               file=sys.stderr)
+    return 0
+
+
+def cmd_curve_keys(args: argparse.Namespace) -> int:
+    import zmq.auth
+
+    if not args.directory.is_dir():
+        raise EdgeError(f"no directory {args.directory}", hint="create it first (mode 0700 for a secret key)")
+    for suffix in (".key", ".key_secret"):
+        if (args.directory / f"{args.name}{suffix}").exists():
+            raise EdgeError(f"{args.directory / (args.name + suffix)} exists; keys are never overwritten",
+                            hint="choose another name, or remove the old pair on purpose")
+    public, secret = zmq.auth.create_certificates(str(args.directory), args.name)
+    os.chmod(secret, 0o600)
+    print(f"wrote {public} (public: give it to the other side) and {secret} (secret, mode 0600: keep it here)")
     return 0
 
 
@@ -233,6 +249,91 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from edge.bundles import keys
+
+    pair = keys.generate(args.out, args.name)
+    print(f"wrote {pair.private} (the private key, 0600: keep it off the vehicles) and {pair.public} (install it in"
+          f" {keys.TRUSTED_KEYS}/ on each device); key id {pair.key_id}")
+    return 0
+
+
+def cmd_bundle_pack(args: argparse.Namespace) -> int:
+    from edge.bundles import archive
+
+    verified = archive.pack(args.models, key=args.key, version=args.version, out=args.out)
+    manifest = verified.manifest
+    print(f"wrote {args.out}: bundle {manifest.version}, models {', '.join(manifest.models)}, {len(manifest.files)}"
+          f" files, {manifest.total_bytes} bytes, signed by key {verified.key_id}")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from edge.bundles import install
+
+    verified = install.verify(_bundle_source(args.bundle), trusted_dir=args.keys)
+    manifest = verified.manifest
+    plans = sorted({f"{k.get('board')} L4T {k.get('l4t')}" for k in manifest.device_keys})
+    print(f"{args.bundle}: bundle {manifest.version} created {manifest.created}, signed by trusted key"
+          f" {verified.key_id}; models {', '.join(manifest.models)}; {len(manifest.files)} files,"
+          f" {manifest.total_bytes} bytes, every sha256 matches; plans for: {', '.join(plans) or 'none'}")
+    return 0
+
+
+def cmd_bundle_install(args: argparse.Namespace) -> int:
+    from edge.bundles import install
+
+    outcome = install.install(_bundle_source(args.bundle), root=args.root, trusted_dir=args.keys,
+                              activation=_activation(args))
+    _print_outcome("installed", outcome)
+    return 0
+
+
+def cmd_bundle_activate(args: argparse.Namespace) -> int:
+    from edge.bundles import install
+
+    outcome = install.activate(args.slot, root=args.root, trusted_dir=args.keys, activation=_activation(args),
+                               force=args.force)
+    _print_outcome("activated", outcome)
+    return 0
+
+
+def cmd_bundle_rollback(args: argparse.Namespace) -> int:
+    from edge.bundles import install
+
+    outcome = install.rollback(root=args.root, trusted_dir=args.keys, activation=_activation(args), force=args.force)
+    _print_outcome("rolled back to", outcome)
+    return 0
+
+
+def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from edge.bundles import install
+
+    listing = install.list_slots(args.root)
+    print(json.dumps(listing, indent=2) if args.json else install.describe(listing))
+    return 0
+
+
+def _bundle_source(name: str) -> Any:
+    """A bundle argument: a path, or - for standard input (a pipe over ssh)."""
+    return sys.stdin.buffer if name == "-" else Path(name)
+
+
+def _activation(args: argparse.Namespace) -> Any:
+    from edge.bundles import health, install
+
+    check = None if args.no_health else health.HealthCheck(_control(args), timeout_s=args.health_timeout)
+    return install.Activation(restart=install.RESTART if args.restart else None, health=check)
+
+
+def _print_outcome(done: str, outcome: Any) -> None:
+    print(f"{done} bundle {outcome.version} (key {outcome.key_id}) in slot {outcome.slot}; current -> {outcome.slot}"
+          f" (was {outcome.previous or 'none'})")
+    print(f"health: {outcome.health}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="edge", description="Perception runtime for NVIDIA Jetson in vehicles.")
     parser.add_argument("--version", action="version", version=f"edge {__version__}")
@@ -280,7 +381,14 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--notice-after", type=float, default=3.0, metavar="SECONDS",
                            help="say so on stderr after SECONDS with nothing received, then every 10 s"
                            " (default 3; 0: never)")
+    subscribe.add_argument("--curve", nargs=2, metavar=("CLIENT.key_secret", "SERVER.key"),
+                           help="a tcp endpoint with CURVE: this client's key pair and the daemon's public key")
     subscribe.set_defaults(func=cmd_subscribe)
+
+    curve_keys = sub.add_parser("curve-keys", help="make a CURVE key pair (for output.curve and subscribers)")
+    curve_keys.add_argument("directory", type=Path, help="where NAME.key (public) and NAME.key_secret go")
+    curve_keys.add_argument("name", help="e.g. edge-daemon, or the subscribing program's name")
+    curve_keys.set_defaults(func=cmd_curve_keys)
 
     assets = sub.add_parser("assets", help="demo assets").add_subparsers(dest="assets_command", required=True)
     fetch = assets.add_parser("fetch", help="fetch, verify and convert the demo model, video and images")
@@ -309,6 +417,42 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
                           help="demo variant to build and run as a TensorRT plan")
     selftest.set_defaults(func=cmd_selftest)
+
+    keys = sub.add_parser("keys", help="keys that sign engine bundles").add_subparsers(dest="keys_command",
+                                                                                     required=True)
+    generate = keys.add_parser("generate", help="a new Ed25519 key pair: NAME.key (0600) and NAME.pub")
+    generate.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write them (made 0700)")
+    generate.add_argument("--name", default="edge-bundle", help="file name stem (default edge-bundle)")
+    generate.set_defaults(func=cmd_keys_generate)
+
+    bundle = sub.add_parser("bundle", help="signed engine bundles: pack, verify, install into A/B slots, roll back")
+    bundles = bundle.add_subparsers(dest="bundle_command", required=True)
+    pack = bundles.add_parser("pack", help="pack engine repositories into a signed bundle")
+    pack.add_argument("models", nargs="+", type=Path, metavar="MODEL_DIR", help="engine repositories (manifest.json)")
+    pack.add_argument("--key", type=Path, required=True, help="the private key (edge keys generate)")
+    pack.add_argument("--version", required=True, help="the bundle's version, e.g. 2026.11.1")
+    pack.add_argument("--out", type=Path, required=True, metavar="FILE", help="the bundle to write")
+    pack.set_defaults(func=cmd_bundle_pack)
+    verify = bundles.add_parser("verify", help="check a bundle completely (signature, sha256, paths); keep nothing")
+    verify.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    _bundle_keys_arg(verify)
+    verify.set_defaults(func=cmd_bundle_verify)
+    install = bundles.add_parser("install", help="install into the inactive slot, switch, check health, roll back"
+                                 " on failure")
+    install.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    _bundle_switch_args(install)
+    install.set_defaults(func=cmd_bundle_install)
+    activate = bundles.add_parser("activate", help="make an installed slot current (verified again, health checked)")
+    activate.add_argument("slot", choices=["a", "b"])
+    _bundle_switch_args(activate, force=True)
+    activate.set_defaults(func=cmd_bundle_activate)
+    rollback = bundles.add_parser("rollback", help="make the other slot current again")
+    _bundle_switch_args(rollback, force=True)
+    rollback.set_defaults(func=cmd_bundle_rollback)
+    listing = bundles.add_parser("list", help="the slots: versions, keys, health, which is current")
+    _bundle_root_arg(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_bundle_list)
 
     model = sub.add_parser("model", help="model toolchain").add_subparsers(dest="model_command", required=True)
     d2o = model.add_parser("darknet2onnx", help="convert a Darknet YOLO cfg+weights to ONNX")
@@ -365,6 +509,31 @@ def _control_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
                         " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
     parser.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
                         help=f"wait this long for the reply (default {timeout:g})")
+
+
+def _bundle_keys_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", type=Path, default=Path("/etc/edge/trusted-keys"), metavar="DIR",
+                        help="trusted public keys, *.pub (default /etc/edge/trusted-keys)")
+
+
+def _bundle_root_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("/var/lib/edge/bundles"), metavar="DIR",
+                        help="where the slots are (default /var/lib/edge/bundles)")
+
+
+def _bundle_switch_args(parser: argparse.ArgumentParser, *, force: bool = False) -> None:
+    _bundle_root_arg(parser)
+    _bundle_keys_arg(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="restart the daemon after the switch (systemctl restart edge-runtime), and again after"
+                             " a rollback")
+    parser.add_argument("--no-health", action="store_true", help="switch without checking the daemon's health")
+    parser.add_argument("--health-timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="how long the daemon has to show every lane processing frames (default 60)")
+    parser.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
+                        " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
+    if force:
+        parser.add_argument("--force", action="store_true", help="activate a slot that failed its last health check")
 
 
 def _positive(text: str) -> int:

@@ -16,13 +16,15 @@ import os
 import stat
 import time
 from collections.abc import Iterable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import zmq
+import zmq.auth
 
 from edge import protocol
-from edge.errors import ProtocolError
+from edge.errors import EdgeError, ProtocolError
 from edge.log import get_logger
 
 log = get_logger("client")
@@ -41,10 +43,33 @@ class Message:
         return int(self.payload["seq"])
 
 
+@dataclasses.dataclass(frozen=True)
+class CurveKeys:
+    """A subscriber's CURVE keys (Z85): its own pair, and the daemon's public key."""
+
+    public: bytes
+    secret: bytes
+    server: bytes
+
+    @classmethod
+    def load(cls, client_secret: Path, server_public: Path) -> CurveKeys:
+        """From ZeroMQ certificate files: this client's NAME.key_secret and the daemon's NAME.key."""
+        try:
+            public, secret = zmq.auth.load_certificate(str(client_secret))
+            server, _ = zmq.auth.load_certificate(str(server_public))
+        except (OSError, ValueError) as exc:
+            raise EdgeError(f"cannot read the CURVE keys: {exc}", note=f"{client_secret}, {server_public}",
+                            hint="`edge curve-keys DIR NAME` makes a pair; the daemon's operator gives you its"
+                                 " public NAME.key and adds yours to output.curve.clients") from exc
+        if not secret:
+            raise EdgeError(f"{client_secret} holds no secret key", hint="give this client's NAME.key_secret")
+        return cls(public, secret, server)
+
+
 class Subscriber:
     def __init__(self, endpoint: str | None = None, topics: Iterable[str] = ("",), *,
                  latest_only: bool = False, max_bytes: int = protocol.MAX_MESSAGE_BYTES,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, curve: CurveKeys | None = None) -> None:
         self.endpoint = endpoint or protocol.default_results_endpoint()
         path = protocol.ipc_path(self.endpoint)
         if path is not None:
@@ -59,6 +84,10 @@ class Subscriber:
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(TRANSPORT_LIMIT, max_bytes))
+        if curve is not None:
+            self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+            self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+            self._socket.setsockopt(zmq.CURVE_SERVERKEY, curve.server)
         for topic in topics:
             self._socket.setsockopt(zmq.SUBSCRIBE, topic.encode())
         self._socket.connect(self.endpoint)

@@ -135,8 +135,21 @@ class TaskConfig(_Strict):
         return {"fp32": self.model} if self.model is not None else dict(self.variants or {})
 
 
+class CurveConfig(_Strict):
+    """CURVE on a tcp results socket (ZeroMQ's CurveZMQ: encryption and client keys; `edge curve-keys`)."""
+
+    secret_key: str          # the daemon's certificate with its secret key (NAME.key_secret)
+    clients: str             # a directory of the public certificates (*.key) of the subscribers allowed in
+
+    @field_validator("secret_key", "clients")
+    @classmethod
+    def _path(cls, value: str, info: ValidationInfo) -> str:
+        return _resolve(value, info)
+
+
 class OutputConfig(_Strict):
     results: str = Field(default_factory=protocol.default_results_endpoint)
+    curve: CurveConfig | None = None
     heartbeat_hz: float = Field(1.0, gt=0, le=10)
     queue_size: int = Field(64, ge=1, le=10_000)
     sndhwm: int = Field(100, ge=1, le=100_000)
@@ -146,6 +159,14 @@ class OutputConfig(_Strict):
     @classmethod
     def _endpoint(cls, value: str) -> str:
         return protocol.check_endpoint(value)
+
+    @model_validator(mode="after")
+    def _tcp_needs_curve(self) -> OutputConfig:
+        if self.results.startswith("tcp://") and self.curve is None:
+            where = "any process on this machine" if protocol.is_loopback(self.results) else "anyone on the network"
+            raise ValueError(f"results on {self.results} without CURVE would reach {where}: set output.curve"
+                             " (secret_key, clients; `edge curve-keys` makes the keys), or use ipc://")
+        return self
 
 
 class ControlConfig(_Strict):

@@ -34,11 +34,15 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import zmq
+import zmq.auth
+import zmq.utils.z85
 
 from edge import ipc, protocol
+from edge.errors import EdgeError
 from edge.log import get_logger
 
 log = get_logger("publisher")
@@ -121,12 +125,42 @@ class Activity:
             log.info("%s; since the last line: %s", state, happened)
 
 
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """CURVE for the results socket: the daemon's key pair and the public keys of the subscribers allowed in
+    (Z85 text, as ZeroMQ's certificate files hold them)."""
+
+    public: bytes
+    secret: bytes
+    clients: frozenset[bytes]
+
+    @classmethod
+    def load(cls, secret_key: Path, clients: Path) -> Curve:
+        """Read the keys; EdgeError (the start fails: tcp is never served without them) when they are unusable."""
+        hint = "make them with `edge curve-keys DIR NAME` (the daemon's NAME.key_secret; clients' NAME.key)"
+        try:
+            public, secret = zmq.auth.load_certificate(str(secret_key))
+            allowed = zmq.auth.load_certificates(str(clients)) if clients.is_dir() else None
+        except (OSError, ValueError) as exc:
+            raise EdgeError(f"cannot read the CURVE keys: {exc}", note=f"secret_key {secret_key}, clients {clients}",
+                            hint=hint) from exc
+        if not secret:
+            raise EdgeError(f"{secret_key} holds no secret key", note="it is a public certificate (NAME.key)",
+                            hint="point output.curve.secret_key at NAME.key_secret")
+        if not allowed:
+            raise EdgeError(f"no client certificates (*.key) in {clients}: no subscriber could connect",
+                            hint=f"copy the subscribers' public NAME.key files there; {hint}")
+        return cls(public, secret, frozenset(allowed))
+
+
 class Gate:
     """Admits and counts connections in a thread of its own (see the module doc)."""
 
     def __init__(self, context: zmq.Context[Any], monitor: zmq.Socket[Any], limits: Limits,
-                 is_listener: Callable[[socket.socket], bool], activity: Activity) -> None:
+                 is_listener: Callable[[socket.socket], bool], activity: Activity, *,
+                 clients: frozenset[bytes] | None = None) -> None:
         self.limits = limits
+        self._clients = clients               # CURVE: the public keys allowed in; None: no CURVE
         self._monitor = monitor
         self._is_listener = is_listener
         self._activity = activity
@@ -220,7 +254,7 @@ class Gate:
                 continue
             route, _, version, request = frames[:4]
             source = _zap_source(frames[5].decode("utf-8", "replace"))
-            why = self._rate(source)
+            why = self._unknown_key(frames[7], frames[8:]) or self._rate(source)
             if why:
                 self._refuse(why)
                 reply = [b"400", why.encode(), b""]
@@ -228,6 +262,15 @@ class Gate:
                 self._ids += 1
                 reply = [b"200", b"OK", f"c{self._ids}".encode()]
             self._zap.send_multipart([route, b"", version, request, *reply, b""])
+
+    def _unknown_key(self, mechanism: bytes, credentials: list[bytes]) -> str:
+        """Why a peer is not one of the CURVE clients allowed in ('' when it is, or without CURVE)."""
+        if self._clients is None:
+            return ""
+        if mechanism != b"CURVE" or len(credentials) != 1 or len(credentials[0]) != 32:
+            return f"mechanism {mechanism.decode('ascii', 'replace')!r} where CURVE is required"
+        key = zmq.utils.z85.encode(credentials[0])
+        return "" if key in self._clients else f"client key {key[:8].decode()}... is not in output.curve.clients"
 
     def _rate(self, source: str) -> str:
         """A token bucket per source: `admit_burst` at once, then `admit_per_s`."""

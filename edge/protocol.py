@@ -69,7 +69,8 @@ def default_control_endpoint() -> str:
 
 
 def check_endpoint(endpoint: str) -> str:
-    """Validate a results endpoint (ipc://PATH or loopback tcp://HOST:PORT); ValueError with the rule."""
+    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT); ValueError with the rule. Whether tcp is
+    allowed at all is the config's rule (results on tcp only with CURVE, control never)."""
     if endpoint.startswith("ipc://"):
         if not endpoint[len("ipc://"):].startswith("/"):
             raise ValueError(f"ipc endpoint {endpoint!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
@@ -83,12 +84,12 @@ def check_endpoint(endpoint: str) -> str:
         port = None
     if not parts.hostname or port is None:
         raise ValueError(f"tcp endpoint {endpoint!r} must be tcp://HOST:PORT")
-    host = parts.hostname
-    loopback = host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
-    if not loopback:
-        raise ValueError(f"tcp endpoint {endpoint!r} is not loopback; results leave the box only with CURVE"
-                         " encryption, which edge does not provide yet: use ipc:// or tcp://127.0.0.1:PORT")
     return endpoint
+
+
+def is_loopback(endpoint: str) -> bool:
+    host = urlsplit(endpoint).hostname or ""
+    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
 
 
 def _is_ip(host: str) -> bool:

@@ -27,13 +27,14 @@ import zmq
 from edge import ipc, protocol
 from edge.errors import EdgeError
 from edge.log import get_logger
-from edge.peers import ZAP_ENDPOINT, Activity, Gate, Limits, Subscriptions
+from edge.peers import ZAP_ENDPOINT, Activity, Curve, Gate, Limits, Subscriptions
 
 log = get_logger("publisher")
 CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
 HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP handshake by then is closed
 INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
 ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
+CURVE_MAXMSGSIZE = 1024      # room for CURVE's INITIATE command; subscriptions stay bounded by the gate's rules
 BATCH = 512                  # inbound messages handled between two rounds of sending
 RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
 
@@ -55,8 +56,9 @@ class _Item:
 
 class Publisher:
     def __init__(self, endpoint: str, *, sndhwm: int = 100, queue_size: int = 64, limits: Limits | None = None,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, curve: Curve | None = None) -> None:
         self.endpoint = endpoint
+        self._curve = curve
         self._sndhwm = sndhwm
         self._limits = limits or Limits()
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
@@ -78,7 +80,8 @@ class Publisher:
         self._socket, monitor = self._bind()
         is_listener = _listener_check(self._socket)
         try:
-            self._gate = Gate(self._context, monitor, limits, is_listener, self._activity)
+            self._gate = Gate(self._context, monitor, limits, is_listener, self._activity,
+                              clients=self._curve.clients if self._curve is not None else None)
         except zmq.ZMQError as exc:
             monitor.close(linger=0)
             self._socket.close(linger=0)
@@ -102,11 +105,17 @@ class Publisher:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.SNDHWM, self._sndhwm)
         sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
-        sock.setsockopt(zmq.MAXMSGSIZE, 1 + protocol.MAX_TOPIC_BYTES)   # a larger message ends its connection
+        # a larger message ends its connection; CURVE's handshake commands (INITIATE: 257 bytes and the peer's
+        # metadata) pass through the same limit
+        sock.setsockopt(zmq.MAXMSGSIZE, CURVE_MAXMSGSIZE if self._curve else 1 + protocol.MAX_TOPIC_BYTES)
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)       # no handshake completes without the gate's answer
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        if self._curve is not None:                  # encrypted; only the clients' keys the gate knows get in
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
         monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         try:
             sock.bind(self.endpoint)

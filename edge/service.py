@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 from edge import __version__, backends, peers, protocol
@@ -13,6 +14,7 @@ from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
 from edge.notify import Notifier
+from edge.peers import Curve
 from edge.pipeline import BatchedLane, BatchMember, Lane
 from edge.publisher import Publisher
 from edge.runtime import Cameras, TaskRuntime
@@ -29,8 +31,10 @@ class Service:
         self.config = config
         self.max_frames = max_frames
         self.wait_subscriber_s = wait_subscriber_s
+        curve = config.output.curve
         self.publisher = Publisher(config.output.results, sndhwm=config.output.sndhwm,
-                                   queue_size=config.output.queue_size)
+                                   queue_size=config.output.queue_size,
+                                   curve=Curve.load(Path(curve.secret_key), Path(curve.clients)) if curve else None)
         self.cameras = Cameras(config, self.publisher.event)
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane]] = {}

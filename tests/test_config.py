@@ -120,14 +120,16 @@ def test_bad_names_and_ranges() -> None:
 
 
 def test_endpoint_rules() -> None:
-    assert "not loopback" in error(GOOD + "output: {results: 'tcp://10.1.2.3:5555'}\n")
+    assert "without CURVE would reach anyone on the network" in error(GOOD + "output: {results: 'tcp://10.1.2.3:5555'}\n")
+    assert "without CURVE would reach any process on this machine" in error(
+        GOOD + "output: {results: 'tcp://127.0.0.1:5555'}\n")                  # tests/test_curve.py: with CURVE
+    assert "must be tcp://HOST:PORT" in error(GOOD + "output: {results: 'tcp://nohost'}\n")
     assert "absolute path" in error(GOOD + "output: {results: 'ipc://relative.sock'}\n")
-    assert parse(GOOD + "output: {results: 'tcp://127.0.0.1:5555'}\n").output.results == "tcp://127.0.0.1:5555"
 
 
 def test_env_overrides_and_their_errors() -> None:
-    config = parse(GOOD, {"EDGE_RESULTS_ENDPOINT": "tcp://127.0.0.1:7000", "EDGE_LOG_LEVEL": "debug"})
-    assert config.output.results == "tcp://127.0.0.1:7000" and config.logging.level == "debug"
+    config = parse(GOOD, {"EDGE_RESULTS_ENDPOINT": "ipc:///run/other/results.sock", "EDGE_LOG_LEVEL": "debug"})
+    assert config.output.results == "ipc:///run/other/results.sock" and config.logging.level == "debug"
     message = error(GOOD, {"EDGE_LOG_LEVEL": "loud"})
     assert "logging.level (from $EDGE_LOG_LEVEL)" in message and "'loud'" in message
 
@@ -382,7 +384,7 @@ def test_values_from_the_environment_are_not_printed() -> None:
     assert "cameras[1].uri: rtsp URI 'rtsp://user:***@127.0.0.1:99999/rear' has a port outside" in message
     assert "tasks[1].params.conf_threshold: Input should be a valid number" in message
     assert "(value: 'x${CONF}'; values from the environment not shown)" in message
-    assert "output.results (from $EDGE_RESULTS_ENDPOINT): tcp endpoint '${EDGE_RESULTS_ENDPOINT}'" in message
+    assert "output: results on ${EDGE_RESULTS_ENDPOINT} without CURVE would reach anyone on the network" in message
     assert "logging.level (from $EDGE_LOG_LEVEL)" in message and "(value: 'loud')" in message   # a level: shown
 
 

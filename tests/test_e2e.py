@@ -68,7 +68,7 @@ def collect(sub: RawSubscriber, proc, until) -> dict[str, list[dict]]:
 
 
 def test_run_publishes_exactly_n_per_lane(demo, tmp_path: Path, ctx: zmq.Context) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/results.sock"
     sub = RawSubscriber(ctx, endpoint)
     proc = start(write_config(tmp_path, demo, endpoint), "--max-frames", str(N), "--wait-subscriber", "60")
     messages = collect(sub, proc, lambda m: False)
@@ -116,7 +116,7 @@ def test_signal_stops_everything_with_exit_0(demo, tmp_path: Path, ctx: zmq.Cont
 
 
 def test_unreachable_rtsp_camera_does_not_stop_the_others(demo, tmp_path: Path, ctx: zmq.Context) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/results.sock"
     sub = RawSubscriber(ctx, endpoint)
     cameras = (f"\n  - id: cam0\n    uri: file://{demo.video}?realtime=0\n"
                f"  - id: rear\n    uri: rtsp://127.0.0.1:{free_port()}/live\n")
@@ -162,16 +162,17 @@ def test_startup_failure_corrupt_model(demo, tmp_path: Path) -> None:
 
 
 def test_startup_failure_endpoint_in_use(demo, tmp_path: Path, ctx: zmq.Context) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/results.sock"
     squatter = ctx.socket(zmq.PUB)
     squatter.setsockopt(zmq.LINGER, 0)
     squatter.bind(endpoint)
-    _fails(write_config(tmp_path, demo, endpoint), f"cannot bind results endpoint {endpoint}", "Hint:")
+    _fails(write_config(tmp_path, demo, endpoint),
+           f"results endpoint {endpoint} is already in use by a running process", "Hint:")
     squatter.close(linger=0)
 
 
 def test_subscribe_command_prints_json(demo, tmp_path: Path) -> None:
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    endpoint = f"ipc://{tmp_path}/results.sock"
     config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?realtime=0\n",
                           tasks=one_task(demo.model))
     proc = start(config, "--max-frames", "4", "--wait-subscriber", "60")

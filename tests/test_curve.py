@@ -1,0 +1,102 @@
+"""CURVE on a tcp results socket, on real sockets with real keys (`edge curve-keys`): a subscriber whose key
+is allowed receives; one with an unknown key, or none, receives nothing and is counted as refused; the
+daemon keeps publishing. A tcp endpoint without CURVE, and unusable keys, are refused at start."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zmq
+
+from edge import protocol
+from edge.client import CurveKeys, Subscriber
+from edge.config import parse_config
+from edge.errors import ConfigError, EdgeError
+from edge.peers import Curve
+from edge.publisher import Publisher
+from tests.conftest import wait_for
+from tests.daemon import run
+
+
+def keys(directory: Path, name: str) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    result = run("curve-keys", str(directory), name)
+    assert result.returncode == 0, result.stderr
+    return directory / f"{name}.key", directory / f"{name}.key_secret"
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    server_public, server_secret = keys(tmp_path / "server", "edge")
+    client_public, client_secret = keys(tmp_path / "clients-own", "vehicle")
+    _, stranger_secret = keys(tmp_path / "strangers", "stranger")
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "vehicle.key").write_bytes(client_public.read_bytes())
+    return {"server_public": server_public, "server_secret": server_secret, "allowed": allowed,
+            "client_secret": client_secret, "stranger_secret": stranger_secret}
+
+
+@pytest.fixture
+def publisher(pki: dict[str, Path], ctx: zmq.Context, tcp_endpoint: str) -> Iterator[Publisher]:
+    pub = Publisher(tcp_endpoint, context=ctx, curve=Curve.load(pki["server_secret"], pki["allowed"]))
+    pub.start()
+    yield pub
+    pub.stop(5)
+
+
+def beat(seq: int) -> dict:
+    return protocol.event_message("camera.lost", camera="c", reason=str(seq))
+
+
+def test_only_allowed_keys_receive(pki: dict[str, Path], publisher: Publisher, ctx: zmq.Context) -> None:
+    good = Subscriber(publisher.endpoint, topics=["sys."], context=ctx,
+                      curve=CurveKeys.load(pki["client_secret"], pki["server_public"]))
+    stranger = Subscriber(publisher.endpoint, topics=["sys."], context=ctx,
+                          curve=CurveKeys.load(pki["stranger_secret"], pki["server_public"]))
+    plain = Subscriber(publisher.endpoint, topics=["sys."], context=ctx)
+    try:
+        wait_for(lambda: publisher.refused_connections >= 1, 10, "the stranger's key to be refused")
+        wait_for(lambda: publisher.subscriptions == 1, 10, "the allowed subscriber's subscription")
+        for seq in range(20):
+            publisher.publish("sys.event", beat(seq))
+        got = [good.recv(timeout=10) for _ in range(20)]
+        assert [m.payload["reason"] for m in got] == [str(seq) for seq in range(20)]
+        assert stranger.recv(timeout=0) is None and plain.recv(timeout=0) is None
+        assert publisher.connections == 1
+    finally:
+        for sub in (good, stranger, plain):
+            sub.close()
+
+
+def test_tcp_without_curve_is_refused_and_curve_over_the_network_is_allowed(tmp_path: Path,
+                                                                            pki: dict[str, Path]) -> None:
+    text = ("version: 1\ncameras: [{{id: c, uri: 'test://bars'}}]\n"
+            "tasks: [{{name: t, type: detector, model: m.onnx, cameras: [c]}}]\noutput:\n  results: {endpoint}\n")
+    with pytest.raises(ConfigError, match="without CURVE would reach any process on this machine"):
+        parse_config(text.format(endpoint="tcp://127.0.0.1:5555"), source="t", base_dir=tmp_path, environ={})
+    with pytest.raises(ConfigError, match="without CURVE would reach anyone on the network"):
+        parse_config(text.format(endpoint="tcp://10.1.2.3:5555"), source="t", base_dir=tmp_path, environ={})
+    config = parse_config(text.format(endpoint="tcp://10.1.2.3:5555") + f"  curve:\n    secret_key: "
+                          f"{pki['server_secret']}\n    clients: {pki['allowed']}\n", source="t",
+                          base_dir=tmp_path, environ={})
+    assert config.output.curve is not None and config.output.curve.clients == str(pki["allowed"])
+
+
+def test_unusable_keys_fail_closed(tmp_path: Path, pki: dict[str, Path]) -> None:
+    with pytest.raises(EdgeError, match="holds no secret key"):
+        Curve.load(pki["server_public"], pki["allowed"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EdgeError, match="no client certificates"):
+        Curve.load(pki["server_secret"], tmp_path / "empty")
+    with pytest.raises(EdgeError, match="cannot read the CURVE keys"):
+        Curve.load(tmp_path / "missing.key_secret", pki["allowed"])
+
+
+def test_curve_keys_never_overwrites_a_pair(tmp_path: Path) -> None:
+    public, secret = keys(tmp_path, "edge")
+    assert secret.stat().st_mode & 0o777 == 0o600
+    again = run("curve-keys", str(tmp_path), "edge")
+    assert again.returncode == 1 and "keys are never overwritten" in again.stderr
+    assert public.exists()
