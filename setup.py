@@ -19,6 +19,7 @@ setup(
         "pydantic>=2.5,<3",
         "onnxruntime>=1.16",
         "onnx>=1.14",
+        "cryptography>=42",      # Ed25519 signatures of engine bundles (aarch64 wheels for Jetson)
     ],
     extras_require={
         # pip OpenCV for PCs. On a Jetson keep JetPack's OpenCV (GStreamer for CSI cameras):
