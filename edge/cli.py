@@ -320,8 +320,11 @@ def _bundle_source(name: str) -> Any:
 
 
 def _activation(args: argparse.Namespace) -> Any:
+    """What follows a switch of `current`. A hangup (a closed terminal, a dropped ssh -t) ends the command like
+    SIGTERM does, through the switch back, not in the middle of it."""
     from edge.bundles import health, install
 
+    signal.signal(signal.SIGHUP, _terminated)
     check = None if args.no_health else health.HealthCheck(_control(args), timeout_s=args.health_timeout)
     return install.Activation(restart=install.RESTART if args.restart else None, health=check)
 

@@ -563,6 +563,29 @@ def test_an_unhealthy_daemon_rolls_back(env1: Env, daemon: tuple[StandIn, str], 
     assert install.rollback(root=e.root, trusted_dir=e.trusted, activation=NO_HEALTH, force=True).slot == "b"
 
 
+def test_a_hangup_during_the_health_check_switches_back(env1: Env, daemon: tuple[StandIn, str]) -> None:
+    """The terminal (or an ssh -t) goes while the install waits for the daemon: SIGHUP ends it through the switch
+    back, never with `current` left on a bundle nobody checked."""
+    e, (stand_in, endpoint) = env1, daemon
+    stand_in.mode = "stuck"
+    before = e.snapshot()
+    proc = subprocess.Popen(edge_cmd("bundle", "install", str(e.bundle("2.0")), "--root", str(e.root), "--keys",
+                                     str(e.trusted), "--control", endpoint, "--health-timeout", "60"),
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.readlink(e.root / "current") == "b" and stand_in.asked, timeout=30,
+                 what="the install to switch and ask the daemon")
+        proc.send_signal(signal.SIGHUP)
+        proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGHUP
+    assert e.snapshot() == before and e.leftovers() == []
+    assert Store(e.root).record("b").health == "failed: interrupted (SystemExit)"
+
+
 def test_no_daemon_listening_rolls_back(env1: Env, tmp_path: Path) -> None:
     e = env1
     error = refused(e, e.bundle("2.0"), "not healthy within 0.5 s: no status reply \\(cannot reach the edge daemon:"

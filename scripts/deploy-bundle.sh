@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Deploy a signed engine bundle to a Jetson over ssh: copy it (rsync, resumable), then install it there with
+# `edge bundle install --restart`: verified (signature, sha256 of every file), unpacked into the inactive slot,
+# `current` switched, the service restarted and its health checked through the control socket; if it is not
+# healthy the target switches back to the previous bundle and restarts it by itself. Then the slots are listed.
+# Run on a technician's machine. The target needs edge provisioned (scripts/provision-target.sh) and the signing
+# key's .pub in /etc/edge/trusted-keys/. docs/operations.md, "Deploying engine bundles".
+# Needs bash 4.4 or later (empty arrays under set -u; on macOS: brew install bash), ssh and rsync.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: scripts/deploy-bundle.sh [options] HOST BUNDLE
+
+  HOST                 ssh destination: user@host, or a Host of ~/.ssh/config (needs sudo without a password
+                       there for edge, or log in as root and pass --no-sudo)
+  BUNDLE               the bundle file (edge bundle pack)
+  --edge PATH          edge on the target (default /opt/edge/.venv/bin/edge)
+  --health-timeout S   seconds the restarted daemon has to show every lane processing frames (default 120)
+  --no-restart         do not restart the service: the daemon loads the bundle at its next start, and the
+                       health check only shows that the running daemon is healthy
+  --no-sudo            run edge on the target without sudo (HOST logs in as root)
+  --dry-run            print the commands; change nothing
+  --help               this text
+
+Exit status: 0 installed and healthy; 1 refused or rolled back (the reason is printed); 2 usage;
+255 the ssh connection failed.
+EOF
+}
+
+edge=/opt/edge/.venv/bin/edge timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
+while (( $# )); do
+    case "$1" in
+        --edge) edge=${2:?--edge needs a path}; shift 2 ;;
+        --health-timeout) timeout=${2:?--health-timeout needs seconds}; shift 2 ;;
+        --no-restart) restart=(); shift ;;
+        --no-sudo) sudo=(); shift ;;
+        --dry-run) dry_run=1; shift ;;
+        --help|-h) usage; exit 0 ;;
+        -*) echo "deploy-bundle: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+        *) args+=("$1"); shift ;;
+    esac
+done
+(( ${#args[@]} == 2 )) || { echo "deploy-bundle: need HOST and BUNDLE, got ${#args[@]} argument(s)" >&2; usage >&2; exit 2; }
+host=${args[0]} bundle=${args[1]}
+
+die() { echo "deploy-bundle: $*" >&2; exit 1; }
+run() {                                   # run a command, or print it with --dry-run
+    printf -v shown '%q ' "$@"
+    echo "+ ${shown% }"
+    (( dry_run )) || "$@"
+}
+
+# ssh hands the remote shell one string: every word that goes there must be plain
+plain='^[A-Za-z0-9._+/@:=-]+$'
+name=$(basename -- "$bundle")
+[[ -f "$bundle" ]] || die "no bundle file $bundle"
+[[ "$name" =~ $plain && "$edge" =~ $plain && "$host" =~ $plain && "$timeout" =~ ^[0-9]+$ ]] \
+    || die "HOST, BUNDLE's file name, --edge and --health-timeout must be plain words (letters, digits, ._+/@:=-)"
+staged="edge-bundles/$name"               # in the ssh user's home on the target, not a shared /tmp
+
+echo "deploy-bundle: copying $bundle to $host:$staged"
+run ssh "$host" mkdir -p -m 0700 edge-bundles || die "cannot reach $host or make ~/edge-bundles there; nothing installed"
+run rsync --partial --times --compress-level=0 "$bundle" "$host:$staged" \
+    || die "copying $bundle to $host failed; nothing installed (run again: rsync resumes)"
+
+echo "deploy-bundle: installing on $host"
+status=0
+run ssh "$host" "${sudo[@]}" "$edge" bundle install "$staged" "${restart[@]}" --health-timeout "$timeout" || status=$?
+case "$status" in
+    0) ;;
+    255) die "lost the connection to $host during the install (ssh exit 255). The install goes on there and ends" \
+             "installed or rolled back; see which: ssh $host ${sudo[*]} $edge bundle list" ;;
+    *) die "install on $host failed (exit $status): see its reason above. The target kept or went back to its" \
+           "previous bundle; the copy stays in ~/$staged on $host" ;;
+esac
+run ssh "$host" rm -f "$staged"
+run ssh "$host" "${sudo[@]}" "$edge" bundle list
+echo "deploy-bundle: $host runs $name"

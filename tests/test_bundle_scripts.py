@@ -1,0 +1,166 @@
+"""scripts/deploy-bundle.sh and scripts/rollback.sh: --help, --dry-run's exact commands, and real runs against a
+stand-in target: `ssh` and `rsync` on PATH run on this machine in a home of the test's own (the only fakes: there
+is no Jetson to log in to), the real `edge bundle install` into a temp root, and a stand-in daemon behind a real
+control socket. shellcheck runs over every script in tests/test_scripts.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.control import ControlServer
+from tests.daemon import ROOT
+from tests.test_bundles import Env, StandIn
+
+EDGE = "/opt/edge/.venv/bin/edge"
+
+
+def script(name: str, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PATH": path} if path else None
+    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def commands(output: str) -> list[str]:
+    return [line[2:] for line in output.splitlines() if line.startswith("+ ")]
+
+
+@pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
+def test_help_and_unknown_arguments(name: str) -> None:
+    help_text = script(name, "--help")
+    assert help_text.returncode == 0 and "--dry-run" in help_text.stdout and "Exit status" in help_text.stdout
+    wrong = script(name, "--frobnicate", "host")
+    assert wrong.returncode == 2 and "unknown argument '--frobnicate'" in wrong.stderr
+    missing = script(name)
+    assert missing.returncode == 2 and "need HOST" in missing.stderr
+
+
+def test_deploy_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
+    bundle = tmp_path / "fleet-2026.11.bundle"
+    bundle.write_bytes(b"x")
+    result = script("deploy-bundle.sh", "--dry-run", "edge@jetson-17", str(bundle))
+    assert result.returncode == 0, result.stderr
+    assert commands(result.stdout) == [
+        "ssh edge@jetson-17 mkdir -p -m 0700 edge-bundles",
+        f"rsync --partial --times --compress-level=0 {bundle} edge@jetson-17:edge-bundles/fleet-2026.11.bundle",
+        f"ssh edge@jetson-17 sudo {EDGE} bundle install edge-bundles/fleet-2026.11.bundle --restart"
+        " --health-timeout 120",
+        "ssh edge@jetson-17 rm -f edge-bundles/fleet-2026.11.bundle",
+        f"ssh edge@jetson-17 sudo {EDGE} bundle list"]
+    options = script("deploy-bundle.sh", "--dry-run", "--no-restart", "--no-sudo", "--edge", "/usr/local/bin/edge",
+                     "--health-timeout", "30", "root@jetson-17", str(bundle))
+    assert ("ssh root@jetson-17 /usr/local/bin/edge bundle install edge-bundles/fleet-2026.11.bundle"
+            " --health-timeout 30") in commands(options.stdout)
+
+
+def test_deploy_refuses_a_missing_bundle_and_words_the_remote_shell_would_split(tmp_path: Path) -> None:
+    missing = script("deploy-bundle.sh", "--dry-run", "jetson", str(tmp_path / "none.bundle"))
+    assert missing.returncode == 1 and "no bundle file" in missing.stderr
+    spaced = tmp_path / "my bundle"
+    spaced.write_bytes(b"x")
+    split = script("deploy-bundle.sh", "--dry-run", "jetson", str(spaced))
+    assert split.returncode == 1 and "must be plain words" in split.stderr and not commands(split.stdout)
+
+
+def test_rollback_dry_run_prints_the_exact_commands() -> None:
+    result = script("rollback.sh", "--dry-run", "jetson-17")
+    assert result.returncode == 0, result.stderr
+    assert commands(result.stdout) == [f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout 120",
+                                       f"ssh jetson-17 sudo {EDGE} bundle list"]
+    forced = script("rollback.sh", "--dry-run", "--force", "--no-restart", "jetson-17")
+    assert commands(forced.stdout)[0] == f"ssh jetson-17 sudo {EDGE} bundle rollback --force --health-timeout 120"
+
+
+# ------------------------------------------------------------------------------------------------ real runs
+
+class Target:
+    """This machine as the target: `ssh HOST CMD...` runs CMD in `home` with sh (as sshd would, joined by spaces),
+    `rsync ... SRC HOST:DST` copies to home/DST, and `edge` there is this checkout with the test's root, trusted
+    keys and control socket."""
+
+    def __init__(self, tmp_path: Path, env: Env, endpoint: str) -> None:
+        self.home = tmp_path / "home"
+        self.home.mkdir()
+        self.bin = tmp_path / "bin"
+        self.bin.mkdir()
+        self._tool("ssh", f'shift; cd {self.home} && exec sh -c "$*"')
+        self._tool("rsync", 'eval "src=\\${$(($# - 1))}" "dst=\\${$#}"\ncp "$src" "HOME/${dst#*:}"'.replace(
+            "HOME", str(self.home)))
+        self.edge = self._tool("edge", f'case "$2" in\n'
+                                       f'  list) extra="--root {env.root}" ;;\n'
+                                       f'  *) extra="--root {env.root} --keys {env.trusted} --control {endpoint}" ;;\n'
+                                       f'esac\n'
+                                       f'PYTHONPATH={ROOT} exec {sys.executable} -m edge "$@" $extra')
+        self.path = f"{self.bin}:{os.environ['PATH']}"
+
+    def _tool(self, name: str, body: str) -> Path:
+        path = self.bin / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+        return path
+
+
+@pytest.fixture
+def target(tmp_path: Path) -> Iterator[tuple[Env, StandIn, Target]]:
+    env = Env(tmp_path)
+    env.install(env.bundle("1.0"))
+    stand_in = StandIn()
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    server = ControlServer(endpoint, stand_in)
+    server.start()
+    yield env, stand_in, Target(tmp_path, env, endpoint)
+    stand_in.release.set()
+    server.stop(5)
+
+
+def deploy(target: Target, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    return script("deploy-bundle.sh", "--no-restart", "--no-sudo", "--edge", str(target.edge), "--health-timeout",
+                  "1", *extra, "jetson", str(bundle), path=target.path)
+
+
+def test_deploy_installs_and_lists(target: tuple[Env, StandIn, Target]) -> None:
+    env, _, tgt = target
+    result = deploy(tgt, env.bundle("2.0"))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "installed bundle 2.0" in result.stdout and "health: healthy after" in result.stdout
+    assert "current -> b" in result.stdout and "deploy-bundle: jetson runs 2.0.bundle" in result.stdout
+    assert os.readlink(env.root / "current") == "b"
+    assert list((tgt.home / "edge-bundles").iterdir()) == []          # the copy on the target is removed
+
+
+def test_deploy_that_is_not_healthy_rolls_back_and_fails(target: tuple[Env, StandIn, Target]) -> None:
+    env, stand_in, tgt = target
+    stand_in.mode = "stuck"
+    before = env.snapshot()
+    result = deploy(tgt, env.bundle("2.0"))
+    assert result.returncode == 1
+    assert "edge bundle: error: bundle 2.0 in slot b failed: the daemon was not healthy within 1 s" in result.stderr
+    assert "rolled back: current -> a again" in result.stderr
+    assert "deploy-bundle: install on jetson failed (exit 1)" in result.stderr
+    assert "bundle list" not in result.stdout and env.snapshot() == before
+
+
+def test_deploy_of_a_bundle_the_target_does_not_trust_fails(target: tuple[Env, StandIn, Target],
+                                                            tmp_path: Path) -> None:
+    env, _, tgt = target
+    from edge.bundles import keys
+
+    stranger = keys.generate(tmp_path / "stranger")
+    before = env.snapshot()
+    result = deploy(tgt, env.bundle("2.0", key=stranger.private))
+    assert result.returncode == 1 and "which this device does not trust" in result.stderr
+    assert env.snapshot() == before
+
+
+def test_rollback_goes_back_and_says_why_when_it_cannot(target: tuple[Env, StandIn, Target]) -> None:
+    env, _, tgt = target
+    args = ("--no-restart", "--no-sudo", "--edge", str(tgt.edge), "--health-timeout", "5", "jetson")
+    nothing = script("rollback.sh", *args, path=tgt.path)
+    assert nothing.returncode == 1 and "nothing to roll back to: slot b is empty" in nothing.stderr
+    env.install(env.bundle("2.0"))
+    result = script("rollback.sh", *args, path=tgt.path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "rolled back to bundle 1.0" in result.stdout and os.readlink(env.root / "current") == "a"
