@@ -24,7 +24,9 @@ from edge import bundle as repository
 from edge.bundles import archive, health, install, keys
 from edge.bundles.common import BundleError
 from edge.bundles.slots import Store
+from edge.config import parse_config
 from edge.control import ControlServer
+from edge.service import Service
 from tests.conftest import wait_for
 from tests.daemon import edge_cmd, env
 
@@ -207,7 +209,9 @@ def test_rollback_activate_and_list(env1: Env) -> None:
     assert (again.slot, again.version, os.readlink(e.root / "current")) == ("b", "2.0", "b")
     with pytest.raises(BundleError, match="slot b is active already"):
         install.activate("b", root=e.root, trusted_dir=e.trusted, activation=NO_HEALTH)
-    assert "current -> b" in install.describe(install.list_slots(e.root))
+    text = install.describe(install.list_slots(e.root))
+    assert "current -> b" in text
+    assert "plans for: NVIDIA Jetson AGX Orin Developer Kit L4T 36.4.3 TensorRT 10.3.0.30" in text
 
 
 def test_rollback_needs_a_previous_bundle(env1: Env) -> None:
@@ -626,6 +630,33 @@ def test_a_failing_restart_rolls_back_and_restarts_on_the_previous_bundle(env1: 
                     activation=checked(endpoint, 5.0, restart))
     assert "Job for edge-runtime.service failed" in error.render()
     assert "restarted on it: healthy after" in error.render() and log.read_text().split() == ["b", "a"]
+
+
+def test_the_daemon_runs_a_bundle_through_current_and_passes_the_check(demo, tmp_path: Path) -> None:
+    """The real daemon: the demo's engine repository packed, installed, named as <root>/current/yolov3-tiny in the
+    config; a second install's health check asks this daemon's control socket and finds its lane processing."""
+    e = Env(tmp_path)
+    bundle = tmp_path / "demo.bundle"
+    archive.pack([demo.engines], key=e.keys.private, version="demo-1", out=bundle)
+    e.install(bundle)
+    control = f"ipc://{tmp_path}/control.sock"
+    text = (f"version: 1\ncameras:\n  - id: front\n    uri: test://bars?size=320x240&fps=20\ntasks:\n"
+            f"  - name: objects\n    type: detector\n    engines: {e.root}/current/yolov3-tiny\n    precision: fp32\n"
+            f"    cameras: [front]\n    threads: 1\noutput:\n  results: ipc://{tmp_path}/r.sock\n"
+            f"control:\n  endpoint: {control}\nsupervisor:\n  telemetry: none\n")
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}))
+    stop = threading.Event()
+    service.start(stop)
+    runner = threading.Thread(target=service.run, args=(stop,))
+    runner.start()
+    try:
+        assert service.tasks["objects"].active().path == e.root / "current/yolov3-tiny/yolov3-tiny.onnx"
+        outcome = e.install(bundle, checked(control, timeout_s=60))
+    finally:
+        stop.set()
+        runner.join(30)
+        service.stop()
+    assert outcome.slot == "b" and "healthy after" in outcome.health and "objects/front +" in outcome.health
 
 
 # ------------------------------------------------------------------------------------------------ the command

@@ -278,6 +278,7 @@ def describe(listing: dict[str, Any]) -> str:
         models = ", ".join(f"{m} {'/'.join(p)}" for m, p in (s.get("models") or {}).items())
         lines.append(f"{mark} {s['slot']}  {s.get('version')}  created {s.get('created')}  key {s.get('key_id')}"
                      f"  installed {s.get('installed')}  health {s.get('health')}  models: {models}"
+                     f"  plans for: {', '.join(s.get('plans_for') or []) or 'none'}"
                      + (f"  PROBLEM: {s['problem']}" if s.get("problem") else ""))
     lines += [f"note: {n}" for n in listing["notes"]]
     return "\n".join(lines)
