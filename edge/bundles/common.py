@@ -47,18 +47,22 @@ def fsync_dir(path: Path) -> None:
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write `data` to `path` atomically and durably (a temporary file beside it, fsync, rename), mode 0644."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    fsync_dir(path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise BundleError(f"cannot write {path}: {exc.strerror}", hint="free space on that filesystem (df -h)"
+                          ) from exc
 
 
 def utc_now() -> str:

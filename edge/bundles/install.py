@@ -182,19 +182,22 @@ def _activate(store: Store, slot: str, trusted: dict[str, Ed25519PublicKey], tru
 
 def _switch_checked(store: Store, slot: str, previous: str | None, activation: Activation, label: str) -> str:
     """Point `current` at `slot`, then restart and check as `activation` says; on failure (Ctrl-C included) point
-    it back at `previous` and raise, saying why and what state the daemon is left in."""
+    it back at `previous` first, then record why in the slot, and raise, saying what state the daemon is left in."""
     store.switch(slot)
     try:
         summary = _restart_and_check(activation)
+        store.set_health(slot, "ok" if activation.health is not None else "not checked")
     except BaseException as exc:
         why = exc.what if isinstance(exc, EdgeError) else f"interrupted ({type(exc).__name__})"
-        store.set_health(slot, f"failed: {why}")
-        back = _switch_back(store, previous, activation)
+        back = _switch_back(store, previous, activation, why)
+        try:
+            store.set_health(slot, f"failed: {why}")
+        except BundleError as unrecorded:
+            back += f"; not recorded in slot {slot}: {unrecorded.what}"
         if not isinstance(exc, EdgeError):
             raise
         raise BundleError(f"{label} in slot {slot} failed: {why}", note="; ".join(filter(None, [exc.note, back])),
                           hint=exc.hint) from exc
-    store.set_health(slot, "ok" if activation.health is not None else "not checked")
     return summary
 
 
@@ -210,8 +213,13 @@ def _restart_and_check(activation: Activation) -> str:
                                              f"{RESTART_HINT}"
 
 
-def _switch_back(store: Store, previous: str | None, activation: Activation) -> str:
-    store.switch(previous)
+def _switch_back(store: Store, previous: str | None, activation: Activation, why: str) -> str:
+    try:
+        store.switch(previous)
+    except BundleError as exc:
+        raise BundleError(f"the new bundle failed ({why}) and switching `current` back to {previous} failed too:"
+                          f" {exc.what}", hint=f"edge bundle activate {previous} --force" if previous else
+                          f"remove {store.root}/current") from exc
     if previous is None:
         return "rolled back: `current` removed again (no bundle was active before)"
     back = f"rolled back: current -> {previous} again"

@@ -122,28 +122,37 @@ class Store:
             raise BundleError(f"slot {slot} is active: it is never replaced in place",
                               hint="install into the other slot")
         target = self.slot(slot)
-        os.chmod(staged, 0o755)
-        if target.exists():
-            trash = Path(tempfile.mkdtemp(prefix=LEFTOVERS[1], dir=self.root))
-            os.rename(target, trash / slot)
-            os.rename(staged, target)
-            shutil.rmtree(trash)
-        else:
-            os.rename(staged, target)
-        fsync_dir(self.root)
+        try:
+            os.chmod(staged, 0o755)
+            if target.exists():
+                trash = Path(tempfile.mkdtemp(prefix=LEFTOVERS[1], dir=self.root))
+                os.rename(target, trash / slot)
+                os.rename(staged, target)
+                shutil.rmtree(trash)
+            else:
+                os.rename(staged, target)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise BundleError(f"cannot move the new bundle into slot {slot}: {exc.strerror}", note=str(exc.filename),
+                              hint=f"check {self.root} (its filesystem, its owner); the active slot is unchanged"
+                              ) from exc
 
     def switch(self, slot: str | None) -> None:
         """Point `current` at `slot` atomically (a new link renamed over it); None removes it."""
         link = self.root / CURRENT
-        if slot is None:
-            link.unlink(missing_ok=True)
-        else:
-            self.slot(slot)
-            tmp = self.root / f"{LEFTOVERS[2]}{os.getpid()}"
-            tmp.unlink(missing_ok=True)
-            os.symlink(slot, tmp)
-            os.replace(tmp, link)
-        fsync_dir(self.root)
+        try:
+            if slot is None:
+                link.unlink(missing_ok=True)
+            else:
+                self.slot(slot)
+                tmp = self.root / f"{LEFTOVERS[2]}{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                os.symlink(slot, tmp)
+                os.replace(tmp, link)
+            fsync_dir(self.root)
+        except OSError as exc:
+            raise BundleError(f"cannot point {link} at {slot or 'nothing'}: {exc.strerror}",
+                              hint=f"check {self.root} (its filesystem, its owner)") from exc
 
     def record(self, slot: str) -> Record | None:
         try:
