@@ -590,6 +590,27 @@ def test_a_hangup_during_the_health_check_switches_back(env1: Env, daemon: tuple
     assert Store(e.root).record("b").health == "failed: interrupted (SystemExit)"
 
 
+def test_a_kill_during_the_health_check_is_flagged_by_list(env1: Env, daemon: tuple[StandIn, str]) -> None:
+    """SIGKILL (or a power cut) between the switch and the end of the check: nothing can switch back then. The
+    slot stays `pending`, `list` says so, and `rollback` returns to the bundle before."""
+    e, (stand_in, endpoint) = env1, daemon
+    stand_in.mode = "stuck"
+    before = e.snapshot()
+    proc = subprocess.Popen(edge_cmd("bundle", "install", str(e.bundle("2.0")), "--root", str(e.root), "--keys",
+                                     str(e.trusted), "--control", endpoint, "--health-timeout", "60"),
+                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: os.readlink(e.root / "current") == "b" and stand_in.asked, timeout=30,
+                 what="the install to switch and ask the daemon")
+    finally:
+        proc.kill()
+        proc.communicate()
+    notes = install.list_slots(e.root)["notes"]
+    assert any("slot b is current but its health was never checked" in note for note in notes)
+    assert install.rollback(root=e.root, trusted_dir=e.trusted, activation=NO_HEALTH).slot == "a"
+    assert e.snapshot() == before and e.leftovers() == []
+
+
 def test_no_daemon_listening_rolls_back(env1: Env, tmp_path: Path) -> None:
     e = env1
     error = refused(e, e.bundle("2.0"), "not healthy within 0.5 s: no status reply \\(cannot reach the edge daemon:"

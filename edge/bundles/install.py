@@ -112,12 +112,12 @@ def list_slots(root: Path) -> dict[str, Any]:
                 "notes": [f"{root} does not exist: no bundle installed"]}
     try:
         with store.lock():
-            notes = _cleaned(store.cleanup())
-    except (BundleError, PermissionError) as exc:
-        notes = (f"leftovers not checked: {exc}",)
+            notes, idle = _cleaned(store.cleanup()), True
+    except BundleError as exc:
+        notes, idle = (f"leftovers not checked: {exc.what}",), False
     current = store.current()
     record = store.record(current) if current else None
-    if record is not None and record.health == "pending":
+    if idle and record is not None and record.health == "pending":
         notes += (f"slot {current} is current but its health was never checked: the command that switched to it did"
                   " not finish. Check `edge status`; `edge bundle rollback` goes back to the other slot",)
     return {"root": str(root), "current": current,

@@ -64,7 +64,11 @@ class Store:
     def lock(self) -> Iterator[None]:
         """Hold the root's lock (released by the kernel if this process dies); BundleError when another holds it."""
         path = self.root / ".lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise BundleError(f"cannot open the lock {path}: {exc.strerror}",
+                              hint="run as the bundle root's owner (sudo), or pass --root DIR") from exc
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -114,7 +118,11 @@ class Store:
 
     def incoming(self) -> Path:
         """A new private staging directory beside the slots (same filesystem, so it can be renamed into place)."""
-        return Path(tempfile.mkdtemp(prefix=LEFTOVERS[0], dir=self.root))
+        try:
+            return Path(tempfile.mkdtemp(prefix=LEFTOVERS[0], dir=self.root))
+        except OSError as exc:
+            raise BundleError(f"cannot make a staging directory in {self.root}: {exc.strerror}",
+                              hint="free space on that filesystem (df -h), then install again") from exc
 
     def place(self, staged: Path, slot: str) -> None:
         """Make the complete directory `staged` the slot `slot` (never the active one), replacing what it held."""
