@@ -93,7 +93,7 @@ class TaskConfig(_Strict):
     backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"   # auto: TensorRT where it and a GPU are
     threads: int | None = Field(None, ge=1, le=64)
     in_flight: int = Field(2, ge=1, le=8)
-    batch: bool = False         # true: one batched execution over all the task's cameras (docs/gpu.md, Batching)
+    batch: bool = False         # true: one batched execution over all the task's cameras (docs/performance.md)
     copy_mode: Literal["auto", "copy", "zerocopy"] = "auto"    # TensorRT IO: auto = zerocopy on an integrated GPU
     params: DetectorParams = DetectorParams()
 

@@ -554,15 +554,16 @@ class BatchedLane:
         self.engine = engine
 
     def _finish_oldest(self, inflight: collections.deque[_Batch], *, room: bool) -> None:
-        """Wait for the oldest batch and publish its results. With room for another batch while one is being
-        gathered, wait only until that one is due: it then goes in flight beside the running ones."""
+        """Wait for the oldest batch and publish its results. With room for another batch, wait only until the
+        batch being gathered is due (or, with none open yet, half a frame interval) and then look for frames
+        again: the next batch goes in flight while older ones run."""
         oldest = inflight[0]
         left = oldest.deadline - time.monotonic()
-        due = self._due_in() if room else None
+        step = self._next_look() if room else None
         try:
-            outputs = oldest.pending.wait(max(0.0, left if due is None else min(left, due)), copy=False)
+            outputs = oldest.pending.wait(max(0.0, left if step is None else min(left, step)), copy=False)
         except WaitTimeout:
-            if due is None or due >= left:
+            if step is None or step >= left:
                 raise
             return
         inflight.popleft()
@@ -570,14 +571,14 @@ class BatchedLane:
         for (member, frame), detections in zip(oldest.frames, results):
             member.publish(frame, oldest.engine, detections)
 
-    def _due_in(self) -> float | None:
-        """Seconds until the batch being gathered is due (0: ready now); None when none is being gathered."""
+    def _next_look(self) -> float:
+        """Seconds until the lane should look for frames again: until the batch being gathered is due (0: ready
+        now), or half a frame interval while none is being gathered."""
         with self.arrived:
             now = time.monotonic_ns()
             ready, due_ns = self._state(now)
-        if ready:
-            return 0.0
-        return None if due_ns is None else (due_ns - now) / 1e9
+            wait_ns = 0 if ready else self._gather_wait_ns() if due_ns is None else due_ns - now
+        return wait_ns / 1e9
 
 
 def _round(value: float | None) -> float | None:

@@ -596,3 +596,13 @@ def test_a_batched_slot_letterboxes_each_frame_into_its_row(trt, tmp_path: Path)
     slot.close()
     engine.deactivate()
     assert trt.live == {}
+
+
+def test_a_batched_tasks_cameras_count_as_one_lane_for_its_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edge.backends import default_threads
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(4)))
+    batched = TaskConfig(name="t", type="detector", model="m.onnx", cameras=["a", "b", "c"], batch=True)
+    assert default_threads(batched, 3) == 4                             # one execution at a time: all cores
+    assert default_threads(batched, 5) == 1                             # beside a task of two lanes: 4 // 3
+    assert default_threads(batched.model_copy(update={"batch": False}), 3) == 1

@@ -297,3 +297,46 @@ def test_results_match_between_copy_modes_and_the_cpu_path(trt, tmp_path: Path, 
             buf = slot.input()
             buf[...] = tensor
             assert np.array_equal(slot.submit(buf).wait(10)["out0"], tensor), mode
+
+
+@pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+def test_a_batched_slot_keeps_each_camera_in_its_row(trt, tmp_path: Path, mode: str) -> None:
+    """Batching across cameras on the GPU: a batched slot (up to 3 images) on a dynamic-shape plan (batch 1 to 4)
+    runs batches of 3, 1, 2 and 3 frames, two in flight, the input shape following them; each frame is
+    letterboxed on the GPU into its own row, bit-identical to the CPU letterbox of that frame; a host tensor of 2
+    rows comes back unchanged. In copy and in zerocopy mode."""
+    from onnx import TensorProto
+
+    from edge.backends.tensorrt import TensorRTEngine
+    from edge.preprocess import letterbox_into
+    from edge.tools import build
+    from tests.models import set_batch
+
+    shape = (1, 3, 96, 128)
+    onnx_path = tmp_path / "m.onnx"
+    _identity_plan(onnx_path, list(shape), TensorProto.FLOAT)
+    plan = build.build(set_batch(onnx_path, None), shapes=["images:1x3x96x128,2x3x96x128,4x3x96x128"],
+                       say=lambda line: None).plan
+    rng = np.random.default_rng(5)
+    sizes = ((1920, 1080), (641, 479), (100, 300))
+    batches = [[rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes[:n]] for n in (3, 1, 2, 3)]
+
+    def cpu(frames: list[np.ndarray]) -> np.ndarray:
+        rows = np.zeros((len(frames), *shape[1:]), np.float32)
+        for i, frame in enumerate(frames):
+            letterbox_into(frame, rows[i:i + 1])
+        return rows
+    with TensorRTEngine(plan, copy_mode=mode) as engine:
+        slot = engine.create_slot("cams", depth=2, batch=3)
+        assert engine.copy_mode == mode and slot.takes_frames and slot.rows == 3
+        in_flight: collections.deque = collections.deque()
+        for frames in batches + batches:
+            if len(in_flight) == 2:
+                pending, want = in_flight.popleft()
+                assert np.array_equal(pending.wait(10)["out0"], want), mode
+            in_flight.append((slot.submit_frames(frames)[0], cpu(frames)))
+        for pending, want in in_flight:
+            assert np.array_equal(pending.wait(10)["out0"], want), mode
+        buf = slot.input()
+        buf[:2] = rng.random((2, *shape[1:]), np.float32)
+        assert np.array_equal(slot.submit(buf, count=2).wait(10)["out0"], buf[:2]), mode

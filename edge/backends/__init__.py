@@ -128,6 +128,8 @@ def _with_plan(task: TaskConfig, manifest: bundle.Manifest, precision: str,
 
 
 def default_threads(task: TaskConfig, total_lanes: int) -> int:
-    """ONNX Runtime threads: the usable cores shared among all lanes. Two sessions running at once with
-    all cores each oversubscribe the CPU (benchmarks/cpu_pipeline.py)."""
-    return task.threads or max(1, len(os.sched_getaffinity(0)) // max(1, total_lanes))
+    """ONNX Runtime threads: the usable cores shared among all lanes (`total_lanes`: the cameras of all running
+    tasks). Two sessions running at once with all cores each oversubscribe the CPU (benchmarks/cpu_pipeline.py).
+    A batched task (`batch: true`) runs one execution at a time for all its cameras: they count as one lane."""
+    lanes = total_lanes - len(task.cameras) + 1 if task.batch else total_lanes
+    return task.threads or max(1, len(os.sched_getaffinity(0)) // max(1, lanes))
