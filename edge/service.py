@@ -60,7 +60,7 @@ class Service:
         except BaseException:
             self.stop(STOP_TIMEOUT_S)
             raise
-        self.notifier.ready(self.summary())
+        self.notifier.ready(summary(self.status()))
 
     def _start(self, stop: threading.Event) -> None:
         peers.raise_open_files_limit()
@@ -178,8 +178,7 @@ class Service:
                 break
             now = time.monotonic()
             if now >= next_beat:
-                self.publish_heartbeat()
-                self.notifier.status(self.summary())
+                self.notifier.status(summary(self.publish_heartbeat()))
                 next_beat += period
             if self.notifier.watchdog_s is not None and now >= next_ping:
                 self._ping_watchdog(now, self.notifier.watchdog_s)
@@ -211,14 +210,6 @@ class Service:
             self.notifier.status(f"stalled: {', '.join(stalled)}")
         else:
             self.notifier.watchdog()
-
-    def summary(self) -> str:
-        """One line for `systemctl status`: lanes with precision and fps, the supervisor's level, subscribers."""
-        now = time.monotonic_ns()
-        lanes = ", ".join(f"{lane.name} {lane.status(now)['precision']} {lane.stats.fps(now):.0f} fps"
-                          for lane in self.lanes) or "no task running"
-        level = self.governor.last.level.name if self.governor is not None and self.governor.last else "off"
-        return f"{lanes}; supervisor {level}; {self.publisher.connections} subscriber connection(s)"
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """Release everything in order, each step bounded by what is left of `timeout`."""
@@ -290,8 +281,19 @@ class Service:
                 "refused_connections": self.publisher.refused_connections,
                 "rejected_inbound": self.publisher.rejected_inbound, "dropped_other": self.publisher.dropped_other}
 
-    def publish_heartbeat(self) -> None:
+    def publish_heartbeat(self) -> dict[str, Any]:
+        """Publish the heartbeat; returns the status snapshot it was made from."""
         snapshot = self.status()
         self.publisher.publish("sys.heartbeat", protocol.heartbeat_message(
             version=__version__, uptime_s=snapshot["uptime_s"], lanes=snapshot["lanes"],
             cameras=snapshot["cameras"], peers=snapshot["peers"], supervisor=snapshot["supervisor"]))
+        return snapshot
+
+
+def summary(snapshot: dict[str, Any]) -> str:
+    """One line for `systemctl status`, from a status snapshot: lanes with precision and fps, the supervisor's
+    level, subscribers."""
+    lanes = ", ".join(f"{lane['task']}.{lane['camera']} {lane['precision']} {lane['fps']:.0f} fps"
+                      for lane in snapshot["lanes"]) or "no task running"
+    level = (snapshot["supervisor"] or {}).get("level", "off")
+    return f"{lanes}; supervisor {level}; {snapshot['peers']['connections']} subscriber connection(s)"
