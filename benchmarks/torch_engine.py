@@ -7,10 +7,12 @@ end padding, the nearest upsample and the route concat; input 1x3x416x416, heads
 fp32, as the demo's fp16 variant keeps its IO types.
 
 Like a TensorRT enqueue, one frame is one launch: the network is captured as one CUDA graph per set of
-tensor addresses (a TensorRT slot has one set per frame in flight), reading the input and writing the
-outputs in place at those addresses, and `enqueue(addresses, stream_handle)` replays it on the caller's
-raw CUDA stream (torch.cuda.ExternalStream). Graphs are captured at first use of an address set
-(`freeze()` turns a later one into an error, so a timed run never captures).
+tensor addresses and batch (a TensorRT slot has one set per frame in flight), reading the input and writing
+the outputs in place at those addresses, and `enqueue(addresses, stream_handle, batch)` replays it on the
+caller's raw CUDA stream (torch.cuda.ExternalStream). Graphs are captured at first use of an address set
+(`freeze()` turns a later one into an error, so a timed run never captures). Where the caller's stream is
+itself being captured (edge's `cuda_graph: true`), the network's graph goes into that capture as a child
+graph node instead, as a TensorRT enqueue's kernels would (torch cannot replay a graph inside a capture).
 
 `tensorrt_module(network)` is tests/fake_tensorrt.py (the strict stand-in of the TensorRT Python API)
 with `Runtime` replaced: its engines' execution contexts enqueue this network from `execute_async_v3`,
@@ -113,13 +115,17 @@ class GraphNetwork:
         """From now on an address set without a graph is an error (nothing is captured in a timed run)."""
         self._frozen = True
 
-    def enqueue(self, addresses: Mapping[str, int], stream_handle: int) -> None:
-        """Run the network on `stream_handle` from addresses[INPUT] into the HEADS' addresses."""
-        key = tuple(sorted(addresses.items()))
+    def enqueue(self, addresses: Mapping[str, int], stream_handle: int, batch: int = 1) -> None:
+        """Run the network on `stream_handle` from addresses[INPUT] into the HEADS' addresses, for `batch`
+        images (inputs and outputs hold that many)."""
+        key = (*sorted(addresses.items()), ("batch", batch))
         stream = self._stream(stream_handle)
         graph = self._graphs.get(key)
         if graph is None:
             graph = self._capture(key, stream)
+        if capturing(stream_handle):
+            add_to_capture(graph.raw_cuda_graph(), stream_handle)
+            return
         with torch.cuda.stream(stream):
             graph.replay()
 
@@ -134,18 +140,20 @@ class GraphNetwork:
         if self._frozen:
             raise RuntimeError(f"the stand-in network has no CUDA graph for addresses {addresses} and is frozen:"
                                " every frame record must run once before the timed runs")
+        batch = addresses.pop("batch")
         with self._lock, torch.no_grad():
             if key in self._graphs:
                 return self._graphs[key]
-            source = DeviceArray(addresses[INPUT], NET).tensor()
-            outputs = {name: DeviceArray(addresses[name], shape).tensor() for name, shape in HEADS.items()}
+            source = DeviceArray(addresses[INPUT], (batch, *NET[1:])).tensor()
+            outputs = {name: DeviceArray(addresses[name], (batch, *shape[1:])).tensor()
+                       for name, shape in HEADS.items()}
             warm = torch.cuda.Stream()
             warm.wait_stream(stream)                # the input is written on (or before) the caller's stream
             with torch.cuda.stream(warm):
                 for _ in range(WARM_RUNS):
                     self._forward(source, outputs)
             stream.wait_stream(warm)
-            graph = torch.cuda.CUDAGraph()
+            graph = torch.cuda.CUDAGraph(keep_graph=True)      # kept: edge's own capture may take it in
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 self._forward(source, outputs)
             self._graphs[key] = graph
@@ -157,6 +165,33 @@ class GraphNetwork:
             target.copy_(result)
 
 
+def capturing(stream_handle: int) -> bool:
+    from cuda.bindings import runtime
+
+    error, status = runtime.cudaStreamIsCapturing(stream_handle)
+    _check(runtime, error, "cudaStreamIsCapturing")
+    return status == runtime.cudaStreamCaptureStatus.cudaStreamCaptureStatusActive
+
+
+def add_to_capture(child: int, stream_handle: int) -> None:
+    """Put graph `child` into the capture running on the stream, after what the stream captured so far, and make
+    it what the stream's next captured work follows (CUDA 13's cuda-bindings signatures)."""
+    from cuda.bindings import runtime
+
+    error, _, _, graph, dependencies, _, count = runtime.cudaStreamGetCaptureInfo(stream_handle)
+    _check(runtime, error, "cudaStreamGetCaptureInfo")
+    error, node = runtime.cudaGraphAddChildGraphNode(graph, dependencies, count, child)
+    _check(runtime, error, "cudaGraphAddChildGraphNode")
+    flags = runtime.cudaStreamUpdateCaptureDependenciesFlags.cudaStreamSetCaptureDependencies
+    error, = runtime.cudaStreamUpdateCaptureDependencies(stream_handle, [node], None, 1, flags)
+    _check(runtime, error, "cudaStreamUpdateCaptureDependencies")
+
+
+def _check(runtime: Any, error: Any, call: str) -> None:
+    if error != runtime.cudaError_t.cudaSuccess:
+        raise RuntimeError(f"{call} failed: {error.name}")
+
+
 class GraphExecutionContext(fake_tensorrt.IExecutionContext):
     """The stand-in's execution context, its enqueue the network's graph for the addresses set."""
 
@@ -166,7 +201,7 @@ class GraphExecutionContext(fake_tensorrt.IExecutionContext):
         if set(self.addresses) != {t["name"] for t in self.engine.io}:
             self.engine.logger.log(fake_tensorrt.ILogger.ERROR, "IExecutionContext::enqueueV3: tensor address not set")
             return False
-        self.engine.network.enqueue(self.addresses, stream_handle)
+        self.engine.network.enqueue(self.addresses, stream_handle, self.get_tensor_shape(INPUT)[0])
         return True
 
 
@@ -201,22 +236,33 @@ def tensorrt_module(network: GraphNetwork) -> types.ModuleType:
     return module
 
 
-def write_plan(path: Path) -> Path:
+def write_plan(path: Path, *, max_batch: int | None = None, profiles: int = 1) -> Path:
     """A plan with the network's IO (fp32 input, fp32 heads), built by the stand-in's builder, and the sidecar
-    for this machine (edge.backends.tensorrt.device_key(): the `tensorrt` module must be installed)."""
+    for this machine (edge.backends.tensorrt.device_key(): the `tensorrt` module must be installed). With
+    `max_batch` the batch dimension is dynamic, with `profiles` profiles (one per slot) of 1 to max_batch images
+    (opt: max_batch)."""
     trt = fake_tensorrt
     builder = trt.Builder(trt.Logger())
     network = builder.create_network()
-    network.inputs = [trt.ITensor(INPUT, NET, trt.DataType.FLOAT)]
-    network.outputs = [trt.ITensor(name, shape, trt.DataType.FLOAT) for name, shape in HEADS.items()]
-    plan = builder.build_serialized_network(network, builder.create_builder_config())
+    config = builder.create_builder_config()
+    net = NET
+    if max_batch is not None:
+        net = (max_batch, *NET[1:])
+        for _ in range(profiles):
+            profile = builder.create_optimization_profile()
+            profile.set_shape(INPUT, (1, *NET[1:]), net, net)
+            config.add_optimization_profile(profile)
+    batch = NET[0] if max_batch is None else -1
+    network.inputs = [trt.ITensor(INPUT, (batch, *NET[1:]), trt.DataType.FLOAT)]
+    network.outputs = [trt.ITensor(name, (batch, *shape[1:]), trt.DataType.FLOAT) for name, shape in HEADS.items()]
+    plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise RuntimeError("the TensorRT stand-in could not build the benchmark's plan")
     path.write_bytes(bytes(plan))
     here = trt_backend.device_key()
     if here is None:
         raise RuntimeError("install tensorrt_module() as sys.modules['tensorrt'] before write_plan()")
-    key = dataclasses.replace(here, precision="fp16", input_shapes=((INPUT, NET),))
+    key = dataclasses.replace(here, precision="fp16", input_shapes=((INPUT, net),))
     sidecar = {"device": key.to_json(), "dla_core": None, "metadata": {"stand_in": NAME}}
     path.with_name(path.name + ".json").write_text(json.dumps(sidecar, indent=2), encoding="utf-8")
     return path

@@ -1,5 +1,6 @@
 """The only module that imports pycuda: the device's primary context (pushed and popped by each
-thread that uses it; never pycuda.autoinit), streams, events, pinned host and device buffers.
+thread that uses it; never pycuda.autoinit), streams, events, pinned host and device buffers; and CUDA
+graphs, through cuda-bindings' runtime API on pycuda's stream handles (pycuda has no capture API).
 
 Rules (../reference notes, tested on an H100): retaining the primary context does not make it
 current; every thread pushes it around its CUDA calls and pops it after; buffers are freed
@@ -12,7 +13,7 @@ import ctypes
 import functools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -258,3 +259,79 @@ class Kernel:
         """Unload the module now, while the context is current."""
         self._function = None
         self._module = None
+
+
+GRAPH_HINT = ("set cuda_graph: false for this task; on a Jetson scripts/setup.sh installs cuda-bindings of the board's"
+              " CUDA major version (pip install 'cuda-bindings==12.*' on JetPack 6, '==13.*' on JetPack 7)")
+
+
+def _runtime() -> Any:
+    """cuda.bindings.runtime; EngineError where cuda-bindings is missing."""
+    try:
+        from cuda.bindings import runtime
+    except ImportError as exc:
+        raise EngineError("CUDA graphs need cuda-bindings, and `import cuda.bindings.runtime` failed",
+                          note=str(exc), hint=GRAPH_HINT) from exc
+    return runtime
+
+
+class Graph:
+    """An executable CUDA graph of the work one callable enqueues on a stream, launched with one call.
+
+    `Graph.capture(stream, enqueue)` captures what `enqueue()` puts on `stream` (and on streams it joins
+    through events) in thread-local mode, as trtexec does: other threads' CUDA calls go on as usual. The
+    graph bakes in every address and kernel argument, and a captured host-to-device copy reads its host
+    buffer when the graph runs. Run the same work once without capture first (TensorRT allocates on its
+    first enqueue), and synchronize. Capture and launch with the context current; `free()` likewise."""
+
+    def __init__(self, runtime: Any, executable: Any) -> None:
+        self._runtime = runtime
+        self._executable = executable
+
+    @classmethod
+    def capture(cls, stream: Stream, enqueue: Callable[[], None]) -> Graph:
+        """The graph of `enqueue()` on `stream`; EngineError (capture ended, error cleared) where CUDA or the
+        enqueued work refuses capture. An exception from `enqueue` ends the capture and propagates."""
+        runtime = _runtime()
+        success = runtime.cudaError_t.cudaSuccess
+        mode = runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        error, = runtime.cudaStreamBeginCapture(stream.handle, mode)
+        if error != success:
+            raise EngineError(f"CUDA refused to start a graph capture: {error.name}", hint=GRAPH_HINT)
+        try:
+            enqueue()
+        except BaseException:
+            cls._discard(runtime, *runtime.cudaStreamEndCapture(stream.handle))
+            raise
+        error, graph = runtime.cudaStreamEndCapture(stream.handle)
+        if error != success:
+            cls._discard(runtime, error, graph)
+            raise EngineError(f"CUDA graph capture failed: {error.name}",
+                              note="some work enqueued during capture cannot run in a graph", hint=GRAPH_HINT)
+        try:
+            error, executable = runtime.cudaGraphInstantiate(graph, 0)
+        finally:
+            runtime.cudaGraphDestroy(graph)
+        if error != success:
+            runtime.cudaGetLastError()
+            raise EngineError(f"CUDA could not instantiate the captured graph: {error.name}", hint=GRAPH_HINT)
+        return cls(runtime, executable)
+
+    @staticmethod
+    def _discard(runtime: Any, error: Any, graph: Any) -> None:
+        """After a capture that failed: destroy what it made, and clear its error (not the next call's)."""
+        if graph is not None and int(graph):
+            runtime.cudaGraphDestroy(graph)
+        runtime.cudaGetLastError()
+
+    def launch(self, stream: Stream) -> None:
+        """Enqueue the whole graph on `stream`; returns at once."""
+        error, = self._runtime.cudaGraphLaunch(self._executable, stream.handle)
+        if error != self._runtime.cudaError_t.cudaSuccess:
+            raise EngineError(f"cudaGraphLaunch failed: {error.name}", hint=GRAPH_HINT)
+
+    def free(self) -> None:
+        """Destroy the executable graph now, while the context is current; a second call does nothing."""
+        if self._executable is not None:
+            self._runtime.cudaGraphExecDestroy(self._executable)
+            self._executable = None

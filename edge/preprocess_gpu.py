@@ -206,6 +206,8 @@ class GpuLetterbox:
             raise
         self._host: Any = None          # cuda.HostBuffer (mapped with zero_copy), grown to the largest frame
         self._device: Any = None        # cuda.DeviceBuffer of the uploaded frame (copy mode)
+        self._grid = (math.ceil(self.width / BLOCK[0]), math.ceil(self.height / BLOCK[1]))
+        self._geometries: dict[tuple[int, int, int], tuple[Letterbox, tuple[Any, ...]]] = {}
 
     @property
     def nbytes(self) -> int:
@@ -220,10 +222,21 @@ class GpuLetterbox:
 
     def run(self, frame: np.ndarray, out_pointer: int, stream: Stream) -> Letterbox:
         """Enqueue upload + kernel on `stream`, writing [3,H,W] at device address `out_pointer`."""
+        box = self.enqueue(self.stage(frame), out_pointer, stream)
+        self._done.record(stream)
+        return box
+
+    def stage(self, frame: np.ndarray) -> np.ndarray:
+        """The frame in this letterbox's pinned buffer: as it is when it was decoded there (`frame_buffer`),
+        else copied in, once the last kernel that `run` enqueued has read the buffer."""
         check_frame(frame)
-        height, width = frame.shape[:2]
-        source = self._upload(self._stage(frame), stream)
-        return self.launch(source, width, height, out_pointer, stream)
+        return self._stage(frame)
+
+    def enqueue(self, staged: np.ndarray, out_pointer: int, stream: Stream) -> Letterbox:
+        """Enqueue upload + kernel of a frame `stage` returned, and record nothing: the caller keeps the pinned
+        buffer unchanged until the work ran (a TensorRT slot's frame record in a CUDA graph does)."""
+        height, width = staged.shape[:2]
+        return self._launch(self._upload(staged, stream), width, height, width * 3, out_pointer, stream)
 
     def launch(self, source_pointer: int, width: int, height: int, out_pointer: int, stream: Stream, *,
                pitch: int | None = None) -> Letterbox:
@@ -233,14 +246,26 @@ class GpuLetterbox:
         if width < 1 or height < 1 or pitch < width * 3:
             raise FrameError("expected a non-empty BGR uint8 frame", note=f"width {width}, height {height},"
                              f" pitch {pitch} bytes", hint="a row holds width * 3 bytes at least")
-        box = Letterbox.fit(width, height, self.width, self.height)
-        step_x, step_y = box.resize_steps()
-        grid = (math.ceil(self.width / BLOCK[0]), math.ceil(self.height / BLOCK[1]))
-        self._kernel.launch(grid, BLOCK, stream, int(source_pointer), int(out_pointer), step_x, step_y, width,
-                            height, pitch, self.width, self.height, box.left, box.top, box.width, box.height,
-                            INV255, np.float32(self.fill))
+        box = self._launch(int(source_pointer), width, height, pitch, out_pointer, stream)
         self._done.record(stream)
         return box
+
+    def _launch(self, source_pointer: int, width: int, height: int, pitch: int, out_pointer: int,
+                stream: Stream) -> Letterbox:
+        box, arguments = self._geometry(width, height, pitch)
+        self._kernel.launch(self._grid, BLOCK, stream, source_pointer, int(out_pointer), *arguments)
+        return box
+
+    def _geometry(self, width: int, height: int, pitch: int) -> tuple[Letterbox, tuple[Any, ...]]:
+        """The letterbox and the kernel's arguments after the two pointers, for one frame geometry (kept:
+        a camera's frames keep their size)."""
+        key = (width, height, pitch)
+        if self._geometries.get(key) is None:
+            box = Letterbox.fit(width, height, self.width, self.height)
+            step_x, step_y = box.resize_steps()
+            self._geometries = {key: (box, (step_x, step_y, width, height, pitch, self.width, self.height, box.left,
+                                            box.top, box.width, box.height, INV255, np.float32(self.fill)))}
+        return self._geometries[key]
 
     def free(self) -> None:
         """Release the buffers, the event and the kernel now, while the context is current; once."""

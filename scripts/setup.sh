@@ -49,9 +49,18 @@ find_cuda() {
     fi
     CUDA_ROOT=$root
     export CUDA_ROOT PATH="$CUDA_ROOT/bin:$PATH"
+    # cuda-bindings (CUDA graphs, cuda_graph: true) must match the CUDA major version: 12 on JetPack 6, 13 on 7
+    cuda_major=$("$CUDA_ROOT/bin/nvcc" --version | sed -n 's/.*release \([0-9][0-9]*\)\..*/\1/p')
+    if [[ -z "$cuda_major" ]]; then
+        echo "setup: '$CUDA_ROOT/bin/nvcc --version' names no CUDA release; cannot pick cuda-bindings." \
+             "Hint: reinstall the toolkit (sudo apt-get install nvidia-jetpack), or set CUDA_ROOT" >&2
+        return 1
+    fi
+    pip_extra+=("cuda-bindings==$cuda_major.*")
 }
 
 venv_args=()
+pip_extra=()
 if [[ -f "$tegra_release" ]]; then
     venv_args+=(--system-site-packages)
     extras+=(jetson)
@@ -63,7 +72,7 @@ extras+=(tools)   # the demo assets include FP16 and INT8 variants made by the m
 
 if (( dry_run )); then
     echo "setup: would install edge[$(IFS=,; echo "${extras[*]}")] into .venv${venv_args[*]:+ (venv ${venv_args[*]})}" \
-         "with $(pick_python)${CUDA_ROOT:+, pycuda against $CUDA_ROOT}"
+         "with $(pick_python)${CUDA_ROOT:+, pycuda against $CUDA_ROOT}${pip_extra[*]:+, ${pip_extra[*]}}"
     exit 0
 fi
 
@@ -99,7 +108,7 @@ pip_install() {
         | sed -u '/^Requirement already satisfied/d'
 }
 pip_install --upgrade pip
-pip_install -c scripts/constraints.txt -e "$spec"
+pip_install -c scripts/constraints.txt -e "$spec" "${pip_extra[@]}"
 mapfile -t recorded < <(printf '%s\n' "${installed[@]}" "${extras[@]}" | sort -u)
 printf '%s\n' "$inputs" "${recorded[@]}" > "$stamp"
 echo "setup: edge installed in .venv ($spec)"

@@ -8,18 +8,24 @@ tests/fake_tensorrt.device_copy here), and copies run at once. Events finish whe
 ledger `hold`s them: then they stay unfinished until `finish()` (or a synchronize of their stream), and a
 host wait on one without a timeout fails the test instead of hanging. `trace` lists what was enqueued
 on which stream, in order. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes are settable.
+
+CUDA graphs: while `Graph.capture` runs its callable, the work enqueued on the capturing stream is kept,
+not run (as CUDA's stream capture does); `launch` runs it again, and a captured copy reads its host buffer
+at launch. `fail_capture` makes the next captures end with the error CUDA gives for work that cannot be
+captured (after the callable ran, as a real capture does).
 """
 from __future__ import annotations
 
 import contextlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
+from edge import cuda
 from edge.errors import EngineError
 
 ledger: Ledger
@@ -36,6 +42,9 @@ class Ledger:
         self.can_map = True
         self.trace: list[tuple[Any, ...]] = []
         self.memory: dict[int, np.ndarray] = {}
+        self.fail_capture = False
+        self.captures = 0                       # graphs captured so far
+        self._capturing: tuple[int, list[Callable[[], None]]] | None = None    # (stream handle, kept work)
         self._unfinished: list[Event] = []
         self._handles = itertools.count(1)
 
@@ -66,9 +75,19 @@ class Ledger:
             event.complete = True
         self._unfinished.clear()
 
+    def enqueue(self, entry: tuple[Any, ...], work: Callable[[], None]) -> None:
+        """Run `work` now (and trace it), or keep it for the graph being captured on its stream."""
+        if self._capturing is not None and self._capturing[0] == entry[1]:
+            self._capturing[1].append(work)
+            return
+        self.trace.append(entry)
+        work()
+
     def copy(self, dst: int, src: int, nbytes: int, stream_handle: int) -> bool:
-        self.trace.append(("compute", stream_handle))
-        self.memory[dst][:nbytes] = self.memory[src][:nbytes]
+        def work() -> None:
+            self.memory[dst][:nbytes] = self.memory[src][:nbytes]
+
+        self.enqueue(("compute", stream_handle), work)
         return True
 
     def handle(self) -> int:
@@ -188,12 +207,20 @@ class DeviceBuffer:
         return int(self._bytes.ctypes.data)
 
     def upload(self, host: np.ndarray, stream: Stream) -> None:
-        ledger.trace.append(("h2d", stream.handle, self.pointer))
-        self._bytes[:host.nbytes] = _bytes(host)
+        device = self._bytes
+
+        def work() -> None:
+            device[:host.nbytes] = _bytes(host)
+
+        ledger.enqueue(("h2d", stream.handle, self.pointer), work)
 
     def download(self, host: np.ndarray, stream: Stream) -> None:
-        ledger.trace.append(("d2h", stream.handle, self.pointer))
-        _bytes(host)[:] = self._bytes[:host.nbytes]
+        device = self._bytes
+
+        def work() -> None:
+            _bytes(host)[:] = device[:host.nbytes]
+
+        ledger.enqueue(("d2h", stream.handle, self.pointer), work)
 
     def free(self) -> None:
         if self._bytes is not None:
@@ -210,7 +237,41 @@ class Kernel:
         self.function = function
 
     def launch(self, grid: tuple[int, int], block: tuple[int, int, int], stream: Stream, *args: Any) -> None:
-        ledger.trace.append(("kernel", stream.handle, int(args[1])))
+        ledger.enqueue(("kernel", stream.handle, int(args[1])), lambda: None)
+
+    def free(self) -> None:
+        ledger.give(self)
+
+
+class Graph:
+    """edge.cuda.Graph: the work enqueued on the stream while `capture` runs, run again by each `launch`."""
+
+    def __init__(self, work: list[Callable[[], None]]) -> None:
+        ledger.take(self, "graph")
+        self._work = work
+
+    @classmethod
+    def capture(cls, stream: Stream, enqueue: Callable[[], None]) -> Graph:
+        ledger._check_current("capturing a CUDA graph")
+        if ledger._capturing is not None:
+            raise AssertionError("a capture began while another one runs")
+        ledger._capturing = (stream.handle, [])
+        try:
+            enqueue()
+        finally:
+            _, work = ledger._capturing
+            ledger._capturing = None
+        if ledger.fail_capture:
+            raise EngineError("CUDA graph capture failed: cudaErrorStreamCaptureUnsupported",
+                              note="some work enqueued during capture cannot run in a graph", hint=cuda.GRAPH_HINT)
+        ledger.captures += 1
+        return cls(work)
+
+    def launch(self, stream: Stream) -> None:
+        ledger._check_current("launching a CUDA graph")
+        ledger.trace.append(("graph", stream.handle))
+        for work in self._work:
+            work()
 
     def free(self) -> None:
         ledger.give(self)
@@ -241,7 +302,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Ledger:
         return ledger
     ledger = Ledger()
     monkeypatch.setattr("edge.cuda.driver", lambda: _DRIVER)
-    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel"):
+    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel", "Graph"):
         monkeypatch.setattr(f"edge.cuda.{name}", globals()[name])
     monkeypatch.setattr("tests.fake_tensorrt.device_copy", ledger.copy)
     return ledger

@@ -299,6 +299,83 @@ def test_results_match_between_copy_modes_and_the_cpu_path(trt, tmp_path: Path, 
             assert np.array_equal(slot.submit(buf).wait(10)["out0"], tensor), mode
 
 
+def _letterboxed(frames: list[np.ndarray], shape: tuple[int, ...], dtype: np.dtype) -> list[tuple[np.ndarray, Any]]:
+    from edge.preprocess import letterbox_into
+
+    expected = []
+    for frame in frames:
+        cpu = np.zeros(shape, np.float32)
+        box = letterbox_into(frame, cpu)
+        expected.append((cpu.astype(dtype), box))
+    return expected
+
+
+@pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+@pytest.mark.parametrize("elem_type", ["float32", "float16"])
+def test_cuda_graphs_give_the_results_of_the_slot_without_them(trt, tmp_path: Path, mode: str,
+                                                                elem_type: str) -> None:
+    """cuda_graph: true on real CUDA: each frame record captures its work (upload, letterbox kernel, engine,
+    download) after its first frame of a size and launches it for the next ones; every result equals the CPU
+    letterbox bit for bit, across frame sizes (each captured again) and for tensors from the host."""
+    from onnx import TensorProto
+
+    from edge.backends.tensorrt import TensorRTEngine
+
+    dtype = np.dtype(elem_type)
+    shape = (1, 3, 96, 128)
+    plan = _identity_plan(tmp_path / "m.onnx", list(shape),
+                          TensorProto.FLOAT if dtype == np.float32 else TensorProto.FLOAT16)
+    rng = np.random.default_rng(5)
+    sizes = ((1920, 1080), (641, 479), (100, 300))
+    frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes for _ in range(4)]
+    expected = _letterboxed(frames, shape, dtype)
+    with TensorRTEngine(plan, copy_mode=mode, cuda_graph=True) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        assert slot.graphs and engine.copy_mode == mode
+        in_flight = collections.deque()
+        for frame, want in zip(frames, expected):
+            if len(in_flight) == 2:
+                (pending, box), (cpu, cpu_box) = in_flight.popleft()
+                assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu)
+            in_flight.append((slot.submit_frame(frame), want))
+        for (pending, box), (cpu, cpu_box) in in_flight:
+            assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu)
+        assert slot.graph_problem is None and all(f.lane.graph is not None for f in slot.frames)
+        for _ in range(3):
+            tensor = rng.random(shape, np.float32).astype(dtype)
+            buf = slot.input()
+            buf[...] = tensor
+            assert np.array_equal(slot.submit(buf).wait(10)["out0"], tensor)
+
+
+def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
+        trt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An engine whose enqueue synchronizes its stream (illegal while capturing) fails the capture on real CUDA:
+    the slot says why, logs it, and computes every frame right without graphs."""
+    from cuda.bindings import runtime
+    from onnx import TensorProto
+
+    from edge.backends.tensorrt import TensorRTEngine
+
+    enqueue = trt.IExecutionContext.execute_async_v3
+
+    def synchronizing(self: Any, stream_handle: int) -> bool:
+        runtime.cudaStreamSynchronize(stream_handle)
+        return enqueue(self, stream_handle)
+
+    monkeypatch.setattr(trt.IExecutionContext, "execute_async_v3", synchronizing)
+    shape = (1, 3, 32, 32)
+    plan = _identity_plan(tmp_path / "m.onnx", list(shape), TensorProto.FLOAT)
+    with TensorRTEngine(plan, copy_mode="copy", cuda_graph=True) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        for value in range(5):
+            buf = slot.input()
+            buf[...] = value
+            assert (slot.submit(buf).wait(10)["out0"] == value).all()
+        assert slot.graph_problem                       # the capture's error, or the enqueue refused in it
+        assert all(f.lane.graph is None for f in slot.frames)
+
+
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
 def test_a_batched_slot_keeps_each_camera_in_its_row(trt, tmp_path: Path, mode: str) -> None:
     """Batching across cameras on the GPU: a batched slot (up to 3 images) on a dynamic-shape plan (batch 1 to 4)

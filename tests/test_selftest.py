@@ -65,3 +65,6 @@ def test_selftest_reports_the_gpu() -> None:
     assert "GB/s" in cuda.detail and "pinned copy round trip exact" in cuda.detail
     kernel = selftest._gpu_preprocess()
     assert kernel.status == "ok" and "max abs difference 0" in kernel.detail, kernel.detail
+    graphs = selftest._cuda_graph()
+    assert graphs.status == "ok" and "max abs difference 0" in graphs.detail and "per launch" in graphs.detail, \
+        graphs.detail

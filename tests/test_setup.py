@@ -21,17 +21,20 @@ def test_on_a_pc_it_installs_pip_opencv_and_no_jetson_extra(tmp_path: Path) -> N
     assert "edge[cv,tools]" in result.stdout and "system-site-packages" not in result.stdout
 
 
-def test_on_a_jetson_it_installs_pycuda_against_the_cuda_toolkit(tmp_path: Path) -> None:
+def test_on_a_jetson_it_installs_pycuda_and_cuda_bindings_for_the_cuda_toolkit(tmp_path: Path) -> None:
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.3\n")
     toolkit = tmp_path / "cuda"
     (toolkit / "bin").mkdir(parents=True)
-    (toolkit / "bin/nvcc").write_text("#!/bin/sh\n")
+    (toolkit / "bin/nvcc").write_text("#!/bin/sh\necho 'Cuda compilation tools, release 12.6, V12.6.68'\n")
     (toolkit / "bin/nvcc").chmod(0o755)
     result = dry_run(tmp_path, EDGE_TEGRA_RELEASE=str(release), CUDA_ROOT=str(toolkit))
     assert result.returncode == 0, result.stderr
     assert "edge[jetson,tools]" in result.stdout and "--system-site-packages" in result.stdout
-    assert f"pycuda against {toolkit}" in result.stdout
+    assert f"pycuda against {toolkit}, cuda-bindings==12.*" in result.stdout      # the board's CUDA major
+    (toolkit / "bin/nvcc").write_text("#!/bin/sh\necho 'nvcc: NVIDIA (R) Cuda compiler driver'\n")
+    unnamed = dry_run(tmp_path, EDGE_TEGRA_RELEASE=str(release), CUDA_ROOT=str(toolkit))
+    assert unnamed.returncode == 1 and "names no CUDA release" in unnamed.stderr
     missing = dry_run(tmp_path, EDGE_TEGRA_RELEASE=str(release), CUDA_ROOT=str(tmp_path / "nowhere"))
     assert missing.returncode == 1
     assert "no CUDA toolkit was found" in missing.stderr and "nvidia-jetpack" in missing.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -905,3 +906,152 @@ def test_results_are_copies_unless_asked_for_the_slots_own_buffers(trt, cuda_sta
         own = slot.submit(slot.input()).wait(0, copy=False)
         assert not np.shares_memory(copied["out0"], slot.frames[0].host_outputs["out0"].array)
         assert own["out0"] is slot.frames[1].host_outputs["out0"].array
+
+
+# --- CUDA graph mode (cuda_graph: true) ---------------------------------------------------------------------
+
+def _lane_streams(slot: trt_backend.TrtSlot) -> list[int]:
+    return [frame.lane.stream.handle for frame in slot.frames]
+
+
+@pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+def test_in_graph_mode_a_frame_is_one_graph_launch_on_its_records_own_stream(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, mode: str) -> None:
+    """The first submission on each frame record runs its work on the record's stream as it is, then captures
+    it; every later one is one graph launch and the record's done event, and still computes the right result."""
+    with TensorRTEngine(_plan(tmp_path), copy_mode=mode, cuda_graph=True) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        assert slot.graphs and slot.streams == [] and slot.execution is None
+        held = _held_per_slot(2, mode, True)
+        held["stream"] = 2                                    # one per frame record, none of the slot's own
+        assert cuda_stand_in.kinds() == {"context": 1, **held}
+        assert len(engine.engine.contexts) == 2               # an execution context per frame record
+        streams = _lane_streams(slot)
+        for value in range(1, 7):
+            buf = slot.input()
+            buf[...] = value
+            mark = len(cuda_stand_in.trace)
+            result = slot.submit(buf).wait(0)
+            assert (result["out0"] == value).all() and (result["out1"] == value).all()
+            trace = cuda_stand_in.trace[mark:]
+            stream = streams[(value - 1) % 2]
+            assert {entry[1] for entry in trace} == {stream}
+            if value > 2:
+                assert [entry[0] for entry in trace] == ["graph", "record"]
+            else:
+                assert ("compute", stream) in trace and "graph" not in [entry[0] for entry in trace]
+        assert cuda_stand_in.captures == 2 and cuda_stand_in.kinds()["graph"] == 2
+        slot.close()
+        assert cuda_stand_in.kinds() == {"context": 1} and not engine.engine.contexts
+    assert cuda_stand_in.live == {}
+
+
+def test_in_graph_mode_a_new_frame_size_is_captured_again(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                          tmp_path: Path) -> None:
+    from edge.preprocess import Letterbox
+
+    with TensorRTEngine(_plan(tmp_path), cuda_graph=True) as engine:
+        slot = engine.create_slot("cam", depth=1)
+        for height, width, captures, repeat in ((6, 10, 1, False), (6, 10, 1, True), (8, 4, 2, False),
+                                                (8, 4, 2, True), (6, 10, 3, False)):
+            mark = len(cuda_stand_in.trace)
+            pending, box = slot.submit_frame(np.zeros((height, width, 3), np.uint8))
+            pending.wait(0)
+            assert box == Letterbox.fit(width, height, 8, 8)
+            assert cuda_stand_in.captures == captures and cuda_stand_in.kinds()["graph"] == 1
+            kinds = [entry[0] for entry in cuda_stand_in.trace[mark:]]
+            assert kinds == ["graph", "record"] if repeat else "graph" not in kinds
+        assert slot.frames[0].lane.key[1] == (6, 10, 3)
+
+
+def test_a_capture_that_fails_leaves_the_slot_running_without_graphs(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                                     tmp_path: Path, caplog) -> None:
+    cuda_stand_in.fail_capture = True
+    with TensorRTEngine(_plan(tmp_path), cuda_graph=True) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        for value in range(1, 6):
+            buf = slot.input()
+            buf[...] = value
+            assert (slot.submit(buf).wait(0)["out0"] == value).all()
+        assert "cudaErrorStreamCaptureUnsupported" in slot.graph_problem
+        assert cuda_stand_in.captures == 0 and "graph" not in cuda_stand_in.kinds()
+        assert "graph" not in [entry[0] for entry in cuda_stand_in.trace]
+        warnings = [r for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
+        assert len(warnings) == 1 and "running without graphs" in warnings[0].getMessage()   # once, not per frame
+
+
+def test_graphs_stay_off_where_shapes_change(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, caplog) -> None:
+    """A graph bakes in its shapes: a dynamic-shape plan's slots and batched slots run as before, and say why."""
+    caplog.set_level(logging.INFO)
+    dynamic = build.build(make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3,
+                                                  stride=1), {"images": 0, "out0": 0}),
+                          shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], profiles=2, say=lambda line: None)
+    with TensorRTEngine(dynamic.plan, cuda_graph=True) as engine:
+        plain, batched = engine.create_slot("one"), engine.create_slot("two", batch=2)
+        assert not plain.graphs and not batched.graphs and len(plain.streams) == 3
+        assert (plain.submit(plain.input()).wait(0)["out0"] == 0).all()
+    messages = " | ".join(r.getMessage() for r in caplog.records)
+    assert "slot one | CUDA graphs off: a dynamic-shape plan" in messages
+    assert "slot two | CUDA graphs off: a batched slot" in messages
+    with TensorRTEngine(_plan(tmp_path), cuda_graph=False) as engine:
+        assert not engine.create_slot("cam").graphs
+
+
+def test_a_graph_mode_slot_that_fails_at_any_allocation_frees_what_it_took(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
+    with TensorRTEngine(_plan(tmp_path), cuda_graph=True) as engine:
+        before = dict(cuda_stand_in.live)
+        start = cuda_stand_in.allocations
+        engine.create_slot("cam", depth=2).close()
+        needed = cuda_stand_in.allocations - start
+        for failing in range(1, needed + 1):
+            cuda_stand_in.fail_at = cuda_stand_in.allocations + failing
+            with pytest.raises(MemoryError, match="out of memory"):
+                engine.create_slot("cam", depth=2)
+            assert cuda_stand_in.live == before, f"allocation {failing} of {needed} failed"
+            assert not engine.engine.contexts and engine._slots == []
+    assert cuda_stand_in.live == {}
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_camera_can_decode_into_the_next_frame_records_pinned_buffer(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, graphs: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    copies: list[np.ndarray] = []
+    original = np.copyto
+    monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: copies.append(dst) or original(dst, src, **kw))
+    with TensorRTEngine(_plan(tmp_path), cuda_graph=graphs) as engine:
+        slot = engine.create_slot("cam", depth=2)
+        seen = []
+        for _ in range(4):
+            buffer = slot.frame_buffer(10, 6)
+            buffer[:] = 7
+            seen.append(buffer.ctypes.data)
+            slot.submit_frame(buffer)[0].wait(0)
+            assert buffer.shape == (6, 10, 3) and buffer.dtype == np.uint8
+        assert seen[0] == seen[2] != seen[1] == seen[3]         # the pinned buffer of each frame record in turn
+        assert copies == []                                     # decoded in place: nothing copied on the host
+        slot.submit_frame(np.full((6, 10, 3), 7, np.uint8))[0].wait(0)
+        assert len(copies) == 1                                 # a frame from elsewhere is copied in
+        slot.submit(slot.input())
+        slot.submit(slot.input())
+        with pytest.raises(UsageError, match="all 2 input buffers are in flight"):
+            slot.frame_buffer(10, 6)
+    with TensorRTEngine(_plan(tmp_path), gpu_preprocess=False) as engine:
+        with pytest.raises(UsageError, match="has no frame buffers"):
+            engine.create_slot("cam").frame_buffer(10, 6)
+
+
+def test_cuda_graph_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from edge import backends
+    from edge.config import TaskConfig
+
+    onnx_path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
+    bundle.Manifest(tmp_path, "m", [bundle.Variant("fp32", "onnx", "m.onnx", bundle.sha256_file(onnx_path))]).save()
+    task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"], cuda_graph=True)
+    [engine] = backends.variants_for(task, threads=1).engines.values()
+    assert isinstance(engine, TensorRTEngine) and engine.cuda_graph
+    assert not TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).cuda_graph
+    with pytest.raises(ValidationError, match="cuda_graph"):
+        TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"], cuda_graph="sometimes")

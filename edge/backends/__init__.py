@@ -86,7 +86,8 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
         for reason in choice.rejected:
             log.info("task %s: not using %s", task.name, reason)
         if choice.format == "plan":
-            engines[precision] = tensorrt.TensorRTEngine(choice.path, precision=precision, copy_mode=task.copy_mode)
+            engines[precision] = tensorrt.TensorRTEngine(choice.path, precision=precision, copy_mode=task.copy_mode,
+                                                           cuda_graph=task.cuda_graph)
         else:
             engines[precision] = OnnxRuntimeEngine(choice.path, precision=precision, threads=threads)
     if "fp16" in engines and engines["fp16"].backend == "onnxruntime" and "fp32" in engines:

@@ -171,6 +171,21 @@ class Slot(abc.ABC):
             self._take(index)
         return self._start(index, lambda release: self._submit_impl(index, release))
 
+    def frame_buffer(self, width: int, height: int) -> np.ndarray:
+        """A pinned HxWx3 uint8 array to decode the next raw frame into (slots that take frames): the next
+        `submit_frame` of that very array copies nothing on the host. Valid until that submission."""
+        with self._lock:
+            self._check_open()
+            if not self.takes_frames or self.batch is not None:
+                raise UsageError(f"slot {self.name!r} of {self.engine.name} has no frame buffers",
+                                 hint="check slot.takes_frames (and that the slot is not batched)")
+            self._check_free(self._next)
+            return self._frame_buffer(self._next, width, height)
+
+    def _frame_buffer(self, index: int, width: int, height: int) -> np.ndarray:
+        """The pinned frame buffer of ring position `index`: slots with `takes_frames`."""
+        raise NotImplementedError
+
     def submit_frame(self, image: np.ndarray) -> tuple[Pending, Letterbox]:
         """Letterbox the raw BGR uint8 `image` into the next input on the slot itself and start inference;
         returns the pending result and the Letterbox (only where `takes_frames`)."""

@@ -21,6 +21,13 @@ max), a static one exactly its first dimension. A batched slot (`create_slot(nam
 `rows` images per frame in flight, sets the input shape of each submission's batch on its execution
 context (only when it changes), copies only the rows a submission runs, and letterboxes a batch of raw
 frames on the GPU into rows 0..n-1 (`submit_frames`), one GpuLetterbox per row.
+
+CUDA graphs (`cuda_graph: true`; unbatched slots of a static-shape plan): each frame record gets a stream and
+an execution context of its own (FrameLane), its whole work is captured once per kind of submission (frame
+size) through edge.cuda.Graph, and a frame is then one graph launch: a fraction of the host time of the
+dozen driver and TensorRT calls it replaces. The K frames of a camera then run side by side on their own
+streams instead of overlapping by stage, and each record's context takes its own scratch memory. A capture
+that fails (an engine TensorRT cannot capture) is logged and the slot runs on without graphs.
 """
 from __future__ import annotations
 
@@ -272,10 +279,13 @@ class InFlightFrame:
     that fails frees what it took."""
 
     def __init__(self, engine: TensorRTEngine, mode: str, *, frames: bool,
-                 shapes: dict[str, tuple[int, ...]] | None = None) -> None:
+                 shapes: dict[str, tuple[int, ...]] | None = None, graph_lane: str | None = None) -> None:
         self._owned: list[Any] = []
+        self.lane: FrameLane | None = None
         try:
             self._allocate(engine, mode == "zerocopy", frames, shapes or {})
+            if graph_lane is not None:
+                self.lane = self._own(FrameLane(engine, graph_lane))
         except BaseException:
             self.free()
             raise
@@ -307,6 +317,37 @@ class InFlightFrame:
             self._owned.pop().free()
 
 
+class FrameLane:
+    """A frame record's own stream and execution context, for a slot in CUDA graph mode: the record's whole
+    work (upload, letterbox, engine, download) runs in order on its stream, as one CUDA graph, and the K
+    records of a camera run side by side, each engine run with its own context and so its own scratch memory
+    (TensorRT forbids concurrent enqueues on one context). `graph` is captured for one kind of submission,
+    `key` (a frame's size and pinned buffer, or the host input), and captured again when that changes; `box`
+    is that frame size's letterbox. Made and freed with the context current, after the stream finished."""
+
+    def __init__(self, engine: TensorRTEngine, what: str) -> None:
+        self.stream = cuda.Stream()
+        try:
+            self.execution = open_execution(engine.engine, engine.logger, engine.inputs[0], None, self.stream.handle,
+                                            what)
+        except BaseException:
+            self.stream.free()
+            raise
+        self.graph: cuda.Graph | None = None
+        self.key: tuple[Any, ...] | None = None
+        self.box: Letterbox | None = None
+
+    def forget_graph(self) -> None:
+        if self.graph is not None:
+            self.graph.free()
+        self.graph = self.key = None
+
+    def free(self) -> None:
+        self.forget_graph()
+        self.execution = None
+        self.stream.free()
+
+
 class TrtSlot(Slot):
     """One camera's lane through the engine: an execution context and three streams. `upload` carries the
     frame's H2D copy (or its GPU preprocessing), `compute` the engine, `download` the D2H copies; per frame,
@@ -314,7 +355,13 @@ class TrtSlot(Slot):
     frame n+1 and the download of frame n-1 run while frame n computes. The copies take two streams because a
     stream runs its work in order: the D2H of frame n waits for frame n's compute, and an upload queued behind
     it on the same stream would wait as long. In zerocopy mode the engine reads and writes mapped host memory
-    and nothing is copied. Everything is allocated here after the base constructor; a failure frees it all."""
+    and nothing is copied. Everything is allocated here after the base constructor; a failure frees it all.
+
+    CUDA graph mode (`cuda_graph: true`, a plan of static shapes, an unbatched slot): each frame record has a
+    FrameLane instead, and a submission is one graph launch plus the record's `done` event. The first
+    submission of a kind runs its work on the record's stream as it is (TensorRT's first enqueue allocates, so
+    it must not be captured), then captures it; a capture that fails is logged and the slot runs without graphs
+    from then on, on the same per-record streams (`graph_problem` says why)."""
 
     engine: TensorRTEngine
 
@@ -329,6 +376,11 @@ class TrtSlot(Slot):
         self.frames: list[InFlightFrame] = []
         self._spec = engine.inputs[0] if self.rows is None else _rows_of(engine.inputs[0], self.rows)
         self._set_rows = self._spec.shape[0]         # the batch the execution context's input shape is set to
+        why_not = self._why_no_graphs()
+        self.graphs = why_not is None
+        self.graph_problem: str | None = None           # why a graph-mode slot runs without graphs after all
+        if engine.cuda_graph:
+            log.info("%s slot %s | CUDA graphs %s", engine.name, name, "on" if self.graphs else f"off: {why_not}")
         with engine.context.current():
             try:
                 self._open()
@@ -336,8 +388,22 @@ class TrtSlot(Slot):
                 self._release()
                 raise
 
+    def _why_no_graphs(self) -> str | None:
+        if not self.engine.cuda_graph:
+            return "cuda_graph: false"
+        if self.batch is not None:
+            return "a batched slot's input shape changes with the cameras that have a frame"
+        if self.engine.dynamic:
+            return "a dynamic-shape plan (a graph bakes in its shapes)"
+        return None
+
     def _open(self) -> None:
         engine = self.engine
+        if self.graphs:
+            for index in range(self.depth):
+                self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames,
+                                                 graph_lane=f"{engine.name} slot {self.name} frame {index}"))
+            return
         self.profile = engine.take_profile(self.name)
         self._holds_profile = True
         for _ in range(3):
@@ -362,9 +428,12 @@ class TrtSlot(Slot):
             shapes[spec.name] = shape
         return shapes
 
+    def _all_streams(self) -> list[cuda.Stream]:
+        return [*self.streams, *(frame.lane.stream for frame in self.frames if frame.lane is not None)]
+
     def _release(self) -> None:
         """Wait for the streams, then free everything this slot holds (the context current)."""
-        for stream in self.streams:
+        for stream in self._all_streams():
             stream.synchronize()
         self.execution = None                       # before its profile goes back
         if self._holds_profile:
@@ -378,9 +447,21 @@ class TrtSlot(Slot):
     def _input(self, index: int) -> np.ndarray:
         return self.frames[index].host_input.array
 
+    def _frame_buffer(self, index: int, width: int, height: int) -> np.ndarray:
+        with self.engine.context.current():
+            return self.frames[index].letterbox.frame_buffer(width, height)
+
     def _submit_impl(self, index: int, release: Callable[[], None]) -> Pending:
         frame, count = self.frames[index], self._counts[index]
         copying = self.copy_mode == "copy"
+        if self.graphs:
+            def upload(stream: cuda.Stream) -> None:
+                if copying:
+                    frame.device_input.upload(frame.host_input.array, stream)
+
+            with self.engine.context.current(), self._settled_on_error():
+                self._graph_run(frame, ("input",), upload, frame.addresses)
+            return TrtPending(self, frame, release)
         with self.engine.context.current(), self._settled_on_error():
             rows = self._batch_rows(count)
             if copying:
@@ -420,9 +501,63 @@ class TrtSlot(Slot):
         check_frame(image)                          # a bad frame enqueues nothing (and stalls no stream)
         frame = self.frames[index]
         with self.engine.context.current(), self._settled_on_error():
-            box = frame.letterbox.run(image, frame.device_input.pointer, self.upload)
-            self._run(frame, frame.frame_addresses, uploaded=True)
+            if self.graphs:
+                box = self._graph_frame(frame, image)
+            else:
+                box = frame.letterbox.run(image, frame.device_input.pointer, self.upload)
+                self._run(frame, frame.frame_addresses, uploaded=True)
         return TrtPending(self, frame, release), box
+
+    def _graph_frame(self, frame: InFlightFrame, image: np.ndarray) -> Letterbox:
+        """Stage `image` in the record's pinned buffer, then run the record's graph for frames of its size."""
+        lane, letterbox = frame.lane, frame.letterbox
+        staged = letterbox.stage(image)
+
+        def upload(stream: cuda.Stream) -> None:
+            lane.box = letterbox.enqueue(staged, frame.device_input.pointer, stream)
+
+        self._graph_run(frame, ("frame", staged.shape, staged.ctypes.data), upload, frame.frame_addresses)
+        return lane.box
+
+    def _graph_run(self, frame: InFlightFrame, key: tuple[Any, ...], upload: Callable[[cuda.Stream], None],
+                   addresses: dict[str, int]) -> None:
+        """One submission in graph mode: the record's graph when it was captured for `key`; else the work as it
+        is, then (unless graphs failed on this slot) its capture for the next submissions of this kind."""
+        lane = frame.lane
+        if lane.graph is not None and lane.key == key:
+            lane.graph.launch(lane.stream)
+        else:
+            lane.forget_graph()                     # the record's last submission finished: it was waited for
+            self._enqueue_on_lane(frame, upload, addresses)
+            if self.graph_problem is None:
+                self._capture(frame, key, upload, addresses)
+        frame.done.record(lane.stream)
+
+    def _enqueue_on_lane(self, frame: InFlightFrame, upload: Callable[[cuda.Stream], None],
+                         addresses: dict[str, int]) -> None:
+        """The record's whole work on its own stream: upload (or letterbox), engine, downloads."""
+        lane = frame.lane
+        upload(lane.stream)
+        for name, address in addresses.items():
+            lane.execution.set_tensor_address(name, address)
+        if not lane.execution.execute_async_v3(lane.stream.handle):
+            raise EngineError(f"{self.engine.name}: execute_async_v3 failed on slot {self.name}",
+                              note=self.engine.logger.text())
+        for name, buffer in frame.device_outputs.items():
+            buffer.download(frame.host_outputs[name].array, lane.stream)
+
+    def _capture(self, frame: InFlightFrame, key: tuple[Any, ...], upload: Callable[[cuda.Stream], None],
+                 addresses: dict[str, int]) -> None:
+        lane = frame.lane
+        lane.stream.synchronize()                   # trtexec's rule: the first enqueue finished before capture
+        try:
+            lane.graph = cuda.Graph.capture(lane.stream, lambda: self._enqueue_on_lane(frame, upload, addresses))
+        except EngineError as exc:
+            self.graph_problem = f"{exc.what}{f' ({exc.note})' if exc.note else ''}"
+            log.warning("%s slot %s | CUDA graph capture failed, running without graphs: %s", self.engine.name,
+                        self.name, self.graph_problem)
+            return
+        lane.key = key
 
     def _run(self, frame: InFlightFrame, addresses: dict[str, int], *, uploaded: bool, rows: int | None = None
              ) -> None:
@@ -451,7 +586,7 @@ class TrtSlot(Slot):
         try:
             yield
         except BaseException:
-            for stream in self.streams:
+            for stream in self._all_streams():
                 stream.synchronize()
             raise
 
@@ -469,7 +604,7 @@ class TensorRTEngine(Engine):
                   " (MIN,OPT,MAX), or from a model with a fixed batch of {n}")
 
     def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, copy_mode: str = "auto",
-                 gpu_preprocess: bool = True) -> None:
+                 gpu_preprocess: bool = True, cuda_graph: bool = False) -> None:
         super().__init__(path, precision=precision)
         if copy_mode not in COPY_MODES:
             raise UsageError(f"copy_mode {copy_mode!r} is not one of {', '.join(COPY_MODES)}")
@@ -477,6 +612,7 @@ class TensorRTEngine(Engine):
         self.requested_copy_mode = copy_mode
         self.copy_mode = "copy"                           # resolved by activate()
         self.gpu_preprocess = gpu_preprocess
+        self.cuda_graph = cuda_graph                      # unbatched slots of a static-shape plan run CUDA graphs
         self.takes_frames = False                         # slots letterbox raw frames on the GPU (activate())
         self.rows_take_frames = False                     # batched slots do, one image per row (activate())
         self.context: cuda.Context
@@ -528,6 +664,11 @@ class TensorRTEngine(Engine):
             return BatchSizes(spec.shape[0], spec.shape[0])
         low, _, high = self.engine.get_tensor_profile_shape(spec.name, 0)
         return BatchSizes(int(low[0]), int(high[0]))
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether the plan has a dynamic-shape input (its slots each take an optimization profile)."""
+        return self._free_profiles is not None
 
     def take_profile(self, slot: str) -> int | None:
         """The optimization profile a new slot runs on: its own one on a dynamic-shape plan, None otherwise."""
