@@ -20,6 +20,7 @@ setup(
         "onnxruntime>=1.16",
         "onnx>=1.14",
         "cryptography>=42",      # Ed25519 signatures of engine bundles (aarch64 wheels for Jetson)
+        "prometheus-client>=0.20",   # the optional metrics endpoint (pure Python)
     ],
     extras_require={
         # pip OpenCV for PCs. On a Jetson keep JetPack's OpenCV (GStreamer for CSI cameras):

@@ -36,8 +36,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _env_overrides(args: argparse.Namespace) -> dict[str, str]:
-    """--control and --telemetry of `run` and `demo`, as the config's environment overrides."""
-    given = {"EDGE_CONTROL_ENDPOINT": args.control, "EDGE_TELEMETRY": args.telemetry}
+    """--control, --telemetry and --metrics of `run` and `demo`, as the config's environment overrides."""
+    given = {"EDGE_CONTROL_ENDPOINT": args.control, "EDGE_TELEMETRY": args.telemetry,
+             "EDGE_METRICS_LISTEN": args.metrics}
     return {name: value for name, value in given.items() if value}
 
 
@@ -505,6 +506,8 @@ def _daemon_args(parser: argparse.ArgumentParser) -> None:
                         help="control socket, ipc:///PATH (overrides control.endpoint, like EDGE_CONTROL_ENDPOINT)")
     parser.add_argument("--telemetry", metavar="URI", help="auto, none, jtop, sysfs, sysfs:///ROOT, nvml or"
                         " trace:///PATH.jsonl (overrides supervisor.telemetry, like EDGE_TELEMETRY)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics there, e.g. 127.0.0.1:9108"
+                        " (overrides metrics.listen, like EDGE_METRICS_LISTEN; on unless metrics.enabled is false)")
 
 
 def _control_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:

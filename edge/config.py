@@ -1,14 +1,15 @@
 """YAML configuration -> typed objects, with errors that name key path, value, rule and hint.
 
 Strings may use ${NAME} environment variables; ${EDGE_CACHE} defaults to the asset cache.
-Environment overrides (per machine): EDGE_RESULTS_ENDPOINT -> output.results,
-EDGE_LOG_LEVEL -> logging.level. Errors do not print values from the environment (see `Problem`).
+Environment overrides (per machine): ENV_OVERRIDES, e.g. EDGE_RESULTS_ENDPOINT -> output.results. Errors do not
+print values from the environment (see `Problem`).
 
 The YAML is read with limits a config never reaches (size, nesting, what aliases expand to) and a key
 twice in one mapping is an error, so a hostile or broken file is refused at once with a ConfigError.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -28,7 +29,8 @@ Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
 Mode = Literal["auto", "fp32", "fp16", "int8"]    # auto: the supervisor chooses
 ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_CONTROL_ENDPOINT": ("control", "endpoint"),
-                 "EDGE_TELEMETRY": ("supervisor", "telemetry"), "EDGE_LOG_LEVEL": ("logging", "level")}
+                 "EDGE_TELEMETRY": ("supervisor", "telemetry"), "EDGE_LOG_LEVEL": ("logging", "level"),
+                 "EDGE_METRICS_LISTEN": ("metrics", "listen")}
 _NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_CONFIG_BYTES = 1 << 20       # a config is a few kB
@@ -216,6 +218,41 @@ class SupervisorSection(_Strict):
         return SupervisorConfig(**fields)
 
 
+class MetricsConfig(_Strict):
+    """YAML `metrics:`, the Prometheus endpoint (docs/operations.md, Metrics). Without the section there is none
+    (a port is an attack surface, and two daemons on one machine would want the same one); written, it is on."""
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:9108"      # this machine only; another address is reachable by whoever can route to it
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return split_listen(self.listen)
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """`HOST:PORT` -> (IP address, port): HOST an IPv4 address, an IPv6 one in brackets, or localhost (127.0.0.1);
+    PORT 0 to 65535 (0: any free port). ValueError with the rule otherwise."""
+    host, _, port = value.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = "127.0.0.1" if host == "localhost" else host[1:-1] if bracketed else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    if address is None or (address.version == 6) != bracketed or not re.fullmatch(r"[0-9]{1,5}", port) \
+            or int(port) > 65535:
+        raise ValueError("must be HOST:PORT: an IP address (IPv6 in brackets, [::1]:9108) or localhost, and a port"
+                         " from 0 to 65535, e.g. 127.0.0.1:9108 (this machine only) or 0.0.0.0:9108 (every interface)")
+    return str(address), int(port)
+
+
 class LoggingConfig(_Strict):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -227,6 +264,7 @@ class Config(_Strict):
     output: OutputConfig = Field(default_factory=OutputConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
+    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(enabled=False))   # off without the section
     logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")

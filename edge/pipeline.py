@@ -17,8 +17,10 @@ boundary, so every frame of a batch runs on one variant and its result names it.
 """
 from __future__ import annotations
 
+import bisect
 import collections
 import dataclasses
+import itertools
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,30 @@ FPS_WINDOW_S = 2.0          # fps in status and heartbeats: results published ov
 DEFAULT_INTERVAL_NS = 1_000_000_000 // 30   # a camera's frame interval until its capture times tell
 ABSENT_INTERVALS = 3        # a batched lane stops awaiting a camera silent for this many of its frame intervals
 FEED_JOIN_S = 2 * IDLE_POLL_S
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+_BUCKET_BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BUCKETS_S)
+
+
+class LatencyHistogram:
+    """Capture-to-publish latencies counted into LATENCY_BUCKETS_S since the lane started, for the metrics endpoint's
+    histogram (`latencies_ns` keeps only the last ones): the publisher thread observes, a scrape takes a snapshot."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(_BUCKET_BOUNDS_NS) + 1)     # per bucket; the last one is above the largest bound
+        self._sum_ns = 0
+        self._lock = threading.Lock()
+
+    def observe_ns(self, latency_ns: int) -> None:
+        bucket = bisect.bisect_left(_BUCKET_BOUNDS_NS, latency_ns)    # a latency equal to a bound is in its bucket
+        with self._lock:
+            self._counts[bucket] += 1
+            self._sum_ns += latency_ns
+
+    def snapshot(self) -> tuple[list[int], int]:
+        """(cumulative counts at each bound of LATENCY_BUCKETS_S and then of all, sum in ns), consistent."""
+        with self._lock:
+            counts, sum_ns = list(self._counts), self._sum_ns
+        return list(itertools.accumulate(counts)), sum_ns
 
 
 @dataclasses.dataclass
@@ -58,10 +84,13 @@ class LaneStats:
     published: int = 0
     latencies_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=2048))
     sent_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=4096))
+    latency_histogram: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
 
     def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None:
         self.published += 1
-        self.latencies_ns.append(t_publish_ns - payload["t_capture_ns"])
+        latency_ns = t_publish_ns - payload["t_capture_ns"]
+        self.latencies_ns.append(latency_ns)
+        self.latency_histogram.observe_ns(latency_ns)
         self.sent_ns.append(t_publish_ns)
 
     def dropped(self) -> None:

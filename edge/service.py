@@ -13,6 +13,7 @@ from edge.control import ControlServer
 from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.log import get_logger
+from edge.metrics import MetricsServer
 from edge.notify import Notifier
 from edge.peers import Curve
 from edge.pipeline import BatchedLane, BatchMember, Lane
@@ -40,6 +41,7 @@ class Service:
         self._lanes: dict[str, list[Lane]] = {}
         self.governor: Governor | None = None
         self.control = ControlServer(config.control.endpoint, self.handle)
+        self.metrics = MetricsServer(config.metrics.address, self) if config.metrics.enabled else None
         self.notifier = Notifier()
         self._progress: dict[str, tuple[int, int, float]] = {}   # lane -> (submitted, processed, since)
         self._stalled: set[str] = set()
@@ -66,6 +68,8 @@ class Service:
         peers.raise_open_files_limit()
         self.publisher.start()
         self.control.start()
+        if self.metrics is not None:
+            self.metrics.start()
         enabled = [t for t in self.config.tasks if t.enabled]
         if not enabled:
             raise EdgeError("no task is enabled", hint="set `enabled: true` on at least one task")
@@ -215,6 +219,8 @@ class Service:
         """Release everything in order, each step bounded by what is left of `timeout`."""
         deadline = time.monotonic() + timeout
         self.notifier.stopping("stopping")
+        if self.metrics is not None:
+            self.metrics.stop(max(0.1, deadline - time.monotonic()))
         self.control.stop(max(0.1, deadline - time.monotonic()))
         if self.governor is not None:
             self.governor.stop(max(0.1, deadline - time.monotonic()))
