@@ -22,12 +22,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge.config import load_config
     from edge.service import Service
 
-    config = load_config(args.config, environ={**os.environ, **_env_overrides(args)})
+    environ = {**os.environ, **_env_overrides(args)}
+    config = load_config(args.config, environ=environ)
     setup_logging(args.log_level or config.logging.level)
-    service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber)
+    service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber,
+                      load_config=lambda: load_config(args.config, environ=environ))
     stop = threading.Event()
     _on_signals(lambda: stop.set())
-    signal.signal(signal.SIGHUP, _reload_unsupported)
+    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_requested.set())
     service.start(stop)
     try:
         return service.run(stop)
@@ -40,11 +42,6 @@ def _env_overrides(args: argparse.Namespace) -> dict[str, str]:
     given = {"EDGE_CONTROL_ENDPOINT": args.control, "EDGE_TELEMETRY": args.telemetry,
              "EDGE_METRICS_LISTEN": args.metrics}
     return {name: value for name, value in given.items() if value}
-
-
-def _reload_unsupported(signum: int, frame: Any) -> None:
-    log.warning("received SIGHUP: reloading the config is not supported yet; still running with the config"
-                " it started with (restart the service to apply a new one)")
 
 
 def _on_signals(handler: Callable[[], None]) -> None:
@@ -131,6 +128,14 @@ def cmd_precision(args: argparse.Namespace) -> int:
 
     control.request(_control(args), "precision.set", timeout_s=args.timeout, task=args.task, mode=args.mode)
     print(f"task {args.task}: precision {args.mode}" + (" (the supervisor chooses)" if args.mode == "auto" else ""))
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from edge import control
+
+    result = control.request(_control(args), "reload", timeout_s=args.timeout)
+    print(f"config reloaded: {result.get('changes', 'nothing changed')}")
     return 0
 
 
@@ -376,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("mode", metavar="MODE", help="auto (the supervisor chooses), fp32, fp16 or int8")
     _control_args(precision, timeout=5.0)
     precision.set_defaults(func=cmd_precision)
+
+    reloading = sub.add_parser("reload", help="make the running daemon read its config file again and apply what"
+                               " changed (as SIGHUP and systemctl reload do); a refused config changes nothing")
+    _control_args(reloading, timeout=120.0)
+    reloading.set_defaults(func=cmd_reload)
 
     subscribe = sub.add_parser("subscribe", help="print results published by a running daemon")
     subscribe.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")

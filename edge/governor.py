@@ -82,6 +82,13 @@ class Governor:
             self._runtimes[name].mode = mode
             self._apply(self.policy.decide())
 
+    def reconfigure(self, section: SupervisorSection) -> None:
+        """New thresholds and interval from a reload (the same telemetry source): the level and its timers carry
+        on, and the next sample is judged by the new thresholds."""
+        with self._lock:
+            self.section = section
+            self.policy.config = section.policy()
+
     def start(self) -> None:
         self._thread.start()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -57,6 +58,10 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send(WATCHDOG=1)
+
+    def reloading(self, status: str) -> None:
+        """RELOADING=1 with the CLOCK_MONOTONIC time systemd asks for; READY=1 (`ready`) ends the reload."""
+        self.send(RELOADING=1, MONOTONIC_USEC=time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000, STATUS=status)
 
     def stopping(self, status: str) -> None:
         self.send(STOPPING=1, STATUS=status)

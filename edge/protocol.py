@@ -16,7 +16,7 @@ from edge.errors import EdgeError, ProtocolError
 SCHEMA_VERSION = 1
 KINDS = ("det", "heartbeat", "event", "telemetry")
 EVENTS = ("camera.lost", "camera.recovered", "precision.switch", "supervisor.level", "task.enabled",
-          "task.disabled", "engine.refused", "telemetry.problem")
+          "task.disabled", "engine.refused", "telemetry.problem", "config.reload")
 RUN_DIR = Path("/run/edge")
 MAX_MESSAGE_BYTES = 1 << 20          # largest results payload a subscriber accepts
 MAX_DETECTIONS = 10_000

@@ -1,18 +1,20 @@
 """The daemon: builds everything from config, starts and stops in bounded steps, heartbeats; tasks
-start and stop at run time (cameras follow them)."""
+start and stop at run time (cameras follow them); a reload (SIGHUP, or the control socket's `reload`)
+applies a changed config file without stopping the tasks it leaves unchanged (edge/reload.py)."""
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge import __version__, backends, peers, protocol
+from edge import __version__, backends, peers, protocol, reload
 from edge.config import Config, TaskConfig
 from edge.control import ControlServer
 from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
-from edge.log import get_logger
+from edge.log import get_logger, setup_logging
 from edge.metrics import MetricsServer
 from edge.notify import Notifier
 from edge.peers import Curve
@@ -28,8 +30,12 @@ class Service:
     """`start()` acquires (socket, engines, cameras, lanes), `stop()` releases, `run()` waits in between.
     `enable_task()` / `disable_task()` start and stop one task while it runs."""
 
-    def __init__(self, config: Config, *, max_frames: int | None = None, wait_subscriber_s: float = 0.0) -> None:
+    def __init__(self, config: Config, *, max_frames: int | None = None, wait_subscriber_s: float = 0.0,
+                 load_config: Callable[[], Config] | None = None) -> None:
         self.config = config
+        self.load_config = load_config                  # reads the config file again (None: no reload)
+        self.reload_requested = threading.Event()       # SIGHUP: `run` reloads at its next turn
+        self._reload_lock = threading.Lock()
         self.max_frames = max_frames
         self.wait_subscriber_s = wait_subscriber_s
         curve = config.output.curve
@@ -98,11 +104,15 @@ class Service:
                  ", ".join(lane.name for lane in self.lanes))
 
     def _load(self, task: TaskConfig, total_lanes: int) -> TaskRuntime:
+        runtime = self._loaded(task, total_lanes)
+        with self._lock:
+            self.tasks[task.name] = runtime
+        return runtime
+
+    def _loaded(self, task: TaskConfig, total_lanes: int) -> TaskRuntime:
         variants = backends.variants_for(task, threads=backends.default_threads(task, total_lanes))
         runtime = TaskRuntime(task, variants, self.publisher.event)
         runtime.load()
-        with self._lock:
-            self.tasks[task.name] = runtime
         return runtime
 
     def _start_lanes(self, task: TaskConfig) -> None:
@@ -180,6 +190,9 @@ class Service:
             lanes = self.lanes
             if (lanes and all(lane.finished.is_set() for lane in lanes)) or any(lane.error for lane in lanes):
                 break
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self._reload_logged()
             now = time.monotonic()
             if now >= next_beat:
                 self.notifier.status(summary(self.publish_heartbeat()))
@@ -277,10 +290,89 @@ class Service:
         elif cmd == "precision.set":
             self.set_precision(args["task"], args["mode"])
         elif cmd == "reload":
-            raise EdgeError("reload is not supported yet", hint="restart the daemon (systemctl restart edge-runtime)")
+            return self.reload()
         else:
             raise EdgeError(f"unknown command {cmd!r}")
         return {}
+
+    def reload(self) -> dict[str, Any]:
+        """Read the config file again and apply what changed (edge/reload.py): tasks it leaves unchanged run on
+        untouched. A config that is refused (invalid, a restart-only section changed, a task that cannot load)
+        changes nothing: the error is logged, published as a `config.reload` event and raised."""
+        with self._reload_lock:
+            self.notifier.reloading("reloading the config")
+            try:
+                changes = self._reload()
+            except EdgeError as exc:
+                log.error("config reload refused, running on with the config in use: %s", exc)
+                self.publisher.event("config.reload", {"result": "refused", "reason": str(exc)})
+                raise
+            finally:
+                self.notifier.ready(summary(self.status()))
+        log.info("config reloaded: %s", changes)
+        self.publisher.event("config.reload", {"result": "applied", "changes": changes})
+        return {"changes": changes}
+
+    def _reload_logged(self) -> None:
+        """A reload asked for by SIGHUP: its refusal is logged and published by `reload`, and the daemon runs on."""
+        try:
+            self.reload()
+        except EdgeError:
+            pass
+
+    def _reload(self) -> str:
+        if self.load_config is None:
+            raise EdgeError("this daemon has no config file to read again",
+                            hint="reloads work for `edge run --config FILE`; restart the demo instead")
+        new = self.load_config()
+        with self._lock:
+            change = reload.plan(self.config, new, set(self.tasks))
+            starting = [task for task in new.tasks if task.name in change.start]
+            total_lanes = sum(len(task.cameras) for task in new.tasks if task.enabled)
+            loaded: dict[str, TaskRuntime] = {}
+            try:                                        # every new engine loads before anything stops
+                for task in starting:
+                    loaded[task.name] = self._loaded(task, total_lanes)
+                    if task.batch:
+                        BatchedLane.check(loaded[task.name], len(task.cameras))
+            except BaseException:
+                for runtime in loaded.values():
+                    runtime.unload()
+                raise
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            for name in change.stop:
+                if self.governor is not None:
+                    self.governor.remove(name)
+                self._stop_task(name, deadline)
+            self.config = self.cameras.config = new
+            for task in starting:
+                self.tasks[task.name] = loaded[task.name]
+                if self.governor is not None:
+                    self.governor.add(loaded[task.name])
+                self._start_lanes(task)
+            self.cameras.start()
+            if change.supervisor:
+                self._reconfigure_supervisor(new)
+        if change.logging:
+            setup_logging(new.logging.level)
+        return change.describe()
+
+    def _reconfigure_supervisor(self, new: Config) -> None:
+        """New thresholds go to the running governor; a new telemetry source, or the supervisor turned on or off,
+        replaces it (the tasks keep their variants until the new one decides)."""
+        section, governor = new.supervisor, self.governor
+        if governor is not None and section.enabled and section.telemetry == governor.section.telemetry:
+            governor.reconfigure(section)
+            return
+        if governor is not None:
+            governor.stop(STOP_TIMEOUT_S)
+            self.governor = None
+        if section.enabled:
+            reader = open_telemetry(section.telemetry, self.publisher.event)
+            self.governor = Governor(section, reader, self.publisher.publish, self.publisher.event)
+            for runtime in self.tasks.values():
+                self.governor.add(runtime)
+            self.governor.start()
 
     def _peers(self) -> dict[str, int]:
         return {"connections": self.publisher.connections, "subscriptions": self.publisher.subscriptions,

@@ -1,0 +1,244 @@
+"""Config reload (SIGHUP, the control socket's `reload`, `edge reload`): the plan (edge/reload.py) from two
+real configs, then the real daemon on the demo model with test:// cameras: changed tasks restart, unchanged
+lanes run on untouched (the same lane object, its counters going on), supervisor thresholds follow; a refused
+config (invalid YAML, an unknown key, a changed endpoint, a task whose model is missing) changes nothing and is
+logged and published; under a real NOTIFY_SOCKET a SIGHUP gives RELOADING=1 then READY=1."""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+
+from edge import reload
+from edge.config import load_config, parse_config
+from edge.errors import ConfigError, EdgeError, EngineError
+from edge.service import Service
+from tests.conftest import wait_for
+from tests.daemon import RawSubscriber, run, start
+from tests.test_systemd import Systemd
+
+
+def _yaml(tmp_path: Path, model: Any, *, tasks: str, supervisor: str = "", results: str = "r.sock",
+          cameras: str = "") -> str:
+    return f"""version: 1
+cameras:
+  - id: cam0
+    uri: test://bars?fps=8&size=320x240
+  - id: cam1
+    uri: test://bars?fps=8&size=320x240{cameras}
+tasks:
+{tasks}
+output:
+  results: ipc://{tmp_path}/{results}
+control:
+  endpoint: ipc://{tmp_path}/c.sock
+supervisor:
+  telemetry: none{supervisor}
+"""
+
+
+def _task(name: str, camera: str, model: Any, extra: str = "") -> str:
+    return f"""  - name: {name}
+    type: detector
+    model: {model}
+    cameras: [{camera}]
+    threads: 1{extra}
+"""
+
+
+def _config(text: str, tmp_path: Path) -> Any:
+    return parse_config(text, source="t", base_dir=tmp_path, environ={})
+
+
+# --- the plan -------------------------------------------------------------------------------------------------
+
+def test_the_plan_restarts_only_what_changed(demo: Any, tmp_path: Path) -> None:
+    model = demo.model
+    old = _config(_yaml(tmp_path, model, tasks=_task("a", "cam0", model) + _task("b", "cam1", model)
+                        + _task("c", "cam1", model)), tmp_path)
+    new = _config(_yaml(tmp_path, model, tasks=_task("a", "cam0", model)
+                        + _task("b", "cam1", model, "\n    enabled: false")
+                        + _task("c", "cam1", model, "\n    priority: 80") + _task("d", "cam0", model),
+                        supervisor="\n  hot_c: 70\n  cool_c: 60"), tmp_path)
+    change = reload.plan(old, new, {"a", "b", "c"})
+    assert (change.stop, change.start, change.keep) == (("b", "c"), ("c", "d"), ("a",))
+    assert change.supervisor and not change.logging
+    assert change.describe() == "restart: c; stop: b; start: d; keep: a; supervisor settings"
+    assert reload.plan(old, old, {"a", "b", "c"}).describe() == "nothing changed"
+    assert reload.plan(old, old, {"a"}).start == ("b", "c")          # disabled at run time: the file wins
+
+
+def test_a_changed_camera_restarts_the_tasks_that_read_it(demo: Any, tmp_path: Path) -> None:
+    model = demo.model
+    tasks = _task("a", "cam0", model) + _task("b", "cam1", model)
+    old = _config(_yaml(tmp_path, model, tasks=tasks), tmp_path)
+    new = _config(_yaml(tmp_path, model, tasks=tasks, cameras="&frames=100"), tmp_path)
+    change = reload.plan(old, new, {"a", "b"})
+    assert (change.stop, change.start, change.keep) == (("b",), ("b",), ("a",))
+
+
+@pytest.mark.parametrize("section,edit", [("output", {"results": "other.sock"}),
+                                          ("control", {})])
+def test_a_changed_socket_section_refuses_the_whole_reload(demo: Any, tmp_path: Path, section: str,
+                                                          edit: dict[str, str]) -> None:
+    model = demo.model
+    old_text = _yaml(tmp_path, model, tasks=_task("a", "cam0", model))
+    new_text = _yaml(tmp_path, model, tasks=_task("a", "cam0", model, "\n    priority: 80"), **edit)
+    if section == "control":
+        new_text = new_text.replace("/c.sock", "/c2.sock")
+    with pytest.raises(EdgeError, match=f"reload refused: the {section} section") as info:
+        reload.plan(_config(old_text, tmp_path), _config(new_text, tmp_path), {"a"})
+    assert "systemctl restart edge-runtime" in str(info.value)
+
+
+# --- the daemon -----------------------------------------------------------------------------------------------
+
+class Running:
+    """A Service on a config file, run in a thread, with a raw subscriber on its events."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.service = Service(load_config(path, environ={}), load_config=lambda: load_config(path, environ={}))
+        self.service.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop,))
+        self.thread.start()
+        self.context = zmq.Context()
+        self.events = RawSubscriber(self.context, self.service.publisher.endpoint, b"sys.event")
+
+    def lane(self, task: str) -> Any:
+        return self.service._lanes[task][0]
+
+    def event(self, name: str, timeout_s: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.events.recv(100)
+            if got is not None and got[1].get("event") == name:
+                return got[1]
+        raise AssertionError(f"no {name} event within {timeout_s} s")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.service.stop()
+        self.events.close()
+        self.context.term()
+
+
+@pytest.fixture
+def running(demo: Any, tmp_path: Path) -> Iterator[Running]:
+    path = tmp_path / "edge.yaml"
+    path.write_text(_yaml(tmp_path, demo.model, tasks=_task("a", "cam0", demo.model) + _task("b", "cam1", demo.model)))
+    daemon = Running(path)
+    yield daemon
+    daemon.close()
+
+
+def _processing(daemon: Running, task: str, more_than: int = 0) -> Any:
+    return wait_for(lambda: daemon.service._lanes.get(task) and daemon.lane(task).stats.processed > more_than,
+                    60, f"task {task} to process frames")
+
+
+def test_a_reload_applies_the_changes_and_leaves_unchanged_lanes_running(demo: Any, tmp_path: Path,
+                                                                        running: Running) -> None:
+    _processing(running, "a")
+    _processing(running, "b")
+    lane_a = running.lane("a")
+    model = demo.model
+    running.path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model)
+                                  + _task("b", "cam1", model, "\n    enabled: false")
+                                  + _task("c", "cam1", model, "\n    params:\n      conf_threshold: 0.5"),
+                                  supervisor="\n  hot_c: 70\n  cool_c: 60"))
+    result = running.service.handle("reload", {})
+    assert result == {"changes": "stop: b; start: c; keep: a; supervisor settings"}
+    assert running.lane("a") is lane_a and not lane_a.finished.is_set()          # untouched, still running
+    before = lane_a.stats.processed
+    _processing(running, "a", before)                                             # its counters go on
+    _processing(running, "c")
+    assert set(running.service.tasks) == {"a", "c"} and "b" not in running.service._lanes
+    assert running.service.governor.policy.config.hot_c == 70
+    assert running.service.tasks["c"].config.params.conf_threshold == 0.5
+    event = running.event("config.reload")
+    assert event["result"] == "applied" and "start: c" in event["changes"]
+    running.path.write_text(running.path.read_text().replace("threads: 1\n  - name: b", "threads: 1\n    priority: 90"
+                                                             "\n  - name: b", 1))
+    assert running.service.reload() == {"changes": "restart: a; keep: c"}
+    assert running.lane("a") is not lane_a and lane_a.finished.is_set()
+    _processing(running, "a")
+
+
+@pytest.mark.parametrize("breakage,error,message", [
+    ("invalid YAML", ConfigError, "is not valid YAML"),
+    ("an unknown key", ConfigError, "allowed keys here"),
+    ("a changed results endpoint", EdgeError, "reload refused: the output section"),
+    ("a task whose model is missing", EngineError, "task c: no variant of missing.onnx can run here"),
+])
+def test_a_refused_config_changes_nothing_and_says_why(demo: Any, tmp_path: Path, running: Running, breakage: str,
+                                                        error: type[Exception], message: str) -> None:
+    _processing(running, "a")
+    lanes = {task: running.lane(task) for task in ("a", "b")}
+    model = demo.model
+    good = running.path.read_text()
+    broken = {
+        "invalid YAML": good + "tasks: [\n",
+        "an unknown key": good.replace("    threads: 1\n", "    threads: 1\n    thread: 2\n", 1),
+        "a changed results endpoint": good.replace("/r.sock", "/other.sock"),
+        "a task whose model is missing": _yaml(tmp_path, model, tasks=_task("a", "cam0", model)
+                                               + _task("b", "cam1", model, "\n    priority: 90")
+                                               + _task("c", "cam1", tmp_path / "missing.onnx")),
+    }[breakage]
+    running.path.write_text(broken)
+    with pytest.raises(error) as info:
+        running.service.handle("reload", {})
+    assert message in str(info.value)
+    assert {task: running.lane(task) for task in ("a", "b")} == lanes and set(running.service.tasks) == {"a", "b"}
+    assert not any(lane.finished.is_set() for lane in lanes.values())
+    event = running.event("config.reload")
+    assert event["result"] == "refused" and event["reason"]
+    before = lanes["b"].stats.processed
+    _processing(running, "b", before)                                             # serving on as before
+    running.path.write_text(good)
+    assert running.service.reload() == {"changes": "nothing changed"}
+
+
+def test_sighup_reloads_with_reloading_and_ready_and_edge_reload_reports_a_refusal(
+        demo: Any, tmp_path: Path, systemd: Systemd) -> None:
+    path = tmp_path / "edge.yaml"
+    model = demo.model
+    path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model)))
+    proc = start(path, env_extra={"NOTIFY_SOCKET": str(systemd.path)})
+    try:
+        assert systemd.until("READY", 60)["READY"] == "1"
+        path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model) + _task("b", "cam1", model)))
+        proc.send_signal(signal.SIGHUP)
+        reloading = systemd.until("RELOADING")
+        assert reloading["RELOADING"] == "1" and int(reloading["MONOTONIC_USEC"]) > 0
+        ready = systemd.until("READY", 60)
+        assert "a.cam0" in ready["STATUS"] and "b.cam1" in ready["STATUS"]
+        control = f"ipc://{tmp_path}/c.sock"
+        path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model), results="moved.sock"))
+        refused = run("reload", "--control", control)
+        assert refused.returncode != 0 and "reload refused: the output section" in refused.stderr
+        path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model)))
+        applied = run("reload", "--control", control)
+        assert applied.returncode == 0 and "config reloaded: stop: b; keep: a" in applied.stdout, applied.stderr
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+    assert "config reload refused, running on with the config in use" in stderr
+
+
+@pytest.fixture
+def systemd(tmp_path: Path) -> Iterator[Systemd]:
+    manager = Systemd(tmp_path / "notify.sock")
+    yield manager
+    manager.close()
