@@ -982,7 +982,7 @@ def test_a_capture_that_fails_leaves_the_slot_running_without_graphs(trt, cuda_s
 
 def test_graphs_stay_off_where_shapes_change(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, caplog) -> None:
     """A graph bakes in its shapes: a dynamic-shape plan's slots and batched slots run as before, and say why."""
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="edge")          # the level of `edge` itself, whatever set it before
     dynamic = build.build(make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3,
                                                   stride=1), {"images": 0, "out0": 0}),
                           shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], profiles=2, say=lambda line: None)
