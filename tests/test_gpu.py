@@ -128,9 +128,10 @@ def _detector_repo(root: Path) -> Path:
     return root
 
 
-def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest.MonkeyPatch) -> dict:
-    """Run the daemon for 25 frames of two test:// cameras; (camera, frame) -> published detections, and how
-    many frames each slot letterboxed on the GPU."""
+def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest.MonkeyPatch,
+                 cuda_graph: bool = False) -> dict:
+    """Run the daemon for 25 frames of two test:// cameras; (camera, frame) -> published detections, how many
+    frames each slot letterboxed on the GPU, and whether each slot ran CUDA graphs with no capture failing."""
     from edge import protocol
     from edge.backends.tensorrt import TrtSlot
     from edge.config import parse_config
@@ -138,6 +139,7 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
 
     published: dict[tuple[str, int], np.ndarray] = {}
     on_gpu: collections.Counter[str] = collections.Counter()
+    graphs: dict[str, bool] = {}                # slot -> after its last frame, every record had its graph
     det_message, submit_frame = protocol.det_message, TrtSlot._submit_frame_impl
 
     def record(**fields):
@@ -146,11 +148,15 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
 
     def counted(self, index, image, release):
         on_gpu[self.name] += 1
-        return submit_frame(self, index, image, release)
+        submitted = submit_frame(self, index, image, release)
+        graphs[self.name] = self.graph_problem is None and all(f.lane is not None and f.lane.graph is not None
+                                                               for f in self.frames)
+        return submitted
     text = (f"version: 1\ncameras:\n  - id: c0\n    uri: test://bars?size=320x240&realtime=0\n"
             f"  - id: c1\n    uri: test://bars?size=160x120&realtime=0\ntasks:\n  - name: t\n    type: detector\n"
             f"    engines: {repo}\n    allow_onnx: false\n    cameras: [c0, c1]\n    copy_mode: {copy_mode}\n"
-            f"output:\n  results: ipc://{tmp_path}/r-{copy_mode}.sock\n")
+            f"    cuda_graph: {str(cuda_graph).lower()}\n"
+            f"output:\n  results: ipc://{tmp_path}/r-{copy_mode}-{cuda_graph}.sock\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=25)
     with monkeypatch.context() as patch:
         patch.setattr(protocol, "det_message", record)
@@ -163,20 +169,24 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
             assert [lane.stats.processed for lane in service.lanes] == [25, 25]
         finally:
             service.stop()
-    return {"published": published, "on_gpu": dict(on_gpu)}
+    return {"published": published, "on_gpu": dict(on_gpu), "graphs": graphs}
 
 
 def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole daemon on the GPU: the resolver picks the plan built here, lanes hand their raw frames to the
-    slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode as with the CPU
-    letterbox (zero-copy works on a discrete GPU too; auto picks copy there)."""
+    slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode, and with
+    `cuda_graph: true` (each camera's frames of two sizes as graphs), as with the CPU letterbox (zero-copy
+    works on a discrete GPU too; auto picks copy there)."""
     from edge import cuda
     from edge.backends import tensorrt
 
     repo = _detector_repo(tmp_path / "repo")
     assert cuda.integrated() is False and cuda.can_map_host_memory()
     runs = {mode: _run_service(repo, tmp_path, mode, monkeypatch) for mode in ("auto", "zerocopy")}
+    runs["graphs"] = _run_service(repo, tmp_path, "auto", monkeypatch, cuda_graph=True)
+    assert runs["graphs"]["graphs"] == {"t.c0": True, "t.c1": True}
+    assert runs["auto"]["graphs"] == {"t.c0": False, "t.c1": False}
     monkeypatch.setattr(tensorrt, "frames_unfit", lambda spec: "the CPU letterbox, for comparison")
     cpu = _run_service(repo, tmp_path, "copy", monkeypatch)
     assert cpu["on_gpu"] == {}
