@@ -661,12 +661,13 @@ def _plan(tmp_path: Path, name: str = "m") -> Path:
     return build.build(onnx_path, say=lambda line: None).plan
 
 
-def _held_per_slot(depth: int, mode: str, frames: bool) -> dict[str, int]:
-    """What a slot holds: three streams; per frame 3 events, a host input and 2 host outputs (mapped in zerocopy
-    mode), device buffers for the input and outputs in copy mode (the input alone for GPU preprocessing in
-    zerocopy mode), and for GPU preprocessing a GpuLetterbox (a kernel and an event)."""
+def _held_per_slot(depth: int, mode: str, frames: bool, graphs: bool = False) -> dict[str, int]:
+    """What a slot holds: three streams (in CUDA graph mode instead one per frame); per frame 3 events, a host input
+    and 2 host outputs (mapped in zerocopy mode), device buffers for the input and outputs in copy mode (the input
+    alone for GPU preprocessing in zerocopy mode), and for GPU preprocessing a GpuLetterbox (a kernel and an
+    event)."""
     device = 3 if mode == "copy" else int(frames)
-    held = {"stream": 3, "event": depth * (3 + frames),
+    held = {"stream": depth if graphs else 3, "event": depth * (3 + frames),
             "mapped host buffer" if mode == "zerocopy" else "host buffer": depth * 3,
             "device buffer": depth * device, "kernel": depth * frames}
     return {kind: count for kind, count in held.items() if count}
@@ -695,16 +696,18 @@ def test_a_slot_holds_one_in_flight_frame_per_buffer_and_frees_everything(
 
 
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
+@pytest.mark.parametrize("graphs", [False, True])
 def test_a_slot_that_fails_at_any_allocation_frees_what_it_took(trt, cuda_stand_in: fake_cuda.Ledger,
-                                                              tmp_path: Path, mode: str) -> None:
+                                                              tmp_path: Path, mode: str, graphs: bool) -> None:
     """cuMemAlloc (or an event, a stream, a kernel) failing at each allocation in turn: each time the slot
-    frees everything it took, gives back its execution context, and the next slot is whole."""
-    with TensorRTEngine(_plan(tmp_path), copy_mode=mode) as engine:
+    frees everything it took, gives back its execution contexts (CUDA graph mode: one per frame), and the next
+    slot is whole."""
+    with TensorRTEngine(_plan(tmp_path), copy_mode=mode, cuda_graph=graphs) as engine:
         before = dict(cuda_stand_in.live)
         start = cuda_stand_in.allocations
         engine.create_slot("cam", depth=2).close()
         needed = cuda_stand_in.allocations - start
-        assert needed == sum(_held_per_slot(2, mode, True).values())
+        assert needed == sum(_held_per_slot(2, mode, True, graphs).values())
         for failing in range(1, needed + 1):
             cuda_stand_in.fail_at = cuda_stand_in.allocations + failing
             with pytest.raises(MemoryError, match="out of memory"):
@@ -922,9 +925,7 @@ def test_in_graph_mode_a_frame_is_one_graph_launch_on_its_records_own_stream(
     with TensorRTEngine(_plan(tmp_path), copy_mode=mode, cuda_graph=True) as engine:
         slot = engine.create_slot("cam", depth=2)
         assert slot.graphs and slot.streams == [] and slot.execution is None
-        held = _held_per_slot(2, mode, True)
-        held["stream"] = 2                                    # one per frame record, none of the slot's own
-        assert cuda_stand_in.kinds() == {"context": 1, **held}
+        assert cuda_stand_in.kinds() == {"context": 1, **_held_per_slot(2, mode, True, graphs=True)}
         assert len(engine.engine.contexts) == 2               # an execution context per frame record
         streams = _lane_streams(slot)
         for value in range(1, 7):
@@ -995,22 +996,6 @@ def test_graphs_stay_off_where_shapes_change(trt, cuda_stand_in: fake_cuda.Ledge
     assert "slot two | CUDA graphs off: a batched slot" in messages
     with TensorRTEngine(_plan(tmp_path), cuda_graph=False) as engine:
         assert not engine.create_slot("cam").graphs
-
-
-def test_a_graph_mode_slot_that_fails_at_any_allocation_frees_what_it_took(
-        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
-    with TensorRTEngine(_plan(tmp_path), cuda_graph=True) as engine:
-        before = dict(cuda_stand_in.live)
-        start = cuda_stand_in.allocations
-        engine.create_slot("cam", depth=2).close()
-        needed = cuda_stand_in.allocations - start
-        for failing in range(1, needed + 1):
-            cuda_stand_in.fail_at = cuda_stand_in.allocations + failing
-            with pytest.raises(MemoryError, match="out of memory"):
-                engine.create_slot("cam", depth=2)
-            assert cuda_stand_in.live == before, f"allocation {failing} of {needed} failed"
-            assert not engine.engine.contexts and engine._slots == []
-    assert cuda_stand_in.live == {}
 
 
 @pytest.mark.parametrize("graphs", [False, True])
