@@ -193,11 +193,7 @@ class Lane(CameraLane):
 
     def stop(self, timeout: float) -> bool:
         self._stop.set()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("%s did not stop within %.1f s", self.name, timeout)
-            return False
-        return True
+        return _joined(self._thread, timeout, self.name)
 
     def _run(self) -> None:
         reader = self.camera.slot.register()
@@ -463,12 +459,7 @@ class BatchedLane:
         self._stop.set()
         with self.arrived:
             self.arrived.notify_all()
-        if self._thread.ident is not None:
-            self._thread.join(timeout)
-        if self._thread.is_alive():
-            log.warning("%s did not stop within %.1f s", self.name, timeout)
-            return False
-        return True
+        return _joined(self._thread, timeout, self.name)
 
     def _run(self) -> None:
         slots: dict[Engine, Slot] = {}
@@ -608,6 +599,17 @@ class BatchedLane:
             ready, due_ns = self._state(now)
             wait_ns = 0 if ready else self._gather_wait_ns() if due_ns is None else due_ns - now
         return wait_ns / 1e9
+
+
+def _joined(thread: threading.Thread, timeout: float, name: str) -> bool:
+    """Wait up to `timeout` for a lane's thread (one never started has nothing to wait for); False, and a warning,
+    when it still runs."""
+    if thread.ident is not None:
+        thread.join(timeout)
+    if thread.is_alive():
+        log.warning("%s did not stop within %.1f s", name, timeout)
+        return False
+    return True
 
 
 def _round(value: float | None) -> float | None:
