@@ -255,7 +255,8 @@ def test_sigterm_while_waiting_for_the_first_subscriber_exits_0_at_once(demo, tm
         proc.wait()
 
 
-def test_sighup_reloads_an_unchanged_config_and_the_daemon_keeps_publishing(demo, tmp_path: Path, ctx: zmq.Context) -> None:
+def test_sighup_reloads_an_unchanged_config_and_the_daemon_keeps_publishing(demo, tmp_path: Path,
+                                                                          ctx: zmq.Context) -> None:
     endpoint = f"ipc://{tmp_path}/r.sock"
     sub = RawSubscriber(ctx, endpoint, b"det.")
     config = write_config(tmp_path, demo, endpoint, cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?loop=1\n",
