@@ -23,6 +23,7 @@ import dataclasses
 import itertools
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from edge import protocol
@@ -200,13 +201,7 @@ class Lane(CameraLane):
         slots: dict[Engine, Slot] = {}
         inflight: collections.deque[_InFlight] = collections.deque()
         try:
-            self._loop(reader, slots, inflight)
-        except EdgeError as exc:
-            self.error = exc
-            log.error("%s failed: %s", self.name, exc)
-        except Exception as exc:  # a bug must end the service (exit 1 -> restart), not leave a silent dead lane
-            self.error = EdgeError(f"lane {self.name} crashed: {exc!r}")
-            log.exception("%s crashed", self.name)
+            self.error = _ended_by(self.name, lambda: self._loop(reader, slots, inflight))
         finally:
             self.camera.slot.unregister(reader)
             for slot in slots.values():
@@ -465,13 +460,7 @@ class BatchedLane:
         slots: dict[Engine, Slot] = {}
         inflight: collections.deque[_Batch] = collections.deque()
         try:
-            self._loop(slots, inflight)
-        except EdgeError as exc:
-            self.error = exc
-            log.error("%s failed: %s", self.name, exc)
-        except Exception as exc:  # a bug must end the service (exit 1 -> restart), not leave a silent dead lane
-            self.error = EdgeError(f"lane {self.name} crashed: {exc!r}")
-            log.exception("%s crashed", self.name)
+            self.error = _ended_by(self.name, lambda: self._loop(slots, inflight))
         finally:
             self._close(slots)
 
@@ -599,6 +588,20 @@ class BatchedLane:
             ready, due_ns = self._state(now)
             wait_ns = 0 if ready else self._gather_wait_ns() if due_ns is None else due_ns - now
         return wait_ns / 1e9
+
+
+def _ended_by(name: str, loop: Callable[[], None]) -> EdgeError | None:
+    """Run a lane's loop: None when it returns, else the error that ended it, logged. A bug ends the lane with an
+    EdgeError too, so the service exits 1 and systemd restarts it, rather than leaving a silent dead lane."""
+    try:
+        loop()
+    except EdgeError as exc:
+        log.error("%s failed: %s", name, exc)
+        return exc
+    except Exception as exc:
+        log.exception("%s crashed", name)
+        return EdgeError(f"lane {name} crashed: {exc!r}")
+    return None
 
 
 def _joined(thread: threading.Thread, timeout: float, name: str) -> bool:
