@@ -52,7 +52,8 @@ def plan(old: Config, new: Config, running: set[str]) -> ReloadPlan:
     changed_cameras = {cid for cid, camera in new_cameras.items() if old_cameras.get(cid) not in (None, camera)}
     old_tasks = {task.name: task for task in old.tasks}
     wanted = {task.name: task for task in new.tasks if task.enabled}
-    stop, start, keep = [], [], []
+    stop: list[str] = []
+    keep: list[str] = []
     for name in sorted(running):
         task = wanted.get(name)
         if task is None or task != old_tasks.get(name) or changed_cameras & set(task.cameras):
