@@ -567,18 +567,30 @@ def test_an_unhealthy_daemon_rolls_back(env1: Env, daemon: tuple[StandIn, str], 
     assert install.rollback(root=e.root, trusted_dir=e.trusted, activation=NO_HEALTH, force=True).slot == "b"
 
 
-def test_a_hangup_during_the_health_check_switches_back(env1: Env, daemon: tuple[StandIn, str]) -> None:
-    """The terminal (or an ssh -t) goes while the install waits for the daemon: SIGHUP ends it through the switch
-    back, never with `current` left on a bundle nobody checked."""
-    e, (stand_in, endpoint) = env1, daemon
-    stand_in.mode = "stuck"
-    before = e.snapshot()
+def _install_waiting_on(e: Env, stand_in: StandIn, endpoint: str) -> subprocess.Popen[str]:
+    """`edge bundle install` of bundle 2.0 as a process, once it has switched to slot b and asked the daemon for its
+    health (killed if it does not get there)."""
     proc = subprocess.Popen(edge_cmd("bundle", "install", str(e.bundle("2.0")), "--root", str(e.root), "--keys",
                                      str(e.trusted), "--control", endpoint, "--health-timeout", "60"),
                             env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         wait_for(lambda: os.readlink(e.root / "current") == "b" and stand_in.asked, timeout=30,
                  what="the install to switch and ask the daemon")
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return proc
+
+
+def test_a_hangup_during_the_health_check_switches_back(env1: Env, daemon: tuple[StandIn, str]) -> None:
+    """The terminal (or an ssh -t) goes while the install waits for the daemon: SIGHUP ends it through the switch
+    back, never with `current` left on a bundle nobody checked."""
+    e, (stand_in, endpoint) = env1, daemon
+    stand_in.mode = "stuck"
+    before = e.snapshot()
+    proc = _install_waiting_on(e, stand_in, endpoint)
+    try:
         proc.send_signal(signal.SIGHUP)
         proc.communicate(timeout=30)
     finally:
@@ -596,15 +608,9 @@ def test_a_kill_during_the_health_check_is_flagged_by_list(env1: Env, daemon: tu
     e, (stand_in, endpoint) = env1, daemon
     stand_in.mode = "stuck"
     before = e.snapshot()
-    proc = subprocess.Popen(edge_cmd("bundle", "install", str(e.bundle("2.0")), "--root", str(e.root), "--keys",
-                                     str(e.trusted), "--control", endpoint, "--health-timeout", "60"),
-                            env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: os.readlink(e.root / "current") == "b" and stand_in.asked, timeout=30,
-                 what="the install to switch and ask the daemon")
-    finally:
-        proc.kill()
-        proc.communicate()
+    proc = _install_waiting_on(e, stand_in, endpoint)
+    proc.kill()
+    proc.communicate()
     notes = install.list_slots(e.root)["notes"]
     assert any("slot b is current but its health was never checked" in note for note in notes)
     assert install.rollback(root=e.root, trusted_dir=e.trusted, activation=NO_HEALTH).slot == "a"
