@@ -11,6 +11,10 @@ class EdgeError(Exception):
         self.hint = hint
         super().__init__(self.render())
 
+    def summary(self) -> str:
+        """One line for a list of reasons: what happened, with the values in parentheses."""
+        return f"{self.what} ({self.note})" if self.note else self.what
+
     def render(self) -> str:
         parts = [self.what]
         if self.note:

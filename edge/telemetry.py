@@ -766,7 +766,7 @@ def _sysfs_with_zone(root: Path, clock: Clock) -> Reader:
 
 
 def _one_line(exc: EdgeError) -> str:
-    return " ".join(f"{exc.what} ({exc.note})".split()) if exc.note else exc.what
+    return " ".join(exc.summary().split()) if exc.note else exc.what
 
 
 def _auto(root: Path, clock: Clock) -> Reader:

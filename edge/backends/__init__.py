@@ -81,7 +81,7 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
         try:
             choice = bundle.resolve(manifest, precision, device=device, allow_onnx=allow_onnx)
         except EngineError as exc:
-            unavailable[precision] = f"{exc.what} ({exc.note})" if exc.note else exc.what
+            unavailable[precision] = exc.summary()
             continue
         for reason in choice.rejected:
             log.info("task %s: not using %s", task.name, reason)

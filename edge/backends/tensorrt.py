@@ -223,7 +223,7 @@ def frames_unfit(spec: TensorSpec) -> str | None:
     try:
         output_geometry(spec.shape, spec.dtype)
     except EngineError as exc:
-        return f"{exc.what} ({exc.note})"
+        return exc.summary()
     return None
 
 
@@ -553,7 +553,7 @@ class TrtSlot(Slot):
         try:
             lane.graph = cuda.Graph.capture(lane.stream, lambda: self._enqueue_on_lane(frame, upload, addresses))
         except EngineError as exc:
-            self.graph_problem = f"{exc.what}{f' ({exc.note})' if exc.note else ''}"
+            self.graph_problem = exc.summary()
             log.warning("%s slot %s | CUDA graph capture failed, running without graphs: %s", self.engine.name,
                         self.name, self.graph_problem)
             return
