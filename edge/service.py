@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__, backends, peers, protocol, reload
-from edge.config import Config, TaskConfig
+from edge.config import Config, SupervisorSection, TaskConfig
 from edge.control import ControlServer
 from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
@@ -83,10 +83,7 @@ class Service:
         for task in enabled:
             self._load(task, total_lanes)
         if self.config.supervisor.enabled:
-            reader = open_telemetry(self.config.supervisor.telemetry, self.publisher.event)
-            self.governor = Governor(self.config.supervisor, reader, self.publisher.publish, self.publisher.event)
-            for runtime in self.tasks.values():
-                self.governor.add(runtime)
+            self.governor = self._governor(self.config.supervisor)
         if self.wait_subscriber_s > 0 and not self._wait_for_subscriber(stop):
             if stop.is_set():
                 log.info("stopping while waiting for the first subscriber")
@@ -357,6 +354,14 @@ class Service:
             setup_logging(new.logging.level)
         return change.describe()
 
+    def _governor(self, section: SupervisorSection) -> Governor:
+        """A supervisor on `section`'s telemetry, deciding for every loaded task (not started yet)."""
+        governor = Governor(section, open_telemetry(section.telemetry, self.publisher.event), self.publisher.publish,
+                            self.publisher.event)
+        for runtime in self.tasks.values():
+            governor.add(runtime)
+        return governor
+
     def _reconfigure_supervisor(self, new: Config) -> None:
         """New thresholds go to the running governor; a new telemetry source, or the supervisor turned on or off,
         replaces it (the tasks keep their variants until the new one decides)."""
@@ -368,10 +373,7 @@ class Service:
             governor.stop(STOP_TIMEOUT_S)
             self.governor = None
         if section.enabled:
-            reader = open_telemetry(section.telemetry, self.publisher.event)
-            self.governor = Governor(section, reader, self.publisher.publish, self.publisher.event)
-            for runtime in self.tasks.values():
-                self.governor.add(runtime)
+            self.governor = self._governor(section)
             self.governor.start()
 
     def _peers(self) -> dict[str, int]:

@@ -242,3 +242,20 @@ def systemd(tmp_path: Path) -> Iterator[Systemd]:
     manager = Systemd(tmp_path / "notify.sock")
     yield manager
     manager.close()
+
+
+def test_turning_the_supervisor_off_and_on_replaces_it_and_the_tasks_run_on(demo: Any, tmp_path: Path,
+                                                                             running: Running) -> None:
+    _processing(running, "a")
+    lanes = {task: running.lane(task) for task in ("a", "b")}
+    first = running.service.governor
+    good = running.path.read_text()
+    running.path.write_text(good.replace("  telemetry: none", "  enabled: false\n  telemetry: none"))
+    assert running.service.reload() == {"changes": "keep: a, b; supervisor settings"}
+    assert running.service.governor is None and running.service.status()["supervisor"] is None
+    running.path.write_text(good)
+    assert running.service.reload() == {"changes": "keep: a, b; supervisor settings"}
+    second = running.service.governor
+    assert second is not None and second is not first and set(second._runtimes) == {"a", "b"}
+    wait_for(lambda: second.sample is not None, 10, "the new supervisor's first telemetry sample")   # it runs
+    assert {task: running.lane(task) for task in ("a", "b")} == lanes
