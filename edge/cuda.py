@@ -1,6 +1,7 @@
 """The only module that imports pycuda: the device's primary context (pushed and popped by each
 thread that uses it; never pycuda.autoinit), streams, events, pinned host and device buffers; and CUDA
-graphs, through cuda-bindings' runtime API on pycuda's stream handles (pycuda has no capture API).
+graphs, through cuda-bindings' driver API (cuda.bindings.driver) on pycuda's stream handles (pycuda has no
+capture API): it needs only libcuda.so.1, the driver library pycuda uses, never the CUDA runtime.
 
 Rules (../reference notes, tested on an H100): retaining the primary context does not make it
 current; every thread pushes it around its CUDA calls and pops it after; buffers are freed
@@ -265,14 +266,19 @@ GRAPH_HINT = ("set cuda_graph: false for this task; on a Jetson scripts/setup.sh
               " CUDA major version (pip install 'cuda-bindings==12.*' on JetPack 6, '==13.*' on JetPack 7)")
 
 
-def _runtime() -> Any:
-    """cuda.bindings.runtime; EngineError where cuda-bindings is missing."""
+def _driver_api() -> Any:
+    """cuda.bindings.driver; EngineError where cuda-bindings (or its cuda-pathfinder) is missing.
+
+    Its calls return tuples, (CUresult,) or (CUresult, handle), with None for the handle after an error; it
+    opens libcuda.so.1 on its first call (cuda-bindings 12.9.10: cuda/bindings/_internal/driver_linux.pyx,
+    through cuda.pathfinder, which finds the copy pycuda already loaded). Unlike the runtime, the driver
+    API keeps no last error to clear after a failed call."""
     try:
-        from cuda.bindings import runtime
+        from cuda.bindings import driver as api
     except ImportError as exc:
-        raise EngineError("CUDA graphs need cuda-bindings, and `import cuda.bindings.runtime` failed",
+        raise EngineError("CUDA graphs need cuda-bindings, and `import cuda.bindings.driver` failed",
                           note=str(exc), hint=GRAPH_HINT) from exc
-    return runtime
+    return api
 
 
 class Graph:
@@ -284,54 +290,46 @@ class Graph:
     buffer when the graph runs. Run the same work once without capture first (TensorRT allocates on its
     first enqueue), and synchronize. Capture and launch with the context current; `free()` likewise."""
 
-    def __init__(self, runtime: Any, executable: Any) -> None:
-        self._runtime = runtime
+    def __init__(self, api: Any, executable: Any) -> None:
+        self._api = api
         self._executable = executable
 
     @classmethod
     def capture(cls, stream: Stream, enqueue: Callable[[], None]) -> Graph:
-        """The graph of `enqueue()` on `stream`; EngineError (capture ended, error cleared) where CUDA or the
-        enqueued work refuses capture. An exception from `enqueue` ends the capture and propagates."""
-        runtime = _runtime()
-        success = runtime.cudaError_t.cudaSuccess
-        mode = runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        error, = runtime.cudaStreamBeginCapture(stream.handle, mode)
+        """The graph of `enqueue()` on `stream`; EngineError (capture ended) where CUDA or the enqueued work
+        refuses capture. An exception from `enqueue` ends the capture and propagates."""
+        api = _driver_api()
+        success = api.CUresult.CUDA_SUCCESS
+        error, = api.cuStreamBeginCapture(stream.handle, api.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
         if error != success:
             raise EngineError(f"CUDA refused to start a graph capture: {error.name}", hint=GRAPH_HINT)
         try:
             enqueue()
         except BaseException:
-            cls._discard(runtime, *runtime.cudaStreamEndCapture(stream.handle))
+            _, graph = api.cuStreamEndCapture(stream.handle)
+            if graph is not None:
+                api.cuGraphDestroy(graph)
             raise
-        error, graph = runtime.cudaStreamEndCapture(stream.handle)
-        if error != success:
-            cls._discard(runtime, error, graph)
+        error, graph = api.cuStreamEndCapture(stream.handle)
+        if error != success:                        # an invalidated capture returns no graph
             raise EngineError(f"CUDA graph capture failed: {error.name}",
                               note="some work enqueued during capture cannot run in a graph", hint=GRAPH_HINT)
         try:
-            error, executable = runtime.cudaGraphInstantiate(graph, 0)
+            error, executable = api.cuGraphInstantiate(graph, 0)
         finally:
-            runtime.cudaGraphDestroy(graph)
+            api.cuGraphDestroy(graph)
         if error != success:
-            runtime.cudaGetLastError()
             raise EngineError(f"CUDA could not instantiate the captured graph: {error.name}", hint=GRAPH_HINT)
-        return cls(runtime, executable)
-
-    @staticmethod
-    def _discard(runtime: Any, error: Any, graph: Any) -> None:
-        """After a capture that failed: destroy what it made, and clear its error (not the next call's)."""
-        if graph is not None and int(graph):
-            runtime.cudaGraphDestroy(graph)
-        runtime.cudaGetLastError()
+        return cls(api, executable)
 
     def launch(self, stream: Stream) -> None:
         """Enqueue the whole graph on `stream`; returns at once."""
-        error, = self._runtime.cudaGraphLaunch(self._executable, stream.handle)
-        if error != self._runtime.cudaError_t.cudaSuccess:
-            raise EngineError(f"cudaGraphLaunch failed: {error.name}", hint=GRAPH_HINT)
+        error, = self._api.cuGraphLaunch(self._executable, stream.handle)
+        if error != self._api.CUresult.CUDA_SUCCESS:
+            raise EngineError(f"cuGraphLaunch failed: {error.name}", hint=GRAPH_HINT)
 
     def free(self) -> None:
         """Destroy the executable graph now, while the context is current; a second call does nothing."""
         if self._executable is not None:
-            self._runtime.cudaGraphExecDestroy(self._executable)
+            self._api.cuGraphExecDestroy(self._executable)
             self._executable = None

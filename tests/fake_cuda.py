@@ -9,23 +9,28 @@ ledger `hold`s them: then they stay unfinished until `finish()` (or a synchroniz
 host wait on one without a timeout fails the test instead of hanging. `trace` lists what was enqueued
 on which stream, in order. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes are settable.
 
-CUDA graphs: while `Graph.capture` runs its callable, the work enqueued on the capturing stream is kept,
-not run (as CUDA's stream capture does); `launch` runs it again, and a captured copy reads its host buffer
-at launch. `fail_capture` makes the next captures end with the error CUDA gives for work that cannot be
-captured (after the callable ran, as a real capture does).
+CUDA graphs: edge.cuda.Graph itself runs, on a stand-in of the part of cuda-bindings' `cuda.bindings.driver`
+it calls (the only cuda-bindings module the stand-in has: `cuda.bindings.runtime` cannot be imported). It
+follows the bindings' conventions (cuda-bindings 12.9.10, cuda/bindings/driver.pyx, the same in 13.x): each
+call returns a tuple, (CUresult,) or (CUresult, handle), the handle None after an error. While a stream
+captures, the work enqueued on it is kept, not run (as CUDA's stream capture does); a launch of the
+instantiated graph runs it again, and a captured copy reads its host buffer at launch. `fail_capture` makes
+the next captures end as CUDA ends one that work which cannot be captured invalidated (after the callable
+ran): cuStreamEndCapture returns CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and no graph.
 """
 from __future__ import annotations
 
 import contextlib
+import enum
 import itertools
+import sys
 from collections.abc import Callable, Iterator
-from types import SimpleNamespace
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 
-from edge import cuda
 from edge.errors import EngineError
 
 ledger: Ledger
@@ -43,7 +48,8 @@ class Ledger:
         self.trace: list[tuple[Any, ...]] = []
         self.memory: dict[int, np.ndarray] = {}
         self.fail_capture = False
-        self.captures = 0                       # graphs captured so far
+        self.captures = 0                       # graphs instantiated so far
+        self.capture_modes: list[CUstreamCaptureMode] = []     # the mode of each capture begun
         self._capturing: tuple[int, list[Callable[[], None]]] | None = None    # (stream handle, kept work)
         self._unfinished: list[Event] = []
         self._handles = itertools.count(1)
@@ -54,6 +60,11 @@ class Ledger:
         self.allocations += 1
         if self.allocations == self.fail_at:
             raise MemoryError(f"cuMemAlloc failed: out of memory (stand-in, allocation {self.allocations}: {kind})")
+        self.live[id(thing)] = kind
+
+    def keep(self, thing: Any, kind: str) -> None:
+        """Hold a CUDA graph object: made by a call that returns a CUresult, so `fail_at` does not fail it."""
+        self._check_current(f"making a {kind}")
         self.live[id(thing)] = kind
 
     def give(self, thing: Any, *, current: bool = True) -> None:
@@ -243,38 +254,113 @@ class Kernel:
         ledger.give(self)
 
 
-class Graph:
-    """edge.cuda.Graph: the work enqueued on the stream while `capture` runs, run again by each `launch`."""
+# --- cuda.bindings.driver: the calls edge.cuda.Graph makes -----------------------------------------------------
+# Signatures, return tuples and values as cuda-bindings 12.9.10 has them (cuda/bindings/driver.pyx: def
+# cuStreamBeginCapture(hStream, mode), cuStreamEndCapture(hStream), cuGraphInstantiate(hGraph, unsigned long long
+# flags) (CUDA 12's cuGraphInstantiateWithFlags), cuGraphLaunch(hGraphExec, hStream), cuGraphExecDestroy(hGraphExec),
+# cuGraphDestroy(hGraph); class CUresult, class CUstreamCaptureMode); the rules of capture are those of the CUDA
+# Driver API reference (cuStreamBeginCapture: not on a stream that already captures; cuStreamEndCapture: "If capture
+# was invalidated, due to a violation of the rules of stream capture, then a NULL graph will be returned").
+
+class CUresult(enum.IntEnum):
+    CUDA_SUCCESS = 0
+    CUDA_ERROR_INVALID_VALUE = 1
+    CUDA_ERROR_ILLEGAL_STATE = 401
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901
+
+
+class CUstreamCaptureMode(enum.IntEnum):
+    CU_STREAM_CAPTURE_MODE_GLOBAL = 0
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1
+    CU_STREAM_CAPTURE_MODE_RELAXED = 2
+
+
+class CUgraph:
+    """A captured graph: the work kept while its stream captured."""
 
     def __init__(self, work: list[Callable[[], None]]) -> None:
-        ledger.take(self, "graph")
-        self._work = work
+        self.work = work
 
-    @classmethod
-    def capture(cls, stream: Stream, enqueue: Callable[[], None]) -> Graph:
-        ledger._check_current("capturing a CUDA graph")
-        if ledger._capturing is not None:
-            raise AssertionError("a capture began while another one runs")
-        ledger._capturing = (stream.handle, [])
-        try:
-            enqueue()
-        finally:
-            _, work = ledger._capturing
-            ledger._capturing = None
-        if ledger.fail_capture:
-            raise EngineError("CUDA graph capture failed: cudaErrorStreamCaptureUnsupported",
-                              note="some work enqueued during capture cannot run in a graph", hint=cuda.GRAPH_HINT)
-        ledger.captures += 1
-        return cls(work)
 
-    def launch(self, stream: Stream) -> None:
-        ledger._check_current("launching a CUDA graph")
-        ledger.trace.append(("graph", stream.handle))
-        for work in self._work:
-            work()
+class CUgraphExec:
+    """An executable graph, instantiated from a CUgraph (which may then be destroyed)."""
 
-    def free(self) -> None:
-        ledger.give(self)
+    def __init__(self, work: list[Callable[[], None]]) -> None:
+        self.work = list(work)
+
+
+def _live(handle: Any, kind: type) -> bool:
+    return isinstance(handle, kind) and id(handle) in ledger.live
+
+
+def cuStreamBeginCapture(hStream: Any, mode: Any) -> tuple[CUresult]:
+    ledger._check_current("capturing a CUDA graph")
+    stream = int(hStream)
+    if ledger._capturing is not None:
+        if ledger._capturing[0] == stream:
+            return (CUresult.CUDA_ERROR_ILLEGAL_STATE,)
+        raise AssertionError("the stand-in keeps one capture at a time")
+    ledger.capture_modes.append(CUstreamCaptureMode(int(mode)))
+    ledger._capturing = (stream, [])
+    return (CUresult.CUDA_SUCCESS,)
+
+
+def cuStreamEndCapture(hStream: Any) -> tuple[CUresult, CUgraph | None]:
+    if ledger._capturing is None or ledger._capturing[0] != int(hStream):
+        return (CUresult.CUDA_ERROR_ILLEGAL_STATE, None)
+    _, work = ledger._capturing
+    ledger._capturing = None
+    if ledger.fail_capture:
+        return (CUresult.CUDA_ERROR_STREAM_CAPTURE_INVALIDATED, None)
+    graph = CUgraph(work)
+    ledger.keep(graph, "captured graph")
+    return (CUresult.CUDA_SUCCESS, graph)
+
+
+def cuGraphInstantiate(hGraph: Any, flags: int) -> tuple[CUresult, CUgraphExec | None]:
+    if not isinstance(flags, int):
+        raise TypeError("an integer is required")             # Cython's unsigned long long argument
+    if not _live(hGraph, CUgraph):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE, None)
+    executable = CUgraphExec(hGraph.work)
+    ledger.keep(executable, "graph")
+    ledger.captures += 1
+    return (CUresult.CUDA_SUCCESS, executable)
+
+
+def cuGraphLaunch(hGraphExec: Any, hStream: Any) -> tuple[CUresult]:
+    ledger._check_current("launching a CUDA graph")
+    if not _live(hGraphExec, CUgraphExec):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    ledger.trace.append(("graph", int(hStream)))
+    for work in hGraphExec.work:
+        work()
+    return (CUresult.CUDA_SUCCESS,)
+
+
+def cuGraphExecDestroy(hGraphExec: Any) -> tuple[CUresult]:
+    if not _live(hGraphExec, CUgraphExec):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    ledger.give(hGraphExec)
+    return (CUresult.CUDA_SUCCESS,)
+
+
+def cuGraphDestroy(hGraph: Any) -> tuple[CUresult]:
+    if not _live(hGraph, CUgraph):
+        return (CUresult.CUDA_ERROR_INVALID_VALUE,)
+    ledger.give(hGraph)
+    return (CUresult.CUDA_SUCCESS,)
+
+
+def _module(name: str, **attributes: Any) -> ModuleType:
+    module = ModuleType(name)
+    module.__dict__.update(attributes)
+    return module
+
+
+DRIVER_API = _module("cuda.bindings.driver", **{name: globals()[name] for name in (
+    "CUresult", "CUstreamCaptureMode", "CUgraph", "CUgraphExec", "cuStreamBeginCapture", "cuStreamEndCapture",
+    "cuGraphInstantiate", "cuGraphLaunch", "cuGraphExecDestroy", "cuGraphDestroy")})
 
 
 class _Device:
@@ -293,8 +379,8 @@ _DRIVER = SimpleNamespace(Device=_Device, device_attribute=SimpleNamespace(
 
 
 def install(monkeypatch: pytest.MonkeyPatch) -> Ledger:
-    """Put the stand-in in place of edge.cuda's classes (and the stand-in TensorRT's compute) for one test;
-    the ledger already in place when it is."""
+    """Put the stand-in in place of edge.cuda's classes, of cuda-bindings (its driver API only) and of the
+    stand-in TensorRT's compute, for one test; the ledger already in place when it is."""
     global ledger
     from edge import cuda
 
@@ -302,7 +388,11 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Ledger:
         return ledger
     ledger = Ledger()
     monkeypatch.setattr("edge.cuda.driver", lambda: _DRIVER)
-    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel", "Graph"):
+    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel"):
         monkeypatch.setattr(f"edge.cuda.{name}", globals()[name])
+    bindings = _module("cuda.bindings", __path__=[], driver=DRIVER_API)          # packages, as cuda-bindings has
+    for name, module in (("cuda", _module("cuda", __path__=[], bindings=bindings)), ("cuda.bindings", bindings),
+                         ("cuda.bindings.driver", DRIVER_API), ("cuda.bindings.runtime", None)):
+        monkeypatch.setitem(sys.modules, name, module)        # None: importing cuda.bindings.runtime fails
     monkeypatch.setattr("tests.fake_tensorrt.device_copy", ledger.copy)
     return ledger

@@ -947,6 +947,88 @@ def test_in_graph_mode_a_frame_is_one_graph_launch_on_its_records_own_stream(
     assert cuda_stand_in.live == {}
 
 
+def test_cuda_graphs_need_only_the_driver_api_of_cuda_bindings(cuda_stand_in: fake_cuda.Ledger) -> None:
+    """Issue 16, item 8: PyPI's aarch64 cuda-bindings 12.9+ link an SBSA build of cudart into cuda.bindings.runtime,
+    which L4T cannot use, while cuda.bindings.driver opens only libcuda.so.1. edge.cuda.Graph captures, launches and
+    frees through the driver API alone (the stand-in has no cuda.bindings.runtime), in thread-local mode as trtexec
+    does, destroys the captured graph once it is instantiated, and its launches read the host buffer as it is then."""
+    context = cuda.Context(0)
+    with context.current():
+        stream, device = cuda.Stream(), cuda.DeviceBuffer(16)
+        host, back = cuda.HostBuffer((4,), np.float32), cuda.HostBuffer((4,), np.float32)
+
+        def work() -> None:
+            device.upload(host.array, stream)
+            device.download(back.array, stream)
+        host.array[:] = 1.0
+        graph = cuda.Graph.capture(stream, work)
+        assert (back.array == 0).all()                                     # captured, not run
+        assert cuda_stand_in.capture_modes == [fake_cuda.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL]
+        assert cuda_stand_in.kinds()["graph"] == 1 and "captured graph" not in cuda_stand_in.kinds()
+        for value in (2.0, 3.0):
+            host.array[:] = value
+            graph.launch(stream)
+            assert (back.array == value).all()
+        graph.free()
+        graph.free()
+        assert "graph" not in cuda_stand_in.kinds()
+        for item in (device, host, back, stream):
+            item.free()
+    context.detach()
+    assert cuda_stand_in.live == {}
+
+
+def test_no_module_of_edge_imports_the_cuda_runtime_bindings() -> None:
+    """What edge does with CUDA needs libcuda.so.1 alone on the board (pycuda, and cuda-bindings' driver API for
+    graphs): no module imports cuda.bindings.runtime (or its old name cuda.cudart)."""
+    import ast
+
+    import edge
+
+    root = Path(edge.__file__).parent
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            found += [f"{path.relative_to(root)}: {name}" for name in names
+                      if name.startswith(("cuda.bindings.runtime", "cuda.bindings.cyruntime", "cuda.cudart"))]
+    assert found == []
+
+
+def test_a_capture_cuda_refuses_ends_and_leaves_nothing_behind(cuda_stand_in: fake_cuda.Ledger) -> None:
+    """Work that invalidates the capture (cuStreamEndCapture: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED and no graph), a
+    capture begun on a stream that already captures (CUDA_ERROR_ILLEGAL_STATE) and an exception from the callable
+    each end the capture with nothing held; the first two are an EngineError naming the CUresult, the last
+    propagates; the stream captures again afterwards."""
+    context = cuda.Context(0)
+    with context.current():
+        stream = cuda.Stream()
+        held = dict(cuda_stand_in.live)
+        cuda_stand_in.fail_capture = True
+        with pytest.raises(EngineError, match="capture failed: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED") as info:
+            cuda.Graph.capture(stream, lambda: None)
+        assert info.value.hint == cuda.GRAPH_HINT and cuda_stand_in.live == held
+        cuda_stand_in.fail_capture = False
+        with pytest.raises(EngineError, match="refused to start a graph capture: CUDA_ERROR_ILLEGAL_STATE"):
+            cuda.Graph.capture(stream, lambda: cuda.Graph.capture(stream, lambda: None))
+        assert cuda_stand_in.live == held
+
+        def failing() -> None:
+            raise ValueError("enqueue failed")
+        with pytest.raises(ValueError, match="enqueue failed"):
+            cuda.Graph.capture(stream, failing)
+        assert cuda_stand_in.live == held
+        cuda.Graph.capture(stream, lambda: None).free()
+        assert cuda_stand_in.live == held and cuda_stand_in.captures == 1
+        stream.free()
+    context.detach()
+
+
 def test_in_graph_mode_a_new_frame_size_is_captured_again(trt, cuda_stand_in: fake_cuda.Ledger,
                                                           tmp_path: Path) -> None:
     from edge.preprocess import Letterbox
@@ -974,7 +1056,7 @@ def test_a_capture_that_fails_leaves_the_slot_running_without_graphs(trt, cuda_s
             buf = slot.input()
             buf[...] = value
             assert (slot.submit(buf).wait(0)["out0"] == value).all()
-        assert "cudaErrorStreamCaptureUnsupported" in slot.graph_problem
+        assert "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" in slot.graph_problem
         assert cuda_stand_in.captures == 0 and "graph" not in cuda_stand_in.kinds()
         assert "graph" not in [entry[0] for entry in cuda_stand_in.trace]
         warnings = [r for r in caplog.records if "CUDA graph capture failed" in r.getMessage()]
