@@ -214,7 +214,7 @@ def _cuda_graph() -> Check:
                 launch_us = statistics.median(_timed(lambda: graph.launch(stream)) for _ in range(50)) * 1e3
                 stream.synchronize()
             except EngineError as exc:
-                return Check("cuda graphs", SKIP, f"{exc.what}. Hint: {exc.hint}")
+                return Check("cuda graphs", SKIP, f"{exc.summary()}. Hint: {exc.hint}")
             finally:
                 stream.synchronize()
                 for item in (graph, letterbox, out, host, stream):

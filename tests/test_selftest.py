@@ -54,6 +54,26 @@ def test_selftest_reports_what_the_supervisor_will_read(tmp_path, monkeypatch) -
     assert selftest._telemetry(tmp_path / "empty").status == "skip"
 
 
+def test_without_cuda_bindings_the_cuda_graphs_line_says_what_failed_and_how_to_install_it(monkeypatch) -> None:
+    """Where `import cuda.bindings.driver` fails (cuda-bindings, or its cuda-pathfinder, not installed), the line is
+    a skip naming the module, the import error and the pip line for the board's CUDA; what runs before the capture
+    (context, letterbox kernel, buffers) is tests/fake_cuda.py here, and all of it is freed."""
+    import sys
+
+    from edge import selftest
+    from tests import fake_cuda
+
+    ledger = fake_cuda.install(monkeypatch)
+    for name in ("cuda", "cuda.bindings", "cuda.bindings.driver"):
+        monkeypatch.setitem(sys.modules, name, None)                # no cuda-bindings
+    check = selftest._cuda_graph()
+    assert check.status == "skip", check.detail
+    assert check.detail.startswith("CUDA graphs need cuda-bindings, and `import cuda.bindings.driver` failed (import"
+                                   " of cuda.bindings halted; None in sys.modules). Hint: set cuda_graph: false")
+    assert "pip install 'cuda-bindings==12.*' on JetPack 6" in check.detail
+    assert ledger.live == {}
+
+
 @pytest.mark.gpu
 def test_selftest_reports_the_gpu() -> None:
     """On a GPU machine: the device, whether it is integrated, the pinned upload bandwidth, and the
