@@ -5,9 +5,12 @@ cuMemcpyAsync; with COMPUTE_NS it first spins that long, a slow engine for the o
 from __future__ import annotations
 
 import collections
+import inspect
+import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -362,7 +365,7 @@ def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
         trt, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An engine whose enqueue synchronizes its stream (illegal while capturing) fails the capture on real CUDA:
     the slot says why, logs it, and computes every frame right without graphs."""
-    from cuda.bindings import runtime
+    from cuda.bindings import driver
     from onnx import TensorProto
 
     from edge.backends.tensorrt import TensorRTEngine
@@ -370,7 +373,7 @@ def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
     enqueue = trt.IExecutionContext.execute_async_v3
 
     def synchronizing(self: Any, stream_handle: int) -> bool:
-        runtime.cudaStreamSynchronize(stream_handle)
+        driver.cuStreamSynchronize(stream_handle)
         return enqueue(self, stream_handle)
 
     monkeypatch.setattr(trt.IExecutionContext, "execute_async_v3", synchronizing)
@@ -384,6 +387,85 @@ def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
             assert (slot.submit(buf).wait(10)["out0"] == value).all()
         assert slot.graph_problem                       # the capture's error, or the enqueue refused in it
         assert all(f.lane.graph is None for f in slot.frames)
+
+
+GRAPHS_WITHOUT_RUNTIME = """
+import re, sys
+sys.modules["cuda.bindings.runtime"] = None                  # None: any import of it fails
+from edge import selftest
+check = selftest._cuda_graph()
+loaded = re.findall(r"\\S*cuda/bindings/\\S*runtime\\S*|\\S*libcudart\\S*", open("/proc/self/maps").read())
+print(check.status, check.detail, sorted(set(loaded)), sep="\\n")
+"""
+
+
+def test_cuda_graphs_run_with_the_cuda_runtime_bindings_unimportable() -> None:
+    """Issue 16, item 8, on real CUDA: in a process where cuda.bindings.runtime cannot be imported, selftest's graph
+    (upload, letterbox kernel, download) is captured and launched through cuda.bindings.driver and equals the CPU
+    letterbox, and no CUDA runtime library (cuda-bindings' runtime modules, libcudart) was ever loaded."""
+    result = subprocess.run([sys.executable, "-c", GRAPHS_WITHOUT_RUNTIME], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    status, detail, loaded = result.stdout.splitlines()[-3:]
+    assert status == "ok" and "max abs difference 0 " in detail, detail
+    assert loaded == "[]"
+
+
+def _driver_answers(api: Any, stream: int, work: Callable[[], None], invalidate: Callable[[], None]) -> list[tuple]:
+    """What `api` (cuda.bindings.driver or tests/fake_cuda.py's) returns, as CUresult names and handle type names,
+    for: ending a capture on a stream that does not capture, a capture of `work` begun twice, ended, instantiated,
+    destroyed, launched and destroyed, then a capture that `invalidate()` breaks."""
+    def names(answer: tuple) -> tuple:
+        return tuple(item if item is None else item.name if isinstance(item, api.CUresult)
+                     else type(item).__name__ for item in answer)
+    mode = api.CUstreamCaptureMode.CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+    answers = [api.cuStreamEndCapture(stream), api.cuStreamBeginCapture(stream, mode),
+               api.cuStreamBeginCapture(stream, mode)]
+    work()
+    answers.append(api.cuStreamEndCapture(stream))
+    answers.append(api.cuGraphInstantiate(answers[-1][1], 0))
+    answers += [api.cuGraphDestroy(answers[-2][1]), api.cuGraphLaunch(answers[-1][1], stream),
+                api.cuGraphExecDestroy(answers[-1][1]), api.cuStreamBeginCapture(stream, mode)]
+    invalidate()
+    answers.append(api.cuStreamEndCapture(stream))
+    return [names(answer) for answer in answers]
+
+
+def test_the_driver_api_stand_in_answers_as_cuda_bindings_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tests/fake_cuda.py's cuda.bindings.driver (the CPU tier's) against the real one: the same enum values, the
+    same parameters, and on the same calls the same CUresults, handles, and None for a handle after an error (a
+    capture invalidated here by cuStreamSynchronize on the capturing stream, there by `fail_capture`)."""
+    from cuda.bindings import driver
+
+    from edge import cuda
+    from tests import fake_cuda
+
+    for kind in (fake_cuda.CUresult, fake_cuda.CUstreamCaptureMode):
+        real = getattr(driver, kind.__name__)
+        assert {m.name: m.value for m in kind} == {m.name: int(getattr(real, m.name)) for m in kind}
+    for name in ("cuStreamBeginCapture", "cuStreamEndCapture", "cuGraphInstantiate", "cuGraphLaunch",
+                 "cuGraphExecDestroy", "cuGraphDestroy"):
+        fake, real = getattr(fake_cuda, name), getattr(driver, name)
+        assert list(inspect.signature(fake).parameters) == list(inspect.signature(real).parameters), name
+    context = cuda.Context(0)
+    try:
+        with context.current():
+            stream, device = cuda.Stream(), cuda.DeviceBuffer(64)
+            try:
+                real = _driver_answers(driver, stream.handle,
+                                       lambda: driver.cuMemsetD8Async(device.pointer, 7, 64, stream.handle),
+                                       lambda: driver.cuStreamSynchronize(stream.handle))
+            finally:
+                stream.synchronize()
+                device.free()
+                stream.free()
+    finally:
+        context.detach()
+    ledger = fake_cuda.install(monkeypatch)
+    with fake_cuda.Context(0).current():
+        stand_in = _driver_answers(fake_cuda.DRIVER_API, fake_cuda.Stream().handle, lambda: None,
+                                   lambda: setattr(ledger, "fail_capture", True))
+    assert stand_in == real
 
 
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
