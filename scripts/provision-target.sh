@@ -36,6 +36,13 @@ run() {                                   # run a command, or print it with --dr
     echo "+ ${shown% }"
     (( dry_run )) || "$@"
 }
+write() {                                 # write FILE LINE...: write the lines to FILE, or print them with --dry-run
+    local file=$1
+    shift
+    echo "+ cat > $file <<'EOF'"
+    printf '%s\n' "$@" EOF
+    (( dry_run )) || printf '%s\n' "$@" > "$file"
+}
 
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
 tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}
@@ -43,6 +50,7 @@ tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}
 (( dry_run )) || (( EUID == 0 )) || die "run as root (sudo): it installs a system service and a user"
 [[ -z "$config" || -f "$config" ]] || die "no config file $config"
 unit=/etc/systemd/system/edge-runtime.service
+dropin=/etc/systemd/system/edge-runtime.service.d/jtop.conf
 edge="$prefix/.venv/bin/edge"
 
 echo "provision-target: installing edge from $source_dir into $prefix"
@@ -53,11 +61,17 @@ run install -m 0644 "$source_dir/systemd/edge-sysusers.conf" /usr/lib/sysusers.d
 run install -m 0644 "$source_dir/systemd/edge-tmpfiles.conf" /usr/lib/tmpfiles.d/edge.conf
 run systemd-sysusers /usr/lib/sysusers.d/edge.conf
 run systemd-tmpfiles --create /usr/lib/tmpfiles.d/edge.conf
+# The jtop group (jetson-stats' socket) goes into the unit through a drop-in, and only where it exists: a
+# SupplementaryGroups= group that does not exist fails the start (216/GROUP). A drop-in rather than `usermod -aG`:
+# the unit's groups are then written down in one place, whatever /etc/group and Group= say.
 if getent group jtop >/dev/null; then
-    run usermod -aG jtop edge
+    run install -d -m 0755 "$(dirname "$dropin")"
+    write "$dropin" "# scripts/provision-target.sh: this board has the jtop group (jetson-stats)" "[Service]" \
+        "SupplementaryGroups=jtop"
 else
     echo "provision-target: note: no jtop group (jetson-stats' service is not installed): the supervisor will" \
          "read sysfs instead. Hint: sudo pip3 install jetson-stats, then run this again"
+    run rm -f "$dropin"
 fi
 if [[ -n "$config" ]]; then
     run install -m 0640 -o root -g edge "$config" /etc/edge/config.yaml

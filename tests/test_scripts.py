@@ -69,20 +69,54 @@ def test_flash_checks_the_directory_and_the_board_first(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no directory" in missing.stderr
 
 
-def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
+def provision(tmp_path: Path, *args: str, jetson: bool = True, jtop: bool = False) -> subprocess.CompletedProcess[str]:
+    """provision-target.sh --dry-run on a stand-in Jetson (its release file), and a stand-in `getent` that knows
+    the jtop group or not (the board's group database, which this machine is not)."""
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.3\n")
-    result = script("provision-target.sh", "--prefix", "/opt/edge-test", "--config", str(ROOT / "systemd/config.yaml"),
-                    "--dry-run", EDGE_TEGRA_RELEASE=str(release))
+    if not jetson:
+        release = tmp_path / "no-such-file"      # never a real run: without a release file it stops at once
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "getent").write_text("#!/bin/sh\n" + ('[ "$1 $2" = "group jtop" ] && echo jtop:x:991: && exit 0\n'
+                                                       if jtop else "") + "exit 2\n")
+    (bin_dir / "getent").chmod(0o755)
+    return script("provision-target.sh", "--prefix", "/opt/edge-test", "--config", str(ROOT / "systemd/config.yaml"),
+                  *args, EDGE_TEGRA_RELEASE=str(release), PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+def steps(output: str) -> list[str]:
+    return [line[2:].split()[0] for line in output.splitlines() if line.startswith("+ ")]
+
+
+DROPIN = "/etc/systemd/system/edge-runtime.service.d/jtop.conf"
+
+
+def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
+    result = provision(tmp_path, "--dry-run")
     assert result.returncode == 0, result.stderr
-    steps = [line[2:].split()[0] for line in result.stdout.splitlines() if line.startswith("+ ")]
-    assert steps == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "install", "install", "systemd-sysusers",
-                     "systemd-tmpfiles", *(["usermod"] if "usermod" in result.stdout else []), "install", "install",
-                     "runuser", "sed", "systemctl", "systemctl", "systemctl", "runuser"]
+    assert steps(result.stdout) == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "install", "install",
+                                    "systemd-sysusers", "systemd-tmpfiles", "rm", "install", "install", "runuser",
+                                    "sed", "systemctl", "systemctl", "systemctl", "runuser"]
     assert "s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge#" in result.stdout
     assert "edge status --control ipc:///run/edge/control.sock" in result.stdout
 
 
+def test_provision_adds_the_jtop_group_by_a_drop_in_only_where_it_exists(tmp_path: Path) -> None:
+    """The unit names only video: a SupplementaryGroups= group that does not exist fails the start (216/GROUP,
+    systemd 249 src/core/execute.c); usermod's groups are not what the unit says (systemd#33654)."""
+    with_jtop = provision(tmp_path, "--dry-run", jtop=True)
+    assert with_jtop.returncode == 0, with_jtop.stderr
+    assert (f"+ install -d -m 0755 {Path(DROPIN).parent}\n+ cat > {DROPIN} <<'EOF'\n"
+            "# scripts/provision-target.sh: this board has the jtop group (jetson-stats)\n"
+            "[Service]\nSupplementaryGroups=jtop\nEOF\n") in with_jtop.stdout
+    without = provision(tmp_path, "--dry-run", jtop=False)
+    assert without.returncode == 0, without.stderr
+    assert f"+ rm -f {DROPIN}\n" in without.stdout and "no jtop group" in without.stdout
+    assert "SupplementaryGroups" not in without.stdout
+    assert "usermod" not in with_jtop.stdout + without.stdout
+
+
 def test_provision_refuses_a_pc(tmp_path: Path) -> None:
-    result = script("provision-target.sh", "--dry-run", EDGE_TEGRA_RELEASE=str(tmp_path / "none"))
+    result = provision(tmp_path, "--dry-run", jetson=False)
     assert result.returncode == 1 and "this is not a Jetson" in result.stderr

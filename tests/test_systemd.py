@@ -196,6 +196,8 @@ def test_the_units_exposure_stays_within_its_limit(tmp_path: Path) -> None:
 #   bpf_devices_allow_list_static); strict is the entries alone. Only auto without entries leaves /dev open.
 # - ProtectKernelLogs=yes only makes /dev/kmsg and /proc/kmsg inaccessible (src/core/namespace.c,
 #   protect_kernel_logs_table): no allow-list.
+# - src/core/execute.c, get_supplementary_groups(): a SupplementaryGroups= name that does not resolve fails the
+#   start with EXIT_GROUP (216/GROUP).
 # systemd 252 adds char-rtc only where a policy is set already (commit 63857bf4f7, "core: allow-list char-rtc with
 # ProtectClock=yes only if needed", systemd#18142), too late for JetPack 6.
 STATIC_NODES = ["/dev/null rwm", "/dev/zero rwm", "/dev/full rwm", "/dev/random rwm", "/dev/urandom rwm",
@@ -272,6 +274,11 @@ def test_the_service_sees_the_hosts_argus_socket() -> None:
     assert not enabled(settings, "PrivateTmp") and not enabled(settings, "DynamicUser")
     after = [value for key, value in unit_settings(UNIT.read_text(), "[Unit]") if key == "After"]
     assert any("nvargus-daemon.service" in value.split() for value in after)
+
+
+def test_the_unit_names_only_groups_every_jetpack_has() -> None:
+    """video only; jtop comes from provision's drop-in where that group exists (tests/test_scripts.py)."""
+    assert [value for key, value in unit_settings(UNIT.read_text()) if key == "SupplementaryGroups"] == ["video"]
 
 
 def test_the_example_config_is_valid() -> None:
