@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Provision a Jetson to run edge as a service: install this checkout under a prefix with its venv (system site
 # packages: JetPack's TensorRT and OpenCV), the edge user and its groups, the systemd unit, a config, the demo
-# engine repository; then enable and start the service and check it answers. Run on the board, as root.
-# --dry-run prints every command instead of running it.
+# engine repository, `edge` on PATH; then enable and start the service and check it answers. Run on the board, as
+# root. --dry-run prints every command instead of running it, on any machine (a preview off the board).
 set -euo pipefail
 
 usage() {
@@ -13,7 +13,7 @@ Usage: sudo scripts/provision-target.sh [--prefix DIR] [--config FILE] [--no-sta
   --config FILE  the config to install as /etc/edge/config.yaml (default: keep an existing one, else the
                  example systemd/config.yaml: one CSI camera, the demo detector)
   --no-start     install and enable, but do not start the service
-  --dry-run      print the commands; change nothing
+  --dry-run      print the commands; change nothing (works off the board too, as a preview)
   --help         this text
 EOF
 }
@@ -46,17 +46,27 @@ write() {                                 # write FILE LINE...: write the lines 
 
 source_dir=$(cd "$(dirname "$0")/.." && pwd)
 tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}
-[[ -f "$tegra_release" ]] || die "this is not a Jetson ($tegra_release is missing); provision the board itself"
+if [[ ! -f "$tegra_release" ]]; then
+    (( dry_run )) || die "this is not a Jetson ($tegra_release is missing); provision the board itself"
+    echo "provision-target: note: this is not a Jetson ($tegra_release is missing): a preview only. What it says" \
+         "about the jtop group and /etc/edge/config.yaml is this machine's, not the board's"
+fi
 (( dry_run )) || (( EUID == 0 )) || die "run as root (sudo): it installs a system service and a user"
 [[ -z "$config" || -f "$config" ]] || die "no config file $config"
 unit=/etc/systemd/system/edge-runtime.service
 dropin=/etc/systemd/system/edge-runtime.service.d/jtop.conf
 edge="$prefix/.venv/bin/edge"
 
-echo "provision-target: installing edge from $source_dir into $prefix"
+if (( dry_run )); then
+    echo "provision-target: dry run: these commands would install edge from $source_dir into $prefix"
+else
+    echo "provision-target: installing edge from $source_dir into $prefix"
+fi
 run install -d -m 0755 "$prefix"
 run rsync -a --delete --exclude .venv --exclude .git --exclude '__pycache__' "$source_dir/" "$prefix/"
 run "$prefix/scripts/setup.sh"
+# sudo's secure_path and login shells know /usr/local/bin, not the venv: `edge status`, `sudo edge bundle ...`
+run ln -sfn "$edge" /usr/local/bin/edge
 run install -m 0644 "$source_dir/systemd/edge-sysusers.conf" /usr/lib/sysusers.d/edge.conf
 run install -m 0644 "$source_dir/systemd/edge-tmpfiles.conf" /usr/lib/tmpfiles.d/edge.conf
 run systemd-sysusers /usr/lib/sysusers.d/edge.conf
@@ -92,4 +102,8 @@ if (( start )); then
 else
     run systemctl enable edge-runtime
 fi
-echo "provision-target: done. Logs: journalctl -u edge-runtime -f; state: edge status"
+if (( dry_run )); then
+    echo "provision-target: dry run: nothing was installed or changed"
+else
+    echo "provision-target: done. Logs: journalctl -u edge-runtime -f; state: sudo edge status"
+fi

@@ -95,11 +95,12 @@ DROPIN = "/etc/systemd/system/edge-runtime.service.d/jtop.conf"
 def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
     result = provision(tmp_path, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert steps(result.stdout) == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "install", "install",
+    assert steps(result.stdout) == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "ln", "install", "install",
                                     "systemd-sysusers", "systemd-tmpfiles", "rm", "install", "install", "runuser",
                                     "sed", "systemctl", "systemctl", "systemctl", "runuser"]
     assert "s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge#" in result.stdout
     assert "edge status --control ipc:///run/edge/control.sock" in result.stdout
+    assert result.stdout.endswith("provision-target: dry run: nothing was installed or changed\n")
 
 
 def test_provision_adds_the_jtop_group_by_a_drop_in_only_where_it_exists(tmp_path: Path) -> None:
@@ -117,6 +118,17 @@ def test_provision_adds_the_jtop_group_by_a_drop_in_only_where_it_exists(tmp_pat
     assert "usermod" not in with_jtop.stdout + without.stdout
 
 
-def test_provision_refuses_a_pc(tmp_path: Path) -> None:
-    result = provision(tmp_path, "--dry-run", jetson=False)
-    assert result.returncode == 1 and "this is not a Jetson" in result.stderr
+def test_provision_puts_edge_on_path(tmp_path: Path) -> None:
+    """sudo's secure_path does not reach the venv: `sudo edge bundle ...` and `edge status` need the link."""
+    result = provision(tmp_path, "--dry-run")
+    assert "+ ln -sfn /opt/edge-test/.venv/bin/edge /usr/local/bin/edge\n" in result.stdout
+    assert steps(result.stdout).index("ln") > steps(result.stdout).index("/opt/edge-test/scripts/setup.sh")
+
+
+def test_provision_previews_off_a_jetson_and_refuses_to_run_there(tmp_path: Path) -> None:
+    preview = provision(tmp_path, "--dry-run", jetson=False)
+    assert preview.returncode == 0, preview.stderr
+    assert "this is not a Jetson" in preview.stdout and "a preview only" in preview.stdout
+    assert steps(preview.stdout) == steps(provision(tmp_path, "--dry-run").stdout)
+    refused = provision(tmp_path, jetson=False)
+    assert refused.returncode == 1 and "this is not a Jetson" in refused.stderr and not steps(refused.stdout)
