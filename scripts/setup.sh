@@ -4,8 +4,9 @@
 #   scripts/setup.sh --dev      also the test tools
 #   scripts/setup.sh --dry-run  say what it would install, and change nothing
 # On a Jetson the venv sees the system site packages (JetPack's TensorRT and OpenCV with GStreamer),
-# no pip OpenCV is installed over them, and the `jetson` extra brings pycuda (built here against
-# JetPack's CUDA, so nvcc must be there) and jetson-stats (the jtop client).
+# no pip OpenCV is installed over them, NumPy stays below 2 (JetPack's cv2 is built against 1.x), and the
+# `jetson` extra brings pycuda (built here against JetPack's CUDA, so nvcc must be there) and jetson-stats
+# (the jtop client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,18 +62,27 @@ find_cuda() {
 
 venv_args=()
 pip_extra=()
+constraints=(-c scripts/constraints.txt)
 if [[ -f "$tegra_release" ]]; then
     venv_args+=(--system-site-packages)
     extras+=(jetson)
     find_cuda
+    # JetPack's cv2, seen through --system-site-packages, is built against NumPy 1.x: with NumPy 2 in the venv
+    # `import cv2` fails ("_ARRAY_API not found"). CI's pins (x86-64: NumPy 2, and ml_dtypes that needs it) would
+    # contradict this on JetPack 7's Python 3.12, so they are not used here.
+    pip_extra+=("numpy<2")
+    constraints=()
 else
     extras+=(cv)
 fi
 extras+=(tools)   # the demo assets include FP16 and INT8 variants made by the model toolchain
 
 if (( dry_run )); then
+    notes=("${pip_extra[@]}")
+    if [[ -n "${CUDA_ROOT:-}" ]]; then notes=("pycuda against $CUDA_ROOT" "${notes[@]}"); fi
+    if (( ${#constraints[@]} )); then notes+=("the versions CI tested (scripts/constraints.txt)"); fi
     echo "setup: would install edge[$(IFS=,; echo "${extras[*]}")] into .venv${venv_args[*]:+ (venv ${venv_args[*]})}" \
-         "with $(pick_python)${CUDA_ROOT:+, pycuda against $CUDA_ROOT}${pip_extra[*]:+, ${pip_extra[*]}}"
+         "with $(pick_python)$(printf ', %s' "${notes[@]}")"
     exit 0
 fi
 
@@ -81,10 +91,13 @@ if [[ ! -x .venv/bin/python ]]; then
     "$py" -m venv "${venv_args[@]}" .venv || {
         echo "setup: '$py -m venv' failed. Hint: sudo apt-get install python3-venv" >&2; exit 1; }
 fi
-# Skip pip when .venv already has these extras, installed from this setup.py and these constraints
-# (edge itself is an editable install: code changes need no reinstall).
+# Skip pip when .venv already has these extras, installed from this setup.py, these constraints and these extra
+# requirements (edge itself is an editable install: code changes need no reinstall).
 stamp=.venv/.edge-setup
 inputs=$(cat setup.py scripts/constraints.txt | sha256sum | cut -c1-16)
+if (( ${#pip_extra[@]} )); then
+    inputs=$(printf '%s\n' "$inputs" "${pip_extra[@]}" | sha256sum | cut -c1-16)
+fi
 installed=()
 if [[ -f $stamp ]] && [[ "$(head -n1 "$stamp")" == "$inputs" ]]; then
     mapfile -t installed < <(tail -n +2 "$stamp")
@@ -100,7 +113,11 @@ fi
 
 spec="."
 if (( ${#extras[@]} )); then spec=".[$(IFS=,; echo "${extras[*]}")]"; fi
-echo "setup: installing edge $spec into .venv with the versions CI tested (scripts/constraints.txt)"
+if (( ${#constraints[@]} )); then
+    echo "setup: installing edge $spec into .venv with the versions CI tested (scripts/constraints.txt)"
+else
+    echo "setup: installing edge $spec ${pip_extra[*]} into .venv"
+fi
 # pip's own lines say what it installs; "already satisfied" lines and setuptools' editable-install banner
 # (PYTHONWARNINGS reaches pip's build subprocess) say nothing useful.
 pip_install() {
@@ -108,7 +125,7 @@ pip_install() {
         | sed -u '/^Requirement already satisfied/d'
 }
 pip_install --upgrade pip
-pip_install -c scripts/constraints.txt -e "$spec" "${pip_extra[@]}"
+pip_install "${constraints[@]}" -e "$spec" "${pip_extra[@]}"
 mapfile -t recorded < <(printf '%s\n' "${installed[@]}" "${extras[@]}" | sort -u)
 printf '%s\n' "$inputs" "${recorded[@]}" > "$stamp"
 echo "setup: edge installed in .venv ($spec)"
