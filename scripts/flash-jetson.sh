@@ -18,7 +18,8 @@ Usage: scripts/flash-jetson.sh --l4t DIR --board CONFIG [--storage internal|nvme
   --help          this text
 
 Put the Jetson in recovery mode first (hold REC, press RESET or power on) and connect its recovery USB
-port to this PC; `lsusb` then shows an NVIDIA Corp. APX device (USB ID 0955:7xxx). Flashing erases it.
+port to this PC; `lsusb` then shows an NVIDIA Corp. APX device, USB ID 0955:7x23 for an Orin (0955:7020 is a
+booted Jetson, not one in recovery mode). Flashing erases it.
 EOF
 }
 
@@ -66,17 +67,26 @@ if [[ "$storage" == nvme ]]; then
 fi
 command+=("$board" internal)
 
+# An Orin in recovery mode (USB RCM) is 0955:7x23: 7023 and 7223 AGX Orin, 7323 and 7423 Orin NX 16/8 GB, 7523 and
+# 7623 Orin Nano 8/4 GB (the product IDs L4T's tools/kernel_flash/l4t_initrd_flash.sh looks for; the Jetson Linux
+# Developer Guide's Quick Start checks recovery mode with lsusb the same way). Other NVIDIA IDs are not a board to
+# flash: 0955:7020 is a booted Jetson's USB gadget (L4T running on Tegra), 0955:7045 the AGX devkit's board
+# automation port.
+recovery="" booted=""
 if command -v lsusb >/dev/null; then
-    recovery=$(lsusb | grep -Ei 'ID 0955:7[0-9a-f]{3}' || true)
+    devices=$(lsusb)
+    recovery=$(grep -Ei 'ID 0955:7[0-9a-f]23( |$)' <<<"$devices" || true)
+    booted=$(grep -Ei 'ID 0955:7020( |$)' <<<"$devices" || true)
+    why="no Jetson Orin in recovery mode on USB (lsusb shows no 0955:7x23 device)"
+    [[ -z "$booted" ]] || why+="; 0955:7020 is a Jetson that booted, not one in recovery mode"
+    hint="hold REC, press RESET (or power on), and connect the recovery USB port"
 else
-    recovery=""
-    lsusb_missing=1
+    why="lsusb is missing, so a Jetson in recovery mode cannot be seen"
+    hint="install usbutils (sudo apt-get install usbutils)"
 fi
 if [[ -z "$recovery" ]]; then
-    why="no Jetson in recovery mode on USB (lsusb shows no 0955:7xxx device)"
-    [[ -n "${lsusb_missing:-}" ]] && why="lsusb is missing (apt-get install usbutils), so the recovery device cannot be seen"
-    (( dry_run )) || die "$why. Hint: hold REC, press RESET, and connect the recovery USB port"
-    echo "flash-jetson: note: $why"
+    (( dry_run )) || die "$why. Hint: $hint"
+    echo "flash-jetson: note: $why. Hint: $hint"
 else
     echo "flash-jetson: recovery device: ${recovery#*ID }"
 fi

@@ -3,6 +3,7 @@ directory are files of the test's own; nothing is installed or flashed."""
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -56,6 +57,54 @@ def test_flash_dry_run_prints_the_exact_command(tmp_path: Path) -> None:
             " --showlogs --network usb0 jetson-orin-nano-devkit internal") in nvme.stdout
     internal = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--dry-run")
     assert "sudo ./tools/kernel_flash/l4t_initrd_flash.sh jetson-orin-nano-devkit internal" in internal.stdout
+
+
+def usb(tmp_path: Path, *lines: str, lsusb: bool = True) -> str:
+    """A PATH with the tools flash-jetson.sh uses and, with `lsusb`, a stand-in lsusb printing `lines` (the USB
+    bus of a host PC, which this machine is not)."""
+    bin_dir = tmp_path / "usb-bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "find", "sed", "sort", "tr", "grep", "dirname"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    if lsusb:
+        (bin_dir / "lsusb").write_text(f"#!/bin/sh\nprintf '%s\\n' {' '.join(shlex.quote(line) for line in lines)}\n")
+        (bin_dir / "lsusb").chmod(0o755)
+    return str(bin_dir)
+
+
+HUB = "Bus 001 Device 001: ID 1d6b:0002 Linux Foundation 2.0 root hub"
+
+
+# Orin in recovery mode (USB RCM), by module: the product IDs of L4T's tools/kernel_flash/l4t_initrd_flash.sh, as
+# the Jetson Linux Developer Guide's Quick Start checks them with lsusb (0955:7x23).
+@pytest.mark.parametrize("product", ["7023", "7223", "7323", "7423", "7523", "7623"])
+def test_flash_sees_an_orin_in_recovery_mode(tmp_path: Path, product: str) -> None:
+    path = usb(tmp_path, HUB, f"Bus 001 Device 016: ID 0955:{product} NVIDIA Corp. APX")
+    result = script("flash-jetson.sh", "--l4t", str(l4t(tmp_path)), "--board", "jetson-orin-nano-devkit", "--dry-run",
+                    PATH=path)
+    assert result.returncode == 0, result.stderr
+    assert f"flash-jetson: recovery device: 0955:{product} NVIDIA Corp. APX" in result.stdout
+
+
+@pytest.mark.parametrize(("device", "why"), [
+    ("ID 0955:7020 NVIDIA Corp. L4T (Linux for Tegra) running on Tegra", "0955:7020 is a Jetson that booted"),
+    ("ID 0955:7045 NVIDIA Corp. Jetson board automation", "no Jetson Orin in recovery mode"),
+    ("ID 0955:7019 NVIDIA Corp. APX", "no Jetson Orin in recovery mode"),          # AGX Xavier: not JetPack 6
+], ids=["booted-jetson", "board-automation", "xavier"])
+def test_flash_takes_no_other_nvidia_device_for_one_in_recovery(tmp_path: Path, device: str, why: str) -> None:
+    args = ("--l4t", str(l4t(tmp_path)), "--board", "jetson-orin-nano-devkit")
+    path = usb(tmp_path, HUB, f"Bus 001 Device 017: {device}")
+    preview = script("flash-jetson.sh", *args, "--dry-run", PATH=path)
+    assert preview.returncode == 0 and "recovery device" not in preview.stdout and why in preview.stdout
+    flash = script("flash-jetson.sh", *args, PATH=path)           # refused before anything runs
+    assert flash.returncode == 1 and why in flash.stderr and "Hint: hold REC" in flash.stderr
+
+
+def test_flash_without_lsusb_says_to_install_usbutils(tmp_path: Path) -> None:
+    result = script("flash-jetson.sh", "--l4t", str(l4t(tmp_path)), "--board", "jetson-orin-nano-devkit",
+                    PATH=usb(tmp_path, lsusb=False))
+    assert result.returncode == 1
+    assert "lsusb is missing" in result.stderr and "sudo apt-get install usbutils" in result.stderr
 
 
 def test_flash_checks_the_directory_and_the_board_first(tmp_path: Path) -> None:
