@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Deploy a signed engine bundle to a Jetson over ssh: copy it (rsync, resumable), then install it there with
+# Deploy a signed engine bundle to a Jetson over ssh: verify it here first (`edge bundle verify` of this checkout,
+# against the trusted keys given or found: a bad bundle stops before anything reaches the target), copy it (rsync,
+# resumable), then install it there with
 # `edge bundle install --restart`: verified (signature, sha256 of every file), unpacked into the inactive slot,
 # `current` switched, the service restarted and its health checked through the control socket; if it is not
 # healthy the target switches back to the previous bundle and restarts it by itself. Then the slots are listed.
 # Run on a technician's machine. The target needs edge provisioned (scripts/provision-target.sh) and the signing
 # key's .pub in /etc/edge/trusted-keys/. docs/operations.md, "Deploying engine bundles".
-# Needs bash 4.4 or later (empty arrays under set -u; on macOS: brew install bash), ssh and rsync.
+# Needs bash 4.4 or later (empty arrays under set -u; on macOS: brew install bash), ssh, rsync, and edge here
+# (scripts/setup.sh in this checkout, or edge on PATH).
 set -euo pipefail
 
 usage() {
@@ -15,12 +18,14 @@ Usage: scripts/deploy-bundle.sh [options] HOST BUNDLE
   HOST                 ssh destination: user@host, or a Host of ~/.ssh/config (needs sudo without a password
                        there for edge, or log in as root and pass --no-sudo)
   BUNDLE               the bundle file (edge bundle pack)
+  --keys DIR           the public keys (*.pub) to verify BUNDLE with here, before anything is copied (default:
+                       ~/edge-keys, else /etc/edge/trusted-keys; the target checks against its own)
   --edge PATH          edge on the target (default /opt/edge/.venv/bin/edge)
   --health-timeout S   seconds the restarted daemon has to show every lane processing frames (default 120)
   --no-restart         do not restart the service: the daemon loads the bundle at its next start, and the
                        health check only shows that the running daemon is healthy
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
-  --dry-run            print the commands; change nothing
+  --dry-run            verify BUNDLE, then print the commands; change nothing
   --help               this text
 
 Exit status: 0 installed and healthy; 1 refused or rolled back (the reason is printed); 2 usage;
@@ -28,10 +33,11 @@ Exit status: 0 installed and healthy; 1 refused or rolled back (the reason is pr
 EOF
 }
 
-edge=/opt/edge/.venv/bin/edge timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
+edge=/opt/edge/.venv/bin/edge keys="" timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
 while (( $# )); do
     case "$1" in
         --edge) edge=${2:?--edge needs a path}; shift 2 ;;
+        --keys) keys=${2:?--keys needs a directory}; shift 2 ;;
         --health-timeout) timeout=${2:?--health-timeout needs seconds}; shift 2 ;;
         --no-restart) restart=(); shift ;;
         --no-sudo) sudo=(); shift ;;
@@ -50,6 +56,9 @@ run() {                                   # run a command, or print it with --dr
     echo "+ ${shown% }"
     (( dry_run )) || "$@"
 }
+step() {                                  # step DOING TODO: say what happens now, or what would with --dry-run
+    if (( dry_run )); then echo "deploy-bundle: would $2"; else echo "deploy-bundle: $1"; fi
+}
 
 # ssh hands the remote shell one string: every word that goes there must be plain
 plain='^[A-Za-z0-9._+/@:=-]+$'
@@ -59,12 +68,28 @@ name=$(basename -- "$bundle")
     || die "HOST, BUNDLE's file name, --edge and --health-timeout must be plain words (letters, digits, ._+/@:=-)"
 staged="edge-bundles/$name"               # in the ssh user's home on the target, not a shared /tmp
 
-echo "deploy-bundle: copying $bundle to $host:$staged"
+# Verify here (signature, every file's sha256, paths), so that a damaged, tampered or wrongly signed bundle stops
+# before anything reaches the target. The target verifies again, against its own keys.
+if [[ -z "$keys" ]]; then
+    for dir in ~/edge-keys /etc/edge/trusted-keys; do
+        if [[ -d "$dir" ]]; then keys=$dir; break; fi
+    done
+    [[ -n "$keys" ]] || die "no keys to verify $bundle with here (neither ~/edge-keys nor /etc/edge/trusted-keys" \
+        "exists); nothing copied. Hint: --keys DIR, a directory with the signing key's .pub"
+fi
+local_edge="$(cd "$(dirname "$0")/.." && pwd)/.venv/bin/edge"
+[[ -x "$local_edge" ]] || local_edge=$(command -v edge) \
+    || die "no edge here to verify $bundle with; nothing copied. Hint: scripts/setup.sh in this checkout"
+echo "deploy-bundle: verifying $bundle here against the keys in $keys"
+"$local_edge" bundle verify "$bundle" --keys "$keys" \
+    || die "$bundle failed verification here (see above); nothing copied to $host"
+
+step "copying $bundle to $host:$staged" "copy $bundle to $host:$staged"
 run ssh "$host" mkdir -p -m 0700 edge-bundles || die "cannot reach $host or make ~/edge-bundles there; nothing installed"
 run rsync --partial --times --compress-level=0 "$bundle" "$host:$staged" \
     || die "copying $bundle to $host failed; nothing installed (run again: rsync resumes)"
 
-echo "deploy-bundle: installing on $host"
+step "installing on $host" "install it on $host"
 status=0
 run ssh "$host" "${sudo[@]}" "$edge" bundle install "$staged" "${restart[@]}" --health-timeout "$timeout" || status=$?
 case "$status" in
@@ -76,4 +101,8 @@ case "$status" in
 esac
 run ssh "$host" rm -f "$staged"
 run ssh "$host" "${sudo[@]}" "$edge" bundle list
-echo "deploy-bundle: $host runs $name"
+if (( dry_run )); then
+    echo "deploy-bundle: dry run: $name verified here; nothing was copied to $host or installed there"
+else
+    echo "deploy-bundle: $host runs $name"
+fi

@@ -61,4 +61,8 @@ case "$status" in
     *) die "rollback on $host failed (exit $status): see its reason above; the target stays on the bundle it ran" ;;
 esac
 run ssh "$host" "${sudo[@]}" "$edge" bundle list
-echo "rollback: $host is back on its previous bundle"
+if (( dry_run )); then
+    echo "rollback: dry run: nothing was changed on $host; the commands above would roll it back"
+else
+    echo "rollback: $host is back on its previous bundle"
+fi

@@ -1,7 +1,8 @@
 """scripts/deploy-bundle.sh and scripts/rollback.sh: --help, --dry-run's exact commands, and real runs against a
 stand-in target: `ssh` and `rsync` on PATH run on this machine in a home of the test's own (the only fakes: there
 is no Jetson to log in to), the real `edge bundle install` into a temp root, and a stand-in daemon behind a real
-control socket. shellcheck runs over every script in tests/test_scripts.py."""
+control socket. deploy verifies the bundle here first with this checkout's real `edge bundle verify`. shellcheck
+runs over every script in tests/test_scripts.py."""
 from __future__ import annotations
 
 import os
@@ -14,14 +15,14 @@ import pytest
 
 from edge.control import ControlServer
 from tests.daemon import ROOT
-from tests.test_bundles import Env, StandIn
+from tests.test_bundles import Env, StandIn, replace_member, rewrite
 
 EDGE = "/opt/edge/.venv/bin/edge"
 
 
-def script(name: str, *args: str, path: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATH": path} if path else None
-    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=120, env=env)
+def script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **env})
 
 
 def commands(output: str) -> list[str]:
@@ -38,11 +39,13 @@ def test_help_and_unknown_arguments(name: str) -> None:
     assert missing.returncode == 2 and "need HOST" in missing.stderr
 
 
-def test_deploy_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
+def test_deploy_dry_run_verifies_and_prints_the_exact_commands(tmp_path: Path) -> None:
+    env = Env(tmp_path)
     bundle = tmp_path / "fleet-2026.11.bundle"
-    bundle.write_bytes(b"x")
-    result = script("deploy-bundle.sh", "--dry-run", "edge@jetson-17", str(bundle))
+    env.bundle("2026.11").rename(bundle)
+    result = script("deploy-bundle.sh", "--dry-run", "--keys", str(env.trusted), "edge@jetson-17", str(bundle))
     assert result.returncode == 0, result.stderr
+    assert f"{bundle}: bundle 2026.11 created" in result.stdout and "every sha256 matches" in result.stdout
     assert commands(result.stdout) == [
         "ssh edge@jetson-17 mkdir -p -m 0700 edge-bundles",
         f"rsync --partial --times --compress-level=0 {bundle} edge@jetson-17:edge-bundles/fleet-2026.11.bundle",
@@ -50,8 +53,11 @@ def test_deploy_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
         " --health-timeout 120",
         "ssh edge@jetson-17 rm -f edge-bundles/fleet-2026.11.bundle",
         f"ssh edge@jetson-17 sudo {EDGE} bundle list"]
+    assert "deploy-bundle: would copy" in result.stdout and "would install it on edge@jetson-17" in result.stdout
+    assert result.stdout.endswith("deploy-bundle: dry run: fleet-2026.11.bundle verified here; nothing was copied"
+                                  " to edge@jetson-17 or installed there\n")
     options = script("deploy-bundle.sh", "--dry-run", "--no-restart", "--no-sudo", "--edge", "/usr/local/bin/edge",
-                     "--health-timeout", "30", "root@jetson-17", str(bundle))
+                     "--health-timeout", "30", "--keys", str(env.trusted), "root@jetson-17", str(bundle))
     assert ("ssh root@jetson-17 /usr/local/bin/edge bundle install edge-bundles/fleet-2026.11.bundle"
             " --health-timeout 30") in commands(options.stdout)
 
@@ -70,6 +76,8 @@ def test_rollback_dry_run_prints_the_exact_commands() -> None:
     assert result.returncode == 0, result.stderr
     assert commands(result.stdout) == [f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout 120",
                                        f"ssh jetson-17 sudo {EDGE} bundle list"]
+    assert result.stdout.endswith("rollback: dry run: nothing was changed on jetson-17; the commands above would"
+                                  " roll it back\n")
     forced = script("rollback.sh", "--dry-run", "--force", "--no-restart", "jetson-17")
     assert commands(forced.stdout)[0] == f"ssh jetson-17 sudo {EDGE} bundle rollback --force --health-timeout 120"
 
@@ -116,14 +124,14 @@ def target(tmp_path: Path) -> Iterator[tuple[Env, StandIn, Target]]:
     server.stop(5)
 
 
-def deploy(target: Target, bundle: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+def deploy(target: Target, bundle: Path, *extra: str, keys: Path) -> subprocess.CompletedProcess[str]:
     return script("deploy-bundle.sh", "--no-restart", "--no-sudo", "--edge", str(target.edge), "--health-timeout",
-                  "1", *extra, "jetson", str(bundle), path=target.path)
+                  "1", "--keys", str(keys), *extra, "jetson", str(bundle), PATH=target.path)
 
 
 def test_deploy_installs_and_lists(target: tuple[Env, StandIn, Target]) -> None:
     env, _, tgt = target
-    result = deploy(tgt, env.bundle("2.0"))
+    result = deploy(tgt, env.bundle("2.0"), keys=env.trusted)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "installed bundle 2.0" in result.stdout and "health: healthy after" in result.stdout
     assert "current -> b" in result.stdout and "deploy-bundle: jetson runs 2.0.bundle" in result.stdout
@@ -135,7 +143,7 @@ def test_deploy_that_is_not_healthy_rolls_back_and_fails(target: tuple[Env, Stan
     env, stand_in, tgt = target
     stand_in.mode = "stuck"
     before = env.snapshot()
-    result = deploy(tgt, env.bundle("2.0"))
+    result = deploy(tgt, env.bundle("2.0"), keys=env.trusted)
     assert result.returncode == 1
     assert "edge bundle: error: bundle 2.0 in slot b failed: the daemon was not healthy within 1 s" in result.stderr
     assert "rolled back: current -> a again" in result.stderr
@@ -150,17 +158,42 @@ def test_deploy_of_a_bundle_the_target_does_not_trust_fails(target: tuple[Env, S
 
     stranger = keys.generate(tmp_path / "stranger")
     before = env.snapshot()
-    result = deploy(tgt, env.bundle("2.0", key=stranger.private))
+    result = deploy(tgt, env.bundle("2.0", key=stranger.private), keys=tmp_path / "stranger")   # trusted here only
     assert result.returncode == 1 and "which this device does not trust" in result.stderr
+    assert "install on jetson failed" in result.stderr and env.snapshot() == before
+
+
+def test_deploy_stops_at_a_bad_bundle_before_anything_reaches_the_target(target: tuple[Env, StandIn, Target],
+                                                                       tmp_path: Path) -> None:
+    env, _, tgt = target
+    before = env.snapshot()
+    tampered = rewrite(env.bundle("2.0"), tmp_path / "tampered.bundle", replace_member("det/det.onnx", b"tampered"))
+    for extra in ((), ("--dry-run",)):
+        result = deploy(tgt, tampered, *extra, keys=env.trusted)
+        assert result.returncode == 1, result.stdout
+        assert "checksum mismatch: det/det.onnx" in result.stderr
+        assert f"deploy-bundle: {tampered} failed verification here (see above); nothing copied to jetson" \
+            in result.stderr
+        assert not commands(result.stdout) and not (tgt.home / "edge-bundles").exists()    # no ssh, no rsync
     assert env.snapshot() == before
+
+
+@pytest.mark.skipif(Path("/etc/edge/trusted-keys").exists(), reason="this machine has /etc/edge/trusted-keys, the"
+                    " other place deploy-bundle.sh looks for keys")
+def test_deploy_without_keys_to_verify_with_stops(target: tuple[Env, StandIn, Target], tmp_path: Path) -> None:
+    env, _, tgt = target
+    result = script("deploy-bundle.sh", "jetson", str(env.bundle("2.0")), HOME=str(tmp_path / "technician"),
+                    PATH=tgt.path)
+    assert result.returncode == 1 and "no keys to verify" in result.stderr and "--keys DIR" in result.stderr
+    assert not (tgt.home / "edge-bundles").exists()
 
 
 def test_rollback_goes_back_and_says_why_when_it_cannot(target: tuple[Env, StandIn, Target]) -> None:
     env, _, tgt = target
     args = ("--no-restart", "--no-sudo", "--edge", str(tgt.edge), "--health-timeout", "5", "jetson")
-    nothing = script("rollback.sh", *args, path=tgt.path)
+    nothing = script("rollback.sh", *args, PATH=tgt.path)
     assert nothing.returncode == 1 and "nothing to roll back to: slot b is empty" in nothing.stderr
     env.install(env.bundle("2.0"))
-    result = script("rollback.sh", *args, path=tgt.path)
+    result = script("rollback.sh", *args, PATH=tgt.path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "rolled back to bundle 1.0" in result.stdout and os.readlink(env.root / "current") == "a"
