@@ -181,3 +181,29 @@ def test_provision_previews_off_a_jetson_and_refuses_to_run_there(tmp_path: Path
     assert steps(preview.stdout) == steps(provision(tmp_path, "--dry-run").stdout)
     refused = provision(tmp_path, jetson=False)
     assert refused.returncode == 1 and "this is not a Jetson" in refused.stderr and not steps(refused.stdout)
+
+
+def test_test_sh_goes_on_when_qemu_user_cannot_be_installed(tmp_path: Path) -> None:
+    """scripts/test.sh's optional qemu-user step, sourced and run alone (never the suite through test.sh), as root,
+    with a stand-in apt-get failing as on a broken dpkg state: the step says the INT8 emulation test will skip and
+    why, and test.sh goes on (under its own set -euo pipefail)."""
+    as_root = [] if os.geteuid() == 0 else ["unshare", "--map-root-user"]
+    if as_root and shutil.which("unshare") is None:
+        pytest.skip("not root, and no unshare to run the step with EUID 0")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("tail", "sed"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (bin_dir / "uname").write_text("#!/bin/sh\necho x86_64\n")             # the step is for x86-64 hosts only
+    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/apt-calls\n"
+                                     "echo \"E: dpkg was interrupted, you must manually run 'dpkg --configure -a'\""
+                                     " >&2\nexit 100\n")
+    for tool in ("uname", "apt-get"):
+        (bin_dir / tool).chmod(0o755)
+    step = "set -euo pipefail; source scripts/test.sh; offer_qemu; echo 'test: goes on'"
+    result = subprocess.run([*as_root, shutil.which("bash"), "-c", step], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60, env={"PATH": str(bin_dir)})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "test: could not install qemu-user, so the emulated-CPU INT8 test will be skipped" in result.stdout
+    assert "dpkg was interrupted" in result.stdout and result.stdout.endswith("test: goes on\n")
+    assert (tmp_path / "apt-calls").read_text() == "install -y -q qemu-user\nupdate -q\n"
