@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import stat
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge import protocol, sources
+from edge import files, protocol, sources
 from edge.errors import ConfigError
 from edge.supervisor import SupervisorConfig
 
@@ -54,6 +53,13 @@ class _Strict(BaseModel):
 class CameraConfig(_Strict):
     id: str = Field(pattern=_NAME)
     uri: str
+    max_frame_size: str = "{}x{}".format(*sources.MAX_FRAME)     # larger frames are refused before they are decoded
+
+    @field_validator("max_frame_size")
+    @classmethod
+    def _max_frame(cls, value: str) -> str:
+        sources.parse_size(value)
+        return value
 
     @field_validator("uri")
     @classmethod
@@ -67,6 +73,10 @@ class CameraConfig(_Strict):
     @property
     def parsed(self) -> sources.CameraURI:
         return sources.parse_uri(self.uri)
+
+    @property
+    def max_frame(self) -> tuple[int, int]:
+        return sources.parse_size(self.max_frame_size)
 
 
 class DetectorParams(_Strict):
@@ -433,18 +443,17 @@ def load_config(path: str | Path, *, environ: typing.Mapping[str, str] | None = 
 
 
 def _read(path: Path) -> str:
-    """The file's text; at most MAX_CONFIG_BYTES + 1 bytes are read, so /dev/zero or a pipe that never ends
-    is refused as too large rather than read for ever."""
+    """The file's text. Only a regular file is read (a FIFO would block the daemon for good, SIGTERM included,
+    until someone wrote to it), and at most MAX_CONFIG_BYTES + 1 bytes of it."""
+    hint = "pass an existing file with --config; `edge demo` uses the packaged demo config"
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_CONFIG_BYTES + 1)
-            info = os.fstat(file.fileno())
+        data, size = files.read_regular(path, MAX_CONFIG_BYTES)
+    except files.NotRegularFile as exc:
+        raise ConfigError(f"config {files.shown(path)} {exc}", hint="pass the config file itself (YAML text)") from None
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}",
-                          hint="pass an existing file with --config; `edge demo` uses the packaged demo config"
-                          ) from exc
-    if len(data) > MAX_CONFIG_BYTES:                  # a file says its size; a pipe or device does not
-        _check_size(info.st_size if stat.S_ISREG(info.st_mode) else None, str(path))
+        raise ConfigError(f"cannot read config file {files.shown(path)}: {exc.strerror}", hint=hint) from exc
+    if len(data) > MAX_CONFIG_BYTES:
+        _check_size(size if size > MAX_CONFIG_BYTES else None, str(path))    # None: it grew while it was read
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -175,34 +175,55 @@ def _check_same_io(task: str, reference: Engine, other: Engine) -> None:
 
 
 class Cameras:
-    """The cameras of the config, opened on first use and closed when the last user lets go."""
+    """The cameras of the config, opened on first use and closed when the last user lets go. A camera prepared
+    ahead (`make`, then opened by the caller) takes its id with `install` once the camera it replaces is closed."""
 
     def __init__(self, config: Config, on_event: EventSink) -> None:
         self.config = config
         self.on_event = on_event
         self.open: dict[str, Camera] = {}
         self._users: dict[str, int] = {}
+        self._lock = threading.Lock()             # the status snapshot reads while a change runs
+
+    def make(self, camera_id: str, config: Config) -> Camera:
+        """A camera of `config`, not opened and not counted among the open ones."""
+        camera = config.camera(camera_id)
+        return Camera(camera_id, camera.parsed, on_event=self.on_event, max_frame=camera.max_frame)
+
+    def install(self, camera: Camera) -> None:
+        with self._lock:
+            if camera.id in self.open:
+                raise EdgeError(f"camera {camera.id} is open already", note="a prepared camera cannot replace it")
+            self.open[camera.id] = camera
+            self._users[camera.id] = 0
 
     def acquire(self, camera_id: str) -> Camera:
-        camera = self.open.get(camera_id)
-        if camera is None:
-            camera = Camera(camera_id, self.config.camera(camera_id).parsed, on_event=self.on_event)
-            self.open[camera_id] = camera
-            self._users[camera_id] = 0
-        self._users[camera_id] += 1
-        return camera
+        with self._lock:
+            camera = self.open.get(camera_id)
+            if camera is None:
+                camera = self.open[camera_id] = self.make(camera_id, self.config)
+                self._users[camera_id] = 0
+            self._users[camera_id] += 1
+            return camera
 
     def start(self) -> None:
         """Start the capture of every acquired camera not yet started."""
-        for camera in self.open.values():
+        for camera in self.snapshot():
             if not camera.started:
                 camera.start()
 
+    def snapshot(self) -> list[Camera]:
+        with self._lock:
+            return list(self.open.values())
+
     def release(self, camera_id: str, timeout: float) -> None:
-        if camera_id not in self._users:
-            raise EdgeError(f"camera {camera_id} released but not acquired")
-        self._users[camera_id] -= 1
-        if self._users[camera_id] == 0:
+        with self._lock:
+            if camera_id not in self._users:
+                raise EdgeError(f"camera {camera_id} released but not acquired")
+            self._users[camera_id] -= 1
+            if self._users[camera_id]:
+                return
             del self._users[camera_id]
-            self.open.pop(camera_id).stop(timeout)
-            log.info("camera %s closed: no running task uses it", camera_id)
+            camera = self.open.pop(camera_id)
+        camera.stop(timeout)
+        log.info("camera %s closed: no running task uses it", camera_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
+from edge import files
 from edge.errors import SourceError
 from edge.log import get_logger
 
@@ -40,6 +42,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, before its declared count (an estimate)
 SHORT_FILE_SLACK_SHARE = 0.05
+MAX_FRAME = (7680, 4320)         # the largest frame a camera delivers unless its config says otherwise (8K UHD)
 
 # FFmpeg's log, as OpenCV's FFmpeg backend sets it up: without OPENCV_FFMPEG_LOGLEVEL every FFmpeg error goes
 # to stderr (one line per damaged macroblock: over 10,000 for the demo video with 3,000 flipped bits); with it,
@@ -242,11 +245,17 @@ class _Reader(Protocol):
 class _CvReader:
     """A cv2.VideoCapture (file, V4L2, RTSP, GStreamer) behind the reader interface."""
 
-    def __init__(self, capture: Any, what: str) -> None:
+    def __init__(self, capture: Any, what: str, max_frame: tuple[int, int]) -> None:
         if not capture.isOpened():
             capture.release()
             raise SourceError(f"cannot open {what}", hint="`edge run --log-level debug` shows what FFmpeg and OpenCV"
                                                            " said about it")
+        declared = (int(capture.get(3)), int(capture.get(4)))    # cv2.CAP_PROP_FRAME_WIDTH, _HEIGHT; 0 when unknown
+        try:
+            check_frame_size(declared, max_frame, f"{what} declares")
+        except SourceError:
+            capture.release()
+            raise
         self._capture = capture
         fps = float(capture.get(5))  # cv2.CAP_PROP_FPS
         self.fps = fps if 0 < fps < 1000 else 30.0
@@ -268,9 +277,10 @@ class _CvReader:
 class _PatternReader:
     """Synthetic colour bars with a moving box; `frames` limits the length."""
 
-    def __init__(self, uri: CameraURI) -> None:
+    def __init__(self, uri: CameraURI, max_frame: tuple[int, int]) -> None:
         self.fps = float(uri.params.get("fps", 30.0)) or 30.0
         w, h = parse_size(uri.params.get("size", "640x480"))
+        check_frame_size((w, h), max_frame, f"test pattern {uri.location} has")
         self._limit = uri.params.get("frames")
         self._n = 0
         self.frames = 0
@@ -347,32 +357,60 @@ def gstreamer_csi_pipeline(uri: CameraURI) -> str:
             "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false")
 
 
-def open_reader(uri: CameraURI) -> _Reader:
+def check_frame_size(size: tuple[int, int], max_frame: tuple[int, int], what: str) -> None:
+    """Refuse a frame (or a declared frame size) over `max_frame` before it is decoded: a file or stream that
+    declares 16000x16000 would otherwise cost gigabytes per frame. A size of 0 (not declared) passes."""
+    (w, h), (max_w, max_h) = size, max_frame
+    if w > max_w or h > max_h:
+        raise SourceError(f"{what} frames of {w}x{h}, larger than the {max_w}x{max_h} this camera accepts",
+                          hint="set the camera's max_frame_size in the config (up to 8192x8192) if such frames are"
+                               " expected; otherwise check the source")
+
+
+def check_video_file(location: str) -> None:
+    """A file:// camera must name a regular file that exists: say which of that is wrong (a missing file, a
+    directory, a FIFO or a device such as /dev/zero, a path the system refuses) without opening it, so a FIFO
+    never blocks the caller."""
+    hint = ("check the path in the camera URI (file://ABSOLUTE/PATH or a path relative to the config file);"
+            " `edge assets fetch` gets the demo video")
+    try:
+        info = os.stat(location)
+    except FileNotFoundError:
+        raise SourceError(f"camera file does not exist: {location}", hint=hint) from None
+    except OSError as exc:
+        raise SourceError(f"camera file {files.shown(location)} cannot be used: {exc.strerror}", hint=hint) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceError(f"camera file {location} is not a regular file but {files.describe_mode(info.st_mode)}",
+                          hint="file:// reads video files; use v4l2:///dev/videoN for a camera device, rtsp:// for"
+                               " a stream")
+
+
+def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME) -> _Reader:
     """Open the source behind `uri`; SourceError says why it failed and what to check."""
     if uri.scheme == "test":
-        return _PatternReader(uri)
+        return _PatternReader(uri, max_frame)
+    if uri.scheme == "file":
+        check_video_file(uri.location)
     cv2 = _import_cv2()
     route_media_logs(cv2)
     if uri.scheme == "file":
-        if not Path(uri.location).is_file():
-            raise SourceError(f"camera file does not exist: {uri.location}",
-                              hint="check the path in the camera URI (file://ABSOLUTE/PATH or a path"
-                                   " relative to the config file); `edge assets fetch` gets the demo video")
-        return _CvReader(cv2.VideoCapture(uri.location), f"video file {uri.location}")
+        return _CvReader(cv2.VideoCapture(uri.location), f"video file {uri.location}", max_frame)
     if uri.scheme == "rtsp":
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params), f"RTSP stream {uri.redacted()}")
+        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params), f"RTSP stream {uri.redacted()}",
+                         max_frame)
     if uri.scheme == "v4l2":
-        return _open_v4l2(cv2, uri)
+        return _open_v4l2(cv2, uri, max_frame)
     if "GStreamer:                   YES" not in cv2.getBuildInformation():
         raise SourceError(f"camera {uri.raw} needs OpenCV with GStreamer, and this OpenCV has none",
                           note=f"cv2 {cv2.__version__} from {cv2.__file__}",
                           hint="on a Jetson use JetPack's OpenCV (python3-opencv) instead of a pip wheel:"
                                " pip uninstall opencv-python-headless; create the venv with --system-site-packages")
-    return _CvReader(cv2.VideoCapture(gstreamer_csi_pipeline(uri), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}")
+    return _CvReader(cv2.VideoCapture(gstreamer_csi_pipeline(uri), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}",
+                     max_frame)
 
 
-def _open_v4l2(cv2: Any, uri: CameraURI) -> _Reader:
+def _open_v4l2(cv2: Any, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
     capture = cv2.VideoCapture(uri.location, cv2.CAP_V4L2)
     if "size" in uri.params:
         w, h = parse_size(uri.params["size"])
@@ -381,7 +419,7 @@ def _open_v4l2(cv2: Any, uri: CameraURI) -> _Reader:
     if "fps" in uri.params:
         capture.set(cv2.CAP_PROP_FPS, uri.params["fps"])
     capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-    return _CvReader(capture, f"V4L2 device {uri.location}")
+    return _CvReader(capture, f"V4L2 device {uri.location}", max_frame)
 
 
 @dataclasses.dataclass
@@ -398,19 +436,23 @@ class CameraStats:
 class Camera:
     """One capture thread for one camera: reads frames into a FrameSlot, reconnects with backoff.
 
-    `start()` opens the source once in the caller's thread: a missing file fails the start;
-    a live source that cannot be opened yet is reported lost and retried in the background.
+    `open()` opens the source once in the caller's thread: a file that cannot be read fails it; a live source
+    that cannot be opened yet is reported lost and retried in the background once `start()` starts the thread.
+    A camera opened but never started is closed by `stop()`.
     """
 
-    def __init__(self, camera_id: str, uri: CameraURI, *, on_event: EventSink) -> None:
+    def __init__(self, camera_id: str, uri: CameraURI, *, on_event: EventSink,
+                 max_frame: tuple[int, int] = MAX_FRAME) -> None:
         self.id = camera_id
         self.uri = uri
+        self.max_frame = max_frame
         self.slot = FrameSlot(lossless=uri.lossless)
         self.stats = CameraStats()
         self._on_event = on_event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reader: _Reader | None = None
+        self._opened = False
         self._index = 0
         self._warned_short = False
 
@@ -422,14 +464,20 @@ class Camera:
     def started(self) -> bool:
         return self._thread is not None
 
-    def start(self) -> None:
+    def open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
         try:
-            self._reader = open_reader(self.uri)
+            self._reader = open_reader(self.uri, self.max_frame)
             self.stats.connected = True
         except SourceError as exc:
             if not self.live:
                 raise SourceError(f"camera {self.id!r}: {exc.what}", note=exc.note, hint=exc.hint) from exc
             self._lost(str(exc.what))
+
+    def start(self) -> None:
+        self.open()
         self._thread = threading.Thread(target=self._run, name=f"camera-{self.id}", daemon=True)
         self._thread.start()
         log.info("%s started (%s)", self.id, self.uri.redacted())
@@ -439,6 +487,9 @@ class Camera:
         self._stop.set()
         self.slot.close()
         if self._thread is None:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             return True
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -471,7 +522,7 @@ class Camera:
 
     def _reconnect(self) -> None:
         try:
-            self._reader = open_reader(self.uri)
+            self._reader = open_reader(self.uri, self.max_frame)
         except SourceError as exc:
             log.debug("%s: reconnect failed: %s", self.id, exc.what)
             return
@@ -489,6 +540,10 @@ class Camera:
             image = reader.read()
             if image is None:
                 return self._source_ended(reader)
+            try:
+                check_frame_size((image.shape[1], image.shape[0]), self.max_frame, f"camera {self.id!r} delivered")
+            except SourceError as exc:
+                return self._refused_frame(reader, exc)
             frame = Frame(self.id, self._index, time.monotonic_ns(), image)
             self._index += 1
             self.stats.captured += 1
@@ -499,6 +554,18 @@ class Camera:
                 delay = (next_ns - time.monotonic_ns()) / 1e9
                 if delay > 0 and self._stop.wait(delay):
                     return False
+        return False
+
+    def _refused_frame(self, reader: _Reader, exc: SourceError) -> bool:
+        """A frame over max_frame (a stream that changed its size, a file whose header lied): a live source is lost
+        and reconnects; a file is not read further."""
+        reader.close()
+        self._reader = None
+        if self.live:
+            self._lost(exc.what)
+            return True
+        log.error("%s; the file is not read further. Hint: %s", exc.what, exc.hint)
+        self._on_event("camera.lost", {"camera": self.id, "reason": exc.what})
         return False
 
     def _source_ended(self, reader: _Reader) -> bool:
@@ -529,6 +596,6 @@ class Camera:
 
     def _reconnect_file(self) -> None:
         try:
-            self._reader = open_reader(self.uri)
+            self._reader = open_reader(self.uri, self.max_frame)
         except SourceError as exc:
             self._lost(exc.what)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import subprocess
 import sys
@@ -276,6 +277,59 @@ def test_missing_camera_file_fails_start(tmp_path: Path) -> None:
     assert "Hint:" in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["a FIFO", "a character device", "a directory", "a name over NAME_MAX"])
+def test_a_file_camera_that_is_no_video_file_says_what_it_is(tmp_path: Path, kind: str) -> None:
+    """/dev/zero and a FIFO were reported as "does not exist"; a name longer than NAME_MAX (255 bytes on Linux)
+    raised a raw OSError (ENAMETOOLONG) out of Path.is_file(), which ended the daemon on SIGHUP. None of them is
+    opened: a FIFO would block the caller until a writer came."""
+    fifo = tmp_path / "cam.fifo"
+    os.mkfifo(fifo)
+    path, says = {"a FIFO": (fifo, "is not a regular file but a FIFO"),
+                  "a character device": (Path("/dev/zero"), "is not a regular file but a character device"),
+                  "a directory": (tmp_path, "is not a regular file but a directory"),
+                  "a name over NAME_MAX": (tmp_path / ("v" * 300 + ".avi"), "cannot be used: File name too long"),
+                  }[kind]
+    camera = Camera("front", parse_uri(f"file://{path}"), on_event=Events())
+    with pytest.raises(SourceError, match=f"camera 'front': camera file .* {says}") as info:
+        camera.start()
+    assert "Hint:" in str(info.value) and "does not exist" not in str(info.value)
+    assert camera.stop(5)
+
+
+def test_a_video_declaring_frames_over_the_limit_is_refused_before_a_frame_is_decoded(tmp_path: Path) -> None:
+    """A file that declares 16000x16000 frames took the daemon to 3.7 GB: its size is read from the header when the
+    file opens, and nothing is decoded. A smaller limit in the config refuses the same way."""
+    video = write_video(tmp_path / "wide.avi", 2, size=(320, 240))
+    camera = Camera("front", parse_uri(f"file://{video}"), on_event=Events(), max_frame=(160, 240))
+    with pytest.raises(SourceError, match=f"camera 'front': video file {video} declares frames of 320x240, larger"
+                       " than the 160x240 this camera accepts") as info:
+        camera.start()
+    assert "max_frame_size" in str(info.value)
+    assert camera.stop(5)
+    assert sources.MAX_FRAME == (7680, 4320)
+    with pytest.raises(SourceError, match="test pattern bars has frames of 8192x4320"):
+        Camera("t", parse_uri("test://bars?size=8192x4320"), on_event=Events()).start()
+
+
+def test_a_frame_larger_than_its_header_said_ends_the_file_with_the_camera_named(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """A header that lies (or a stream that changes size): every decoded frame is checked too."""
+    video = write_video(tmp_path / "v.avi", 4, size=(320, 240))
+    real_read = sources._CvReader.read
+    monkeypatch.setattr(sources._CvReader, "read",
+                        lambda self: None if (image := real_read(self)) is None else np.zeros((400, 320, 3), np.uint8)
+                        if self.frames == 3 else image)
+    events = Events()
+    camera = Camera("front", parse_uri(f"file://{video}?realtime=0"), on_event=events, max_frame=(320, 240))
+    camera.start()
+    frames = drain(camera)
+    assert [f.index for f in frames] == [0, 1]
+    assert events.items[-1] == ("camera.lost", {"camera": "front", "reason": "camera 'front' delivered frames of"
+                                                " 320x400, larger than the 320x240 this camera accepts"})
+    assert any("the file is not read further" in m for m in caplog.messages)
+    assert camera.stop(5)
+
+
 def test_a_file_no_backend_can_open_fails_start_with_a_hint(tmp_path: Path) -> None:
     junk = tmp_path / "junk.avi"
     junk.write_bytes(bytes(range(256)) * 64)
@@ -381,7 +435,7 @@ def _reconnecting_camera(monkeypatch: pytest.MonkeyPatch, opens: list[bool], wai
     """Run a lost v4l2 camera's capture loop in this thread; `opens` says which reconnect attempts succeed."""
     attempts = iter(opens)
 
-    def open_reader(uri: Any) -> _NoFrames:
+    def open_reader(uri: Any, max_frame: Any) -> _NoFrames:
         if next(attempts, False):
             return _NoFrames()
         raise SourceError("cannot open V4L2 device /dev/video9")

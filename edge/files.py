@@ -1,0 +1,46 @@
+"""Reading a file that another process may have put in edge's way (a config, a trace): only a regular file,
+opened without blocking, read up to a bound."""
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+
+class NotRegularFile(ValueError):
+    """The path names a FIFO, a device, a directory or a socket: nothing edge reads as a file."""
+
+
+def read_regular(path: Path, limit: int) -> tuple[bytes, int]:
+    """(at most `limit` + 1 bytes of the file, its size as fstat saw it). O_NONBLOCK: a FIFO in its place is
+    refused, not waited on for a writer, and no device is read. OSError where the system refuses (ENOENT,
+    EACCES, ENAMETOOLONG, ...); NotRegularFile where it is no regular file."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise NotRegularFile(f"is not a regular file but {describe_mode(info.st_mode)}")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(limit + 1 - size, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), info.st_size
+    finally:
+        os.close(fd)
+
+
+def describe_mode(mode: int) -> str:
+    """What a file that is not a regular file is, for a message: `a FIFO`, `a character device`, ..."""
+    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+    return next((name for test, name in kinds if test(mode)), f"mode {stat.filemode(mode)}")
+
+
+def shown(path: str | Path) -> str:
+    """A path for a message: whole, or its start and its length when it is too long to read."""
+    text = str(path)
+    return text if len(text) <= 160 else f"{text[:120]}... ({len(text)} characters)"
