@@ -19,22 +19,31 @@ log = get_logger("cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    _on_signals(stop.set)                         # before anything that takes time (imports, the config)
     from edge.config import load_config
     from edge.service import Service
 
     environ = {**os.environ, **_env_overrides(args)}
     config = load_config(args.config, environ=environ)
     setup_logging(args.log_level or config.logging.level)
+    if stop.is_set():
+        return 0
     service = Service(config, max_frames=args.max_frames, wait_subscriber_s=args.wait_subscriber,
-                      load_config=lambda: load_config(args.config, environ=environ))
-    stop = threading.Event()
-    _on_signals(lambda: stop.set())
-    signal.signal(signal.SIGHUP, lambda signum, frame: service.reload_requested.set())
+                      load_config=lambda: load_config(args.config, environ=environ), reload_requested=args.reloads)
     service.start(stop)
     try:
         return service.run(stop)
     finally:
         service.stop()
+
+
+def _held_reloads() -> threading.Event:
+    """SIGHUP for `edge run`, installed before anything else: its default action ends the process, and systemd's
+    ExecReload or an operator may send it while the daemon starts. A reload asked for then runs once it is ready."""
+    asked = threading.Event()
+    signal.signal(signal.SIGHUP, lambda signum, frame: asked.set())
+    return asked
 
 
 def _env_overrides(args: argparse.Namespace) -> dict[str, str]:
@@ -565,6 +574,8 @@ def _terminated(signum: int, frame: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func is cmd_run:
+        args.reloads = _held_reloads()
     setup_logging(getattr(args, "log_level", None) or "info")
     # SIGTERM ends a tool like Ctrl-C does, through every `finally`, so no temporary file is left behind
     # (run, demo and subscribe install their own graceful handlers).

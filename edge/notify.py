@@ -4,21 +4,21 @@ Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
 
 The watchdog interval comes from $WATCHDOG_USEC (set by systemd with WatchdogSec=); the service pings at
 half of it, and only while its lanes make progress (edge/service.py), never from a free-running timer.
+While starting, more start time is asked for only after real progress (`progress`), so TimeoutStartSec still
+ends a start that hangs.
 """
 from __future__ import annotations
 
 import os
 import socket
-import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 from edge.log import get_logger
 
 log = get_logger("systemd")
-EXTEND_EVERY_S = 10.0           # while starting: ask for this much more time, this often
-EXTEND_BY_S = 30.0
+EXTEND_BY_S = 60.0              # after each step of a start (an engine loaded, a plan build phase): this long from now
+START_CAP_S = 1800.0            # a start is never extended past this (plan builds on a small Orin take many minutes)
 
 
 class Notifier:
@@ -29,6 +29,9 @@ class Notifier:
         mine = not pid or (pid.isdigit() and int(pid) == os.getpid())
         self.watchdog_s = int(usec) / 1e6 if usec.isdigit() and int(usec) > 0 and mine else None
         self._warned = False
+        self._born = time.monotonic()
+        self._starting = True            # progress extends the start until READY=1
+        self._capped = False
 
     @property
     def enabled(self) -> bool:
@@ -51,7 +54,23 @@ class Notifier:
         return True
 
     def ready(self, status: str) -> None:
+        self._starting = False
         self.send(READY=1, STATUS=status)
+
+    def progress(self, status: str) -> None:
+        """A step of the start made progress: EXTEND_TIMEOUT_USEC for EXTEND_BY_S from now, with `status`. Not
+        after READY=1 (systemd extends its watchdog deadline with it too: sd_notify(3), service.c
+        service_extend_timeout), and not once the start has run START_CAP_S."""
+        if not self._starting or self.address is None:
+            return
+        if time.monotonic() - self._born > START_CAP_S:
+            if not self._capped:
+                self._capped = True
+                log.warning("the start has run for over %.0f min: no more start time is asked of systemd, so"
+                            " TimeoutStartSec ends it if it does not finish", START_CAP_S / 60)
+            self.send(STATUS=status)
+            return
+        self.send(EXTEND_TIMEOUT_USEC=int(EXTEND_BY_S * 1e6), STATUS=status)
 
     def status(self, status: str) -> None:
         self.send(STATUS=status)
@@ -65,27 +84,6 @@ class Notifier:
 
     def stopping(self, status: str) -> None:
         self.send(STOPPING=1, STATUS=status)
-
-    @contextmanager
-    def extending(self, status: str) -> Iterator[None]:
-        """While the block runs (loading engines, building plans: minutes on a Jetson), ask systemd for more
-        start time every EXTEND_EVERY_S, so TimeoutStartSec only has to cover a start that hangs."""
-        if self.address is None:
-            yield
-            return
-        done = threading.Event()
-
-        def keep_extending() -> None:
-            while not done.is_set():
-                self.send(EXTEND_TIMEOUT_USEC=int(EXTEND_BY_S * 1e6), STATUS=status)
-                done.wait(EXTEND_EVERY_S)
-        thread = threading.Thread(target=keep_extending, name="systemd-extend", daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join(EXTEND_EVERY_S)
 
 
 def _address(value: str) -> str | None:

@@ -22,8 +22,9 @@ class ReloadPlan:
     stop: tuple[str, ...]          # running tasks to stop: removed, disabled, changed, or on a changed camera
     start: tuple[str, ...]         # tasks of the new config to start: added, enabled, changed, on a changed camera
     keep: tuple[str, ...]          # running tasks that run on untouched
-    supervisor: bool               # the supervisor section changed
-    logging: bool                  # the log level changed
+    supervisor: bool = False       # the supervisor section changed
+    logging: bool = False          # the log level changed
+    reopen: frozenset[str] = frozenset()    # cameras whose settings changed: opened anew for the tasks that start
 
     @property
     def changes(self) -> bool:
@@ -62,4 +63,4 @@ def plan(old: Config, new: Config, running: set[str]) -> ReloadPlan:
             keep.append(name)
     start = [name for name in wanted if name not in keep]
     return ReloadPlan(tuple(stop), tuple(start), tuple(keep), old.supervisor != new.supervisor,
-                      old.logging != new.logging)
+                      old.logging != new.logging, frozenset(changed_cameras))

@@ -17,8 +17,10 @@ import zmq
 
 from edge import reload
 from edge.config import load_config, parse_config
-from edge.errors import ConfigError, EdgeError, EngineError
+from edge.errors import ConfigError, EdgeError, EngineError, SourceError
+from edge.runtime import TaskRuntime
 from edge.service import Service
+from edge.sources import Camera
 from tests.conftest import wait_for
 from tests.daemon import RawSubscriber, run, start
 from tests.test_systemd import Systemd
@@ -173,32 +175,64 @@ def test_a_reload_applies_the_changes_and_leaves_unchanged_lanes_running(demo: A
     _processing(running, "a")
 
 
+def _broken_task(tmp_path: Path, model: Any, task_c: str, camera: str = "") -> str:
+    """Task b changed (so a half-applied reload would restart it) and task c that cannot start."""
+    return _yaml(tmp_path, model, tasks=_task("a", "cam0", model) + _task("b", "cam1", model, "\n    priority: 90")
+                 + task_c, cameras=camera)
+
+
 @pytest.mark.parametrize("breakage,error,message", [
     ("invalid YAML", ConfigError, "is not valid YAML"),
     ("an unknown key", ConfigError, "allowed keys here"),
     ("a changed results endpoint", EdgeError, "reload refused: the output section"),
     ("a task whose model is missing", EngineError, "task c: no variant of missing.onnx can run here"),
+    ("a task on a camera file that is missing", SourceError, "camera 'cam2': camera file does not exist"),
+    ("a camera path over NAME_MAX", SourceError, "cannot be used: File name too long"),
+    ("a batch the model cannot run", EngineError, "task c: batch: true over 2 cameras"),
+    ("an error nobody foresaw", EdgeError, "config reload failed: OSError: [Errno 28] No space left on device"),
 ])
 def test_a_refused_config_changes_nothing_and_says_why(demo: Any, tmp_path: Path, running: Running, breakage: str,
-                                                        error: type[Exception], message: str) -> None:
+                                                        error: type[Exception], message: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload is a transaction: engines load and new cameras open before anything that runs is touched, and
+    the switch happens only when every step succeeded. A refused reload leaves the lanes (the same objects),
+    the tasks, the open cameras and the config in use as they were, and closes whatever it had prepared."""
     _processing(running, "a")
     lanes = {task: running.lane(task) for task in ("a", "b")}
+    config, cameras = running.service.config, dict(running.service.cameras.open)
     model = demo.model
     good = running.path.read_text()
+    cam2 = "\n  - id: cam2\n    uri: file://{}?realtime=0"
     broken = {
         "invalid YAML": good + "tasks: [\n",
         "an unknown key": good.replace("    threads: 1\n", "    threads: 1\n    thread: 2\n", 1),
         "a changed results endpoint": good.replace("/r.sock", "/other.sock"),
-        "a task whose model is missing": _yaml(tmp_path, model, tasks=_task("a", "cam0", model)
-                                               + _task("b", "cam1", model, "\n    priority: 90")
-                                               + _task("c", "cam1", tmp_path / "missing.onnx")),
+        "a task whose model is missing": _broken_task(tmp_path, model, _task("c", "cam1", tmp_path / "missing.onnx")),
+        "a task on a camera file that is missing": _broken_task(tmp_path, model, _task("c", "cam2", model),
+                                                                cam2.format(tmp_path / "missing.avi")),
+        "a camera path over NAME_MAX": _broken_task(tmp_path, model, _task("c", "cam2", model),
+                                                    cam2.format(tmp_path / ("v" * 300 + ".avi"))),
+        "a batch the model cannot run": _broken_task(tmp_path, model, _task("c", "cam0, cam1", model,
+                                                                            "\n    batch: true")),
+        "an error nobody foresaw": _broken_task(tmp_path, model, _task("c", "cam2", model),
+                                                cam2.format(demo.video)),
     }[breakage]
+    if breakage == "an error nobody foresaw":
+        def full_disk(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+        monkeypatch.setattr(Camera, "open", full_disk)
+    loaded: list[TaskRuntime] = []
+    real_load = TaskRuntime.load
+    monkeypatch.setattr(TaskRuntime, "load", lambda self: (loaded.append(self), real_load(self))[1])
     running.path.write_text(broken)
     with pytest.raises(error) as info:
         running.service.handle("reload", {})
     assert message in str(info.value)
     assert {task: running.lane(task) for task in ("a", "b")} == lanes and set(running.service.tasks) == {"a", "b"}
+    assert running.service.config is config and running.service.cameras.open == cameras
+    assert running.lane("b").runtime.config.priority == 50                       # not restarted with priority 90
     assert not any(lane.finished.is_set() for lane in lanes.values())
+    assert all(not engine.is_active for runtime in loaded for engine in runtime.variants.engines.values())
     event = running.event("config.reload")
     assert event["result"] == "refused" and event["reason"]
     before = lanes["b"].stats.processed
@@ -259,3 +293,49 @@ def test_turning_the_supervisor_off_and_on_replaces_it_and_the_tasks_run_on(demo
     assert second is not None and second is not first and set(second._runtimes) == {"a", "b"}
     wait_for(lambda: second.sample is not None, 10, "the new supervisor's first telemetry sample")   # it runs
     assert {task: running.lane(task) for task in ("a", "b")} == lanes
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process `pid` has a handler for `signum` (SigCgt in /proc/PID/status, proc(5))."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def test_a_sighup_while_the_daemon_starts_is_held_until_it_is_ready(demo: Any, tmp_path: Path,
+                                                                   systemd: Systemd) -> None:
+    """SIGHUP's default action ends a process: a SIGHUP in the first moments after exec (rc 129) killed the
+    daemon, whose handler came after the imports, the config and the service. The handler now comes before
+    SIGTERM's, the first edge installs; the reload it asks for waits until READY=1, then runs."""
+    path = tmp_path / "edge.yaml"
+    path.write_text(_yaml(tmp_path, demo.model, tasks=_task("a", "cam0", demo.model)))
+    proc = start(path, env_extra={"NOTIFY_SOCKET": str(systemd.path)})
+    try:
+        wait_for(lambda: proc.poll() is not None or _catches(proc.pid, signal.SIGTERM), 30,
+                 "edge to install its first signal handler")
+        proc.send_signal(signal.SIGHUP)
+        assert systemd.until("READY", 60)["READY"] == "1"
+        assert systemd.until("RELOADING")["RELOADING"] == "1"
+        assert systemd.until("READY", 60)["READY"] == "1"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        proc.kill()
+        _, stderr = proc.communicate(timeout=30)
+    assert "config reloaded: nothing changed" in stderr
+
+
+def test_a_sighup_reload_that_raises_is_refused_and_the_daemon_runs_on(demo: Any, tmp_path: Path,
+                                                                       running: Running) -> None:
+    """A camera path over NAME_MAX raised OSError out of the reload, which SIGHUP ran in the run loop: the daemon
+    ended. Any error in a reload is a refusal, logged and published, and the daemon runs on."""
+    _processing(running, "a")
+    model = demo.model
+    running.path.write_text(_broken_task(tmp_path, model, _task("c", "cam2", model),
+                                         f"\n  - id: cam2\n    uri: file://{tmp_path / ('v' * 300)}.avi"))
+    running.service.reload_requested.set()
+    event = running.event("config.reload", 30)
+    assert event["result"] == "refused" and "File name too long" in event["reason"]
+    assert running.thread.is_alive() and set(running.service.tasks) == {"a", "b"}
+    before = running.lane("a").stats.processed
+    _processing(running, "a", before)

@@ -200,6 +200,8 @@ def test_tasks_start_and_stop_at_run_time_and_cameras_follow_them(demo: Any, tmp
             service.enable_task("trucks")
         with pytest.raises(EdgeError, match="task cars is not running"):
             service.disable_task("cars")
+        with pytest.raises(EdgeError, match="no task named 'ghost' in the config"):   # was "not running"
+            service.disable_task("ghost")
         service.enable_task("people")
         with pytest.raises(EdgeError, match="task people is running already"):
             service.enable_task("people")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from edge import bundle
@@ -64,10 +65,11 @@ def choose_backend(task: TaskConfig) -> tuple[str, bundle.DeviceKey | None, str]
     return "tensorrt", device, f"{task.backend}: TensorRT {device.tensorrt} on {device.board}, SM {device.sm}"
 
 
-def variants_for(task: TaskConfig, *, threads: int) -> Variants:
+def variants_for(task: TaskConfig, *, threads: int, progress: Callable[[str], None] | None = None) -> Variants:
     """Every precision variant of `task` that can run on this machine, as an engine ready to activate. On
     TensorRT, a variant of an engine repository (`engines:`) that has no plan for this device gets one
-    built now (minutes on a Jetson, once: the plan is kept in the repository)."""
+    built now (minutes on a Jetson, once: the plan is kept in the repository); `progress` hears each step of
+    such a build."""
     backend, device, why = choose_backend(task)
     log.info("task %s: %s (%s)", task.name, backend, why)
     manifest = manifest_of(task)
@@ -77,7 +79,7 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
     allow_onnx = task.allow_onnx and task.backend != "tensorrt"
     for precision in (p for p in PRECISIONS if p in present):
         if device is not None and task.engines is not None:
-            manifest = _with_plan(task, manifest, precision, device)
+            manifest = _with_plan(task, manifest, precision, device, progress)
         try:
             choice = bundle.resolve(manifest, precision, device=device, allow_onnx=allow_onnx)
         except EngineError as exc:
@@ -103,8 +105,8 @@ def variants_for(task: TaskConfig, *, threads: int) -> Variants:
     return Variants(engines, unavailable)
 
 
-def _with_plan(task: TaskConfig, manifest: bundle.Manifest, precision: str,
-               device: bundle.DeviceKey) -> bundle.Manifest:
+def _with_plan(task: TaskConfig, manifest: bundle.Manifest, precision: str, device: bundle.DeviceKey,
+               progress: Callable[[str], None] | None) -> bundle.Manifest:
     """The manifest, with a plan of `precision` for this device built first when it has none that can run.
     A failed build is logged; resolving then says what is missing (or falls back to the ONNX variant)."""
     source = manifest.onnx(precision)
@@ -119,8 +121,12 @@ def _with_plan(task: TaskConfig, manifest: bundle.Manifest, precision: str,
     onnx = manifest.root / source.file
     log.warning("task %s: building the %s TensorRT plan of %s for this device; this takes minutes on a Jetson,"
                 " once", task.name, precision, onnx.name)
+    def say(line: str) -> None:
+        log.info("task %s: %s", task.name, line)
+        if progress is not None:
+            progress(f"starting: task {task.name}: building its {precision} plan: {line.strip()}")
     try:
-        result = build.build(onnx, say=lambda line: log.info("task %s: %s", task.name, line))
+        result = build.build(onnx, say=say)
     except EngineError as exc:
         log.error("task %s: the %s plan could not be built: %s", task.name, precision, exc)
         return manifest
