@@ -35,6 +35,10 @@ HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP hands
 INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
 ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
 CURVE_MAXMSGSIZE = 1024      # room for CURVE's INITIATE command; subscriptions stay bounded by the gate's rules
+# The longest subscription as MAXMSGSIZE counts it, the frame's body (libzmq 4.3.5 src/v2_decoder.cpp size_ready):
+# a ZMTP 3.0 peer sends a flag byte (1 or 0) and the topic prefix; a ZMTP 3.1 one (libzmq 4.3.3 and later) the
+# SUBSCRIBE or CANCEL command, its name after a length byte, then the prefix (ZeroMQ RFC 37; src/msg.hpp).
+MAX_SUBSCRIPTION_BYTES = max(map(len, (b"\x01", b"\x00", b"\x09SUBSCRIBE", b"\x06CANCEL"))) + protocol.MAX_TOPIC_BYTES
 BATCH = 512                  # inbound messages handled between two rounds of sending
 RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
 
@@ -107,7 +111,7 @@ class Publisher:
         sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
         # a larger message ends its connection; CURVE's handshake commands (INITIATE: 257 bytes and the peer's
         # metadata) pass through the same limit
-        sock.setsockopt(zmq.MAXMSGSIZE, CURVE_MAXMSGSIZE if self._curve else 1 + protocol.MAX_TOPIC_BYTES)
+        sock.setsockopt(zmq.MAXMSGSIZE, CURVE_MAXMSGSIZE if self._curve else MAX_SUBSCRIPTION_BYTES)
         sock.setsockopt(zmq.XPUB_MANUAL, 1)
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)       # no handshake completes without the gate's answer

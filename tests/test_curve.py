@@ -17,6 +17,7 @@ from edge.peers import Curve
 from edge.publisher import Publisher
 from tests.conftest import wait_for
 from tests.daemon import run
+from tests.test_peers import LONGEST_PREFIX
 
 
 def keys(directory: Path, name: str) -> tuple[Path, Path]:
@@ -68,6 +69,22 @@ def test_only_allowed_keys_receive(pki: dict[str, Path], publisher: Publisher, c
     finally:
         for sub in (good, stranger, plain):
             sub.close()
+
+
+def test_a_curve_subscriber_to_the_longest_topic_receives(pki: dict[str, Path], publisher: Publisher,
+                                                         ctx: zmq.Context) -> None:
+    """CURVE carries the SUBSCRIBE command inside its MESSAGE command (ZeroMQ RFC 26): it fits CURVE_MAXMSGSIZE."""
+    sub = Subscriber(publisher.endpoint, topics=[LONGEST_PREFIX.decode()], context=ctx,
+                     curve=CurveKeys.load(pki["client_secret"], pki["server_public"]))
+    try:
+        wait_for(lambda: publisher.subscriptions == 1, 10, "the subscription to the longest topic")
+        publisher.publish(LONGEST_PREFIX.decode(), protocol.det_message(
+            task="t" * protocol.NAME_BYTES, camera="c" * protocol.NAME_BYTES, frame=0, t_capture_ns=1,
+            precision="fp32", engine="e", size=(8, 8), detections=[]))
+        message = sub.recv(timeout=10)
+        assert message is not None and message.topic == LONGEST_PREFIX.decode()
+    finally:
+        sub.close()
 
 
 def test_tcp_without_curve_is_refused_and_curve_over_the_network_is_allowed(tmp_path: Path,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import resource
 import socket
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -75,6 +76,64 @@ def disconnected(monitor: zmq.Socket) -> bool:
     (b"results", False), (b"det.p\xc3\xa9", False), (b"det." + b"a" * 65, False), (b"\x00det.", False)])
 def test_only_prefixes_of_edge_topics_are_valid(prefix: bytes, valid: bool) -> None:
     assert protocol.is_topic_prefix(prefix) is valid
+
+
+LONGEST_PREFIX = b"det." + b"t" * protocol.NAME_BYTES + b"." + b"c" * protocol.NAME_BYTES   # a whole topic
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ipc"])
+def test_a_sub_subscribed_to_the_longest_topic_stays_connected_and_receives(
+        transport: str, ctx: zmq.Context, tcp_endpoint: str, ipc_endpoint: str) -> None:
+    """libzmq 4.3.3 and later speak ZMTP 3.1 (ZeroMQ RFC 37), where a SUB sends its subscription as the SUBSCRIBE
+    command: the name with its length byte, b"\\x09SUBSCRIBE", then the prefix (libzmq 4.3.5 src/v3_1_encoder.cpp,
+    src/msg.hpp sub_cmd_name). MAXMSGSIZE bounds that whole frame body (src/v2_decoder.cpp size_ready), so a limit
+    of ZMTP 3.0's flag byte plus the prefix cut such a subscriber off before the daemon saw it, again at each
+    reconnection."""
+    endpoint = tcp_endpoint if transport == "tcp" else ipc_endpoint
+    assert len(LONGEST_PREFIX) == protocol.MAX_TOPIC_BYTES and protocol.is_topic_prefix(LONGEST_PREFIX)
+    pub = started(endpoint, ctx)
+    sub = sub_socket(ctx, endpoint, LONGEST_PREFIX)
+    try:
+        wait_for(lambda: pub.subscriptions == 1, 10, "the subscription to the longest topic")
+        pub.publish(LONGEST_PREFIX.decode(), {"kind": "det"})
+        assert sub.poll(10_000) and sub.recv_multipart()[0] == LONGEST_PREFIX
+        assert (pub.connections, pub.rejected_inbound) == (1, 0)
+    finally:
+        sub.close(linger=0)
+        pub.stop(5)
+
+
+def test_a_zmtp_3_0_peer_subscribed_to_the_longest_topic_receives(publisher: Publisher) -> None:
+    """A ZMTP 3.0 peer (ZeroMQ RFC 23, NULL mechanism) subscribes with a message: a flag byte, then the prefix."""
+    host, port = publisher.endpoint[len("tcp://"):].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as raw:
+        raw.sendall(b"\xff" + bytes(8) + b"\x7f" + bytes([3, 0]) + b"NULL".ljust(20, b"\0") + b"\0" + bytes(31))
+        ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB"
+        raw.sendall(bytes([0x04, len(ready)]) + ready)
+        received_exactly(raw, 64)                                          # the daemon's greeting,
+        assert zmtp_frame(raw)[1].startswith(b"\x05READY")                # its READY: the handshake is done
+        subscription = b"\x01" + LONGEST_PREFIX
+        raw.sendall(bytes([0x00, len(subscription)]) + subscription)
+        wait_for(lambda: publisher.subscriptions == 1, 10, "the ZMTP 3.0 peer's subscription")
+        publisher.publish(LONGEST_PREFIX.decode(), {"kind": "det"})
+        assert zmtp_frame(raw) == (0x01, LONGEST_PREFIX)                   # the topic frame, more to follow
+    assert publisher.rejected_inbound == 0
+
+
+def received_exactly(raw: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = raw.recv(size - len(data))
+        assert chunk, f"the daemon closed the connection after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
+def zmtp_frame(raw: socket.socket) -> tuple[int, bytes]:
+    """One ZMTP 3 frame: (flags, body); bit 0x02 of the flags is a long size, 0x04 a command."""
+    flags = received_exactly(raw, 1)[0]
+    size = int.from_bytes(received_exactly(raw, 8 if flags & 0x02 else 1), "big")
+    return flags, received_exactly(raw, size)
 
 
 def test_subscriptions_and_connections_are_counted(publisher: Publisher, ctx: zmq.Context) -> None:
