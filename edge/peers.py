@@ -291,71 +291,113 @@ class Gate:
 
 
 class Subscriptions:
-    """The subscriptions the publishing thread applies (XPUB_MANUAL), counted over all connections."""
+    """The subscriptions the publishing thread applies (XPUB_MANUAL), counted over all connections.
+
+    libzmq notes every (un)subscription a connection sends, before the daemon sees it: the refused ones, and
+    those that end a multipart message, too. When a connection closes, it sends one unsubscription per prefix
+    noted for it, without the connection's metadata (libzmq 4.3.5 src/xpub.cpp: xread_activated,
+    xpipe_terminated). So the counts follow libzmq's notes: per prefix, the connections it is applied for
+    (`_held`) and those it was noted for and refused on (`_refused`). An unsubscription without metadata takes
+    from `_refused` first: the daemon closes a connection at its first refusal, so its unsubscriptions are the
+    ones due; whichever order they come in, both counts are right once the connections involved have closed.
+    """
 
     def __init__(self, limits: Limits, is_listener: Callable[[socket.socket], bool], activity: Activity) -> None:
         self.limits = limits
         self._is_listener = is_listener
         self._activity = activity
-        self._held: collections.Counter[bytes] = collections.Counter()    # prefix -> connections holding it
-        self._peers: collections.OrderedDict[str, set[bytes]] = collections.OrderedDict()
+        self._held: collections.Counter[bytes] = collections.Counter()
+        self._refused: collections.Counter[bytes] = collections.Counter()
+        self._peers: collections.OrderedDict[str, dict[bytes, bool]] = collections.OrderedDict()  # prefix: applied
         self.subscriptions = 0
         self.rejected = 0
 
-    def inbound(self, conn: str | None, fd: int | None, message: bytes | None) -> tuple[bool, bytes] | None:
-        """A message from connection `conn` (libzmq's User-Id; None for inproc peers and for the
-        unsubscriptions libzmq makes when a connection closes) on `fd`; `message` None is a multipart one.
-        Returns (subscribe, prefix) to apply for that connection, or None to ignore the message."""
-        if message is None or message[:1] not in (b"\x00", b"\x01"):
-            return self._reject(fd, "a message that is not a subscription")
-        prefix, subscribe = message[1:], message[0] == 1
+    def inbound(self, conn: str | None, fd: int | None, frames: list[bytes]) -> tuple[bool, bytes] | None:
+        """A message from connection `conn` (libzmq's User-Id; None for inproc peers and for the unsubscriptions
+        libzmq makes when a connection closes) on `fd`. Returns (subscribe, prefix) to apply for that
+        connection, or None to ignore the message."""
         mine = self._peer(conn)
-        if not subscribe:
-            if mine is not None and prefix not in mine:
-                return None
-            if mine is None and not self._held[prefix]:
-                return None                    # libzmq's, for a subscription this daemon refused
-            self._drop(prefix, mine)
-            return False, prefix
-        if not protocol.is_topic_prefix(prefix):
-            return self._reject(fd, f"subscription {prefix[:40]!r}, not a prefix of an edge topic")
-        if mine is not None and prefix in mine:
-            return True, prefix
-        if mine is not None and len(mine) >= self.limits.subscriptions_per_peer:
-            return self._reject(fd, f"subscription number {len(mine) + 1} on one connection (limit"
-                                    f" {self.limits.subscriptions_per_peer})")
-        if mine is not None:
-            mine.add(prefix)
-        self._held[prefix] += 1
-        self.subscriptions += 1
-        self._activity.note("subscriptions accepted")
-        return True, prefix
+        if len(frames) == 1 and frames[0][:1] in _FLAGS:
+            return self._subscription(mine, fd, frames[0][0] == 1, frames[0][1:])
+        for frame in frames:
+            if frame[:1] in _FLAGS:            # noted by libzmq all the same; refused here with the message
+                if frame[0] == 1:
+                    self._note(mine, frame[1:], applied=False)
+                else:
+                    self._forget(mine, frame[1:])
+        return self._reject(fd, "a message that is not a subscription")
 
-    def _peer(self, conn: str | None) -> set[bytes] | None:
-        """The prefixes `conn` holds. Kept for the most recent connections only: libzmq does not say when
+    def _subscription(self, mine: dict[bytes, bool] | None, fd: int | None, subscribe: bool,
+                      prefix: bytes) -> tuple[bool, bytes] | None:
+        if not subscribe:
+            return (False, prefix) if self._forget(mine, prefix) else None
+        applied = None if mine is None else mine.get(prefix)
+        if applied:                            # libzmq notes a prefix once per connection
+            return True, prefix
+        if applied is not None:
+            return self._reject(fd, f"subscription {prefix[:40]!r} once more after its refusal")
+        why = self._refusal(mine, prefix)
+        self._note(mine, prefix, applied=not why)
+        return self._reject(fd, why) if why else (True, prefix)
+
+    def _refusal(self, mine: dict[bytes, bool] | None, prefix: bytes) -> str:
+        """Why a new subscription is refused ('' when it is not)."""
+        if not protocol.is_topic_prefix(prefix):
+            return f"subscription {prefix[:40]!r}, not a prefix of an edge topic"
+        held = 0 if mine is None else sum(mine.values())
+        if held >= self.limits.subscriptions_per_peer:
+            return f"subscription number {held + 1} on one connection (limit {self.limits.subscriptions_per_peer})"
+        return ""
+
+    def _note(self, mine: dict[bytes, bool] | None, prefix: bytes, *, applied: bool) -> None:
+        if mine is not None:
+            if prefix in mine:
+                return                         # noted once
+            mine[prefix] = applied
+        (self._held if applied else self._refused)[prefix] += 1
+        if applied:
+            self.subscriptions += 1
+            self._activity.note("subscriptions accepted")
+
+    def _forget(self, mine: dict[bytes, bool] | None, prefix: bytes) -> bool:
+        """An unsubscription; True when it ends an applied subscription (to unapply for its connection)."""
+        if mine is not None:                   # the connection's own: what libzmq noted for it, if anything
+            if prefix not in mine:
+                return False
+            applied = mine.pop(prefix)
+        elif self._refused[prefix]:            # libzmq's for a closed connection, or an inproc peer's
+            applied = False
+        elif self._held[prefix]:
+            applied = True
+        else:
+            return False
+        counts = self._held if applied else self._refused
+        counts[prefix] -= 1
+        if not counts[prefix]:
+            del counts[prefix]
+        if applied:
+            self.subscriptions -= 1
+        return applied
+
+    def _peer(self, conn: str | None) -> dict[bytes, bool] | None:
+        """What libzmq noted for `conn`. Kept for the most recent connections only: libzmq does not say when
         a connection closes, and its own unsubscriptions then (one per prefix) keep the counts."""
         if conn is None:
             return None
         mine = self._peers.pop(conn, None)
-        self._peers[conn] = mine = set() if mine is None else mine
+        self._peers[conn] = mine = {} if mine is None else mine
         while len(self._peers) > 4 * self.limits.peers:
             self._peers.popitem(last=False)
         return mine
-
-    def _drop(self, prefix: bytes, mine: set[bytes] | None) -> None:
-        if mine is not None:
-            mine.discard(prefix)
-        if self._held[prefix]:
-            self._held[prefix] -= 1
-            self.subscriptions -= 1
-            if not self._held[prefix]:
-                del self._held[prefix]
 
     def _reject(self, fd: int | None, what: str) -> None:
         self.rejected += 1
         closed = fd is not None and _shutdown(fd, self._is_listener)
         self._activity.note("messages rejected", f"rejected {what}" + ("; closed its connection" if closed else ""))
         return None
+
+
+_FLAGS = (b"\x00", b"\x01")     # the first byte of an unsubscription and of a subscription
 
 
 def _zap_source(address: str) -> str:

@@ -253,7 +253,7 @@ class Publisher:
             first = frames[0]
             conn, fd = _frame_get(first, "User-Id"), _frame_get(first, zmq.SRCFD)
             action = self._subscriptions.inbound(None if conn is None else str(conn), None if fd is None else int(fd),
-                                                 first.bytes if len(frames) == 1 else None)
+                                                 [frame.bytes for frame in frames])
             if action is not None:
                 subscribe, prefix = action
                 sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)  # for that peer only

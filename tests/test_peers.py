@@ -151,6 +151,33 @@ def test_subscriptions_and_connections_are_counted(publisher: Publisher, ctx: zm
     wait_for(lambda: (publisher.subscriptions, publisher.connections) == (0, 0), 10, "everyone to leave")
 
 
+def test_the_count_comes_back_exactly_when_connections_with_refused_subscriptions_close(
+        ctx: zmq.Context, tcp_endpoint: str) -> None:
+    """In XPUB_MANUAL libzmq notes each subscription a connection sends, also one that the daemon then refuses
+    and one inside a multipart message, and when the connection closes it sends one unsubscription without
+    metadata per prefix noted (libzmq 4.3.5 src/xpub.cpp: xread_activated, xpipe_terminated). Those for refused
+    prefixes must not take the subscriptions of the connections that hold the same prefixes."""
+    pub = started(tcp_endpoint, ctx, subscriptions_per_peer=2)
+    try:
+        holders = [sub_socket(ctx, tcp_endpoint, b"det.a", b"det.b"), sub_socket(ctx, tcp_endpoint, b"det.c")]
+        wait_for(lambda: pub.subscriptions == 3, 10, "the holders' three subscriptions")
+        over = sub_socket(ctx, tcp_endpoint, b"det.a", b"det.b", b"det.c")     # one over its limit of 2
+        invalid = sub_socket(ctx, tcp_endpoint, b"sys.", b"results")             # not a prefix of an edge topic
+        multipart, monitor = xsub(ctx, tcp_endpoint)
+        multipart.send_multipart([b"junk", b"\x01det.c"])                        # libzmq notes the last part
+        wait_for(lambda: pub.rejected_inbound == 3, 10, "the three refusals")
+        for sock in (over, invalid, multipart, monitor):
+            sock.close(linger=0)
+        wait_for(lambda: pub.connections == 2, 10, "the refused peers to leave")
+        late = sub_socket(ctx, tcp_endpoint, b"sys.heartbeat")                  # after them
+        wait_for(lambda: (pub.subscriptions, pub.connections) == (4, 3), 10, "the holders' three and the late one")
+        for sock in (*holders, late):
+            sock.close(linger=0)
+        wait_for(lambda: (pub.subscriptions, pub.connections) == (0, 0), 10, "everyone to leave")
+    finally:
+        pub.stop(5)
+
+
 def test_a_message_that_is_not_a_valid_subscription_closes_its_connection(publisher: Publisher,
                                                                           ctx: zmq.Context) -> None:
     good = sub_socket(ctx, publisher.endpoint, b"det.")
