@@ -28,6 +28,7 @@ import collections
 import contextlib
 import dataclasses
 import os
+import re
 import resource
 import socket
 import struct
@@ -401,9 +402,18 @@ _FLAGS = (b"\x00", b"\x01")     # the first byte of an unsubscription and of a s
 
 
 def _zap_source(address: str) -> str:
-    """The source of a ZAP request: `uid N` for ipc (libzmq sends 'host:uid:gid:pid'), else the address."""
-    parts = address.rsplit(":", 3)
-    return f"uid {parts[1]}" if len(parts) == 4 and parts[1].isdigit() else address
+    """The source of a ZAP request: `uid N` for ipc, else the address. libzmq 4.3.5 sends the peer's numeric host,
+    for ipc with ':uid:gid:pid' after it (src/stream_engine_base.cpp get_peer_address); an IPv6 host has colons
+    of its own, so only a host without one, followed by three numbers, is ipc's form."""
+    match = _IPC_ADDRESS.fullmatch(address)
+    return _uid_source(int(match[1])) if match else address
+
+
+_IPC_ADDRESS = re.compile(r"[^:]*:(\d+):\d+:\d+")
+
+
+def _uid_source(uid: int) -> str:
+    return f"uid {uid}"
 
 
 @contextlib.contextmanager
@@ -424,7 +434,7 @@ def _source(fd: int) -> str:
             if sock.family == socket.AF_UNIX:
                 _, uid, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                 struct.calcsize("3i")))
-                return f"uid {uid}"
+                return _uid_source(uid)
             return str(sock.getpeername()[0])
     except OSError:
         return "unknown"                      # closed already: its DISCONNECTED follows

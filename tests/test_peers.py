@@ -4,6 +4,7 @@ is closed and logged in one summary line."""
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import socket
 import struct
@@ -16,7 +17,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from edge import protocol
+from edge import peers, protocol
 from edge.peers import Limits
 from edge.publisher import Publisher
 from tests.conftest import wait_for
@@ -234,6 +235,35 @@ def test_new_connections_are_admitted_at_a_bounded_rate(ctx: zmq.Context, tcp_en
     for sub in subs:
         sub.close(linger=0)
     pub.stop(5)
+
+
+@pytest.mark.parametrize(("address", "source"), [
+    ("localhost:1000:1001:4242", "uid 1000"), ("127.0.0.1", "127.0.0.1"), ("::1", "::1"),
+    ("2001:db8:1::5", "2001:db8:1::5"), ("fe80::1:2:3", "fe80::1:2:3"), ("1:2::3", "1:2::3"), ("1:2:3::", "1:2:3::"),
+    ("::ffff:10.0.0.1", "::ffff:10.0.0.1")])
+def test_a_zap_address_names_its_source(address: str, source: str) -> None:
+    """libzmq 4.3.5 gives ZAP the peer's numeric host (getnameinfo NI_NUMERICHOST), and for ipc appends the
+    peer's ':uid:gid:pid' (SO_PEERCRED) to 'localhost' (src/stream_engine_base.cpp get_peer_address, src/ip.cpp
+    get_peer_ip_address). An IPv6 host has colons of its own: with three or four, one was taken for ipc's
+    form and rate-limited as 'uid 1' or 'uid 2'."""
+    assert peers._zap_source(address) == source
+
+
+@pytest.mark.parametrize(("limits", "refusal"), [
+    ({"peers_per_source": 1}, "uid {uid} holds 1 connections (limit 1)"),                # from the fd: SO_PEERCRED
+    ({"admit_burst": 1, "admit_per_s": 0.001}, "uid {uid} connects faster than 0.001/s")])  # from ZAP's address
+def test_an_ipc_peer_is_limited_as_its_uid(ctx: zmq.Context, ipc_endpoint: str, caplog: pytest.LogCaptureFixture,
+                                           limits: dict[str, float], refusal: str) -> None:
+    with caplog.at_level(logging.INFO, logger="edge.publisher"):
+        pub = started(ipc_endpoint, ctx, **limits)
+        subs = [sub_socket(ctx, ipc_endpoint, b"det.") for _ in range(2)]
+        try:
+            expected = refusal.format(uid=os.geteuid())
+            wait_for(lambda: any(expected in r.getMessage() for r in caplog.records), 10, repr(expected))
+        finally:
+            for sub in subs:
+                sub.close(linger=0)
+            pub.stop(5)
 
 
 def test_peers_that_do_not_speak_zmtp3_are_refused_before_any_subscription(publisher: Publisher) -> None:
