@@ -70,7 +70,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     received = 0
     with Subscriber(args.endpoint, topics=args.topic or [""], curve=curve) as sub:
         print(f"subscribed to {sub.endpoint} topics {args.topic or ['(all)']}", file=sys.stderr, flush=True)
-        silence = SilenceNotice(sub.endpoint, args.topic or [""], after_s=args.notice_after)
+        silence = SilenceNotice(sub.endpoint, args.topic or [""], after_s=args.notice_after, curve=curve is not None)
         while not stop.is_set() and (args.count is None or received < args.count):
             msg = sub.recv(timeout=0.2)
             if msg is None:

@@ -157,8 +157,9 @@ class SilenceNotice:
     """
 
     def __init__(self, endpoint: str, topics: Iterable[str] = ("",), *, after_s: float = SILENCE_NOTICE_S,
-                 every_s: float = SILENCE_REPEAT_S, now: float | None = None) -> None:
+                 every_s: float = SILENCE_REPEAT_S, curve: bool = False, now: float | None = None) -> None:
         self.endpoint = endpoint
+        self.curve = curve
         self.topics = [t for t in topics if t]
         self.after_s = after_s
         self.every_s = every_s
@@ -183,7 +184,7 @@ class SilenceNotice:
         what = "nothing valid" if invalid else "nothing"
         when = f"for {_seconds(silent)} s since the last message" if self.received else f"in {_seconds(silent)} s"
         details = [f"skipped {invalid} invalid message(s)"] if invalid else []
-        details += [state] if (state := endpoint_state(self.endpoint)) else []
+        details += [text for text in (endpoint_state(self.endpoint), curve_advice(self.endpoint, self.curve)) if text]
         topics = f" on topic(s) {', '.join(self.topics)}" if self.topics else ""
         return (f"{what} received from {self.endpoint} {when}" + (f" ({'; '.join(details)})" if details else "")
                 + f"; is `edge run` running and publishing there{topics}? (still waiting)")
@@ -201,6 +202,16 @@ def endpoint_state(endpoint: str) -> str:
     except OSError as exc:
         return f"socket file {path} cannot be checked: {exc.strerror}"
     return f"socket file {path} exists" if stat.S_ISSOCK(mode) else f"{path} exists but is not a socket"
+
+
+def curve_advice(endpoint: str, curve: bool) -> str:
+    """For a tcp endpoint, which CURVE set-up receives nothing (edge serves tcp only with CURVE); else ''."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    if not curve:
+        return "edge serves tcp only with CURVE: pass --curve CLIENT.key_secret SERVER.key"
+    return ("with CURVE, nothing arrives while the daemon's output.curve.clients lacks this client's public key or"
+            " SERVER.key is not the daemon's public key; the daemon logs the connections it refused")
 
 
 def _seconds(value: float) -> str:

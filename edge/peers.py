@@ -12,7 +12,9 @@ has the measurements. Two parts add the limits, with what libzmq exposes:
     gets a connection id, which libzmq attaches to its messages as User-Id;
   - it reads the socket monitor (ACCEPTED and DISCONNECTED carry the connection's fd) and closes a
     connection over the count limits at once, before its handshake, so idle connections cannot
-    exhaust the fds.
+    exhaust the fds;
+  - it counts and logs the handshakes libzmq broke off, which ZAP never sees (HANDSHAKE_FAILED_PROTOCOL
+    names only the error): a subscriber without CURVE on a CURVE endpoint, or with another server key.
 - `Subscriptions`, in the publishing thread (XPUB_MANUAL): only prefixes of edge's own topics are
   applied, at most `subscriptions_per_peer` a connection; a connection that sends anything else is
   closed on its first such message.
@@ -49,6 +51,8 @@ from edge.log import get_logger
 log = get_logger("publisher")
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"     # fixed by the ZAP protocol (ZeroMQ RFC 27)
 SUMMARY_EVERY_S = 10.0                      # connection comings and goings: one log line per interval
+# what the gate reads from the socket monitor; a failed handshake (libzmq 4.3.5) names no peer, only its error
+MONITOR_EVENTS = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
 RESERVED_FDS = 64                           # never given to peers: camera reopen, logs, engine files
 BURST_FDS = 1024      # connections libzmq may accept before the gate closes them (up to ~800 measured)
 
@@ -148,6 +152,11 @@ class Curve:
         if not secret:
             raise EdgeError(f"{secret_key} holds no secret key", note="it is a public certificate (NAME.key)",
                             hint="point output.curve.secret_key at NAME.key_secret")
+        misplaced = sorted(path.name for path in clients.glob("*.key_secret")) if clients.is_dir() else []
+        if misplaced:                         # load_certificates reads *.key only
+            log.warning("%s holds secret key file(s) %s: only public NAME.key files there let subscribers in, and a"
+                        " secret key belongs to its owner alone; move each out, and put its owner's public NAME.key"
+                        " there instead", clients, ", ".join(misplaced))
         if not allowed:
             raise EdgeError(f"no client certificates (*.key) in {clients}: no subscriber could connect",
                             hint=f"copy the subscribers' public NAME.key files there; {hint}")
@@ -209,11 +218,13 @@ class Gate:
                 event, _ = self._monitor.recv_multipart(flags=zmq.NOBLOCK)
             except zmq.Again:
                 return
-            kind, fd = struct.unpack("=HI", event[:6])
+            kind, value = struct.unpack("=HI", event[:6])     # value: the fd, or the handshake's error
             if kind == zmq.EVENT_ACCEPTED:
-                self._accepted(fd)
+                self._accepted(value)
             elif kind == zmq.EVENT_DISCONNECTED:
-                self._closed(fd)
+                self._closed(value)
+            elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+                self._refuse(self._broken_handshake(value))
 
     def _accepted(self, fd: int) -> None:
         self._closed(fd)                       # a reused fd number whose DISCONNECTED came first
@@ -243,6 +254,19 @@ class Gate:
         if self._sources[source] >= self.limits.peers_per_source:
             return f"{source} holds {self._sources[source]} connections (limit {self.limits.peers_per_source})"
         return ""
+
+    def _broken_handshake(self, error: int) -> str:
+        """What a handshake libzmq broke off for a protocol error says of its peer. libzmq 4.3.5 asks ZAP only
+        once the greetings name the same mechanism and, with CURVE, the client's boxes open: a peer without CURVE
+        on a CURVE endpoint (or the other way round) ends at the greeting (src/zmtp_engine.cpp), one with another
+        server key at HELLO (src/curve_server.cpp)."""
+        if error == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH:
+            return ("a peer without CURVE on this CURVE endpoint (a subscriber without its keys?)"
+                    if self._clients is not None else "a CURVE peer on this endpoint without CURVE")
+        if error == zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC:
+            return ("a CURVE handshake this daemon cannot decrypt (a subscriber with another server key than this"
+                    " daemon's public key?)")
+        return f"a handshake that broke the protocol (libzmq error {error:#x})"
 
     def _answer_zap(self) -> None:
         """ZAP (RFC 27): [routing id, '', version, request id, domain, address, identity, mechanism, ...]."""

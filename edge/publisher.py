@@ -27,7 +27,7 @@ import zmq
 from edge import ipc, protocol
 from edge.errors import EdgeError
 from edge.log import get_logger
-from edge.peers import ZAP_ENDPOINT, Activity, Curve, Gate, Limits, Subscriptions
+from edge.peers import MONITOR_EVENTS, ZAP_ENDPOINT, Activity, Curve, Gate, Limits, Subscriptions
 
 log = get_logger("publisher")
 CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
@@ -120,7 +120,7 @@ class Publisher:
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
-        monitor = sock.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        monitor = sock.get_monitor_socket(MONITOR_EVENTS)
         try:
             sock.bind(self.endpoint)
         except zmq.ZMQError as exc:

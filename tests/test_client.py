@@ -144,8 +144,9 @@ def test_silence_notice_first_after_delay_then_every_period_and_resets() -> None
     notice = SilenceNotice("tcp://127.0.0.1:5555", topics=["det.", ""], after_s=3, every_s=10, now=100.0)
     assert notice.due(now=102.9) is None
     first = notice.due(now=103.0)
-    assert first == ("nothing received from tcp://127.0.0.1:5555 in 3 s; is `edge run` running and publishing"
-                     " there on topic(s) det.? (still waiting)")
+    assert first == ("nothing received from tcp://127.0.0.1:5555 in 3 s (edge serves tcp only with CURVE: pass"
+                     " --curve CLIENT.key_secret SERVER.key); is `edge run` running and publishing there on topic(s)"
+                     " det.? (still waiting)")
     assert [notice.due(now=t) for t in (103.1, 110.0, 112.9)] == [None, None, None]    # no spamming
     assert "in 13 s" in notice.due(now=113.0)
     assert "in 60 s" in notice.due(now=160.0) and notice.due(now=162.0) is None       # one notice after a stall
@@ -153,7 +154,7 @@ def test_silence_notice_first_after_delay_then_every_period_and_resets() -> None
     assert notice.due(now=172.0) is None
     later = notice.due(now=173.0, invalid=2)
     assert later.startswith("nothing valid received from tcp://127.0.0.1:5555 for 3 s since the last message"
-                            " (skipped 2 invalid message(s))")
+                            " (skipped 2 invalid message(s); edge serves tcp only with CURVE")
     assert SilenceNotice("tcp://127.0.0.1:5555", after_s=0, now=0.0).due(now=1e6) is None    # 0: off
 
 
