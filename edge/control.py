@@ -18,9 +18,10 @@ A request is one msgpack map `{"cmd": ..., **args}`, a reply `{"ok": true, **res
   libzmq's ROUTER takes messages from its connections in turn, and RCVHWM bounds what one connection
   may have queued, so a client that floods delays another by about one request of its own.
 - Sizes are bounded twice: a frame over TRANSPORT_LIMIT ends its connection in libzmq (ZMQ_MAXMSGSIZE),
-  a request over MAX_REQUEST_BYTES gets an error reply. msgpack is unpacked with str keys only, no ext
-  types and length limits (`edge.protocol.unpack`), then checked against COMMANDS: types, required and
-  unknown keys, name rules. The handler sees valid requests only.
+  a request over MAX_REQUEST_BYTES gets an error reply. msgpack is unpacked with str keys only, each key
+  once (two `cmd` keys are refused, not the last one run), no ext types and length limits
+  (`edge.protocol.unpack`), then checked against COMMANDS: types, required and unknown keys, name rules.
+  The handler sees valid requests only.
 - Refused requests and dropped replies are logged as one summary line per SUMMARY_EVERY_S.
 - ipc only, in a directory that is this user's and not writable by others (`edge.ipc`); the socket file
   is made 0600 before it gets its name, so only the daemon's user and root can ever connect. They can

@@ -171,16 +171,42 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise ValueError(f"msgpack ext type {code} is not allowed")
 
 
+def _no_timestamp(values: Iterable[Any]) -> None:
+    """msgpack-python makes a Timestamp of ext type -1 before ext_hook could refuse it (timestamp=0)."""
+    if msgpack.Timestamp in map(type, values):
+        raise ValueError("msgpack ext type -1 (a timestamp) is not allowed")
+
+
+def _array(items: list[Any]) -> list[Any]:
+    _no_timestamp(items)
+    return items
+
+
+def _map(pairs: list[tuple[Any, Any]]) -> dict[str | bytes, Any]:
+    """A map with each key once: msgpack-python keeps the last of repeated keys, other decoders may keep the first."""
+    result = dict(pairs)
+    if len(result) < len(pairs):
+        seen: set[str | bytes] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"a map with the key {key!r} more than once")
+            seen.add(key)
+    _no_timestamp(result.values())
+    return result
+
+
 def unpack(buf: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
-    """Unpack untrusted msgpack: size-bounded, str keys only, no ext types."""
+    """Unpack untrusted msgpack: size-bounded, str keys only, each key once, no ext types (timestamps neither)."""
     if len(buf) > max_bytes:
         raise ProtocolError(f"message of {len(buf)} bytes exceeds the {max_bytes}-byte limit")
     try:
-        return msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0,
-                               max_str_len=max_bytes, max_bin_len=max_bytes,
-                               max_array_len=MAX_DETECTIONS * 6, max_map_len=1024)
+        message = msgpack.unpackb(buf, raw=False, strict_map_key=True, ext_hook=_reject_ext, timestamp=0,
+                                  list_hook=_array, object_pairs_hook=_map, max_str_len=max_bytes,
+                                  max_bin_len=max_bytes, max_array_len=MAX_DETECTIONS * 6, max_map_len=1024)
+        _no_timestamp((message,))
     except (ValueError, TypeError, msgpack.UnpackException) as exc:
         raise ProtocolError(f"message is not valid msgpack: {exc}") from exc
+    return message
 
 
 _COMMON = {"v": int, "kind": str, "seq": int, "t_publish_ns": int, "t_wall_ns": int}

@@ -181,7 +181,9 @@ MALFORMED: list[tuple[str, list[bytes], str]] = [
      "precision.set: 'mode' must be one of auto, fp32, fp16, int8, got 'fp8'"),
     ("mode in capitals", [packed({"cmd": "precision.set", "task": "a", "mode": "INT8"})], "got 'INT8'"),
     ("int mode", [packed({"cmd": "precision.set", "task": "a", "mode": 8})], "got 8"),
-    ("timestamp task", [packed({"cmd": "task.enable", "task": msgpack.Timestamp(1, 0)})], "got Timestamp"),
+    ("timestamp task", [packed({"cmd": "task.enable", "task": msgpack.Timestamp(1, 0)})],
+     "msgpack ext type -1 (a timestamp) is not allowed"),
+    ("two cmd keys", [b"\x82\xa3cmd\xa6status\xa3cmd\xa6reload"], "a map with the key 'cmd' more than once"),
 ]
 
 

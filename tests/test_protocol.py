@@ -27,10 +27,22 @@ def test_roundtrip_and_validate() -> None:
     (msgpack.packb(msgpack.ExtType(5, b"x")), "ext type 5"),
     (b"\xdd\xff\xff\xff\xff", "not valid msgpack"),                  # array32 header claiming 4G items
     (b"\x92\x01", "not valid msgpack"),                              # truncated array
+    # msgpack-python turns ext type -1 into a Timestamp before ext_hook sees it (timestamp=0): 32, 64, 96 bits
+    (msgpack.packb(msgpack.Timestamp(1, 0)), "ext type -1 \\(a timestamp\\) is not allowed"),
+    (msgpack.packb([[0, msgpack.Timestamp(1, 5)]]), "ext type -1 \\(a timestamp\\)"),
+    (msgpack.packb({"t": {"u": msgpack.Timestamp(2**40, 0)}}), "ext type -1 \\(a timestamp\\)"),
+    # msgpack-python keeps the last of repeated keys; another decoder may keep the first
+    (b"\x82\xa1a\x01\xa1a\x02", "a map with the key 'a' more than once"),
+    (b"\x91\x82\xc4\x01k\x01\xc4\x01k\x02", "a map with the key b'k' more than once"),
 ])
 def test_unpack_rejects_hostile_input(buf: bytes, message: str) -> None:
     with pytest.raises(ProtocolError, match=message):
         protocol.unpack(buf)
+
+
+def test_unpack_keeps_keys_that_differ_in_type_and_maps_in_arrays() -> None:
+    buf = msgpack.packb([{"a": 1, b"a": 2}, {"a": [3]}], use_bin_type=True)    # str 'a' and bin b'a' differ
+    assert protocol.unpack(buf) == [{"a": 1, b"a": 2}, {"a": [3]}]
 
 
 def test_unpack_size_limit() -> None:
