@@ -166,7 +166,7 @@ def test_the_count_comes_back_exactly_when_connections_with_refused_subscription
         invalid = sub_socket(ctx, tcp_endpoint, b"sys.", b"results")             # not a prefix of an edge topic
         multipart, monitor = xsub(ctx, tcp_endpoint)
         multipart.send_multipart([b"junk", b"\x01det.c"])                        # libzmq notes the last part
-        wait_for(lambda: pub.rejected_inbound == 3, 10, "the three refusals")
+        wait_for(lambda: pub.rejected_inbound >= 3, 10, "the three refusals")
         for sock in (over, invalid, multipart, monitor):
             sock.close(linger=0)
         wait_for(lambda: pub.connections == 2, 10, "the refused peers to leave")
@@ -258,12 +258,12 @@ def test_an_ipc_peer_is_limited_as_its_uid(ctx: zmq.Context, ipc_endpoint: str, 
         pub = started(ipc_endpoint, ctx, **limits)
         subs = [sub_socket(ctx, ipc_endpoint, b"det.") for _ in range(2)]
         try:
-            expected = refusal.format(uid=os.geteuid())
-            wait_for(lambda: any(expected in r.getMessage() for r in caplog.records), 10, repr(expected))
+            wait_for(lambda: pub.refused_connections >= 1, 10, "the second connection to be refused")
         finally:
             for sub in subs:
                 sub.close(linger=0)
-            pub.stop(5)
+            pub.stop(5)                                      # logs the summary line now
+    assert any(refusal.format(uid=os.geteuid()) in r.getMessage() for r in caplog.records)
 
 
 def test_peers_that_do_not_speak_zmtp3_are_refused_before_any_subscription(publisher: Publisher) -> None:
