@@ -84,6 +84,7 @@ class Subscriber:
         self._socket = (context or zmq.Context.instance()).socket(zmq.SUB)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.MAXMSGSIZE, max(TRANSPORT_LIMIT, max_bytes))
+        self._socket.setsockopt(zmq.IPV6, 1)
         if curve is not None:
             self._socket.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
             self._socket.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)

@@ -116,6 +116,7 @@ class Publisher:
         sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)       # no handshake completes without the gate's answer
         sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        sock.setsockopt(zmq.IPV6, 1)                     # tcp://[::1]:PORT binds (libzmq's default is IPv4 only)
         if self._curve is not None:                  # encrypted; only the clients' keys the gate knows get in
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)

@@ -20,7 +20,7 @@ from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError
 from edge.peers import Curve
 from edge.publisher import Publisher
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 from tests.daemon import ROOT, edge_cmd, env, run
 from tests.test_peers import LONGEST_PREFIX
 
@@ -75,6 +75,24 @@ def test_only_allowed_keys_receive(pki: dict[str, Path], publisher: Publisher, c
     finally:
         for sub in (good, stranger, plain):
             sub.close()
+
+
+def test_results_on_ipv6_loopback_reach_an_allowed_subscriber(pki: dict[str, Path], ctx: zmq.Context) -> None:
+    """The config takes tcp://[::1]:PORT, but libzmq binds and connects IPv4 only unless ZMQ_IPV6 is set
+    (zmq_setsockopt(3)): the bind failed with "No such device". Its peers are sourced by address (peers.py)."""
+    endpoint = f"tcp://[::1]:{free_port()}"
+    pub = Publisher(endpoint, context=ctx, curve=Curve.load(pki["server_secret"], pki["allowed"]))
+    pub.start()
+    sub = Subscriber(endpoint, topics=["sys."], context=ctx,
+                     curve=CurveKeys.load(pki["client_secret"], pki["server_public"]))
+    try:
+        wait_for(lambda: pub.subscriptions == 1, 10, "the subscription over IPv6")
+        pub.publish("sys.event", beat(0))
+        message = sub.recv(timeout=10)
+        assert message is not None and message.payload["reason"] == "0"
+    finally:
+        sub.close()
+        pub.stop(5)
 
 
 def test_a_curve_subscriber_to_the_longest_topic_receives(pki: dict[str, Path], publisher: Publisher,
