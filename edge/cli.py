@@ -581,9 +581,25 @@ def main(argv: list[str] | None = None) -> int:
     # (run, demo and subscribe install their own graceful handlers).
     signal.signal(signal.SIGTERM, _terminated)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()              # a reader that has gone shows here, not at exit
+        return code
+    except BrokenPipeError:
+        return _reader_gone()
     except EdgeError as exc:
         print(f"edge {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _reader_gone() -> int:
+    """The reader of standard output has gone (`edge subscribe | head -2`): end quietly, with the status of a
+    command that SIGPIPE ended, as `yes | head` does (128 + 13). Python ignores SIGPIPE so that writes fail with
+    EPIPE instead; what is still buffered goes to /dev/null so that the flush at exit does not fail again
+    (Python docs, library/signal.rst, "Note on SIGPIPE", 3.10-3.12). SIGPIPE stays ignored: a socket whose peer
+    has gone must not kill the process."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
