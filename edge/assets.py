@@ -260,7 +260,7 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> str:
                         assets.model)
     digest = sha256_file(assets.model)
     with bundle.atomic_path(stamp) as tmp:
-        tmp.write_text(json.dumps(dict(expected, sha256=digest), indent=2))
+        tmp.write_text(json.dumps(dict(expected, sha256=digest), indent=2, allow_nan=False))
     return digest
 
 

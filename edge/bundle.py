@@ -171,7 +171,7 @@ class Manifest:
         data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants],
                 "refused": [{"precision": p, **r} for p, r in sorted(self.refused.items())]}
         with atomic_path(self.root / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+            tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
     def refuse(self, precision: str, record: dict[str, Any]) -> None:
         """Record that the ONNX variant of `precision` failed its check (and drop the variant)."""

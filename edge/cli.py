@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -80,7 +79,7 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 continue
             silence.heard()
             received += 1
-            print(json.dumps({"topic": msg.topic, **msg.payload}) if args.json
+            print(display.json_text({"topic": msg.topic, **msg.payload}) if args.json
                   else display.summary(msg.topic, msg.payload), flush=True)
         print(f"received {received} message(s), missed {sub.missed} (seq gaps), invalid {sub.invalid}",
               file=sys.stderr)
@@ -120,7 +119,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     from edge import control
 
     status = control.request(_control(args), "status", timeout_s=args.timeout)
-    print(json.dumps(status, indent=2, ensure_ascii=False, default=str) if args.json else display.status_table(status))
+    print(display.json_text(status, indent=2, ensure_ascii=False, default=str) if args.json
+          else display.status_table(status))
     return 0
 
 
@@ -239,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         from edge.tools.common import atomic_output
 
         with atomic_output(args.json) as tmp:
-            tmp.write_text(json.dumps(dict(result, min_f1=args.min_f1), indent=2))
+            tmp.write_text(display.json_text(dict(result, min_f1=args.min_f1), indent=2))
     return 1 if args.min_f1 is not None and result["f1"] < args.min_f1 else 0
 
 
@@ -325,7 +325,7 @@ def cmd_bundle_list(args: argparse.Namespace) -> int:
     from edge.bundles import install
 
     listing = install.list_slots(args.root)
-    print(json.dumps(listing, indent=2) if args.json else install.describe(listing))
+    print(display.json_text(listing, indent=2) if args.json else install.describe(listing))
     return 0
 
 

@@ -2,11 +2,29 @@
 table, and `edge status`."""
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
 
 def format_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}ms"
+
+
+def json_text(value: object, **options: Any) -> str:
+    """`value` as strict JSON (RFC 8259 has no Infinity or NaN, which json.dumps writes by default and many parsers
+    refuse): a float that is not finite becomes null, as a value that is not known."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def summary(topic: str, p: dict[str, Any]) -> str:

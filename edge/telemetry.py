@@ -41,6 +41,8 @@ URIS = ("auto", "none", "jtop", "sysfs", "sysfs:///ROOT", "nvml", "trace:///PATH
 # VIN is not the input: AGX Orin's VIN_SYS_5V0 is one 5 V rail beside VDD_GPU_SOC and VDD_CPU_CV, summed as jtop does.
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
 PLAUSIBLE_C = (-100.0, 250.0)            # a reading outside is a broken or offline sensor (jtop's offline is -256)
+MAX_MW = 10_000_000.0                    # 10 kW, more than any Jetson or a host of 8 discrete GPUs draws: a power
+                                         # reading or sum beyond it (either sign) is a broken sensor
 JTOP_OFFLINE_C = -256.0
 SYSFS_READ_BYTES = 4096                  # a sysfs attribute is at most a page, returned by one read
 TRACE_MAX_BYTES = 16 * 1024 * 1024       # about 80,000 lines: a day at 1 Hz
@@ -125,12 +127,28 @@ def _plausible_c(value: float) -> bool:
     return PLAUSIBLE_C[0] <= value <= PLAUSIBLE_C[1]
 
 
-def _total_mw(power_mw: Mapping[str, float]) -> float | None:
-    """The input rail's power when there is one (INPUT_RAILS), else the sum of the rails, else None."""
+def _plausible_mw(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= MAX_MW
+
+
+def _implausible_mw(what: str, value: float) -> str:
+    """The problem of a power reading that _plausible_mw refuses."""
+    return f"{what} {value:.4g} mW is not plausible (beyond ±{MAX_MW:.0f} mW: a broken sensor?)"
+
+
+def _total_mw(power_mw: Mapping[str, float], problems: list[str]) -> float | None:
+    """The input rail's power when there is one (INPUT_RAILS), else the sum of the rails, else None; a sum beyond
+    MAX_MW is a problem, not a total (each rail is within it, so the sum is finite)."""
     for name in INPUT_RAILS:
         if name in power_mw:
             return power_mw[name]
-    return sum(power_mw.values()) if power_mw else None
+    if not power_mw:
+        return None
+    total = math.fsum(power_mw.values())
+    if _plausible_mw(total):
+        return total
+    problems.append(_implausible_mw("total power: the rails' sum", total))
+    return None
 
 
 def _unique(name: str, taken: set[str], where: str) -> str:
@@ -302,7 +320,8 @@ class SysfsReader(Reader):
         power: dict[str, float] = {}
         for rail in self._rails:
             self._read_rail(rail, power, problems)
-        return Sample(t=t, source="sysfs", temps_c=temps, trips_c=trips, power_mw=power, total_mw=_total_mw(power),
+        total = _total_mw(power, problems)
+        return Sample(t=t, source="sysfs", temps_c=temps, trips_c=trips, power_mw=power, total_mw=total,
                       mode=None, gpu_load=self._read_gpu_load(problems), problems=tuple(problems))
 
     @staticmethod
@@ -310,7 +329,7 @@ class SysfsReader(Reader):
                    problems: list[str]) -> None:
         try:
             value = _read_int(zone.path / "temp") / 1000.0
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OverflowError) as exc:        # OverflowError: digits past any float
             problems.append(f"zone {zone.name}: temp: {_why(exc)}")
         else:
             if _plausible_c(value):
@@ -330,7 +349,7 @@ class SysfsReader(Reader):
             try:
                 kind = _read_text(zone.path / f"trip_point_{index}_type")
                 value = _read_int(zone.path / f"trip_point_{index}_temp") / 1000.0
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, OverflowError) as exc:
                 problems.append(f"zone {zone.name}: trip point {index}: {_why(exc)}")
                 continue
             if kind and _plausible_c(value) and value < found.get(kind, math.inf):
@@ -346,8 +365,14 @@ class SysfsReader(Reader):
             except (OSError, ValueError) as exc:
                 problems.append(f"rail {rail.name}: {path.name}: {_why(exc)}")
                 return
-        millivolts, milliamps = values
-        power[rail.name] = millivolts * milliamps / 1000.0
+        try:
+            milliwatts = values[0] * values[1] / 1000.0
+        except OverflowError:                                # the product of two huge readings is past any float
+            milliwatts = math.inf
+        if _plausible_mw(milliwatts):
+            power[rail.name] = milliwatts
+        else:
+            problems.append(_implausible_mw(f"rail {rail.name}:", milliwatts))
 
     def _read_gpu_load(self, problems: list[str]) -> float | None:
         if self._gpu_load is None:
@@ -403,13 +428,18 @@ def _jtop_power(data: object, problems: list[str]) -> tuple[dict[str, float], fl
         value = _number(entry.get("power"))
         if not entry.get("online", True) or value is None:
             problems.append(f"rail {name}: offline")
-            continue
-        power[name] = value
+        elif not _plausible_mw(value):
+            problems.append(_implausible_mw(f"rail {name}:", value))
+        else:
+            power[name] = value
     total_entry = _mapping(_mapping(data).get("tot"))
     total = _number(total_entry.get("power"))
+    if total is not None and not _plausible_mw(total):
+        problems.append(_implausible_mw("total power:", total))
+        total = None
     if total is not None and isinstance(total_entry.get("name"), str):
         power[total_entry["name"]] = total
-    return power, total if total is not None else _total_mw(power)
+    return power, total if total is not None else _total_mw(power, problems)
 
 
 def _jtop_gpu_load(data: object, problems: list[str]) -> float | None:
@@ -550,9 +580,10 @@ class NvmlReader(Reader):
         problems: list[str] = []
         for name, handle in self._gpus:
             self._read_gpu(name, handle, temps, power, loads, problems)
+        total = _total_mw(power, problems)
         return Sample(t=t, source="nvml", temps_c=temps, trips_c={k: dict(v) for k, v in self._trips.items() if v},
-                      power_mw=power, total_mw=sum(power.values()) if power else None, mode=None,
-                      gpu_load=max(loads) if loads else None, problems=tuple(problems))
+                      power_mw=power, total_mw=total, mode=None, gpu_load=max(loads) if loads else None,
+                      problems=tuple(problems))
 
     def _read_gpu(self, name: str, handle: Any, temps: dict[str, float], power: dict[str, float],
                   loads: list[float], problems: list[str]) -> None:
@@ -561,10 +592,14 @@ class NvmlReader(Reader):
                               nvml.NVML_TEMPERATURE_GPU)
         milliwatts = self._query(name, "power", problems, nvml.nvmlDeviceGetPowerUsage, handle)
         rates = self._query(name, "utilization", problems, nvml.nvmlDeviceGetUtilizationRates, handle)
-        if celsius is not None:
+        if celsius is not None and _plausible_c(float(celsius)):
             temps[name] = float(celsius)
-        if milliwatts is not None:
+        elif celsius is not None:
+            problems.append(f"{name}: temperature {celsius} °C is not plausible")
+        if milliwatts is not None and _plausible_mw(float(milliwatts)):
             power[name] = float(milliwatts)
+        elif milliwatts is not None:
+            problems.append(_implausible_mw(f"{name}: power", float(milliwatts)))
         if rates is not None:
             loads.append(float(rates.gpu) / 100.0)
 
@@ -683,12 +718,15 @@ def _trace_line(raw: bytes) -> Sample:
     mode = obj.get("mode")
     if mode is not None and not isinstance(mode, str):
         raise ValueError(f"`mode` must be a string, got {mode!r:.40}")
-    power = _trace_numbers(obj, "power_mw", low=0.0)
-    total = _trace_optional(obj, "total_mw", low=0.0)
+    power = _trace_numbers(obj, "power_mw", low=0.0, high=MAX_MW)
+    total = _trace_optional(obj, "total_mw", low=0.0, high=MAX_MW)
+    problems: list[str] = []
+    if total is None:
+        total = _total_mw(power, problems)
     return Sample(t=_trace_number(obj, "t", low=0.0), source="trace",
                   temps_c=_trace_numbers(obj, "temps_c", low=PLAUSIBLE_C[0], high=PLAUSIBLE_C[1]),
-                  trips_c=_trace_trips(obj), power_mw=power, total_mw=_total_mw(power) if total is None else total,
-                  mode=mode, gpu_load=_trace_optional(obj, "gpu_load", low=0.0, high=1.0))
+                  trips_c=_trace_trips(obj), power_mw=power, total_mw=total, mode=mode,
+                  gpu_load=_trace_optional(obj, "gpu_load", low=0.0, high=1.0), problems=tuple(problems))
 
 
 def load_trace(path: Path) -> list[Sample]:

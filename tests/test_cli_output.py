@@ -1,17 +1,20 @@
 """What the `edge` command prints, run as real subprocesses (issue 16): each section names its item."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import msgpack
 import pytest
 import zmq
 
 from edge.publisher import Publisher
-from tests.daemon import ROOT, edge_cmd, env
+from tests.daemon import ROOT, edge_cmd, env, run
 
 SIGPIPE_STATUS = 141              # 128 + SIGPIPE: what a shell reports for `yes | head`
 
@@ -61,3 +64,47 @@ def test_subscribe_into_head_ends_quietly(ticking: str) -> None:
     assert len(lines) == 3 and all("camera.lost" in line for line in lines[:2]), done.stdout
     assert lines[2] == f"status {SIGPIPE_STATUS}"
     assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
+
+
+# --------------------------------------------------------------------------------------- strict JSON (item 28)
+
+HOSTILE = "tj\x1b]0;owned\x07\x1b[2J\u202e"       # a title change, a clear screen, a right-to-left override: item 31e
+
+
+@pytest.fixture
+def older_daemon(tmp_path: Path, ctx: zmq.Context) -> Iterator[str]:
+    """A daemon of an older version, on a real REP socket: its status holds the sum of two rails at 1e308 mW
+    (inf, which msgpack carries and JSON cannot) and names from telemetry and peers with control characters."""
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    sock = ctx.socket(zmq.REP)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.bind(endpoint)
+    status = {"ok": True, "version": "0.0.9", "uptime_s": 3.0, "tasks": [], "lanes": [], "cameras": [],
+              "supervisor": None, "peers": {f"connections{HOSTILE}": 1},
+              "telemetry": {"source": "trace", "mode": HOSTILE, "gpu_load": None, "temps_c": {HOSTILE: 50.0},
+                            "power_mw": {"a": 1e308, "b": 1e308}, "total_mw": float("inf"),
+                            "problems": [f"zone {HOSTILE}: offline"]}}
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            if sock.poll(50):
+                sock.recv()
+                sock.send(msgpack.packb(status))
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield endpoint
+    stop.set()
+    thread.join(10)
+    sock.close(linger=0)
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (RFC 8259)")
+
+
+def test_status_json_is_strict_json(older_daemon: str) -> None:
+    done = run("status", "--json", "--control", older_daemon)
+    assert done.returncode == 0, done.stderr
+    status = json.loads(done.stdout, parse_constant=_no_constants)
+    assert status["telemetry"]["total_mw"] is None and status["telemetry"]["power_mw"] == {"a": 1e308, "b": 1e308}

@@ -455,6 +455,62 @@ def test_auto_falls_back_to_none_and_says_why_each_was_skipped(
         "nvml: NVML telemetry requested but `import pynvml` failed (import of pynvml halted; None in sys.modules)")
 
 
+# ------------------------------------------------------------------------- absurd readings (issue 16, item 28)
+
+
+def test_sysfs_absurd_power_or_temperature_is_a_problem_and_the_sum_stays_bounded(tmp_path: Path) -> None:
+    """A broken INA3221 or zone can read anything: digits past any float, or a power no machine draws. Each is a
+    problem of that sample, never an exception or an infinite total; nor is a sum of plausible rails that
+    together pass MAX_MW a total."""
+    huge = 10 ** 400                                     # past the largest float, 1.8e308
+    zone(tmp_path, 0, "tj-thermal", str(huge))
+    zone(tmp_path, 1, "gpu-thermal", "45500")
+    ina3221(tmp_path, "1-0040", "hwmon1", {1: ("VDD_CPU", huge, huge), 2: ("VDD_SOC", 5000, 10 ** 9),
+                                           3: ("VDD_GPU", 5000, 200)})
+    sample = SysfsReader(tmp_path).read()
+    assert sample.temps_c == {"gpu": 45.5} and sample.power_mw == {"VDD_GPU": 1000.0} and sample.total_mw == 1000.0
+    assert sample.problems == (
+        "zone tj: temp: int too large to convert to float",
+        "rail VDD_CPU: inf mW is not plausible (beyond ±10000000 mW: a broken sensor?)",
+        "rail VDD_SOC: 5e+09 mW is not plausible (beyond ±10000000 mW: a broken sensor?)")
+    ina3221(tmp_path, "1-0041", "hwmon2", {1: ("VDD_A", 6000, 1_000_000), 2: ("VDD_B", 6000, 1_000_000)})
+    sample = SysfsReader(tmp_path).read()
+    assert sample.power_mw["VDD_A"] == sample.power_mw["VDD_B"] == 6_000_000.0 and sample.total_mw is None
+    assert sample.problems[-1] == ("total power: the rails' sum 1.2e+07 mW is not plausible (beyond ±10000000 mW:"
+                                   " a broken sensor?)")
+
+
+def test_jtop_and_nvml_absurd_power_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = json.loads(json.dumps(ORIN_NX_JTOP))
+    data["power"] = {"rail": {"VDD_A": {"online": True, "power": 1e308}, "VDD_B": {"online": True, "power": 1e308},
+                              "VDD_C": {"online": True, "power": 2000}},
+                     "tot": {"online": True, "power": 1e308}}                        # jtop's sum of the rails
+    monkeypatch.setitem(sys.modules, "jtop", make_jtop_module(data))
+    sample = JtopReader().read()
+    assert sample.power_mw == {"VDD_C": 2000.0} and sample.total_mw == 2000.0
+    assert [p.split(" is not")[0] for p in sample.problems[1:]] == [
+        "rail VDD_A: 1e+308 mW", "rail VDD_B: 1e+308 mW", "total power: 1e+308 mW"]
+    fake = make_pynvml()
+    fake.nvmlDeviceGetPowerUsage = lambda handle: 0xFFFFFFFF if handle else 70000    # an unsigned -1
+    fake.nvmlDeviceGetTemperature = lambda handle, sensor: 0xFFFFFFFF if handle else 40
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    sample = NvmlReader().read()
+    assert sample.temps_c == {"gpu0": 40.0} and sample.power_mw == {"gpu0": 70000.0} and sample.total_mw == 70000.0
+    assert sample.problems == ("gpu1: temperature 4294967295 °C is not plausible",
+                               "gpu1: power 4.295e+09 mW is not plausible (beyond ±10000000 mW: a broken sensor?)")
+
+
+def test_trace_refuses_absurd_power(tmp_path: Path) -> None:
+    """The issue's trace: two rails at 1e308 mW summed to inf, and `edge status --json` printed Infinity."""
+    path = write_trace(tmp_path / "t.jsonl", [{"t": 0, "temps_c": {"tj": 50.0}, "power_mw": {"a": 1e308, "b": 1e308}}])
+    with pytest.raises(TelemetryError, match="line 1 is malformed") as caught:
+        TraceReader(path)
+    assert "`power_mw.a` must be a number in 0..1e+07, got 1e+308" in caught.value.note
+    path = write_trace(tmp_path / "t.jsonl", [{"t": 0, "power_mw": {"a": 6e6, "b": 6e6}}])
+    sample = TraceReader(path).read()
+    assert sample.total_mw is None and sample.problems[0].startswith("total power: the rails' sum 1.2e+07 mW")
+
+
 # ------------------------------------------------------------------------------------------------------ trace
 
 
@@ -511,7 +567,7 @@ def test_trace_is_empty_before_its_first_line(tmp_path: Path, clock: FakeClock) 
     ('{"t": 6, "temps_c": {"tj": 1e999}}', "`temps_c.tj` must be a number in -100..250, got inf"),
     ('{"t": 6, "temps_c": {"tj": 900}}', "`temps_c.tj` must be a number in -100..250, got 900"),
     ('{"t": 6, "temps_c": [50]}', "`temps_c` must be an object of name -> number, got [50]"),
-    ('{"t": 6, "power_mw": {"VDD_IN": -5}}', "`power_mw.VDD_IN` must be a number in 0..inf, got -5"),
+    ('{"t": 6, "power_mw": {"VDD_IN": -5}}', "`power_mw.VDD_IN` must be a number in 0..1e+07, got -5"),
     ('{"t": 6, "gpu_load": 45}', "`gpu_load` must be a number in 0..1, got 45"),
     ('{"t": 6, "mode": 30}', "`mode` must be a string, got 30"),
     ('{"t": 6, "temp_c": {"tj": 50}}', "unknown key(s) temp_c; known: "),

@@ -193,7 +193,7 @@ def pack(models: list[Path], *, key: Path, version: str, out: Path) -> Verified:
                    for m, _ in repos for v in m.variants if v.device is not None]
     manifest = BundleManifest(version, utc_now(), variants, device_keys, tuple(entry for entry, _ in files))
     manifest.check(Limits())
-    raw = (json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n").encode("utf-8")
+    raw = (json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
     signature = keys.sign(private, raw)
     _write_archive(out, raw, signature, files)
     return Verified(manifest, keys.key_id(private.public_key()), raw, signature)

@@ -51,7 +51,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                f.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, 0o644)

@@ -132,7 +132,7 @@ def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
     """The signature file for `data`."""
     doc = {"algorithm": ALGORITHM, "key_id": key_id(key.public_key()),
            "signature": base64.b64encode(key.sign(data)).decode("ascii")}
-    return (json.dumps(doc, sort_keys=True) + "\n").encode("utf-8")
+    return (json.dumps(doc, sort_keys=True, allow_nan=False) + "\n").encode("utf-8")
 
 
 def signer(signature_file: bytes) -> str:

@@ -112,7 +112,7 @@ def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | Non
             "source": {"file": str(onnx_path), "sha256": source_sha},
             "build_seconds": round(seconds, 1), "built": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "dla_core": dla_core, "profiles": profiles, "workspace_mb": workspace_mb, "legacy_fp16": legacy_fp16,
-            "metadata": {p.key: p.value for p in model.metadata_props}}, indent=2))
+            "metadata": {p.key: p.value for p in model.metadata_props}}, indent=2, allow_nan=False))
     _register(onnx_path, plan_path, precision, key, source_sha, say)
     if timing_cache is not None and built.timing_cache is not None:
         with atomic_output(timing_cache) as tmp:

@@ -194,7 +194,7 @@ def convert(cfg_path: Path, weights_path: Path, names_path: Path, out_path: Path
     model = onnx.helper.make_model(graph, producer_name="edge.tools.darknet",
                                    opset_imports=[onnx.helper.make_opsetid("", OPSET)])
     model.ir_version = IR_VERSION
-    onnx.helper.set_model_props(model, {"edge.model": "yolo", "edge.yolo": json.dumps(meta)})
+    onnx.helper.set_model_props(model, {"edge.model": "yolo", "edge.yolo": json.dumps(meta, allow_nan=False)})
     onnx.checker.check_model(model)
     tmp = Path(out_path).with_name(Path(out_path).name + ".tmp")
     onnx.save(model, str(tmp))
