@@ -14,7 +14,7 @@ from typing import Any
 from edge import assets, sources
 from edge.client import Message, Subscriber
 from edge.config import Config, parse_config
-from edge.display import format_ms
+from edge.display import format_ms, printable
 from edge.errors import EdgeError
 from edge.service import Service
 
@@ -161,4 +161,4 @@ def _show(msg: Message, table: _Table, annotator: _Annotator | None) -> None:
     else:
         details = " ".join(f"{k}={v}" for k, v in msg.payload.items()
                            if k not in ("v", "kind", "event", "seq", "t_publish_ns", "t_wall_ns"))
-        print(f"event: {msg.payload.get('event')} {details}", flush=True)
+        print(printable(f"event: {msg.payload.get('event')} {details}"), flush=True)

@@ -27,6 +27,13 @@ def _finite(value: object) -> object:
     return value
 
 
+def printable(text: str) -> str:
+    """`text` safe for a terminal: each character that is not printable (control characters such as ESC, which
+    starts a terminal's escape sequences, line breaks, bidirectional overrides) as its Python escape, e.g. \\x1b.
+    For every string that came from telemetry, a peer or the daemon."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def summary(topic: str, p: dict[str, Any]) -> str:
     """One line for a message of any kind."""
     if p["kind"] == "det":
@@ -74,7 +81,7 @@ def _cell(value: object, spec: str = "") -> str:
         return format(value, spec)
     if isinstance(value, (list, tuple)):
         return ",".join(_cell(v) for v in value) or "-"
-    return str(value)
+    return printable(str(value))
 
 
 def _duration(seconds: object) -> str:
@@ -108,7 +115,7 @@ def _task_rows(tasks: list[dict[str, Any]]) -> list[str]:
         out.append(line)
         unavailable = task.get("unavailable")
         if isinstance(unavailable, dict) and unavailable:
-            out.append("  cannot run " + "; ".join(f"{name}: {_cell(why)}" for name, why in unavailable.items()))
+            out.append("  cannot run " + "; ".join(f"{_cell(name)}: {_cell(why)}" for name, why in unavailable.items()))
     return out
 
 
@@ -170,7 +177,7 @@ def _telemetry(tel: object) -> str:
 def _readings(values: object, spec: str, unit: str) -> str:
     if not isinstance(values, dict) or not values:
         return "-"
-    return ", ".join(f"{name} {_quantity(value, spec, unit)}" for name, value in values.items())
+    return ", ".join(f"{_cell(name)} {_quantity(value, spec, unit)}" for name, value in values.items())
 
 
 def _quantity(value: object, spec: str, unit: str) -> str:
@@ -181,4 +188,4 @@ def _quantity(value: object, spec: str, unit: str) -> str:
 def _peers(peers: object) -> str:
     if not isinstance(peers, dict) or not peers:
         return "subscribers: -"
-    return "subscribers: " + ", ".join(f"{key.replace('_', ' ')} {_cell(value)}" for key, value in peers.items())
+    return "subscribers: " + ", ".join(f"{_cell(key).replace('_', ' ')} {_cell(value)}" for key, value in peers.items())

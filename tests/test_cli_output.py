@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import threading
+import time
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ import pytest
 import zmq
 
 from edge.publisher import Publisher
-from tests.daemon import ROOT, edge_cmd, env, run
+from tests.daemon import ROOT, edge_cmd, env, run, start
+from tests.test_e2e import one_task, write_config
 
 SIGPIPE_STATUS = 141              # 128 + SIGPIPE: what a shell reports for `yes | head`
 
@@ -108,3 +111,40 @@ def test_status_json_is_strict_json(older_daemon: str) -> None:
     assert done.returncode == 0, done.stderr
     status = json.loads(done.stdout, parse_constant=_no_constants)
     assert status["telemetry"]["total_mw"] is None and status["telemetry"]["power_mw"] == {"a": 1e308, "b": 1e308}
+
+
+# ------------------------------------------------------------------------------ terminal-safe text (item 31e)
+
+def _control_characters(text: str) -> list[str]:
+    """Characters of `text` that a terminal would act on (Unicode Cc and Cf), line breaks excepted."""
+    return [char for char in text if char != "\n" and unicodedata.category(char) in ("Cc", "Cf")]
+
+
+def test_status_escapes_control_characters_from_telemetry_and_peers(older_daemon: str) -> None:
+    done = run("status", "--control", older_daemon)
+    assert done.returncode == 0, done.stderr
+    assert _control_characters(done.stdout) == [], done.stdout
+    escaped = r"tj\x1b]0;owned\x07\x1b[2J\u202e"
+    assert f"temperatures: {escaped} 50.0 °C" in done.stdout
+    assert f"power mode {escaped}" in done.stdout and f"problems: zone {escaped}: offline" in done.stdout
+    assert f"subscribers: connections{escaped} 1" in done.stdout
+
+
+def test_status_of_a_real_daemon_escapes_zone_names(demo: Any, tmp_path: Path) -> None:
+    """The issue's case end to end: `edge run` on a trace whose zone is named with an escape sequence."""
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(json.dumps({"t": 0, "temps_c": {HOSTILE: 50.0, "tj": 48.0}}) + "\n")
+    control = f"ipc://{tmp_path}/c.sock"
+    config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock", tasks=one_task(demo.model),
+                          cameras=f"\n  - id: cam0\n    uri: file://{demo.video}?loop=1\n")
+    proc = start(config, "--control", control, "--telemetry", f"trace://{trace}")
+    try:
+        deadline, shown = time.monotonic() + 60, ""
+        while "temperatures: " not in shown or "temperatures: -" in shown:
+            assert time.monotonic() < deadline and proc.poll() is None, shown
+            shown = run("status", "--control", control).stdout
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert _control_characters(shown) == [], shown
+    assert r"tj\x1b]0;owned\x07\x1b[2J\u202e 50.0 °C" in shown
