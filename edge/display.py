@@ -114,8 +114,11 @@ def _task_rows(tasks: list[dict[str, Any]]) -> list[str]:
     for line, task in zip(lines, tasks):
         out.append(line)
         unavailable = task.get("unavailable")
-        if isinstance(unavailable, dict) and unavailable:
-            out.append("  cannot run " + "; ".join(f"{_cell(name)}: {_cell(why)}" for name, why in unavailable.items()))
+        reason = _cell(task.get("reason"))
+        if isinstance(unavailable, dict):           # each why once: not again when the reason already says it
+            whys = [f"{_cell(name)}: {_cell(why)}" for name, why in unavailable.items() if _cell(why) not in reason]
+            if whys:
+                out.append("  cannot run " + "; ".join(whys))
     return out
 
 

@@ -18,7 +18,7 @@ from edge.config import SupervisorSection
 from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.runtime import TaskRuntime
-from edge.supervisor import Level, Supervisor, TaskPolicy, Update
+from edge.supervisor import Decision, Level, Supervisor, TaskPolicy, Update
 from edge.telemetry import NoneReader, Reader, Sample, TelemetryError, open_reader
 
 log = get_logger("supervisor")
@@ -38,6 +38,13 @@ def open_telemetry(uri: str, on_event: Callable[[str, dict[str, Any]], None]) ->
         log.error("telemetry %s cannot be read, so the supervisor holds NORMAL: %s", uri, exc)
         on_event("telemetry.problem", {"source": uri, "reason": exc.what})
         return NoneReader()
+
+
+def _task_reason(update: Update, decision: Decision) -> str:
+    """Why a task runs as it does now, for status: the level and the task's own part of the decision (precision,
+    rate, pause), e.g. "HOT: int8". The policy's reason for a task repeats the level's (held, why entered), which
+    status shows once, in its supervisor line; the whole of it goes with the precision.switch event."""
+    return f"{update.level.name}: {decision.reason.removeprefix(update.reason + ': ')}"
 
 
 def policy_of(runtime: TaskRuntime) -> TaskPolicy:
@@ -137,7 +144,8 @@ class Governor:
             if runtime is None:
                 continue
             runtime.rate_scale = 0.0 if decision.paused else decision.rate_scale
-            if not runtime.choose(decision.precision, decision.reason) and decision.precision != runtime.precision:
+            if (not runtime.choose(decision.precision, _task_reason(update, decision), cause=decision.reason)
+                    and decision.precision != runtime.precision):
                 self.policy.remove_task(name)               # it could not load: the policy learns why
                 self.policy.add_task(policy_of(runtime))
         self.last = update

@@ -130,8 +130,10 @@ class TaskRuntime:
         with self._lock:
             return self.variants.engines[self._precision]
 
-    def choose(self, precision: str, reason: str) -> bool:
-        """Make `precision` the active variant (loading it first with `preload: active`). True when it
+    def choose(self, precision: str, reason: str, *, cause: str | None = None) -> bool:
+        """Make `precision` the active variant (loading it first with `preload: active`). `reason` is why it runs
+        now, as status shows it; `cause` the whole story of a switch, for its log line and its precision.switch
+        event (default `reason`): the history stays in the events, status shows the present. True when it
         switched; False when it already ran, or cannot (then why is logged and kept in `unavailable`)."""
         if precision == self._precision:
             with self._lock:
@@ -147,9 +149,9 @@ class TaskRuntime:
             before = self.variants.engines[self._precision]
             self._precision, self.reason = precision, reason
             after = self.variants.engines[precision]
-        log.info("task %s: %s -> %s: %s", self.name, before.precision, after.precision, reason)
+        log.info("task %s: %s -> %s: %s", self.name, before.precision, after.precision, cause or reason)
         self.on_event("precision.switch", {"task": self.name, "from": before.precision, "to": after.precision,
-                                           "engine": after.name, "reason": reason})
+                                           "engine": after.name, "reason": cause or reason})
         return True
 
     def unload(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from edge.backends.base import Engine
 from edge.errors import EdgeError
+from edge.telemetry import on_jetson
 
 OK, FAIL, SKIP = "ok", "FAIL", "skip"
 
@@ -24,10 +25,6 @@ class Check:
     name: str
     status: str
     detail: str
-
-
-def on_jetson() -> bool:
-    return Path("/etc/nv_tegra_release").exists()
 
 
 def _python() -> Check:

@@ -105,6 +105,11 @@ class NoneReader(Reader):
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
+def on_jetson(root: Path = Path("/")) -> bool:
+    """Whether `root` is a Jetson's (L4T writes /etc/nv_tegra_release)."""
+    return (root / "etc" / "nv_tegra_release").exists()
+
+
 def _why(exc: BaseException) -> str:
     """An OSError as `EAGAIN (Resource temporarily unavailable)`, anything else as its message."""
     if isinstance(exc, OSError) and exc.errno is not None:
@@ -822,7 +827,11 @@ def _auto(root: Path, clock: Clock) -> Reader:
             continue
         log.info("telemetry auto: %s%s", name, f"; skipped {'; '.join(skipped)}" if skipped else "")
         return reader
-    log.warning("telemetry auto: none, no temperatures or power; skipped %s", "; ".join(skipped))
+    if on_jetson(root):
+        log.warning("telemetry auto: none, no temperatures or power; skipped %s", "; ".join(skipped))
+    else:                  # a PC without sensors: nothing is wrong, and the supervisor holds NORMAL
+        log.info("telemetry auto: none here (not a Jetson; no jtop, thermal zone or NVML): the supervisor holds NORMAL")
+        log.debug("telemetry auto: skipped %s", "; ".join(skipped))
     return NoneReader(clock=clock)
 
 

@@ -148,3 +148,17 @@ def test_status_of_a_real_daemon_escapes_zone_names(demo: Any, tmp_path: Path) -
         proc.communicate(timeout=30)
     assert _control_characters(shown) == [], shown
     assert r"tj\x1b]0;owned\x07\x1b[2J\u202e 50.0 °C" in shown
+
+
+# --------------------------------------------------------------------------------- each why once (item 18)
+
+def test_status_says_each_why_once() -> None:
+    """A refusal the task's reason already gives is not listed again under "cannot run"; others are."""
+    from edge.display import status_table
+
+    slow = "ONNX Runtime on CPU runs FP16 no faster than FP32"
+    text = status_table({"tasks": [
+        {"task": "objects", "precision": "fp32", "reason": f"NORMAL: fp16 refused ({slow}): fp32",
+         "unavailable": {"fp16": slow}},
+        {"task": "signs", "precision": "fp32", "reason": "NORMAL: pinned fp32", "unavailable": {"int8": "F1 0.35"}}]})
+    assert text.count(slow) == 1 and "cannot run int8: F1 0.35" in text

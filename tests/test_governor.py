@@ -73,10 +73,38 @@ def test_the_ladder_drives_the_runtime_and_says_why(tmp_path: Path) -> None:
         levels = [details["level"] for name, details in events if name == "supervisor.level"]
         assert levels == ["HOT", "CRITICAL", "HOT", "NORMAL"]
         switch = next(details for name, details in events if name == "precision.switch")
-        assert switch["to"] == "int8" and "tj 90.0 °C" in switch["reason"] and "hot 85.0 °C" in switch["reason"]
+        assert switch["reason"] == "tj 90.0 °C ≥ hot 85.0 °C for 1.0 s: int8" and switch["to"] == "int8"
         assert [topic for topic, _ in published] == ["sys.telemetry"] * 40
         assert published[3][1]["temps_c"] == {"tj": 90.0}
         assert governor.status()["level"] == "NORMAL"
+    finally:
+        task.unload()
+
+
+def test_status_shows_the_current_reason_and_the_events_keep_the_history(tmp_path: Path) -> None:
+    """Issue 16, item 18: a task's REASON in `edge status` repeated the supervisor's (the held level, why it was
+    entered, twice the same telemetry text: about 250 characters). It shows the level and the task's own part of
+    the decision; why the level is what it is shows once, in the supervisor's line, and the whole story of each
+    switch stays in its precision.switch event."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    clock = Clock()
+    trace = write_trace(tmp_path / "t.jsonl", [(1, 60.0), (2, 97.0)])         # no temperature before 1 s
+    task = runtime(tmp_path, events, priority=20)
+    task.load()
+    governor = Governor(SupervisorSection(confirm_s=1, pause_after_s=5, critical_c=95),
+                        TraceReader(trace, clock=clock), lambda *_: None,
+                        lambda name, details: events.append((name, details)))
+    governor.add(task)
+    try:
+        governor.step()
+        assert governor.status()["reason"].startswith("no usable temperature (no zone read): holding NORMAL")
+        assert task.status()["reason"] == "NORMAL: no fp16 variant: fp32"
+        for second in range(1, 12):
+            clock.now = float(second)
+            governor.step()
+        assert task.status()["reason"] == "CRITICAL: int8, paused (priority 20 < 50)"
+        [switch] = [details for name, details in events if name == "precision.switch"]
+        assert switch["reason"] == "tj 97.0 °C ≥ critical 95.0 °C for 1.0 s: int8, rate ×0.5"
     finally:
         task.unload()
 

@@ -235,7 +235,7 @@ def test_status_is_a_snapshot_that_changes_nothing(demo: Any, tmp_path: Path) ->
         service.status()
         assert lane.status(now) == first
         tasks = service.status()["tasks"]
-        assert tasks[0]["reason"].startswith("no usable temperature (telemetry source none): holding NORMAL")
+        assert tasks[0]["reason"] == "NORMAL: no fp16 variant: fp32"
         service.publish_heartbeat()
         assert service.status()["tasks"] == tasks
     finally:

@@ -444,7 +444,9 @@ def test_auto_falls_back_to_sysfs_when_the_jtop_service_is_down(
 
 def test_auto_falls_back_to_none_and_says_why_each_was_skipped(
         tmp_path: Path, no_jtop: None, no_pynvml: None, telemetry_log) -> None:
+    """On a Jetson no telemetry is a fault (the supervisor cannot follow the heat): a warning with every why."""
     ina3221(tmp_path, "1-0040", "hwmon0", {1: ("VDD_IN", 5000, 100)})       # rails alone are not enough
+    write(tmp_path / "etc" / "nv_tegra_release", "# R36 (release), REVISION: 4.3, GCID: 1, BOARD: generic\n")
     reader = open_reader("auto", root=tmp_path)
     assert isinstance(reader, NoneReader) and reader.read().source == "none"
     [message] = telemetry_log.messages(logging.WARNING)
@@ -453,6 +455,20 @@ def test_auto_falls_back_to_none_and_says_why_each_was_skipped(
         "jtop: jtop telemetry requested but `from jtop import jtop` failed (import of jtop halted; None in "
         f"sys.modules); sysfs: no thermal zone under {tmp_path} (rails: VDD_IN); "
         "nvml: NVML telemetry requested but `import pynvml` failed (import of pynvml halted; None in sys.modules)")
+
+
+def test_auto_on_a_pc_without_sensors_says_so_in_one_short_info_line(
+        tmp_path: Path, no_jtop: None, no_pynvml: None, telemetry_log) -> None:
+    """Issue 16, item 18: a PC without sensors is not a fault; the 600-character warning went into the demo's
+    live table at every start. One short info line; the whys at debug."""
+    reader = open_reader("auto", root=tmp_path)
+    assert isinstance(reader, NoneReader)
+    assert telemetry_log.messages(logging.WARNING) == []
+    [line] = telemetry_log.messages(logging.INFO)
+    assert line == ("telemetry auto: none here (not a Jetson; no jtop, thermal zone or NVML): the supervisor holds"
+                    " NORMAL")
+    assert any("skipped jtop: jtop telemetry requested" in m and "nvml: NVML telemetry requested" in m
+               for m in telemetry_log.messages(logging.DEBUG))
 
 
 # ------------------------------------------------------------------------- absurd readings (issue 16, item 28)
