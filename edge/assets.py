@@ -27,7 +27,7 @@ from typing import Any
 from edge import bundle
 from edge.bundle import sha256_file
 from edge.config import default_cache_dir
-from edge.errors import AssetError, EdgeError, EngineError
+from edge.errors import AssetError, EdgeError, EngineError, SourceError
 
 CONVERTER_VERSION = 1
 VARIANTS_VERSION = 3
@@ -292,6 +292,8 @@ def _build_variants(assets: DemoAssets, fp32_sha: str, say: Callable[[str], None
                 manifest.put(make(assets, inputs, say))
             except _Refused as refusal:
                 manifest.refuse(precision, {"reason": refusal.reason, **refusal.details, "inputs": inputs})
+            except SourceError:                # no OpenCV here: this machine's fault, not the variant's to record
+                raise
             except EdgeError as exc:           # an optional variant that cannot be made never blocks the demo
                 manifest.refuse(precision, {"reason": f"making it failed: {exc.what}", "inputs": inputs})
             manifest.save()        # each finished variant is kept even if a later step is interrupted

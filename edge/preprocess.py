@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import cv2
 import numpy as np
 
 from edge.errors import EdgeError
+from edge.sources import _import_cv2
 
+cv2 = _import_cv2()        # here, at import: without OpenCV, edge stops at start and says what to install
 INV255 = np.float32(1.0 / 255.0)
 
 

@@ -17,6 +17,7 @@ import zmq
 
 from edge.publisher import Publisher
 from tests.daemon import ROOT, edge_cmd, env, run, start
+from tests.test_assets import seeded_cache
 from tests.test_e2e import one_task, write_config
 
 SIGPIPE_STATUS = 141              # 128 + SIGPIPE: what a shell reports for `yes | head`
@@ -162,3 +163,44 @@ def test_status_says_each_why_once() -> None:
          "unavailable": {"fp16": slow}},
         {"task": "signs", "precision": "fp32", "reason": "NORMAL: pinned fp32", "unavailable": {"int8": "F1 0.35"}}]})
     assert text.count(slow) == 1 and "cannot run int8: F1 0.35" in text
+
+
+# --------------------------------------------------------------------------------- without OpenCV (item 19)
+
+@pytest.fixture
+def no_opencv(tmp_path: Path) -> dict[str, str]:
+    """The environment of a machine where `import cv2` fails (the `cv` extra is optional, for Jetson's sake): a
+    cv2 module first on the path that raises what Python raises for a missing module."""
+    stub = tmp_path / "no-opencv"
+    stub.mkdir()
+    (stub / "cv2.py").write_text("raise ModuleNotFoundError(\"No module named 'cv2'\", name='cv2')\n")
+    return {"PYTHONPATH": f"{stub}{os.pathsep}{ROOT}"}
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "selftest", "model quantize", "model evaluate", "build"])
+def test_without_opencv_every_command_says_what_to_install(command: str, demo: Any, tmp_path: Path,
+                                                            no_opencv: dict[str, str]) -> None:
+    config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock", tasks=one_task(demo.model))
+    args = {"run": ["--config", str(config), "--max-frames", "1"], "demo": ["--frames", "1"], "selftest": [],
+            "model quantize": [str(demo.model), str(tmp_path / "q.onnx"), "--calib", str(demo.root / "images")],
+            "model evaluate": ["--reference", str(demo.model), "--candidate", str(demo.model), "--data",
+                               str(demo.root / "images")],
+            "build": [str(demo.model)]}[command]
+    done = run(*command.split(), *args, extra_env=no_opencv)
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert f"edge {command.split()[0]}: error: OpenCV is needed" in done.stderr
+    assert "pip install 'edge[cv]'" in done.stderr and "--system-site-packages" in done.stderr
+
+
+def test_without_opencv_a_variant_to_make_is_not_recorded_as_refused(demo: Any, tmp_path: Path,
+                                                                     no_opencv: dict[str, str]) -> None:
+    """The fp16 variant is checked on frames, which takes OpenCV: its absence is this machine's, not the variant's,
+    so nothing is recorded (a refusal would stand until --rebuild) and the fetch says what to install."""
+    root = seeded_cache(demo, tmp_path)
+    (root / "engines" / "yolov3-tiny" / "yolov3-tiny.fp16.onnx").unlink()
+    before = (root / "engines" / "yolov3-tiny" / "manifest.json").read_text()
+    done = run("assets", "fetch", "--cache-dir", str(root), extra_env=no_opencv)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "edge assets: error: OpenCV is needed" in done.stderr and "pip install 'edge[cv]'" in done.stderr
+    assert (root / "engines" / "yolov3-tiny" / "manifest.json").read_text() == before
