@@ -277,14 +277,21 @@ def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20
 
 
 def _demo_repository(engines: Path) -> Check:
-    """The demo's engine repository as `edge demo` resolves it: manifest readable, fp32 variant intact."""
+    """The demo's engine repository: manifest readable, an fp32 variant (what `edge demo` runs first), and every
+    variant's file as the manifest records it (present, its sha256)."""
     from edge import bundle
 
     try:
         manifest = bundle.Manifest.load(engines)
-        bundle.resolve(manifest, "fp32", device=None, allow_onnx=True)
     except EdgeError as exc:
         return Check("demo engines", FAIL, f"{exc.what}. Hint: edge assets fetch --rebuild")
+    broken = [(v, problem) for v in manifest.variants if (problem := bundle.file_problem(manifest.root, v))]
+    found = [f"{v.precision} {v.format} {v.file}: {problem}" for v, problem in broken]
+    if manifest.onnx("fp32") is None:
+        found.insert(0, "no fp32 ONNX variant in the manifest")
+    if found:
+        plans = " (a plan: `edge build` its ONNX variant again)" if any(v.format == "plan" for v, _ in broken) else ""
+        return Check("demo engines", FAIL, f"{'; '.join(found)}. Hint: edge assets fetch --rebuild{plans}")
     variants = sorted(v.precision for v in manifest.variants if v.format == "onnx")
     refused = "; ".join(f"{p} refused: {r['reason']}" for p, r in sorted(manifest.refused.items()))
     return Check("demo engines", OK, f"variants {', '.join(variants)}" + (f"; {refused}" if refused else ""))

@@ -35,6 +35,23 @@ def test_selftest_fails_when_the_demo_engine_repository_is_broken(demo, tmp_path
     assert "FAILED: demo engines" in result.stdout
 
 
+def test_selftest_fails_on_a_corrupt_variant_of_the_demo(demo, tmp_path) -> None:
+    """Issue 16, item 20: a 0-byte int8 variant was listed as present and passed (only fp32 was checked). Every
+    variant's file is checked against the sha256 the manifest records (edge/bundle.py, file_problem)."""
+    import shutil
+
+    repo = tmp_path / "cache" / "engines" / "yolov3-tiny"
+    shutil.copytree(demo.engines, repo)
+    shutil.copytree(demo.root / "images", tmp_path / "cache" / "images")
+    (repo / "yolov3-tiny.int8.qdq.onnx").write_bytes(b"")
+    result = run("selftest", extra_env={"EDGE_CACHE": str(tmp_path / "cache")})
+    assert result.returncode == 1, result.stdout
+    line = next(line for line in result.stdout.splitlines() if line.split()[:3] == ["FAIL", "demo", "engines"])
+    assert "int8 onnx yolov3-tiny.int8.qdq.onnx: sha256 e3b0c44298fc... does not match the manifest's" in line
+    assert "fp16" not in line and line.endswith("Hint: edge assets fetch --rebuild")
+    assert "FAILED: demo engines" in result.stdout
+
+
 def test_selftest_reports_what_the_supervisor_will_read(tmp_path, monkeypatch) -> None:
     """On a Jetson, no temperature is a failure (the supervisor could only hold NORMAL); a board with a
     thermal zone passes with its readings. The sysfs tree is a temporary one laid out as on an Orin."""
