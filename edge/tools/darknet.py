@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edge.errors import EngineError
+from edge.tools.common import atomic_output
 
 BN_EPS = 1e-6
 LEAKY_SLOPE = 0.1
@@ -196,9 +197,8 @@ def convert(cfg_path: Path, weights_path: Path, names_path: Path, out_path: Path
     model.ir_version = IR_VERSION
     onnx.helper.set_model_props(model, {"edge.model": "yolo", "edge.yolo": json.dumps(meta, allow_nan=False)})
     onnx.checker.check_model(model)
-    tmp = Path(out_path).with_name(Path(out_path).name + ".tmp")
-    onnx.save(model, str(tmp))
-    tmp.replace(out_path)
+    with atomic_output(Path(out_path)) as tmp:             # a failed write (a full disk) leaves no partial file
+        onnx.save(model, str(tmp))
     return meta
 
 
