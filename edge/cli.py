@@ -106,7 +106,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level or "warning")
     os.environ.update(_env_overrides(args))       # demo_config reads the overrides from the environment
-    return run_demo(frames=args.frames, endpoint=args.endpoint, save_video=args.save_video)
+    return run_demo(frames=args.frames, endpoint=args.endpoint, control=args.control, save_video=args.save_video)
 
 
 def _control(args: argparse.Namespace) -> str:
@@ -368,7 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the demo: YOLOv3-tiny on vtest.avi, results on ZeroMQ, live table")
     demo.add_argument("--frames", type=_positive, help="stop after N frames (default: the whole video, 795)")
-    demo.add_argument("--endpoint", help="results endpoint (default: the ipc socket of `edge run`)")
+    demo.add_argument("--endpoint", help="results endpoint (default: a socket of this demo's own; it prints it)")
     demo.add_argument("--save-video", type=Path, metavar="PATH", help="write an annotated MP4")
     demo.add_argument("--log-level", choices=LEVELS)
     _daemon_args(demo)

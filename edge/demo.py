@@ -6,6 +6,7 @@ import collections
 import os
 import signal
 import sys
+import tempfile
 import threading
 from importlib import resources
 from pathlib import Path
@@ -21,11 +22,9 @@ from edge.service import Service
 SUBSCRIBER_WAIT_S = 10.0
 
 
-def demo_config(cache: Path, endpoint: str | None) -> Config:
+def demo_config(cache: Path, *, endpoint: str, control: str) -> Config:
     text = resources.files("edge").joinpath("data/demo.yaml").read_text(encoding="utf-8")
-    environ = dict(os.environ, EDGE_CACHE=str(cache))
-    if endpoint:
-        environ["EDGE_RESULTS_ENDPOINT"] = endpoint
+    environ = dict(os.environ, EDGE_CACHE=str(cache), EDGE_RESULTS_ENDPOINT=endpoint, EDGE_CONTROL_ENDPOINT=control)
     return parse_config(text, source="edge/data/demo.yaml", base_dir=cache, environ=environ)
 
 
@@ -104,9 +103,18 @@ class _Table:
         self.classes.clear()
 
 
-def run_demo(*, frames: int | None, endpoint: str | None, save_video: Path | None) -> int:
+def run_demo(*, frames: int | None, endpoint: str | None, control: str | None, save_video: Path | None) -> int:
+    """The demo. Its results and control sockets are its own (in a private temporary directory) unless `endpoint`
+    or `control` name others: its subscriber must hear its daemon alone, and a daemon or another demo already
+    running keeps its sockets."""
     demo = assets.fetch(say=lambda line: print(line, file=sys.stderr))
-    config = demo_config(demo.root, endpoint)
+    with tempfile.TemporaryDirectory(prefix="edge-demo-") as private:
+        config = demo_config(demo.root, endpoint=endpoint or f"ipc://{private}/results.sock",
+                             control=control or f"ipc://{private}/control.sock")
+        return _run(demo, config, frames, save_video)
+
+
+def _run(demo: assets.DemoAssets, config: Config, frames: int | None, save_video: Path | None) -> int:
     service = Service(config, max_frames=frames, wait_subscriber_s=SUBSCRIBER_WAIT_S)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -115,7 +123,7 @@ def run_demo(*, frames: int | None, endpoint: str | None, save_video: Path | Non
     thread = threading.Thread(target=_serve, args=(service, stop, outcome), name="demo-service", daemon=True)
     annotator = _Annotator(demo.video, save_video) if save_video else None
     print(f"edge demo: YOLOv3-tiny on {demo.video.name} (PETS 2009, University of Reading), "
-          f"results on {config.output.results}", file=sys.stderr)
+          f"results on {config.output.results}, control socket {config.control.endpoint}", file=sys.stderr)
     with Subscriber(config.output.results, topics=["det.", "sys."]) as sub:
         thread.start()
         table = _Table()

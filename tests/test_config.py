@@ -57,7 +57,8 @@ def test_only_cameras_of_enabled_tasks_are_used() -> None:
 def test_packaged_demo_config_is_valid(tmp_path: Path) -> None:
     from edge.demo import demo_config
 
-    config = demo_config(tmp_path, None)
+    config = demo_config(tmp_path, endpoint=f"ipc://{tmp_path}/r.sock", control=f"ipc://{tmp_path}/c.sock")
+    assert (config.output.results, config.control.endpoint) == (f"ipc://{tmp_path}/r.sock", f"ipc://{tmp_path}/c.sock")
     assert config.tasks[0].engines == f"{tmp_path}/engines/yolov3-tiny" and config.tasks[0].precision == "auto"
     assert config.cameras[0].parsed.location == f"{tmp_path}/media/vtest.avi"
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 import collections
 import json
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import cv2
+import msgpack
 import pytest
 import zmq
 
 from tests.conftest import free_port
-from tests.daemon import RawSubscriber, run, start
+from tests.daemon import RawSubscriber, env, run, start
 
 N = 12
 DET_KEYS = {"v", "kind", "task", "camera", "seq", "frame", "t_capture_ns", "t_publish_ns", "t_wall_ns",
@@ -191,6 +195,37 @@ def test_demo_command_with_video(tmp_path: Path, demo) -> None:
     assert "fps" in result.stdout.splitlines()[0] and "processed 5 frames, missed 0" in result.stderr
     capture = cv2.VideoCapture(str(out))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 5
+
+
+def test_demo_keeps_to_its_own_sockets_beside_a_running_daemon(tmp_path: Path, demo, ctx: zmq.Context) -> None:
+    """Issue 16, item 13: the demo bound the default endpoints of `edge run`; beside a running daemon it showed
+    that daemon's results as its own for 14 s, then failed. Here real sockets hold both defaults (a publisher
+    sending all along, a control socket) while `edge demo` runs without --endpoint and --control."""
+    where = "from edge import protocol; print(protocol.default_results_endpoint(), protocol.default_control_endpoint())"
+    defaults = subprocess.run([sys.executable, "-c", where], env=env(), capture_output=True, text=True, timeout=60)
+    results, control = defaults.stdout.split()
+    Path(results[len("ipc://"):]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    squatter, other_control = ctx.socket(zmq.PUB), ctx.socket(zmq.REP)
+    squatter.bind(results)
+    other_control.bind(control)
+    stop = threading.Event()
+
+    def publish() -> None:
+        while not stop.wait(0.05):
+            squatter.send_multipart([b"sys.event", msgpack.packb({"v": 1, "kind": "event", "event": "squatter"})])
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    try:
+        result = run("demo", "--frames", "3")
+    finally:
+        stop.set()
+        thread.join(10)
+        squatter.close(linger=0)
+        other_control.close(linger=0)
+    assert result.returncode == 0, result.stderr
+    assert "processed 3 frames, missed 0" in result.stderr and "squatter" not in result.stdout
+    said = next(line for line in result.stderr.splitlines() if line.startswith("edge demo: YOLOv3-tiny"))
+    assert results not in said and control not in said and "/edge-demo-" in said
 
 
 def test_subscribe_says_when_nothing_arrives_and_keeps_waiting(tmp_path: Path) -> None:
