@@ -32,7 +32,7 @@ class _Annotator:
     """Reads the demo video alongside the results and draws each frame's detections."""
 
     def __init__(self, video: Path, out: Path) -> None:
-        cv2 = sources._import_cv2()
+        cv2 = sources.import_cv2()
         self._cv2 = cv2
         sources.route_media_logs(cv2)
         self._capture = cv2.VideoCapture(str(video))

@@ -9,9 +9,9 @@ import dataclasses
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.sources import _import_cv2
+from edge.sources import import_cv2
 
-cv2 = _import_cv2()        # here, at import: without OpenCV, edge stops at start and says what to install
+cv2 = import_cv2()        # here, at import: without OpenCV, edge stops at start and says what to install
 INV255 = np.float32(1.0 / 255.0)
 
 

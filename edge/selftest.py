@@ -34,9 +34,9 @@ def _python() -> Check:
 
 
 def _opencv() -> Check:
-    from edge.sources import _import_cv2
+    from edge.sources import import_cv2
 
-    cv2 = _import_cv2()
+    cv2 = import_cv2()
     gstreamer = "GStreamer:                   YES" in cv2.getBuildInformation()
     if on_jetson() and not gstreamer:
         return Check("opencv", FAIL, f"{cv2.__version__} without GStreamer: csi:// cameras cannot work."
@@ -256,10 +256,10 @@ def _tensorrt(required: bool) -> Check:
 
 def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20) -> tuple[bool, str]:
     from edge.config import TaskConfig
-    from edge.sources import _import_cv2
+    from edge.sources import import_cv2
     from edge.tasks import build_task
 
-    cv2 = _import_cv2()
+    cv2 = import_cv2()
     with engine_factory() as engine:
         task = build_task(TaskConfig(name="selftest", type="detector", model="-", cameras=["c"]), engine)
         slot = engine.create_slot("selftest", depth=1)

@@ -305,7 +305,7 @@ class _PatternReader:
         self._n = 0
 
 
-def _import_cv2() -> Any:
+def import_cv2() -> Any:
     try:
         import cv2
     except ImportError as exc:
@@ -391,7 +391,7 @@ def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME) -> _Read
         return _PatternReader(uri, max_frame)
     if uri.scheme == "file":
         check_video_file(uri.location)
-    cv2 = _import_cv2()
+    cv2 = import_cv2()
     route_media_logs(cv2)
     if uri.scheme == "file":
         return _CvReader(cv2.VideoCapture(uri.location), f"video file {uri.location}", max_frame)

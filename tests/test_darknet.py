@@ -80,3 +80,19 @@ def test_unsupported_layer_and_bad_cfg(demo, tmp_path: Path) -> None:
     cfg.write_text("width=416\n")
     with pytest.raises(EngineError, match="must start with a \\[net\\] section"):
         darknet.parse_cfg(cfg.read_text())
+
+
+def test_missing_inputs_and_a_cfg_without_its_keys_are_clear_errors(demo, tmp_path: Path) -> None:
+    """`edge model darknet2onnx` with a missing file, or a [net] without height, ended in a traceback."""
+    models = demo.root / "models"
+    inputs = {"cfg": models / "yolov3-tiny.cfg", "weights": models / "yolov3-tiny.weights",
+              "names file": models / "coco.names"}
+    for what in inputs:
+        given = dict(inputs, **{what: tmp_path / "missing"})
+        with pytest.raises(EngineError, match=f"cannot read the Darknet {what} {tmp_path}/missing: No such file"):
+            darknet.convert(given["cfg"], given["weights"], given["names file"], tmp_path / "x.onnx")
+    cfg = tmp_path / "no-height.cfg"
+    cfg.write_text((models / "yolov3-tiny.cfg").read_text().replace("height=416", ""))
+    with pytest.raises(EngineError, match="cannot be converted: KeyError: 'height'") as info:
+        darknet.convert(cfg, inputs["weights"], inputs["names file"], tmp_path / "x.onnx")
+    assert "needs width and height" in str(info.value) and not (tmp_path / "x.onnx").exists()

@@ -56,7 +56,7 @@ def parse_cfg(text: str) -> list[dict[str, str]]:
 
 class _WeightReader:
     def __init__(self, path: Path) -> None:
-        data = path.read_bytes()
+        data = _read_input(path, "weights")
         if len(data) < 20:
             raise EngineError(f"Darknet weights file {path} is too short ({len(data)} bytes)")
         major, minor, _ = np.frombuffer(data[:12], np.int32)
@@ -154,11 +154,30 @@ def convert(cfg_path: Path, weights_path: Path, names_path: Path, out_path: Path
     """Convert a Darknet model to ONNX at `out_path` (written atomically). Returns the YOLO metadata."""
     import onnx
 
-    sections = parse_cfg(Path(cfg_path).read_text(encoding="utf-8"))
-    net = sections[0]
-    labels = [n.strip() for n in Path(names_path).read_text(encoding="utf-8").splitlines() if n.strip()]
-    x = _Tensor("images", int(net.get("channels", 3)), int(net["height"]), int(net["width"]))
+    sections = parse_cfg(_read_input(Path(cfg_path), "cfg").decode("utf-8", "replace"))
+    labels = [n.strip() for n in _read_input(Path(names_path), "names file").decode("utf-8", "replace").splitlines()
+              if n.strip()]
     builder = _Builder(onnx, _WeightReader(Path(weights_path)))
+    try:
+        return _convert(onnx, sections, labels, builder, Path(cfg_path), Path(out_path))
+    except (KeyError, ValueError, IndexError, ZeroDivisionError) as exc:
+        raise EngineError(f"Darknet cfg {cfg_path} cannot be converted: {type(exc).__name__}: {exc}",
+                          hint="a [net] section needs width and height; each layer its usual keys (the YOLOv3-tiny"
+                               " cfg of the demo shows them)") from None
+
+
+def _read_input(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise EngineError(f"cannot read the Darknet {what} {path}: {exc.strerror}",
+                          hint="check the path; `edge assets fetch` gets the demo's cfg, weights and names") from None
+
+
+def _convert(onnx: Any, sections: list[dict[str, str]], labels: list[str], builder: _Builder, cfg_path: Path,
+             out_path: Path) -> dict[str, Any]:
+    net = sections[0]
+    x = _Tensor("images", int(net.get("channels", 3)), int(net["height"]), int(net["width"]))
     layers: list[_Tensor] = []
     heads: list[dict[str, Any]] = []
     for i, sec in enumerate(sections[1:]):

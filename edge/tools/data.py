@@ -15,7 +15,7 @@ import numpy as np
 from edge import sources
 from edge.errors import EdgeError
 
-cv2 = sources._import_cv2()
+cv2 = sources.import_cv2()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v"}
