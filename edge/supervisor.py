@@ -246,7 +246,8 @@ class Supervisor:
             self._restart(reading.t)
         if self._level_since is None:
             self._level_since = reading.t
-            self._level_reason = f"start at {_temp_text(reading)}"
+            # without a temperature the hold note already says why: the reason says it once
+            self._level_reason = f"start at {_at(reading)}" if reading.temp_c is not None else "since the start"
         self._reading = reading
         self._track(reading)
         self._step(reading)

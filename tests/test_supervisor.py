@@ -247,8 +247,7 @@ def test_source_none_holds_the_level_and_says_so() -> None:
     updates = run(sup, [sample(float(i), source="none") for i in range(100)])
     assert levels(updates) == []
     assert updates[-1].decisions["det"].reason == (
-        "no usable temperature (telemetry source none): holding NORMAL; "
-        "start at no usable temperature (telemetry source none): fp16")
+        "no usable temperature (telemetry source none): holding NORMAL; since the start: fp16")   # why: once
     assert updates[-1].reading.startswith("no usable temperature (telemetry source none), power unknown")
 
 
