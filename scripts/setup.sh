@@ -16,7 +16,8 @@ for arg in "$@"; do
     case "$arg" in
         --dev) extras+=(dev) ;;
         --dry-run) dry_run=1 ;;
-        *) echo "setup: unknown option '$arg' (use --dev, --dry-run)" >&2; exit 2 ;;
+        --help|-h) sed -n '2,5s/^# \{0,1\}//p' "$0"; exit 0 ;;
+        *) echo "setup: unknown option '$arg' (use --dev, --dry-run, --help)" >&2; exit 2 ;;
     esac
 done
 tegra_release=${EDGE_TEGRA_RELEASE:-/etc/nv_tegra_release}   # tests point it at a file of their own
