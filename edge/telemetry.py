@@ -48,9 +48,9 @@ SYSFS_READ_BYTES = 4096                  # a sysfs attribute is at most a page, 
 TRACE_MAX_BYTES = 16 * 1024 * 1024       # about 80,000 lines: a day at 1 Hz
 TRACE_MAX_LINE_BYTES = 16 * 1024
 TRACE_KEYS = frozenset({"t", "temps_c", "power_mw", "mode", "gpu_load", "total_mw", "trips_c"})
-TRACE_HINT = ('each line is one JSON object: {"t": seconds since start, "temps_c": {zone: °C}, '
-              '"power_mw": {rail: mW}, "mode": name}, optionally "gpu_load" (0 to 1), "total_mw" and '
-              '"trips_c" ({zone: {trip type: °C}}); t never goes back')
+TRACE_HINT = ('each line is one JSON object such as {"t": seconds since start, "temps_c": {zone: °C}, '
+              '"power_mw": {rail: mW}}, t never going back; every key, its unit and range, the limits and an '
+              'example file: docs/supervisor.md, "Telemetry traces"')
 
 
 @dataclasses.dataclass(frozen=True)

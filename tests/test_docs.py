@@ -16,13 +16,16 @@ import functools
 import importlib
 import inspect
 import io
+import json
 import re
 import shlex
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
+from pathlib import Path
 
+from edge import telemetry
 from edge.cli import build_parser
 from tests.daemon import ROOT
 
@@ -30,7 +33,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # On a board scripts/provision-target.sh links /usr/local/bin/edge, so the board's page may say `edge`; on a PC
 # the venv is not on PATH, so every other page says `.venv/bin/edge`.
 BOARD_DOCS = {"docs/operations.md"}
-NOT_SHELL = {"python", "yaml", "json"}
+NOT_SHELL = {"python", "yaml", "json", "jsonl"}
 # where the systemd unit's daemon binds; on a PC `edge run` binds elsewhere (edge.protocol.runtime_dir)
 BOARD_SOCKETS = "ipc:///run/edge/"
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
@@ -265,3 +268,19 @@ def test_named_paths_and_links_exist() -> None:
                     problems.append(f"{page.name}:{number}: the link to {target} leads nowhere")
     assert not problems, "\n".join(problems)
 
+
+def test_the_trace_hint_points_at_the_documented_format(tmp_path: Path) -> None:
+    pointer = re.search(r'(docs/[\w-]+\.md), "([^"]+)"', telemetry.TRACE_HINT)
+    assert pointer, f"the hint names no page and section of the docs: {telemetry.TRACE_HINT}"
+    doc, title = pointer.groups()
+    text = (ROOT / doc).read_text(encoding="utf-8")
+    section = re.search(rf"^## [\d. ]*{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S).group(1)
+    facts = [f"`{key}`" for key in sorted(telemetry.TRACE_KEYS)] + [
+        f"{telemetry.TRACE_MAX_BYTES // 2**20} MiB", f"{telemetry.TRACE_MAX_LINE_BYTES // 2**10} KiB",
+        "{:g}..{:g}".format(*telemetry.PLAUSIBLE_C).replace("-", "−")]
+    assert [fact for fact in facts if fact not in section] == []
+    example = re.search(r"```jsonl\n(.*?)```", section, re.S).group(1)
+    (tmp_path / "hot.jsonl").write_text(example, encoding="utf-8")
+    samples = telemetry.load_trace(tmp_path / "hot.jsonl")       # the example is a valid trace
+    used = set().union(*(json.loads(line) for line in example.splitlines()))
+    assert len(samples) > 1 and used == telemetry.TRACE_KEYS
