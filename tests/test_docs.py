@@ -197,7 +197,9 @@ def test_scripts_and_benchmarks_take_the_flags_the_examples_pass() -> None:
             if found is None:
                 continue
             name, args = found
-            flags = [arg.split("=")[0] for arg in args if arg.startswith("-") and arg != "-"]
+            if any(arg.startswith("[") for arg in args):
+                problems.append(f"{where}: `{shlex.join(words)}` is a synopsis ([...]): write the command")
+            flags = [arg.strip("[").split("=")[0] for arg in args if arg.strip("[").startswith("-") and arg != "-"]
             if not flags or not (ROOT / name).is_file():
                 continue                         # a missing file: test_named_paths_and_links_exist says so
             result = help_text(name)
