@@ -3,8 +3,9 @@
 Checked here, without a daemon or a download: the README's usage table against `edge.cli.build_parser()`; every
 `edge` line of a fenced example parses with that parser, and says `.venv/bin/edge` off the board docs; the flags
 that examples pass to scripts and benchmarks are in their `--help`; every ```python block compiles, imports what
-exists and calls it with arguments its signature takes; the repository paths and links the docs name exist.
-Running the commands for real is done by hand (the issue-16 report says which ran, and which need a board).
+exists and calls it with arguments its signature takes; no example on a PC page names the board's sockets; the
+repository paths and links the docs name exist; the trace format is where TRACE_HINT says. Running the commands
+for real is done by hand (README.md, "Tests", says which).
 """
 from __future__ import annotations
 
