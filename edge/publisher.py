@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import os
 import queue
 import socket
 import threading
@@ -41,6 +42,7 @@ CURVE_MAXMSGSIZE = 1024      # room for CURVE's INITIATE command; subscriptions 
 MAX_SUBSCRIPTION_BYTES = max(map(len, (b"\x01", b"\x00", b"\x09SUBSCRIBE", b"\x06CANCEL"))) + protocol.MAX_TOPIC_BYTES
 BATCH = 512                  # inbound messages handled between two rounds of sending
 RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
+RESULTS_SOCKET_MODE = 0o660          # the daemon's user and group subscribe on ipc
 
 
 class Outcome(Protocol):
@@ -132,6 +134,11 @@ class Publisher:
                     " EDGE_RESULTS_ENDPOINT to a free endpoint") if exc.errno == errno.EADDRINUSE else \
                 "check the endpoint syntax and that its directory exists and is writable"
             raise EdgeError(f"cannot bind results endpoint {self.endpoint}: {exc.strerror}", hint=hint) from exc
+        if path is not None:
+            # connecting to a unix socket needs write permission on its file (unix(7)); the unit's UMask=0027
+            # leaves 0750, so only the daemon's own user could subscribe. Vehicle software in the daemon's group
+            # (SupplementaryGroups=edge) may; the directory (0750, this user's) keeps everyone else out.
+            os.chmod(path, RESULTS_SOCKET_MODE)
         return sock, monitor
 
     @property

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -273,3 +274,20 @@ def test_a_clean_stop_removes_the_socket_file(ctx: zmq.Context, ipc_endpoint: st
     assert path.is_socket()
     publisher.stop(5)
     assert not path.exists()
+
+
+def test_the_results_socket_file_lets_the_daemons_group_subscribe(ctx: zmq.Context, tmp_path: Path) -> None:
+    """Connecting to a unix socket needs write permission on its file (unix(7), "Pathname socket ownership and
+    permissions"). Under the unit's UMask=0027 the socket was 0750: only the `edge` user could subscribe, never
+    vehicle software running as a user in group `edge`. The directory stays 0750 and this user's."""
+    old = os.umask(0o027)
+    try:
+        pub = Publisher(f"ipc://{tmp_path}/run/results.sock", context=ctx)
+        pub.start()
+    finally:
+        os.umask(old)
+    try:
+        assert stat.S_IMODE(os.stat(tmp_path / "run" / "results.sock").st_mode) == 0o660
+        assert stat.S_IMODE(os.stat(tmp_path / "run").st_mode) == 0o750
+    finally:
+        pub.stop(5)
