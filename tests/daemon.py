@@ -4,12 +4,17 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import msgpack
 import zmq
+
+from edge.config import load_config
+from edge.service import Service
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +56,36 @@ class RawSubscriber:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+class Running:
+    """A Service in this process on a config file (reloads read it again), run in a thread, with a raw
+    subscriber on its events."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.service = Service(load_config(path, environ={}), load_config=lambda: load_config(path, environ={}))
+        self.service.start()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.service.run, args=(self.stop,))
+        self.thread.start()
+        self.context = zmq.Context()
+        self.events = RawSubscriber(self.context, self.service.publisher.endpoint, b"sys.event")
+
+    def lane(self, task: str) -> Any:
+        return self.service._lanes[task][0]
+
+    def event(self, name: str, timeout_s: float = 10) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            got = self.events.recv(100)
+            if got is not None and got[1].get("event") == name:
+                return got[1]
+        raise AssertionError(f"no {name} event within {timeout_s} s")
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(30)
+        self.service.stop()
+        self.events.close()
+        self.context.term()

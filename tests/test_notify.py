@@ -24,7 +24,7 @@ from edge import notify
 from edge.config import load_config
 from edge.runtime import TaskRuntime
 from edge.service import STOP_TIMEOUT_S, Service
-from tests.daemon import RawSubscriber
+from tests.daemon import RawSubscriber, Running
 from tests.test_systemd import Systemd
 
 
@@ -126,21 +126,6 @@ def test_progress_past_the_start_cap_or_after_ready_extends_nothing(tmp_path: Pa
         sock.setblocking(False)
         with pytest.raises(BlockingIOError):
             sock.recv(200)
-
-
-class Running:
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.service = Service(load_config(path, environ={}), load_config=lambda: load_config(path, environ={}))
-        self.service.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.service.run, args=(self.stop,))
-        self.thread.start()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.service.stop()
 
 
 @pytest.fixture

@@ -6,23 +6,19 @@ logged and published; under a real NOTIFY_SOCKET a SIGHUP gives RELOADING=1 then
 from __future__ import annotations
 
 import signal
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import zmq
 
 from edge import reload
-from edge.config import load_config, parse_config
+from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError, EngineError, SourceError
 from edge.runtime import TaskRuntime
-from edge.service import Service
 from edge.sources import Camera
 from tests.conftest import wait_for
-from tests.daemon import RawSubscriber, run, start
+from tests.daemon import Running, run, start
 from tests.test_systemd import Systemd
 
 
@@ -100,38 +96,6 @@ def test_a_changed_socket_section_refuses_the_whole_reload(demo: Any, tmp_path: 
 
 
 # --- the daemon -----------------------------------------------------------------------------------------------
-
-class Running:
-    """A Service on a config file, run in a thread, with a raw subscriber on its events."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.service = Service(load_config(path, environ={}), load_config=lambda: load_config(path, environ={}))
-        self.service.start()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.service.run, args=(self.stop,))
-        self.thread.start()
-        self.context = zmq.Context()
-        self.events = RawSubscriber(self.context, self.service.publisher.endpoint, b"sys.event")
-
-    def lane(self, task: str) -> Any:
-        return self.service._lanes[task][0]
-
-    def event(self, name: str, timeout_s: float = 10) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            got = self.events.recv(100)
-            if got is not None and got[1].get("event") == name:
-                return got[1]
-        raise AssertionError(f"no {name} event within {timeout_s} s")
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(30)
-        self.service.stop()
-        self.events.close()
-        self.context.term()
-
 
 @pytest.fixture
 def running(demo: Any, tmp_path: Path) -> Iterator[Running]:
