@@ -49,8 +49,13 @@ def image(camera: str, index: int) -> np.ndarray:
     return np.random.default_rng([int(camera[1:]), index]).integers(0, 256, (h, w, 3), np.uint8)
 
 
+# Capture times one second apart: a batch waits half a frame interval for the other cameras' frames, and the feed
+# threads of a test must make that on a loaded 2-core machine (at 33 ms apart, 16 ms was missed under load).
+FRAME_GAP_NS = 1_000_000_000
+
+
 def frame(camera: str, index: int) -> Frame:
-    return Frame(camera, index, 10**9 + index * 33_000_000, image(camera, index))
+    return Frame(camera, index, 10**9 + index * FRAME_GAP_NS, image(camera, index))
 
 
 def task_config(model: Path, cameras: list[str], **fields: object) -> TaskConfig:
