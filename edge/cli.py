@@ -37,14 +37,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         service.stop()
 
 
-def _held_reloads() -> threading.Event:
-    """SIGHUP for `edge run`, installed before anything else: its default action ends the process, and systemd's
-    ExecReload or an operator may send it while the daemon starts. A reload asked for then runs once it is ready."""
-    asked = threading.Event()
-    signal.signal(signal.SIGHUP, lambda signum, frame: asked.set())
-    return asked
-
-
 def _env_overrides(args: argparse.Namespace) -> dict[str, str]:
     """--control, --telemetry and --metrics of `run` and `demo`, as the config's environment overrides."""
     given = {"EDGE_CONTROL_ENDPOINT": args.control, "EDGE_TELEMETRY": args.telemetry,
@@ -572,10 +564,15 @@ def _terminated(signum: int, frame: Any) -> None:
     raise SystemExit(128 + signum)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, reloads: threading.Event | None = None) -> int:
+    """`reloads`: set by the SIGHUP handler edge/__main__.py installs for `edge run` before this module is imported
+    (a reload asked for while the daemon starts runs once it is ready); made here when called otherwise."""
     args = build_parser().parse_args(argv)
     if args.func is cmd_run:
-        args.reloads = _held_reloads()
+        if reloads is None:
+            reloads = threading.Event()
+            signal.signal(signal.SIGHUP, lambda signum, frame: reloads.set())
+        args.reloads = reloads
     setup_logging(getattr(args, "log_level", None) or "info")
     # SIGTERM ends a tool like Ctrl-C does, through every `finally`, so no temporary file is left behind
     # (run, demo and subscribe install their own graceful handlers).
