@@ -170,7 +170,6 @@ class Service:
             with self._lock:
                 stopping = [(name, self._lanes.pop(name, []), self.tasks.pop(name)) for name in change.stop]
                 self.config = self.cameras.config = config
-                self.tasks.update(prepared.runtimes)
             held = {task.name: {camera_id: self.cameras.acquire(camera_id) for camera_id in task.cameras
                                 if camera_id not in prepared.cameras}
                     for task in starting}                      # open cameras the new lanes share stay open
@@ -184,23 +183,24 @@ class Service:
             for task in starting:
                 cameras = held[task.name] | {camera_id: self.cameras.acquire(camera_id) for camera_id in task.cameras
                                              if camera_id in prepared.cameras}
-                self._start_lanes(task, [cameras[camera_id] for camera_id in task.cameras])
+                self._start_lanes(prepared.runtimes[task.name], [cameras[camera_id] for camera_id in task.cameras])
                 if self.governor is not None:
-                    self.governor.add(self.tasks[task.name])
+                    self.governor.add(prepared.runtimes[task.name])
             self.cameras.start()
 
-    def _start_lanes(self, task: TaskConfig, cameras: list[Camera]) -> None:
+    def _start_lanes(self, runtime: TaskRuntime, cameras: list[Camera]) -> None:
         """A lane per camera, or with `batch: true` one batched lane over them all (`_prepare` checked that a loaded
-        variant can run that batch); the service sees a lane per camera either way."""
-        runtime = self.tasks[task.name]
+        variant can run that batch); the service sees a lane per camera either way. The task and its lanes appear
+        in the status snapshot together."""
         options: dict[str, Any] = {"max_frames": self.max_frames, "include_labels": self.config.output.labels}
         lanes: list[Lane] | list[BatchMember]
-        if task.batch:
+        if runtime.config.batch:
             lanes = BatchedLane(runtime, cameras, self.publisher, **options).members
         else:
             lanes = [Lane(runtime, camera, self.publisher, **options) for camera in cameras]
         with self._lock:
-            self._lanes[task.name] = lanes
+            self.tasks[runtime.name] = runtime
+            self._lanes[runtime.name] = lanes
         for lane in lanes:
             lane.start()
 
@@ -324,18 +324,26 @@ class Service:
         finally:
             if switching:
                 self._switching.release()
+        reloader = self._reloader                    # a SIGHUP reload loading an engine finds the daemon stopping
+        if reloader is not None:
+            reloader.join(left())                    # exiting under it aborts inside the engine's native library
+            if reloader.is_alive():
+                log.warning("a config reload is still loading an engine; stopping without waiting for it")
         self.publisher.stop(left())
         log.info("stopped")
 
     def status(self) -> dict[str, Any]:
         """A snapshot of the daemon (reading it changes nothing)."""
         now = time.monotonic_ns()
-        with self._lock:
-            lanes = [lane.status(now) for lane in self.lanes]
+        with self._lock:                             # tasks, lanes and their cameras from one moment
+            running = self.lanes
+            lanes = [lane.status(now) for lane in running]
             tasks = [runtime.status() for runtime in self.tasks.values()]
+            order = [camera.id for camera in self.config.cameras]
+        read = {lane.camera.id: lane.camera for lane in running}
         cameras = [{"id": c.id, "connected": c.stats.connected, "captured": c.stats.captured,
                     "reconnects": c.stats.reconnects, "missing_frames": c.stats.missing_frames}
-                   for c in self.cameras.snapshot()]
+                   for c in (read[camera_id] for camera_id in order if camera_id in read)]
         governor = self.governor
         return {"version": __version__, "uptime_s": (now - self._started_ns) / 1e9, "tasks": tasks, "lanes": lanes,
                 "cameras": cameras, "peers": self._peers(),

@@ -163,23 +163,36 @@ def test_the_watchdog_pings_and_heartbeats_go_on_while_a_reload_loads_engines(
 def test_sigterm_during_a_reload_stops_in_bounded_time_and_the_reload_is_abandoned(
         slow_reload: tuple[Running, Gate], systemd: Systemd) -> None:
     """SIGTERM during a reload took 9.4 s against the documented 5 s: the run loop was inside the reload. Now
-    `run` returns at once and `stop` does not wait for the engine still loading; that reload then finds the
-    daemon stopping, starts nothing and unloads what it loaded."""
+    `run` returns at once; `stop` waits, within its time, for the engine that is loading (a process that exits
+    while a thread is inside ONNX Runtime or TensorRT aborts: rc 134 in 5 of 16 tries), and that reload then finds
+    the daemon stopping, starts nothing and unloads what it loaded."""
     daemon, gate = slow_reload
     daemon.stop.set()
     daemon.thread.join(STOP_TIMEOUT_S)
     assert not daemon.thread.is_alive()
     stopper = threading.Thread(target=daemon.service.stop)
     stopper.start()
-    stopper.join(2 * STOP_TIMEOUT_S)
-    assert not stopper.is_alive() and not gate.opened.is_set()
     assert systemd.until("STOPPING")["STOPPING"] == "1"
-    gate.opened.set()
     reloader = daemon.service._reloader
-    assert reloader is not None
-    reloader.join(60)
-    assert not reloader.is_alive() and daemon.service.tasks == {} and daemon.service.lanes == []
+    stopper.join(STOP_TIMEOUT_S / 2)                  # `stop` must not end while the engine still loads
+    assert reloader is not None and reloader.is_alive() and stopper.is_alive()
+    gate.opened.set()
+    stopper.join(2 * STOP_TIMEOUT_S)
+    assert not stopper.is_alive() and not reloader.is_alive()
+    assert daemon.service.tasks == {} and daemon.service.lanes == []
     assert all(not engine.is_active for runtime in gate.runtimes for engine in runtime.variants.engines.values())
+
+
+def test_a_reload_whose_engine_outlasts_the_stop_time_does_not_hold_the_stop(
+        slow_reload: tuple[Running, Gate], caplog: pytest.LogCaptureFixture) -> None:
+    daemon, gate = slow_reload
+    daemon.stop.set()
+    daemon.thread.join(STOP_TIMEOUT_S)
+    stopper = threading.Thread(target=daemon.service.stop, args=(0.5,))
+    stopper.start()
+    stopper.join(STOP_TIMEOUT_S)
+    assert not stopper.is_alive() and not gate.opened.is_set()
+    assert "a config reload is still loading an engine; stopping without waiting for it" in caplog.messages
 
 
 def test_a_stalled_run_loop_sends_no_burst_of_heartbeats(demo: Any, tmp_path: Path, ctx: zmq.Context) -> None:

@@ -6,6 +6,7 @@ logged and published; under a real NOTIFY_SOCKET a SIGHUP gives RELOADING=1 then
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from edge import reload
 from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError, EngineError, SourceError
+from edge.pipeline import Lane
 from edge.runtime import TaskRuntime
 from edge.sources import Camera
 from tests.conftest import wait_for
@@ -303,3 +305,38 @@ def test_a_sighup_reload_that_raises_is_refused_and_the_daemon_runs_on(demo: Any
     assert running.thread.is_alive() and set(running.service.tasks) == {"a", "b"}
     before = running.lane("a").stats.processed
     _processing(running, "a", before)
+
+
+def test_the_status_snapshot_is_never_half_switched(demo: Any, tmp_path: Path, running: Running,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a reload switched, `edge status` showed a started task with no lane (its runtime was registered
+    before its lanes) and a camera no lane read any more: a health check polling then could misjudge. Caught
+    here in the middle of a switch, while the lane of the restarted task b is being stopped."""
+    _processing(running, "b")
+    stopping, resume = threading.Event(), threading.Event()
+    real_stop = Lane.stop
+
+    def held_stop(lane: Lane, timeout: float) -> bool:
+        if lane.name == "b.cam1":
+            stopping.set()
+            resume.wait(60)
+        return real_stop(lane, timeout)
+    monkeypatch.setattr(Lane, "stop", held_stop)
+    model = demo.model
+    running.path.write_text(_yaml(tmp_path, model, tasks=_task("a", "cam0", model)
+                                  + _task("c", "cam2", model) + _task("b", "cam1", model, "\n    priority: 90"),
+                                  cameras="\n  - id: cam2\n    uri: test://bars?fps=8&size=320x240"))
+    reloader = threading.Thread(target=running.service.reload)
+    reloader.start()
+    try:
+        assert stopping.wait(60), "the switch to stop b's lane"
+        status = running.service.status()
+        with_lanes = {lane["task"] for lane in status["lanes"]}
+        assert {task["task"] for task in status["tasks"]} == with_lanes == {"a"}
+        assert [camera["id"] for camera in status["cameras"]] == ["cam0"]
+    finally:
+        resume.set()
+        reloader.join(60)
+    status = running.service.status()
+    assert {task["task"] for task in status["tasks"]} == {"a", "b", "c"}
+    assert [camera["id"] for camera in status["cameras"]] == ["cam0", "cam1", "cam2"]
