@@ -494,7 +494,15 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
 
 
 def _parse_yaml(text: str, source: str) -> dict[str, Any]:
-    loader = _Loader(text, source)
+    try:
+        loader = _Loader(text, source)          # its reader refuses control characters here already
+    except yaml.reader.ReaderError as exc:
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        raise ConfigError(f"config {source} is not valid YAML at line {line}, column {column}: the control"
+                          f" character {chr(exc.character)!r} (U+{exc.character:04X}) is not allowed",
+                          note="YAML text takes no control characters other than tab, line feed and carriage return",
+                          hint="remove it (an editor or a copy from a terminal put it there)") from None
     try:
         raw = loader.get_single_data()
     except yaml.YAMLError as exc:

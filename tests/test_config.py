@@ -393,3 +393,11 @@ def test_a_camera_refuses_frames_over_its_max_frame_size() -> None:
     assert parse(wide).cameras[0].max_frame == (4320, 7680)
     message = error(GOOD.replace("realtime=0\n", "realtime=0\n    max_frame_size: 16000x16000\n", 1))
     assert "cameras[0].max_frame_size: size 16000x16000 is outside 16..8192 pixels per side" in message
+
+
+def test_a_control_character_in_the_yaml_is_a_clear_error_with_its_line() -> None:
+    """PyYAML's reader refuses control characters when the loader is made (yaml.reader.ReaderError), before the
+    parse the old code guarded: a traceback at start, and "a bug in edge" on reload."""
+    message = error(GOOD.replace("  - id: rear\n", "  - id: rear\x01\n"))
+    assert message.startswith("config test.yaml is not valid YAML at line 6, column 13: the control character"
+                              " '\\x01' (U+0001) is not allowed\nNote: YAML text takes no control characters")
