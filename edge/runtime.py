@@ -7,6 +7,7 @@ frame is lost or processed twice, and frames already in flight finish on the var
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 from collections.abc import Callable
@@ -157,6 +158,7 @@ class TaskRuntime:
     def unload(self) -> None:
         for engine in self.variants.engines.values():
             engine.deactivate()
+        _give_memory_back()
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -229,3 +231,15 @@ class Cameras:
             camera = self.open.pop(camera_id)
         camera.stop(timeout)
         log.info("camera %s closed: no running task uses it", camera_id)
+
+
+def _give_memory_back() -> None:
+    """Return the heap freed by unloaded engines to the system. glibc keeps a model's freed weights in its heap
+    (its mmap threshold grows with each large free), so each reload left the daemon holding more than it used
+    (benchmarks/reload_memory.py; docs/reliability.md). Elsewhere than glibc there is nothing to call."""
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+_LIBC = ctypes.CDLL(None)
