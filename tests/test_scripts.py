@@ -16,8 +16,8 @@ SCRIPTS = sorted((ROOT / "scripts").glob("*.sh"))
 SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(ROOT / ".venv" / "bin"))
 
 
-def script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=60,
+def script(name: str, *args: str, checkout: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(checkout / "scripts" / name), *args], capture_output=True, text=True, timeout=60,
                           env={**os.environ, **env})
 
 
@@ -118,9 +118,11 @@ def test_flash_checks_the_directory_and_the_board_first(tmp_path: Path) -> None:
     assert missing.returncode == 1 and "no directory" in missing.stderr
 
 
-def provision(tmp_path: Path, *args: str, jetson: bool = True, jtop: bool = False) -> subprocess.CompletedProcess[str]:
+def provision(tmp_path: Path, *args: str, jetson: bool = True, jtop: bool = False,
+              checkout: Path = ROOT) -> subprocess.CompletedProcess[str]:
     """provision-target.sh --dry-run on a stand-in Jetson (its release file), and a stand-in `getent` that knows
-    the jtop group or not (the board's group database, which this machine is not)."""
+    the jtop group or not (the board's group database, which this machine is not). The --prefix in `args` wins over
+    this one (the last one given)."""
     release = tmp_path / "nv_tegra_release"
     release.write_text("# R36 (release), REVISION: 4.3\n")
     if not jetson:
@@ -131,7 +133,7 @@ def provision(tmp_path: Path, *args: str, jetson: bool = True, jtop: bool = Fals
                                                        if jtop else "") + "exit 2\n")
     (bin_dir / "getent").chmod(0o755)
     return script("provision-target.sh", "--prefix", "/opt/edge-test", "--config", str(ROOT / "systemd/config.yaml"),
-                  *args, EDGE_TEGRA_RELEASE=str(release), PATH=f"{bin_dir}:{os.environ['PATH']}")
+                  *args, checkout=checkout, EDGE_TEGRA_RELEASE=str(release), PATH=f"{bin_dir}:{os.environ['PATH']}")
 
 
 def steps(output: str) -> list[str]:
@@ -144,9 +146,9 @@ DROPIN = "/etc/systemd/system/edge-runtime.service.d/jtop.conf"
 def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
     result = provision(tmp_path, "--dry-run")
     assert result.returncode == 0, result.stderr
-    assert steps(result.stdout) == ["install", "rsync", "/opt/edge-test/scripts/setup.sh", "ln", "install", "install",
-                                    "systemd-sysusers", "systemd-tmpfiles", "rm", "install", "install", "runuser",
-                                    "sed", "systemctl", "systemctl", "systemctl", "runuser"]
+    assert steps(result.stdout) == ["install", "cat", "rsync", "/opt/edge-test/scripts/setup.sh", "ln", "install",
+                                    "install", "systemd-sysusers", "systemd-tmpfiles", "rm", "install", "install",
+                                    "runuser", "sed", "systemctl", "systemctl", "systemctl", "runuser"]
     assert "s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge#" in result.stdout
     assert "edge status --control ipc:///run/edge/control.sock" in result.stdout
     assert result.stdout.endswith("provision-target: dry run: nothing was installed or changed\n")
@@ -181,6 +183,103 @@ def test_provision_previews_off_a_jetson_and_refuses_to_run_there(tmp_path: Path
     assert steps(preview.stdout) == steps(provision(tmp_path, "--dry-run").stdout)
     refused = provision(tmp_path, jetson=False)
     assert refused.returncode == 1 and "this is not a Jetson" in refused.stderr and not steps(refused.stdout)
+
+
+# The prefix is made equal to the checkout (rsync --delete), so it must be a directory of edge's own. The system's
+# directories: systemd's file-hierarchy(7) (man/file-hierarchy.xml) and the FHS 3.0 (/opt, /media, /usr/local...).
+@pytest.mark.parametrize("prefix", ["/", "/opt", "/usr/local", "/var/lib", "/home", "/opt/edge/..", "//usr/./local/"])
+def test_provision_refuses_a_directory_of_the_system(tmp_path: Path, prefix: str) -> None:
+    result = provision(tmp_path, "--dry-run", "--prefix", prefix)
+    assert result.returncode == 1 and not steps(result.stdout)
+    assert "a directory of the system: provision makes its prefix equal to this checkout and deletes everything" \
+           " else there. Hint: a directory of edge's own" in result.stderr
+
+
+def test_provision_refuses_a_link_to_a_directory_of_the_system(tmp_path: Path) -> None:
+    (tmp_path / "edge").symlink_to("/usr")            # rsync writes through it
+    result = provision(tmp_path, "--dry-run", "--prefix", str(tmp_path / "edge"))
+    assert result.returncode == 1 and f"--prefix {tmp_path}/edge is /usr, a directory of the system" in result.stderr
+
+
+def test_provision_refuses_a_directory_that_holds_something_else(tmp_path: Path) -> None:
+    opt = tmp_path / "opt"
+    (opt / "nvidia").mkdir(parents=True)              # /opt on a Jetson
+    result = provision(tmp_path, "--dry-run", "--prefix", str(opt))
+    assert result.returncode == 1 and not steps(result.stdout)
+    assert (f"--prefix {opt} is not empty and holds no edge install (neither .edge-install nor an edge checkout):"
+            f" provision makes its prefix equal to this checkout and would delete what is there. Hint: a new or"
+            f" empty directory, e.g. --prefix {opt}/edge") in result.stderr
+    (tmp_path / "file").write_text("x")
+    file = provision(tmp_path, "--dry-run", "--prefix", str(tmp_path / "file"))
+    assert file.returncode == 1 and f"--prefix {tmp_path}/file is not a directory" in file.stderr
+
+
+def test_provision_refuses_for_real_before_it_runs_anything(tmp_path: Path) -> None:
+    """Not only the dry run: with every tool it runs a stand-in that notes its call and fails, nothing is run."""
+    calls = tmp_path / "calls"
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for tool in ("install", "rsync", "ln", "systemd-sysusers", "systemd-tmpfiles", "rm", "runuser", "sed", "systemctl"):
+        (tools / tool).write_text(f"#!/bin/sh\necho {tool} \"$*\" >> {calls}\nexit 1\n")
+        (tools / tool).chmod(0o755)
+    as_root = [] if os.geteuid() == 0 else ["unshare", "--map-root-user"]
+    if as_root and shutil.which("unshare") is None:
+        pytest.skip("not root, and no unshare to run provision with EUID 0")
+    release = tmp_path / "nv_tegra_release"
+    release.write_text("# R36 (release), REVISION: 4.3\n")
+    result = subprocess.run([*as_root, str(ROOT / "scripts/provision-target.sh"), "--prefix", "/opt", "--no-start"],
+                            capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "EDGE_TEGRA_RELEASE": str(release),
+                                 "PATH": f"{tools}:{os.environ['PATH']}"})
+    assert result.returncode == 1 and "/opt is /opt, a directory of the system" in result.stderr
+    assert not calls.exists() and not steps(result.stdout)
+
+
+def test_provision_installs_into_a_new_or_empty_directory_or_an_earlier_install(tmp_path: Path) -> None:
+    """Its marker is written before the copy and kept by it: rsync(1), --delete: "files that are excluded from the
+    transfer are also excluded from being deleted" (rsync 3.2); a leading / anchors the pattern at the top."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    marked = tmp_path / "marked"
+    (marked / "edge").mkdir(parents=True)
+    (marked / ".edge-install").touch()
+    older = tmp_path / "older"                        # provisioned before the marker: the checkout, a venv
+    for part in ("scripts/provision-target.sh", "systemd/edge-runtime.service", "edge/__init__.py", ".venv/x"):
+        (older / part).parent.mkdir(parents=True, exist_ok=True)
+        (older / part).touch()
+    for prefix in (tmp_path / "new", empty, marked, older):
+        result = provision(tmp_path, "--dry-run", "--prefix", str(prefix))
+        assert result.returncode == 0, result.stderr
+        assert (f"+ cat > {prefix}/.edge-install <<'EOF'\n# scripts/provision-target.sh installed edge here: it keeps"
+                f" this directory equal to its checkout\nEOF\n+ rsync -a --delete --exclude /.edge-install") \
+            in result.stdout
+
+
+# systemd.service(5), "Command lines" (systemd 249): ExecStart= is split at spaces, takes quotes and C-style escapes,
+# expands % specifiers and $VARIABLES; and '&', '#' or '\' would change the sed expression that writes the path in.
+@pytest.mark.parametrize("prefix", ["/opt/a&b#x", "/opt/edge test", "/opt/%n", "/opt/$HOME", "/opt/a\\b", "/opt/a'b",
+                                    "/opt/a\"b", "/opt/a;b", "opt/edge", "edge", "--dry-run"])
+def test_provision_refuses_a_prefix_the_unit_cannot_hold(tmp_path: Path, prefix: str) -> None:
+    result = provision(tmp_path, "--dry-run", "--prefix", prefix)
+    assert result.returncode == 1 and not steps(result.stdout)
+    assert (f"--prefix '{prefix}' is not an absolute path of letters, digits and ._+-/ only (it goes into the unit's"
+            " ExecStart=") in result.stderr and "Hint: --prefix /opt/edge" in result.stderr
+
+
+def test_provision_prints_the_unit_command_shell_quoted(tmp_path: Path) -> None:
+    """Like every other line of the dry run, the sed line runs as printed, also from a checkout whose path has
+    spaces and shell characters: it writes the unit with the prefix in ExecStart=."""
+    checkout = tmp_path / "field kit & co's"
+    (checkout / "scripts").mkdir(parents=True)
+    shutil.copy2(ROOT / "scripts/provision-target.sh", checkout / "scripts")
+    shutil.copytree(ROOT / "systemd", checkout / "systemd")
+    result = provision(tmp_path, "--dry-run", checkout=checkout)
+    assert result.returncode == 0, result.stderr
+    words = shlex.split(next(line[2:] for line in result.stdout.splitlines() if line.startswith("+ sed ")))
+    assert words[-2:] == [">", "/etc/systemd/system/edge-runtime.service"]
+    unit = subprocess.run(words[:-2], capture_output=True, text=True, timeout=60)
+    assert unit.returncode == 0, unit.stderr
+    assert "\nExecStart=/opt/edge-test/.venv/bin/edge run --config /etc/edge/config.yaml\n" in unit.stdout
 
 
 def test_test_sh_goes_on_when_qemu_user_cannot_be_installed(tmp_path: Path) -> None:
