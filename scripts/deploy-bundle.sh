@@ -20,8 +20,9 @@ Usage: scripts/deploy-bundle.sh [options] HOST BUNDLE
   BUNDLE               the bundle file (edge bundle pack)
   --keys DIR           the public keys (*.pub) to verify BUNDLE with here, before anything is copied (default:
                        ~/edge-keys, else /etc/edge/trusted-keys; the target checks against its own)
-  --edge PATH          edge on the target (default /opt/edge/.venv/bin/edge)
-  --health-timeout S   seconds the restarted daemon has to show every lane processing frames (default 120)
+  --edge PATH          edge on the target: an absolute path or a command name (default /opt/edge/.venv/bin/edge)
+  --health-timeout S   seconds the restarted daemon has to show every lane processing frames, 1 to 1800
+                       (default 120)
   --no-restart         do not restart the service: the daemon loads the bundle at its next start, and the
                        health check only shows that the running daemon is healthy
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
@@ -33,7 +34,8 @@ Exit status: 0 installed and healthy; 1 refused or rolled back (the reason is pr
 EOF
 }
 
-edge=/opt/edge/.venv/bin/edge keys="" timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
+default_edge=/opt/edge/.venv/bin/edge
+edge=$default_edge keys="" timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
 while (( $# )); do
     case "$1" in
         --edge) edge=${2:?--edge needs a path}; shift 2 ;;
@@ -60,12 +62,25 @@ step() {                                  # step DOING TODO: say what happens no
     if (( dry_run )); then echo "deploy-bundle: would $2"; else echo "deploy-bundle: $1"; fi
 }
 
-# ssh hands the remote shell one string: every word that goes there must be plain
+# ssh hands the remote shell one string, so every word that goes there must be plain; none may start with '-' (it
+# would be an option of ssh, rsync or sudo: --edge -s is `sudo -s`, a root shell); and --edge is an absolute path or
+# a command name without '=' (sudo takes a NAME=value word before the command for its environment unless it starts
+# with '/': sudo 1.9, src/parse_args.c, is_envar; so does the remote shell).
 plain='^[A-Za-z0-9._+/@:=-]+$'
+command_word='^(/[A-Za-z0-9._+/@:=-]*|[A-Za-z0-9_][A-Za-z0-9._+-]*)$'
+max_timeout=1800                          # 30 minutes: the longest the unit lets a start take (START_CAP_S in
+                                          # edge/notify.py); the edge CLI itself takes any number
 name=$(basename -- "$bundle")
 [[ -f "$bundle" ]] || die "no bundle file $bundle"
-[[ "$name" =~ $plain && "$edge" =~ $plain && "$host" =~ $plain && "$timeout" =~ ^[0-9]+$ ]] \
-    || die "HOST, BUNDLE's file name, --edge and --health-timeout must be plain words (letters, digits, ._+/@:=-)"
+[[ "$host" =~ $plain && "$host" != -* ]] || die "HOST '$host' is not an ssh destination: a plain word (letters," \
+    "digits, ._+/@:=-) not starting with '-'. Hint: user@host, or a Host of ~/.ssh/config"
+[[ "$edge" =~ $command_word ]] || die "--edge '$edge' is neither an absolute path nor a command name (letters, digits," \
+    "._+-; not starting with '-' or '.'): sudo and the target's shell would take it for an option or a variable." \
+    "Hint: --edge $default_edge"
+[[ "$timeout" =~ ^[1-9][0-9]{0,3}$ && timeout -le max_timeout ]] || die "--health-timeout '$timeout' is not a whole" \
+    "number of seconds from 1 to $max_timeout. Hint: --health-timeout 120 (the default)"
+[[ "$name" =~ $plain ]] || die "BUNDLE's file name '$name' must be a plain word (letters, digits, ._+/@:=-): it goes" \
+    "to the target's shell. Hint: rename it"
 staged="edge-bundles/$name"               # in the ssh user's home on the target, not a shared /tmp
 
 # Verify here (signature, every file's sha256, paths), so that a damaged, tampered or wrongly signed bundle stops

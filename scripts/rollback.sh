@@ -11,8 +11,9 @@ Usage: scripts/rollback.sh [options] HOST
 
   HOST                 ssh destination: user@host, or a Host of ~/.ssh/config (needs sudo without a password
                        there for edge, or log in as root and pass --no-sudo)
-  --edge PATH          edge on the target (default /opt/edge/.venv/bin/edge)
-  --health-timeout S   seconds the restarted daemon has to show every lane processing frames (default 120)
+  --edge PATH          edge on the target: an absolute path or a command name (default /opt/edge/.venv/bin/edge)
+  --health-timeout S   seconds the restarted daemon has to show every lane processing frames, 1 to 1800
+                       (default 120)
   --force              roll back to a bundle that failed its last health check
   --no-restart         do not restart the service (the daemon loads the bundle at its next start)
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
@@ -24,7 +25,8 @@ the bundle it ran); 2 usage; 255 the ssh connection failed.
 EOF
 }
 
-edge=/opt/edge/.venv/bin/edge timeout=120 restart=(--restart) sudo=(sudo) force=() dry_run=0 args=()
+default_edge=/opt/edge/.venv/bin/edge
+edge=$default_edge timeout=120 restart=(--restart) sudo=(sudo) force=() dry_run=0 args=()
 while (( $# )); do
     case "$1" in
         --edge) edge=${2:?--edge needs a path}; shift 2 ;;
@@ -48,9 +50,18 @@ run() {                                   # run a command, or print it with --dr
     (( dry_run )) || "$@"
 }
 
+# The words deploy-bundle.sh takes, for the same reasons (see there): they go to ssh, sudo and the remote shell.
 plain='^[A-Za-z0-9._+/@:=-]+$'
-[[ "$edge" =~ $plain && "$host" =~ $plain && "$timeout" =~ ^[0-9]+$ ]] \
-    || die "HOST, --edge and --health-timeout must be plain words (letters, digits, ._+/@:=-)"
+command_word='^(/[A-Za-z0-9._+/@:=-]*|[A-Za-z0-9_][A-Za-z0-9._+-]*)$'
+max_timeout=1800                          # 30 minutes: the longest the unit lets a start take (START_CAP_S in
+                                          # edge/notify.py); the edge CLI itself takes any number
+[[ "$host" =~ $plain && "$host" != -* ]] || die "HOST '$host' is not an ssh destination: a plain word (letters," \
+    "digits, ._+/@:=-) not starting with '-'. Hint: user@host, or a Host of ~/.ssh/config"
+[[ "$edge" =~ $command_word ]] || die "--edge '$edge' is neither an absolute path nor a command name (letters, digits," \
+    "._+-; not starting with '-' or '.'): sudo and the target's shell would take it for an option or a variable." \
+    "Hint: --edge $default_edge"
+[[ "$timeout" =~ ^[1-9][0-9]{0,3}$ && timeout -le max_timeout ]] || die "--health-timeout '$timeout' is not a whole" \
+    "number of seconds from 1 to $max_timeout. Hint: --health-timeout 120 (the default)"
 
 status=0
 run ssh "$host" "${sudo[@]}" "$edge" bundle rollback "${restart[@]}" "${force[@]}" --health-timeout "$timeout" \

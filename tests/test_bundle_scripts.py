@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from edge import notify
 from edge.control import ControlServer
 from tests.daemon import ROOT
 from tests.test_bundles import Env, StandIn, replace_member, rewrite
@@ -68,18 +69,53 @@ def test_deploy_refuses_a_missing_bundle_and_words_the_remote_shell_would_split(
     spaced = tmp_path / "my bundle"
     spaced.write_bytes(b"x")
     split = script("deploy-bundle.sh", "--dry-run", "jetson", str(spaced))
-    assert split.returncode == 1 and "must be plain words" in split.stderr and not commands(split.stdout)
+    assert split.returncode == 1 and "BUNDLE's file name 'my bundle' must be a plain word" in split.stderr
+    assert not commands(split.stdout)
 
 
-def test_rollback_dry_run_prints_the_exact_commands() -> None:
-    result = script("rollback.sh", "--dry-run", "jetson-17")
-    assert result.returncode == 0, result.stderr
-    assert commands(result.stdout) == [f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout 120",
-                                       f"ssh jetson-17 sudo {EDGE} bundle list"]
-    assert result.stdout.endswith("rollback: dry run: nothing was changed on jetson-17; the commands above would"
-                                  " roll it back\n")
-    forced = script("rollback.sh", "--dry-run", "--force", "--no-restart", "jetson-17")
-    assert commands(forced.stdout)[0] == f"ssh jetson-17 sudo {EDGE} bundle rollback --force --health-timeout 120"
+def targets(name: str, tmp_path: Path) -> list[str]:
+    """HOST, and for deploy a BUNDLE file: the checks of the other words come before the bundle is verified."""
+    if name == "rollback.sh":
+        return ["jetson-17"]
+    (tmp_path / "fleet.bundle").write_bytes(b"x")
+    return ["jetson-17", str(tmp_path / "fleet.bundle")]
+
+
+# --edge is the first word after sudo (or of the remote shell's command): `--edge -s` would be `sudo -s`, a root
+# shell. sudo takes a word with '=' that does not start with '/' for an environment variable, not the command
+# (sudo 1.9, src/parse_args.c, is_envar), and so does the shell.
+@pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
+@pytest.mark.parametrize("edge", ["-s", "--help", "-", "FOO=bar", ".", "..", "bin/edge", "./edge", "edge;id"])
+def test_an_edge_that_is_no_absolute_path_or_command_name_is_refused(tmp_path: Path, name: str, edge: str) -> None:
+    result = script(name, "--dry-run", "--edge", edge, *targets(name, tmp_path))
+    assert result.returncode == 1 and not commands(result.stdout)
+    assert (f"--edge '{edge}' is neither an absolute path nor a command name (letters, digits, ._+-; not starting"
+            f" with '-' or '.'): sudo and the target's shell would take it for an option or a variable. Hint: --edge"
+            f" {EDGE}") in result.stderr
+
+
+def test_edge_may_be_a_command_name() -> None:
+    result = script("rollback.sh", "--dry-run", "--edge", "edge", "jetson-17")     # /usr/local/bin/edge there
+    assert commands(result.stdout)[0] == "ssh jetson-17 sudo edge bundle rollback --restart --health-timeout 120"
+
+
+# The edge CLI's --health-timeout takes any float (argparse, type=float: even inf); the scripts take whole seconds
+# up to the longest start the unit allows (edge.notify.START_CAP_S: the daemon never extends its start past it).
+@pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
+@pytest.mark.parametrize("seconds", ["99999999999999999999999", str(int(notify.START_CAP_S) + 1), "0", "010", "-1",
+                                     "1.5", "1e3", "0x10", "inf", "nan", "120s"])
+def test_a_health_timeout_out_of_range_is_refused(tmp_path: Path, name: str, seconds: str) -> None:
+    result = script(name, "--dry-run", "--health-timeout", seconds, *targets(name, tmp_path))
+    assert result.returncode == 1 and not commands(result.stdout)
+    assert (f"--health-timeout '{seconds}' is not a whole number of seconds from 1 to {int(notify.START_CAP_S)}."
+            " Hint: --health-timeout 120 (the default)") in result.stderr
+
+
+@pytest.mark.parametrize("seconds", ["1", str(int(notify.START_CAP_S))])
+def test_a_health_timeout_in_range_is_passed_on(seconds: str) -> None:
+    result = script("rollback.sh", "--dry-run", "--health-timeout", seconds, "jetson-17")
+    assert commands(result.stdout)[0] == \
+        f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout {seconds}"
 
 
 # ------------------------------------------------------------------------------------------------ real runs
