@@ -28,6 +28,7 @@ Usage: scripts/deploy-bundle.sh [options] HOST BUNDLE
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
   --dry-run            verify BUNDLE, then print the commands; change nothing
   --help               this text
+  --                   the end of the options (a BUNDLE whose name starts with '-' may follow)
 
 Exit status: 0 installed and healthy; 1 refused or rolled back (the reason is printed); 2 usage;
 255 the ssh connection failed.
@@ -45,12 +46,14 @@ while (( $# )); do
         --no-sudo) sudo=(); shift ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
+        --) shift; args+=("$@"); break ;;
         -*) echo "deploy-bundle: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
         *) args+=("$1"); shift ;;
     esac
 done
 (( ${#args[@]} == 2 )) || { echo "deploy-bundle: need HOST and BUNDLE, got ${#args[@]} argument(s)" >&2; usage >&2; exit 2; }
 host=${args[0]} bundle=${args[1]}
+[[ "$bundle" != -* ]] || bundle=./$bundle   # a file, not an option of rsync or edge
 
 die() { echo "deploy-bundle: $*" >&2; exit 1; }
 run() {                                   # run a command, or print it with --dry-run

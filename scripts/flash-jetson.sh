@@ -16,6 +16,7 @@ Usage: scripts/flash-jetson.sh --l4t DIR --board CONFIG [--storage internal|nvme
                   (the root file system on an NVMe SSD, QSPI boot firmware on the module)
   --dry-run       check everything and print the command; flash nothing
   --help          this text
+  --              the end of the options
 
 Put the Jetson in recovery mode first (hold REC, press RESET or power on) and connect its recovery USB
 port to this PC; `lsusb` then shows an NVIDIA Corp. APX device, USB ID 0955:7x23 for an Orin (0955:7020 is a
@@ -33,9 +34,11 @@ while (( $# )); do
         --storage) storage=${2:?--storage needs internal or nvme}; shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
+        --) shift; break ;;
         *) echo "flash-jetson: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
+(( $# == 0 )) || { echo "flash-jetson: unexpected argument '$1': it takes options only" >&2; usage >&2; exit 2; }
 [[ -n "$l4t" && -n "$board" ]] || { usage >&2; exit 2; }
 [[ "$storage" == internal || "$storage" == nvme ]] || die "--storage is internal or nvme, not '$storage'"
 

@@ -18,6 +18,7 @@ Usage: sudo scripts/provision-target.sh [--prefix DIR] [--config FILE] [--no-sta
   --no-start     install and enable, but do not start the service
   --dry-run      print the commands; change nothing (works off the board too, as a preview)
   --help         this text
+  --             the end of the options
 EOF
 }
 
@@ -29,9 +30,11 @@ while (( $# )); do
         --no-start) start=0; shift ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
+        --) shift; break ;;
         *) echo "provision-target: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
     esac
 done
+(( $# == 0 )) || { echo "provision-target: unexpected argument '$1': it takes options only" >&2; usage >&2; exit 2; }
 
 die() { echo "provision-target: $*" >&2; exit 1; }
 run() {                                   # run a command, or print it with --dry-run

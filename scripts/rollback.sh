@@ -19,6 +19,7 @@ Usage: scripts/rollback.sh [options] HOST
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
   --dry-run            print the commands; change nothing
   --help               this text
+  --                   the end of the options
 
 Exit status: 0 rolled back and healthy; 1 refused or not healthy (the reason is printed; the target stays on
 the bundle it ran); 2 usage; 255 the ssh connection failed.
@@ -36,6 +37,7 @@ while (( $# )); do
         --no-sudo) sudo=(); shift ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
+        --) shift; args+=("$@"); break ;;
         -*) echo "rollback: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
         *) args+=("$1"); shift ;;
     esac

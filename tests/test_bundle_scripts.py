@@ -21,9 +21,9 @@ from tests.test_bundles import Env, StandIn, replace_member, rewrite
 EDGE = "/opt/edge/.venv/bin/edge"
 
 
-def script(name: str, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+def script(name: str, *args: str, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(ROOT / "scripts" / name), *args], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **env})
+                          cwd=cwd, env={**os.environ, **env})
 
 
 def commands(output: str) -> list[str]:
@@ -36,6 +36,7 @@ def test_help_and_unknown_arguments(name: str) -> None:
     assert help_text.returncode == 0 and "--dry-run" in help_text.stdout and "Exit status" in help_text.stdout
     wrong = script(name, "--frobnicate", "host")
     assert wrong.returncode == 2 and "unknown argument '--frobnicate'" in wrong.stderr
+    assert "the end of the options" in help_text.stdout
     missing = script(name)
     assert missing.returncode == 2 and "need HOST" in missing.stderr
 
@@ -116,6 +117,44 @@ def test_a_health_timeout_in_range_is_passed_on(seconds: str) -> None:
     result = script("rollback.sh", "--dry-run", "--health-timeout", seconds, "jetson-17")
     assert commands(result.stdout)[0] == \
         f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout {seconds}"
+
+
+@pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
+def test_a_host_that_would_be_an_option_of_ssh_is_refused(tmp_path: Path, name: str) -> None:
+    """After --, a HOST may start with '-': ssh would take -oProxyCommand=... for an option and run it here."""
+    result = script(name, "--dry-run", "--", "-oProxyCommand=sh", *targets(name, tmp_path)[1:])
+    assert result.returncode == 1 and not commands(result.stdout)
+    assert ("HOST '-oProxyCommand=sh' is not an ssh destination: a plain word (letters, digits, ._+/@:=-) not starting"
+            " with '-'. Hint: user@host, or a Host of ~/.ssh/config") in result.stderr
+
+
+def test_double_dash_ends_the_options(tmp_path: Path) -> None:
+    """As getopt's: what follows is HOST (and BUNDLE), also a bundle whose name starts with '-', which reaches
+    rsync and edge as ./-NAME, a file."""
+    rollback = script("rollback.sh", "--dry-run", "--", "jetson-17")
+    assert rollback.returncode == 0, rollback.stderr
+    assert rollback.stdout == script("rollback.sh", "--dry-run", "jetson-17").stdout
+    assert script("rollback.sh", "--dry-run", "--", "--force", "jetson-17").returncode == 2   # no option after --
+    env = Env(tmp_path)
+    env.bundle("2026.11").rename(tmp_path / "-fleet.bundle")
+    deploy = script("deploy-bundle.sh", "--dry-run", "--keys", str(env.trusted), "--", "jetson-17", "-fleet.bundle",
+                    cwd=tmp_path)
+    assert deploy.returncode == 0, deploy.stderr
+    assert "./-fleet.bundle: bundle 2026.11 created" in deploy.stdout
+    assert commands(deploy.stdout)[1:3] == [
+        "rsync --partial --times --compress-level=0 ./-fleet.bundle jetson-17:edge-bundles/-fleet.bundle",
+        f"ssh jetson-17 sudo {EDGE} bundle install edge-bundles/-fleet.bundle --restart --health-timeout 120"]
+
+
+def test_rollback_dry_run_prints_the_exact_commands() -> None:
+    result = script("rollback.sh", "--dry-run", "jetson-17")
+    assert result.returncode == 0, result.stderr
+    assert commands(result.stdout) == [f"ssh jetson-17 sudo {EDGE} bundle rollback --restart --health-timeout 120",
+                                       f"ssh jetson-17 sudo {EDGE} bundle list"]
+    assert result.stdout.endswith("rollback: dry run: nothing was changed on jetson-17; the commands above would"
+                                  " roll it back\n")
+    forced = script("rollback.sh", "--dry-run", "--force", "--no-restart", "jetson-17")
+    assert commands(forced.stdout)[0] == f"ssh jetson-17 sudo {EDGE} bundle rollback --force --health-timeout 120"
 
 
 # ------------------------------------------------------------------------------------------------ real runs

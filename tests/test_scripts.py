@@ -34,6 +34,8 @@ def test_help_and_unknown_arguments(name: str) -> None:
     assert help_text.returncode == 0 and "--dry-run" in help_text.stdout
     wrong = script(name, "--frobnicate")
     assert wrong.returncode == 2 and "unknown argument '--frobnicate'" in wrong.stderr
+    after = script(name, "--", "--help")                  # after --, --help is no option: an argument, refused
+    assert after.returncode == 2 and "unexpected argument '--help': it takes options only" in after.stderr
 
 
 def l4t(tmp_path: Path) -> Path:
@@ -57,6 +59,8 @@ def test_flash_dry_run_prints_the_exact_command(tmp_path: Path) -> None:
             " --showlogs --network usb0 jetson-orin-nano-devkit internal") in nvme.stdout
     internal = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--dry-run")
     assert "sudo ./tools/kernel_flash/l4t_initrd_flash.sh jetson-orin-nano-devkit internal" in internal.stdout
+    ended = script("flash-jetson.sh", "--l4t", str(root), "--board", "jetson-orin-nano-devkit", "--dry-run", "--")
+    assert ended.returncode == 0 and ended.stdout == internal.stdout          # -- ends the options, as getopt's
 
 
 def usb(tmp_path: Path, *lines: str, lsusb: bool = True) -> str:
@@ -280,6 +284,12 @@ def test_provision_prints_the_unit_command_shell_quoted(tmp_path: Path) -> None:
     unit = subprocess.run(words[:-2], capture_output=True, text=True, timeout=60)
     assert unit.returncode == 0, unit.stderr
     assert "\nExecStart=/opt/edge-test/.venv/bin/edge run --config /etc/edge/config.yaml\n" in unit.stdout
+
+
+def test_provision_takes_double_dash_as_the_end_of_its_options(tmp_path: Path) -> None:
+    ended = provision(tmp_path, "--dry-run", "--")
+    assert ended.returncode == 0, ended.stderr
+    assert ended.stdout == provision(tmp_path, "--dry-run").stdout
 
 
 def test_test_sh_goes_on_when_qemu_user_cannot_be_installed(tmp_path: Path) -> None:
