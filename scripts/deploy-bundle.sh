@@ -65,23 +65,11 @@ step() {                                  # step DOING TODO: say what happens no
     if (( dry_run )); then echo "deploy-bundle: would $2"; else echo "deploy-bundle: $1"; fi
 }
 
-# ssh hands the remote shell one string, so every word that goes there must be plain; none may start with '-' (it
-# would be an option of ssh, rsync or sudo: --edge -s is `sudo -s`, a root shell); and --edge is an absolute path or
-# a command name without '=' (sudo takes a NAME=value word before the command for its environment unless it starts
-# with '/': sudo 1.9, src/parse_args.c, is_envar; so does the remote shell).
-plain='^[A-Za-z0-9._+/@:=-]+$'
-command_word='^(/[A-Za-z0-9._+/@:=-]*|[A-Za-z0-9_][A-Za-z0-9._+-]*)$'
-max_timeout=1800                          # 30 minutes: the longest the unit lets a start take (START_CAP_S in
-                                          # edge/notify.py); the edge CLI itself takes any number
+# shellcheck source=scripts/lib/target-words.sh
+source "$(dirname "$0")/lib/target-words.sh"
 name=$(basename -- "$bundle")
 [[ -f "$bundle" ]] || die "no bundle file $bundle"
-[[ "$host" =~ $plain && "$host" != -* ]] || die "HOST '$host' is not an ssh destination: a plain word (letters," \
-    "digits, ._+/@:=-) not starting with '-'. Hint: user@host, or a Host of ~/.ssh/config"
-[[ "$edge" =~ $command_word ]] || die "--edge '$edge' is neither an absolute path nor a command name (letters, digits," \
-    "._+-; not starting with '-' or '.'): sudo and the target's shell would take it for an option or a variable." \
-    "Hint: --edge $default_edge"
-[[ "$timeout" =~ ^[1-9][0-9]{0,3}$ && timeout -le max_timeout ]] || die "--health-timeout '$timeout' is not a whole" \
-    "number of seconds from 1 to $max_timeout. Hint: --health-timeout 120 (the default)"
+check_target_words "$host" "$edge" "$timeout" "$default_edge"
 [[ "$name" =~ $plain ]] || die "BUNDLE's file name '$name' must be a plain word (letters, digits, ._+/@:=-): it goes" \
     "to the target's shell. Hint: rename it"
 staged="edge-bundles/$name"               # in the ssh user's home on the target, not a shared /tmp

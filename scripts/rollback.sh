@@ -52,18 +52,9 @@ run() {                                   # run a command, or print it with --dr
     (( dry_run )) || "$@"
 }
 
-# The words deploy-bundle.sh takes, for the same reasons (see there): they go to ssh, sudo and the remote shell.
-plain='^[A-Za-z0-9._+/@:=-]+$'
-command_word='^(/[A-Za-z0-9._+/@:=-]*|[A-Za-z0-9_][A-Za-z0-9._+-]*)$'
-max_timeout=1800                          # 30 minutes: the longest the unit lets a start take (START_CAP_S in
-                                          # edge/notify.py); the edge CLI itself takes any number
-[[ "$host" =~ $plain && "$host" != -* ]] || die "HOST '$host' is not an ssh destination: a plain word (letters," \
-    "digits, ._+/@:=-) not starting with '-'. Hint: user@host, or a Host of ~/.ssh/config"
-[[ "$edge" =~ $command_word ]] || die "--edge '$edge' is neither an absolute path nor a command name (letters, digits," \
-    "._+-; not starting with '-' or '.'): sudo and the target's shell would take it for an option or a variable." \
-    "Hint: --edge $default_edge"
-[[ "$timeout" =~ ^[1-9][0-9]{0,3}$ && timeout -le max_timeout ]] || die "--health-timeout '$timeout' is not a whole" \
-    "number of seconds from 1 to $max_timeout. Hint: --health-timeout 120 (the default)"
+# shellcheck source=scripts/lib/target-words.sh
+source "$(dirname "$0")/lib/target-words.sh"
+check_target_words "$host" "$edge" "$timeout" "$default_edge"
 
 status=0
 run ssh "$host" "${sudo[@]}" "$edge" bundle rollback "${restart[@]}" "${force[@]}" --health-timeout "$timeout" \
