@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import signal
 import sys
@@ -352,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the daemon with a config file")
     run.add_argument("--config", required=True, type=Path, help="YAML config file")
     run.add_argument("--max-frames", type=_positive, help="exit 0 after N frames per lane")
-    run.add_argument("--wait-subscriber", type=float, default=0.0, metavar="SECONDS",
+    run.add_argument("--wait-subscriber", type=_seconds, default=0.0, metavar="SECONDS",
                      help="before starting cameras, wait up to SECONDS for a first subscriber (tests, demos)")
     run.add_argument("--log-level", choices=LEVELS, help="override logging.level")
     _daemon_args(run)
@@ -393,7 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     subscribe.add_argument("--topic", action="append", metavar="PREFIX", help="topic prefix, repeatable (default all)")
     subscribe.add_argument("--count", type=_positive, help="exit after N messages")
     subscribe.add_argument("--json", action="store_true", help="one JSON object per line")
-    subscribe.add_argument("--notice-after", type=float, default=3.0, metavar="SECONDS",
+    subscribe.add_argument("--notice-after", type=_seconds, default=3.0, metavar="SECONDS",
                            help="say so on stderr after SECONDS with nothing received, then every 10 s"
                            " (default 3; 0: never)")
     subscribe.add_argument("--curve", nargs=2, metavar=("CLIENT.key_secret", "SERVER.key"),
@@ -524,7 +525,7 @@ def _daemon_args(parser: argparse.ArgumentParser) -> None:
 def _control_args(parser: argparse.ArgumentParser, *, timeout: float) -> None:
     parser.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
                         " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
-    parser.add_argument("--timeout", type=float, default=timeout, metavar="SECONDS",
+    parser.add_argument("--timeout", type=_positive_seconds, default=timeout, metavar="SECONDS",
                         help=f"wait this long for the reply (default {timeout:g})")
 
 
@@ -545,12 +546,30 @@ def _bundle_switch_args(parser: argparse.ArgumentParser, *, force: bool = False)
                         help="restart the daemon after the switch (systemctl restart edge-runtime), and again after"
                              " a rollback")
     parser.add_argument("--no-health", action="store_true", help="switch without checking the daemon's health")
-    parser.add_argument("--health-timeout", type=float, default=60.0, metavar="SECONDS",
+    parser.add_argument("--health-timeout", type=_positive_seconds, default=60.0, metavar="SECONDS",
                         help="how long the daemon has to show every lane processing frames (default 60)")
     parser.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
                         " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
     if force:
         parser.add_argument("--force", action="store_true", help="activate a slot that failed its last health check")
+
+
+def _seconds(text: str) -> float:
+    """A time in seconds: a finite number, 0 or more (inf, nan and negatives would wait for ever or not at all)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+    return value
 
 
 def _positive(text: str) -> int:

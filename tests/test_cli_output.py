@@ -204,3 +204,17 @@ def test_without_opencv_a_variant_to_make_is_not_recorded_as_refused(demo: Any, 
     assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
     assert "edge assets: error: OpenCV is needed" in done.stderr and "pip install 'edge[cv]'" in done.stderr
     assert (root / "engines" / "yolov3-tiny" / "manifest.json").read_text() == before
+
+
+@pytest.mark.parametrize("argv", [["status", "--timeout", "inf"], ["status", "--timeout", "0"],
+                                  ["reload", "--timeout", "-1"], ["subscribe", "--notice-after", "nan"],
+                                  ["run", "--config", "x.yaml", "--wait-subscriber", "1e999"],
+                                  ["bundle", "rollback", "--health-timeout", "inf"]])
+def test_a_time_that_is_not_a_finite_number_of_seconds_is_refused(argv: list[str],
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`--health-timeout inf` (or nan, or a negative) was taken: the health check would never end, or never wait."""
+    from edge.cli import build_parser
+
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(argv)
+    assert info.value.code == 2 and "must be a number of seconds" in capsys.readouterr().err
