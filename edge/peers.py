@@ -9,15 +9,15 @@ has the measurements. Two parts add the limits, with what libzmq exposes:
 - `Gate`, a thread of its own, so that it keeps working however busy the publishing thread is:
   - it answers libzmq's ZAP requests (the socket has a ZAP domain, enforced): a connection is admitted
     only within a rate and a count per source (the uid of an ipc peer, the address of a tcp one) and
-    gets a connection id, which libzmq attaches to its messages as User-Id;
+    gets a connection number, counting up, which libzmq attaches to its messages as User-Id;
   - it reads the socket monitor (ACCEPTED and DISCONNECTED carry the connection's fd) and closes a
     connection over the count limits at once, before its handshake, so idle connections cannot
-    exhaust the fds;
+    exhaust the fds; from DISCONNECTED it tells which connection numbers have closed (`Gate.ended`);
   - it counts and logs the handshakes libzmq broke off, which ZAP never sees (HANDSHAKE_FAILED_PROTOCOL
     names only the error): a subscriber without CURVE on a CURVE endpoint, or with another server key.
 - `Subscriptions`, in the publishing thread (XPUB_MANUAL): only prefixes of edge's own topics are
   applied, at most `subscriptions_per_peer` a connection; a connection that sends anything else is
-  closed on its first such message.
+  closed on its first such message. What it keeps per connection lives as long as the connection.
 
 Closing a connection is shutdown(2) on its fd, after checking that the fd still belongs to this
 listener (an fd number is reused once libzmq closes it). libzmq then closes the connection as if the
@@ -181,7 +181,9 @@ class Gate:
         self._fds: dict[int, str] = {}        # open connections: fd -> source
         self._sources: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, tuple[float, float]] = {}   # source -> (tokens, when)
-        self._ids = 0
+        self._ids = 0                         # the last connection number given
+        self._ended: dict[int, int] = {}      # fd -> the last number given before its latest DISCONNECTED
+        self.disconnects = 0                  # DISCONNECTED events read
         self.connected = 0
         self.refused = 0
         self._thread = threading.Thread(target=self._run, name="publisher-gate", daemon=True)
@@ -222,6 +224,8 @@ class Gate:
             if kind == zmq.EVENT_ACCEPTED:
                 self._accepted(value)
             elif kind == zmq.EVENT_DISCONNECTED:
+                self._ended[value] = self._ids
+                self.disconnects += 1          # after `_ended`: the publishing thread reads them in this order
                 self._closed(value)
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
                 self._refuse(self._broken_handshake(value))
@@ -268,13 +272,29 @@ class Gate:
                     " daemon's public key?)")
         return f"a handshake that broke the protocol (libzmq error {error:#x})"
 
+    def ended(self, conn: int, fd: int) -> bool:
+        """Whether connection number `conn`, whose messages carry `fd`, has closed, as far as the monitor has told
+        (the publishing thread asks). An fd number is reused, a connection number never. libzmq 4.3.5 sends
+        DISCONNECTED before it closes the fd (src/stream_engine_base.cpp error: event_disconnected, then the
+        destructor's close), so the next connection on that fd number sends its ZAP request after the event,
+        and `_answer_zap` reads the monitor before it numbers that connection. A connection that sends messages
+        was numbered before its handshake ended, so before its DISCONNECTED. Hence numbers up to `_ended[fd]` are
+        of connections on `fd` that have closed, later ones of the one there now. `_ended` holds a number per
+        fd number: the open files limit bounds it."""
+        return conn <= self._ended.get(fd, 0)
+
     def _answer_zap(self) -> None:
-        """ZAP (RFC 27): [routing id, '', version, request id, domain, address, identity, mechanism, ...]."""
+        """ZAP (RFC 27): [routing id, '', version, request id, domain, address, identity, mechanism, ...]. The
+        monitor is read after the requests and before the answers (see `ended`)."""
+        requests = []
         while True:
             try:
-                frames = self._zap.recv_multipart(flags=zmq.NOBLOCK)
+                requests.append(self._zap.recv_multipart(flags=zmq.NOBLOCK))
             except zmq.Again:
-                return
+                break
+        if requests:
+            self._read_monitor()
+        for frames in requests:
             if len(frames) < 8:
                 continue
             route, _, version, request = frames[:4]
@@ -285,7 +305,7 @@ class Gate:
                 reply = [b"400", why.encode(), b""]
             else:
                 self._ids += 1
-                reply = [b"200", b"OK", f"c{self._ids}".encode()]
+                reply = [b"200", b"OK", str(self._ids).encode()]
             self._zap.send_multipart([route, b"", version, request, *reply, b""])
 
     def _unknown_key(self, mechanism: bytes, credentials: list[bytes]) -> str:
@@ -325,25 +345,41 @@ class Subscriptions:
     (`_held`) and those it was noted for and refused on (`_refused`). An unsubscription without metadata takes
     from `_refused` first: the daemon closes a connection at its first refusal, so its unsubscriptions are the
     ones due; whichever order they come in, both counts are right once the connections involved have closed.
+
+    What libzmq noted for each connection is kept from its first message until it has closed and all it sent
+    has been read (`emptied`), never longer, so that memory follows the connections the gate admits. A message
+    read after its connection closed is judged and counted as if read in time, but nothing is applied for it
+    and nothing shut down: its fd number may be another connection's by then.
     """
 
-    def __init__(self, limits: Limits, is_listener: Callable[[socket.socket], bool], activity: Activity) -> None:
+    def __init__(self, limits: Limits, gate: Gate, is_listener: Callable[[socket.socket], bool],
+                 activity: Activity) -> None:
         self.limits = limits
+        self._gate = gate
         self._is_listener = is_listener
         self._activity = activity
         self._held: collections.Counter[bytes] = collections.Counter()
         self._refused: collections.Counter[bytes] = collections.Counter()
-        self._peers: collections.OrderedDict[str, dict[bytes, bool]] = collections.OrderedDict()  # prefix: applied
+        self._peers: dict[int, tuple[int, dict[bytes, bool]]] = {}    # connection: (fd, {prefix: applied})
+        self._closing: set[int] = set()      # connections seen closed since the socket was last read empty
+        self._disconnects = 0                # the gate's count when the connections were last looked at
         self.subscriptions = 0
         self.rejected = 0
 
-    def inbound(self, conn: str | None, fd: int | None, frames: list[bytes]) -> tuple[bool, bytes] | None:
-        """A message from connection `conn` (libzmq's User-Id; None for inproc peers and for the unsubscriptions
-        libzmq makes when a connection closes) on `fd`. Returns (subscribe, prefix) to apply for that
-        connection, or None to ignore the message."""
-        mine = self._peer(conn)
+    def inbound(self, conn: int | None, fd: int | None, frames: list[bytes]) -> tuple[bool, bytes] | None:
+        """A message from connection number `conn` (libzmq's User-Id) on `fd`; both None for inproc peers and
+        for the unsubscriptions libzmq makes when a connection closes. Returns (subscribe, prefix) to apply for
+        that connection, or None to ignore the message."""
+        mine, ended = None, False
+        if conn is not None and fd is not None:
+            mine = self._peers.setdefault(conn, (fd, {}))[1]
+            ended = self._gate.ended(conn, fd)
+            if ended:                          # judged all the same, but nothing applied and nothing shut down
+                self._closing.add(conn)
+                fd = None
         if len(frames) == 1 and frames[0][:1] in _FLAGS:
-            return self._subscription(mine, fd, frames[0][0] == 1, frames[0][1:])
+            action = self._subscription(mine, fd, frames[0][0] == 1, frames[0][1:])
+            return None if ended else action
         for frame in frames:
             if frame[:1] in _FLAGS:            # noted by libzmq all the same; refused here with the message
                 if frame[0] == 1:
@@ -351,6 +387,21 @@ class Subscriptions:
                 else:
                     self._forget(mine, frame[1:])
         return self._reject(fd, "a message that is not a subscription")
+
+    def emptied(self) -> None:
+        """The socket had no message left: forget the connections seen closed before, and look for the ones
+        that closed since. libzmq has passed a connection's messages on by the time the gate reads its
+        DISCONNECTED (it flushes the last ones right after sending the event, src/stream_engine_base.cpp
+        error), and a read that finds nothing has taken in all libzmq passed on (src/socket_base.cpp recv
+        processes the pending commands first). So a connection seen closed has nothing left to read once the
+        socket has been read empty after that."""
+        for conn in self._closing:
+            del self._peers[conn]
+        self._closing = set()
+        disconnects = self._gate.disconnects
+        if disconnects != self._disconnects:
+            self._disconnects = disconnects
+            self._closing = {conn for conn, (fd, _) in self._peers.items() if self._gate.ended(conn, fd)}
 
     def _subscription(self, mine: dict[bytes, bool] | None, fd: int | None, subscribe: bool,
                       prefix: bytes) -> tuple[bool, bytes] | None:
@@ -403,17 +454,6 @@ class Subscriptions:
         if applied:
             self.subscriptions -= 1
         return applied
-
-    def _peer(self, conn: str | None) -> dict[bytes, bool] | None:
-        """What libzmq noted for `conn`. Kept for the most recent connections only: libzmq does not say when
-        a connection closes, and its own unsubscriptions then (one per prefix) keep the counts."""
-        if conn is None:
-            return None
-        mine = self._peers.pop(conn, None)
-        self._peers[conn] = mine = {} if mine is None else mine
-        while len(self._peers) > 4 * self.limits.peers:
-            self._peers.popitem(last=False)
-        return mine
 
     def _reject(self, fd: int | None, what: str) -> None:
         self.rejected += 1

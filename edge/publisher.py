@@ -77,7 +77,7 @@ class Publisher:
         self._seq_lock = threading.Lock()
         self._subscribed = threading.Event()
         self._activity = Activity()
-        self._subscriptions = Subscriptions(self._limits, lambda sock: False, self._activity)
+        self._subscriptions: Subscriptions | None = None
         self.dropped_other = 0
 
     def start(self) -> None:
@@ -95,11 +95,11 @@ class Publisher:
             raise EdgeError(f"cannot serve connection checks for {self.endpoint}: {exc.strerror}",
                             note=f"{ZAP_ENDPOINT} is bound already in this process",
                             hint="run one publisher per ZeroMQ context") from exc
-        self._subscriptions = Subscriptions(limits, is_listener, self._activity)
+        self._subscriptions = Subscriptions(limits, self._gate, is_listener, self._activity)
         self._gate.start()
         self._wake = ipc.Waker()
-        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake), name="publisher",
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake, self._subscriptions),
+                                        name="publisher", daemon=True)
         self._thread.start()
         log.info("publishing results on %s", self.endpoint)
 
@@ -143,7 +143,7 @@ class Publisher:
 
     @property
     def subscriptions(self) -> int:
-        return self._subscriptions.subscriptions
+        return self._subscriptions.subscriptions if self._subscriptions is not None else 0
 
     @property
     def connections(self) -> int:
@@ -151,7 +151,7 @@ class Publisher:
 
     @property
     def rejected_inbound(self) -> int:
-        return self._subscriptions.rejected
+        return self._subscriptions.rejected if self._subscriptions is not None else 0
 
     @property
     def refused_connections(self) -> int:
@@ -217,13 +217,13 @@ class Publisher:
             self._wake = None
         self._thread = None
 
-    def _run(self, sock: zmq.Socket[Any], wake: ipc.Waker) -> None:
+    def _run(self, sock: zmq.Socket[Any], wake: ipc.Waker, subscriptions: Subscriptions) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
         while True:
             poller.poll(1000)
-            self._read_inbound(sock)
+            self._read_inbound(sock, subscriptions)
             wake.drain()
             final = not self._send_queued(sock)
             self._activity.summary(f"{self.connections} connection(s), {self.subscriptions} subscription(s)",
@@ -250,18 +250,19 @@ class Publisher:
         if item.outcome is not None:
             item.outcome.sent(item.payload, now)
 
-    def _read_inbound(self, sock: zmq.Socket[Any]) -> None:
+    def _read_inbound(self, sock: zmq.Socket[Any], subscriptions: Subscriptions) -> None:
         """Apply the subscriptions that are prefixes of edge's topics, within the limits; count and ignore
         every other message, closing the connection that sent it."""
         for _ in range(BATCH):
             try:
                 frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                subscriptions.emptied()
                 return
             first = frames[0]
             conn, fd = _frame_get(first, "User-Id"), _frame_get(first, zmq.SRCFD)
-            action = self._subscriptions.inbound(None if conn is None else str(conn), None if fd is None else int(fd),
-                                                 [frame.bytes for frame in frames])
+            action = subscriptions.inbound(None if conn is None else int(str(conn)), None if fd is None else int(fd),
+                                           [frame.bytes for frame in frames])
             if action is not None:
                 subscribe, prefix = action
                 sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)  # for that peer only
@@ -270,8 +271,8 @@ class Publisher:
 
 
 def _frame_get(frame: zmq.Frame, key: str | int) -> object | None:
-    """A message property (User-Id from the gate, ZMQ_SRCFD the connection's fd); None where libzmq has
-    none: inproc peers, and the unsubscriptions libzmq makes itself when a connection closes."""
+    """A message property (User-Id: the connection number from the gate; ZMQ_SRCFD: the connection's fd); None
+    where libzmq has none: inproc peers, and the unsubscriptions libzmq makes itself when a connection closes."""
     try:
         return frame.get(key)
     except zmq.ZMQError:
