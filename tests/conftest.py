@@ -43,6 +43,11 @@ def demo() -> edge_assets.DemoAssets:
     return edge_assets.fetch(say=lambda line: None)
 
 
+# A peer's connection, handshake (the gate thread's ZAP answer) and subscription cross three threads of the daemon:
+# in a full run on a loaded 2-core machine (four CPU hogs beside the tests) one took longer than 10 s.
+PEER_S = 60.0
+
+
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
     """Poll `condition` until truthy; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -20,7 +20,7 @@ from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError
 from edge.peers import Curve
 from edge.publisher import Publisher
-from tests.conftest import free_port, wait_for
+from tests.conftest import PEER_S, free_port, wait_for
 from tests.daemon import ROOT, edge_cmd, env, run
 from tests.test_peers import LONGEST_PREFIX
 
@@ -64,8 +64,8 @@ def test_only_allowed_keys_receive(pki: dict[str, Path], publisher: Publisher, c
                           curve=CurveKeys.load(pki["stranger_secret"], pki["server_public"]))
     plain = Subscriber(publisher.endpoint, topics=["sys."], context=ctx)
     try:
-        wait_for(lambda: publisher.refused_connections >= 1, 10, "the stranger's key to be refused")
-        wait_for(lambda: publisher.subscriptions == 1, 10, "the allowed subscriber's subscription")
+        wait_for(lambda: publisher.refused_connections >= 1, PEER_S, "the stranger's key to be refused")
+        wait_for(lambda: publisher.subscriptions == 1, PEER_S, "the allowed subscriber's subscription")
         for seq in range(20):
             publisher.publish("sys.event", beat(seq))
         got = [good.recv(timeout=10) for _ in range(20)]
@@ -86,7 +86,7 @@ def test_results_on_ipv6_loopback_reach_an_allowed_subscriber(pki: dict[str, Pat
     sub = Subscriber(endpoint, topics=["sys."], context=ctx,
                      curve=CurveKeys.load(pki["client_secret"], pki["server_public"]))
     try:
-        wait_for(lambda: pub.subscriptions == 1, 10, "the subscription over IPv6")
+        wait_for(lambda: pub.subscriptions == 1, PEER_S, "the subscription over IPv6")
         pub.publish("sys.event", beat(0))
         message = sub.recv(timeout=10)
         assert message is not None and message.payload["reason"] == "0"
@@ -101,7 +101,7 @@ def test_a_curve_subscriber_to_the_longest_topic_receives(pki: dict[str, Path], 
     sub = Subscriber(publisher.endpoint, topics=[LONGEST_PREFIX.decode()], context=ctx,
                      curve=CurveKeys.load(pki["client_secret"], pki["server_public"]))
     try:
-        wait_for(lambda: publisher.subscriptions == 1, 10, "the subscription to the longest topic")
+        wait_for(lambda: publisher.subscriptions == 1, PEER_S, "the subscription to the longest topic")
         publisher.publish(LONGEST_PREFIX.decode(), protocol.det_message(
             task="t" * protocol.NAME_BYTES, camera="c" * protocol.NAME_BYTES, frame=0, t_capture_ns=1,
             precision="fp32", engine="e", size=(8, 8), detections=[]))
@@ -132,8 +132,8 @@ def test_a_subscriber_with_the_wrong_curve_set_up_is_logged(pki: dict[str, Path]
         pub.start()
         sub = Subscriber(tcp_endpoint, topics=["sys."], context=ctx, curve=curve)
         try:
-            wait_for(lambda: pub.refused_connections >= 1, 10, "the subscriber to be refused")
-            wait_for(lambda: pub.connections == 0, 10, "its connection to be closed")
+            wait_for(lambda: pub.refused_connections >= 1, PEER_S, "the subscriber to be refused")
+            wait_for(lambda: pub.connections == 0, PEER_S, "its connection to be closed")
         finally:
             sub.close()
             pub.stop(5)                                      # logs the summary line now, if not yet

@@ -20,7 +20,7 @@ from edge.config import parse_config
 from edge.errors import ConfigError, EdgeError
 from edge.pipeline import LATENCY_BUCKETS_S, LatencyHistogram
 from edge.service import Service
-from tests.conftest import free_port, wait_for
+from tests.conftest import PEER_S, free_port, wait_for
 from tests.daemon import start as start_daemon
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -374,7 +374,7 @@ def test_clients_holding_connections_do_not_keep_a_scraper_out(running_unlimited
     running = running_unlimited
     monkeypatch.setattr(metrics._Handler, "timeout", 60.0)
     held = hold(running.metrics.port, metrics.MAX_CONNECTIONS + 4)
-    wait_for(lambda: running.metrics.dropped == 4, 10, "the endpoint to take every held connection")
+    wait_for(lambda: running.metrics.dropped == 4, PEER_S, "the endpoint to take every held connection")
     published = running.status()["lanes"][0]["published"]
     for _ in range(3):
         assert get(scrape(running.metrics.url, timeout=3), "edge_lane_running", task="objects", camera="c0") == 1
@@ -399,7 +399,7 @@ def test_a_scrape_being_answered_is_not_evicted(running_unlimited: Service, monk
     scraper.start()
     wait_for(entered.is_set, 10, "the scrape to be collected")
     held = hold(running.metrics.port, metrics.MAX_CONNECTIONS + 4)
-    wait_for(lambda: running.metrics.dropped == 5, 10, "the endpoint to take every held connection")
+    wait_for(lambda: running.metrics.dropped == 5, PEER_S, "the endpoint to take every held connection")
     release.set()
     scraper.join(10)
     assert results and get(results[0], "edge_lane_running", task="objects", camera="c0") == 1

@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 from edge import peers, protocol
 from edge.peers import Limits
 from edge.publisher import Publisher
-from tests.conftest import wait_for
+from tests.conftest import PEER_S, wait_for
 
 
 def started(endpoint: str, ctx: zmq.Context, **limits: float) -> Publisher:
@@ -97,7 +97,7 @@ def test_a_sub_subscribed_to_the_longest_topic_stays_connected_and_receives(
     pub = started(endpoint, ctx)
     sub = sub_socket(ctx, endpoint, LONGEST_PREFIX)
     try:
-        wait_for(lambda: pub.subscriptions == 1, 10, "the subscription to the longest topic")
+        wait_for(lambda: pub.subscriptions == 1, PEER_S, "the subscription to the longest topic")
         pub.publish(LONGEST_PREFIX.decode(), {"kind": "det"})
         assert sub.poll(10_000) and sub.recv_multipart()[0] == LONGEST_PREFIX
         assert (pub.connections, pub.rejected_inbound) == (1, 0)
@@ -112,7 +112,7 @@ def test_a_zmtp_3_0_peer_subscribed_to_the_longest_topic_receives(publisher: Pub
     with socket.create_connection((host, int(port)), timeout=10) as raw:
         zmtp_3_0_handshake(raw)
         zmtp_subscribe(raw, LONGEST_PREFIX)
-        wait_for(lambda: publisher.subscriptions == 1, 10, "the ZMTP 3.0 peer's subscription")
+        wait_for(lambda: publisher.subscriptions == 1, PEER_S, "the ZMTP 3.0 peer's subscription")
         publisher.publish(LONGEST_PREFIX.decode(), {"kind": "det"})
         assert zmtp_frame(raw) == (0x01, LONGEST_PREFIX)                   # the topic frame, more to follow
     assert publisher.rejected_inbound == 0
@@ -152,15 +152,15 @@ def test_subscriptions_and_connections_are_counted(publisher: Publisher, ctx: zm
     """20 subscribers to everything are 20 subscriptions (the old heartbeat said 1: one unique prefix)."""
     subs = [sub_socket(ctx, publisher.endpoint, b"") for _ in range(20)]
     both = sub_socket(ctx, publisher.endpoint, b"det.", b"sys.heartbeat")
-    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (22, 21), 10, "22 subscriptions")
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (22, 21), PEER_S, "22 subscriptions")
     both.setsockopt(zmq.UNSUBSCRIBE, b"det.")
-    wait_for(lambda: publisher.subscriptions == 21, 10, "an unsubscription to be counted")
+    wait_for(lambda: publisher.subscriptions == 21, PEER_S, "an unsubscription to be counted")
     for sub in subs[:10]:
         sub.close(linger=0)
-    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (11, 11), 10, "closed ones to leave")
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (11, 11), PEER_S, "closed ones to leave")
     for sub in [*subs[10:], both]:
         sub.close(linger=0)
-    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (0, 0), 10, "everyone to leave")
+    wait_for(lambda: (publisher.subscriptions, publisher.connections) == (0, 0), PEER_S, "everyone to leave")
 
 
 def test_the_count_comes_back_exactly_when_connections_with_refused_subscriptions_close(
@@ -172,20 +172,20 @@ def test_the_count_comes_back_exactly_when_connections_with_refused_subscription
     pub = started(tcp_endpoint, ctx, subscriptions_per_peer=2)
     try:
         holders = [sub_socket(ctx, tcp_endpoint, b"det.a", b"det.b"), sub_socket(ctx, tcp_endpoint, b"det.c")]
-        wait_for(lambda: pub.subscriptions == 3, 10, "the holders' three subscriptions")
+        wait_for(lambda: pub.subscriptions == 3, PEER_S, "the holders' three subscriptions")
         over = sub_socket(ctx, tcp_endpoint, b"det.a", b"det.b", b"det.c")     # one over its limit of 2
         invalid = sub_socket(ctx, tcp_endpoint, b"sys.", b"results")             # not a prefix of an edge topic
         multipart, monitor = xsub(ctx, tcp_endpoint)
         multipart.send_multipart([b"junk", b"\x01det.c"])                        # libzmq notes the last part
-        wait_for(lambda: pub.rejected_inbound >= 3, 10, "the three refusals")
+        wait_for(lambda: pub.rejected_inbound >= 3, PEER_S, "the three refusals")
         for sock in (over, invalid, multipart, monitor):
             sock.close(linger=0)
-        wait_for(lambda: pub.connections == 2, 10, "the refused peers to leave")
+        wait_for(lambda: pub.connections == 2, PEER_S, "the refused peers to leave")
         late = sub_socket(ctx, tcp_endpoint, b"sys.heartbeat")                  # after them
-        wait_for(lambda: (pub.subscriptions, pub.connections) == (4, 3), 10, "the holders' three and the late one")
+        wait_for(lambda: (pub.subscriptions, pub.connections) == (4, 3), PEER_S, "the holders' three and the late one")
         for sock in (*holders, late):
             sock.close(linger=0)
-        wait_for(lambda: (pub.subscriptions, pub.connections) == (0, 0), 10, "everyone to leave")
+        wait_for(lambda: (pub.subscriptions, pub.connections) == (0, 0), PEER_S, "everyone to leave")
     finally:
         pub.stop(5)
 
@@ -201,7 +201,7 @@ def test_a_message_that_is_not_a_valid_subscription_closes_its_connection(publis
         peer.close(linger=0)
         monitor.close(linger=0)
     assert publisher.rejected_inbound >= 3
-    wait_for(lambda: publisher.subscriptions == 1, 10, "only the good subscription to stay")
+    wait_for(lambda: publisher.subscriptions == 1, PEER_S, "only the good subscription to stay")
     publisher.publish("det.a.c", {"kind": "det"})
     assert good.poll(10_000) and good.recv_multipart()[0] == b"det.a.c"
     good.close(linger=0)
@@ -212,7 +212,7 @@ def test_a_connection_holds_at_most_its_limit_of_subscriptions(ctx: zmq.Context,
     peer, monitor = xsub(ctx, tcp_endpoint)
     for n in range(3):
         peer.send(b"\x01det.t%d" % n)
-    wait_for(lambda: pub.subscriptions == 3, 10, "three subscriptions")
+    wait_for(lambda: pub.subscriptions == 3, PEER_S, "three subscriptions")
     peer.send(b"\x01det.t3")
     assert disconnected(monitor) and pub.rejected_inbound == 1
     peer.close(linger=0)
@@ -241,19 +241,20 @@ def test_a_connection_keeps_its_limit_however_many_connections_come_and_go(ctx: 
     try:
         for n in range(3):
             held.send(b"\x01det.c%d" % n)
-        wait_for(lambda: pub.subscriptions == 3, 10, "C's three subscriptions")
+        wait_for(lambda: pub.subscriptions == 3, PEER_S, "C's three subscriptions")
         for n in range(12):
             other = sub_socket(ctx, ipc_endpoint, b"det.o%d" % n)
-            wait_for(lambda: pub.subscriptions == 4, 10, f"newcomer {n}'s subscription")
+            wait_for(lambda: pub.subscriptions == 4, PEER_S, f"newcomer {n}'s subscription")
             other.close(linger=0)
-            wait_for(lambda: (pub.subscriptions, pub.connections) == (3, 1), 10, f"newcomer {n} to leave")
+            wait_for(lambda: (pub.subscriptions, pub.connections) == (3, 1), PEER_S, f"newcomer {n} to leave")
         pub.publish("det.c1.cam", {"kind": "det"})
         assert held.poll(10_000) and held.recv_multipart()[0] == b"det.c1.cam"     # C's subscriptions hold
         held.send(b"\x01det.c0")                    # noted once by libzmq: the same one subscription
         held.send(b"\x01det.c3")                    # number 4, over C's limit
         assert disconnected(monitor)
         assert pub.rejected_inbound == 1
-        wait_for(lambda: (pub.subscriptions, pub.connections, remembered(pub)) == (0, 0, 0), 10, "everyone to leave")
+        wait_for(lambda: (pub.subscriptions, pub.connections, remembered(pub)) == (0, 0, 0), PEER_S,
+                 "everyone to leave")
     finally:
         held.close(linger=0)
         monitor.close(linger=0)
@@ -294,10 +295,10 @@ def test_messages_read_after_their_connection_closed_are_judged_but_close_nothin
                 gone.settimeout(10)
                 gone.connect(path)
                 zmtp_3_0_handshake(gone)
-                wait_for(lambda: pub.connections == 1, 10, "the gate to count the connection")
+                wait_for(lambda: pub.connections == 1, PEER_S, "the gate to count the connection")
                 for prefix in (b"det.g0", b"det.g0", b"det.g1", b"det.g2", b"det.g3"):
                     zmtp_subscribe(gone, prefix)
-            wait_for(lambda: pub.connections == 0, 10, "the gate to see it close")
+            wait_for(lambda: pub.connections == 0, PEER_S, "the gate to see it close")
             with socket.socket(socket.AF_UNIX) as newcomer:
                 newcomer.settimeout(10)
                 newcomer.connect(path)
@@ -307,7 +308,7 @@ def test_messages_read_after_their_connection_closed_are_judged_but_close_nothin
                 assert pub.wait_for_subscriber(10), "the newcomer's subscription was not applied"
                 pub.publish("det.g0.cam", {"kind": "det"})
                 assert zmtp_frame(newcomer) == (0x01, b"det.g0.cam")
-            wait_for(lambda: (pub.subscriptions, pub.connections, remembered(pub)) == (0, 0, 0), 10,
+            wait_for(lambda: (pub.subscriptions, pub.connections, remembered(pub)) == (0, 0, 0), PEER_S,
                      "everyone to leave")
             assert pub.rejected_inbound == 1
         finally:
@@ -326,7 +327,7 @@ def test_connections_over_the_limit_are_closed_at_once_and_logged_in_one_line(
         idle = [socket.socket(socket.AF_UNIX) for _ in range(50)]
         for sock in idle:
             sock.connect(str(tmp_path / "r.sock"))
-        wait_for(lambda: pub.refused_connections == 45 and pub.connections == 5, 10, "45 refusals")
+        wait_for(lambda: pub.refused_connections == 45 and pub.connections == 5, PEER_S, "45 refusals")
         wait_for(lambda: sum(map(at_eof, idle)) == 45, 10, "the daemon to close 45 of them")
         pub.stop(5)
     for sock in idle:
@@ -339,7 +340,7 @@ def test_connections_over_the_limit_are_closed_at_once_and_logged_in_one_line(
 def test_new_connections_are_admitted_at_a_bounded_rate(ctx: zmq.Context, tcp_endpoint: str) -> None:
     pub = started(tcp_endpoint, ctx, admit_burst=2, admit_per_s=0.001)
     subs = [sub_socket(ctx, tcp_endpoint, b"det.") for _ in range(3)]
-    wait_for(lambda: pub.subscriptions == 2 and pub.refused_connections >= 1, 10, "the third to be refused")
+    wait_for(lambda: pub.subscriptions == 2 and pub.refused_connections >= 1, PEER_S, "the third to be refused")
     for sub in subs:
         sub.close(linger=0)
     pub.stop(5)
@@ -366,7 +367,7 @@ def test_an_ipc_peer_is_limited_as_its_uid(ctx: zmq.Context, ipc_endpoint: str, 
         pub = started(ipc_endpoint, ctx, **limits)
         subs = [sub_socket(ctx, ipc_endpoint, b"det.") for _ in range(2)]
         try:
-            wait_for(lambda: pub.refused_connections >= 1, 10, "the second connection to be refused")
+            wait_for(lambda: pub.refused_connections >= 1, PEER_S, "the second connection to be refused")
         finally:
             for sub in subs:
                 sub.close(linger=0)
@@ -380,8 +381,8 @@ def test_peers_that_do_not_speak_zmtp3_are_refused_before_any_subscription(publi
     for junk in (b"\x05\x00\x01abcd" * 100, b"GET / HTTP/1.1\r\n\r\n", b"\xff" + b"\0" * 8 + b"\x7f\x01\x00"):
         with socket.create_connection((host, int(port)), timeout=5) as raw:
             raw.sendall(junk)
-            wait_for(lambda sock=raw: at_eof(sock), 10, "the daemon to close the connection")
-    wait_for(lambda: publisher.connections == 0, 10, "the junk connections to be closed")
+            wait_for(lambda sock=raw: at_eof(sock), PEER_S, "the daemon to close the connection")
+    wait_for(lambda: publisher.connections == 0, PEER_S, "the junk connections to be closed")
     assert publisher.subscriptions == 0 and publisher.rejected_inbound == 0
 
 

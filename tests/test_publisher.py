@@ -17,7 +17,7 @@ from edge.client import Subscriber
 from edge.errors import EdgeError
 from edge.pipeline import LaneStats
 from edge.publisher import Publisher
-from tests.conftest import wait_for
+from tests.conftest import PEER_S, wait_for
 
 
 @pytest.fixture
@@ -221,7 +221,7 @@ def test_a_stalled_subscriber_loses_its_own_messages_not_the_others(ctx: zmq.Con
         sub.setsockopt(zmq.RCVHWM, rcvhwm)
         sub.setsockopt(zmq.SUBSCRIBE, prefix)         # distinct prefixes: the XPUB reports each one
         sub.connect(tcp_endpoint)
-        wait_for(lambda n=count: pub.subscriptions >= n, 10, f"{name} to subscribe")
+        wait_for(lambda n=count: pub.subscriptions >= n, PEER_S, f"{name} to subscribe")
     stats = LaneStats("t", "c")
     read: list[int] = []
     try:

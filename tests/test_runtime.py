@@ -23,7 +23,7 @@ from edge.publisher import Publisher
 from edge.runtime import TaskRuntime
 from edge.service import Service
 from edge.sources import Frame
-from tests.conftest import wait_for
+from tests.conftest import PEER_S, wait_for
 from tests.models import conv_model
 from tests.test_pipeline import IMAGE, YOLO, lossless_camera
 
@@ -186,7 +186,7 @@ def test_tasks_start_and_stop_at_run_time_and_cameras_follow_them(demo: Any, tmp
     runner = threading.Thread(target=service.run, args=(stop,))
     runner.start()
     try:
-        wait_for(lambda: service.publisher.subscriptions == 1, 10, "the event subscriber to be connected")
+        wait_for(lambda: service.publisher.subscriptions == 1, PEER_S, "the event subscriber to be connected")
         assert set(service.cameras.open) == {"c0"}                   # cars is disabled: c1 is never opened
         service.enable_task("cars")
         assert set(service.cameras.open) == {"c0", "c1"} and set(service.tasks) == {"people", "cars"}
