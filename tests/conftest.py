@@ -1,6 +1,7 @@
 """Shared fixtures: real demo assets, real ZeroMQ endpoints, condition waits (never sleeps)."""
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -92,6 +93,18 @@ def _isolated_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch:
 
 
 @pytest.fixture(autouse=True)
+def _edge_logging_restored() -> Iterator[None]:
+    """A test that runs `edge` in this process (cli.main, setup_logging) pointed the edge logger at that test's
+    captured stderr, closed once it ended: later lines failed with "I/O operation on closed file"."""
+    logger = logging.getLogger("edge")
+    handlers, level, propagate = logger.handlers[:], logger.level, logger.propagate
+    yield
+    logger.handlers[:] = handlers
+    logger.setLevel(level)
+    logger.propagate = propagate
+
+
+@pytest.fixture(autouse=True)
 def _fresh_device_key() -> Iterator[None]:
     """device_key() is read once per process; tests that install a stand-in TensorRT need it read again."""
     from edge.backends import tensorrt
@@ -107,7 +120,7 @@ def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Su
     publisher = Publisher(ipc_endpoint, context=ctx)
     publisher.start()
     subscriber = Subscriber(ipc_endpoint, topics=["det."], context=ctx)
-    assert publisher.wait_for_subscriber(10), "subscription did not arrive"
+    assert publisher.wait_for_subscriber(PEER_S), "subscription did not arrive"
     yield publisher, subscriber
     subscriber.close()
     publisher.stop(5)

@@ -30,7 +30,7 @@ from edge.runtime import TaskRuntime
 from edge.service import Service
 from edge.sources import Camera, Frame, parse_uri
 from edge.tasks import build_task
-from tests.conftest import wait_for
+from tests.conftest import PEER_S, wait_for
 from tests.models import conv_model, set_batch
 
 YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
@@ -460,7 +460,7 @@ def run_daemon(tmp_path: Path, model: Path, *, batch: bool) -> tuple[dict[str, l
     """The daemon on three test:// cameras of 8 frames: what a subscriber got, and the heartbeat's lanes."""
     config = daemon_config(tmp_path, model, batch=batch)
     subscriber = Subscriber(config.output.results, topics=["det."])
-    service = Service(config, wait_subscriber_s=10)
+    service = Service(config, wait_subscriber_s=PEER_S)
     service.start()
     try:
         assert service.run(threading.Event()) == 0

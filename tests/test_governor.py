@@ -18,6 +18,7 @@ from edge.errors import EdgeError
 from edge.governor import Governor, open_telemetry
 from edge.service import Service
 from edge.telemetry import NoneReader, TelemetryError, TraceReader
+from tests.conftest import PEER_S
 from tests.test_runtime import runtime
 
 
@@ -157,7 +158,7 @@ supervisor:
   confirm_s: 0
   dwell_s: 1
 """
-    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), wait_subscriber_s=30)
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), wait_subscriber_s=PEER_S)
     results = Subscriber(f"ipc://{tmp_path}/r.sock", topics=["det.", "sys.event"], context=ctx)
     service.start()
     stop = threading.Event()
