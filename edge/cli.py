@@ -554,21 +554,25 @@ def _bundle_switch_args(parser: argparse.ArgumentParser, *, force: bool = False)
         parser.add_argument("--force", action="store_true", help="activate a slot that failed its last health check")
 
 
+MAX_SECONDS = 86_400       # a day; ZeroMQ's poll takes milliseconds as a C int (24.8 days: 3e6 s overflowed)
+
+
 def _seconds(text: str) -> float:
-    """A time in seconds: a finite number, 0 or more (inf, nan and negatives would wait for ever or not at all)."""
+    """A time in seconds from 0 to MAX_SECONDS (inf, nan, negatives and huge numbers would wait for ever, not at all,
+    or overflow)."""
     try:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, 0 or more, got {text}")
+    if not 0 <= value <= MAX_SECONDS:                 # False for nan too
+        raise argparse.ArgumentTypeError(f"must be a number of seconds from 0 to {MAX_SECONDS}, got {text}")
     return value
 
 
 def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value == 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0 (up to {MAX_SECONDS}), got {text}")
     return value
 
 

@@ -366,11 +366,22 @@ def _rule_problems(raw: dict[str, Any]) -> list[Problem]:
     """Every rule across keys, on the raw (expanded) YAML data."""
     cameras = raw.get("cameras") if isinstance(raw.get("cameras"), list) else None
     tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else []
-    problems = _reference_rules(cameras, tasks)
+    problems = _nul_problems(raw, ())
+    problems += _reference_rules(cameras, tasks)
     for i, task in enumerate(tasks):
         if isinstance(task, dict):
             problems += _task_rules(("tasks", i), task)
     return problems
+
+
+def _nul_problems(node: Any, loc: tuple[Any, ...]) -> list[Problem]:
+    """A string with a NUL ("\\0" in a double-quoted YAML string): no path, URI, endpoint or name can hold one (the
+    system calls refuse it), so it is refused here rather than met by a file or socket call later."""
+    if isinstance(node, str):
+        return [Problem(loc, "contains a NUL character (\\0), which no path, URI, endpoint or name can hold", node,
+                        "remove the \\0 escape")] if "\0" in node else []
+    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    return [problem for key, child in children for problem in _nul_problems(child, loc + (key,))]
 
 
 def _reference_rules(cameras: list[Any] | None, tasks: list[Any]) -> list[Problem]:
@@ -497,11 +508,11 @@ def _parse_yaml(text: str, source: str) -> dict[str, Any]:
     try:
         loader = _Loader(text, source)          # its reader refuses control characters here already
     except yaml.reader.ReaderError as exc:
-        line = text.count("\n", 0, exc.position) + 1
-        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
-        raise ConfigError(f"config {source} is not valid YAML at line {line}, column {column}: the control"
+        lines = re.split(r"\r\n|\r|\n", text[:exc.position])      # YAML's line breaks, CR alone included
+        raise ConfigError(f"config {source} is not valid YAML at line {len(lines)}, column {len(lines[-1]) + 1}: the"
                           f" character {chr(exc.character)!r} (U+{exc.character:04X}) is not allowed",
-                          note="YAML text takes no control characters other than tab, line feed and carriage return",
+                          note="YAML text takes no control characters other than tab, line feed and carriage return,"
+                          " and no non-characters such as U+FFFE",
                           hint="remove it (an editor or a copy from a terminal put it there)") from None
     try:
         raw = loader.get_single_data()

@@ -209,10 +209,12 @@ def test_without_opencv_a_variant_to_make_is_not_recorded_as_refused(demo: Any, 
 @pytest.mark.parametrize("argv", [["status", "--timeout", "inf"], ["status", "--timeout", "0"],
                                   ["reload", "--timeout", "-1"], ["subscribe", "--notice-after", "nan"],
                                   ["run", "--config", "x.yaml", "--wait-subscriber", "1e999"],
-                                  ["bundle", "rollback", "--health-timeout", "inf"]])
-def test_a_time_that_is_not_a_finite_number_of_seconds_is_refused(argv: list[str],
+                                  ["bundle", "rollback", "--health-timeout", "inf"], ["status", "--timeout", "3e6"],
+                                  ["reload", "--timeout", "1e10"]])
+def test_a_time_that_is_not_seconds_from_0_to_a_day_is_refused(argv: list[str],
                                                                   capsys: pytest.CaptureFixture[str]) -> None:
-    """`--health-timeout inf` (or nan, or a negative) was taken: the health check would never end, or never wait."""
+    """`--health-timeout inf` (or nan, or a negative) was taken: the health check would never end, or never wait;
+    `--timeout 3e6` overflowed ZeroMQ's poll (milliseconds as a C int) in a traceback."""
     from edge.cli import build_parser
 
     with pytest.raises(SystemExit) as info:

@@ -399,5 +399,27 @@ def test_a_control_character_in_the_yaml_is_a_clear_error_with_its_line() -> Non
     """PyYAML's reader refuses control characters when the loader is made (yaml.reader.ReaderError), before the
     parse the old code guarded: a traceback at start, and "a bug in edge" on reload."""
     message = error(GOOD.replace("  - id: rear\n", "  - id: rear\x01\n"))
-    assert message.startswith("config test.yaml is not valid YAML at line 6, column 13: the control character"
-                              " '\\x01' (U+0001) is not allowed\nNote: YAML text takes no control characters")
+    assert message.startswith("config test.yaml is not valid YAML at line 6, column 13: the character '\\x01'"
+                              " (U+0001) is not allowed\nNote: YAML text takes no control characters")
+    old_mac = error(GOOD.replace("\n", "\r").replace("  - id: rear\r", "  - id: rear\x01\r"))   # CR line breaks
+    assert "at line 6, column 13: the character '\\x01'" in old_mac
+
+
+NUL_CASES = {            # key -> (a line of GOOD, what replaces it): each writes a NUL with YAML's "\\0" escape
+    "uri": ("    uri: file://videos/front.avi?realtime=0\n", '    uri: "file:///videos/a\\0b.avi"\n'),
+    "model": ("    model: models/yolo.onnx\n", '    model: "/m/a\\0b.onnx"\n'),
+    "labels": ("    model: models/yolo.onnx\n",
+               '    model: models/yolo.onnx\n    params: {labels: "/m/a\\0b.names"}\n'),
+    "endpoint": ("version: 1\n", 'version: 1\ncontrol: {endpoint: "ipc:///run/c\\0.sock"}\n'),
+    "results": ("version: 1\n", 'version: 1\noutput: {results: "ipc:///run/r\\0.sock"}\n'),
+}
+
+
+@pytest.mark.parametrize("key", NUL_CASES)
+def test_a_nul_written_as_a_yaml_escape_is_refused_where_it_is(key: str) -> None:
+    """A `"\\0"` escape yields a NUL, which the raw-character check cannot see: it reached os.stat, realpath, open,
+    chmod and rename as a ValueError traceback (leaving a socket file cut at the NUL behind) at start, and "a bug in
+    edge" on reload."""
+    line, replaced = NUL_CASES[key]
+    message = error(GOOD.replace(line, replaced, 1))
+    assert f".{key}: contains a NUL character (\\0), which no path, URI, endpoint or name can hold" in message
