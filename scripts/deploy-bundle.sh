@@ -37,11 +37,13 @@ EOF
 
 default_edge=/opt/edge/.venv/bin/edge
 edge=$default_edge keys="" timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
+# shellcheck source=scripts/lib/options.sh
+source "$(dirname "$0")/lib/options.sh"
 while (( $# )); do
     case "$1" in
-        --edge) edge=${2:?--edge needs a path}; shift 2 ;;
-        --keys) keys=${2:?--keys needs a directory}; shift 2 ;;
-        --health-timeout) timeout=${2:?--health-timeout needs seconds}; shift 2 ;;
+        --edge) edge=$(value_of --edge "a path" "$@"); shift 2 ;;
+        --keys) keys=$(value_of --keys "a directory" "$@"); shift 2 ;;
+        --health-timeout) timeout=$(value_of --health-timeout "seconds" "$@"); shift 2 ;;
         --no-restart) restart=(); shift ;;
         --no-sudo) sudo=(); shift ;;
         --dry-run) dry_run=1; shift ;;
@@ -70,6 +72,7 @@ source "$(dirname "$0")/lib/target-words.sh"
 name=$(basename -- "$bundle")
 [[ -f "$bundle" ]] || die "no bundle file $bundle"
 check_target_words "$host" "$edge" "$timeout" "$default_edge"
+plain='^[A-Za-z0-9._+/@:=-]+$'
 [[ "$name" =~ $plain ]] || die "BUNDLE's file name '$name' must be a plain word (letters, digits, ._+/@:=-): it goes" \
     "to the target's shell. Hint: rename it"
 staged="edge-bundles/$name"               # in the ssh user's home on the target, not a shared /tmp

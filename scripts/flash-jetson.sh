@@ -27,11 +27,13 @@ EOF
 die() { echo "flash-jetson: $*" >&2; exit 1; }
 
 l4t="" board="" storage=internal dry_run=0
+# shellcheck source=scripts/lib/options.sh
+source "$(dirname "$0")/lib/options.sh"
 while (( $# )); do
     case "$1" in
-        --l4t) l4t=${2:?--l4t needs a directory}; shift 2 ;;
-        --board) board=${2:?--board needs a configuration name}; shift 2 ;;
-        --storage) storage=${2:?--storage needs internal or nvme}; shift 2 ;;
+        --l4t) l4t=$(value_of --l4t "a directory" "$@"); shift 2 ;;
+        --board) board=$(value_of --board "a configuration name" "$@"); shift 2 ;;
+        --storage) storage=$(value_of --storage "internal or nvme" "$@"); shift 2 ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
         --) shift; break ;;

@@ -23,10 +23,12 @@ EOF
 }
 
 prefix=/opt/edge config="" start=1 dry_run=0
+# shellcheck source=scripts/lib/options.sh
+source "$(dirname "$0")/lib/options.sh"
 while (( $# )); do
     case "$1" in
-        --prefix) prefix=${2:?--prefix needs a directory}; shift 2 ;;
-        --config) config=${2:?--config needs a file}; shift 2 ;;
+        --prefix) prefix=$(value_of --prefix "a directory" "$@"); shift 2 ;;
+        --config) config=$(value_of --config "a file" "$@"); shift 2 ;;
         --no-start) start=0; shift ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
@@ -92,6 +94,10 @@ for dir in "${system_dirs[@]}"; do
         "its prefix equal to this checkout and deletes everything else there. Hint: a directory of edge's own," \
         "e.g. --prefix ${resolved%/}/edge"
 done
+case "$resolved" in
+    "$source_dir"/*) die "--prefix $prefix is inside this checkout ($source_dir): rsync would copy the checkout into" \
+        "itself. Hint: a directory outside it, e.g. --prefix /opt/edge" ;;
+esac
 if [[ -e "$resolved" ]]; then
     [[ -d "$resolved" ]] || die "--prefix $prefix is not a directory. Hint: a new or empty directory, e.g." \
         "--prefix /opt/edge"

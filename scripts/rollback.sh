@@ -28,10 +28,12 @@ EOF
 
 default_edge=/opt/edge/.venv/bin/edge
 edge=$default_edge timeout=120 restart=(--restart) sudo=(sudo) force=() dry_run=0 args=()
+# shellcheck source=scripts/lib/options.sh
+source "$(dirname "$0")/lib/options.sh"
 while (( $# )); do
     case "$1" in
-        --edge) edge=${2:?--edge needs a path}; shift 2 ;;
-        --health-timeout) timeout=${2:?--health-timeout needs seconds}; shift 2 ;;
+        --edge) edge=$(value_of --edge "a path" "$@"); shift 2 ;;
+        --health-timeout) timeout=$(value_of --health-timeout "seconds" "$@"); shift 2 ;;
         --force) force=(--force); shift ;;
         --no-restart) restart=(); shift ;;
         --no-sudo) sudo=(); shift ;;

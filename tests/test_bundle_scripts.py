@@ -100,8 +100,8 @@ def test_edge_may_be_a_command_name() -> None:
     assert commands(result.stdout)[0] == "ssh jetson-17 sudo edge bundle rollback --restart --health-timeout 120"
 
 
-# The edge CLI's --health-timeout takes any float (argparse, type=float: even inf); the scripts take whole seconds
-# up to the longest start the unit allows (edge.notify.START_CAP_S: the daemon never extends its start past it).
+# The edge CLI's --health-timeout takes seconds up to a day (edge.cli.MAX_SECONDS); the scripts take whole seconds up
+# to the longest start the unit allows (edge.notify.START_CAP_S: the daemon never extends its start past it).
 @pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
 @pytest.mark.parametrize("seconds", ["99999999999999999999999", str(int(notify.START_CAP_S) + 1), "0", "010", "-1",
                                      "1.5", "1e3", "0x10", "inf", "nan", "120s"])
@@ -120,12 +120,26 @@ def test_a_health_timeout_in_range_is_passed_on(seconds: str) -> None:
 
 
 @pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
-def test_a_host_that_would_be_an_option_of_ssh_is_refused(tmp_path: Path, name: str) -> None:
-    """After --, a HOST may start with '-': ssh would take -oProxyCommand=... for an option and run it here."""
-    result = script(name, "--dry-run", "--", "-oProxyCommand=sh", *targets(name, tmp_path)[1:])
+@pytest.mark.parametrize("host", ["-oProxyCommand=sh", "/tmp/evil", "a:b"])
+def test_a_host_that_ssh_or_rsync_would_misread_is_refused(tmp_path: Path, name: str, host: str) -> None:
+    """After --, a HOST may start with '-': ssh would take -oProxyCommand=... for an option and run it here. rsync
+    reads a HOST with '/' as a local path (the bundle went to /tmp/evil:edge-bundles/ here), and one with ':' as
+    host:path."""
+    result = script(name, "--dry-run", "--", host, *targets(name, tmp_path)[1:])
     assert result.returncode == 1 and not commands(result.stdout)
-    assert ("HOST '-oProxyCommand=sh' is not an ssh destination: a plain word (letters, digits, ._+/@:=-) not starting"
-            " with '-'. Hint: user@host, or a Host of ~/.ssh/config") in result.stderr
+    assert (f"HOST '{host}' is not an ssh destination: a plain word (letters, digits, ._+@-) not starting with '-',"
+            " without '/' or ':' (rsync would read those as a local path or a host:path). Hint: user@host, or a Host"
+            " of ~/.ssh/config") in result.stderr
+
+
+@pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])
+@pytest.mark.parametrize("option", ["--edge", "--health-timeout"])
+def test_an_option_without_its_value_is_a_usage_error(tmp_path: Path, name: str, option: str) -> None:
+    """`--health-timeout ""` ended in bash's own message (`line 34: 2: --health-timeout needs seconds`), exit 1."""
+    for args in ((*targets(name, tmp_path), option), (option, "", *targets(name, tmp_path))):
+        result = script(name, "--dry-run", *args)
+        assert result.returncode == 2 and f"{name.removesuffix('.sh')}: {option} needs " in result.stderr
+        assert "line " not in result.stderr and not commands(result.stdout)
 
 
 def test_double_dash_ends_the_options(tmp_path: Path) -> None:

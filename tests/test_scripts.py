@@ -218,6 +218,23 @@ def test_provision_refuses_a_directory_that_holds_something_else(tmp_path: Path)
     assert file.returncode == 1 and f"--prefix {tmp_path}/file is not a directory" in file.stderr
 
 
+def test_provision_refuses_a_prefix_inside_the_checkout(tmp_path: Path) -> None:
+    """rsync would copy the checkout into a directory of its own; the checkout itself (re-provisioning in place)
+    is an edge install and stays allowed."""
+    inside = provision(tmp_path, "--dry-run", "--prefix", str(ROOT / "sub"))
+    assert inside.returncode == 1 and not steps(inside.stdout)
+    assert f"--prefix {ROOT}/sub is inside this checkout ({ROOT}): rsync would copy the checkout into itself" in \
+        inside.stderr
+    assert provision(tmp_path, "--dry-run", "--prefix", str(ROOT)).returncode == 0
+
+
+@pytest.mark.parametrize("name,option", [("provision-target.sh", "--prefix"), ("provision-target.sh", "--config"),
+                                         ("flash-jetson.sh", "--board"), ("flash-jetson.sh", "--l4t")])
+def test_an_option_without_its_value_is_a_usage_error(name: str, option: str) -> None:
+    result = script(name, "--dry-run", option)
+    assert result.returncode == 2 and f"{name.removesuffix('.sh')}: {option} needs " in result.stderr
+
+
 def test_provision_refuses_for_real_before_it_runs_anything(tmp_path: Path) -> None:
     """Not only the dry run: with every tool it runs a stand-in that notes its call and fails, nothing is run."""
     calls = tmp_path / "calls"
@@ -276,6 +293,7 @@ def test_provision_prints_the_unit_command_shell_quoted(tmp_path: Path) -> None:
     checkout = tmp_path / "field kit & co's"
     (checkout / "scripts").mkdir(parents=True)
     shutil.copy2(ROOT / "scripts/provision-target.sh", checkout / "scripts")
+    shutil.copytree(ROOT / "scripts/lib", checkout / "scripts/lib")
     shutil.copytree(ROOT / "systemd", checkout / "systemd")
     result = provision(tmp_path, "--dry-run", checkout=checkout)
     assert result.returncode == 0, result.stderr
