@@ -166,7 +166,7 @@ class Service:
             if self._stopping.is_set():
                 prepared.close()
                 raise EdgeError("the daemon is stopping", note="the change was not applied")
-            starting = [task for task in config.tasks if task.name in change.start]
+            starting = [runtime.config for runtime in prepared.runtimes.values()]     # in config order
             with self._lock:
                 stopping = [(name, self._lanes.pop(name, []), self.tasks.pop(name)) for name in change.stop]
                 self.config = self.cameras.config = config
