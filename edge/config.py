@@ -458,13 +458,14 @@ def _read(path: Path) -> str:
     until someone wrote to it), and at most MAX_CONFIG_BYTES + 1 bytes of it."""
     hint = "pass an existing file with --config; `edge demo` uses the packaged demo config"
     try:
-        data, size = files.read_regular(path, MAX_CONFIG_BYTES)
+        data = files.read_regular(path, MAX_CONFIG_BYTES)
     except files.NotRegularFile as exc:
         raise ConfigError(f"config {files.shown(path)} {exc}", hint="pass the config file itself (YAML text)") from None
+    except files.FileTooLarge as exc:
+        _check_size(exc.size, str(path))
+        raise
     except OSError as exc:
         raise ConfigError(f"cannot read config file {files.shown(path)}: {exc.strerror}", hint=hint) from exc
-    if len(data) > MAX_CONFIG_BYTES:
-        _check_size(size if size > MAX_CONFIG_BYTES else None, str(path))    # None: it grew while it was read
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -1,5 +1,5 @@
-"""Reading a file that another process may have put in edge's way (a config, a trace): only a regular file,
-opened without blocking, read up to a bound."""
+"""Reading a file that another process may have put in edge's way (a config, a telemetry trace): only a regular
+file, opened without blocking, read up to a bound."""
 from __future__ import annotations
 
 import os
@@ -11,15 +11,25 @@ class NotRegularFile(ValueError):
     """The path names a FIFO, a device, a directory or a socket: nothing edge reads as a file."""
 
 
-def read_regular(path: Path, limit: int) -> tuple[bytes, int]:
-    """(at most `limit` + 1 bytes of the file, its size as fstat saw it). O_NONBLOCK: a FIFO in its place is
-    refused, not waited on for a writer, and no device is read. OSError where the system refuses (ENOENT,
-    EACCES, ENAMETOOLONG, ...); NotRegularFile where it is no regular file."""
+class FileTooLarge(ValueError):
+    """The file holds more than the limit: `size` bytes as fstat said, or None when it grew while it was read."""
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__(f"{size} bytes" if size is not None else "it grew past the limit while it was read")
+        self.size = size
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The whole file, of at most `limit` bytes. O_NONBLOCK: a FIFO in its place is refused, not waited on for a
+    writer, and no device is read; a file over the limit by its size is not read at all. OSError where the system
+    refuses (ENOENT, EACCES, ENAMETOOLONG, ...); NotRegularFile, FileTooLarge."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise NotRegularFile(f"is not a regular file but {describe_mode(info.st_mode)}")
+        if info.st_size > limit:
+            raise FileTooLarge(info.st_size)
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -28,9 +38,11 @@ def read_regular(path: Path, limit: int) -> tuple[bytes, int]:
                 break
             chunks.append(chunk)
             size += len(chunk)
-        return b"".join(chunks), info.st_size
     finally:
         os.close(fd)
+    if size > limit:
+        raise FileTooLarge(None)
+    return b"".join(chunks)
 
 
 def describe_mode(mode: int) -> str:

@@ -22,12 +22,12 @@ import json
 import math
 import os
 import re
-import stat
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from edge import files
 from edge.errors import EdgeError, UsageError
 from edge.log import get_logger
 
@@ -628,45 +628,23 @@ class NvmlReader(Reader):
 
 
 def _read_bounded(path: Path) -> bytes:
-    """The whole trace file, refused when it is not a regular file or is over TRACE_MAX_BYTES. O_NONBLOCK: a
-    FIFO in its place is refused, not waited on."""
+    """The whole trace file, refused when it is not a regular file (a FIFO is not waited on) or is over
+    TRACE_MAX_BYTES (edge/files.py)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        return files.read_regular(path, TRACE_MAX_BYTES)
+    except files.NotRegularFile as exc:
+        raise TelemetryError(f"trace {path} is not a regular file", note=str(exc).removeprefix("is not a regular file"
+                             " but "), hint="a trace is a JSONL file") from None
+    except files.FileTooLarge as exc:
+        raise _too_big(path, str(exc)) from None
     except OSError as exc:
-        raise TelemetryError(f"trace {path} cannot be opened", note=_why(exc),
+        raise TelemetryError(f"trace {path} cannot be opened or read", note=_why(exc),
                              hint="check the path in trace:///ABSOLUTE/PATH.jsonl") from exc
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise TelemetryError(f"trace {path} is not a regular file", note=f"mode {stat.filemode(info.st_mode)}",
-                                 hint="a trace is a JSONL file")
-        if info.st_size > TRACE_MAX_BYTES:
-            raise _too_big(path, f"{info.st_size} bytes")
-        data = _read_up_to(fd, TRACE_MAX_BYTES + 1)
-    except OSError as exc:
-        raise TelemetryError(f"trace {path} cannot be read", note=_why(exc)) from exc
-    finally:
-        os.close(fd)
-    if len(data) > TRACE_MAX_BYTES:                      # it grew past the limit since fstat
-        raise _too_big(path, f"more than {TRACE_MAX_BYTES} bytes (it grew while it was read)")
-    return data
 
 
 def _too_big(path: Path, note: str) -> TelemetryError:
     return TelemetryError(f"trace {path} is over the {TRACE_MAX_BYTES // 2**20} MiB limit", note=note,
                           hint="split it, or thin it to one line a second")
-
-
-def _read_up_to(fd: int, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = os.read(fd, min(limit - size, 1 << 20))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
 
 
 def _no_constant(name: str) -> None:
