@@ -16,7 +16,7 @@ from typing import Any
 from edge import backends
 from edge.backends.base import Engine
 from edge.config import Config, TaskConfig
-from edge.errors import EdgeError, EngineError
+from edge.errors import EdgeError, EngineError, UsageError
 from edge.log import get_logger
 from edge.sources import Camera
 from edge.tasks import Task, build_task
@@ -179,11 +179,10 @@ def _check_same_io(task: str, reference: Engine, other: Engine) -> None:
 
 
 class Cameras:
-    """The cameras of the config, opened on first use and closed when the last user lets go. A camera prepared
-    ahead (`make`, then opened by the caller) takes its id with `install` once the camera it replaces is closed."""
+    """The open cameras, reference-counted. A camera is made ahead (`make`, then opened by the caller), takes its
+    id with `install` once the camera it replaces is closed, and closes when its last user lets go."""
 
-    def __init__(self, config: Config, on_event: EventSink) -> None:
-        self.config = config
+    def __init__(self, on_event: EventSink) -> None:
         self.on_event = on_event
         self.open: dict[str, Camera] = {}
         self._users: dict[str, int] = {}
@@ -202,13 +201,12 @@ class Cameras:
             self._users[camera.id] = 0
 
     def acquire(self, camera_id: str) -> Camera:
+        """One more user of an open camera (one just installed, or one a running task reads)."""
         with self._lock:
-            camera = self.open.get(camera_id)
-            if camera is None:
-                camera = self.open[camera_id] = self.make(camera_id, self.config)
-                self._users[camera_id] = 0
+            if camera_id not in self.open:
+                raise UsageError(f"camera {camera_id} acquired but not open", hint="install the prepared camera first")
             self._users[camera_id] += 1
-            return camera
+            return self.open[camera_id]
 
     def start(self) -> None:
         """Start the capture of every acquired camera not yet started."""

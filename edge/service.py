@@ -51,7 +51,7 @@ class Service:
         self.publisher = Publisher(config.output.results, sndhwm=config.output.sndhwm,
                                    queue_size=config.output.queue_size,
                                    curve=Curve.load(Path(curve.secret_key), Path(curve.clients)) if curve else None)
-        self.cameras = Cameras(config, self.publisher.event)
+        self.cameras = Cameras(self.publisher.event)
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane] | list[BatchMember]] = {}
         self.governor: Governor | None = None
@@ -134,8 +134,9 @@ class Service:
                     BatchedLane.check(prepared.runtimes[task.name], len(task.cameras))
                 self.notifier.progress(f"starting: task {task.name} loaded ({number} of {len(starting)})")
             shared = {c.id for c in self.cameras.snapshot()} - change.reopen
-            for camera_id in config.used_camera_ids():
-                if camera_id in shared or not any(camera_id in task.cameras for task in starting):
+            needed = [camera.id for camera in config.cameras if any(camera.id in task.cameras for task in starting)]
+            for camera_id in needed:                 # those of a task the file disables too (task.enable)
+                if camera_id in shared:
                     continue
                 if self._cancelled(cancel):
                     prepared.close()
@@ -169,7 +170,7 @@ class Service:
             starting = [runtime.config for runtime in prepared.runtimes.values()]     # in config order
             with self._lock:
                 stopping = [(name, self._lanes.pop(name, []), self.tasks.pop(name)) for name in change.stop]
-                self.config = self.cameras.config = config
+                self.config = config
             held = {task.name: {camera_id: self.cameras.acquire(camera_id) for camera_id in task.cameras
                                 if camera_id not in prepared.cameras}
                     for task in starting}                      # open cameras the new lanes share stay open

@@ -17,7 +17,7 @@ from edge.backends import Variants
 from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.client import Subscriber
 from edge.config import TaskConfig, parse_config
-from edge.errors import EdgeError, EngineError
+from edge.errors import EdgeError, EngineError, SourceError
 from edge.pipeline import Lane
 from edge.publisher import Publisher
 from edge.runtime import TaskRuntime
@@ -262,3 +262,19 @@ def test_a_variant_that_fails_to_load_is_refused_and_the_next_one_runs(tmp_path:
     with pytest.raises(EngineError, match="ONNX Runtime cannot load"):
         broken.load()
     assert not any(e.is_active for e in broken.variants.engines.values())
+
+
+def test_enabling_a_task_whose_camera_cannot_open_starts_nothing(demo: Any, tmp_path: Path) -> None:
+    """task.enable prepares like a reload: a task the file disables reads a camera no running task opened, and
+    that camera is opened before anything starts (it was opened after the task's lanes had started)."""
+    text = service_config(demo, tmp_path).replace("    uri: test://bars?size=160x120&fps=30\ntasks:",
+                                                  f"    uri: file://{tmp_path}/missing.avi\ntasks:")
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}))
+    service.start()
+    try:
+        with pytest.raises(SourceError, match="camera 'c1': camera file does not exist"):
+            service.enable_task("cars")
+        assert set(service.tasks) == {"people"} and [lane.name for lane in service.lanes] == ["people.c0"]
+        assert set(service.cameras.open) == {"c0"}
+    finally:
+        service.stop()
