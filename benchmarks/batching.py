@@ -33,12 +33,12 @@ from typing import Any
 
 import onnx
 
-from edge import assets
-from edge.backends.onnxruntime import cpu_facts
-from edge.client import Subscriber
 from edge.config import parse_config
-from edge.service import Service
-from edge.sources import Camera
+from edge.daemon.service import Service
+from edge.engines.onnxruntime import cpu_facts
+from edge.pipeline.cameras import Camera
+from edge.tools import assets
+from edge.wire.client import Subscriber
 
 CAMERAS = (1, 2, 4)
 WORK = tempfile.TemporaryDirectory(prefix="edge-batching-")     # the batch-capable model and the run's sockets

@@ -27,12 +27,13 @@ import cv2
 import numpy as np
 import zmq
 
-from edge import assets, protocol
-from edge.backends.onnxruntime import OnnxRuntimeEngine, cpu_facts, session_options
-from edge.client import Subscriber
 from edge.config import TaskConfig, parse_config
-from edge.service import Service
+from edge.daemon.service import Service
+from edge.engines.onnxruntime import OnnxRuntimeEngine, cpu_facts, session_options
 from edge.tasks import build_task
+from edge.tools import assets
+from edge.wire import protocol
+from edge.wire.client import Subscriber
 
 TASK = TaskConfig(name="objects", type="detector", model="x", cameras=["c"])
 SOCKETS = tempfile.TemporaryDirectory(prefix="edge-bench-")   # the runs' ipc socket (removed at exit), not in the cache

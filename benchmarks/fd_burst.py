@@ -1,11 +1,11 @@
-"""How far a burst of held connections runs ahead of the connection gate (edge/peers.py).
+"""How far a burst of held connections runs ahead of the connection gate (edge/wire/peers.py).
 
 libzmq accepts a connection in its I/O thread; edge's gate closes the ones over the peer limits a moment
 later, in its own thread. Connections accepted but not yet closed hold fds. If a burst fills the fd table
 in that moment, libzmq 4.3.5's ipc listener aborts the process on EMFILE. This measures the peak fds of a
 bare publisher (one `Publisher` in a subprocess with a fixed `RLIMIT_NOFILE`) while one client opens
 connections in a tight loop and holds them. The baseline is the same publisher's fds before the burst,
-in the same run. `BURST_FDS` in edge/peers.py is sized from these figures.
+in the same run. `BURST_FDS` in edge/wire/peers.py is sized from these figures.
 
 Reports per limit and burst size: the fds before, the peak during the burst (median and max over the
 repeats), and how many repeats ended the publisher (a signal, e.g. SIGABRT = -6).
@@ -31,7 +31,7 @@ from typing import Any
 
 import zmq
 
-from edge.backends.onnxruntime import cpu_facts
+from edge.engines.onnxruntime import cpu_facts
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLISHER = r"""
@@ -39,7 +39,7 @@ import logging, resource, sys, time
 limit = int(sys.argv[1])
 resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 logging.basicConfig(level=logging.ERROR)
-from edge.publisher import Publisher
+from edge.wire.publisher import Publisher
 publisher = Publisher("ipc://" + sys.argv[2])
 publisher.start()
 print("ready", flush=True)

@@ -5,8 +5,8 @@ loop and the ideal bound, all in one run on the device machine.
 Engine stand-in (the device machine has no TensorRT; benchmarks/torch_engine.py): the demo model's shape
 class, a YOLOv3-tiny-shaped fp16 conv stack run by PyTorch, captured as one CUDA graph per frame record and
 replayed on the caller's raw stream, one launch per frame like a TensorRT enqueue. Edge runs it unmodified:
-tests/fake_tensorrt.py with `execute_async_v3` replaying the graph, loaded by
-edge.backends.tensorrt.TensorRTEngine, reading and writing the slot's own device buffers.
+tests/support/fake_tensorrt.py with `execute_async_v3` replaying the graph, loaded by
+edge.engines.tensorrt.TensorRTEngine, reading and writing the slot's own device buffers.
 
 Measurements (per camera count; medians of --reps runs of --frames frames per camera after --warmup):
   (a) serial   the TensorRT samples' loop: one thread; per frame H2D, letterbox kernel, engine, D2H, then
@@ -33,7 +33,7 @@ synchronize), pinned frames, at 1 camera and the most cameras.
 Batching: for N cameras, one thread with one batched slot (a dynamic-batch plan, batch N, K=2, the rows
 letterboxed on the GPU) against (b) with N per-camera slots, pinned frames: fps, and the latency of each
 frame from its submission to its result (p50/p99; in this saturated loop mostly the K frames queued ahead).
-Preprocessing: edge's kernel against OpenCV's CPU letterbox (edge.preprocess.letterbox_into) on the same
+Preprocessing: edge's kernel against OpenCV's CPU letterbox (edge.letterbox.letterbox_into) on the same
 frames, and the kernel's output against the CPU's.
 
 Usage: python3 benchmarks/gpu_pipeline.py [--cameras 1,2,4,8] [--frames 600] [--warmup 50] [--reps 3]
@@ -62,10 +62,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge import cuda, nvrtc
-from edge.pipeline import INFER_TIMEOUT_S
-from edge.preprocess import INV255, Letterbox, letterbox_into
-from edge.preprocess_gpu import BLOCK, FUNCTIONS, KERNEL_SOURCE, SIGNATURE
+from edge.gpu import cuda, nvrtc
+from edge.gpu.letterbox import BLOCK, FUNCTIONS, KERNEL_SOURCE, SIGNATURE
+from edge.letterbox import INV255, Letterbox, letterbox_into
+from edge.pipeline.lanes import INFER_TIMEOUT_S
 
 WIDTH, HEIGHT = 1920, 1080
 DEPTH = 2                       # frames in flight per camera, (b) and (d)
@@ -428,7 +428,7 @@ def stage_times(drv: Any, camera: MinimalCamera, iterations: int) -> tuple[dict[
 
 def cpu_letterbox_ms(frames: Sequence[np.ndarray], net: tuple[int, ...], iterations: int,
                      threads: int | None) -> float:
-    """Median ms of OpenCV's letterbox (edge.preprocess.letterbox_into) of the frames, with `threads` OpenCV
+    """Median ms of OpenCV's letterbox (edge.letterbox.letterbox_into) of the frames, with `threads` OpenCV
     threads (None: its default pool)."""
     out = np.empty(net, np.float32)
     default = cv2.getNumThreads()
@@ -499,7 +499,7 @@ def edge_engine(stand_in: ModuleType, network: Any, plan_dir: Path, *, cuda_grap
                 max_batch: int | None = None, profiles: int = 1) -> Any:
     """TensorRTEngine (copy mode, GPU preprocessing) on a stand-in plan whose engine runs `network`; with
     `max_batch` a dynamic-batch plan with `profiles` profiles."""
-    from edge.backends.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt import TensorRTEngine
 
     sys.modules["tensorrt"] = stand_in.tensorrt_module(network)
     name = "yolov3-tiny-shaped" + ("" if max_batch is None else f"-b{max_batch}") + (".graphs" if cuda_graph else "")

@@ -1,4 +1,4 @@
-"""GPU preprocessing (edge/preprocess_gpu.py) against the CPU letterbox (edge/preprocess.py) for 1080p
+"""GPU preprocessing (edge/gpu/letterbox.py) against the CPU letterbox (edge/letterbox.py) for 1080p
 frames into the demo model's 1x3x416x416 input, in one run on the device machine (issue 9, item 3).
 
 Rows, medians of --iterations after a warm-up:
@@ -32,9 +32,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from edge import cuda, nvrtc
-from edge.preprocess import letterbox_into
-from edge.preprocess_gpu import MAX_ABS_DIFF, GpuLetterbox
+from edge.gpu import cuda, nvrtc
+from edge.gpu.letterbox import MAX_ABS_DIFF, GpuLetterbox
+from edge.letterbox import letterbox_into
 
 NET = (1, 3, 416, 416)
 WIDTH, HEIGHT = 1920, 1080
@@ -160,7 +160,7 @@ def max_differences(frames: list[np.ndarray], stream: cuda.Stream) -> dict[str, 
 
 
 def cpu_model() -> str:
-    """The CPU's model name (edge.backends.onnxruntime.cpu_facts needs onnx, which the GPU machine lacks)."""
+    """The CPU's model name (edge.engines.onnxruntime.cpu_facts needs onnx, which the GPU machine lacks)."""
     for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
         key, _, value = line.partition(":")
         if key.strip() == "model name":

@@ -2,7 +2,7 @@
 thread spends in slot.input() / submit() (upload, enqueue, download, events) and pending.wait(), at 1, 2
 and 4 cameras (one thread and one slot each, as lanes run) with K=2 frames in flight.
 
-The engine is tests/fake_tensorrt.py ("stand-in TensorRT"): the demo model's IO (1x3x416x416 fp32 in, YOLO
+The engine is tests/support/fake_tensorrt.py ("stand-in TensorRT"): the demo model's IO (1x3x416x416 fp32 in, YOLO
 heads 1x255x13x13 and 1x255x26x26 out), its compute a device-to-device copy of the input's start into each
 output, so the figures are edge's own host cost, not an engine's. Rows:
   old slot              the slot before the rework (one stream, lists by ring position, results copied),
@@ -37,12 +37,12 @@ from typing import Any
 
 import numpy as np
 
-from edge import cuda
-from edge.backends.base import Pending, Slot
-from edge.backends.tensorrt import TensorRTEngine
+from edge.engines.base import Pending, Slot
+from edge.engines.tensorrt import TensorRTEngine
 from edge.errors import EngineError
-from edge.preprocess import letterbox_into
-from tests import fake_tensorrt
+from edge.gpu import cuda
+from edge.letterbox import letterbox_into
+from tests.support import fake_tensorrt
 
 DEPTH = 2
 WARMUP = 30
@@ -203,9 +203,9 @@ def main() -> None:
     args = parser.parse_args()
     cameras = [int(c) for c in args.cameras.split(",")]
     sys.modules["tensorrt"] = fake_tensorrt
-    import edge.bundle
+    import edge.engines.repository
 
-    edge.bundle.read_board = lambda root=Path("/"): fake_tensorrt.BOARD
+    edge.engines.repository.read_board = lambda root=Path("/"): fake_tensorrt.BOARD
     with tempfile.TemporaryDirectory() as tmp:
         plan = demo_shaped_plan(Path(tmp))
         engines = {mode: TensorRTEngine(plan, copy_mode=mode).activate() for mode in ("copy", "zerocopy")}
@@ -220,7 +220,7 @@ def main() -> None:
             for engine in engines.values():
                 engine.deactivate()
     report = {"benchmark": "gpu_slot", "device": card(), "depth": DEPTH, "frames_per_lane": args.frames,
-              "engine": "tests/fake_tensorrt.py stand-in (an async copy of the input into each output)",
+              "engine": "tests/support/fake_tensorrt.py stand-in (an async copy of the input into each output)",
               "host_time": table, "fps_1_camera_1ms_engine": slow}
     print(f"{report['device']['gpu']} (SM {report['device']['sm']}), K={DEPTH}, {args.frames} frames per lane")
     print(f"{'slot path':30}" + "".join(f"{f'{n} cam ms/frame':>17}{'fps':>8}" for n in cameras))

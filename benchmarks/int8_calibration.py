@@ -20,9 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge import assets
-from edge.backends.onnxruntime import cpu_facts
-from edge.tools import data, evaluate, quantize, select
+from edge.engines.onnxruntime import cpu_facts
+from edge.tools import assets, data, evaluate, quantize, select
 
 POOL = range(0, 477)
 HELD_OUT = range(477, 795)

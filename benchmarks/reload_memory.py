@@ -43,10 +43,11 @@ def _rss_mb() -> float:
 
 def measure(row: str, reloads: int) -> dict[str, Any]:
     """One row, in this process."""
-    from edge import assets, runtime
     from edge.config import load_config
+    from edge.daemon.service import Service
     from edge.errors import EdgeError
-    from edge.service import Service
+    from edge.pipeline import runtime
+    from edge.tools import assets
 
     if row == "baseline":
         runtime._give_memory_back = lambda: None
@@ -88,7 +89,7 @@ def main() -> None:
     if args.row:
         print(json.dumps(measure(args.row, args.reloads)))
         return
-    from edge.backends.onnxruntime import cpu_facts
+    from edge.engines.onnxruntime import cpu_facts
 
     rows = []
     for row in ("floor", "baseline", "edge"):

@@ -35,8 +35,8 @@ from typing import Any
 import msgpack
 import zmq
 
-from edge import assets
-from edge.backends.onnxruntime import cpu_facts
+from edge.engines.onnxruntime import cpu_facts
+from edge.tools import assets
 
 ROOT = Path(__file__).resolve().parents[1]
 GOOD = 20

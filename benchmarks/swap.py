@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge import assets
-from edge.backends.onnxruntime import cpu_facts
-from edge.client import Subscriber
 from edge.config import parse_config
-from edge.service import Service
+from edge.daemon.service import Service
+from edge.engines.onnxruntime import cpu_facts
+from edge.tools import assets
+from edge.wire.client import Subscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 

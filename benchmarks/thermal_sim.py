@@ -1,4 +1,4 @@
-"""The supervisor's policy (edge/supervisor.py) against a first-order thermal model of an Orin module on a
+"""The supervisor's policy (edge/supervisor/policy.py) against a first-order thermal model of an Orin module on a
 hot-day drive, compared with fixed FP16 and fixed INT8. Nothing runs on a GPU: this is a model, and every
 figure in it is a stated assumption unless a source is given (docs/supervisor.md discusses them).
 
@@ -38,8 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.supervisor import PRECISIONS, Level, Supervisor, SupervisorConfig, TaskPolicy
-from edge.telemetry import Sample
+from edge.supervisor.policy import PRECISIONS, Level, Supervisor, SupervisorConfig, TaskPolicy
+from edge.supervisor.telemetry import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_START = "<!-- thermal_sim table: start (benchmarks/thermal_sim.py writes this) -->"

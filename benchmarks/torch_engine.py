@@ -14,12 +14,12 @@ caller's raw CUDA stream (torch.cuda.ExternalStream). Graphs are captured at fir
 itself being captured (edge's `cuda_graph: true`), the network's graph goes into that capture as a child
 graph node instead, as a TensorRT enqueue's kernels would (torch cannot replay a graph inside a capture).
 
-`tensorrt_module(network)` is tests/fake_tensorrt.py (the strict stand-in of the TensorRT Python API)
+`tensorrt_module(network)` is tests/support/fake_tensorrt.py (the strict stand-in of the TensorRT Python API)
 with `Runtime` replaced: its engines' execution contexts enqueue this network from `execute_async_v3`,
-so edge.backends.tensorrt.TensorRTEngine runs it unmodified. `write_plan(path)` writes a plan of the
+so edge.engines.tensorrt.TensorRTEngine runs it unmodified. `write_plan(path)` writes a plan of the
 network's IO with the sidecar `edge build` would write for this machine.
 
-Needs torch with CUDA and the primary context of device 0 (the one edge.cuda and torch share).
+Needs torch with CUDA and the primary context of device 0 (the one edge.gpu.cuda and torch share).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.backends import tensorrt as trt_backend
-from tests import fake_tensorrt
+from edge.engines import tensorrt as trt_backend
+from tests.support import fake_tensorrt
 
 NAME = ("YOLOv3-tiny-shaped fp16 conv stack (random weights), PyTorch, one CUDA graph per frame record"
         " replayed on the caller's stream")
@@ -238,7 +238,7 @@ def tensorrt_module(network: GraphNetwork) -> types.ModuleType:
 
 def write_plan(path: Path, *, max_batch: int | None = None, profiles: int = 1) -> Path:
     """A plan with the network's IO (fp32 input, fp32 heads), built by the stand-in's builder, and the sidecar
-    for this machine (edge.backends.tensorrt.device_key(): the `tensorrt` module must be installed). With
+    for this machine (edge.engines.tensorrt.device_key(): the `tensorrt` module must be installed). With
     `max_batch` the batch dimension is dynamic, with `profiles` profiles (one per slot) of 1 to max_batch images
     (opt: max_batch)."""
     trt = fake_tensorrt

@@ -20,9 +20,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge import files, protocol, sources
+from edge import files
 from edge.errors import ConfigError
-from edge.supervisor import SupervisorConfig
+from edge.pipeline import cameras as sources
+from edge.supervisor.policy import SupervisorConfig
+from edge.wire import protocol
 
 Precision = Literal["fp32", "fp16", "int8"]
 PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
@@ -144,7 +146,7 @@ class TaskConfig(_Strict):
 
     @property
     def model_files(self) -> dict[str, str]:
-        """precision -> ONNX file for `model`/`variants` (empty for `engines`, resolved by edge.bundle)."""
+        """precision -> ONNX file for `model`/`variants` (empty for `engines`, resolved by edge.engines.repository)."""
         return {"fp32": self.model} if self.model is not None else dict(self.variants or {})
 
 
@@ -195,7 +197,7 @@ class ControlConfig(_Strict):
 
 
 class SupervisorSection(_Strict):
-    """YAML `supervisor:`; the thresholds are edge.supervisor.SupervisorConfig's (docs/supervisor.md)."""
+    """YAML `supervisor:`; the thresholds are edge.supervisor.policy.SupervisorConfig's (docs/supervisor.md)."""
 
     enabled: bool = True
     telemetry: str = "auto"                 # auto, none, jtop, sysfs, sysfs:///ROOT, nvml, trace:///PATH.jsonl

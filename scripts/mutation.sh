@@ -19,26 +19,26 @@ OUT=${MUTATION_DIR:-${TMPDIR:-/tmp}/edge-mutation}
 
 # module -> "file | test files | mutant name patterns (the functions that are mutated)"
 declare -A SPEC=(
-  [pipeline]="edge/pipeline.py | tests/test_pipeline.py | edge.pipeline.*"
-  [detector]="edge/tasks/detector.py | tests/test_detector.py | edge.tasks.detector.*"
-  [publisher]="edge/publisher.py | tests/test_publisher.py | edge.publisher.*"
-  [client]="edge/client.py | tests/test_client.py | edge.client.xǁSubscriberǁ* edge.client.xǁMessageǁ*"
-  [evaluate]="edge/tools/evaluate.py | tests/test_evaluate.py | edge.tools.evaluate.x_iou_matrix__* edge.tools.evaluate.x_score__*
+  [pipeline]="edge/pipeline/lanes.py | tests/pipeline/test_lanes.py | edge.pipeline.lanes.*"
+  [detector]="edge/tasks/detector.py | tests/tasks/test_detector.py | edge.tasks.detector.*"
+  [publisher]="edge/wire/publisher.py | tests/wire/test_publisher.py | edge.wire.publisher.*"
+  [client]="edge/wire/client.py | tests/wire/test_client.py | edge.wire.client.xǁSubscriberǁ* edge.wire.client.xǁMessageǁ*"
+  [evaluate]="edge/tools/evaluate.py | tests/tools/test_evaluate.py | edge.tools.evaluate.x_iou_matrix__* edge.tools.evaluate.x_score__*
     edge.tools.evaluate.x_match__* edge.tools.evaluate.x_average_precision__* edge.tools.evaluate.xǁClassStatsǁ*
     edge.tools.evaluate.x_evaluate_against__* edge.tools.evaluate.x_candidate_detections__*
     edge.tools.evaluate.x__report__* edge.tools.evaluate.x_format_report__*"
   # the INT8 gate: quantize, evaluate against fp32, refuse below the minimum F1, keep the other variants
-  [assets]="edge/assets.py | tests/test_assets.py::test_refused_int8_keeps_the_other_variants_and_is_not_remade
-    tests/test_assets.py::test_variants_are_remade_when_their_inputs_change tests/test_assets.py::test_missing_variant_is_remade_alone
-    tests/test_assets.py::test_a_variant_that_cannot_be_made_does_not_block_the_others
-    tests/test_assets.py::test_leftovers_of_a_killed_run_are_removed tests/test_assets.py::test_complete_cache_fetches_nothing
-    tests/test_assets.py::test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded
-    tests/test_assets.py::test_an_unreadable_manifest_is_made_again_from_scratch
-    | edge.assets.x__int8_variant__* edge.assets.x__build_variants__* edge.assets.x__current__*
-    edge.assets.x__remove_leftovers__*"
+  [assets]="edge/tools/assets.py | tests/tools/test_assets.py::test_refused_int8_keeps_the_other_variants_and_is_not_remade
+    tests/tools/test_assets.py::test_variants_are_remade_when_their_inputs_change tests/tools/test_assets.py::test_missing_variant_is_remade_alone
+    tests/tools/test_assets.py::test_a_variant_that_cannot_be_made_does_not_block_the_others
+    tests/tools/test_assets.py::test_leftovers_of_a_killed_run_are_removed tests/tools/test_assets.py::test_complete_cache_fetches_nothing
+    tests/tools/test_assets.py::test_int8_is_calibrated_on_the_pool_gated_on_held_out_frames_and_recorded
+    tests/tools/test_assets.py::test_an_unreadable_manifest_is_made_again_from_scratch
+    | edge.tools.assets.x__int8_variant__* edge.tools.assets.x__build_variants__* edge.tools.assets.x__current__*
+    edge.tools.assets.x__remove_leftovers__*"
   # reconnect with backoff
-  [sources]="edge/sources.py | tests/test_sources.py | edge.sources.xǁCameraǁ_run__* edge.sources.xǁCameraǁ_reconnect__*
-    edge.sources.xǁCameraǁ_lost__*"
+  [sources]="edge/pipeline/cameras.py | tests/pipeline/test_cameras.py | edge.pipeline.cameras.xǁCameraǁ_run__* edge.pipeline.cameras.xǁCameraǁ_reconnect__*
+    edge.pipeline.cameras.xǁCameraǁ_lost__*"
 )
 ORDER=(client pipeline detector publisher evaluate sources assets)
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The tests on a fresh machine: venv + packages + test tools, demo assets (verified), then ruff and pytest.
-# Arguments go to pytest (e.g. -k e2e, -m gpu). Sourced (tests/test_scripts.py does), it only defines offer_qemu.
+# Arguments go to pytest (e.g. -k e2e, -m gpu). Sourced (tests/scripts/test_scripts.py does), it only defines offer_qemu.
 
-# qemu-user lets a test run the INT8 variant on an emulated CPU without VNNI (tests/test_int8_cpu.py). It is optional:
+# qemu-user lets a test run the INT8 variant on an emulated CPU without VNNI (tests/engines/test_int8_cpu.py). It is optional:
 # when it cannot be installed (no apt, no network, a broken dpkg state) that test skips, and the tests still run.
 offer_qemu() {
     if command -v qemu-x86_64 >/dev/null || [[ "$(uname -m)" != x86_64 ]]; then

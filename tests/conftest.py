@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,9 +12,10 @@ from pathlib import Path
 import pytest
 import zmq
 
-from edge import assets as edge_assets
-from edge.client import Subscriber
-from edge.publisher import Publisher
+from edge.tools import assets as edge_assets
+from edge.wire.client import Subscriber
+from edge.wire.publisher import Publisher
+from tests.support import fake_cuda, fake_tensorrt
 
 
 def _has_gpu() -> bool:
@@ -30,9 +32,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     on_jetson = Path("/etc/nv_tegra_release").exists()
     gpu = None
     for item in items:
-        if "jetson" in item.keywords and not on_jetson:
+        if item.get_closest_marker("jetson") and not on_jetson:
             item.add_marker(pytest.mark.skip(reason="needs a Jetson (no /etc/nv_tegra_release here)"))
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             gpu = _has_gpu() if gpu is None else gpu
             if not gpu:
                 item.add_marker(pytest.mark.skip(reason="needs an NVIDIA GPU and pycuda"))
@@ -87,7 +89,7 @@ def ipc_endpoint(tmp_path: Path) -> str:
 def _isolated_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Default endpoints land in a private runtime dir, never in the machine's /run/edge."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
-    monkeypatch.setattr("edge.protocol.RUN_DIR", Path("/nonexistent/edge"))
+    monkeypatch.setattr("edge.wire.protocol.RUN_DIR", Path("/nonexistent/edge"))
     os.environ.pop("EDGE_RESULTS_ENDPOINT", None)
     os.environ.pop("EDGE_LOG_LEVEL", None)
 
@@ -107,7 +109,7 @@ def _edge_logging_restored() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_device_key() -> Iterator[None]:
     """device_key() is read once per process; tests that install a stand-in TensorRT need it read again."""
-    from edge.backends import tensorrt
+    from edge.engines import tensorrt
 
     tensorrt.device_key.cache_clear()
     yield
@@ -124,3 +126,22 @@ def results(ctx: zmq.Context, ipc_endpoint: str) -> Iterator[tuple[Publisher, Su
     yield publisher, subscriber
     subscriber.close()
     publisher.stop(5)
+
+
+def _has_pycuda() -> bool:
+    try:
+        import pycuda.driver  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture
+def trt(monkeypatch: pytest.MonkeyPatch):
+    """The stand-in TensorRT, on real CUDA where pycuda is installed, else on the CUDA stand-in."""
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
+    monkeypatch.setattr("edge.engines.repository.read_board", lambda root=Path("/"): fake_tensorrt.BOARD)
+    monkeypatch.setattr("edge.engines.repository.read_l4t", lambda root=Path("/"): "36.4.3")
+    if not _has_pycuda():
+        fake_cuda.install(monkeypatch)
+    return fake_tensorrt

@@ -55,7 +55,7 @@ def test_only_cameras_of_enabled_tasks_are_used() -> None:
 
 
 def test_packaged_demo_config_is_valid(tmp_path: Path) -> None:
-    from edge.demo import demo_config
+    from edge.cli.demo import demo_config
 
     config = demo_config(tmp_path, endpoint=f"ipc://{tmp_path}/r.sock", control=f"ipc://{tmp_path}/c.sock")
     assert (config.output.results, config.control.endpoint) == (f"ipc://{tmp_path}/r.sock", f"ipc://{tmp_path}/c.sock")
@@ -123,7 +123,7 @@ def test_bad_names_and_ranges() -> None:
 def test_endpoint_rules() -> None:
     assert "without CURVE would reach anyone on the network" in error(GOOD + "output: {results: 'tcp://10.1.2.3:5555'}\n")
     assert "without CURVE would reach any process on this machine" in error(
-        GOOD + "output: {results: 'tcp://127.0.0.1:5555'}\n")                  # tests/test_curve.py: with CURVE
+        GOOD + "output: {results: 'tcp://127.0.0.1:5555'}\n")                  # tests/wire/test_curve.py: with CURVE
     assert "must be tcp://HOST:PORT" in error(GOOD + "output: {results: 'tcp://nohost'}\n")
     assert "absolute path" in error(GOOD + "output: {results: 'ipc://relative.sock'}\n")
 
@@ -387,7 +387,7 @@ def test_environment_values_quoted_by_other_keys_are_not_printed() -> None:
 
 def test_a_camera_refuses_frames_over_its_max_frame_size() -> None:
     """`max_frame_size` bounds what a camera may deliver (8K UHD unless set): a frame over it is refused before it
-    is decoded (edge/sources.py); the key takes WIDTHxHEIGHT up to 8192 per side."""
+    is decoded (edge/pipeline/cameras.py); the key takes WIDTHxHEIGHT up to 8192 per side."""
     assert parse(GOOD).cameras[0].max_frame == (7680, 4320)
     wide = GOOD.replace("realtime=0\n", "realtime=0\n    max_frame_size: 4320x7680\n", 1)
     assert parse(wide).cameras[0].max_frame == (4320, 7680)

@@ -1,6 +1,6 @@
 """The commands and code in README.md and docs/*.md hold as written (issue 16, "Docs that do not hold").
 
-Checked here, without a daemon or a download: the README's usage table against `edge.cli.build_parser()`; every
+Checked here, without a daemon or a download: the README's usage table against `edge.cli.main.build_parser()`; every
 `edge` line of a fenced example parses with that parser, and says `.venv/bin/edge` off the board docs; the flags
 that examples pass to scripts and benchmarks are in their `--help`; every ```python block compiles, imports what
 exists and calls it with arguments its signature takes; no example on a PC page names the board's sockets; the
@@ -26,16 +26,16 @@ import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
-from edge import telemetry
-from edge.cli import build_parser
-from tests.daemon import ROOT
+from edge.cli.main import build_parser
+from edge.supervisor import telemetry
+from tests.support.daemon import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # On a board scripts/provision-target.sh links /usr/local/bin/edge, so the board's page may say `edge`; on a PC
 # the venv is not on PATH, so every other page says `.venv/bin/edge`.
 BOARD_DOCS = {"docs/operations.md"}
 NOT_SHELL = {"python", "yaml", "json", "jsonl"}
-# where the systemd unit's daemon binds; on a PC `edge run` binds elsewhere (edge.protocol.runtime_dir)
+# where the systemd unit's daemon binds; on a PC `edge run` binds elsewhere (edge.wire.protocol.runtime_dir)
 BOARD_SOCKETS = "ipc:///run/edge/"
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 # a path in the repository: not after /, ~, $ or } (those are /etc/edge/..., ~/.cache/edge/..., $EDGE_CACHE/...)

@@ -5,8 +5,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.backends.base import Engine
 from edge.config import TaskConfig
+from edge.engines.base import Engine
 
 
 class Task(Protocol):

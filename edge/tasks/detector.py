@@ -13,10 +13,10 @@ from typing import Any
 
 import numpy as np
 
-from edge.backends.base import Engine
 from edge.config import DetectorParams, TaskConfig
+from edge.engines.base import Engine
 from edge.errors import EngineError
-from edge.preprocess import Letterbox, letterbox_into
+from edge.letterbox import Letterbox, letterbox_into
 
 
 @dataclasses.dataclass(frozen=True)

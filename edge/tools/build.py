@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge import bundle, cuda
-from edge.backends.tensorrt import DLA_HINT, import_tensorrt, make_logger
+from edge.engines import repository
+from edge.engines.tensorrt import DLA_HINT, import_tensorrt, make_logger
 from edge.errors import EngineError
+from edge.gpu import cuda
 from edge.tools.common import atomic_output, check_writable, load_onnx
 
 
@@ -37,7 +38,7 @@ class BuildResult:
     plan: Path
     sidecar: Path
     seconds: float
-    device: bundle.DeviceKey
+    device: repository.DeviceKey
 
 
 def parse_shapes(specs: list[str]) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
@@ -84,7 +85,8 @@ def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | Non
     if profiles < 1 or (profiles > 1 and not shape_ranges):
         raise EngineError(f"profiles={profiles}: give 1, or more than 1 together with --shapes for dynamic inputs",
                           hint="only a dynamic-shape plan has optimization profiles to copy")
-    device = bundle.DeviceKey(bundle.read_board(), bundle.read_l4t(), str(trt.__version__), cuda.compute_capability())
+    device = repository.DeviceKey(repository.read_board(), repository.read_l4t(), str(trt.__version__),
+                                  cuda.compute_capability())
     if plan_path is None:
         plan_path = _default_plan_path(onnx_path, device)
         plan_path.parent.mkdir(exist_ok=True)
@@ -105,10 +107,10 @@ def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | Non
     with atomic_output(plan_path) as tmp:
         tmp.write_bytes(built.plan)
     sidecar = plan_path.with_name(plan_path.name + ".json")
-    source_sha = bundle.sha256_file(onnx_path)
+    source_sha = repository.sha256_file(onnx_path)
     with atomic_output(sidecar) as tmp:
         tmp.write_text(json.dumps({
-            "device": key.to_json(), "plan_sha256": bundle.sha256_file(plan_path),
+            "device": key.to_json(), "plan_sha256": repository.sha256_file(plan_path),
             "source": {"file": str(onnx_path), "sha256": source_sha},
             "build_seconds": round(seconds, 1), "built": datetime.datetime.now(datetime.timezone.utc).isoformat(),
             "dla_core": dla_core, "profiles": profiles, "workspace_mb": workspace_mb, "legacy_fp16": legacy_fp16,
@@ -132,13 +134,13 @@ def _check_dla(dla_core: int | None, precision: str, *, legacy_fp16: bool, onnx_
                           hint="build the fp16 or int8 variant for the DLA (edge model fp16 / edge model quantize)")
 
 
-def _default_plan_path(onnx_path: Path, device: bundle.DeviceKey) -> Path:
+def _default_plan_path(onnx_path: Path, device: repository.DeviceKey) -> Path:
     tag = f"{device.board}-{device.l4t}-trt{device.tensorrt}-sm{device.sm}"
     safe = "".join(c if c.isalnum() or c in ".-" else "_" for c in tag)
     return onnx_path.parent / "plans" / f"{onnx_path.name.removesuffix('.onnx')}.{safe}.plan"
 
 
-def _build_serialized(trt: Any, onnx_path: Path, device: bundle.DeviceKey, *, dla_core: int | None,
+def _build_serialized(trt: Any, onnx_path: Path, device: repository.DeviceKey, *, dla_core: int | None,
                       workspace_mb: int, timing_cache: Path | None, shape_ranges: dict[str, Any], profiles: int,
                       legacy_fp16: bool, say: Callable[[str], None]) -> _Built:
     logger = make_logger(trt)
@@ -258,19 +260,19 @@ def _progress_monitor(trt: Any, say: Callable[[str], None]) -> Any:
     return Monitor()
 
 
-def _register(onnx_path: Path, plan_path: Path, precision: str, key: bundle.DeviceKey, source_sha: str,
+def _register(onnx_path: Path, plan_path: Path, precision: str, key: repository.DeviceKey, source_sha: str,
               say: Callable[[str], None]) -> None:
     """Add the plan to the engine repository when the ONNX lives in one (manifest.json beside it)."""
     root = onnx_path.parent
-    if not (root / bundle.MANIFEST).is_file():
+    if not (root / repository.MANIFEST).is_file():
         return
     try:
         relative = plan_path.resolve().relative_to(root.resolve())
     except ValueError:
         say(f"plan is outside the repository {root}; not added to its manifest")
         return
-    manifest = bundle.Manifest.load(root)
-    manifest.put(bundle.Variant(precision, "plan", str(relative), bundle.sha256_file(plan_path), device=key,
+    manifest = repository.Manifest.load(root)
+    manifest.put(repository.Variant(precision, "plan", str(relative), repository.sha256_file(plan_path), device=key,
                                 source_sha256=source_sha))
     manifest.save()
-    say(f"registered {relative} in {root / bundle.MANIFEST}")
+    say(f"registered {relative} in {root / repository.MANIFEST}")

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.bundle import atomic_path
+from edge.engines.repository import atomic_path
 from edge.errors import EngineError
 
 
@@ -48,7 +48,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
 
 def input_tensor(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     """The detector's preprocessing of one frame into a fresh [1,3,H,W] float32 tensor."""
-    from edge.preprocess import letterbox_into
+    from edge.letterbox import letterbox_into
 
     out = np.empty(shape, np.float32)
     letterbox_into(image, out)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.backends.onnxruntime import OnnxRuntimeEngine
 from edge.config import DetectorParams, TaskConfig
+from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EngineError
 from edge.tasks.detector import YoloDetector
 from edge.tools.common import input_shape, load_onnx

@@ -49,7 +49,7 @@ def convert(src: Path, dst: Path, *, check_images: list[np.ndarray]) -> Fp16Repo
 def compare(reference: Path, candidate: Path, tensors: list[np.ndarray]) -> Fp16Report:
     import onnxruntime as ort
 
-    from edge.backends.onnxruntime import session_options
+    from edge.engines.onnxruntime import session_options
 
     ref = ort.InferenceSession(str(reference), session_options(), providers=["CPUExecutionProvider"])
     cand = ort.InferenceSession(str(candidate), session_options(), providers=["CPUExecutionProvider"])

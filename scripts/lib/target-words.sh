@@ -4,7 +4,7 @@
 # -s is `sudo -s`, a root shell); --edge is an absolute path or a command name without '=' (sudo takes a NAME=value
 # word before the command for its environment unless it starts with '/': sudo 1.9, src/parse_args.c, is_envar; so
 # does the remote shell); --health-timeout is whole seconds up to the longest start the unit allows (START_CAP_S in
-# edge/notify.py; the edge CLI itself takes up to a day).
+# edge/daemon/systemd.py; the edge CLI itself takes up to a day).
 host_word='^[A-Za-z0-9._+@][A-Za-z0-9._+@-]*$'  # no '/' (rsync would take /tmp/x for a local path), no ':' (its
                                               # host:path separator); an IPv6 literal goes in ~/.ssh/config
 command_word='^(/[A-Za-z0-9._+/@:=-]*|[A-Za-z0-9_][A-Za-z0-9._+-]*)$'

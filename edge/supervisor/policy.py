@@ -1,0 +1,620 @@
+"""The supervisor's policy (DESIGN section 6): telemetry samples in, per-task precision decisions out.
+
+Pure and deterministic: no threads, no I/O, no clock of its own. Time is `Sample.t` (monotonic seconds),
+so a trace gives the same decisions every run. The service calls `Supervisor.update(sample)` at 1-2 Hz
+and applies what it returns (swap at a frame boundary, frame rate, pause); docs/supervisor.md explains
+the policy and the defaults, and benchmarks/thermal_sim.py runs it against a thermal model.
+
+The ladder (one level for the machine, a `Decision` for each task):
+
+    NORMAL    auto tasks run their preferred precision: fp16 if available, else fp32 (else int8)
+    HOT       auto tasks run int8 where available; a task without one says why and stays
+    CRITICAL  int8 as in HOT, every task at `critical_rate_scale` of its frame rate; when the reading
+              stays at or above `critical_c` for `pause_after_s`, tasks with priority below
+              `pause_below_priority` are paused too, until the level steps down to HOT
+
+Stepping up: the temperature at or above `hot_c` (HOT) or `critical_c` (CRITICAL), or the module power
+`total_mw` at or above `power_budget_mw` (HOT), held for `confirm_s`. A level may be skipped on the way up
+(NORMAL -> CRITICAL) when the critical reading itself was held for `confirm_s`. Shorter spikes are ignored.
+
+Stepping down, one level at a time, each after `dwell_s` counted from the later of entering the level and
+the start of the calm readings:
+    CRITICAL -> HOT     the temperature below `critical_c - critical_hysteresis_c`
+    HOT -> NORMAL       the temperature below `cool_c`, and the power below the resume level when a
+                        budget is set
+
+Which temperature: `zone` names one (matched without case, `-thermal` suffix or `@thermal_zoneN`); None (the
+default) takes the hottest of the SoC zones in the sample: cpu, gpu, soc*, cv*, tj (Orin: cpu, gpu, cv0-2,
+soc0-2, tj; Xavier: CPU, GPU; NVML: gpu). Board, ambient, PMIC and fan-estimate zones do not count: they lag
+the die. A configured zone that is missing or unreadable falls back to the hottest SoC zone, and the
+reason names both. Readings outside -60..150 °C are taken as offline (jtop reads -256 °C for those).
+
+No usable temperature (telemetry source `none`, every zone failed or out of range): the level is held,
+neither raised nor lowered, and every reason starts with "no usable temperature (...): holding LEVEL".
+Dropping to NORMAL would undo the protection exactly when a hot machine loses a sensor; raising the level
+would cost accuracy for a sensor fault. The kernel's own trips (passive throttle, shutdown) still guard
+the hardware. Timers restart when readings come back, so a step down needs a full dwell of real readings.
+The same holds for the power: with a budget set, an unknown power never counts as below the resume level.
+
+`critical_c` None (the default) derives the level from the sample's trip points: the lowest `passive`
+trip of the watched zones minus `critical_margin_c`, else the Orin default passive trip of 99 °C (the
+mainline T234 device tree's sw-throttle; shutdown is 104.5 °C) minus the margin: 94 °C. A derived level
+at or below `hot_c` is raised to `hot_c` (hot then means CRITICAL at once), and the reason says so.
+
+Pinned tasks (`precision` other than auto) never switch precision. CRITICAL still slows and pauses them
+by priority: it protects the hardware, which a pinned task heats like any other; a task that must never
+be paused is given a priority at or above `pause_below_priority`. A pinned precision that is not
+available runs the preferred one instead, fixed, and says why.
+
+A sample older than the previous one (a restarted trace, a clock jump) restarts every timer and keeps the
+level. Each update costs a few microseconds per task and zone.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+import re
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+
+from edge.errors import ConfigError, UsageError
+from edge.supervisor.telemetry import Sample
+
+PRECISIONS = ("fp32", "fp16", "int8")
+MODES = ("auto", *PRECISIONS)
+PREFERENCE = ("fp16", "fp32", "int8")    # NORMAL runs the first available
+DEFAULT_PASSIVE_TRIP_C = 99.0           # Orin sw-throttle (mainline T234 device tree); shutdown at 104.5 °C
+PLAUSIBLE_C = (-60.0, 150.0)            # outside: an offline zone (jtop: -256 °C) or a broken sensor
+RESUME_SHARE = 0.9                      # power_resume_mw default: 90 % of the budget
+_SOC_ZONE = re.compile(r"(cpu|gpu|soc|cv|tj)\d*")
+
+
+class Level(enum.IntEnum):
+    NORMAL = 0
+    HOT = 1
+    CRITICAL = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisorConfig:
+    """The system's thresholds (YAML `supervisor:`); defaults for an Orin module (docs/supervisor.md).
+
+    zone: None = the hottest SoC zone. hot_c 85: 14 °C below the 99 °C passive trip, room for the INT8
+    switch to act (the module heats at most a few tenths of a degree a second). cool_c 75: the 10 °C
+    hysteresis must be wider than the drop the FP16 -> INT8 switch itself causes (R_th x the power saved;
+    2.5 °C/W x 3 W = 7.5 °C in benchmarks/thermal_sim.py's assumptions), else at a steady ambient the
+    return to FP16 heats the module back over hot_c and the level cycles; measure that drop on the vehicle.
+    confirm_s 2: two kernel polls of the thermal zones (1 s on Orin) and 2-4 samples at 1-2 Hz, so one odd
+    reading never switches; it delays a real step by under a degree. dwell_s 30: each swap costs a frame
+    boundary and an event; 30 s spaces them well apart while the module's thermal time constant is minutes.
+    """
+
+    zone: str | None = None
+    hot_c: float = 85.0
+    cool_c: float = 75.0
+    critical_c: float | None = None          # None: lowest passive trip of the watched zones - margin
+    critical_margin_c: float = 5.0
+    critical_hysteresis_c: float = 4.0       # CRITICAL -> HOT below critical_c - this, for dwell_s
+    power_budget_mw: float | None = None     # module input power (Sample.total_mw); None = off
+    power_resume_mw: float | None = None     # None: 90 % of the budget
+    dwell_s: float = 30.0
+    confirm_s: float = 2.0                   # 0: act on the first sample over a level
+    critical_rate_scale: float = 0.5
+    pause_after_s: float = 20.0              # at or above critical_c this long in CRITICAL: pause
+    pause_below_priority: int = 50           # 0: never pause; 101: pause every task
+
+    def __post_init__(self) -> None:
+        _check_numbers(self)
+        _check_temperatures(self)
+        _check_power(self)
+        _check_times_and_actions(self)
+
+    @property
+    def resume_mw(self) -> float | None:
+        """The power below which HOT may step down; None when the budget is off."""
+        if self.power_budget_mw is None:
+            return None
+        return self.power_resume_mw if self.power_resume_mw is not None else RESUME_SHARE * self.power_budget_mw
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskPolicy:
+    """What the policy knows of one task: its mode, its priority and its variants.
+
+    available: the precisions loaded (or loadable) for this task. refused: precision -> why its variant
+    was refused (e.g. {"int8": "agreement 0.91 < 0.95"}); a refused precision is not available.
+    """
+
+    name: str
+    available: frozenset[str]
+    precision: str = "auto"
+    priority: int = 50
+    refused: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "available", frozenset(self.available))
+        object.__setattr__(self, "refused", MappingProxyType(dict(self.refused)))
+        _check_task(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    """One task's orders: run `precision` at `rate_scale` of its rate (0 when paused), and why."""
+
+    precision: str
+    rate_scale: float
+    paused: bool
+    reason: str
+
+    def same_action(self, other: Decision | None) -> bool:
+        return other is not None and (self.precision, self.rate_scale, self.paused) == (
+            other.precision, other.rate_scale, other.paused)
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """The state after a sample: the level, why, the reading, and a decision per task.
+
+    changed: tasks whose precision, rate or pause differ from the previous Update returned (new tasks
+    included), in name order; what the service must apply and announce.
+    """
+
+    t: float | None
+    level: Level
+    pausing: bool
+    reason: str
+    reading: str
+    pending: str
+    zone: str | None
+    temp_c: float | None
+    total_mw: float | None
+    critical_c: float | None
+    decisions: Mapping[str, Decision]
+    changed: tuple[str, ...]
+    level_changed: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    t: float
+    label: str                      # the zone as reasons name it
+    fallback: str                   # why another zone than the configured one, or ""
+    zone: str | None
+    temp_c: float | None
+    why_none: str                   # when temp_c is None: why
+    total_mw: float | None
+    critical_c: float
+    critical_note: str              # how critical_c was set, for reasons
+
+
+class Supervisor:
+    """The policy's state: the level, the timers, the tasks. Not thread-safe: one owner calls it."""
+
+    def __init__(self, config: SupervisorConfig | None = None, tasks: Iterable[TaskPolicy] = ()) -> None:
+        self.config = config or SupervisorConfig()
+        self._tasks: dict[str, TaskPolicy] = {}
+        for task in tasks:
+            self.add_task(task)
+        self._level = Level.NORMAL
+        self._level_since: float | None = None
+        self._level_reason = "start: no sample yet"
+        self._pausing = False
+        self._runs: dict[str, float | None] = dict.fromkeys(_RUNS)
+        self._reading: _Reading | None = None
+        self._reported: dict[str, Decision] = {}
+        self._reported_level = Level.NORMAL
+
+    @property
+    def level(self) -> Level:
+        return self._level
+
+    @property
+    def tasks(self) -> Mapping[str, TaskPolicy]:
+        return MappingProxyType(self._tasks)
+
+    def add_task(self, task: TaskPolicy) -> None:
+        """A task enabled at run time; its decision comes with the next `decide()` or `update()`."""
+        if task.name in self._tasks:
+            raise UsageError(f"supervisor: task {task.name!r} is already added",
+                             hint="remove_task() it first to change its variants; set_precision() changes its mode")
+        self._tasks[task.name] = task
+
+    def remove_task(self, name: str) -> TaskPolicy:
+        """A task disabled at run time; returns what the policy knew of it."""
+        self._known(name)
+        self._reported.pop(name, None)
+        return self._tasks.pop(name)
+
+    def set_precision(self, name: str, mode: str) -> TaskPolicy:
+        """`precision.set`: pin a task to an available precision, or `auto`. Refuses what cannot run."""
+        task = self._known(name)
+        if mode not in MODES:
+            raise ConfigError(f"supervisor: precision {mode!r} for task {name!r} is not one of {', '.join(MODES)}",
+                              hint="use auto to follow the ladder, or pin fp16, int8 or fp32")
+        if mode != "auto" and mode not in task.available:
+            raise ConfigError(f"supervisor: task {name!r} cannot be pinned to {mode}: {_missing(task, mode)}",
+                              note=f"available: {', '.join(sorted(task.available))}",
+                              hint="pin an available precision, or build and load that variant first")
+        self._tasks[name] = dataclasses.replace(task, precision=mode)
+        return self._tasks[name]
+
+    def update(self, sample: Sample) -> Update:
+        """Take one sample: advance the timers, step the level if due, and decide for every task."""
+        reading = _read(sample, self.config)
+        if self._reading is not None and reading.t < self._reading.t:
+            self._restart(reading.t)
+        if self._level_since is None:
+            self._level_since = reading.t
+            # without a temperature the hold note already says why: the reason says it once
+            self._level_reason = f"start at {_at(reading)}" if reading.temp_c is not None else "since the start"
+        self._reading = reading
+        self._track(reading)
+        self._step(reading)
+        return self.decide()
+
+    def decide(self) -> Update:
+        """The decisions for the current state without a new sample (after add/remove/set_precision)."""
+        hold = self._hold_note()
+        prefix = f"{hold}; " if hold else ""
+        decisions = {name: self._decision(task, prefix) for name, task in sorted(self._tasks.items())}
+        changed = tuple(n for n, d in decisions.items() if not d.same_action(self._reported.get(n)))
+        update = self._report(prefix, decisions, changed)
+        self._reported = decisions
+        self._reported_level = self._level
+        return update
+
+    def _known(self, name: str) -> TaskPolicy:
+        if name not in self._tasks:
+            raise UsageError(f"supervisor: no task {name!r}", note=f"tasks: {', '.join(sorted(self._tasks)) or 'none'}",
+                             hint="enable the task first, or check the name")
+        return self._tasks[name]
+
+    def _restart(self, t: float) -> None:
+        self._runs = dict.fromkeys(_RUNS)
+        self._level_since = t
+
+    def _track(self, r: _Reading) -> None:
+        """Start or break each run of readings (the time it started, None when broken)."""
+        for name, holds in _conditions(r, self.config).items():
+            self._runs[name] = (self._runs[name] if self._runs[name] is not None else r.t) if holds else None
+
+    def _held(self, run: str, t: float, *, since_level: bool) -> float | None:
+        start = self._runs[run]
+        if start is None:
+            return None
+        return t - (max(start, self._level_since) if since_level else start)
+
+    def _step(self, r: _Reading) -> None:
+        cfg = self.config
+        crit = self._held("critical", r.t, since_level=False)
+        hot = self._held("hot", r.t, since_level=False)
+        if self._level < Level.CRITICAL and crit is not None and crit >= cfg.confirm_s:
+            self._enter(Level.CRITICAL, r.t, _critical_text(r, crit))
+        elif self._level < Level.HOT and hot is not None and hot >= cfg.confirm_s:
+            self._enter(Level.HOT, r.t, _hot_text(r, cfg, hot))
+        else:
+            self._step_down(r)
+        self._maybe_pause(r)
+
+    def _step_down(self, r: _Reading) -> None:
+        if self._level == Level.NORMAL:
+            return
+        run = "below_release" if self._level == Level.CRITICAL else "below_cool"
+        held = self._held(run, r.t, since_level=True)
+        if held is None or held < self.config.dwell_s:
+            return
+        if self._level == Level.CRITICAL:
+            self._enter(Level.HOT, r.t, _release_text(r, self.config, held))
+        else:
+            self._enter(Level.NORMAL, r.t, _cool_text(r, self.config, held))
+
+    def _maybe_pause(self, r: _Reading) -> None:
+        cfg = self.config
+        held = self._held("critical", r.t, since_level=True)
+        if self._level != Level.CRITICAL or self._pausing or held is None or held < cfg.pause_after_s:
+            return
+        self._pausing = True
+        self._level_reason = (f"{_at(r)} ≥ critical {r.critical_c:.1f} °C for {held:.1f} s "
+                              f"at rate ×{cfg.critical_rate_scale:g}: pausing priority < {cfg.pause_below_priority}")
+
+    def _enter(self, level: Level, t: float, reason: str) -> None:
+        self._level, self._level_since, self._level_reason = level, t, reason
+        self._pausing = False
+
+    def _hold_note(self) -> str:
+        r = self._reading
+        if r is None:
+            return ""
+        if r.temp_c is None:
+            return f"no usable temperature ({r.why_none}): holding {self._level.name}"
+        resume = self.config.resume_mw
+        if self._level == Level.HOT and resume is not None and r.total_mw is None and r.temp_c < self.config.cool_c:
+            return "power unknown with a budget set: holding HOT"
+        return ""
+
+    def _decision(self, task: TaskPolicy, prefix: str) -> Decision:
+        precision, note = _precision(task, self._level)
+        cfg = self.config
+        if self._level < Level.CRITICAL:
+            return Decision(precision, 1.0, False, f"{prefix}{self._level_reason}: {note}")
+        if self._pausing and task.priority < cfg.pause_below_priority:
+            why = f"paused (priority {task.priority} < {cfg.pause_below_priority})"
+            return Decision(precision, 0.0, True, f"{prefix}{self._level_reason}: {note}, {why}")
+        scale = cfg.critical_rate_scale
+        return Decision(precision, scale, False, f"{prefix}{self._level_reason}: {note}, rate ×{scale:g}")
+
+    def _report(self, prefix: str, decisions: dict[str, Decision], changed: tuple[str, ...]) -> Update:
+        r = self._reading
+        return Update(t=r.t if r else None, level=self._level, pausing=self._pausing,
+                      reason=f"{prefix}{self._level_reason}", reading=_reading_text(r), pending=self._pending(),
+                      zone=r.zone if r else None, temp_c=r.temp_c if r else None,
+                      total_mw=r.total_mw if r else None, critical_c=r.critical_c if r else None,
+                      decisions=MappingProxyType(decisions), changed=changed,
+                      level_changed=self._level != self._reported_level)
+
+    def _pending(self) -> str:
+        """The step the timers are counting towards, e.g. "HOT -> NORMAL: 12.0 of 30.0 s"."""
+        r, cfg = self._reading, self.config
+        if r is None:
+            return ""
+        for run, level, wait in (("critical", Level.CRITICAL, cfg.confirm_s), ("hot", Level.HOT, cfg.confirm_s)):
+            held = self._held(run, r.t, since_level=False)
+            if self._level < level and held is not None:
+                return f"{self._level.name} -> {level.name}: {held:.1f} of {wait:.1f} s"
+        if self._level > Level.NORMAL:
+            held = self._held("below_release" if self._level == Level.CRITICAL else "below_cool", r.t, since_level=True)
+            if held is not None:
+                return f"{self._level.name} -> {Level(self._level - 1).name}: {held:.1f} of {cfg.dwell_s:.1f} s"
+        return ""
+
+
+_RUNS = ("hot", "critical", "below_release", "below_cool")
+
+
+def _conditions(r: _Reading, cfg: SupervisorConfig) -> dict[str, bool]:
+    """Which runs this reading continues. An unknown value continues none (so it never steps down)."""
+    t, p = r.temp_c, r.total_mw
+    over_budget = cfg.power_budget_mw is not None and p is not None and p >= cfg.power_budget_mw
+    resume = cfg.resume_mw
+    power_calm = resume is None or (p is not None and p < resume)
+    return {
+        "hot": over_budget or (t is not None and t >= cfg.hot_c),
+        "critical": t is not None and t >= r.critical_c,
+        "below_release": t is not None and t < r.critical_c - cfg.critical_hysteresis_c,
+        "below_cool": t is not None and t < cfg.cool_c and power_calm,
+    }
+
+
+# ---- reading a sample ----
+
+def _zone_key(name: str) -> str:
+    """cpu-thermal, CPU and cpu@thermal_zone3 (a second zone of that name, as the sysfs reader names it) -> cpu."""
+    return name.partition("@")[0].lower().removesuffix("-thermal")
+
+
+def _plausible(value: object) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and PLAUSIBLE_C[0] <= value <= PLAUSIBLE_C[1])
+
+
+def _read(sample: Sample, cfg: SupervisorConfig) -> _Reading:
+    if not isinstance(sample.t, (int, float)) or not math.isfinite(sample.t):
+        raise UsageError(f"supervisor: sample time {sample.t!r} is not a finite number of seconds",
+                         note=f"source {sample.source}", hint="telemetry readers stamp samples with time.monotonic()")
+    zone, temp, fallback, why = _temperature(sample, cfg.zone)
+    critical_c, critical_note = _critical(sample, cfg, zone)
+    total = sample.total_mw
+    power = float(total) if _is_number(total) and total >= 0 else None
+    return _Reading(float(sample.t), zone or cfg.zone or "soc", fallback, zone, temp, why, power, critical_c,
+                    critical_note)
+
+
+def _temperature(sample: Sample, wanted: str | None) -> tuple[str | None, float | None, str, str]:
+    """(zone, °C, fallback note, why none) of the configured zone, else of the hottest SoC zone."""
+    soc = {z: float(c) for z, c in sample.temps_c.items() if _SOC_ZONE.fullmatch(_zone_key(z)) and _plausible(c)}
+    fallback = ""
+    if wanted is not None:
+        found = [z for z in sample.temps_c if _zone_key(z) == _zone_key(wanted)]
+        if found and _plausible(sample.temps_c[found[0]]):
+            return found[0], float(sample.temps_c[found[0]]), "", ""
+        fallback = f" (zone {wanted} {_unreadable(sample, found)}: hottest SoC zone)"
+    if soc:
+        zone = max(soc, key=soc.__getitem__)
+        return zone, soc[zone], fallback, ""
+    return None, None, "", _why_none(sample, wanted)
+
+
+def _unreadable(sample: Sample, found: list[str]) -> str:
+    return f"reads {sample.temps_c[found[0]]!r} °C" if found else "missing"
+
+
+def _why_none(sample: Sample, wanted: str | None) -> str:
+    if sample.source == "none":
+        return "telemetry source none"
+    if not sample.temps_c:
+        parts = ["no zone read"]
+    else:
+        shown = ", ".join(f"{z} {c!r}" for z, c in sorted(sample.temps_c.items())[:4])
+        parts = [f"no usable {'zone ' + wanted + ' or ' if wanted else ''}SoC zone among {shown}"]
+    parts += list(sample.problems[:2]) + ([f"+{len(sample.problems) - 2} more"] if len(sample.problems) > 2 else [])
+    return "; ".join(parts)
+
+
+def _critical(sample: Sample, cfg: SupervisorConfig, zone: str | None) -> tuple[float, str]:
+    """critical_c and how it was set: configured, else the lowest passive trip of the watched zones - margin."""
+    if cfg.critical_c is not None:
+        return cfg.critical_c, ""
+    watched = ({_zone_key(cfg.zone)} | ({_zone_key(zone)} if zone else set())) if cfg.zone else None
+    trips = [float(kinds["passive"]) for z, kinds in sample.trips_c.items()
+             if (_zone_key(z) in watched if watched else _SOC_ZONE.fullmatch(_zone_key(z)))
+             and _plausible(kinds.get("passive"))]
+    passive = min(trips) if trips else DEFAULT_PASSIVE_TRIP_C
+    source = "passive trip" if trips else "default passive trip"
+    derived = passive - cfg.critical_margin_c
+    note = f"{source} {passive:.1f} °C − {cfg.critical_margin_c:.1f} °C"
+    if derived <= cfg.hot_c:
+        return cfg.hot_c, f"{note} = {derived:.1f} °C, not above hot: raised to hot"
+    return derived, note
+
+
+# ---- reasons (every one carries the numbers that caused it) ----
+
+def _at(r: _Reading) -> str:
+    """The temperature as reasons name it, e.g. "tj 87.5 °C"."""
+    return f"{r.label} {r.temp_c:.1f} °C{r.fallback}"
+
+
+def _temp_text(r: _Reading) -> str:
+    return _at(r) if r.temp_c is not None else f"no usable temperature ({r.why_none})"
+
+
+def _reading_text(r: _Reading | None) -> str:
+    if r is None:
+        return "no sample yet"
+    power = f"{r.total_mw:.0f} mW" if r.total_mw is not None else "power unknown"
+    return f"{_temp_text(r)}, {power}, critical {r.critical_c:.1f} °C"
+
+
+def _hot_text(r: _Reading, cfg: SupervisorConfig, held: float) -> str:
+    causes = []
+    if r.temp_c is not None and r.temp_c >= cfg.hot_c:
+        causes.append(f"{_at(r)} ≥ hot {cfg.hot_c:.1f} °C")
+    if cfg.power_budget_mw is not None and r.total_mw is not None and r.total_mw >= cfg.power_budget_mw:
+        causes.append(f"power {r.total_mw:.0f} mW ≥ budget {cfg.power_budget_mw:.0f} mW")
+    return f"{' and '.join(causes)} for {held:.1f} s"
+
+
+def _critical_text(r: _Reading, held: float) -> str:
+    how = f" ({r.critical_note})" if r.critical_note else ""
+    return f"{_at(r)} ≥ critical {r.critical_c:.1f} °C{how} for {held:.1f} s"
+
+
+def _release_text(r: _Reading, cfg: SupervisorConfig, held: float) -> str:
+    release = r.critical_c - cfg.critical_hysteresis_c
+    return (f"{_at(r)} < {release:.1f} °C (critical {r.critical_c:.1f} °C − "
+            f"{cfg.critical_hysteresis_c:.1f} °C) for {held:.1f} s")
+
+
+def _cool_text(r: _Reading, cfg: SupervisorConfig, held: float) -> str:
+    power = f" and power {r.total_mw:.0f} mW < resume {cfg.resume_mw:.0f} mW" if cfg.resume_mw is not None else ""
+    return f"{_at(r)} < cool {cfg.cool_c:.1f} °C{power} for {held:.1f} s"
+
+
+# ---- per-task precision ----
+
+def _missing(task: TaskPolicy, precision: str) -> str:
+    why = task.refused.get(precision)
+    return f"{precision} refused ({why})" if why else f"no {precision} variant"
+
+
+def _preferred(task: TaskPolicy) -> tuple[str, str]:
+    """The NORMAL precision: fp16, else fp32, else int8 (TaskPolicy has one); the note says what was missing."""
+    chosen = next(p for p in PREFERENCE if p in task.available)
+    missing = [_missing(task, p) for p in PREFERENCE[:PREFERENCE.index(chosen)]]
+    return chosen, ": ".join([*missing, chosen])
+
+
+def _precision(task: TaskPolicy, level: Level) -> tuple[str, str]:
+    """(precision, note) of one task at a level; never a precision the task does not have."""
+    preferred, note = _preferred(task)
+    if task.precision != "auto":
+        if task.precision in task.available:
+            return task.precision, f"pinned {task.precision}"
+        return preferred, f"pinned {task.precision} not available, {_missing(task, task.precision)}: {preferred}"
+    if level == Level.NORMAL:
+        return preferred, note
+    if "int8" in task.available:
+        return "int8", "int8"
+    return preferred, f"{_missing(task, 'int8')}: staying on {preferred}"
+
+
+# ---- validation ----
+
+def _bad(what: str, note: str, hint: str) -> ConfigError:
+    return ConfigError(f"supervisor: {what}", note=note, hint=hint)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_numbers(cfg: SupervisorConfig) -> None:
+    optional = ("critical_c", "power_budget_mw", "power_resume_mw")
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name == "zone" or (value is None and field.name in optional):
+            continue
+        if not _is_number(value):
+            raise _bad(f"{field.name} must be a finite number", f"{field.name} = {value!r}",
+                       f"give a number; the default is {field.default!r}")
+    if cfg.zone is not None and (not isinstance(cfg.zone, str) or not cfg.zone.strip()):
+        raise _bad("zone must be a zone name or null (the hottest SoC zone)", f"zone = {cfg.zone!r}",
+                   "use a name from the telemetry, e.g. tj, gpu or cpu, or leave it out")
+
+
+def _check_temperatures(cfg: SupervisorConfig) -> None:
+    if not cfg.cool_c < cfg.hot_c:
+        raise _bad("cool_c must be below hot_c", f"cool_c {cfg.cool_c} °C, hot_c {cfg.hot_c} °C",
+                   f"lower cool_c, e.g. to {cfg.hot_c - 10:g} (hot_c - 10)")
+    if cfg.critical_c is not None and not cfg.hot_c < cfg.critical_c:
+        raise _bad("critical_c must be above hot_c", f"hot_c {cfg.hot_c} °C, critical_c {cfg.critical_c} °C",
+                   f"raise critical_c (at most the passive trip {DEFAULT_PASSIVE_TRIP_C:g} °C - a margin), "
+                   "or leave it out to derive it from the trip points")
+    for name in ("critical_margin_c", "critical_hysteresis_c"):
+        if getattr(cfg, name) <= 0:
+            raise _bad(f"{name} must be above 0 °C", f"{name} = {getattr(cfg, name)}",
+                       f"the default is {getattr(SupervisorConfig, name)}")
+
+
+def _check_power(cfg: SupervisorConfig) -> None:
+    budget, resume = cfg.power_budget_mw, cfg.power_resume_mw
+    if budget is None:
+        if resume is not None:
+            raise _bad("power_resume_mw is set but power_budget_mw is off", f"power_resume_mw = {resume}",
+                       "set power_budget_mw too, or remove power_resume_mw")
+        return
+    if budget <= 0:
+        raise _bad("power_budget_mw must be above 0 mW", f"power_budget_mw = {budget}",
+                   "give the module's budget in mW (e.g. 20000 for 20 W), or null to turn it off")
+    if resume is not None and not 0 < resume < budget:
+        raise _bad("power_resume_mw must be above 0 and below power_budget_mw",
+                   f"power_resume_mw {resume} mW, power_budget_mw {budget} mW",
+                   f"e.g. {RESUME_SHARE * budget:.0f} (90 % of the budget, the default when left out)")
+
+
+def _check_times_and_actions(cfg: SupervisorConfig) -> None:
+    if cfg.dwell_s <= 0:
+        raise _bad("dwell_s must be above 0 s", f"dwell_s = {cfg.dwell_s}", "the default is 30 s")
+    for name in ("confirm_s", "pause_after_s"):
+        if getattr(cfg, name) < 0:
+            raise _bad(f"{name} must be 0 s or more", f"{name} = {getattr(cfg, name)}",
+                       f"the default is {getattr(SupervisorConfig, name)} s")
+    if not 0 < cfg.critical_rate_scale <= 1:
+        raise _bad("critical_rate_scale must be above 0 and at most 1",
+                   f"critical_rate_scale = {cfg.critical_rate_scale}",
+                   "e.g. 0.5 halves each task's frame rate in CRITICAL")
+    if not isinstance(cfg.pause_below_priority, int) or not 0 <= cfg.pause_below_priority <= 101:
+        raise _bad("pause_below_priority must be an integer from 0 to 101", f"pause_below_priority = "
+                   f"{cfg.pause_below_priority!r}", "0 pauses no task, 101 pauses every task; the default is 50")
+
+
+def _check_task(task: TaskPolicy) -> None:
+    where = f"task {task.name!r}"
+    if not isinstance(task.name, str) or not task.name:
+        raise _bad("a task needs a name", f"name = {task.name!r}", "use the task's name from the config")
+    if task.precision not in MODES:
+        raise _bad(f"{where}: precision {task.precision!r} is not one of {', '.join(MODES)}",
+                   f"precision = {task.precision!r}", "use auto to follow the ladder, or pin fp16, int8 or fp32")
+    if not isinstance(task.priority, int) or isinstance(task.priority, bool) or not 0 <= task.priority <= 100:
+        raise _bad(f"{where}: priority must be an integer from 0 to 100", f"priority = {task.priority!r}",
+                   "higher is more important; the default is 50")
+    unknown = sorted(str(p) for p in set(task.available) | set(task.refused) if p not in PRECISIONS)
+    if unknown or not task.available:
+        raise _bad(f"{where}: variants must be among {', '.join(PRECISIONS)}, at least one available",
+                   f"available {sorted(task.available)}, refused {sorted(task.refused)}",
+                   "list the precisions whose engines are loaded")
+    both = sorted(set(task.available) & set(task.refused))
+    if both:
+        raise _bad(f"{where}: {', '.join(both)} is both available and refused", f"refused: {dict(task.refused)}",
+                   "a refused variant is not available: drop it from `available`")

@@ -1,0 +1,289 @@
+"""The results publisher: the one thread that owns the PUB socket, fed by a bounded queue.
+
+The socket is an XPUB (a PUB that also sees subscriptions) in manual mode: the daemon applies only
+subscriptions to its own topics, within per-peer limits (edge/wire/peers.py), counts subscribers and, for
+tests and the demo only, waits for the first one. Peers that do not speak ZMTP 3 are refused at the
+handshake (docs/reliability.md has why: libzmq takes any byte stream that does not start with 0xff
+for a ZMTP 1.0 peer subscribed to everything). Sending never blocks a lane:
+a full queue drops the message and counts it (`dropped_publisher`). A subscriber that does not
+keep up loses messages at its own high-water mark (SNDHWM); libzmq drops them for that
+subscriber alone and the others still get everything (ZMQ_XPUB_NODROP would instead stop
+delivery to all while one is full). `seq` numbers are given at enqueue time, so a subscriber
+sees every drop, in the queue or at its own socket, as a gap.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import zmq
+
+from edge.errors import EdgeError
+from edge.log import get_logger
+from edge.wire import ipc, protocol
+from edge.wire.peers import MONITOR_EVENTS, ZAP_ENDPOINT, Activity, Curve, Gate, Limits, Subscriptions
+
+log = get_logger("publisher")
+CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
+HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP handshake by then is closed
+INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
+ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
+CURVE_MAXMSGSIZE = 1024      # room for CURVE's INITIATE command; subscriptions stay bounded by the gate's rules
+# The longest subscription as MAXMSGSIZE counts it, the frame's body (libzmq 4.3.5 src/v2_decoder.cpp size_ready):
+# a ZMTP 3.0 peer sends a flag byte (1 or 0) and the topic prefix; a ZMTP 3.1 one (libzmq 4.3.3 and later) the
+# SUBSCRIBE or CANCEL command, its name after a length byte, then the prefix (ZeroMQ RFC 37; src/msg.hpp).
+MAX_SUBSCRIPTION_BYTES = max(map(len, (b"\x01", b"\x00", b"\x09SUBSCRIBE", b"\x06CANCEL"))) + protocol.MAX_TOPIC_BYTES
+BATCH = 512                  # inbound messages handled between two rounds of sending
+RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
+RESULTS_SOCKET_MODE = 0o660          # the daemon's user and group subscribe on ipc
+
+
+class Outcome(Protocol):
+    """Told what became of one queued message (a lane counts its own; the publisher knows no lanes)."""
+
+    def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None: ...
+
+    def dropped(self) -> None: ...
+
+
+@dataclasses.dataclass
+class _Item:
+    topic: str
+    payload: dict[str, Any]
+    outcome: Outcome | None
+
+
+class Publisher:
+    def __init__(self, endpoint: str, *, sndhwm: int = 100, queue_size: int = 64, limits: Limits | None = None,
+                 context: zmq.Context[Any] | None = None, curve: Curve | None = None) -> None:
+        self.endpoint = endpoint
+        self._curve = curve
+        self._sndhwm = sndhwm
+        self._limits = limits or Limits()
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=queue_size)
+        self._context = context or zmq.Context.instance()
+        self._socket: zmq.Socket[Any] | None = None
+        self._gate: Gate | None = None
+        self._wake: ipc.Waker | None = None     # publish() wakes the thread's poll
+        self._thread: threading.Thread | None = None
+        self._seq: dict[str, int] = {}
+        self._seq_lock = threading.Lock()
+        self._subscribed = threading.Event()
+        self._activity = Activity()
+        self._subscriptions: Subscriptions | None = None
+        self.dropped_other = 0
+
+    def start(self) -> None:
+        """Bind the socket (errors surface here) and start the sending thread."""
+        limits = self._limits.within_open_files()
+        self._socket, monitor = self._bind()
+        is_listener = _listener_check(self._socket)
+        try:
+            self._gate = Gate(self._context, monitor, limits, is_listener, self._activity,
+                              clients=self._curve.clients if self._curve is not None else None)
+        except zmq.ZMQError as exc:
+            monitor.close(linger=0)
+            self._socket.close(linger=0)
+            self._socket = None
+            raise EdgeError(f"cannot serve connection checks for {self.endpoint}: {exc.strerror}",
+                            note=f"{ZAP_ENDPOINT} is bound already in this process",
+                            hint="run one publisher per ZeroMQ context") from exc
+        self._subscriptions = Subscriptions(limits, self._gate, is_listener, self._activity)
+        self._gate.start()
+        self._wake = ipc.Waker()
+        self._thread = threading.Thread(target=self._run, args=(self._socket, self._wake, self._subscriptions),
+                                        name="publisher", daemon=True)
+        self._thread.start()
+        log.info("publishing results on %s", self.endpoint)
+
+    def _bind(self) -> tuple[zmq.Socket[Any], zmq.Socket[Any]]:
+        path = protocol.ipc_path(self.endpoint)
+        if path is not None:
+            ipc.prepare(path, what="results endpoint", setting=RESULTS_SETTING)
+        sock = self._context.socket(zmq.XPUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, self._sndhwm)
+        sock.setsockopt(zmq.RCVHWM, INBOUND_HWM)
+        # a larger message ends its connection; CURVE's handshake commands (INITIATE: 257 bytes and the peer's
+        # metadata) pass through the same limit
+        sock.setsockopt(zmq.MAXMSGSIZE, CURVE_MAXMSGSIZE if self._curve else MAX_SUBSCRIPTION_BYTES)
+        sock.setsockopt(zmq.XPUB_MANUAL, 1)
+        sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        sock.setsockopt(zmq.ZAP_ENFORCE_DOMAIN, 1)       # no handshake completes without the gate's answer
+        sock.setsockopt(zmq.HANDSHAKE_IVL, HANDSHAKE_MS)
+        sock.setsockopt(zmq.IPV6, 1)                     # tcp://[::1]:PORT binds (libzmq's default is IPv4 only)
+        if self._curve is not None:                  # encrypted; only the clients' keys the gate knows get in
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, self._curve.public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, self._curve.secret)
+        monitor = sock.get_monitor_socket(MONITOR_EVENTS)
+        try:
+            sock.bind(self.endpoint)
+        except zmq.ZMQError as exc:
+            sock.disable_monitor()
+            monitor.close(linger=0)
+            sock.close(linger=0)
+            hint = ("another edge daemon (or another program) uses it; stop it or set output.results /"
+                    " EDGE_RESULTS_ENDPOINT to a free endpoint") if exc.errno == errno.EADDRINUSE else \
+                "check the endpoint syntax and that its directory exists and is writable"
+            raise EdgeError(f"cannot bind results endpoint {self.endpoint}: {exc.strerror}", hint=hint) from exc
+        if path is not None:
+            # connecting to a unix socket needs write permission on its file (unix(7)); the unit's UMask=0027
+            # leaves 0750, so only the daemon's own user could subscribe. Vehicle software in the daemon's group
+            # (SupplementaryGroups=edge) may; the directory (0750, this user's) keeps everyone else out.
+            os.chmod(path, RESULTS_SOCKET_MODE)
+        return sock, monitor
+
+    @property
+    def subscriptions(self) -> int:
+        return self._subscriptions.subscriptions if self._subscriptions is not None else 0
+
+    @property
+    def connections(self) -> int:
+        return self._gate.connected if self._gate is not None else 0
+
+    @property
+    def rejected_inbound(self) -> int:
+        return self._subscriptions.rejected if self._subscriptions is not None else 0
+
+    @property
+    def refused_connections(self) -> int:
+        return self._gate.refused if self._gate is not None else 0
+
+    def next_seq(self, topic: str) -> int:
+        with self._seq_lock:
+            seq = self._seq.get(topic, 0)
+            self._seq[topic] = seq + 1
+            return seq
+
+    def publish(self, topic: str, payload: dict[str, Any], outcome: Outcome | None = None) -> bool:
+        """Queue a message built by edge.wire.protocol (seq is added here); False when it was dropped. `outcome`
+        hears whether it was sent or dropped; drops of messages without one count in `dropped_other`."""
+        payload["seq"] = self.next_seq(topic)
+        try:
+            self._queue.put_nowait(_Item(topic, payload, outcome))
+        except queue.Full:
+            if outcome is not None:
+                outcome.dropped()
+            else:
+                self.dropped_other += 1
+            return False
+        self._notify()
+        return True
+
+    def _notify(self) -> None:
+        wake = self._wake
+        if wake is not None:            # else not started: the queue waits
+            wake.notify()
+
+    def event(self, name: str, details: dict[str, Any]) -> None:
+        log.info("event %s %s", name, details)
+        self.publish("sys.event", protocol.event_message(name, **details))
+
+    def wait_for_subscriber(self, timeout: float) -> bool:
+        return self._subscribed.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Send what is queued (bounded by `timeout`), then close the socket with a short flush."""
+        if self._thread is not None:
+            try:
+                self._queue.put(None, timeout=timeout)
+                self._notify()
+            except queue.Full:
+                log.warning("queue still full at stop; dropping %d queued messages", self._queue.qsize())
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("publisher thread did not stop within %.1f s", timeout)
+                return
+        if self._socket is not None:
+            self._socket.disable_monitor()
+            if self._gate is not None:
+                self._gate.stop(timeout)
+            self._socket.close(linger=CLOSE_FLUSH_MS)
+            self._socket = None
+            path = protocol.ipc_path(self.endpoint)
+            if path is not None:
+                ipc.wait_released(path, timeout)
+                ipc.remove_own_socket(path)
+        if self._wake is not None:
+            self._wake.close()
+            self._wake = None
+        self._thread = None
+
+    def _run(self, sock: zmq.Socket[Any], wake: ipc.Waker, subscriptions: Subscriptions) -> None:
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        while True:
+            poller.poll(1000)
+            self._read_inbound(sock, subscriptions)
+            wake.drain()
+            final = not self._send_queued(sock)
+            self._activity.summary(f"{self.connections} connection(s), {self.subscriptions} subscription(s)",
+                                   final=final)
+            if final:
+                return
+
+    def _send_queued(self, sock: zmq.Socket[Any]) -> bool:
+        """Send what the lanes queued; False at the stop marker."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return True
+            if item is None:
+                return False
+            self._send(sock, item)
+
+    def _send(self, sock: zmq.Socket[Any], item: _Item) -> None:
+        now = time.monotonic_ns()
+        item.payload["t_publish_ns"] = now
+        item.payload["t_wall_ns"] = time.time_ns()
+        sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)])   # an XPUB drops, never blocks
+        if item.outcome is not None:
+            item.outcome.sent(item.payload, now)
+
+    def _read_inbound(self, sock: zmq.Socket[Any], subscriptions: Subscriptions) -> None:
+        """Apply the subscriptions that are prefixes of edge's topics, within the limits; count and ignore
+        every other message, closing the connection that sent it."""
+        for _ in range(BATCH):
+            try:
+                frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                subscriptions.emptied()
+                return
+            first = frames[0]
+            conn, fd = _frame_get(first, "User-Id"), _frame_get(first, zmq.SRCFD)
+            action = subscriptions.inbound(None if conn is None else int(str(conn)), None if fd is None else int(fd),
+                                           [frame.bytes for frame in frames])
+            if action is not None:
+                subscribe, prefix = action
+                sock.setsockopt(zmq.SUBSCRIBE if subscribe else zmq.UNSUBSCRIBE, prefix)  # for that peer only
+                if subscribe:
+                    self._subscribed.set()
+
+
+def _frame_get(frame: zmq.Frame, key: str | int) -> object | None:
+    """A message property (User-Id: the connection number from the gate; ZMQ_SRCFD: the connection's fd); None
+    where libzmq has none: inproc peers, and the unsubscriptions libzmq makes itself when a connection closes."""
+    try:
+        return frame.get(key)
+    except zmq.ZMQError:
+        return None
+
+
+def _listener_check(sock: zmq.Socket[Any]) -> Callable[[socket.socket], bool]:
+    """A test that a connection's socket belongs to the endpoint `sock` is bound to."""
+    endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    path = protocol.ipc_path(endpoint)
+    if path is not None:
+        return lambda conn: conn.family == socket.AF_UNIX and conn.getsockname() == str(path)
+    port = int(endpoint.rsplit(":", 1)[1]) if endpoint.startswith("tcp://") else -1
+    return lambda conn: conn.family in (socket.AF_INET, socket.AF_INET6) and conn.getsockname()[1] == port

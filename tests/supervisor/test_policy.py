@@ -1,0 +1,383 @@
+"""The supervisor's policy against traces built here: the ladder, hysteresis, dwell, reasons, config errors."""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import pytest
+
+from edge.errors import ConfigError, UsageError
+from edge.supervisor.policy import Level, Supervisor, SupervisorConfig, TaskPolicy, Update
+from edge.supervisor.telemetry import Sample
+
+ORIN_TRIPS = {"tj": {"passive": 99.0, "critical": 104.5}}
+
+
+def sample(t: float, temp: float | None = None, *, power_mw: float | None = None, zone: str = "tj",
+           **fields: object) -> Sample:
+    temps = {} if temp is None else {zone: temp}
+    return Sample(t=t, source=str(fields.pop("source", "trace")), temps_c=fields.pop("temps_c", temps),
+                  trips_c=fields.pop("trips_c", ORIN_TRIPS), total_mw=power_mw, **fields)
+
+
+def trace(temps: Iterable[float], *, start: float = 0.0, step: float = 1.0, **fields: object) -> list[Sample]:
+    """One sample per `step` seconds from `start`, one temperature each."""
+    return [sample(start + i * step, temp, **fields) for i, temp in enumerate(temps)]
+
+
+def run(sup: Supervisor, samples: Sequence[Sample]) -> list[Update]:
+    return [sup.update(s) for s in samples]
+
+
+def levels(updates: Sequence[Update]) -> list[tuple[float, str]]:
+    """(time, level) at each level change."""
+    return [(u.t, u.level.name) for u in updates if u.level_changed]
+
+
+def switches(updates: Sequence[Update], task: str) -> list[tuple[float, str]]:
+    return [(u.t, u.decisions[task].precision) for u in updates if task in u.changed]
+
+
+def det(**override: object) -> TaskPolicy:
+    fields = {"name": "det", "available": {"fp16", "int8", "fp32"}, "priority": 80}
+    fields.update(override)
+    return TaskPolicy(**fields)
+
+
+def supervisor(*tasks: TaskPolicy, **config: object) -> Supervisor:
+    return Supervisor(SupervisorConfig(**config), tasks or [det()])
+
+
+def test_ramp_up_climbs_the_ladder_with_reasons() -> None:
+    sup = supervisor()
+    ramp = [60.0 + 0.5 * i for i in range(90)]              # 60 -> 104.5 °C at 0.5 °C/s
+    updates = run(sup, trace(ramp))
+    assert updates[0].decisions["det"].precision == "fp16"
+    assert updates[0].decisions["det"].reason == "start at tj 60.0 °C: fp16"
+    # 85 °C at t=50; held 2 s at t=52. 94 °C (99 passive - 5) at t=68; held 2 s at t=70.
+    assert levels(updates) == [(52.0, "HOT"), (70.0, "CRITICAL")]
+    assert switches(updates, "det") == [(0.0, "fp16"), (52.0, "int8"), (70.0, "int8")]
+    hot, critical = updates[52].decisions["det"], updates[70].decisions["det"]
+    assert hot.reason == "tj 86.0 °C ≥ hot 85.0 °C for 2.0 s: int8"
+    assert (hot.rate_scale, hot.paused) == (1.0, False)
+    assert critical.reason == ("tj 95.0 °C ≥ critical 94.0 °C (passive trip 99.0 °C − 5.0 °C) for 2.0 s: "
+                               "int8, rate ×0.5")
+    assert (critical.precision, critical.rate_scale) == ("int8", 0.5)
+
+
+def test_a_fast_ramp_may_skip_hot_once_critical_is_confirmed() -> None:
+    sup = supervisor()
+    updates = run(sup, trace([60.0, 96.0, 96.0, 96.0]))
+    assert levels(updates) == [(3.0, "CRITICAL")]           # hot and critical confirmed together: straight up
+
+
+def test_oscillation_around_hot_and_cool_does_not_flap() -> None:
+    sup = supervisor()
+    # 10 s above hot, 10 s between cool and hot, for 5 minutes: HOT once, never back (never below cool).
+    around_hot = [86.0 if (i // 10) % 2 == 0 else 80.0 for i in range(300)]
+    # then around cool, 74/76 °C every 10 s, 5 minutes: below cool never lasts the 30 s dwell.
+    around_cool = [74.0 if (i // 10) % 2 == 0 else 76.0 for i in range(300)]
+    updates = run(sup, trace(around_hot + around_cool + [70.0] * 40))
+    assert levels(updates) == [(2.0, "HOT"), (630.0, "NORMAL")]
+    assert switches(updates, "det") == [(0.0, "fp16"), (2.0, "int8"), (630.0, "fp16")]
+    assert updates[620].pending == "HOT -> NORMAL: 20.0 of 30.0 s"
+    assert updates[630].decisions["det"].reason == "tj 70.0 °C < cool 75.0 °C for 30.0 s: fp16"
+
+
+def test_alternating_readings_over_hot_never_confirm() -> None:
+    sup = supervisor()
+    updates = run(sup, trace([86.0, 84.0] * 100, step=0.5))  # 2 Hz, every other reading over hot
+    assert levels(updates) == []
+    assert {u.decisions["det"].precision for u in updates} == {"fp16"}
+
+
+@pytest.mark.parametrize("step,count,held", [(1.0, 2, "1.0"), (0.5, 4, "1.5")])    # 1 Hz and 2 Hz
+def test_a_spike_shorter_than_the_confirm_time_is_ignored(step: float, count: int, held: str) -> None:
+    sup = supervisor()
+    spike = [60.0] * 10 + [100.0] * count + [60.0] * 10    # over critical for less than the 2 s confirm time
+    updates = run(sup, trace(spike, step=step))
+    assert levels(updates) == []
+    assert [u.t for u in updates if u.changed] == [0.0]
+    assert updates[9 + count].pending == f"NORMAL -> CRITICAL: {held} of 2.0 s"
+    assert updates[10 + count].pending == ""
+
+
+def test_a_spike_as_long_as_the_confirm_time_counts() -> None:
+    sup = supervisor()
+    updates = run(sup, trace([60.0, 90.0, 90.0, 90.0, 60.0]))
+    assert levels(updates) == [(3.0, "HOT")]
+    assert updates[3].reason == "tj 90.0 °C ≥ hot 85.0 °C for 2.0 s"
+
+
+def test_critical_slows_every_task_then_pauses_low_priority() -> None:
+    low = TaskPolicy("lanes", {"fp16", "int8"}, priority=20)
+    pinned = TaskPolicy("signs", {"fp16", "int8"}, precision="fp16", priority=10)
+    sup = supervisor(det(), low, pinned)
+    updates = run(sup, trace([96.0] * 40))
+    entered = updates[2]
+    assert entered.level == Level.CRITICAL and not entered.pausing
+    assert {n: (d.precision, d.rate_scale, d.paused) for n, d in entered.decisions.items()} == {
+        "det": ("int8", 0.5, False), "lanes": ("int8", 0.5, False), "signs": ("fp16", 0.5, False)}
+    assert not any(u.pausing for u in updates[:22])
+    paused = updates[22]                                     # 20 s at or above critical since entering
+    assert paused.pausing and paused.changed == ("lanes", "signs")
+    assert paused.reason == "tj 96.0 °C ≥ critical 94.0 °C for 20.0 s at rate ×0.5: pausing priority < 50"
+    assert (paused.decisions["lanes"].paused, paused.decisions["lanes"].rate_scale) == (True, 0.0)
+    assert paused.decisions["lanes"].reason.endswith("int8, paused (priority 20 < 50)")
+    assert paused.decisions["signs"].reason.endswith("pinned fp16, paused (priority 10 < 50)")
+    assert (paused.decisions["det"].paused, paused.decisions["det"].rate_scale) == (False, 0.5)
+
+
+def test_no_pause_when_the_lower_rate_brings_the_reading_below_critical() -> None:
+    sup = supervisor(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
+    updates = run(sup, trace([96.0] * 10 + [92.0] * 60))    # below critical, above its release (90 °C)
+    assert levels(updates) == [(2.0, "CRITICAL")]
+    assert not any(u.pausing for u in updates)
+
+
+def test_cool_down_steps_down_one_level_at_a_time_after_each_dwell() -> None:
+    sup = supervisor(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
+    updates = run(sup, trace([97.0] * 30 + [60.0] * 80))    # paused at t=22, cool from t=30
+    assert levels(updates) == [(2.0, "CRITICAL"), (60.0, "HOT"), (90.0, "NORMAL")]
+    hot, normal = updates[60], updates[90]
+    assert hot.reason == "tj 60.0 °C < 90.0 °C (critical 94.0 °C − 4.0 °C) for 30.0 s"
+    assert (hot.decisions["lanes"].paused, hot.decisions["lanes"].rate_scale) == (False, 1.0)
+    assert hot.decisions["det"].precision == "int8"
+    assert normal.reason == "tj 60.0 °C < cool 75.0 °C for 30.0 s"   # the dwell restarts on entering HOT
+    assert normal.decisions["det"].precision == "fp16"
+
+
+def test_power_over_budget_counts_as_hot_and_resumes_below_the_resume_level() -> None:
+    sup = supervisor(power_budget_mw=20000)                 # resume: 90 % = 18000 mW
+    power = [15000.0] * 5 + [21000.0] * 5 + [19000.0] * 60 + [17000.0] * 40
+    updates = run(sup, [sample(float(i), 60.0, power_mw=p) for i, p in enumerate(power)])
+    assert levels(updates) == [(7.0, "HOT"), (100.0, "NORMAL")]
+    assert updates[7].decisions["det"].reason == "power 21000 mW ≥ budget 20000 mW for 2.0 s: int8"
+    assert updates[100].reason == "tj 60.0 °C < cool 75.0 °C and power 17000 mW < resume 18000 mW for 30.0 s"
+
+
+def test_temperature_and_power_together_are_both_named() -> None:
+    sup = supervisor(power_budget_mw=20000, power_resume_mw=16000)
+    updates = run(sup, [sample(float(i), 88.0, power_mw=22000.0) for i in range(3)])
+    assert updates[2].reason == "tj 88.0 °C ≥ hot 85.0 °C and power 22000 mW ≥ budget 20000 mW for 2.0 s"
+
+
+def test_unknown_power_with_a_budget_holds_hot() -> None:
+    sup = supervisor(power_budget_mw=20000)
+    updates = run(sup, [sample(float(i), 60.0, power_mw=25000.0) for i in range(3)])
+    updates += run(sup, [sample(float(i), 60.0) for i in range(3, 100)])
+    assert levels(updates) == [(2.0, "HOT")]
+    assert updates[-1].reason.startswith("power unknown with a budget set: holding HOT; power 25000 mW")
+
+
+def test_int8_refused_by_its_gate_stays_and_says_why() -> None:
+    gated = TaskPolicy("lanes", {"fp16", "fp32"}, refused={"int8": "agreement 0.91 < 0.95"})
+    sup = supervisor(det(), gated, TaskPolicy("pose", {"fp32"}))
+    updates = run(sup, trace([90.0] * 3))
+    hot = updates[2].decisions
+    assert hot["lanes"].precision == "fp16"
+    assert hot["lanes"].reason == ("tj 90.0 °C ≥ hot 85.0 °C for 2.0 s: "
+                                   "int8 refused (agreement 0.91 < 0.95): staying on fp16")
+    assert hot["pose"].reason.endswith("no int8 variant: staying on fp32")
+    assert updates[0].decisions["pose"].reason == "start at tj 90.0 °C: no fp16 variant: fp32"
+    assert updates[2].changed == ("det",)                   # the others did not change
+
+
+def test_pinned_tasks_never_switch_precision() -> None:
+    pinned = [TaskPolicy(f"pin_{p}", {"fp16", "int8", "fp32"}, precision=p, priority=90) for p in ("fp16", "int8",
+                                                                                                   "fp32")]
+    sup = supervisor(det(), *pinned)
+    updates = run(sup, trace([60.0] * 5 + [88.0] * 10 + [97.0] * 40 + [60.0] * 80))
+    assert [name for _, name in levels(updates)] == ["HOT", "CRITICAL", "HOT", "NORMAL"]
+    for task in pinned:
+        assert {u.decisions[task.name].precision for u in updates} == {task.precision}
+        assert {u.decisions[task.name].rate_scale for u in updates} == {1.0, 0.5}      # CRITICAL still slows
+        assert all(f"pinned {task.precision}" in u.decisions[task.name].reason for u in updates)
+
+
+def test_a_pinned_precision_that_is_not_available_runs_the_preferred_one() -> None:
+    gated = TaskPolicy("lanes", {"fp16"}, precision="int8", refused={"int8": "agreement 0.91 < 0.95"})
+    sup = supervisor(gated)
+    updates = run(sup, trace([60.0, 90.0, 90.0, 90.0]))
+    assert {u.decisions["lanes"].precision for u in updates} == {"fp16"}
+    assert updates[-1].decisions["lanes"].reason.endswith(
+        "pinned int8 not available, int8 refused (agreement 0.91 < 0.95): fp16")
+
+
+def test_set_precision_at_run_time() -> None:
+    sup = supervisor()
+    run(sup, trace([90.0] * 3))
+    assert sup.decide().decisions["det"].precision == "int8"
+    sup.set_precision("det", "fp16")
+    pinned = sup.decide()
+    assert pinned.changed == ("det",) and pinned.decisions["det"].reason.endswith(": pinned fp16")
+    assert sup.decide().changed == ()                       # reported once
+    sup.set_precision("det", "auto")
+    assert sup.decide().decisions["det"].precision == "int8"
+
+
+def test_set_precision_refuses_what_cannot_run() -> None:
+    sup = supervisor(TaskPolicy("lanes", {"fp16"}, refused={"int8": "agreement 0.91 < 0.95"}))
+    with pytest.raises(ConfigError, match=r"cannot be pinned to int8: int8 refused \(agreement 0.91 < 0.95\)"
+                                          r"(.|\n)*available: fp16"):
+        sup.set_precision("lanes", "int8")
+    with pytest.raises(ConfigError, match="'fp8' for task 'lanes' is not one of auto, fp32, fp16, int8"):
+        sup.set_precision("lanes", "fp8")
+    with pytest.raises(UsageError, match="no task 'nope'(.|\n)*tasks: lanes"):
+        sup.set_precision("nope", "fp16")
+    assert sup.tasks["lanes"].precision == "auto"
+
+
+def test_tasks_are_added_and_removed_at_run_time() -> None:
+    sup = supervisor()
+    run(sup, trace([90.0] * 3))
+    sup.add_task(TaskPolicy("lanes", {"fp16", "int8"}))
+    added = sup.decide()
+    assert added.changed == ("lanes",) and added.decisions["lanes"].precision == "int8"
+    with pytest.raises(UsageError, match="task 'lanes' is already added"):
+        sup.add_task(TaskPolicy("lanes", {"fp16"}))
+    assert sup.remove_task("lanes").name == "lanes"
+    assert list(sup.decide().decisions) == ["det"]
+    with pytest.raises(UsageError, match="no task 'lanes'"):
+        sup.remove_task("lanes")
+
+
+def test_source_none_holds_the_level_and_says_so() -> None:
+    sup = supervisor()
+    updates = run(sup, [sample(float(i), source="none") for i in range(100)])
+    assert levels(updates) == []
+    assert updates[-1].decisions["det"].reason == (
+        "no usable temperature (telemetry source none): holding NORMAL; since the start: fp16")   # why: once
+    assert updates[-1].reading.startswith("no usable temperature (telemetry source none), power unknown")
+
+
+def test_failed_zones_hold_hot_until_a_full_dwell_of_real_readings() -> None:
+    sup = supervisor()
+    updates = run(sup, trace([90.0] * 5))
+    failed = [sample(float(t), temps_c={}, problems=("cv0: EAGAIN", "tj: EIO", "gpu: EIO")) for t in range(5, 100)]
+    updates += run(sup, failed)
+    assert levels(updates) == [(2.0, "HOT")]
+    assert updates[-1].decisions["det"].reason == (
+        "no usable temperature (no zone read; cv0: EAGAIN; tj: EIO; +1 more): holding HOT; "
+        "tj 90.0 °C ≥ hot 85.0 °C for 2.0 s: int8")
+    updates += run(sup, trace([60.0] * 40, start=100.0))
+    assert levels(updates) == [(2.0, "HOT"), (130.0, "NORMAL")]
+
+
+def test_offline_and_board_zones_do_not_count() -> None:
+    sup = supervisor()
+    offline = {"cv0": -256.0, "board": 99.0, "thermal-fan-est": 99.0}
+    held = sup.update(sample(0.0, temps_c=offline))
+    assert held.temp_c is None
+    assert held.reason.startswith("no usable temperature (no usable SoC zone among board 99.0, cv0 -256.0, "
+                                  "thermal-fan-est 99.0): holding NORMAL")
+
+
+def test_the_hottest_soc_zone_is_used_by_default() -> None:
+    sup = supervisor()
+    u = sup.update(sample(0.0, temps_c={"cpu-thermal": 71.0, "GPU": 74.5, "cv1": 73.0, "board": 80.0,
+                                        "soc2": 72.0, "tj": math.nan}))
+    assert (u.zone, u.temp_c) == ("GPU", 74.5)
+    assert u.reading == "GPU 74.5 °C, power unknown, critical 94.0 °C"
+    u = sup.update(sample(1.0, temps_c={"cpu": 71.0, "cpu@thermal_zone7": 76.0, "Tboard": 80.0}))
+    assert (u.zone, u.temp_c) == ("cpu@thermal_zone7", 76.0)
+
+
+def test_a_configured_zone_is_used_and_falls_back_when_missing() -> None:
+    sup = supervisor(zone="tj")
+    u = sup.update(sample(0.0, temps_c={"tj-thermal": 70.0, "gpu": 75.0}))
+    assert (u.zone, u.temp_c) == ("tj-thermal", 70.0)
+    updates = run(sup, [sample(float(t), temps_c={"gpu": 88.0, "cpu": 80.0}) for t in range(1, 4)])
+    assert updates[-1].reason == "gpu 88.0 °C (zone tj missing: hottest SoC zone) ≥ hot 85.0 °C for 2.0 s"
+
+
+def test_critical_comes_from_the_lowest_passive_trip() -> None:
+    sup = supervisor()
+    trips = {"tj": {"passive": 99.0}, "gpu": {"passive": 95.0, "critical": 100.0}, "board": {"passive": 60.0}}
+    updates = run(sup, trace([91.0] * 3, trips_c=trips))
+    assert updates[-1].critical_c == 90.0
+    assert updates[-1].reason == "tj 91.0 °C ≥ critical 90.0 °C (passive trip 95.0 °C − 5.0 °C) for 2.0 s"
+
+
+def test_critical_without_trips_uses_the_orin_default_and_configured_wins() -> None:
+    assert supervisor().update(sample(0.0, 60.0, trips_c={})).reading.endswith("critical 94.0 °C")
+    sup = supervisor(critical_c=92.0)
+    updates = run(sup, trace([92.0] * 3))
+    assert updates[-1].reason == "tj 92.0 °C ≥ critical 92.0 °C for 2.0 s"
+
+
+def test_a_derived_critical_at_or_below_hot_is_raised_to_hot() -> None:
+    sup = supervisor()
+    updates = run(sup, trace([86.0] * 3, trips_c={"tj": {"passive": 88.0}}))
+    assert levels(updates) == [(2.0, "CRITICAL")]
+    assert updates[-1].reason == ("tj 86.0 °C ≥ critical 85.0 °C (passive trip 88.0 °C − 5.0 °C = 83.0 °C, "
+                                  "not above hot: raised to hot) for 2.0 s")
+
+
+def test_time_going_backwards_restarts_the_timers() -> None:
+    sup = supervisor()
+    run(sup, trace([90.0] * 3 + [60.0] * 20))               # HOT at t=2, cool since t=3
+    restarted = run(sup, trace([60.0] * 31, start=5.0))     # a replay restarted at t=5
+    assert [u.level.name for u in restarted[:30]] == ["HOT"] * 30
+    assert restarted[30].level == Level.NORMAL and restarted[30].t == 35.0
+
+
+def test_the_same_trace_gives_the_same_updates() -> None:
+    samples = trace([60.0 + 40.0 * math.sin(i / 30.0) ** 2 for i in range(600)])
+    first = run(supervisor(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
+    second = run(supervisor(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
+    assert first == second
+    assert len(levels(first)) >= 4
+
+
+def test_non_finite_time_is_refused() -> None:
+    with pytest.raises(UsageError, match="sample time nan is not a finite number"):
+        supervisor().update(sample(math.nan, 60.0))
+
+
+@pytest.mark.parametrize("config,message", [
+    ({"cool_c": 85.0}, r"cool_c must be below hot_c\nNote: cool_c 85.0 °C, hot_c 85.0 °C\nHint: lower cool_c"),
+    ({"critical_c": 80.0}, r"critical_c must be above hot_c\nNote: hot_c 85.0 °C, critical_c 80.0 °C"),
+    ({"hot_c": math.nan}, r"hot_c must be a finite number\nNote: hot_c = nan"),
+    ({"hot_c": "85"}, r"hot_c must be a finite number\nNote: hot_c = '85'"),
+    ({"dwell_s": True}, r"dwell_s must be a finite number\nNote: dwell_s = True"),
+    ({"dwell_s": 0}, r"dwell_s must be above 0 s\nNote: dwell_s = 0"),
+    ({"confirm_s": -1.0}, r"confirm_s must be 0 s or more\nNote: confirm_s = -1.0"),
+    ({"pause_after_s": -5}, r"pause_after_s must be 0 s or more"),
+    ({"critical_margin_c": 0.0}, r"critical_margin_c must be above 0 °C"),
+    ({"critical_hysteresis_c": -1.0}, r"critical_hysteresis_c must be above 0 °C"),
+    ({"power_budget_mw": 20000, "power_resume_mw": 20000},
+     r"power_resume_mw must be above 0 and below power_budget_mw\nNote: power_resume_mw 20000 mW, "
+     r"power_budget_mw 20000 mW\nHint: e.g. 18000"),
+    ({"power_resume_mw": 18000}, r"power_resume_mw is set but power_budget_mw is off"),
+    ({"power_budget_mw": -1}, r"power_budget_mw must be above 0 mW"),
+    ({"critical_rate_scale": 0.0}, r"critical_rate_scale must be above 0 and at most 1"),
+    ({"critical_rate_scale": 1.5}, r"critical_rate_scale must be above 0 and at most 1"),
+    ({"pause_below_priority": 102}, r"pause_below_priority must be an integer from 0 to 101"),
+    ({"zone": ""}, r"zone must be a zone name or null"),
+])
+def test_invalid_config_values_are_refused(config: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^supervisor: {message}"):
+        SupervisorConfig(**config)
+
+
+@pytest.mark.parametrize("task,message", [
+    ({"precision": "fp8"}, r"task 'det': precision 'fp8' is not one of auto, fp32, fp16, int8"),
+    ({"priority": 101}, r"task 'det': priority must be an integer from 0 to 100\nNote: priority = 101"),
+    ({"available": set()}, r"task 'det': variants must be among fp32, fp16, int8, at least one available"),
+    ({"available": {"fp16", "bf16"}}, r"task 'det': variants must be among"),
+    ({"refused": {"int8": "agreement 0.91 < 0.95"}}, r"task 'det': int8 is both available and refused"),
+    ({"name": ""}, r"a task needs a name"),
+])
+def test_invalid_task_values_are_refused(task: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=f"^supervisor: {message}"):
+        det(**task)
+
+
+def test_defaults_and_the_resume_level() -> None:
+    cfg = SupervisorConfig()
+    assert (cfg.zone, cfg.hot_c, cfg.cool_c, cfg.critical_c, cfg.dwell_s, cfg.confirm_s) == (
+        None, 85.0, 75.0, None, 30.0, 2.0)
+    assert cfg.resume_mw is None
+    assert SupervisorConfig(power_budget_mw=20000).resume_mw == 18000.0
+    assert SupervisorConfig(power_budget_mw=20000, power_resume_mw=15000).resume_mw == 15000
