@@ -1,4 +1,4 @@
-"""Socket files of ipc:// endpoints, shared by the results and the control socket (DESIGN section 8).
+"""Socket files of ipc:// endpoints, shared by the results and the control socket (docs/reliability.md).
 
 The directory must be this user's and not writable by group or others; a path that is something other
 than a socket is never replaced (libzmq would unlink it, losing a file); a stale socket file (nothing

@@ -1,4 +1,4 @@
-"""Who may connect to the results socket, and what each connection may hold there (DESIGN section 8).
+"""Who may connect to the results socket, and what each connection may hold there (docs/reliability.md).
 
 A bound XPUB in libzmq 4.3 has no limit per peer. Any local process that can reach the socket may
 open connections until the daemon runs out of file descriptors (libzmq then aborts the process in its
