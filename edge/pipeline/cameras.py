@@ -1,4 +1,4 @@
-"""Cameras addressed by URI, one capture thread per used camera, latest-frame slots.
+"""Cameras addressed by URI, one capture thread per used camera, its latest frame kept for the lanes (LatestFrame).
 
 URIs (an explicit scheme is required):
   file://PATH[?realtime=1&loop=0]     video file; realtime=0 reads as fast as the lanes consume
@@ -171,8 +171,8 @@ class EndOfStream(Exception):
     """The camera has no more frames (end of a non-looping file)."""
 
 
-class FrameSlot:
-    """The latest frame of one camera, read by every lane that uses it.
+class LatestFrame:
+    """The latest frame of one camera, kept for its readers (every lane that uses the camera).
 
     In lossless mode (`realtime=0` files) `put` waits until every registered reader has
     read the current frame, so nothing is dropped; otherwise a new frame replaces the old one.
@@ -434,7 +434,7 @@ class CameraStats:
 
 
 class Camera:
-    """One capture thread for one camera: reads frames into a FrameSlot, reconnects with backoff.
+    """One capture thread for one camera: reads frames into its LatestFrame, reconnects with backoff.
 
     `open()` opens the source once in the caller's thread: a file that cannot be read fails it; a live source
     that cannot be opened yet is reported lost and retried in the background once `start()` starts the thread.
@@ -446,7 +446,7 @@ class Camera:
         self.id = camera_id
         self.uri = uri
         self.max_frame = max_frame
-        self.slot = FrameSlot(lossless=uri.lossless)
+        self.latest = LatestFrame(lossless=uri.lossless)
         self.stats = CameraStats()
         self._on_event = on_event
         self._stop = threading.Event()
@@ -485,7 +485,7 @@ class Camera:
     def stop(self, timeout: float) -> bool:
         """Stop capturing; True when the thread ended within `timeout` seconds."""
         self._stop.set()
-        self.slot.close()
+        self.latest.close()
         if self._thread is None:
             if self._reader is not None:
                 self._reader.close()
@@ -518,7 +518,7 @@ class Camera:
         finally:
             if self._reader is not None:
                 self._reader.close()
-            self.slot.close()
+            self.latest.close()
 
     def _reconnect(self) -> None:
         try:
@@ -547,7 +547,7 @@ class Camera:
             frame = Frame(self.id, self._index, time.monotonic_ns(), image)
             self._index += 1
             self.stats.captured += 1
-            if not self.slot.put(frame, stop=self._stop):
+            if not self.latest.put(frame, stop=self._stop):
                 return False
             if realtime:
                 next_ns += period_ns

@@ -197,13 +197,13 @@ class Lane(CameraLane):
         return _joined(self._thread, timeout, self.name)
 
     def _run(self) -> None:
-        reader = self.camera.slot.register()
+        reader = self.camera.latest.register()
         slots: dict[Engine, Slot] = {}
         inflight: collections.deque[_InFlight] = collections.deque()
         try:
             self.error = _ended_by(self.name, lambda: self._loop(reader, slots, inflight))
         finally:
-            self.camera.slot.unregister(reader)
+            self.camera.latest.unregister(reader)
             for slot in slots.values():
                 slot.close()
             self.finished.set()
@@ -222,7 +222,7 @@ class Lane(CameraLane):
             want_more = not ended and (self.max_frames is None or submitted < self.max_frames)
             if want_more and len(inflight) < self.config.in_flight:
                 try:
-                    frame = self.camera.slot.get_after(reader, last_index, 0.0 if inflight else IDLE_POLL_S)
+                    frame = self.camera.latest.get_after(reader, last_index, 0.0 if inflight else IDLE_POLL_S)
                 except EndOfStream:
                     ended, frame = True, None
                 if frame is not None:
@@ -284,7 +284,7 @@ class CameraFeed:
         self._thread = threading.Thread(target=self._run, name=f"feed-{name}", daemon=True)
 
     def start(self) -> None:
-        self._reader = self.camera.slot.register()
+        self._reader = self.camera.latest.register()
         self.seen_ns = time.monotonic_ns()
         self._thread.start()
 
@@ -310,7 +310,7 @@ class CameraFeed:
         except Exception as exc:  # handed to the batched lane, which fails: never a silently dead camera
             self.failure = exc
         finally:
-            self.camera.slot.unregister(self._reader)
+            self.camera.latest.unregister(self._reader)
             with self._arrived:
                 self.ended = True
                 self._arrived.notify_all()
@@ -320,7 +320,7 @@ class CameraFeed:
         while not self._closed.is_set():
             if self._lossless and not self._taken():
                 return
-            frame = self.camera.slot.get_after(self._reader, -1 if last is None else last.index, IDLE_POLL_S)
+            frame = self.camera.latest.get_after(self._reader, -1 if last is None else last.index, IDLE_POLL_S)
             if frame is not None:
                 self._estimate(last, frame)
                 self._put(frame)

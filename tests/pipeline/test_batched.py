@@ -1,5 +1,5 @@
 """Batching across cameras (`batch: true`) on the CPU tier: real ONNX Runtime sessions of batch-capable
-models (tests/support/models.py set_batch), real cameras' frame slots, a real publisher and subscriber.
+models (tests/support/models.py set_batch), real cameras' LatestFrames, a real publisher and subscriber.
 
 A batched lane gathers one frame per camera into one execution and publishes each camera's result on its
 own topic: every frame of every camera once, in order, `seq` contiguous, the detections of the unbatched
@@ -69,18 +69,18 @@ def runtime_of(config: TaskConfig, *engines: OnnxRuntimeEngine) -> TaskRuntime:
 
 
 def lossless_camera(name: str) -> Camera:
-    """A real camera object, not started: the test puts frames into its (lossless) slot itself."""
+    """A real camera object, not started: the test puts frames into its (lossless) LatestFrame itself."""
     return Camera(name, parse_uri("test://bars?realtime=0"), on_event=lambda event, details: None)
 
 
 def feed(camera: Camera, indexes: list[int], *, end: bool = True) -> threading.Thread:
-    """Put the camera's frames into its slot (each after every reader saw the one before), then end it."""
+    """Put the camera's frames into its LatestFrame (each after every reader saw the one before), then end it."""
     def run() -> None:
         stop = threading.Event()
         for index in indexes:
-            assert camera.slot.put(frame(camera.id, index), stop=stop)
+            assert camera.latest.put(frame(camera.id, index), stop=stop)
         if end:
-            camera.slot.close()
+            camera.latest.close()
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
@@ -431,12 +431,12 @@ def test_stop_is_bounded_while_gathering(dynamic: OnnxRuntimeEngine, results) ->
     wait_for(lambda: lane.members[0].stats.processed == 1, 10, "c0's frame to run without c1")
     assert lane.stop(2) is True and lane.finished.is_set() and lane.error is None
     assert all(not m.feed._thread.is_alive() for m in lane.members)   # the feeds ended with the lane
-    assert [len(c.slot._readers) for c in cameras] == [0, 0]           # and gave back their readers
+    assert [len(c.latest._readers) for c in cameras] == [0, 0]           # and gave back their readers
 
 
 def test_a_failing_feed_fails_the_lane(dynamic: OnnxRuntimeEngine, results, monkeypatch: pytest.MonkeyPatch) -> None:
     cameras = [lossless_camera(c) for c in ("c0", "c1")]
-    monkeypatch.setattr(cameras[1].slot, "get_after", lambda *args: 1 / 0)
+    monkeypatch.setattr(cameras[1].latest, "get_after", lambda *args: 1 / 0)
     lane = BatchedLane(runtime_of(task_config(dynamic.path, ["c0", "c1"]), dynamic), cameras, results[0])
     lane.start()
     wait_for(lane.finished.is_set, 10, "the lane to fail")

@@ -1,4 +1,4 @@
-"""Cameras: URI parsing, latest-frame slots, real video decode, lost/recovered, bounded stop, damaged files."""
+"""Cameras: URI parsing, LatestFrame, real video decode, lost/recovered, bounded stop, damaged files."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +16,15 @@ import pytest
 
 from edge.errors import SourceError
 from edge.pipeline import cameras
-from edge.pipeline.cameras import Camera, EndOfStream, Frame, FrameSlot, gstreamer_csi_pipeline, open_reader, parse_uri
+from edge.pipeline.cameras import (
+    Camera,
+    EndOfStream,
+    Frame,
+    LatestFrame,
+    gstreamer_csi_pipeline,
+    open_reader,
+    parse_uri,
+)
 from tests.conftest import free_port, wait_for
 from tests.support.daemon import ROOT, env
 from tests.support.media import write_video
@@ -37,11 +45,11 @@ class Events:
 
 
 def drain(camera: Camera, limit: int = 10_000) -> list[Frame]:
-    reader = camera.slot.register()
+    reader = camera.latest.register()
     frames, last = [], -1
     try:
         while len(frames) < limit:
-            frame = camera.slot.get_after(reader, last, timeout=10)
+            frame = camera.latest.get_after(reader, last, timeout=10)
             assert frame is not None, "camera produced no frame within 10 s"
             frames.append(frame)
             last = frame.index
@@ -81,30 +89,30 @@ def test_rtsp_password_is_redacted() -> None:
     assert parse_uri("rtsp://admin:hunter2@10.0.0.5:554/live").redacted() == "rtsp://admin:***@10.0.0.5:554/live"
 
 
-def test_frame_slot_latest_frame_replaces_older() -> None:
-    slot, stop = FrameSlot(lossless=False), threading.Event()
-    reader = slot.register()
+def test_latest_frame_replaces_older() -> None:
+    latest, stop = LatestFrame(lossless=False), threading.Event()
+    reader = latest.register()
     image = np.zeros((2, 2, 3), np.uint8)
     for i in range(3):
-        assert slot.put(Frame("c", i, i, image), stop=stop)
-    assert slot.get_after(reader, -1, 0).index == 2
-    assert slot.get_after(reader, 2, 0) is None
-    slot.close()
+        assert latest.put(Frame("c", i, i, image), stop=stop)
+    assert latest.get_after(reader, -1, 0).index == 2
+    assert latest.get_after(reader, 2, 0) is None
+    latest.close()
     with pytest.raises(EndOfStream):
-        slot.get_after(reader, 2, 0)
+        latest.get_after(reader, 2, 0)
 
 
-def test_frame_slot_lossless_waits_for_every_reader() -> None:
-    slot, stop = FrameSlot(lossless=True), threading.Event()
-    a, b = slot.register(), slot.register()
+def test_latest_frame_lossless_waits_for_every_reader() -> None:
+    latest, stop = LatestFrame(lossless=True), threading.Event()
+    a, b = latest.register(), latest.register()
     image = np.zeros((2, 2, 3), np.uint8)
-    slot.put(Frame("c", 0, 0, image), stop=stop)
+    latest.put(Frame("c", 0, 0, image), stop=stop)
     done = threading.Event()
-    producer = threading.Thread(target=lambda: (slot.put(Frame("c", 1, 1, image), stop=stop), done.set()))
+    producer = threading.Thread(target=lambda: (latest.put(Frame("c", 1, 1, image), stop=stop), done.set()))
     producer.start()
-    assert slot.get_after(a, -1, 1).index == 0
+    assert latest.get_after(a, -1, 1).index == 0
     assert not done.wait(0.05)          # reader b has not read frame 0 yet: the producer must wait
-    assert slot.get_after(b, -1, 1).index == 0
+    assert latest.get_after(b, -1, 1).index == 0
     wait_for(done.is_set, 5, "producer to continue")
     producer.join(5)
 
@@ -212,11 +220,11 @@ from edge.log import setup_logging
 from edge.pipeline.cameras import Camera, EndOfStream, parse_uri
 setup_logging(sys.argv[2])
 camera = Camera("c", parse_uri(f"file://{sys.argv[1]}?realtime=0"), on_event=lambda name, details: None)
-reader, last = camera.slot.register(), -1
+reader, last = camera.latest.register(), -1
 camera.start()
 try:
     while last + 1 < int(sys.argv[3]):
-        frame = camera.slot.get_after(reader, last, 30)
+        frame = camera.latest.get_after(reader, last, 30)
         if frame is None:
             sys.exit("no frame within 30 s")
         last = frame.index
@@ -365,14 +373,14 @@ def test_looping_file_lost_and_recovered(tmp_path: Path) -> None:
     kept = tmp_path / "kept.avi"
     events = Events()
     camera = Camera("c", parse_uri(f"file://{video}?realtime=0&loop=1"), on_event=events)
-    reader = camera.slot.register()
+    reader = camera.latest.register()
     camera.start()
-    assert camera.slot.get_after(reader, -1, 10) is not None
+    assert camera.latest.get_after(reader, -1, 10) is not None
     video.rename(kept)                               # the file disappears: the next loop cannot reopen it
     seen = [-1]
 
     def consume_until_lost() -> bool:              # keep consuming (lossless) until the loop fails
-        frame = camera.slot.get_after(reader, seen[0], 0.05)
+        frame = camera.latest.get_after(reader, seen[0], 0.05)
         seen[0] = frame.index if frame is not None else seen[0]
         return "camera.lost" in events.names()
     wait_for(consume_until_lost, 10, "camera.lost event")
@@ -380,7 +388,7 @@ def test_looping_file_lost_and_recovered(tmp_path: Path) -> None:
     kept.rename(video)
     wait_for(lambda: "camera.recovered" in events.names(), 15, "camera.recovered event")
     assert camera.stats.reconnects == 1
-    frame = camera.slot.get_after(reader, last, 10)
+    frame = camera.latest.get_after(reader, last, 10)
     assert frame is not None and frame.index > last   # frames flow again, indexes keep increasing
     assert camera.stop(5)
 

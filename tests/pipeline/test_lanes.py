@@ -77,16 +77,16 @@ def run_lane(config: TaskConfig, engine: OnnxRuntimeEngine, camera: object, publ
 
 
 def feed_frames(camera: Camera, frames: list[tuple[int, int]]) -> Callable[[Lane], None]:
-    """Put (index, t_capture_ns) frames into the camera's real lossless slot, each after the lane read the
-    one before (FrameSlot.put waits for that), then end the stream."""
+    """Put (index, t_capture_ns) frames into the camera's real lossless LatestFrame, each after the lane read the
+    one before (LatestFrame.put waits for that), then end the stream."""
     def feed(lane: Lane) -> None:
         stop = threading.Event()
         (index, t_ns), *rest = frames
-        assert camera.slot.put(Frame(camera.id, index, t_ns, IMAGE), stop=stop)
+        assert camera.latest.put(Frame(camera.id, index, t_ns, IMAGE), stop=stop)
         wait_for(lambda: lane.stats.captured == 1, 10, "the lane to read its first frame")   # its reader exists
         for index, t_ns in rest:
-            assert camera.slot.put(Frame(camera.id, index, t_ns, IMAGE), stop=stop)
-        camera.slot.close()
+            assert camera.latest.put(Frame(camera.id, index, t_ns, IMAGE), stop=stop)
+        camera.latest.close()
     return feed
 
 
@@ -145,14 +145,14 @@ def test_without_rate_limit_every_frame_is_processed(tiny, results) -> None:
 class ReadyCamera:
     """Stands in for a fast camera: the next frame is always ready when the lane asks (frames 0..count-1,
     then the end of the stream), so the lane never has a reason to wait for the oldest result early.
-    Records what the lane asks of the slot."""
+    Records what the lane asks of its LatestFrame."""
 
     id = "c"
 
     def __init__(self, count: int, image: np.ndarray = IMAGE) -> None:
         self.count = count
         self.image = image
-        self.slot = self
+        self.latest = self
         self.frames: list[Frame] = []
         self.timeouts: list[float] = []
         self.readers: list[str] = []

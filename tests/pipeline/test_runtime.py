@@ -42,8 +42,8 @@ def stream(task: TaskRuntime, publisher: Publisher, count: int, image: np.ndarra
     try:
         for index in range(count):
             before(lane, index)
-            assert camera.slot.put(Frame("c", index, 10**9 + index, image), stop=stop)
-        camera.slot.close()
+            assert camera.latest.put(Frame("c", index, 10**9 + index, image), stop=stop)
+        camera.latest.close()
         wait_for(lane.finished.is_set, 30, "the lane to finish")
     finally:
         lane.stop(5)

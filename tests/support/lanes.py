@@ -20,7 +20,7 @@ YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": 
 
 
 def lossless_camera() -> Camera:
-    """A real camera object (not started): the test puts frames into its slot itself."""
+    """A real camera object (not started): the test puts frames into its LatestFrame itself."""
     return Camera("c", parse_uri("test://bars?size=64x48&realtime=0"), on_event=lambda name, details: None)
 
 
