@@ -18,8 +18,9 @@ from edge.daemon.systemd import Notifier
 from edge.engines import factory
 from edge.errors import EdgeError
 from edge.log import get_logger, setup_logging
+from edge.pipeline.batched import BatchedLane, BatchMember
 from edge.pipeline.cameras import Camera
-from edge.pipeline.lanes import BatchedLane, BatchMember, Lane
+from edge.pipeline.lanes import Lane
 from edge.pipeline.runtime import Cameras, TaskRuntime
 from edge.supervisor.loop import Governor, open_telemetry
 from edge.wire import peers, protocol

@@ -23,8 +23,8 @@ from edge.engines.base import BatchSizes, Pending, Slot, WaitTimeout
 from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine, OrtSlot
 from edge.errors import EngineError, UsageError
+from edge.pipeline.batched import BatchedLane
 from edge.pipeline.cameras import Camera, Frame, parse_uri
-from edge.pipeline.lanes import BatchedLane
 from edge.pipeline.runtime import TaskRuntime
 from edge.tasks import build_task
 from edge.wire import protocol
@@ -263,10 +263,10 @@ def test_a_lost_camera_does_not_stall_the_others(dynamic: OnnxRuntimeEngine, res
 def test_the_gather_rule(dynamic: OnnxRuntimeEngine, results, monkeypatch: pytest.MonkeyPatch) -> None:
     """A batch is ready when every awaited camera has a frame, or half a frame interval after its first frame
     arrived; an ended camera, or one silent for ABSENT_INTERVALS of its intervals, is not awaited."""
-    from edge.pipeline import lanes
+    from edge.pipeline import batched
 
     now = [10**12]
-    monkeypatch.setattr(lanes.time, "monotonic_ns", lambda: now[0])
+    monkeypatch.setattr(batched.time, "monotonic_ns", lambda: now[0])
     cameras = [lossless_camera(c) for c in ("c0", "c1", "c2")]
     lane = BatchedLane(runtime_of(task_config(dynamic.path, ["c0", "c1", "c2"]), dynamic), cameras, results[0])
     feeds = [m.feed for m in lane.members]
