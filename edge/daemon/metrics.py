@@ -3,7 +3,8 @@
 A collector reads the daemon's live status snapshot at each scrape, so there is no second set of counters to keep in
 step with the lanes: per lane fps and frame counters, per task the precision it runs, the supervisor's level, the last
 telemetry sample's temperatures and power, the cameras, the subscribers. The latency histogram is the one thing a
-snapshot cannot give: each lane's LaneStats counts its latencies into buckets as results are sent.
+snapshot cannot give: the publisher counts each lane's latencies into buckets as its results are sent (the lane's
+`sender`), and a snapshot of them carries their bounds.
 
 Every client is treated as hostile (DESIGN section 8), and the lanes come first:
 - at most MAX_REQUESTS_PER_S connections a second are served (a scrape costs the daemon about 1 ms of CPU, so the
@@ -33,11 +34,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from edge.errors import EdgeError
 from edge.log import get_logger
-from edge.pipeline.lanes import LATENCY_BUCKETS_S
 from edge.supervisor.policy import Level
 
 if TYPE_CHECKING:
-    from edge.pipeline.lanes import CameraLane
+    from edge.wire.publisher import Sender
 
 log = get_logger("metrics")
 MAX_REQUESTS_PER_S = 10.0      # and as many at once: a scraper asks every 15 s or so
@@ -50,11 +50,32 @@ LANE = ("task", "camera")
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
+class Labels(Protocol):
+    """A lane's labels."""
+
+    @property
+    def task(self) -> str: ...
+
+    @property
+    def camera(self) -> str: ...
+
+
+class Lane(Protocol):
+    """What the collector reads of a lane besides the status snapshot: its labels (`stats`) and what the publisher
+    counted of its results (`sender`), e.g. a CameraLane (edge/pipeline/lanes.py)."""
+
+    @property
+    def stats(self) -> Labels: ...
+
+    @property
+    def sender(self) -> Sender: ...
+
+
 class Source(Protocol):
     """What the collector reads: the service."""
 
     @property
-    def lanes(self) -> Sequence[CameraLane]: ...
+    def lanes(self) -> Sequence[Lane]: ...
 
     def status(self) -> dict[str, Any]: ...
 
@@ -350,12 +371,12 @@ def _lane_metrics(lanes: list[dict[str, Any]]) -> list[Metric]:
     return [fps, running, *(family for family, _ in counters), dropped]
 
 
-def _latency(lanes: Sequence[CameraLane]) -> HistogramMetricFamily:
+def _latency(lanes: Sequence[Lane]) -> HistogramMetricFamily:
     family = HistogramMetricFamily("edge_lane_latency_seconds", "capture to publish, per result", labels=LANE)
-    bounds = [f"{bound:g}" for bound in LATENCY_BUCKETS_S] + ["+Inf"]
     for lane in lanes:
-        counts, sum_ns = lane.stats.latency_histogram.snapshot()
-        family.add_metric([lane.stats.task, lane.stats.camera], list(zip(bounds, counts)), sum_ns / 1e9)
+        buckets = lane.sender.latency.snapshot()
+        bounds = [f"{bound:g}" for bound in buckets.bounds_s] + ["+Inf"]
+        family.add_metric([lane.stats.task, lane.stats.camera], list(zip(bounds, buckets.counts)), buckets.sum_ns / 1e9)
     return family
 
 

@@ -11,10 +11,8 @@ BatchedLane over all its cameras instead (edge/pipeline/batched.py).
 """
 from __future__ import annotations
 
-import bisect
 import collections
 import dataclasses
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -35,36 +33,12 @@ log = get_logger("pipeline")
 INFER_TIMEOUT_S = 30.0
 IDLE_POLL_S = 0.1
 FPS_WINDOW_S = 2.0          # fps in status and heartbeats: results published over the last 2 s
-LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
-_BUCKET_BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BUCKETS_S)
-
-
-class LatencyHistogram:
-    """Capture-to-publish latencies counted into LATENCY_BUCKETS_S since the lane started, for the metrics endpoint's
-    histogram (`latencies_ns` keeps only the last ones): the publisher thread observes, a scrape takes a snapshot."""
-
-    def __init__(self) -> None:
-        self._counts = [0] * (len(_BUCKET_BOUNDS_NS) + 1)     # per bucket; the last one is above the largest bound
-        self._sum_ns = 0
-        self._lock = threading.Lock()
-
-    def observe_ns(self, latency_ns: int) -> None:
-        bucket = bisect.bisect_left(_BUCKET_BOUNDS_NS, latency_ns)    # a latency equal to a bound is in its bucket
-        with self._lock:
-            self._counts[bucket] += 1
-            self._sum_ns += latency_ns
-
-    def snapshot(self) -> tuple[list[int], int]:
-        """(cumulative counts at each bound of LATENCY_BUCKETS_S and then of all, sum in ns), consistent."""
-        with self._lock:
-            counts, sum_ns = list(self._counts), self._sum_ns
-        return list(itertools.accumulate(counts)), sum_ns
 
 
 @dataclasses.dataclass
 class LaneStats:
-    """Counters of one (task, camera) lane, written by the lane and (through `sent`/`dropped`, the
-    publisher's Outcome) by the publisher thread. Reading them changes nothing."""
+    """The counters a (task, camera) lane keeps itself, written by its thread; what the publisher counted of its
+    results (published, dropped at the queue, latencies) is the lane's `sender`. Reading them changes nothing."""
 
     task: str
     camera: str
@@ -72,31 +46,6 @@ class LaneStats:
     processed: int = 0
     dropped_camera: int = 0
     skipped_rate: int = 0
-    dropped_publisher: int = 0
-    published: int = 0
-    latencies_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=2048))
-    sent_ns: collections.deque[int] = dataclasses.field(default_factory=lambda: collections.deque(maxlen=4096))
-    latency_histogram: LatencyHistogram = dataclasses.field(default_factory=LatencyHistogram)
-
-    def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None:
-        self.published += 1
-        latency_ns = t_publish_ns - payload["t_capture_ns"]
-        self.latencies_ns.append(latency_ns)
-        self.latency_histogram.observe_ns(latency_ns)
-        self.sent_ns.append(t_publish_ns)
-
-    def dropped(self) -> None:
-        self.dropped_publisher += 1
-
-    def latency_ms(self, quantile: float) -> float | None:
-        values = sorted(self.latencies_ns.copy())  # copy() is atomic; the publisher appends concurrently
-        if not values:
-            return None
-        return values[min(len(values) - 1, int(quantile * len(values)))] / 1e6
-
-    def fps(self, now_ns: int) -> float:
-        since = now_ns - int(FPS_WINDOW_S * 1e9)
-        return sum(1 for t in self.sent_ns.copy() if t > since) / FPS_WINDOW_S
 
 
 class RateGate:
@@ -123,7 +72,8 @@ class RateGate:
 
 class CameraLane:
     """What the service sees of a (task, camera) lane: its name, det topic, counters and status; and how a result
-    of the camera's frame is published. Subclasses provide `engine`, `finished` and `error`."""
+    of the camera's frame is published: handed to the publisher through the lane's `sender`, whose counters the
+    publisher keeps. Subclasses provide `engine`, `finished` and `error`."""
 
     engine: Engine | None
     finished: threading.Event
@@ -133,29 +83,30 @@ class CameraLane:
         self.runtime = runtime
         self.config = runtime.config
         self.camera = camera
-        self.publisher = publisher
         self.include_labels = include_labels
         self.name = f"{self.config.name}.{camera.id}"
         self.topic = det_topic(self.config.name, camera.id)
         self.stats = LaneStats(self.config.name, camera.id)
+        self.sender = publisher.sender(self.topic)
 
     def publish(self, frame: Frame, engine: Engine, detections: Any) -> None:
         self.stats.processed += 1
         h, w = frame.image.shape[:2]
-        payload = protocol.det_message(
+        message = protocol.det_message(
             task=self.config.name, camera=self.camera.id, frame=frame.index, t_capture_ns=frame.t_capture_ns,
             precision=engine.precision, engine=engine.name, size=(w, h), detections=detections,
             labels=self.runtime.task.labels if self.include_labels else None)
-        self.publisher.publish(self.topic, payload, self.stats)
+        self.sender.publish(message)
 
     def status(self, now_ns: int | None = None) -> dict[str, Any]:
         """A snapshot of this lane (nothing is reset by reading it)."""
-        s = self.stats
+        s, sent = self.stats, self.sender
         engine = self.engine or self.runtime.active()
-        return {"task": s.task, "camera": s.camera, "fps": round(s.fps(now_ns or time.monotonic_ns()), 2),
-                "latency_ms_p50": _round(s.latency_ms(0.5)), "latency_ms_p99": _round(s.latency_ms(0.99)),
-                "captured": s.captured, "processed": s.processed, "published": s.published,
-                "dropped_camera": s.dropped_camera, "dropped_publisher": s.dropped_publisher,
+        fps = sent.rate(now_ns or time.monotonic_ns(), FPS_WINDOW_S)
+        return {"task": s.task, "camera": s.camera, "fps": round(fps, 2),
+                "latency_ms_p50": _round(sent.latency_ms(0.5)), "latency_ms_p99": _round(sent.latency_ms(0.99)),
+                "captured": s.captured, "processed": s.processed, "published": sent.published,
+                "dropped_camera": s.dropped_camera, "dropped_publisher": sent.dropped,
                 "skipped_rate": s.skipped_rate, "precision": engine.precision, "engine": engine.name,
                 "running": not self.finished.is_set()}
 

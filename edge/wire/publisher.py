@@ -10,18 +10,25 @@ keep up loses messages at its own high-water mark (SNDHWM); libzmq drops them fo
 subscriber alone and the others still get everything (ZMQ_XPUB_NODROP would instead stop
 delivery to all while one is full). `seq` numbers are given at enqueue time, so a subscriber
 sees every drop, in the queue or at its own socket, as a gap.
+
+The hand-off runs one way: a producer queues a message it built and the publisher never changes it (`seq`,
+`t_publish_ns` and `t_wall_ns` go only into what it packs). A lane publishes through a `Sender`, whose counters
+(sent, dropped, latencies) the publisher thread writes and the lane reads; the publisher knows no lanes.
 """
 from __future__ import annotations
 
+import bisect
+import collections
 import dataclasses
 import errno
+import itertools
 import os
 import queue
 import socket
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import zmq
 
@@ -43,21 +50,94 @@ MAX_SUBSCRIPTION_BYTES = max(map(len, (b"\x01", b"\x00", b"\x09SUBSCRIBE", b"\x0
 BATCH = 512                  # inbound messages handled between two rounds of sending
 RESULTS_SETTING = "output.results / EDGE_RESULTS_ENDPOINT"
 RESULTS_SOCKET_MODE = 0o660          # the daemon's user and group subscribe on ipc
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0)
+_BUCKET_BOUNDS_NS = tuple(round(bound * 1e9) for bound in LATENCY_BUCKETS_S)
 
 
-class Outcome(Protocol):
-    """Told what became of one queued message (a lane counts its own; the publisher knows no lanes)."""
+@dataclasses.dataclass(frozen=True)
+class Buckets:
+    """A histogram as a scrape reads it: the cumulative count at each bound and then of all, and the sum."""
 
-    def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None: ...
+    bounds_s: tuple[float, ...]
+    counts: list[int]
+    sum_ns: int
 
-    def dropped(self) -> None: ...
+
+class LatencyHistogram:
+    """Capture-to-publish latencies counted into LATENCY_BUCKETS_S since its sender was made, for the metrics
+    endpoint's histogram (`Sender.latencies_ns` keeps only the last ones): the publisher thread observes, a scrape
+    takes a snapshot."""
+
+    def __init__(self) -> None:
+        self._counts = [0] * (len(_BUCKET_BOUNDS_NS) + 1)     # per bucket; the last one is above the largest bound
+        self._sum_ns = 0
+        self._lock = threading.Lock()
+
+    def observe_ns(self, latency_ns: int) -> None:
+        bucket = bisect.bisect_left(_BUCKET_BOUNDS_NS, latency_ns)    # a latency equal to a bound is in its bucket
+        with self._lock:
+            self._counts[bucket] += 1
+            self._sum_ns += latency_ns
+
+    def snapshot(self) -> Buckets:
+        """The counts so far with their bounds, consistent."""
+        with self._lock:
+            counts, sum_ns = list(self._counts), self._sum_ns
+        return Buckets(LATENCY_BUCKETS_S, list(itertools.accumulate(counts)), sum_ns)
 
 
-@dataclasses.dataclass
+class Sender:
+    """One producer's messages on one topic (a lane's det topic) and what became of them, made by
+    `Publisher.sender`. The counters are written by the publisher alone (at the queue and in its thread) and read
+    by anyone; reading them changes nothing. Messages with a capture time (`t_capture_ns`: det) count their
+    capture-to-publish latency."""
+
+    def __init__(self, publisher: Publisher, topic: str) -> None:
+        self.topic = topic
+        self.published = 0                  # sent on the socket
+        self.dropped = 0                    # dropped at the full queue
+        self.latencies_ns: collections.deque[int] = collections.deque(maxlen=2048)   # of the last ones sent
+        self.sent_ns: collections.deque[int] = collections.deque(maxlen=4096)        # when the last ones were sent
+        self.latency = LatencyHistogram()   # every one since the sender was made
+        self._publisher = publisher
+
+    def publish(self, message: Mapping[str, Any]) -> bool:
+        """Queue `message` on this sender's topic (see `Publisher.publish`); False when it was dropped."""
+        return self._publisher.publish(self.topic, message, self)
+
+    def latency_ms(self, quantile: float) -> float | None:
+        """The quantile of the last latencies in ms; None before any."""
+        values = sorted(self.latencies_ns.copy())  # copy() is atomic; the publisher appends concurrently
+        if not values:
+            return None
+        return values[min(len(values) - 1, int(quantile * len(values)))] / 1e6
+
+    def rate(self, now_ns: int, window_s: float) -> float:
+        """Messages sent per second over the `window_s` before `now_ns`."""
+        since = now_ns - int(window_s * 1e9)
+        return sum(1 for t in self.sent_ns.copy() if t > since) / window_s
+
+    def _sent(self, t_capture_ns: int | None, t_publish_ns: int) -> None:
+        self.published += 1
+        if t_capture_ns is not None:
+            latency_ns = t_publish_ns - t_capture_ns
+            self.latencies_ns.append(latency_ns)
+            self.latency.observe_ns(latency_ns)
+        self.sent_ns.append(t_publish_ns)
+
+
+@dataclasses.dataclass(frozen=True)
 class _Item:
     topic: str
-    payload: dict[str, Any]
-    outcome: Outcome | None
+    message: Mapping[str, Any]
+    seq: int
+    sender: Sender | None
+
+
+def pack_sent(message: Mapping[str, Any], *, seq: int, t_publish_ns: int, t_wall_ns: int) -> bytes:
+    """The bytes of a message as the publisher sends it: its fields, then the three the publisher adds (a field the
+    message has already keeps its place; docs/protocol.md, "Byte-level example"). `message` is not changed."""
+    return protocol.pack({**message, "seq": seq, "t_publish_ns": t_publish_ns, "t_wall_ns": t_wall_ns})
 
 
 class Publisher:
@@ -163,15 +243,19 @@ class Publisher:
             self._seq[topic] = seq + 1
             return seq
 
-    def publish(self, topic: str, payload: dict[str, Any], outcome: Outcome | None = None) -> bool:
-        """Queue a message built by edge.wire.protocol (seq is added here); False when it was dropped. `outcome`
-        hears whether it was sent or dropped; drops of messages without one count in `dropped_other`."""
-        payload["seq"] = self.next_seq(topic)
+    def sender(self, topic: str) -> Sender:
+        """A producer's own way to publish on `topic`, with its own counters (from zero)."""
+        return Sender(self, topic)
+
+    def publish(self, topic: str, message: Mapping[str, Any], sender: Sender | None = None) -> bool:
+        """Queue a message built by edge.wire.protocol, which stays as it is (its seq is taken here, at the
+        queue); False when it was dropped. `sender` counts what became of it; drops of messages without one
+        count in `dropped_other`."""
         try:
-            self._queue.put_nowait(_Item(topic, payload, outcome))
+            self._queue.put_nowait(_Item(topic, message, self.next_seq(topic), sender))
         except queue.Full:
-            if outcome is not None:
-                outcome.dropped()
+            if sender is not None:
+                sender.dropped += 1
             else:
                 self.dropped_other += 1
             return False
@@ -244,11 +328,10 @@ class Publisher:
 
     def _send(self, sock: zmq.Socket[Any], item: _Item) -> None:
         now = time.monotonic_ns()
-        item.payload["t_publish_ns"] = now
-        item.payload["t_wall_ns"] = time.time_ns()
-        sock.send_multipart([item.topic.encode(), protocol.pack(item.payload)])   # an XPUB drops, never blocks
-        if item.outcome is not None:
-            item.outcome.sent(item.payload, now)
+        packed = pack_sent(item.message, seq=item.seq, t_publish_ns=now, t_wall_ns=time.time_ns())
+        sock.send_multipart([item.topic.encode(), packed])   # an XPUB drops, never blocks
+        if item.sender is not None:
+            item.sender._sent(item.message.get("t_capture_ns"), now)
 
     def _read_inbound(self, sock: zmq.Socket[Any], subscriptions: Subscriptions) -> None:
         """Apply the subscriptions that are prefixes of edge's topics, within the limits; count and ignore

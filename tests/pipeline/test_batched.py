@@ -128,7 +128,7 @@ def run_batched(runtime: TaskRuntime, cameras: list[Camera], publisher: Publishe
     drive(lane)
     wait_for(lane.finished.is_set, 20, "the batched lane to finish")
     assert lane.error is None
-    wait_for(lambda: all(m.stats.published == m.stats.processed for m in lane.members), 10, "the publisher")
+    wait_for(lambda: all(m.sender.published == m.stats.processed for m in lane.members), 10, "the publisher")
     return lane
 
 
@@ -464,7 +464,7 @@ def run_daemon(tmp_path: Path, model: Path, *, batch: bool) -> tuple[dict[str, l
     service.start()
     try:
         assert service.run(threading.Event()) == 0
-        wait_for(lambda: all(lane.stats.published == lane.stats.processed for lane in service.lanes), 10, "publish")
+        wait_for(lambda: all(lane.sender.published == lane.stats.processed for lane in service.lanes), 10, "publish")
         lanes = service.status()["lanes"]
         payloads = by_camera(received(subscriber, 24))
     finally:

@@ -72,7 +72,7 @@ def run_lane(config: TaskConfig, engine: OnnxRuntimeEngine, camera: object, publ
     wait_for(lane.finished.is_set, 20, "the lane to finish at the end of the stream")
     assert lane.error is None
     assert (lane.stats.task, lane.stats.camera) == ("objects", "c")
-    wait_for(lambda: lane.stats.published == lane.stats.processed, 10, "the publisher to count the lane's results")
+    wait_for(lambda: lane.sender.published == lane.stats.processed, 10, "the publisher to count the lane's results")
     return lane
 
 

@@ -210,8 +210,8 @@ def test_status_is_a_snapshot_that_changes_nothing(demo: Any, tmp_path: Path) ->
     service.start()
     try:
         wait_for(lambda: service.lanes[0].finished.is_set(), 60, "the lane to process its 3 frames")
-        wait_for(lambda: service.lanes[0].stats.published == 3, 10, "the 3 results to be sent")
-        lane, now = service.lanes[0], service.lanes[0].stats.sent_ns[-1]
+        wait_for(lambda: service.lanes[0].sender.published == 3, 10, "the 3 results to be sent")
+        lane, now = service.lanes[0], service.lanes[0].sender.sent_ns[-1]
         first = lane.status(now)
         assert first["fps"] == 3 / 2.0 and first["processed"] == 3      # 3 results within the 2 s window
         service.publish_heartbeat()

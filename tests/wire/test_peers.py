@@ -20,6 +20,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from edge.wire import peers, protocol
+from edge.wire import publisher as publisher_module
 from edge.wire.peers import Limits
 from edge.wire.publisher import Publisher
 from tests.conftest import PEER_S, wait_for
@@ -260,22 +261,24 @@ def test_a_connection_keeps_its_limit_however_many_connections_come_and_go(ctx: 
 
 
 class Stall:
-    """An Outcome whose `sent` holds the publishing thread until released; libzmq queues what peers send."""
+    """Holds the publishing thread, as it packs a message of kind `stall`, until released (in place of
+    edge.wire.publisher.pack_sent); libzmq queues what peers send meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.holding = threading.Event()
         self.release = threading.Event()
+        pack_sent = publisher_module.pack_sent
 
-    def sent(self, payload: dict[str, Any], t_publish_ns: int) -> None:
-        self.holding.set()
-        self.release.wait(30)
-
-    def dropped(self) -> None:
-        """Not called here: the queue has room."""
+        def stalling(message: Any, **added: int) -> bytes:
+            if message.get("kind") == "stall":
+                self.holding.set()
+                self.release.wait(30)
+            return pack_sent(message, **added)
+        monkeypatch.setattr(publisher_module, "pack_sent", stalling)
 
 
 def test_messages_read_after_their_connection_closed_are_judged_but_close_nothing(
-        ctx: zmq.Context, ipc_endpoint: str, caplog: pytest.LogCaptureFixture) -> None:
+        ctx: zmq.Context, ipc_endpoint: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """The publishing thread can read a connection's messages after the gate saw it close, when its fd number
     may be a new connection's. They are judged and counted as usual, but nothing is applied for them and no
     fd shut down. Here the closed one sent one subscription over its limit: refusing it shut down the
@@ -285,9 +288,9 @@ def test_messages_read_after_their_connection_closed_are_judged_but_close_nothin
     path = ipc_endpoint[len("ipc://"):]
     with caplog.at_level(logging.INFO, logger="edge.publisher"):
         pub = started(ipc_endpoint, ctx, subscriptions_per_peer=3)
-        stall = Stall()
+        stall = Stall(monkeypatch)
         try:
-            pub.publish("sys.stall", {"kind": "event"}, stall)
+            pub.publish("sys.stall", {"kind": "stall"})
             assert stall.holding.wait(10), "the publishing thread did not send"
             with socket.socket(socket.AF_UNIX) as gone:
                 gone.settimeout(10)

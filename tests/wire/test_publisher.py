@@ -1,10 +1,13 @@
 """The publisher on real sockets: schema, seq, drops, endpoint in use, garbage from subscribers."""
 from __future__ import annotations
 
+import copy
 import os
+import re
 import socket
 import stat
 import threading
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,11 +16,13 @@ import pytest
 import zmq
 
 from edge.errors import EdgeError
-from edge.pipeline.lanes import LaneStats
 from edge.wire import protocol
+from edge.wire import publisher as publisher_module
 from edge.wire.client import Subscriber
-from edge.wire.publisher import Publisher
+from edge.wire.publisher import LATENCY_BUCKETS_S, LatencyHistogram, Publisher
 from tests.conftest import PEER_S, wait_for
+
+PROTOCOL_DOC = Path(__file__).resolve().parents[2] / "docs" / "protocol.md"
 
 
 @pytest.fixture
@@ -41,15 +46,72 @@ def det(frame: int) -> dict:
 
 def test_messages_follow_schema_with_contiguous_seq(publisher: Publisher, ctx: zmq.Context) -> None:
     sub = subscribed(publisher, ctx, ["det."])
-    stats = LaneStats("t", "c")
+    sender = publisher.sender("det.t.c")
     for frame in range(5):
-        assert publisher.publish("det.t.c", det(frame), stats)
+        assert sender.publish(det(frame))
     messages = [sub.recv(timeout=5) for _ in range(5)]
     assert [m.seq for m in messages] == [0, 1, 2, 3, 4] and sub.missed == 0 and sub.invalid == 0
     assert all(m.payload["t_publish_ns"] >= 1 and m.payload["v"] == 1 for m in messages)
-    wait_for(lambda: stats.published == 5, 5, "published counter")
-    assert list(stats.latencies_ns) == [m.payload["t_publish_ns"] - 1 for m in messages]    # capture at 1 ns
+    wait_for(lambda: sender.published == 5, 5, "published counter")
+    assert list(sender.latencies_ns) == [m.payload["t_publish_ns"] - 1 for m in messages]    # capture at 1 ns
+    assert list(sender.sent_ns) == [m.payload["t_publish_ns"] for m in messages]
     sub.close()
+
+
+def test_the_message_handed_over_is_never_changed(publisher: Publisher, ctx: zmq.Context) -> None:
+    """The hand-off runs one way: the publisher adds seq, t_publish_ns and t_wall_ns to what it packs, not to the
+    producer's message (it wrote them into the producer's dict until issue 17)."""
+    sub = subscribed(publisher, ctx, ["det.", "sys."])
+    messages = [det(0), protocol.event_message("camera.lost", camera="c")]
+    before = copy.deepcopy(messages)
+    assert publisher.publish("det.t.c", messages[0]) and publisher.publish("sys.event", messages[1])
+    received = [sub.recv(timeout=5) for _ in messages]
+    assert [m.payload["seq"] for m in received] == [0, 0]
+    assert messages == before
+    sub.close()
+
+
+def documented_example() -> bytes:
+    """The bytes of docs/protocol.md's "Byte-level example" (each line's leading hex pairs)."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    block = text.split("## Byte-level example", 1)[1].split("```", 2)[1]
+    pairs: list[str] = []
+    for line in block.splitlines():
+        for token in line.split():
+            if not re.fullmatch(r"[0-9a-f]{2}", token):
+                break
+            pairs.append(token)
+    return bytes.fromhex("".join(pairs))
+
+
+def test_what_is_sent_is_the_documented_example_byte_for_byte(ctx: zmq.Context, ipc_endpoint: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wire format: the message built by protocol.det_message, then seq, t_publish_ns and t_wall_ns, as
+    docs/protocol.md shows it (its clocks fixed here, its seq 7)."""
+    monkeypatch.setattr(publisher_module, "time", types.SimpleNamespace(monotonic_ns=lambda: 36_000_000,
+                                                                        time_ns=lambda: 1_764_100_000_000_000_000))
+    pub = Publisher(ipc_endpoint, context=ctx)
+    pub.start()
+    raw = ctx.socket(zmq.SUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.setsockopt(zmq.SUBSCRIBE, b"det.")
+    raw.connect(ipc_endpoint)
+    try:
+        assert pub.wait_for_subscriber(10)
+        for _ in range(7):
+            pub.next_seq("det.objects.cam0")
+        assert pub.publish("det.objects.cam0", protocol.det_message(
+            task="objects", camera="cam0", frame=42, t_capture_ns=1000, precision="fp32",
+            engine="yolov3-tiny.onnx:onnxruntime:fp32", size=(768, 576), detections=[(412.5, 96.0, 440.1, 181.3,
+                                                                                       0.8125, 0)]))
+        assert raw.poll(10_000)
+        topic, body = raw.recv_multipart()
+    finally:
+        raw.close(linger=0)
+        pub.stop(5)
+    expected = documented_example()
+    assert topic == b"det.objects.cam0" and len(expected) == 231       # the page says 231 bytes
+    assert body == expected
 
 
 def test_events_carry_their_details(publisher: Publisher, ctx: zmq.Context, caplog: pytest.LogCaptureFixture) -> None:
@@ -66,9 +128,10 @@ def test_events_carry_their_details(publisher: Publisher, ctx: zmq.Context, capl
 
 def test_full_queue_drops_and_counts_without_blocking(ctx: zmq.Context, tcp_endpoint: str) -> None:
     pub = Publisher(tcp_endpoint, queue_size=2, context=ctx)   # not started: nothing drains the queue
-    stats = LaneStats("t", "c")
-    results = [pub.publish("det.t.c", det(i), stats) for i in range(5)]
-    assert results == [True, True, False, False, False] and stats.dropped_publisher == 3
+    sender = pub.sender("det.t.c")
+    results = [sender.publish(det(i)) for i in range(5)]
+    assert results == [True, True, False, False, False] and (sender.dropped, sender.published) == (3, 0)
+    assert pub.dropped_other == 0                               # a sender's drops are its own
     assert pub.next_seq("det.t.c") == 5                         # dropped messages used their seq: gaps show
 
 
@@ -106,7 +169,7 @@ def test_ipc_endpoint_in_use_and_stale_socket_file(ctx: zmq.Context, ipc_endpoin
     again = Publisher(ipc_endpoint, context=ctx)
     again.start()                                                 # stale file: replaced, not refused
     sub = subscribed(again, ctx, ["det."])                        # and the new socket really serves
-    assert again.publish("det.t.c", det(7), LaneStats("t", "c"))
+    assert again.publish("det.t.c", det(7))
     message = sub.recv(timeout=5)
     assert message is not None and message.payload["frame"] == 7 and message.seq == 0
     sub.close()
@@ -119,7 +182,7 @@ def test_restart_on_the_same_ipc_endpoint_serves_subscribers(ctx: zmq.Context, i
         pub = Publisher(ipc_endpoint, context=ctx)
         pub.start()
         sub = subscribed(pub, ctx, ["det."])
-        assert pub.publish("det.t.c", det(frame), LaneStats("t", "c"))
+        assert pub.publish("det.t.c", det(frame))
         message = sub.recv(timeout=5)
         assert message is not None and message.payload["frame"] == frame
         sub.close()
@@ -139,11 +202,26 @@ def umask() -> int:
     return current
 
 
-def test_latency_quantiles() -> None:
-    stats = LaneStats("t", "c")
-    assert stats.latency_ms(0.5) is None
-    stats.latencies_ns.extend(ms * 1_000_000 for ms in (40, 10, 30, 20))
-    assert [stats.latency_ms(q) for q in (0.0, 0.5, 0.99, 1.0)] == [10.0, 30.0, 40.0, 40.0]
+def test_latency_quantiles_and_rate(ctx: zmq.Context) -> None:
+    sender = Publisher("inproc://unused", context=ctx).sender("det.t.c")
+    assert sender.latency_ms(0.5) is None and sender.rate(10**9, 2.0) == 0
+    sender.latencies_ns.extend(ms * 1_000_000 for ms in (40, 10, 30, 20))
+    assert [sender.latency_ms(q) for q in (0.0, 0.5, 0.99, 1.0)] == [10.0, 30.0, 40.0, 40.0]
+    sender.sent_ns.extend((1, 10**9, 3 * 10**9, 4 * 10**9))
+    assert sender.rate(4 * 10**9, 2.0) == 1.0                  # 3 s and 4 s are within the 2 s before 4 s
+
+
+def test_latency_histogram_buckets_include_their_bound() -> None:
+    histogram = LatencyHistogram()
+    for ns in (0, 5_000_000, 5_000_001, 1_000_000_000, 1_000_000_001, 7_000_000_000):
+        histogram.observe_ns(ns)
+    buckets = histogram.snapshot()
+    counts = buckets.counts
+    assert buckets.bounds_s == LATENCY_BUCKETS_S and len(counts) == len(LATENCY_BUCKETS_S) + 1
+    assert counts[0] == 2                                       # le 0.005: 0 and exactly 5 ms
+    assert counts[1] == 3                                       # le 0.01: and 5 ms + 1 ns
+    assert counts[LATENCY_BUCKETS_S.index(1.0)] == 4            # le 1: and exactly 1 s
+    assert counts[-1] == 6 and buckets.sum_ns == 9_010_000_002  # +Inf: all
 
 
 def test_counters_start_at_zero_and_stop_before_start_is_harmless(ctx: zmq.Context, tcp_endpoint: str) -> None:
@@ -168,7 +246,7 @@ def test_stop_sends_what_is_queued_ends_its_thread_and_can_repeat(ctx: zmq.Conte
     assert f"publishing results on {ipc_endpoint}" in [r.getMessage() for r in caplog.records]
     sub = subscribed(pub, ctx, ["det."])
     for frame in range(5):
-        pub.publish("det.t.c", det(frame), LaneStats("t", "c"))
+        pub.publish("det.t.c", det(frame))
     pub.stop(5)                                                          # at once: the queue is sent first
     assert not any(t.is_alive() for t in threads)
     assert [sub.recv(timeout=5).payload["frame"] for _ in range(5)] == list(range(5))
@@ -197,7 +275,7 @@ def test_garbage_from_peers_does_not_stop_publishing(publisher: Publisher, ctx: 
     junk.send(b"\x07not a subscription")
     junk.send(b"\x01" + b"x" * 5000)                                      # over the inbound size limit
     wait_for(lambda: publisher.rejected_inbound >= 1, 10, "the junk message to be seen and ignored")
-    publisher.publish("det.t.c", det(0), LaneStats("t", "c"))
+    publisher.publish("det.t.c", det(0))
     message = good.recv(timeout=5)
     assert message is not None and message.payload["frame"] == 0
     junk.close(linger=0)
@@ -222,12 +300,12 @@ def test_a_stalled_subscriber_loses_its_own_messages_not_the_others(ctx: zmq.Con
         sub.setsockopt(zmq.SUBSCRIBE, prefix)         # distinct prefixes: the XPUB reports each one
         sub.connect(tcp_endpoint)
         wait_for(lambda n=count: pub.subscriptions >= n, PEER_S, f"{name} to subscribe")
-    stats = LaneStats("t", "c")
+    sender = pub.sender("det.t.c")
     read: list[int] = []
     try:
         for batch in range(10):
             for frame in range(batch * 100, batch * 100 + 100):
-                assert pub.publish("det.t.c", {**det(frame), "engine": "x" * 10_000}, stats)
+                assert sender.publish({**det(frame), "engine": "x" * 10_000})
             while len(read) < batch * 100 + 100 and subscribers["reader"].poll(10_000):
                 read.append(msgpack.unpackb(subscribers["reader"].recv_multipart()[1])["seq"])
         stalled = _seqs(subscribers["stalled"], 1000)
@@ -235,7 +313,7 @@ def test_a_stalled_subscriber_loses_its_own_messages_not_the_others(ctx: zmq.Con
         for sub in subscribers.values():
             sub.close(linger=0)
         pub.stop(5)
-    assert stats.published == 1000 and stats.dropped_publisher == 0
+    assert sender.published == 1000 and sender.dropped == 0
     assert read == list(range(1000))
     assert 0 < len(stalled) < 1000 and stalled == sorted(set(stalled))        # gaps in its seq, nothing else
 
