@@ -39,8 +39,27 @@ declare -A SPEC=(
   # reconnect with backoff
   [sources]="edge/pipeline/cameras.py | tests/pipeline/test_cameras.py | edge.pipeline.cameras.xǁCameraǁ_run__* edge.pipeline.cameras.xǁCameraǁ_reconnect__*
     edge.pipeline.cameras.xǁCameraǁ_lost__*"
+  # the supervisor's policy: ladder, hysteresis, dwell, per-task choice
+  [policy]="edge/supervisor/policy.py | tests/supervisor/test_policy.py | edge.supervisor.policy.*"
+  # a task's variants and the switch at a frame boundary
+  [runtime]="edge/pipeline/runtime.py | tests/pipeline/test_runtime.py | edge.pipeline.runtime.xǁTaskRuntimeǁ*"
+  # what a changed config file changes
+  [reload]="edge/daemon/reload.py | tests/daemon/test_reload.py::test_the_plan_restarts_only_what_changed
+    tests/daemon/test_reload.py::test_a_changed_camera_restarts_the_tasks_that_read_it
+    tests/daemon/test_reload.py::test_a_changed_socket_section_refuses_the_whole_reload
+    tests/daemon/test_reload.py::test_a_changed_log_level_is_applied_alone
+    tests/daemon/test_reload.py::test_every_changed_socket_section_is_named | edge.daemon.reload.*"
+  # the bundle archive's checks: manifest, member paths and kinds, sizes, the bounded single pass
+  [archive]="edge/deploy/archive.py | tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁ*
+    edge.deploy.archive.x_path_problem__* edge.deploy.archive.x__read_members__* edge.deploy.archive.x__small_member__*
+    edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__* edge.deploy.archive.xǁ_Inflateǁ*"
+  # the results socket's connection gate and subscription records
+  [peers]="edge/wire/peers.py | tests/wire/test_peers.py | edge.wire.peers.xǁGateǁ* edge.wire.peers.xǁSubscriptionsǁ*"
+  # what the daemon tells systemd (EXTEND_TIMEOUT_USEC only while starting, its cap) and when it pings the watchdog
+  [systemd]="edge/daemon/systemd.py | tests/daemon/test_systemd.py | edge.daemon.systemd.*"
+  [watchdog]="edge/daemon/service.py | tests/daemon/test_systemd.py | edge.daemon.service.xǁServiceǁ_ping_watchdog__*"
 )
-ORDER=(client pipeline detector publisher evaluate sources assets)
+ORDER=(client pipeline detector publisher evaluate sources assets policy runtime reload archive peers systemd watchdog)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")

@@ -81,6 +81,17 @@ def test_a_changed_camera_restarts_the_tasks_that_read_it(demo: Any, tmp_path: P
     new = _config(_yaml(tmp_path, model, tasks=tasks, cameras="&frames=100"), tmp_path)
     change = reload.plan(old, new, {"a", "b"})
     assert (change.stop, change.start, change.keep) == (("b",), ("b",), ("a",))
+    assert change.reopen == frozenset({"cam1"})                      # opened anew for b, not shared with a
+
+
+def test_a_changed_log_level_is_applied_alone(demo: Any, tmp_path: Path) -> None:
+    model = demo.model
+    tasks = _task("a", "cam0", model) + _task("b", "cam1", model)
+    old = _config(_yaml(tmp_path, model, tasks=tasks), tmp_path)
+    new = _config(_yaml(tmp_path, model, tasks=tasks) + "logging:\n  level: debug\n", tmp_path)
+    change = reload.plan(old, new, {"a", "b"})
+    assert change.logging and not change.supervisor and change.changes and change.reopen == frozenset()
+    assert change.describe() == "keep: a, b; log level"
 
 
 @pytest.mark.parametrize("section,edit", [("output", {"results": "other.sock"}),
@@ -92,9 +103,22 @@ def test_a_changed_socket_section_refuses_the_whole_reload(demo: Any, tmp_path: 
     new_text = _yaml(tmp_path, model, tasks=_task("a", "cam0", model, "\n    priority: 80"), **edit)
     if section == "control":
         new_text = new_text.replace("/c.sock", "/c2.sock")
-    with pytest.raises(EdgeError, match=f"reload refused: the {section} section") as info:
+    with pytest.raises(EdgeError) as info:
         reload.plan(_config(old_text, tmp_path), _config(new_text, tmp_path), {"a"})
-    assert "systemctl restart edge-runtime" in str(info.value)
+    assert info.value.render() == (
+        f"reload refused: the {section} section(s) changed, and they are bound to sockets at start\n"
+        "Note: the daemon runs on with its current config\n"
+        "Hint: restart to apply them (systemctl restart edge-runtime); reload applies tasks, cameras, supervisor"
+        " and logging")
+
+
+def test_every_changed_socket_section_is_named(demo: Any, tmp_path: Path) -> None:
+    model = demo.model
+    old_text = _yaml(tmp_path, model, tasks=_task("a", "cam0", model))
+    new_text = _yaml(tmp_path, model, tasks=_task("a", "cam0", model), results="other.sock")
+    new_text = new_text.replace("/c.sock", "/c2.sock")
+    with pytest.raises(EdgeError, match=r"^reload refused: the output, control section\(s\) changed"):
+        reload.plan(_config(old_text, tmp_path), _config(new_text, tmp_path), {"a"})
 
 
 # --- the daemon -----------------------------------------------------------------------------------------------
