@@ -16,6 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge.cli import main as cli
+from edge.cli import run as cli_run
 from edge.config import parse_config
 from edge.daemon import metrics
 from edge.daemon.service import Service
@@ -246,7 +247,7 @@ def test_the_environment_and_the_command_line_turn_metrics_on(demo, tmp_path: Pa
     assert config(demo, tmp_path, environ, metrics_section="").metrics.enabled
     assert not config(demo, tmp_path, environ, metrics_section="metrics:\n  enabled: false\n").metrics.enabled
     args = cli.build_parser().parse_args(["run", "--config", "x.yaml", "--metrics", "127.0.0.1:9200"])
-    assert cli._env_overrides(args) == environ
+    assert cli_run._env_overrides(args) == environ
     with pytest.raises(ConfigError, match=r"metrics\.listen \(from \$EDGE_METRICS_LISTEN\): must be HOST:PORT"):
         config(demo, tmp_path, {"EDGE_METRICS_LISTEN": "9200"}, metrics_section="")
 

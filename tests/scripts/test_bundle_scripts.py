@@ -100,7 +100,7 @@ def test_edge_may_be_a_command_name() -> None:
     assert commands(result.stdout)[0] == "ssh jetson-17 sudo edge bundle rollback --restart --health-timeout 120"
 
 
-# The edge CLI's --health-timeout takes seconds up to a day (edge.cli.main.MAX_SECONDS); the scripts take whole
+# The edge CLI's --health-timeout takes seconds up to a day (edge.cli.common.MAX_SECONDS); the scripts take whole
 # seconds up to the longest start the unit allows (edge.daemon.systemd.START_CAP_S: the daemon never extends
 # its start past it).
 @pytest.mark.parametrize("name", ["deploy-bundle.sh", "rollback.sh"])

@@ -696,7 +696,7 @@ def test_run_and_demo_pass_control_and_telemetry_to_the_config(command: str, tmp
 
     monkeypatch.setattr("edge.config.load_config", load_config)
     monkeypatch.setattr("edge.cli.demo.run_demo", run_demo)
-    monkeypatch.setattr("edge.cli.main.setup_logging", lambda level: None)
+    monkeypatch.setattr("edge.cli.run.setup_logging", lambda level: None)
     monkeypatch.setenv("EDGE_CONTROL_ENDPOINT", "ipc:///from/the/environment.sock")   # restored after the test
     monkeypatch.setenv("EDGE_TELEMETRY", "auto")
     args = cli.build_parser().parse_args([command, *(["--config", "x.yaml"] if command == "run" else []),

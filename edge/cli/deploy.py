@@ -1,0 +1,166 @@
+"""The commands that deploy engines: bundle-signing keys, and signed bundles packed, verified, installed into
+A/B slots and rolled back."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from edge.cli import display
+from edge.cli.common import control_endpoint, positive_seconds, terminated
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from edge.deploy import keys
+
+    pair = keys.generate(args.out, args.name)
+    print(f"wrote {pair.private} (the private key, 0600: keep it off the vehicles) and {pair.public} (install it in"
+          f" {keys.TRUSTED_KEYS}/ on each device); key id {pair.key_id}")
+    return 0
+
+
+def cmd_bundle_pack(args: argparse.Namespace) -> int:
+    from edge.deploy import archive
+
+    verified = archive.pack(args.models, key=args.key, version=args.version, out=args.out)
+    manifest = verified.manifest
+    print(f"wrote {args.out}: bundle {manifest.version}, models {', '.join(manifest.models)}, {len(manifest.files)}"
+          f" files, {manifest.total_bytes} bytes, signed by key {verified.key_id}")
+    return 0
+
+
+def cmd_bundle_verify(args: argparse.Namespace) -> int:
+    from edge.deploy import install
+
+    verified = install.verify(_bundle_source(args.bundle), trusted_dir=args.keys)
+    manifest = verified.manifest
+    plans = sorted({f"{k.get('board')} L4T {k.get('l4t')}" for k in manifest.device_keys})
+    print(f"{args.bundle}: bundle {manifest.version} created {manifest.created}, signed by trusted key"
+          f" {verified.key_id}; models {', '.join(manifest.models)}; {len(manifest.files)} files,"
+          f" {manifest.total_bytes} bytes, every sha256 matches; plans for: {', '.join(plans) or 'none'}")
+    return 0
+
+
+def cmd_bundle_install(args: argparse.Namespace) -> int:
+    from edge.deploy import install
+
+    outcome = install.install(_bundle_source(args.bundle), root=args.root, trusted_dir=args.keys,
+                              activation=_activation(args))
+    _print_outcome("installed", outcome)
+    return 0
+
+
+def cmd_bundle_activate(args: argparse.Namespace) -> int:
+    from edge.deploy import install
+
+    outcome = install.activate(args.slot, root=args.root, trusted_dir=args.keys, activation=_activation(args),
+                               force=args.force)
+    _print_outcome("activated", outcome)
+    return 0
+
+
+def cmd_bundle_rollback(args: argparse.Namespace) -> int:
+    from edge.deploy import install
+
+    outcome = install.rollback(root=args.root, trusted_dir=args.keys, activation=_activation(args), force=args.force)
+    _print_outcome("rolled back to", outcome)
+    return 0
+
+
+def cmd_bundle_list(args: argparse.Namespace) -> int:
+    from edge.deploy import install
+
+    listing = install.list_slots(args.root)
+    print(display.json_text(listing, indent=2) if args.json else install.describe(listing))
+    return 0
+
+
+def _bundle_source(name: str) -> Any:
+    """A bundle argument: a path, or - for standard input (a pipe over ssh)."""
+    return sys.stdin.buffer if name == "-" else Path(name)
+
+
+def _activation(args: argparse.Namespace) -> Any:
+    """What follows a switch of `current`. A hangup (a closed terminal, a dropped ssh -t) ends the command like
+    SIGTERM does, through the switch back, not in the middle of it."""
+    from edge.deploy import health, install
+
+    signal.signal(signal.SIGHUP, terminated)
+    check = None if args.no_health else health.HealthCheck(control_endpoint(args), timeout_s=args.health_timeout)
+    return install.Activation(restart=install.RESTART if args.restart else None, health=check)
+
+
+def _print_outcome(done: str, outcome: Any) -> None:
+    print(f"{done} bundle {outcome.version} (key {outcome.key_id}) in slot {outcome.slot}; current -> {outcome.slot}"
+          f" (was {outcome.previous or 'none'})")
+    print(f"health: {outcome.health}")
+    for note in outcome.notes:
+        print(f"note: {note}")
+
+
+def add_keys(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    keys = sub.add_parser("keys", help="keys that sign engine bundles").add_subparsers(dest="keys_command",
+                                                                                     required=True)
+    generate = keys.add_parser("generate", help="a new Ed25519 key pair: NAME.key (0600) and NAME.pub")
+    generate.add_argument("--out", type=Path, required=True, metavar="DIR", help="where to write them (made 0700)")
+    generate.add_argument("--name", default="edge-bundle", help="file name stem (default edge-bundle)")
+    generate.set_defaults(func=cmd_keys_generate)
+
+
+def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    bundle = sub.add_parser("bundle", help="signed engine bundles: pack, verify, install into A/B slots, roll back")
+    bundles = bundle.add_subparsers(dest="bundle_command", required=True)
+    pack = bundles.add_parser("pack", help="pack engine repositories into a signed bundle")
+    pack.add_argument("models", nargs="+", type=Path, metavar="MODEL_DIR", help="engine repositories (manifest.json)")
+    pack.add_argument("--key", type=Path, required=True, help="the private key (edge keys generate)")
+    pack.add_argument("--version", required=True, help="the bundle's version, e.g. 2026.11.1")
+    pack.add_argument("--out", type=Path, required=True, metavar="FILE", help="the bundle to write")
+    pack.set_defaults(func=cmd_bundle_pack)
+    verify = bundles.add_parser("verify", help="check a bundle completely (signature, sha256, paths); keep nothing")
+    verify.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    _bundle_keys_arg(verify)
+    verify.set_defaults(func=cmd_bundle_verify)
+    install = bundles.add_parser("install", help="install into the inactive slot, switch, check health, roll back"
+                                 " on failure")
+    install.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    _bundle_switch_args(install)
+    install.set_defaults(func=cmd_bundle_install)
+    activate = bundles.add_parser("activate", help="make an installed slot current (verified again, health checked)")
+    activate.add_argument("slot", choices=["a", "b"])
+    _bundle_switch_args(activate, force=True)
+    activate.set_defaults(func=cmd_bundle_activate)
+    rollback = bundles.add_parser("rollback", help="make the other slot current again")
+    _bundle_switch_args(rollback, force=True)
+    rollback.set_defaults(func=cmd_bundle_rollback)
+    listing = bundles.add_parser("list", help="the slots: versions, keys, health, which is current")
+    _bundle_root_arg(listing)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_bundle_list)
+
+
+def _bundle_keys_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--keys", type=Path, default=Path("/etc/edge/trusted-keys"), metavar="DIR",
+                        help="trusted public keys, *.pub (default /etc/edge/trusted-keys)")
+
+
+def _bundle_root_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path("/var/lib/edge/bundles"), metavar="DIR",
+                        help="where the slots are (default /var/lib/edge/bundles)")
+
+
+def _bundle_switch_args(parser: argparse.ArgumentParser, *, force: bool = False) -> None:
+    _bundle_root_arg(parser)
+    _bundle_keys_arg(parser)
+    parser.add_argument("--restart", action="store_true",
+                        help="restart the daemon after the switch (systemctl restart edge-runtime), and again after"
+                             " a rollback")
+    parser.add_argument("--no-health", action="store_true", help="switch without checking the daemon's health")
+    parser.add_argument("--health-timeout", type=positive_seconds, default=60.0, metavar="SECONDS",
+                        help="how long the daemon has to show every lane processing frames (default 60)")
+    parser.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
+                        " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
+    if force:
+        parser.add_argument("--force", action="store_true", help="activate a slot that failed its last health check")
+
