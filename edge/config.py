@@ -503,7 +503,7 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
     if problems:
         lines = [p.render(overridden, hidden) for p in sorted(problems, key=_file_order)]
         raise ConfigError(f"invalid config {source}: {len(lines)} problem(s)", note="\n  " + "\n  ".join(lines),
-                          hint="see the config reference in README.md")
+                          hint="see the config reference, docs/config.md")
     return config
 
 

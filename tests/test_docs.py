@@ -1,11 +1,11 @@
 """The commands and code in README.md and docs/*.md hold as written (issue 16, "Docs that do not hold").
 
-Checked here, without a daemon or a download: the README's usage table against `edge.cli.main.build_parser()`; every
-`edge` line of a fenced example parses with that parser, and says `.venv/bin/edge` off the board docs; the flags
-that examples pass to scripts and benchmarks are in their `--help`; every ```python block compiles, imports what
-exists and calls it with arguments its signature takes; no example on a PC page names the board's sockets; the
-repository paths and links the docs name exist; the trace format is where TRACE_HINT says. Running the commands
-for real is done by hand (README.md, "Tests", says which).
+Checked here, without a daemon or a download: the usage tables (docs/cli.md's names every subcommand) against
+`edge.cli.main.build_parser()`; every `edge` line of a fenced example parses with that parser, and says
+`.venv/bin/edge` off the board docs; the flags that examples pass to scripts and benchmarks are in their `--help`;
+every ```python block compiles, imports what exists and calls it with arguments its signature takes; no example
+on a PC page names the board's sockets; the repository paths and links the docs name exist; the trace format is
+where TRACE_HINT says. Running the commands for real is done by hand (docs/testing.md, "The tests", says which).
 """
 from __future__ import annotations
 
@@ -154,24 +154,47 @@ def help_text(name: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-def test_usage_table_names_every_flag_of_each_subcommand() -> None:
-    problems = []
-    readme = PAGES[0]
-    for number, line in readme.prose:
+def synopses(page: Page) -> Iterator[tuple[int, str]]:
+    """(line number, synopsis) of each `edge ...` in the first cell of a usage table's row: a table whose first
+    column is headed "command" (a troubleshooting table's `edge status` is no synopsis)."""
+    header, previous = None, 0
+    for number, line in page.prose:
         cells = re.split(r"(?<!\\)\|", line)
-        if len(cells) < 3 or not cells[1].strip().startswith("`edge "):
+        if len(cells) < 3:
+            header = None
             continue
-        for synopsis in re.findall(r"`(edge [^`]+)`", cells[1]):
-            parser = subcommand(synopsis.replace("\\|", "|").split())
+        if header is None or number != previous + 1:
+            header = cells[1].strip()
+        previous = number
+        if header == "command" and cells[1].strip().startswith("`edge "):
+            for synopsis in re.findall(r"`(edge [^`]+)`", cells[1]):
+                yield number, synopsis.replace("\\|", "|")
+
+
+def test_usage_tables_name_every_flag_of_each_subcommand() -> None:
+    problems = []
+    for page in PAGES:
+        for number, synopsis in synopses(page):
+            parser = subcommand(synopsis.split())
             named = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", synopsis))
             flags = {option for action in parser._actions for option in action.option_strings
                      if option.startswith("--")} - {"--help"}
             if named - flags:
-                problems.append(f"README.md:{number}: `{synopsis}`: {parser.prog} has no"
+                problems.append(f"{page.name}:{number}: `{synopsis}`: {parser.prog} has no"
                                 f" {', '.join(sorted(named - flags))}")
             if flags - named:
-                problems.append(f"README.md:{number}: `{synopsis}` leaves out {', '.join(sorted(flags - named))}")
+                problems.append(f"{page.name}:{number}: `{synopsis}` leaves out {', '.join(sorted(flags - named))}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_command_reference_has_a_synopsis_of_every_subcommand() -> None:
+    def leaves(parser: argparse.ArgumentParser) -> Iterator[str]:
+        choices = next((action.choices for action in parser._actions if isinstance(action.choices, dict)), {})
+        for sub in choices.values():
+            yield from leaves(sub) if any(isinstance(action.choices, dict) for action in sub._actions) else [sub.prog]
+    reference = next(page for page in PAGES if page.name == "docs/cli.md")
+    documented = {subcommand(synopsis.split()).prog for _, synopsis in synopses(reference)}
+    assert sorted(set(leaves(build_parser())) - documented) == []
 
 
 def test_edge_examples_parse_and_name_the_venv_on_a_pc() -> None:
