@@ -6,7 +6,7 @@ telemetry sample's temperatures and power, the cameras, the subscribers. The lat
 snapshot cannot give: the publisher counts each lane's latencies into buckets as its results are sent (the lane's
 `sender`), and a snapshot of them carries their bounds.
 
-Every client is treated as hostile (DESIGN section 8), and the lanes come first:
+Every client is treated as hostile (docs/reliability.md), and the lanes come first:
 - at most MAX_REQUESTS_PER_S connections a second are served (a scrape costs the daemon about 1 ms of CPU, so the
   endpoint takes about 1% of a core at most); the others are closed at once, with no thread and nothing read;
 - at most MAX_CONNECTIONS at once, and one more evicts the oldest that is still sending its request, so clients that

@@ -1,28 +1,10 @@
-"""Who may connect to the results socket, and what each connection may hold there (docs/reliability.md).
+"""Who may connect to the results socket, and what each connection may hold there.
 
-A bound XPUB in libzmq 4.3 has no limit per peer. Any local process that can reach the socket may
-open connections until the daemon runs out of file descriptors (libzmq then aborts the process in its
-ipc listener). It may also send subscriptions without end: libzmq keeps every one in a trie, and walks
-the whole trie each time a connection closes, inside the publishing thread's send(). docs/reliability.md
-has the measurements. Two parts add the limits, with what libzmq exposes:
-
-- `Gate`, a thread of its own, so that it keeps working however busy the publishing thread is:
-  - it answers libzmq's ZAP requests (the socket has a ZAP domain, enforced): a connection is admitted
-    only within a rate and a count per source (the uid of an ipc peer, the address of a tcp one) and
-    gets a connection number, counting up, which libzmq attaches to its messages as User-Id;
-  - it reads the socket monitor (ACCEPTED and DISCONNECTED carry the connection's fd) and closes a
-    connection over the count limits at once, before its handshake, so idle connections cannot
-    exhaust the fds; from DISCONNECTED it tells which connection numbers have closed (`Gate.ended`);
-  - it counts and logs the handshakes libzmq broke off, which ZAP never sees (HANDSHAKE_FAILED_PROTOCOL
-    names only the error): a subscriber without CURVE on a CURVE endpoint, or with another server key.
-- `Subscriptions`, in the publishing thread (XPUB_MANUAL): only prefixes of edge's own topics are
-  applied, at most `subscriptions_per_peer` a connection; a connection that sends anything else is
-  closed on its first such message. What it keeps per connection lives as long as the connection.
-
-Closing a connection is shutdown(2) on its fd, after checking that the fd still belongs to this
-listener (an fd number is reused once libzmq closes it). libzmq then closes the connection as if the
-peer had hung up. A libzmq SUB reconnects by itself, so the limits sit well above what honest
-subscribers need.
+A bound XPUB in libzmq 4.3 has no limit per peer, so two parts add them: `Gate` (a thread of its own:
+ZAP admission by rate and count per source, the socket monitor to close connections over the limits
+before their handshake, failed handshakes counted) and `Subscriptions` (in the publishing thread,
+XPUB_MANUAL: only prefixes of edge's own topics, a bounded number per connection, kept exactly as long
+as the connection). docs/reliability.md ("How the results socket enforces its limits") says how and why.
 """
 from __future__ import annotations
 
