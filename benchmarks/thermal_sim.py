@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.supervisor.policy import PRECISIONS, Level, Supervisor, SupervisorConfig, TaskPolicy
-from edge.supervisor.telemetry import Sample
+from edge.supervisor.telemetry.common import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE_START = "<!-- thermal_sim table: start (benchmarks/thermal_sim.py writes this) -->"

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from edge.cli.main import build_parser
-from edge.supervisor import telemetry
+from edge.supervisor.telemetry import common, trace
 from tests.support.daemon import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -296,17 +296,17 @@ def test_named_paths_and_links_exist() -> None:
 
 
 def test_the_trace_hint_points_at_the_documented_format(tmp_path: Path) -> None:
-    pointer = re.search(r'(docs/[\w-]+\.md), "([^"]+)"', telemetry.TRACE_HINT)
-    assert pointer, f"the hint names no page and section of the docs: {telemetry.TRACE_HINT}"
+    pointer = re.search(r'(docs/[\w-]+\.md), "([^"]+)"', trace.TRACE_HINT)
+    assert pointer, f"the hint names no page and section of the docs: {trace.TRACE_HINT}"
     doc, title = pointer.groups()
     text = (ROOT / doc).read_text(encoding="utf-8")
     section = re.search(rf"^## [\d. ]*{re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S).group(1)
-    facts = [f"`{key}`" for key in sorted(telemetry.TRACE_KEYS)] + [
-        f"{telemetry.TRACE_MAX_BYTES // 2**20} MiB", f"{telemetry.TRACE_MAX_LINE_BYTES // 2**10} KiB",
-        "{:g}..{:g}".format(*telemetry.PLAUSIBLE_C).replace("-", "−")]
+    facts = [f"`{key}`" for key in sorted(trace.TRACE_KEYS)] + [
+        f"{trace.TRACE_MAX_BYTES // 2**20} MiB", f"{trace.TRACE_MAX_LINE_BYTES // 2**10} KiB",
+        "{:g}..{:g}".format(*common.PLAUSIBLE_C).replace("-", "−")]
     assert [fact for fact in facts if fact not in section] == []
     example = re.search(r"```jsonl\n(.*?)```", section, re.S).group(1)
     (tmp_path / "hot.jsonl").write_text(example, encoding="utf-8")
-    samples = telemetry.load_trace(tmp_path / "hot.jsonl")       # the example is a valid trace
+    samples = trace.load_trace(tmp_path / "hot.jsonl")       # the example is a valid trace
     used = set().union(*(json.loads(line) for line in example.splitlines()))
-    assert len(samples) > 1 and used == telemetry.TRACE_KEYS
+    assert len(samples) > 1 and used == trace.TRACE_KEYS

@@ -18,7 +18,8 @@ from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.pipeline.runtime import TaskRuntime
 from edge.supervisor.policy import Decision, Level, Supervisor, TaskPolicy, Update
-from edge.supervisor.telemetry import NoneReader, Reader, Sample, TelemetryError, open_reader
+from edge.supervisor.telemetry import open_reader
+from edge.supervisor.telemetry.common import NoneReader, Reader, Sample, TelemetryError
 from edge.wire import protocol
 
 log = get_logger("supervisor")

@@ -59,7 +59,7 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from edge.errors import ConfigError, UsageError
-from edge.supervisor.telemetry import Sample
+from edge.supervisor.telemetry.common import Sample
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODES = ("auto", *PRECISIONS)

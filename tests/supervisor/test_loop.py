@@ -16,7 +16,8 @@ from edge.config import SupervisorSection, parse_config
 from edge.daemon.service import Service
 from edge.errors import EdgeError
 from edge.supervisor.loop import Governor, open_telemetry
-from edge.supervisor.telemetry import NoneReader, TelemetryError, TraceReader
+from edge.supervisor.telemetry.common import NoneReader, TelemetryError
+from edge.supervisor.telemetry.trace import TraceReader
 from edge.wire.client import Subscriber
 from tests.conftest import PEER_S
 from tests.support.lanes import runtime

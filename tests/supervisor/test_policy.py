@@ -8,7 +8,7 @@ import pytest
 
 from edge.errors import ConfigError, UsageError
 from edge.supervisor.policy import Level, Supervisor, SupervisorConfig, TaskPolicy, Update
-from edge.supervisor.telemetry import Sample
+from edge.supervisor.telemetry.common import Sample
 
 ORIN_TRIPS = {"tj": {"passive": 99.0, "critical": 104.5}}
 

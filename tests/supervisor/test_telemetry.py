@@ -1,4 +1,4 @@
-"""Telemetry readers (edge.supervisor.telemetry): sysfs against a tree laid out as on an Orin NX, jtop against a
+"""Telemetry readers (edge/supervisor/telemetry/): sysfs against a tree laid out as on an Orin NX, jtop against a
 stand-in that follows the jetson-stats API (a contract test), trace replay on an injected clock, every URI form,
 and NVML for real on the GPU tier. No test sleeps: time is a FakeClock."""
 from __future__ import annotations
@@ -15,17 +15,12 @@ from typing import Any
 import pytest
 
 from edge.errors import EdgeError, UsageError
-from edge.supervisor import telemetry
-from edge.supervisor.telemetry import (
-    JtopReader,
-    NoneReader,
-    NvmlReader,
-    Sample,
-    SysfsReader,
-    TelemetryError,
-    TraceReader,
-    open_reader,
-)
+from edge.supervisor.telemetry import open_reader
+from edge.supervisor.telemetry.common import NoneReader, Sample, TelemetryError
+from edge.supervisor.telemetry.jtop import JtopReader
+from edge.supervisor.telemetry.nvml import NvmlReader
+from edge.supervisor.telemetry.sysfs import SysfsReader
+from edge.supervisor.telemetry.trace import TRACE_MAX_BYTES, TRACE_MAX_LINE_BYTES, TraceReader
 
 
 class FakeClock:
@@ -605,12 +600,12 @@ def test_trace_malformed_line_is_an_error_with_its_line_number(tmp_path: Path, l
 def test_trace_refuses_an_oversized_file_or_line(tmp_path: Path) -> None:
     big = tmp_path / "big.jsonl"
     with big.open("wb") as file:
-        file.truncate(telemetry.TRACE_MAX_BYTES + 1)                      # sparse: no 16 MiB written
+        file.truncate(TRACE_MAX_BYTES + 1)                                # sparse: no 16 MiB written
     with pytest.raises(TelemetryError) as caught:
         TraceReader(big)
     assert caught.value.what == f"trace {big} is over the 16 MiB limit"
-    assert caught.value.note == f"{telemetry.TRACE_MAX_BYTES + 1} bytes"
-    line = {"t": 1, "mode": "x" * telemetry.TRACE_MAX_LINE_BYTES}
+    assert caught.value.note == f"{TRACE_MAX_BYTES + 1} bytes"
+    line = {"t": 1, "mode": "x" * TRACE_MAX_LINE_BYTES}
     with pytest.raises(TelemetryError, match="line 2 is malformed") as caught:
         TraceReader(write_trace(tmp_path / "long.jsonl", [{"t": 0}, line]))
     assert caught.value.note == f"line 2: {len(json.dumps(line))} bytes, over the 16384-byte limit of a line"
