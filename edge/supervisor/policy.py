@@ -27,7 +27,7 @@ Which temperature: `zone` names one (matched without case, `-thermal` suffix or 
 default) takes the hottest of the SoC zones in the sample: cpu, gpu, soc*, cv*, tj (Orin: cpu, gpu, cv0-2,
 soc0-2, tj; Xavier: CPU, GPU; NVML: gpu). Board, ambient, PMIC and fan-estimate zones do not count: they lag
 the die. A configured zone that is missing or unreadable falls back to the hottest SoC zone, and the
-reason names both. Readings outside -60..150 °C are taken as offline (jtop reads -256 °C for those).
+reason names both. Readings outside PLAUSIBLE_C (telemetry/common.py) are taken as offline.
 
 No usable temperature (telemetry source `none`, every zone failed or out of range): the level is held,
 neither raised nor lowered, and every reason starts with "no usable temperature (...): holding LEVEL".
@@ -59,13 +59,12 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from edge.errors import ConfigError, UsageError
-from edge.supervisor.telemetry.common import Sample
+from edge.supervisor.telemetry.common import Sample, plausible_c
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MODES = ("auto", *PRECISIONS)
 PREFERENCE = ("fp16", "fp32", "int8")    # NORMAL runs the first available
 DEFAULT_PASSIVE_TRIP_C = 99.0           # Orin sw-throttle (mainline T234 device tree); shutdown at 104.5 °C
-PLAUSIBLE_C = (-60.0, 150.0)            # outside: an offline zone (jtop: -256 °C) or a broken sensor
 RESUME_SHARE = 0.9                      # power_resume_mw default: 90 % of the budget
 _SOC_ZONE = re.compile(r"(cpu|gpu|soc|cv|tj)\d*")
 
@@ -393,11 +392,6 @@ def _zone_key(name: str) -> str:
     return name.partition("@")[0].lower().removesuffix("-thermal")
 
 
-def _plausible(value: object) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            and PLAUSIBLE_C[0] <= value <= PLAUSIBLE_C[1])
-
-
 def _read(sample: Sample, cfg: SupervisorConfig) -> _Reading:
     if not isinstance(sample.t, (int, float)) or not math.isfinite(sample.t):
         raise UsageError(f"supervisor: sample time {sample.t!r} is not a finite number of seconds",
@@ -412,11 +406,11 @@ def _read(sample: Sample, cfg: SupervisorConfig) -> _Reading:
 
 def _temperature(sample: Sample, wanted: str | None) -> tuple[str | None, float | None, str, str]:
     """(zone, °C, fallback note, why none) of the configured zone, else of the hottest SoC zone."""
-    soc = {z: float(c) for z, c in sample.temps_c.items() if _SOC_ZONE.fullmatch(_zone_key(z)) and _plausible(c)}
+    soc = {z: float(c) for z, c in sample.temps_c.items() if _SOC_ZONE.fullmatch(_zone_key(z)) and plausible_c(c)}
     fallback = ""
     if wanted is not None:
         found = [z for z in sample.temps_c if _zone_key(z) == _zone_key(wanted)]
-        if found and _plausible(sample.temps_c[found[0]]):
+        if found and plausible_c(sample.temps_c[found[0]]):
             return found[0], float(sample.temps_c[found[0]]), "", ""
         fallback = f" (zone {wanted} {_unreadable(sample, found)}: hottest SoC zone)"
     if soc:
@@ -448,7 +442,7 @@ def _critical(sample: Sample, cfg: SupervisorConfig, zone: str | None) -> tuple[
     watched = ({_zone_key(cfg.zone)} | ({_zone_key(zone)} if zone else set())) if cfg.zone else None
     trips = [float(kinds["passive"]) for z, kinds in sample.trips_c.items()
              if (_zone_key(z) in watched if watched else _SOC_ZONE.fullmatch(_zone_key(z)))
-             and _plausible(kinds.get("passive"))]
+             and plausible_c(kinds.get("passive"))]
     passive = min(trips) if trips else DEFAULT_PASSIVE_TRIP_C
     source = "passive trip" if trips else "default passive trip"
     derived = passive - cfg.critical_margin_c

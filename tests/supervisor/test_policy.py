@@ -273,6 +273,16 @@ def test_offline_and_board_zones_do_not_count() -> None:
                                   "thermal-fan-est 99.0): holding NORMAL")
 
 
+def test_readings_beyond_the_plausible_range_are_offline() -> None:
+    """The edges of PLAUSIBLE_C (−60..150 °C, the readers' range too) are readings; beyond them a zone is offline."""
+    sup = supervisor()
+    u = sup.update(sample(0.0, temps_c={"tj": 150.0, "gpu": 150.5}))
+    assert (u.zone, u.temp_c) == ("tj", 150.0)
+    u = sup.update(sample(1.0, temps_c={"tj": 150.1, "cpu": -60.0}))
+    assert (u.zone, u.temp_c) == ("cpu", -60.0)
+    assert sup.update(sample(2.0, temps_c={"tj": -60.1})).temp_c is None
+
+
 def test_the_hottest_soc_zone_is_used_by_default() -> None:
     sup = supervisor()
     u = sup.update(sample(0.0, temps_c={"cpu-thermal": 71.0, "GPU": 74.5, "cv1": 73.0, "board": 80.0,

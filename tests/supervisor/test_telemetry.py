@@ -205,6 +205,27 @@ def test_sysfs_trips_keep_the_lowest_of_a_type_and_drop_disabled_ones(tmp_path: 
     assert sample.problems == ("zone tj: trip point 0: not a number: 'n/a'",)
 
 
+def test_one_plausible_range_for_every_reader_and_the_traces(tmp_path: Path) -> None:
+    """The readers and traces took −100..250 °C and the policy −60..150 °C, so a zone reading 200 °C was a
+    temperature in `edge status` and an offline sensor to the policy. One range now (common.PLAUSIBLE_C): its
+    edges are readings, a thousandth of a degree beyond is a problem, and a trace line beyond is malformed."""
+    zone(tmp_path, 0, "cpu-thermal", "150000", (("passive", 150000), ("critical", 150001)))
+    zone(tmp_path, 1, "gpu-thermal", "150001")
+    zone(tmp_path, 2, "soc0-thermal", "-60000")
+    zone(tmp_path, 3, "soc1-thermal", "-60001")
+    sample = SysfsReader(tmp_path).read()
+    assert sample.temps_c == {"cpu": 150.0, "soc0": -60.0} and sample.trips_c == {"cpu": {"passive": 150.0}}
+    assert sample.problems == ("zone gpu: temp 150.001 °C is not plausible (sensor offline?)",
+                               "zone soc1: temp -60.001 °C is not plausible (sensor offline?)")
+    edges = write_trace(tmp_path / "edges.jsonl", [{"t": 0, "temps_c": {"tj": 150, "cv0": -60},
+                                                    "trips_c": {"tj": {"passive": 150}}}])
+    assert TraceReader(edges).read().temps_c == {"tj": 150.0, "cv0": -60.0}
+    for beyond in ({"temps_c": {"tj": 150.5}}, {"temps_c": {"tj": -60.5}}, {"trips_c": {"tj": {"passive": 151}}}):
+        with pytest.raises(TelemetryError, match="line 1 is malformed") as caught:
+            TraceReader(write_trace(tmp_path / "beyond.jsonl", [{"t": 0, **beyond}]))
+        assert "must be a number in -60..150" in caught.value.note
+
+
 def test_sysfs_total_is_the_input_rail_else_the_sum(tmp_path: Path) -> None:
     """AGX Orin has no VDD_IN: jtop sums its rails, VIN_SYS_5V0 (a 5 V rail, not the module's input) included.
     NC is skipped as a word: a label that merely contains the letters (VDD_SYNC, made up) is a rail."""
@@ -575,8 +596,8 @@ def test_trace_is_empty_before_its_first_line(tmp_path: Path, clock: FakeClock) 
     ('{"t": -1}', "`t` must be a number in 0..inf, got -1"),
     ('{"t": 3}', "`t` goes back from 5 to 3"),
     ('{"t": 6, "temps_c": {"tj": NaN}}', "not JSON: NaN is not a number"),
-    ('{"t": 6, "temps_c": {"tj": 1e999}}', "`temps_c.tj` must be a number in -100..250, got inf"),
-    ('{"t": 6, "temps_c": {"tj": 900}}', "`temps_c.tj` must be a number in -100..250, got 900"),
+    ('{"t": 6, "temps_c": {"tj": 1e999}}', "`temps_c.tj` must be a number in -60..150, got inf"),
+    ('{"t": 6, "temps_c": {"tj": 900}}', "`temps_c.tj` must be a number in -60..150, got 900"),
     ('{"t": 6, "temps_c": [50]}', "`temps_c` must be an object of name -> number, got [50]"),
     ('{"t": 6, "power_mw": {"VDD_IN": -5}}', "`power_mw.VDD_IN` must be a number in 0..1e+07, got -5"),
     ('{"t": 6, "gpu_load": 45}', "`gpu_load` must be a number in 0..1, got 45"),
@@ -600,7 +621,7 @@ def test_trace_malformed_line_is_an_error_with_its_line_number(tmp_path: Path, l
 def test_trace_refuses_an_oversized_file_or_line(tmp_path: Path) -> None:
     big = tmp_path / "big.jsonl"
     with big.open("wb") as file:
-        file.truncate(TRACE_MAX_BYTES + 1)                                # sparse: no 16 MiB written
+        file.truncate(TRACE_MAX_BYTES + 1)                      # sparse: no 16 MiB written
     with pytest.raises(TelemetryError) as caught:
         TraceReader(big)
     assert caught.value.what == f"trace {big} is over the 16 MiB limit"

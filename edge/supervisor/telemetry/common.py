@@ -17,7 +17,11 @@ Clock = Callable[[], float]
 # TX), plus VIN (Thor's tegrastats names its input so; its sysfs label is unverified). A rail that only starts with
 # VIN is not the input: AGX Orin's VIN_SYS_5V0 is one 5 V rail beside VDD_GPU_SOC and VDD_CPU_CV, summed as jtop does.
 INPUT_RAILS = ("VDD_IN", "POM_5V_IN", "VIN")
-PLAUSIBLE_C = (-100.0, 250.0)            # a reading outside is a broken or offline sensor (jtop's offline is -256)
+# The one plausible temperature range, for the readers (a reading outside is a problem, not a temperature), the
+# traces (a line outside is malformed) and the policy (a zone outside is offline): below a vehicle's cold start
+# (-40 °C) and above any Jetson's or GPU's shutdown trip (Orin 104.5 °C), with margin. An offline sensor reads far
+# outside (jtop -256 °C; a disabled trip point -274 °C, THERMAL_TEMP_INVALID).
+PLAUSIBLE_C = (-60.0, 150.0)
 MAX_MW = 10_000_000.0                    # 10 kW, more than any Jetson or a host of 8 discrete GPUs draws: a power
                                          # reading or sum beyond it (either sign) is a broken sensor
 
