@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.supervisor.policy import PRECISIONS, Level, Supervisor, SupervisorConfig, TaskPolicy
+from edge.supervisor.policy import PRECISIONS, Level, Policy, SupervisorConfig, TaskPolicy
 from edge.supervisor.telemetry.common import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,8 +111,8 @@ def fixed(precision: str, params: Params) -> Callable[[Sample], Orders]:
 def supervised(config: SupervisorConfig, params: Params, levels: list[Level], costs: list[float]
                ) -> Callable[[Sample], Orders]:
     """The supervisor's decisions for each sample; records its level and the cost of each update."""
-    sup = Supervisor(config, [TaskPolicy(t.name, t.available, priority=t.priority, refused=t.refused)
-                              for t in params.tasks])
+    sup = Policy(config, [TaskPolicy(t.name, t.available, priority=t.priority, refused=t.refused)
+                          for t in params.tasks])
 
     def decide(sample: Sample) -> Orders:
         start = time.perf_counter()

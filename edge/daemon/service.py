@@ -22,7 +22,7 @@ from edge.pipeline.batched import BatchedLane, BatchMember
 from edge.pipeline.cameras import Camera
 from edge.pipeline.lanes import Lane
 from edge.pipeline.runtime import Cameras, TaskRuntime
-from edge.supervisor.loop import Governor, open_telemetry
+from edge.supervisor.loop import Supervisor, open_telemetry
 from edge.wire import peers, protocol
 from edge.wire.control import ControlServer
 from edge.wire.peers import Curve
@@ -58,7 +58,7 @@ class Service:
         self.cameras = Cameras(self.publisher.event)
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane] | list[BatchMember]] = {}
-        self.governor: Governor | None = None
+        self.governor: Supervisor | None = None
         self.control = ControlServer(config.control.endpoint, self.handle)
         self.metrics = MetricsServer(config.metrics.address, self) if config.metrics.enabled else None
         self.notifier = Notifier()
@@ -441,10 +441,10 @@ class Service:
             setup_logging(new.logging.level)
         return change.describe()
 
-    def _governor(self, section: SupervisorSection) -> Governor:
+    def _governor(self, section: SupervisorSection) -> Supervisor:
         """A supervisor on `section`'s telemetry, deciding for every loaded task (not started yet)."""
-        governor = Governor(section, open_telemetry(section.telemetry, self.publisher.event), self.publisher.publish,
-                            self.publisher.event)
+        governor = Supervisor(section, open_telemetry(section.telemetry, self.publisher.event), self.publisher.publish,
+                              self.publisher.event)
         for runtime in self.tasks.values():
             governor.add(runtime)
         return governor

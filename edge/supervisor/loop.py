@@ -4,7 +4,7 @@ rate scale and the pause. It publishes each sample on `sys.telemetry`, level cha
 problems on `sys.event`, and keeps the last state for status and heartbeats.
 
 The policy is not thread-safe; everything that touches it (this thread, and the control socket's
-`precision.set`, `task.enable`, `task.disable`) holds the governor's lock.
+`precision.set`, `task.enable`, `task.disable`) holds the supervisor's lock.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from edge.config import SupervisorSection
 from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.pipeline.runtime import TaskRuntime
-from edge.supervisor.policy import Decision, Level, Supervisor, TaskPolicy, Update
+from edge.supervisor.policy import Decision, Level, Policy, TaskPolicy, Update
 from edge.supervisor.telemetry import open_reader
 from edge.supervisor.telemetry.common import NoneReader, Reader, Sample, TelemetryError
 from edge.wire import protocol
@@ -53,14 +53,14 @@ def policy_of(runtime: TaskRuntime) -> TaskPolicy:
                       dict(runtime.unavailable))
 
 
-class Governor:
+class Supervisor:
     def __init__(self, section: SupervisorSection, reader: Reader, publish: Publish,
                  on_event: Callable[[str, dict[str, Any]], None]) -> None:
         self.section = section
         self.reader = reader
         self.publish = publish
         self.on_event = on_event
-        self.policy = Supervisor(section.policy())
+        self.policy = Policy(section.policy())
         self.last: Update | None = None
         self.sample: Sample | None = None
         self._runtimes: dict[str, TaskRuntime] = {}

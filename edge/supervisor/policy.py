@@ -1,7 +1,7 @@
 """The supervisor's policy (DESIGN section 6): telemetry samples in, per-task precision decisions out.
 
 Pure and deterministic: no threads, no I/O, no clock of its own. Time is `Sample.t` (monotonic seconds),
-so a trace gives the same decisions every run. The service calls `Supervisor.update(sample)` at 1-2 Hz
+so a trace gives the same decisions every run. The service calls `Policy.update(sample)` at 1-2 Hz
 and applies what it returns (swap at a frame boundary, frame rate, pause); docs/supervisor.md explains
 the policy and the defaults, and benchmarks/thermal_sim.py runs it against a thermal model.
 
@@ -187,7 +187,7 @@ class _Reading:
     critical_note: str              # how critical_c was set, for reasons
 
 
-class Supervisor:
+class Policy:
     """The policy's state: the level, the timers, the tasks. Not thread-safe: one owner calls it."""
 
     def __init__(self, config: SupervisorConfig | None = None, tasks: Iterable[TaskPolicy] = ()) -> None:

@@ -15,7 +15,7 @@ import zmq
 from edge.config import SupervisorSection, parse_config
 from edge.daemon.service import Service
 from edge.errors import EdgeError
-from edge.supervisor.loop import Governor, open_telemetry
+from edge.supervisor.loop import Supervisor, open_telemetry
 from edge.supervisor.telemetry.common import NoneReader, TelemetryError
 from edge.supervisor.telemetry.trace import TraceReader
 from edge.wire.client import Subscriber
@@ -58,14 +58,15 @@ def test_the_ladder_drives_the_runtime_and_says_why(tmp_path: Path) -> None:
                                 critical_c=95)
     task = runtime(tmp_path, events, priority=20)
     task.load()
-    governor = Governor(section, TraceReader(trace, clock=clock), lambda topic, msg: published.append((topic, msg)),
-                        lambda name, details: events.append((name, details)))
-    governor.add(task)
+    supervisor = Supervisor(section, TraceReader(trace, clock=clock),
+                            lambda topic, msg: published.append((topic, msg)),
+                            lambda name, details: events.append((name, details)))
+    supervisor.add(task)
     try:
         seen = []
         for second in range(40):
             clock.now = float(second)
-            governor.step()
+            supervisor.step()
             seen.append((task.precision, task.rate_scale))
         assert seen[:4] == [("fp32", 1.0)] * 4                            # 90 °C at 3 s, confirmed at 4 s
         assert seen[4] == ("int8", 1.0)
@@ -78,7 +79,7 @@ def test_the_ladder_drives_the_runtime_and_says_why(tmp_path: Path) -> None:
         assert switch["reason"] == "tj 90.0 °C ≥ hot 85.0 °C for 1.0 s: int8" and switch["to"] == "int8"
         assert [topic for topic, _ in published] == ["sys.telemetry"] * 40
         assert published[3][1]["temps_c"] == {"tj": 90.0}
-        assert governor.status()["level"] == "NORMAL"
+        assert supervisor.status()["level"] == "NORMAL"
     finally:
         task.unload()
 
@@ -93,17 +94,17 @@ def test_status_shows_the_current_reason_and_the_events_keep_the_history(tmp_pat
     trace = write_trace(tmp_path / "t.jsonl", [(1, 60.0), (2, 97.0)])         # no temperature before 1 s
     task = runtime(tmp_path, events, priority=20)
     task.load()
-    governor = Governor(SupervisorSection(confirm_s=1, pause_after_s=5, critical_c=95),
-                        TraceReader(trace, clock=clock), lambda *_: None,
-                        lambda name, details: events.append((name, details)))
-    governor.add(task)
+    supervisor = Supervisor(SupervisorSection(confirm_s=1, pause_after_s=5, critical_c=95),
+                            TraceReader(trace, clock=clock), lambda *_: None,
+                            lambda name, details: events.append((name, details)))
+    supervisor.add(task)
     try:
-        governor.step()
-        assert governor.status()["reason"].startswith("no usable temperature (no zone read): holding NORMAL")
+        supervisor.step()
+        assert supervisor.status()["reason"].startswith("no usable temperature (no zone read): holding NORMAL")
         assert task.status()["reason"] == "NORMAL: no fp16 variant: fp32"
         for second in range(1, 12):
             clock.now = float(second)
-            governor.step()
+            supervisor.step()
         assert task.status()["reason"] == "CRITICAL: int8, paused (priority 20 < 50)"
         [switch] = [details for name, details in events if name == "precision.switch"]
         assert switch["reason"] == "tj 97.0 °C ≥ critical 95.0 °C for 1.0 s: int8, rate ×0.5"
@@ -116,23 +117,23 @@ def test_precision_set_pins_and_auto_gives_the_task_back(tmp_path: Path) -> None
     trace = write_trace(tmp_path / "t.jsonl", [(0, 90.0)])
     task = runtime(tmp_path, [])
     task.load()
-    governor = Governor(SupervisorSection(confirm_s=0), TraceReader(trace, clock=clock), lambda *_: None,
-                        lambda *_: None)
-    governor.add(task)
+    supervisor = Supervisor(SupervisorSection(confirm_s=0), TraceReader(trace, clock=clock), lambda *_: None,
+                            lambda *_: None)
+    supervisor.add(task)
     try:
-        governor.step()
+        supervisor.step()
         assert task.precision == "int8"
-        governor.set_mode("objects", "fp32")
+        supervisor.set_mode("objects", "fp32")
         assert task.precision == "fp32" and task.mode == "fp32" and "pinned fp32" in task.reason
         clock.now = 5.0
-        governor.step()
+        supervisor.step()
         assert task.precision == "fp32"                                    # pinned: hot does not move it
-        governor.set_mode("objects", "auto")
+        supervisor.set_mode("objects", "auto")
         assert task.precision == "int8"
         with pytest.raises(EdgeError, match="cannot be pinned to fp16: no fp16 variant"):
-            governor.set_mode("objects", "fp16")
+            supervisor.set_mode("objects", "fp16")
         with pytest.raises(EdgeError, match="task trucks is not running"):
-            governor.set_mode("trucks", "fp32")
+            supervisor.set_mode("trucks", "fp32")
     finally:
         task.unload()
 
