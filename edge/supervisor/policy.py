@@ -1,53 +1,6 @@
-"""The supervisor's policy (DESIGN section 6): telemetry samples in, per-task precision decisions out.
-
-Pure and deterministic: no threads, no I/O, no clock of its own. Time is `Sample.t` (monotonic seconds),
-so a trace gives the same decisions every run. The service calls `Policy.update(sample)` at 1-2 Hz
-and applies what it returns (swap at a frame boundary, frame rate, pause); docs/supervisor.md explains
-the policy and the defaults, and benchmarks/thermal_sim.py runs it against a thermal model.
-
-The ladder (one level for the machine, a `Decision` for each task):
-
-    NORMAL    auto tasks run their preferred precision: fp16 if available, else fp32 (else int8)
-    HOT       auto tasks run int8 where available; a task without one says why and stays
-    CRITICAL  int8 as in HOT, every task at `critical_rate_scale` of its frame rate; when the reading
-              stays at or above `critical_c` for `pause_after_s`, tasks with priority below
-              `pause_below_priority` are paused too, until the level steps down to HOT
-
-Stepping up: the temperature at or above `hot_c` (HOT) or `critical_c` (CRITICAL), or the module power
-`total_mw` at or above `power_budget_mw` (HOT), held for `confirm_s`. A level may be skipped on the way up
-(NORMAL -> CRITICAL) when the critical reading itself was held for `confirm_s`. Shorter spikes are ignored.
-
-Stepping down, one level at a time, each after `dwell_s` counted from the later of entering the level and
-the start of the calm readings:
-    CRITICAL -> HOT     the temperature below `critical_c - critical_hysteresis_c`
-    HOT -> NORMAL       the temperature below `cool_c`, and the power below the resume level when a
-                        budget is set
-
-Which temperature: `zone` names one (matched without case, `-thermal` suffix or `@thermal_zoneN`); None (the
-default) takes the hottest of the SoC zones in the sample: cpu, gpu, soc*, cv*, tj (Orin: cpu, gpu, cv0-2,
-soc0-2, tj; Xavier: CPU, GPU; NVML: gpu). Board, ambient, PMIC and fan-estimate zones do not count: they lag
-the die. A configured zone that is missing or unreadable falls back to the hottest SoC zone, and the
-reason names both. Readings outside PLAUSIBLE_C (telemetry/common.py) are taken as offline.
-
-No usable temperature (telemetry source `none`, every zone failed or out of range): the level is held,
-neither raised nor lowered, and every reason starts with "no usable temperature (...): holding LEVEL".
-Dropping to NORMAL would undo the protection exactly when a hot machine loses a sensor; raising the level
-would cost accuracy for a sensor fault. The kernel's own trips (passive throttle, shutdown) still guard
-the hardware. Timers restart when readings come back, so a step down needs a full dwell of real readings.
-The same holds for the power: with a budget set, an unknown power never counts as below the resume level.
-
-`critical_c` None (the default) derives the level from the sample's trip points: the lowest `passive`
-trip of the watched zones minus `critical_margin_c`, else the Orin default passive trip of 99 °C (the
-mainline T234 device tree's sw-throttle; shutdown is 104.5 °C) minus the margin: 94 °C. A derived level
-at or below `hot_c` is raised to `hot_c` (hot then means CRITICAL at once), and the reason says so.
-
-Pinned tasks (`precision` other than auto) never switch precision. CRITICAL still slows and pauses them
-by priority: it protects the hardware, which a pinned task heats like any other; a task that must never
-be paused is given a priority at or above `pause_below_priority`. A pinned precision that is not
-available runs the preferred one instead, fixed, and says why.
-
-A sample older than the previous one (a restarted trace, a clock jump) restarts every timer and keeps the
-level. Each update costs a few microseconds per task and zone.
+"""The supervisor's policy: telemetry samples in, a precision, rate and pause per task out, each with the reason.
+Pure and deterministic (no threads, no I/O, time is the sample's), so a trace gives the same decisions every run;
+edge/supervisor/loop.py runs it, and docs/supervisor.md explains the ladder, the reasons and the defaults.
 """
 from __future__ import annotations
 

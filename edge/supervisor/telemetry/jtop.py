@@ -88,7 +88,7 @@ def _jtop_gpu_load(data: object, problems: list[str]) -> float | None:
 
 
 class JtopReader(Reader):
-    """The jetson-stats client (`jtop`), as jetson-notes 5.1 documents it: temperature, power, gpu, nvpmodel.
+    """The jetson-stats client (`jtop`): its temperature, power, gpu and nvpmodel attributes.
 
     It is a client of jtop.service (/run/jtop.sock, group jtop): when the package or the service is missing it
     fails at open, so `auto` falls back. A connection lost later makes samples with a problem, never an exception.

@@ -148,11 +148,7 @@ class SysfsReader(Reader):
     """Thermal zones (sys/class/thermal/thermal_zone*), INA3221 rails and the iGPU load, read from sysfs under
     `root`. Zones and rails are found at open (globbed, never named in the code) and read at every `read()`;
     a zone or rail that cannot be read (EAGAIN on a gated cv* zone, garbage) is a problem of that sample only.
-
-    The power mode is None: sysfs has none. nvpmodel documents `nvpmodel -q` and /etc/nvpmodel.conf (the modes);
-    /var/lib/nvpmodel/status ("pmode:0002", the last mode nvpmodel set) is only seen in community scripts and is
-    unverified (jetson-notes 5.3), so it is not read. jtop reports the mode.
-    """
+    The power mode is None: sysfs has none (docs/supervisor.md says why no nvpmodel file is read)."""
 
     name = "sysfs"
 
