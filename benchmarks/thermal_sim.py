@@ -111,12 +111,12 @@ def fixed(precision: str, params: Params) -> Callable[[Sample], Orders]:
 def supervised(config: SupervisorConfig, params: Params, levels: list[Level], costs: list[float]
                ) -> Callable[[Sample], Orders]:
     """The supervisor's decisions for each sample; records its level and the cost of each update."""
-    sup = Policy(config, [TaskPolicy(t.name, t.available, priority=t.priority, refused=t.refused)
-                          for t in params.tasks])
+    sup = Policy(config)
+    tasks = [TaskPolicy(t.name, t.available, priority=t.priority, refused=t.refused) for t in params.tasks]
 
     def decide(sample: Sample) -> Orders:
         start = time.perf_counter()
-        update = sup.update(sample)
+        update = sup.update(sample, tasks)
         costs.append(time.perf_counter() - start)
         levels.append(update.level)
         return {name: (d.precision, d.rate_scale, d.paused) for name, d in update.decisions.items()}

@@ -17,7 +17,7 @@ from edge.config import SupervisorSection
 from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.pipeline.runtime import TaskRuntime
-from edge.supervisor.policy import Decision, Level, Policy, TaskPolicy, Update
+from edge.supervisor.policy import Decision, Level, Policy, TaskPolicy, Update, check_pin
 from edge.supervisor.telemetry import open_reader
 from edge.supervisor.telemetry.common import NoneReader, Reader, Sample, TelemetryError
 from edge.wire import protocol
@@ -49,11 +49,17 @@ def _task_reason(update: Update, decision: Decision) -> str:
 
 
 def policy_of(runtime: TaskRuntime) -> TaskPolicy:
-    return TaskPolicy(runtime.name, frozenset(runtime.available()), runtime.mode, runtime.config.priority,
-                      dict(runtime.unavailable))
+    """What the policy needs of a task, as its runtime has it now. The refusals are read before the available
+    variants: a load on another thread may refuse one in between, and a variant is never both."""
+    refused = dict(runtime.unavailable)
+    return TaskPolicy(runtime.name, frozenset(runtime.available()), runtime.mode, runtime.config.priority, refused)
 
 
 class Supervisor:
+    """Runs the policy for the running tasks and applies its decisions. A task's mode and variants are its
+    runtime's alone (precision.set sets the runtime's mode, a variant that fails to load is refused in the
+    runtime): the policy is given them as they are at each decision, so nothing is kept twice."""
+
     def __init__(self, section: SupervisorSection, reader: Reader, publish: Publish,
                  on_event: Callable[[str, dict[str, Any]], None]) -> None:
         self.section = section
@@ -72,23 +78,21 @@ class Supervisor:
     def add(self, runtime: TaskRuntime) -> None:
         with self._lock:
             self._runtimes[runtime.name] = runtime
-            self.policy.add_task(policy_of(runtime))
-            self._apply(self.policy.decide())
+            self._apply(self.policy.decide(self._tasks()))
 
     def remove(self, name: str) -> None:
         with self._lock:
-            if name in self._runtimes:
-                del self._runtimes[name]
-                self.policy.remove_task(name)
+            self._runtimes.pop(name, None)
 
     def set_mode(self, name: str, mode: str) -> None:
         """`precision.set`: pin the task to `mode`, or give it back to the ladder with `auto`."""
         with self._lock:
-            if name not in self._runtimes:
+            runtime = self._runtimes.get(name)
+            if runtime is None:
                 raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self._runtimes) or 'none'}")
-            self.policy.set_precision(name, mode)
-            self._runtimes[name].mode = mode
-            self._apply(self.policy.decide())
+            check_pin(policy_of(runtime), mode)
+            runtime.mode = mode
+            self._apply(self.policy.decide(self._tasks()))
 
     def reconfigure(self, section: SupervisorSection) -> None:
         """New thresholds and interval from a reload (the same telemetry source): the level and its timers carry
@@ -123,7 +127,7 @@ class Supervisor:
             sample = Sample(t=self.sample.t if self.sample else 0.0, source=self.reader.name,
                             problems=(f"{self.reader.name} failed: {exc!r}",))
         with self._lock:
-            update = self.policy.update(sample)
+            update = self.policy.update(sample, self._tasks())
             self.sample = sample
             self._apply(update)
         self.publish("sys.telemetry", protocol.telemetry_message(
@@ -145,11 +149,12 @@ class Supervisor:
             if runtime is None:
                 continue
             runtime.rate_scale = 0.0 if decision.paused else decision.rate_scale
-            if (not runtime.choose(decision.precision, _task_reason(update, decision), cause=decision.reason)
-                    and decision.precision != runtime.precision):
-                self.policy.remove_task(name)               # it could not load: the policy learns why
-                self.policy.add_task(policy_of(runtime))
+            runtime.choose(decision.precision, _task_reason(update, decision), cause=decision.reason)
         self.last = update
+
+    def _tasks(self) -> list[TaskPolicy]:
+        """The running tasks as their runtimes have them now: a variant refused since is not offered again."""
+        return [policy_of(runtime) for runtime in self._runtimes.values()]
 
     def status(self) -> dict[str, Any] | None:
         update = self.last

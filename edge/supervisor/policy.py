@@ -141,13 +141,12 @@ class _Reading:
 
 
 class Policy:
-    """The policy's state: the level, the timers, the tasks. Not thread-safe: one owner calls it."""
+    """The policy's state: the level, its timers and the decisions last reported. The tasks are not its own: each
+    call is given them as they are now (the task runtimes own their modes and variants). Not thread-safe: one
+    owner calls it."""
 
-    def __init__(self, config: SupervisorConfig | None = None, tasks: Iterable[TaskPolicy] = ()) -> None:
+    def __init__(self, config: SupervisorConfig | None = None) -> None:
         self.config = config or SupervisorConfig()
-        self._tasks: dict[str, TaskPolicy] = {}
-        for task in tasks:
-            self.add_task(task)
         self._level = Level.NORMAL
         self._level_since: float | None = None
         self._level_reason = "start: no sample yet"
@@ -161,38 +160,9 @@ class Policy:
     def level(self) -> Level:
         return self._level
 
-    @property
-    def tasks(self) -> Mapping[str, TaskPolicy]:
-        return MappingProxyType(self._tasks)
-
-    def add_task(self, task: TaskPolicy) -> None:
-        """A task enabled at run time; its decision comes with the next `decide()` or `update()`."""
-        if task.name in self._tasks:
-            raise UsageError(f"supervisor: task {task.name!r} is already added",
-                             hint="remove_task() it first to change its variants; set_precision() changes its mode")
-        self._tasks[task.name] = task
-
-    def remove_task(self, name: str) -> TaskPolicy:
-        """A task disabled at run time; returns what the policy knew of it."""
-        self._known(name)
-        self._reported.pop(name, None)
-        return self._tasks.pop(name)
-
-    def set_precision(self, name: str, mode: str) -> TaskPolicy:
-        """`precision.set`: pin a task to an available precision, or `auto`. Refuses what cannot run."""
-        task = self._known(name)
-        if mode not in MODES:
-            raise ConfigError(f"supervisor: precision {mode!r} for task {name!r} is not one of {', '.join(MODES)}",
-                              hint="use auto to follow the ladder, or pin fp16, int8 or fp32")
-        if mode != "auto" and mode not in task.available:
-            raise ConfigError(f"supervisor: task {name!r} cannot be pinned to {mode}: {_missing(task, mode)}",
-                              note=f"available: {', '.join(sorted(task.available))}",
-                              hint="pin an available precision, or build and load that variant first")
-        self._tasks[name] = dataclasses.replace(task, precision=mode)
-        return self._tasks[name]
-
-    def update(self, sample: Sample) -> Update:
-        """Take one sample: advance the timers, step the level if due, and decide for every task."""
+    def update(self, sample: Sample, tasks: Iterable[TaskPolicy]) -> Update:
+        """Take one sample: advance the timers, step the level if due, and decide for each of `tasks`."""
+        named = _by_name(tasks)
         reading = _read(sample, self.config)
         if self._reading is not None and reading.t < self._reading.t:
             self._restart(reading.t)
@@ -203,24 +173,22 @@ class Policy:
         self._reading = reading
         self._track(reading)
         self._step(reading)
-        return self.decide()
+        return self._decide(named)
 
-    def decide(self) -> Update:
-        """The decisions for the current state without a new sample (after add/remove/set_precision)."""
+    def decide(self, tasks: Iterable[TaskPolicy]) -> Update:
+        """The decisions for `tasks` in the current state, without a new sample (after a task was pinned, enabled,
+        disabled, or refused a variant)."""
+        return self._decide(_by_name(tasks))
+
+    def _decide(self, tasks: dict[str, TaskPolicy]) -> Update:
         hold = self._hold_note()
         prefix = f"{hold}; " if hold else ""
-        decisions = {name: self._decision(task, prefix) for name, task in sorted(self._tasks.items())}
+        decisions = {name: self._decision(task, prefix) for name, task in sorted(tasks.items())}
         changed = tuple(n for n, d in decisions.items() if not d.same_action(self._reported.get(n)))
         update = self._report(prefix, decisions, changed)
         self._reported = decisions
         self._reported_level = self._level
         return update
-
-    def _known(self, name: str) -> TaskPolicy:
-        if name not in self._tasks:
-            raise UsageError(f"supervisor: no task {name!r}", note=f"tasks: {', '.join(sorted(self._tasks)) or 'none'}",
-                             hint="enable the task first, or check the name")
-        return self._tasks[name]
 
     def _restart(self, t: float) -> None:
         self._runs = dict.fromkeys(_RUNS)
@@ -320,6 +288,28 @@ class Policy:
                 return f"{self._level.name} -> {Level(self._level - 1).name}: {held:.1f} of {cfg.dwell_s:.1f} s"
         return ""
 
+
+
+def check_pin(task: TaskPolicy, mode: str) -> None:
+    """`precision.set`: `mode` is `auto` or a precision `task` can run; ConfigError says why not."""
+    if mode not in MODES:
+        raise ConfigError(f"supervisor: precision {mode!r} for task {task.name!r} is not one of {', '.join(MODES)}",
+                          hint="use auto to follow the ladder, or pin fp16, int8 or fp32")
+    if mode != "auto" and mode not in task.available:
+        raise ConfigError(f"supervisor: task {task.name!r} cannot be pinned to {mode}: {_missing(task, mode)}",
+                          note=f"available: {', '.join(sorted(task.available))}",
+                          hint="pin an available precision, or build and load that variant first")
+
+
+def _by_name(tasks: Iterable[TaskPolicy]) -> dict[str, TaskPolicy]:
+    named: dict[str, TaskPolicy] = {}
+    for task in tasks:
+        if task.name in named:
+            raise UsageError(f"supervisor: task {task.name!r} is given twice",
+                             note=f"tasks: {', '.join(t.name for t in named.values())}, {task.name}",
+                             hint="give each task once, as its runtime has it now")
+        named[task.name] = task
+    return named
 
 _RUNS = ("hot", "critical", "below_release", "below_cool")
 

@@ -1,13 +1,14 @@
 """The supervisor's policy against traces built here: the ladder, hysteresis, dwell, reasons, config errors."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable, Sequence
 
 import pytest
 
 from edge.errors import ConfigError, UsageError
-from edge.supervisor.policy import Level, Policy, SupervisorConfig, TaskPolicy, Update
+from edge.supervisor.policy import Level, Policy, SupervisorConfig, TaskPolicy, Update, check_pin
 from edge.supervisor.telemetry.common import Sample
 
 ORIN_TRIPS = {"tj": {"passive": 99.0, "critical": 104.5}}
@@ -25,7 +26,22 @@ def trace(temps: Iterable[float], *, start: float = 0.0, step: float = 1.0, **fi
     return [sample(start + i * step, temp, **fields) for i, temp in enumerate(temps)]
 
 
-def run(sup: Policy, samples: Sequence[Sample]) -> list[Update]:
+class Supervised:
+    """A policy and the tasks it decides for, as the task runtimes hold them in the daemon (edge/supervisor/loop.py):
+    a test changes `tasks` as a pin, a refused variant or an enabled task would."""
+
+    def __init__(self, policy: Policy, tasks: Iterable[TaskPolicy]) -> None:
+        self.policy = policy
+        self.tasks = {task.name: task for task in tasks}
+
+    def update(self, s: Sample) -> Update:
+        return self.policy.update(s, self.tasks.values())
+
+    def decide(self) -> Update:
+        return self.policy.decide(self.tasks.values())
+
+
+def run(sup: Supervised, samples: Sequence[Sample]) -> list[Update]:
     return [sup.update(s) for s in samples]
 
 
@@ -44,12 +60,12 @@ def det(**override: object) -> TaskPolicy:
     return TaskPolicy(**fields)
 
 
-def policy(*tasks: TaskPolicy, **config: object) -> Policy:
-    return Policy(SupervisorConfig(**config), tasks or [det()])
+def supervised(*tasks: TaskPolicy, **config: object) -> Supervised:
+    return Supervised(Policy(SupervisorConfig(**config)), tasks or [det()])
 
 
 def test_ramp_up_climbs_the_ladder_with_reasons() -> None:
-    sup = policy()
+    sup = supervised()
     ramp = [60.0 + 0.5 * i for i in range(90)]              # 60 -> 104.5 °C at 0.5 °C/s
     updates = run(sup, trace(ramp))
     assert updates[0].decisions["det"].precision == "fp16"
@@ -66,13 +82,13 @@ def test_ramp_up_climbs_the_ladder_with_reasons() -> None:
 
 
 def test_a_fast_ramp_may_skip_hot_once_critical_is_confirmed() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, trace([60.0, 96.0, 96.0, 96.0]))
     assert levels(updates) == [(3.0, "CRITICAL")]           # hot and critical confirmed together: straight up
 
 
 def test_oscillation_around_hot_and_cool_does_not_flap() -> None:
-    sup = policy()
+    sup = supervised()
     # 10 s above hot, 10 s between cool and hot, for 5 minutes: HOT once, never back (never below cool).
     around_hot = [86.0 if (i // 10) % 2 == 0 else 80.0 for i in range(300)]
     # then around cool, 74/76 °C every 10 s, 5 minutes: below cool never lasts the 30 s dwell.
@@ -85,7 +101,7 @@ def test_oscillation_around_hot_and_cool_does_not_flap() -> None:
 
 
 def test_alternating_readings_over_hot_never_confirm() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, trace([86.0, 84.0] * 100, step=0.5))  # 2 Hz, every other reading over hot
     assert levels(updates) == []
     assert {u.decisions["det"].precision for u in updates} == {"fp16"}
@@ -93,7 +109,7 @@ def test_alternating_readings_over_hot_never_confirm() -> None:
 
 @pytest.mark.parametrize("step,count,held", [(1.0, 2, "1.0"), (0.5, 4, "1.5")])    # 1 Hz and 2 Hz
 def test_a_spike_shorter_than_the_confirm_time_is_ignored(step: float, count: int, held: str) -> None:
-    sup = policy()
+    sup = supervised()
     spike = [60.0] * 10 + [100.0] * count + [60.0] * 10    # over critical for less than the 2 s confirm time
     updates = run(sup, trace(spike, step=step))
     assert levels(updates) == []
@@ -103,7 +119,7 @@ def test_a_spike_shorter_than_the_confirm_time_is_ignored(step: float, count: in
 
 
 def test_a_spike_as_long_as_the_confirm_time_counts() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, trace([60.0, 90.0, 90.0, 90.0, 60.0]))
     assert levels(updates) == [(3.0, "HOT")]
     assert updates[3].reason == "tj 90.0 °C ≥ hot 85.0 °C for 2.0 s"
@@ -112,7 +128,7 @@ def test_a_spike_as_long_as_the_confirm_time_counts() -> None:
 def test_critical_slows_every_task_then_pauses_low_priority() -> None:
     low = TaskPolicy("lanes", {"fp16", "int8"}, priority=20)
     pinned = TaskPolicy("signs", {"fp16", "int8"}, precision="fp16", priority=10)
-    sup = policy(det(), low, pinned)
+    sup = supervised(det(), low, pinned)
     updates = run(sup, trace([96.0] * 40))
     entered = updates[2]
     assert entered.level == Level.CRITICAL and not entered.pausing
@@ -129,14 +145,14 @@ def test_critical_slows_every_task_then_pauses_low_priority() -> None:
 
 
 def test_no_pause_when_the_lower_rate_brings_the_reading_below_critical() -> None:
-    sup = policy(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
+    sup = supervised(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
     updates = run(sup, trace([96.0] * 10 + [92.0] * 60))    # below critical, above its release (90 °C)
     assert levels(updates) == [(2.0, "CRITICAL")]
     assert not any(u.pausing for u in updates)
 
 
 def test_cool_down_steps_down_one_level_at_a_time_after_each_dwell() -> None:
-    sup = policy(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
+    sup = supervised(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=20))
     updates = run(sup, trace([97.0] * 30 + [60.0] * 80))    # paused at t=22, cool from t=30
     assert levels(updates) == [(2.0, "CRITICAL"), (60.0, "HOT"), (90.0, "NORMAL")]
     hot, normal = updates[60], updates[90]
@@ -148,7 +164,7 @@ def test_cool_down_steps_down_one_level_at_a_time_after_each_dwell() -> None:
 
 
 def test_power_over_budget_counts_as_hot_and_resumes_below_the_resume_level() -> None:
-    sup = policy(power_budget_mw=20000)                 # resume: 90 % = 18000 mW
+    sup = supervised(power_budget_mw=20000)                 # resume: 90 % = 18000 mW
     power = [15000.0] * 5 + [21000.0] * 5 + [19000.0] * 60 + [17000.0] * 40
     updates = run(sup, [sample(float(i), 60.0, power_mw=p) for i, p in enumerate(power)])
     assert levels(updates) == [(7.0, "HOT"), (100.0, "NORMAL")]
@@ -157,13 +173,13 @@ def test_power_over_budget_counts_as_hot_and_resumes_below_the_resume_level() ->
 
 
 def test_temperature_and_power_together_are_both_named() -> None:
-    sup = policy(power_budget_mw=20000, power_resume_mw=16000)
+    sup = supervised(power_budget_mw=20000, power_resume_mw=16000)
     updates = run(sup, [sample(float(i), 88.0, power_mw=22000.0) for i in range(3)])
     assert updates[2].reason == "tj 88.0 °C ≥ hot 85.0 °C and power 22000 mW ≥ budget 20000 mW for 2.0 s"
 
 
 def test_unknown_power_with_a_budget_holds_hot() -> None:
-    sup = policy(power_budget_mw=20000)
+    sup = supervised(power_budget_mw=20000)
     updates = run(sup, [sample(float(i), 60.0, power_mw=25000.0) for i in range(3)])
     updates += run(sup, [sample(float(i), 60.0) for i in range(3, 100)])
     assert levels(updates) == [(2.0, "HOT")]
@@ -172,7 +188,7 @@ def test_unknown_power_with_a_budget_holds_hot() -> None:
 
 def test_int8_refused_by_its_gate_stays_and_says_why() -> None:
     gated = TaskPolicy("lanes", {"fp16", "fp32"}, refused={"int8": "agreement 0.91 < 0.95"})
-    sup = policy(det(), gated, TaskPolicy("pose", {"fp32"}))
+    sup = supervised(det(), gated, TaskPolicy("pose", {"fp32"}))
     updates = run(sup, trace([90.0] * 3))
     hot = updates[2].decisions
     assert hot["lanes"].precision == "fp16"
@@ -186,7 +202,7 @@ def test_int8_refused_by_its_gate_stays_and_says_why() -> None:
 def test_pinned_tasks_never_switch_precision() -> None:
     pinned = [TaskPolicy(f"pin_{p}", {"fp16", "int8", "fp32"}, precision=p, priority=90) for p in ("fp16", "int8",
                                                                                                    "fp32")]
-    sup = policy(det(), *pinned)
+    sup = supervised(det(), *pinned)
     updates = run(sup, trace([60.0] * 5 + [88.0] * 10 + [97.0] * 40 + [60.0] * 80))
     assert [name for _, name in levels(updates)] == ["HOT", "CRITICAL", "HOT", "NORMAL"]
     for task in pinned:
@@ -197,53 +213,57 @@ def test_pinned_tasks_never_switch_precision() -> None:
 
 def test_a_pinned_precision_that_is_not_available_runs_the_preferred_one() -> None:
     gated = TaskPolicy("lanes", {"fp16"}, precision="int8", refused={"int8": "agreement 0.91 < 0.95"})
-    sup = policy(gated)
+    sup = supervised(gated)
     updates = run(sup, trace([60.0, 90.0, 90.0, 90.0]))
     assert {u.decisions["lanes"].precision for u in updates} == {"fp16"}
     assert updates[-1].decisions["lanes"].reason.endswith(
         "pinned int8 not available, int8 refused (agreement 0.91 < 0.95): fp16")
 
 
-def test_set_precision_at_run_time() -> None:
-    sup = policy()
+def test_a_pin_at_run_time() -> None:
+    sup = supervised()
     run(sup, trace([90.0] * 3))
     assert sup.decide().decisions["det"].precision == "int8"
-    sup.set_precision("det", "fp16")
+    check_pin(sup.tasks["det"], "fp16")
+    sup.tasks["det"] = dataclasses.replace(sup.tasks["det"], precision="fp16")
     pinned = sup.decide()
     assert pinned.changed == ("det",) and pinned.decisions["det"].reason.endswith(": pinned fp16")
     assert sup.decide().changed == ()                       # reported once
-    sup.set_precision("det", "auto")
+    sup.tasks["det"] = dataclasses.replace(sup.tasks["det"], precision="auto")
     assert sup.decide().decisions["det"].precision == "int8"
 
 
-def test_set_precision_refuses_what_cannot_run() -> None:
-    sup = policy(TaskPolicy("lanes", {"fp16"}, refused={"int8": "agreement 0.91 < 0.95"}))
+def test_a_pin_that_cannot_run_is_refused() -> None:
+    lanes = TaskPolicy("lanes", {"fp16"}, refused={"int8": "agreement 0.91 < 0.95"})
     with pytest.raises(ConfigError, match=r"cannot be pinned to int8: int8 refused \(agreement 0.91 < 0.95\)"
                                           r"(.|\n)*available: fp16"):
-        sup.set_precision("lanes", "int8")
+        check_pin(lanes, "int8")
     with pytest.raises(ConfigError, match="'fp8' for task 'lanes' is not one of auto, fp32, fp16, int8"):
-        sup.set_precision("lanes", "fp8")
-    with pytest.raises(UsageError, match="no task 'nope'(.|\n)*tasks: lanes"):
-        sup.set_precision("nope", "fp16")
-    assert sup.tasks["lanes"].precision == "auto"
+        check_pin(lanes, "fp8")
+    check_pin(lanes, "fp16")
+    check_pin(lanes, "auto")
 
 
-def test_tasks_are_added_and_removed_at_run_time() -> None:
-    sup = policy()
+def test_the_tasks_are_given_at_each_call() -> None:
+    """The policy keeps no task of its own: one enabled, disabled or refused a variant since the last call is
+    decided as it is now."""
+    sup = supervised()
     run(sup, trace([90.0] * 3))
-    sup.add_task(TaskPolicy("lanes", {"fp16", "int8"}))
+    sup.tasks["lanes"] = TaskPolicy("lanes", {"fp16", "int8"})
     added = sup.decide()
     assert added.changed == ("lanes",) and added.decisions["lanes"].precision == "int8"
-    with pytest.raises(UsageError, match="task 'lanes' is already added"):
-        sup.add_task(TaskPolicy("lanes", {"fp16"}))
-    assert sup.remove_task("lanes").name == "lanes"
+    sup.tasks["lanes"] = TaskPolicy("lanes", {"fp16"}, refused={"int8": "failed to load: no memory"})
+    refused = sup.decide()
+    assert refused.changed == ("lanes",) and refused.decisions["lanes"].reason == (
+        "tj 90.0 °C ≥ hot 85.0 °C for 2.0 s: int8 refused (failed to load: no memory): staying on fp16")
+    del sup.tasks["lanes"]
     assert list(sup.decide().decisions) == ["det"]
-    with pytest.raises(UsageError, match="no task 'lanes'"):
-        sup.remove_task("lanes")
+    with pytest.raises(UsageError, match="task 'det' is given twice"):
+        sup.policy.decide([det(), det()])
 
 
 def test_source_none_holds_the_level_and_says_so() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, [sample(float(i), source="none") for i in range(100)])
     assert levels(updates) == []
     assert updates[-1].decisions["det"].reason == (
@@ -252,7 +272,7 @@ def test_source_none_holds_the_level_and_says_so() -> None:
 
 
 def test_failed_zones_hold_hot_until_a_full_dwell_of_real_readings() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, trace([90.0] * 5))
     failed = [sample(float(t), temps_c={}, problems=("cv0: EAGAIN", "tj: EIO", "gpu: EIO")) for t in range(5, 100)]
     updates += run(sup, failed)
@@ -265,7 +285,7 @@ def test_failed_zones_hold_hot_until_a_full_dwell_of_real_readings() -> None:
 
 
 def test_offline_and_board_zones_do_not_count() -> None:
-    sup = policy()
+    sup = supervised()
     offline = {"cv0": -256.0, "board": 99.0, "thermal-fan-est": 99.0}
     held = sup.update(sample(0.0, temps_c=offline))
     assert held.temp_c is None
@@ -275,7 +295,7 @@ def test_offline_and_board_zones_do_not_count() -> None:
 
 def test_readings_beyond_the_plausible_range_are_offline() -> None:
     """The edges of PLAUSIBLE_C (−60..150 °C, the readers' range too) are readings; beyond them a zone is offline."""
-    sup = policy()
+    sup = supervised()
     u = sup.update(sample(0.0, temps_c={"tj": 150.0, "gpu": 150.5}))
     assert (u.zone, u.temp_c) == ("tj", 150.0)
     u = sup.update(sample(1.0, temps_c={"tj": 150.1, "cpu": -60.0}))
@@ -284,7 +304,7 @@ def test_readings_beyond_the_plausible_range_are_offline() -> None:
 
 
 def test_the_hottest_soc_zone_is_used_by_default() -> None:
-    sup = policy()
+    sup = supervised()
     u = sup.update(sample(0.0, temps_c={"cpu-thermal": 71.0, "GPU": 74.5, "cv1": 73.0, "board": 80.0,
                                         "soc2": 72.0, "tj": math.nan}))
     assert (u.zone, u.temp_c) == ("GPU", 74.5)
@@ -294,7 +314,7 @@ def test_the_hottest_soc_zone_is_used_by_default() -> None:
 
 
 def test_a_configured_zone_is_used_and_falls_back_when_missing() -> None:
-    sup = policy(zone="tj")
+    sup = supervised(zone="tj")
     u = sup.update(sample(0.0, temps_c={"tj-thermal": 70.0, "gpu": 75.0}))
     assert (u.zone, u.temp_c) == ("tj-thermal", 70.0)
     updates = run(sup, [sample(float(t), temps_c={"gpu": 88.0, "cpu": 80.0}) for t in range(1, 4)])
@@ -302,7 +322,7 @@ def test_a_configured_zone_is_used_and_falls_back_when_missing() -> None:
 
 
 def test_critical_comes_from_the_lowest_passive_trip() -> None:
-    sup = policy()
+    sup = supervised()
     trips = {"tj": {"passive": 99.0}, "gpu": {"passive": 95.0, "critical": 100.0}, "board": {"passive": 60.0}}
     updates = run(sup, trace([91.0] * 3, trips_c=trips))
     assert updates[-1].critical_c == 90.0
@@ -310,14 +330,14 @@ def test_critical_comes_from_the_lowest_passive_trip() -> None:
 
 
 def test_critical_without_trips_uses_the_orin_default_and_configured_wins() -> None:
-    assert policy().update(sample(0.0, 60.0, trips_c={})).reading.endswith("critical 94.0 °C")
-    sup = policy(critical_c=92.0)
+    assert supervised().update(sample(0.0, 60.0, trips_c={})).reading.endswith("critical 94.0 °C")
+    sup = supervised(critical_c=92.0)
     updates = run(sup, trace([92.0] * 3))
     assert updates[-1].reason == "tj 92.0 °C ≥ critical 92.0 °C for 2.0 s"
 
 
 def test_a_derived_critical_at_or_below_hot_is_raised_to_hot() -> None:
-    sup = policy()
+    sup = supervised()
     updates = run(sup, trace([86.0] * 3, trips_c={"tj": {"passive": 88.0}}))
     assert levels(updates) == [(2.0, "CRITICAL")]
     assert updates[-1].reason == ("tj 86.0 °C ≥ critical 85.0 °C (passive trip 88.0 °C − 5.0 °C = 83.0 °C, "
@@ -325,7 +345,7 @@ def test_a_derived_critical_at_or_below_hot_is_raised_to_hot() -> None:
 
 
 def test_time_going_backwards_restarts_the_timers() -> None:
-    sup = policy()
+    sup = supervised()
     run(sup, trace([90.0] * 3 + [60.0] * 20))               # HOT at t=2, cool since t=3
     restarted = run(sup, trace([60.0] * 31, start=5.0))     # a replay restarted at t=5
     assert [u.level.name for u in restarted[:30]] == ["HOT"] * 30
@@ -334,15 +354,15 @@ def test_time_going_backwards_restarts_the_timers() -> None:
 
 def test_the_same_trace_gives_the_same_updates() -> None:
     samples = trace([60.0 + 40.0 * math.sin(i / 30.0) ** 2 for i in range(600)])
-    first = run(policy(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
-    second = run(policy(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
+    first = run(supervised(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
+    second = run(supervised(det(), TaskPolicy("lanes", {"fp16", "int8"}, priority=5)), samples)
     assert first == second
     assert len(levels(first)) >= 4
 
 
 def test_non_finite_time_is_refused() -> None:
     with pytest.raises(UsageError, match="sample time nan is not a finite number"):
-        policy().update(sample(math.nan, 60.0))
+        supervised().update(sample(math.nan, 60.0))
 
 
 @pytest.mark.parametrize("config,message", [
