@@ -362,17 +362,19 @@ class Service:
             if runtime is None:
                 self._task_config(name)
                 raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self.tasks) or 'none'}")
-            if self.governor is not None:
-                self.governor.set_mode(name, mode)
-                return
-            if mode == "auto":
-                raise EdgeError(f"task {name} cannot follow the supervisor: it is off",
-                                hint="set supervisor.enabled: true in the config, or pin fp32, fp16 or int8")
-            if mode not in runtime.available():
-                raise EdgeError(f"task {name} cannot run {mode}", note=runtime.unavailable.get(mode, "no such variant"),
-                                hint=f"available: {', '.join(runtime.available())}")
-            runtime.mode = mode
-            runtime.choose(mode, f"pinned to {mode} by precision.set")
+            governor = self.governor
+        # without the lock: a pin may load a variant (preload: active), and the status snapshot must not wait for it
+        if governor is not None:
+            governor.set_mode(name, mode)
+            return
+        if mode == "auto":
+            raise EdgeError(f"task {name} cannot follow the supervisor: it is off",
+                            hint="set supervisor.enabled: true in the config, or pin fp32, fp16 or int8")
+        if mode not in runtime.available():
+            raise EdgeError(f"task {name} cannot run {mode}", note=runtime.unavailable.get(mode, "no such variant"),
+                            hint=f"available: {', '.join(runtime.available())}")
+        runtime.mode = mode
+        runtime.choose(mode, f"pinned to {mode} by precision.set")
 
     def handle(self, cmd: str, args: dict[str, Any]) -> dict[str, Any]:
         """A control request, already checked by the control socket; EdgeError becomes an error reply."""

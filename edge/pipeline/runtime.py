@@ -27,8 +27,8 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 
 class TaskRuntime:
-    """The variants of one task. `load()` activates them (all, or with `preload: active` the first one;
-    others load when first chosen), `choose()` switches, `unload()` frees them."""
+    """The variants of one task. `load()` activates them (all, or with `preload: active` the first one; others
+    load when first chosen, or ahead with `load_variant()`), `choose()` switches, `unload()` frees them."""
 
     def __init__(self, config: TaskConfig, variants: factory.Variants, on_event: EventSink) -> None:
         self.config = config
@@ -39,6 +39,8 @@ class TaskRuntime:
         self.mode = config.precision                       # auto, or the pinned precision (precision.set)
         self.task: Task
         self._lock = threading.Lock()
+        self._loading = threading.Lock()                  # one load_variant() or unload() at a time
+        self._unloaded = False
         self._precision = self._initial()
         self.reason = self._initial_reason()
 
@@ -81,7 +83,7 @@ class TaskRuntime:
             if self.config.preload == "all":
                 for precision in self.available():
                     if precision != self._precision:
-                        self._load_other(precision)
+                        self.load_variant(precision)
         except BaseException:
             self.unload()
             raise
@@ -111,15 +113,27 @@ class TaskRuntime:
             engine.warmup()
         return engine
 
-    def _load_other(self, precision: str) -> bool:
-        """Load one more variant; one that fails to load or does not fit the task is refused."""
-        try:
-            engine = self._activate(precision)
-            _check_same_io(self.name, self.active(), engine)
-        except EngineError as exc:
-            self._refuse(precision, exc)
-            return False
-        return True
+    def needs_load(self, precision: str) -> bool:
+        """Whether `precision` can run but is not loaded yet (`preload: active`), so choosing it would load it."""
+        engine = self.variants.engines.get(precision)
+        return (engine is not None and not engine.is_active and precision not in self.unavailable
+                and not self._unloaded)
+
+    def load_variant(self, precision: str) -> bool:
+        """Load and warm up one more variant, if it is not loaded; one that fails to load or does not fit the task
+        is refused. Loads of one task run one at a time, so a caller may wait for another thread's load of this
+        task: call it holding no lock that others wait on. False when the variant cannot run, or the task was
+        unloaded (nothing is loaded after `unload()`)."""
+        with self._loading:
+            if self._unloaded or precision not in self.variants.engines or precision in self.unavailable:
+                return False
+            try:
+                engine = self._activate(precision)
+                _check_same_io(self.name, self.active(), engine)
+            except EngineError as exc:
+                self._refuse(precision, exc)
+                return False
+            return True
 
     def _refuse(self, precision: str, exc: EngineError) -> None:
         self.variants.engines[precision].deactivate()
@@ -132,8 +146,9 @@ class TaskRuntime:
             return self.variants.engines[self._precision]
 
     def choose(self, precision: str, reason: str, *, cause: str | None = None) -> bool:
-        """Make `precision` the active variant (loading it first with `preload: active`). `reason` is why it runs
-        now, as status shows it; `cause` the whole story of a switch, for its log line and its precision.switch
+        """Make `precision` the active variant, loading it first when it is not (`preload: active`; a caller that
+        holds a lock others wait on loads it with `load_variant()` first). `reason` is why it runs now, as status
+        shows it; `cause` the whole story of a switch, for its log line and its precision.switch
         event (default `reason`): the history stays in the events, status shows the present. True when it
         switched; False when it already ran, or cannot (then why is logged and kept in `unavailable`)."""
         if precision == self._precision:
@@ -144,7 +159,7 @@ class TaskRuntime:
             log.warning("task %s: cannot switch to %s: %s", self.name, precision,
                         self.unavailable.get(precision, "no such variant"))
             return False
-        if not self.variants.engines[precision].is_active and not self._load_other(precision):
+        if not self.variants.engines[precision].is_active and not self.load_variant(precision):
             return False
         with self._lock:
             before = self.variants.engines[self._precision]
@@ -156,8 +171,11 @@ class TaskRuntime:
         return True
 
     def unload(self) -> None:
-        for engine in self.variants.engines.values():
-            engine.deactivate()
+        """Free every variant, for good: a load running on another thread ends first, and none starts after."""
+        with self._loading:
+            self._unloaded = True
+            for engine in self.variants.engines.values():
+                engine.deactivate()
         _give_memory_back()
 
     def status(self) -> dict[str, Any]:

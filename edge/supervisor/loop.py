@@ -4,7 +4,8 @@ rate scale and the pause. It publishes each sample on `sys.telemetry`, level cha
 problems on `sys.event`, and keeps the last state for status and heartbeats.
 
 The policy is not thread-safe; everything that touches it (this thread, and the control socket's
-`precision.set`, `task.enable`, `task.disable`) holds the supervisor's lock.
+`precision.set`, `task.enable`, `task.disable`) holds the supervisor's lock, briefly: a variant a decision
+needs loaded (`preload: active`) is loaded after the lock is let go, and the decision is then made again.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from edge.wire import protocol
 log = get_logger("supervisor")
 HARDWARE_SOURCES = ("jtop", "sysfs", "nvml")      # may be down at start: the daemon runs on without them
 Publish = Callable[[str, dict[str, Any]], Any]
+Loads = list[tuple[TaskRuntime, str]]                 # variants the decisions need loaded: (task, precision)
 
 
 def open_telemetry(uri: str, on_event: Callable[[str, dict[str, Any]], None]) -> Reader:
@@ -78,7 +80,8 @@ class Supervisor:
     def add(self, runtime: TaskRuntime) -> None:
         with self._lock:
             self._runtimes[runtime.name] = runtime
-            self._apply(self.policy.decide(self._tasks()))
+            loads = self._apply(self.policy.decide(self._tasks()))
+        self._load(loads)
 
     def remove(self, name: str) -> None:
         with self._lock:
@@ -92,7 +95,8 @@ class Supervisor:
                 raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self._runtimes) or 'none'}")
             check_pin(policy_of(runtime), mode)
             runtime.mode = mode
-            self._apply(self.policy.decide(self._tasks()))
+            loads = self._apply(self.policy.decide(self._tasks()))
+        self._load(loads)
 
     def reconfigure(self, section: SupervisorSection) -> None:
         """New thresholds and interval from a reload (the same telemetry source): the level and its timers carry
@@ -129,7 +133,7 @@ class Supervisor:
         with self._lock:
             update = self.policy.update(sample, self._tasks())
             self.sample = sample
-            self._apply(update)
+            loads = self._apply(update)
         self.publish("sys.telemetry", protocol.telemetry_message(
             source=sample.source, temps_c=sample.temps_c, power_mw=sample.power_mw, total_mw=sample.total_mw,
             mode=sample.mode, gpu_load=sample.gpu_load, problems=sample.problems))
@@ -137,20 +141,37 @@ class Supervisor:
             self._problems = sample.problems
             if sample.problems:
                 self.on_event("telemetry.problem", {"source": sample.source, "reason": "; ".join(sample.problems)})
+        self._load(loads)
 
-    def _apply(self, update: Update) -> None:
-        """Hand the changed decisions to the runtimes (a switch lands at their lanes' next frame)."""
+    def _apply(self, update: Update) -> Loads:
+        """Hand the decisions to the runtimes: the rate at once, the precision at their lanes' next frame. A
+        precision whose variant is not loaded yet is returned instead, for `_load` (the lock is held here)."""
         if update.level_changed:
             log.log(logging.WARNING if update.level > Level.NORMAL else logging.INFO, "supervisor: %s: %s",
                     update.level.name, update.reason)
             self.on_event("supervisor.level", {"level": update.level.name, "reason": update.reason})
+        loads: Loads = []
         for name, decision in update.decisions.items():
             runtime = self._runtimes.get(name)
             if runtime is None:
                 continue
             runtime.rate_scale = 0.0 if decision.paused else decision.rate_scale
-            runtime.choose(decision.precision, _task_reason(update, decision), cause=decision.reason)
+            if runtime.needs_load(decision.precision):
+                loads.append((runtime, decision.precision))
+            else:
+                runtime.choose(decision.precision, _task_reason(update, decision), cause=decision.reason)
         self.last = update
+        return loads
+
+    def _load(self, loads: Loads) -> None:
+        """Load (and warm up) the variants the decisions chose, without the lock, so precision.set, status and the
+        other tasks do not wait for them; then decide again, as a pin, a refused variant or a disabled task may
+        have changed the decision meanwhile. Each round loads or refuses a variant, so it ends."""
+        while loads:
+            for runtime, precision in loads:
+                runtime.load_variant(precision)
+            with self._lock:
+                loads = self._apply(self.policy.decide(self._tasks()))
 
     def _tasks(self) -> list[TaskPolicy]:
         """The running tasks as their runtimes have them now: a variant refused since is not offered again."""

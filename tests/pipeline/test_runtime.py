@@ -103,6 +103,17 @@ def test_preload_active_loads_a_variant_when_it_is_first_chosen(tmp_path: Path) 
     assert not any(e.is_active for e in task.variants.engines.values())
 
 
+def test_nothing_loads_after_unload(tmp_path: Path) -> None:
+    """The supervisor loads a variant outside its lock: a task unloaded meanwhile (disabled, or the daemon stopping)
+    must not get a variant loaded after its unload, where nothing would free it."""
+    task = runtime(tmp_path, [], preload="active")
+    task.load()
+    assert task.needs_load("int8") and not task.needs_load("fp32") and not task.needs_load("fp16")
+    task.unload()
+    assert not task.needs_load("int8") and not task.load_variant("int8")
+    assert not any(e.is_active for e in task.variants.engines.values())
+
+
 def test_a_variant_with_other_tensors_is_refused_and_the_task_keeps_running(tmp_path: Path) -> None:
     events: list[tuple[str, dict[str, Any]]] = []
     files = two_variants(tmp_path)

@@ -6,26 +6,71 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import zmq
 
 from edge.config import SupervisorSection, parse_config
 from edge.daemon.service import Service
+from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EdgeError
 from edge.supervisor.loop import Supervisor, open_telemetry
 from edge.supervisor.telemetry.common import NoneReader, TelemetryError
 from edge.supervisor.telemetry.trace import TraceReader
+from edge.wire import control
 from edge.wire.client import Subscriber
-from tests.conftest import PEER_S
+from tests.conftest import PEER_S, wait_for
 from tests.support.lanes import runtime
 
 
 def write_trace(path: Path, lines: list[tuple[float, float]]) -> Path:
     path.write_text("".join(json.dumps({"t": t, "temps_c": {"tj": c}}) + "\n" for t, c in lines))
     return path
+
+
+T = TypeVar("T")
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """`call()` run on a thread; the test fails when it has not returned within `seconds`."""
+    result: list[T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(call())
+        except BaseException as exc:  # noqa: BLE001 - handed to the test below
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{call} did not return within {seconds} s"
+    if errors:
+        raise errors[0]
+    return result[0]
+
+
+class HeldLoad:
+    """Holds the int8 variant's load of a task until `release` is set; `loading` is set once it started."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, engine: OnnxRuntimeEngine | None = None) -> None:
+        self.loading, self.release = threading.Event(), threading.Event()
+        activate = OnnxRuntimeEngine.activate
+
+        def held(engine: OnnxRuntimeEngine) -> OnnxRuntimeEngine:
+            if engine.precision == "int8":
+                self.loading.set()
+                self.release.wait(60)
+            return activate(engine)
+
+        if engine is None:
+            monkeypatch.setattr(OnnxRuntimeEngine, "activate", held)
+        else:
+            monkeypatch.setattr(engine, "activate", lambda: held(engine))
 
 
 class Clock:
@@ -190,3 +235,110 @@ supervisor:
             runs.append(d["precision"])
     assert runs[:3] == ["fp32", "int8", "fp32"][:len(runs[:3])] and "int8" in runs
     assert all(d["engine"].endswith(":" + d["precision"]) for d in dets)
+
+
+def test_a_pin_while_a_variant_loads_answers_at_once_and_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: with `preload: active` the supervisor loaded and warmed the variant it chose while holding its lock,
+    so precision.set waited for the whole load. It loads outside the lock now and decides again after: a pin made
+    meanwhile answers at once, and the load does not undo it."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    trace = write_trace(tmp_path / "t.jsonl", [(0, 90.0)])
+    task = runtime(tmp_path, events, preload="active")
+    task.load()
+    held = HeldLoad(monkeypatch, task.variants.engines["int8"])
+    supervisor = Supervisor(SupervisorSection(confirm_s=0), TraceReader(trace, clock=Clock()), lambda *_: None,
+                            lambda name, details: events.append((name, details)))
+    supervisor.add(task)
+    stepping = threading.Thread(target=supervisor.step)              # HOT at once: int8, not loaded yet
+    stepping.start()
+    try:
+        assert held.loading.wait(30), "the supervisor did not load int8"
+        within(10, lambda: supervisor.set_mode("objects", "fp32"))
+        assert supervisor.status()["level"] == "HOT" and task.precision == "fp32"
+    finally:
+        held.release.set()
+        stepping.join(30)
+    try:
+        assert not stepping.is_alive()
+        assert task.precision == "fp32" and task.status()["loaded"] == ["fp32", "int8"]
+        assert [name for name, _ in events] == ["supervisor.level"]            # no switch: the pin won
+        supervisor.set_mode("objects", "auto")
+        assert task.precision == "int8"                                        # loaded: at once
+    finally:
+        task.unload()
+
+
+def test_a_variant_that_fails_to_load_is_decided_again_at_once(tmp_path: Path) -> None:
+    """The runtime refuses the variant; the supervisor decides again from the runtime, without waiting for the next
+    sample (the policy used to keep its own copy of the task and learn it a step later)."""
+    events: list[tuple[str, dict[str, Any]]] = []
+    trace = write_trace(tmp_path / "t.jsonl", [(0, 90.0)])
+    task = runtime(tmp_path, events, preload="active")
+    task.variants.engines["int8"].path.write_bytes(b"not an onnx model")
+    task.load()
+    supervisor = Supervisor(SupervisorSection(confirm_s=0), TraceReader(trace, clock=Clock()), lambda *_: None,
+                            lambda name, details: events.append((name, details)))
+    supervisor.add(task)
+    try:
+        supervisor.step()
+        assert task.precision == "fp32" and task.unavailable["int8"].startswith("failed to load: ONNX Runtime")
+        assert task.reason.startswith("HOT: int8 refused (failed to load: ONNX Runtime cannot load")
+        assert task.reason.endswith(": staying on fp32")
+        assert supervisor.last.decisions["objects"].precision == "fp32"
+        assert [name for name, _ in events] == ["supervisor.level", "engine.refused"]
+    finally:
+        task.unload()
+
+
+def test_status_and_precision_set_answer_while_the_supervisor_loads(demo: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17, through the control socket: while the supervisor loads the int8 variant it chose (`preload: active`,
+    the load held here), precision.set and status answer (they waited for the whole load: precision.set for the
+    supervisor's lock, status behind it). A pin that needs a load of its own waits for it, and meanwhile the
+    status snapshot the heartbeats and metrics read still answers."""
+    held = HeldLoad(monkeypatch)
+    trace = write_trace(tmp_path / "t.jsonl", [(0, 90.0)])
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    text = f"""version: 1
+cameras:
+  - id: cam0
+    uri: test://bars?size=160x120&fps=10
+tasks:
+  - name: objects
+    type: detector
+    engines: {demo.engines}
+    cameras: [cam0]
+    preload: active
+    threads: 1
+output:
+  results: ipc://{tmp_path}/r.sock
+control:
+  endpoint: {endpoint}
+supervisor:
+  telemetry: trace://{trace}
+  confirm_s: 0
+"""
+    service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}))
+    pinning: threading.Thread | None = None
+    try:
+        service.start()
+        assert held.loading.wait(60), "the supervisor did not load int8"
+        assert control.request(endpoint, "precision.set", timeout_s=10, task="objects", mode="fp32") == {}
+        [task] = control.request(endpoint, "status", timeout_s=10)["tasks"]
+        assert (task["precision"], task["mode"], task["loaded"]) == ("fp32", "fp32", ["fp32"])
+        pinning = threading.Thread(target=control.request, args=(endpoint, "precision.set"),
+                                   kwargs={"timeout_s": 60, "task": "objects", "mode": "int8"})
+        pinning.start()                                                # waits for the held load
+        wait_for(lambda: service.tasks["objects"].mode == "int8", 10, "the int8 pin to be taken")
+        [task] = within(10, service.status)["tasks"]
+        assert (task["precision"], task["loaded"]) == ("fp32", ["fp32"])
+        held.release.set()
+        pinning.join(60)
+        assert not pinning.is_alive()
+        [task] = service.status()["tasks"]
+        assert (task["precision"], task["mode"], task["loaded"]) == ("int8", "int8", ["fp32", "int8"])
+    finally:
+        held.release.set()
+        if pinning is not None:
+            pinning.join(60)
+        service.stop()
