@@ -35,12 +35,7 @@ STOP_TIMEOUT_S = 5.0
 class Service:
     """`start()` acquires (socket, engines, cameras, lanes), `stop()` releases, `run()` waits in between.
     `enable_task()` / `disable_task()` start and stop one task while it runs, `reload()` applies a changed config.
-
-    Every change of what runs (start, enable, disable, reload) is prepared first (engines loaded, new cameras
-    opened) without touching what runs, and then switched in one step; a step that fails refuses the change,
-    closes what was prepared and leaves everything as it was. Changes run one at a time (`_changes`); a switch
-    and `stop()` exclude each other (`_switching`); `_lock` guards the dictionaries the status snapshot reads, and
-    is held only briefly, so heartbeats and watchdog pings go on while a change loads engines."""
+    Every change is prepared, then switched in one step (docs/architecture.md, "A config change's path")."""
 
     def __init__(self, config: Config, *, max_frames: int | None = None, wait_subscriber_s: float = 0.0,
                  load_config: Callable[[], Config] | None = None,
@@ -58,7 +53,7 @@ class Service:
         self.cameras = Cameras(self.publisher.event)
         self.tasks: dict[str, TaskRuntime] = {}
         self._lanes: dict[str, list[Lane] | list[BatchMember]] = {}
-        self.governor: Supervisor | None = None
+        self.supervisor: Supervisor | None = None
         self.control = ControlServer(config.control.endpoint, self.handle)
         self.metrics = MetricsServer(config.metrics.address, self) if config.metrics.enabled else None
         self.notifier = Notifier()
@@ -112,9 +107,9 @@ class Service:
                                 " --wait-subscriber")
             self._switch(self.config, change, prepared)
         if self.config.supervisor.enabled:
-            self.governor = self._governor(self.config.supervisor)
-            self.governor.start()
-            log.info("supervisor on: telemetry from %s every %.1f s", self.governor.reader.name,
+            self.supervisor = self._supervisor(self.config.supervisor)
+            self.supervisor.start()
+            log.info("supervisor on: telemetry from %s every %.1f s", self.supervisor.reader.name,
                      self.config.supervisor.interval_s)
         log.info("running %d lane(s) on %d camera(s): %s", len(self.lanes), len(self.cameras.open),
                  ", ".join(lane.name for lane in self.lanes))
@@ -180,8 +175,8 @@ class Service:
                     for task in starting}                      # open cameras the new lanes share stay open
             deadline = time.monotonic() + STOP_TIMEOUT_S
             for name, lanes, runtime in stopping:
-                if self.governor is not None:
-                    self.governor.remove(name)
+                if self.supervisor is not None:
+                    self.supervisor.remove(name)
                 self._stop_lanes(lanes, runtime, deadline)
             for camera in prepared.cameras.values():
                 self.cameras.install(camera)
@@ -189,8 +184,8 @@ class Service:
                 cameras = held[task.name] | {camera_id: self.cameras.acquire(camera_id) for camera_id in task.cameras
                                              if camera_id in prepared.cameras}
                 self._start_lanes(prepared.runtimes[task.name], [cameras[camera_id] for camera_id in task.cameras])
-                if self.governor is not None:
-                    self.governor.add(prepared.runtimes[task.name])
+                if self.supervisor is not None:
+                    self.supervisor.add(prepared.runtimes[task.name])
             self.cameras.start()
 
     def _start_lanes(self, runtime: TaskRuntime, cameras: list[Camera]) -> None:
@@ -214,7 +209,7 @@ class Service:
         for lane in lanes:
             lane.stop(left())
             self.cameras.release(lane.camera.id, left())
-        runtime.unload()
+        runtime.unload(left())
 
     def _wait_for_subscriber(self, stop: threading.Event) -> bool:
         log.info("waiting up to %s s for a first subscriber on %s", self.wait_subscriber_s, self.publisher.endpoint)
@@ -315,8 +310,8 @@ class Service:
         if self.metrics is not None:
             self.metrics.stop(left())
         self.control.stop(left())
-        if self.governor is not None:
-            self.governor.stop(left())
+        if self.supervisor is not None:
+            self.supervisor.stop(left())
         switching = self._switching.acquire(timeout=left())
         if not switching:
             log.warning("a change of the running tasks did not end within the stop time; stopping beside it")
@@ -349,11 +344,11 @@ class Service:
         cameras = [{"id": c.id, "connected": c.stats.connected, "captured": c.stats.captured,
                     "reconnects": c.stats.reconnects, "missing_frames": c.stats.missing_frames}
                    for c in (read[camera_id] for camera_id in order if camera_id in read)]
-        governor = self.governor
+        supervisor = self.supervisor
         return {"version": __version__, "uptime_s": (now - self._started_ns) / 1e9, "tasks": tasks, "lanes": lanes,
                 "cameras": cameras, "peers": self._peers(),
-                "supervisor": governor.status() if governor is not None else None,
-                "telemetry": governor.telemetry() if governor is not None else None}
+                "supervisor": supervisor.status() if supervisor is not None else None,
+                "telemetry": supervisor.telemetry() if supervisor is not None else None}
 
     def set_precision(self, name: str, mode: str) -> None:
         """`precision.set`: pin a running task to a precision, or give it back to the supervisor (auto)."""
@@ -362,10 +357,10 @@ class Service:
             if runtime is None:
                 self._task_config(name)
                 raise EdgeError(f"task {name} is not running", note=f"running: {', '.join(self.tasks) or 'none'}")
-            governor = self.governor
+            supervisor = self.supervisor
         # without the lock: a pin may load a variant (preload: active), and the status snapshot must not wait for it
-        if governor is not None:
-            governor.set_mode(name, mode)
+        if supervisor is not None:
+            supervisor.set_mode(name, mode)
             return
         if mode == "auto":
             raise EdgeError(f"task {name} cannot follow the supervisor: it is off",
@@ -443,27 +438,27 @@ class Service:
             setup_logging(new.logging.level)
         return change.describe()
 
-    def _governor(self, section: SupervisorSection) -> Supervisor:
+    def _supervisor(self, section: SupervisorSection) -> Supervisor:
         """A supervisor on `section`'s telemetry, deciding for every loaded task (not started yet)."""
-        governor = Supervisor(section, open_telemetry(section.telemetry, self.publisher.event), self.publisher.publish,
-                              self.publisher.event)
+        reader = open_telemetry(section.telemetry, self.publisher.event)
+        supervisor = Supervisor(section, reader, self.publisher.publish, self.publisher.event)
         for runtime in self.tasks.values():
-            governor.add(runtime)
-        return governor
+            supervisor.add(runtime)
+        return supervisor
 
     def _reconfigure_supervisor(self, new: Config) -> None:
-        """New thresholds go to the running governor; a new telemetry source, or the supervisor turned on or off,
+        """New thresholds go to the running supervisor; a new telemetry source, or the supervisor turned on or off,
         replaces it (the tasks keep their variants until the new one decides)."""
-        section, governor = new.supervisor, self.governor
-        if governor is not None and section.enabled and section.telemetry == governor.section.telemetry:
-            governor.reconfigure(section)
+        section, supervisor = new.supervisor, self.supervisor
+        if supervisor is not None and section.enabled and section.telemetry == supervisor.section.telemetry:
+            supervisor.reconfigure(section)
             return
-        if governor is not None:
-            governor.stop(STOP_TIMEOUT_S)
-            self.governor = None
+        if supervisor is not None:
+            supervisor.stop(STOP_TIMEOUT_S)
+            self.supervisor = None
         if section.enabled:
-            self.governor = self._governor(section)
-            self.governor.start()
+            self.supervisor = self._supervisor(section)
+            self.supervisor.start()
 
     def _peers(self) -> dict[str, int]:
         return {"connections": self.publisher.connections, "subscriptions": self.publisher.subscriptions,

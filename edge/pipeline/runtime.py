@@ -133,6 +133,9 @@ class TaskRuntime:
             except EngineError as exc:
                 self._refuse(precision, exc)
                 return False
+            if self._unloaded:                            # unload() gave up waiting for this load: free all here
+                self._free()
+                return False
             return True
 
     def _refuse(self, precision: str, exc: EngineError) -> None:
@@ -170,12 +173,24 @@ class TaskRuntime:
                                            "engine": after.name, "reason": cause or reason})
         return True
 
-    def unload(self) -> None:
-        """Free every variant, for good: a load running on another thread ends first, and none starts after."""
-        with self._loading:
-            self._unloaded = True
-            for engine in self.variants.engines.values():
-                engine.deactivate()
+    def unload(self, timeout: float | None = None) -> bool:
+        """Free every variant, for good; no load starts after. A load running on another thread ends first,
+        waited for up to `timeout` seconds (None: until it ends); past that, the load frees its own engine
+        when it ends (an engine is never freed while its native load runs) and False is returned."""
+        self._unloaded = True
+        if not self._loading.acquire(timeout=-1 if timeout is None else timeout):
+            log.warning("task %s: a variant is still loading after %.1f s; the task's engines are freed when"
+                        " that load ends", self.name, timeout)
+            return False
+        try:
+            self._free()
+        finally:
+            self._loading.release()
+        return True
+
+    def _free(self) -> None:
+        for engine in self.variants.engines.values():
+            engine.deactivate()
         _give_memory_back()
 
     def status(self) -> dict[str, Any]:

@@ -154,7 +154,7 @@ def test_a_reload_applies_the_changes_and_leaves_unchanged_lanes_running(demo: A
     _processing(running, "a", before)                                             # its counters go on
     _processing(running, "c")
     assert set(running.service.tasks) == {"a", "c"} and "b" not in running.service._lanes
-    assert running.service.governor.policy.config.hot_c == 70
+    assert running.service.supervisor.policy.config.hot_c == 70
     assert running.service.tasks["c"].config.params.conf_threshold == 0.5
     event = running.event("config.reload")
     assert event["result"] == "applied" and "start: c" in event["changes"]
@@ -272,14 +272,14 @@ def test_turning_the_supervisor_off_and_on_replaces_it_and_the_tasks_run_on(demo
                                                                              running: Running) -> None:
     _processing(running, "a")
     lanes = {task: running.lane(task) for task in ("a", "b")}
-    first = running.service.governor
+    first = running.service.supervisor
     good = running.path.read_text()
     running.path.write_text(good.replace("  telemetry: none", "  enabled: false\n  telemetry: none"))
     assert running.service.reload() == {"changes": "keep: a, b; supervisor settings"}
-    assert running.service.governor is None and running.service.status()["supervisor"] is None
+    assert running.service.supervisor is None and running.service.status()["supervisor"] is None
     running.path.write_text(good)
     assert running.service.reload() == {"changes": "keep: a, b; supervisor settings"}
-    second = running.service.governor
+    second = running.service.supervisor
     assert second is not None and second is not first and set(second._runtimes) == {"a", "b"}
     wait_for(lambda: second.sample is not None, 10, "the new supervisor's first telemetry sample")   # it runs
     assert {task: running.lane(task) for task in ("a", "b")} == lanes

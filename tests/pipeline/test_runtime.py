@@ -272,3 +272,32 @@ def test_enabling_a_task_whose_camera_cannot_open_starts_nothing(demo: Any, tmp_
         assert set(service.cameras.open) == {"c0"}
     finally:
         service.stop()
+
+
+def test_unload_waits_a_bounded_time_for_a_load_and_the_load_frees_what_it_finds_unloaded(tmp_path: Path,
+                                                                                         monkeypatch) -> None:
+    """A stop must not outlast its timeout behind an engine load (a TensorRT plan takes seconds to deserialize),
+    and an engine is never freed while its native load runs: the load frees the task's engines when it ends."""
+    task = runtime(tmp_path, [], preload="active")
+    task.load()
+    int8 = task.variants.engines["int8"]
+    loading, release = threading.Event(), threading.Event()
+    activate = int8.activate
+
+    def held() -> Any:
+        loading.set()
+        release.wait(60)
+        return activate()
+
+    monkeypatch.setattr(int8, "activate", held)
+    outcome: list[bool] = []
+    loader = threading.Thread(target=lambda: outcome.append(task.load_variant("int8")), daemon=True)
+    loader.start()
+    assert loading.wait(30)
+    assert task.unload(timeout=0.05) is False                    # gave up waiting; nothing freed under the load
+    assert task.variants.engines["fp32"].is_active
+    release.set()
+    loader.join(30)
+    assert outcome == [False]
+    assert not any(engine.is_active for engine in task.variants.engines.values())
+    assert task.load_variant("int8") is False and task.unload(timeout=1) is True
