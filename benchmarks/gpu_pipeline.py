@@ -6,7 +6,7 @@ Engine stand-in (the device machine has no TensorRT; benchmarks/torch_engine.py)
 class, a YOLOv3-tiny-shaped fp16 conv stack run by PyTorch, captured as one CUDA graph per frame record and
 replayed on the caller's raw stream, one launch per frame like a TensorRT enqueue. Edge runs it unmodified:
 tests/support/fake_tensorrt.py with `execute_async_v3` replaying the graph, loaded by
-edge.engines.tensorrt.TensorRTEngine, reading and writing the slot's own device buffers.
+edge.engines.tensorrt.engine.TensorRTEngine, reading and writing the slot's own device buffers.
 
 Measurements (per camera count; medians of --reps runs of --frames frames per camera after --warmup):
   (a) serial   the TensorRT samples' loop: one thread; per frame H2D, letterbox kernel, engine, D2H, then
@@ -499,7 +499,7 @@ def edge_engine(stand_in: ModuleType, network: Any, plan_dir: Path, *, cuda_grap
                 max_batch: int | None = None, profiles: int = 1) -> Any:
     """TensorRTEngine (copy mode, GPU preprocessing) on a stand-in plan whose engine runs `network`; with
     `max_batch` a dynamic-batch plan with `profiles` profiles."""
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
 
     sys.modules["tensorrt"] = stand_in.tensorrt_module(network)
     name = "yolov3-tiny-shaped" + ("" if max_batch is None else f"-b{max_batch}") + (".graphs" if cuda_graph else "")
@@ -530,7 +530,7 @@ def prime(setup: Setup) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         graph_first = results[DEPTH] if graph_first is None else graph_first     # frame 0 again, by its graph
         if feed.slot.graph_problem is not None:
             raise RuntimeError(f"edge's CUDA graph capture failed: {feed.slot.graph_problem}")
-        if any(record.lane.graph is None for record in feed.slot.frames):
+        if any(record.graph.captured is None for record in feed.slot.frames):
             raise RuntimeError("a frame record of edge's graph-mode slot has no CUDA graph after priming")
     for feed in setup.batch_feeds.values():
         for _ in range(DEPTH):

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from edge.engines.base import Pending, Slot
-from edge.engines.tensorrt import TensorRTEngine
+from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.errors import EngineError
 from edge.gpu import cuda
 from edge.letterbox import letterbox_into

@@ -16,7 +16,7 @@ graph node instead, as a TensorRT enqueue's kernels would (torch cannot replay a
 
 `tensorrt_module(network)` is tests/support/fake_tensorrt.py (the strict stand-in of the TensorRT Python API)
 with `Runtime` replaced: its engines' execution contexts enqueue this network from `execute_async_v3`,
-so edge.engines.tensorrt.TensorRTEngine runs it unmodified. `write_plan(path)` writes a plan of the
+so edge.engines.tensorrt.engine.TensorRTEngine runs it unmodified. `write_plan(path)` writes a plan of the
 network's IO with the sidecar `edge build` would write for this machine.
 
 Needs torch with CUDA and the primary context of device 0 (the one edge.gpu.cuda and torch share).
@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edge.engines import tensorrt as trt_backend
+from edge.engines.tensorrt.plan import device_key
 from tests.support import fake_tensorrt
 
 NAME = ("YOLOv3-tiny-shaped fp16 conv stack (random weights), PyTorch, one CUDA graph per frame record"
@@ -238,7 +238,7 @@ def tensorrt_module(network: GraphNetwork) -> types.ModuleType:
 
 def write_plan(path: Path, *, max_batch: int | None = None, profiles: int = 1) -> Path:
     """A plan with the network's IO (fp32 input, fp32 heads), built by the stand-in's builder, and the sidecar
-    for this machine (edge.engines.tensorrt.device_key(): the `tensorrt` module must be installed). With
+    for this machine (edge.engines.tensorrt.plan.device_key(): the `tensorrt` module must be installed). With
     `max_batch` the batch dimension is dynamic, with `profiles` profiles (one per slot) of 1 to max_batch images
     (opt: max_batch)."""
     trt = fake_tensorrt
@@ -259,7 +259,7 @@ def write_plan(path: Path, *, max_batch: int | None = None, profiles: int = 1) -
     if plan is None:
         raise RuntimeError("the TensorRT stand-in could not build the benchmark's plan")
     path.write_bytes(bytes(plan))
-    here = trt_backend.device_key()
+    here = device_key()
     if here is None:
         raise RuntimeError("install tensorrt_module() as sys.modules['tensorrt'] before write_plan()")
     key = dataclasses.replace(here, precision="fp16", input_shapes=((INPUT, net),))

@@ -109,11 +109,11 @@ def _edge_logging_restored() -> Iterator[None]:
 @pytest.fixture(autouse=True)
 def _fresh_device_key() -> Iterator[None]:
     """device_key() is read once per process; tests that install a stand-in TensorRT need it read again."""
-    from edge.engines import tensorrt
+    from edge.engines.tensorrt.plan import device_key
 
-    tensorrt.device_key.cache_clear()
+    device_key.cache_clear()
     yield
-    tensorrt.device_key.cache_clear()
+    device_key.cache_clear()
 
 
 @pytest.fixture

@@ -244,11 +244,11 @@ def _timed(work: Callable[[], object]) -> float:
 
 
 def _tensorrt(required: bool) -> Check:
-    from edge.engines import tensorrt
+    from edge.engines.tensorrt.plan import device_key, import_tensorrt
 
     try:
-        trt = tensorrt.import_tensorrt()
-        key = tensorrt.device_key()
+        trt = import_tensorrt()
+        key = device_key()
     except EdgeError as exc:
         return Check("tensorrt", FAIL if required else SKIP, exc.what + (f" Hint: {exc.hint}" if required else ""))
     return Check("tensorrt", OK, f"{trt.__version__}; device key {key.platform() if key else None}")
@@ -299,7 +299,7 @@ def _demo_repository(engines: Path) -> Check:
 
 def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     from edge.engines.onnxruntime import OnnxRuntimeEngine
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.tools import assets, build
 
     demo = assets.DemoAssets(assets.default_cache_dir())

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from edge.config import PRECISIONS, TaskConfig
-from edge.engines import repository, tensorrt
+from edge.engines import repository
 from edge.engines.base import Engine
 from edge.engines.onnxruntime import OnnxRuntimeEngine
+from edge.engines.tensorrt.engine import TensorRTEngine
+from edge.engines.tensorrt.plan import device_key
 from edge.errors import EngineError
 from edge.log import get_logger
 
@@ -52,7 +54,7 @@ def choose_backend(task: TaskConfig) -> tuple[str, repository.DeviceKey | None, 
     if task.backend == "onnxruntime":
         return "onnxruntime", None, "backend: onnxruntime in the config"
     try:
-        device = tensorrt.device_key()
+        device = device_key()
         missing = "TensorRT is not installed here" if device is None else ""
     except EngineError as exc:                   # TensorRT is there, CUDA is not (no driver, no pycuda)
         device, missing = None, f"TensorRT is installed but CUDA is not usable: {exc.what}"
@@ -88,8 +90,8 @@ def variants_for(task: TaskConfig, *, threads: int, progress: Callable[[str], No
         for reason in choice.rejected:
             log.info("task %s: not using %s", task.name, reason)
         if choice.format == "plan":
-            engines[precision] = tensorrt.TensorRTEngine(choice.path, precision=precision, copy_mode=task.copy_mode,
-                                                           cuda_graph=task.cuda_graph)
+            engines[precision] = TensorRTEngine(choice.path, precision=precision, copy_mode=task.copy_mode,
+                                                 cuda_graph=task.cuda_graph)
         else:
             engines[precision] = OnnxRuntimeEngine(choice.path, precision=precision, threads=threads)
     if "fp16" in engines and engines["fp16"].backend == "onnxruntime" and "fp32" in engines:

@@ -24,7 +24,7 @@ Compilation: NVRTC at first use, for the device's own SM, cached as a cubin (edg
 and what a Jetson needs: libnvrtc from JetPack's CUDA the first time, nothing after; no nvcc).
 
 Use (the primary context current, as for every edge.gpu.cuda object), as a TensorRT slot does
-(edge/engines/tensorrt/__init__.py: TrtSlot.submit_frame, one instance per InFlightFrame, on the slot's upload
+(edge/engines/tensorrt/slot.py: TrtSlot.submit_frame, one instance per InFlightFrame, on the slot's upload
 stream; the engine's compute stream waits for an event recorded after it):
     pre = GpuLetterbox(spec.shape, spec.dtype, zero_copy=zerocopy_mode)
     box = pre.run(frame, input_buffer.pointer, stream)      # enqueued; returns at once

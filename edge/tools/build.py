@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from edge.engines import repository
-from edge.engines.tensorrt import DLA_HINT, import_tensorrt, make_logger
+from edge.engines.tensorrt.plan import DLA_HINT, import_tensorrt, make_logger
 from edge.errors import EngineError
 from edge.gpu import cuda
 from edge.tools.common import atomic_output, check_writable, load_onnx

@@ -12,7 +12,7 @@ import pytest
 from edge.config import TaskConfig
 from edge.engines import factory, repository
 from edge.engines.onnxruntime import OnnxRuntimeEngine
-from edge.engines.tensorrt import TensorRTEngine
+from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.errors import EngineError
 
 

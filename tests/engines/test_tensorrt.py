@@ -25,8 +25,10 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge.engines import repository
-from edge.engines import tensorrt as trt_backend
-from edge.engines.tensorrt import TensorRTEngine
+from edge.engines.base import WaitTimeout
+from edge.engines.tensorrt import plan as trt_plan
+from edge.engines.tensorrt.engine import TensorRTEngine
+from edge.engines.tensorrt.slot import TrtSlot
 from edge.errors import EngineError, UsageError
 from edge.gpu import cuda
 from edge.tools import build
@@ -308,7 +310,7 @@ def test_the_stand_in_is_as_strict_as_tensorrt(trt) -> None:
             self.messages = []
     with pytest.raises(TypeError, match="must be called when overriding __init__"):
         Forgetful()
-    assert trt_backend.make_logger(trt).text() == "(TensorRT logged nothing)"
+    assert trt_plan.make_logger(trt).text() == "(TensorRT logged nothing)"
     assert trt.IBuilderConfig(trt.Logger()).create_timing_cache(b"garbage") is None
 
 
@@ -333,31 +335,31 @@ def test_missing_tensorrt_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, repo
     with pytest.raises(EngineError, match="`import tensorrt` failed") as info:
         build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
     assert "python3-libnvinfer" in str(info.value) and "TensorRT 11.4.1+" in str(info.value)
-    assert trt_backend.device_key() is None
+    assert trt_plan.device_key() is None
 
 
 def test_deserialize_failure_reports_the_logger(trt, tmp_path: Path) -> None:
-    logger = trt_backend.make_logger(trt)
+    logger = trt_plan.make_logger(trt)
     runtime = trt.Runtime(logger)
     with pytest.raises(EngineError, match="could not deserialize") as info:
-        trt_backend.deserialize(trt, runtime, b"not a plan", logger, tmp_path / "x.plan")
+        trt_plan.deserialize(trt, runtime, b"not a plan", logger, tmp_path / "x.plan")
     assert "magicTag" in str(info.value)
 
 
 def test_foreign_device_plan_is_refused(trt, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
     monkeypatch.setattr(trt, "BOARD", "NVIDIA Jetson Orin Nano Developer Kit")     # now loading elsewhere
-    logger = trt_backend.make_logger(trt)
+    logger = trt_plan.make_logger(trt)
     with pytest.raises(EngineError, match="built on another device model") as info:
-        trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
+        trt_plan.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
     assert "different models of devices" in str(info.value)
 
 
 def test_io_specs(trt, repo: Path) -> None:
     result = build.build(repo / "yolov3-tiny.onnx", say=lambda line: None)
-    logger = trt_backend.make_logger(trt)
-    engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
-    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, {}, logger)
+    logger = trt_plan.make_logger(trt)
+    engine = trt_plan.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
+    inputs, outputs = trt_plan.io_specs(trt, engine, result.plan, {}, logger)
     assert [(t.name, t.shape, t.dtype) for t in inputs] == [("images", (1, 3, 416, 416), np.float32)]
     assert [(t.name, t.shape) for t in outputs] == [("yolo0_13x13", (1, 255, 13, 13)),
                                                     ("yolo1_26x26", (1, 255, 26, 26))]
@@ -385,13 +387,13 @@ def test_dynamic_plan_runs_at_the_shape_it_was_built_for(trt, tmp_path: Path) ->
     path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 64, 64], out_channels=4, stride=1),
                         {"images": 0, "out0": 0})
     result = build.build(path, shapes=["images:1x3x64x64,2x3x64x64,4x3x64x64"], say=lambda line: None)
-    logger = trt_backend.make_logger(trt)
-    engine = trt_backend.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
+    logger = trt_plan.make_logger(trt)
+    engine = trt_plan.deserialize(trt, trt.Runtime(logger), result.plan.read_bytes(), logger, result.plan)
     assert engine.get_tensor_shape("images") == (-1, 3, 64, 64)
-    inputs, outputs = trt_backend.io_specs(trt, engine, result.plan, dict(result.device.input_shapes), logger)
+    inputs, outputs = trt_plan.io_specs(trt, engine, result.plan, dict(result.device.input_shapes), logger)
     assert inputs[0].shape == (2, 3, 64, 64) and outputs[0].shape == (2, 4, 64, 64)
     with pytest.raises(EngineError, match="the sidecar has no shape for it"):
-        trt_backend.io_specs(trt, engine, result.plan, {}, logger)
+        trt_plan.io_specs(trt, engine, result.plan, {}, logger)
 
 
 def _io_model(path: Path, elem_type: int, out_type: int) -> Path:
@@ -726,7 +728,7 @@ def test_a_frame_is_reused_only_after_its_events_complete(trt, cuda_stand_in: fa
             buf = slot.input()
             buf[...] = value
             pendings.append(slot.submit(buf))
-        with pytest.raises(trt_backend.WaitTimeout, match="did not finish within 0.01 s"):
+        with pytest.raises(WaitTimeout, match="did not finish within 0.01 s"):
             pendings[0].wait(0.01)
         assert slot.in_flight() == 2                                # a timed-out frame keeps its buffers
         with pytest.raises(UsageError, match="all 2 input buffers are in flight"):
@@ -754,7 +756,7 @@ def test_a_failed_submission_waits_for_its_work_before_giving_back_its_frame(
 _STAGE_EVENTS = ("uploaded", "computed", "done")
 
 
-def _readable(slot: trt_backend.TrtSlot, trace: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
+def _readable(slot: TrtSlot, trace: list[tuple[Any, ...]]) -> list[tuple[str, ...]]:
     """The trace with stream and event names (an event of no InFlightFrame is the GpuLetterbox's own)."""
     streams = {slot.upload.handle: "upload", slot.compute.handle: "compute", slot.download.handle: "download"}
     events = {id(getattr(f, n)): n for f in slot.frames for n in _STAGE_EVENTS}
@@ -895,8 +897,8 @@ def test_results_are_copies_unless_asked_for_the_slots_own_buffers(trt, cuda_sta
 
 # --- CUDA graph mode (cuda_graph: true) ---------------------------------------------------------------------
 
-def _lane_streams(slot: trt_backend.TrtSlot) -> list[int]:
-    return [frame.lane.stream.handle for frame in slot.frames]
+def _record_streams(slot: TrtSlot) -> list[int]:
+    return [frame.graph.stream.handle for frame in slot.frames]
 
 
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
@@ -909,7 +911,7 @@ def test_in_graph_mode_a_frame_is_one_graph_launch_on_its_records_own_stream(
         assert slot.graphs and slot.streams == [] and slot.execution is None
         assert cuda_stand_in.kinds() == {"context": 1, **_held_per_slot(2, mode, True, graphs=True)}
         assert len(engine.engine.contexts) == 2               # an execution context per frame record
-        streams = _lane_streams(slot)
+        streams = _record_streams(slot)
         for value in range(1, 7):
             buf = slot.input()
             buf[...] = value
@@ -1026,7 +1028,7 @@ def test_in_graph_mode_a_new_frame_size_is_captured_again(trt, cuda_stand_in: fa
             assert cuda_stand_in.captures == captures and cuda_stand_in.kinds()["graph"] == 1
             kinds = [entry[0] for entry in cuda_stand_in.trace[mark:]]
             assert kinds == ["graph", "record"] if repeat else "graph" not in kinds
-        assert slot.frames[0].lane.key[1] == (6, 10, 3)
+        assert slot.frames[0].graph.key[1] == (6, 10, 3)
 
 
 def test_a_capture_that_fails_leaves_the_slot_running_without_graphs(trt, cuda_stand_in: fake_cuda.Ledger,

@@ -88,7 +88,7 @@ def test_mapped_host_buffer_and_grow_only_device_buffer() -> None:
 
 def test_tensorrt_engine_slots_keep_frames_apart(trt, tmp_path: Path) -> None:
     """Two cameras, K=3 frames in flight each: every result belongs to its own frame."""
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.tools import build
 
     onnx = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
@@ -137,7 +137,7 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
     frames each slot letterboxed on the GPU, and whether each slot ran CUDA graphs with no capture failing."""
     from edge.config import parse_config
     from edge.daemon.service import Service
-    from edge.engines.tensorrt import TrtSlot
+    from edge.engines.tensorrt.slot import TrtSlot
     from edge.wire import protocol
 
     published: dict[tuple[str, int], np.ndarray] = {}
@@ -152,7 +152,7 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
     def counted(self, index, image, release):
         on_gpu[self.name] += 1
         submitted = submit_frame(self, index, image, release)
-        graphs[self.name] = self.graph_problem is None and all(f.lane is not None and f.lane.graph is not None
+        graphs[self.name] = self.graph_problem is None and all(f.graph is not None and f.graph.captured is not None
                                                                for f in self.frames)
         return submitted
     text = (f"version: 1\ncameras:\n  - id: c0\n    uri: test://bars?size=320x240&realtime=0\n"
@@ -181,7 +181,7 @@ def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_
     slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode, and with
     `cuda_graph: true` (each camera's frames of two sizes as graphs), as with the CPU letterbox (zero-copy
     works on a discrete GPU too; auto picks copy there)."""
-    from edge.engines import tensorrt
+    from edge.engines.tensorrt import engine
     from edge.gpu import cuda
 
     repo = _detector_repo(tmp_path / "repo")
@@ -190,7 +190,7 @@ def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_
     runs["graphs"] = _run_service(repo, tmp_path, "auto", monkeypatch, cuda_graph=True)
     assert runs["graphs"]["graphs"] == {"t.c0": True, "t.c1": True}
     assert runs["auto"]["graphs"] == {"t.c0": False, "t.c1": False}
-    monkeypatch.setattr(tensorrt, "frames_unfit", lambda spec: "the CPU letterbox, for comparison")
+    monkeypatch.setattr(engine, "frames_unfit", lambda spec: "the CPU letterbox, for comparison")
     cpu = _run_service(repo, tmp_path, "copy", monkeypatch)
     assert cpu["on_gpu"] == {}
     for run in runs.values():
@@ -210,7 +210,7 @@ def test_selftest_cuda_check() -> None:
 
 
 def test_dynamic_batch_plan_runs_at_its_built_shape(trt, tmp_path: Path) -> None:
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.tools import build
 
     path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
@@ -247,7 +247,7 @@ def test_uploads_and_downloads_overlap_the_engines_compute(trt, tmp_path: Path,
     while frame n computed (on one stream each would have waited for the compute before it)."""
     from onnx import TensorProto
 
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.gpu import cuda
 
     monkeypatch.setattr(trt, "COMPUTE_NS", 20_000_000)
@@ -280,7 +280,7 @@ def test_results_match_between_copy_modes_and_the_cpu_path(trt, tmp_path: Path, 
     fp32 cast to fp16), in copy and in zerocopy mode; a tensor submitted from the host comes back unchanged."""
     from onnx import TensorProto
 
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.letterbox import letterbox_into
 
     dtype = np.dtype(elem_type)
@@ -332,7 +332,7 @@ def test_cuda_graphs_give_the_results_of_the_slot_without_them(trt, tmp_path: Pa
     letterbox bit for bit, across frame sizes (each captured again) and for tensors from the host."""
     from onnx import TensorProto
 
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
 
     dtype = np.dtype(elem_type)
     shape = (1, 3, 96, 128)
@@ -353,7 +353,7 @@ def test_cuda_graphs_give_the_results_of_the_slot_without_them(trt, tmp_path: Pa
             in_flight.append((slot.submit_frame(frame), want))
         for (pending, box), (cpu, cpu_box) in in_flight:
             assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu)
-        assert slot.graph_problem is None and all(f.lane.graph is not None for f in slot.frames)
+        assert slot.graph_problem is None and all(f.graph.captured is not None for f in slot.frames)
         for _ in range(3):
             tensor = rng.random(shape, np.float32).astype(dtype)
             buf = slot.input()
@@ -368,7 +368,7 @@ def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
     from cuda.bindings import driver
     from onnx import TensorProto
 
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
 
     enqueue = trt.IExecutionContext.execute_async_v3
 
@@ -386,7 +386,7 @@ def test_work_that_cannot_be_captured_leaves_the_slot_running_without_graphs(
             buf[...] = value
             assert (slot.submit(buf).wait(10)["out0"] == value).all()
         assert slot.graph_problem                       # the capture's error, or the enqueue refused in it
-        assert all(f.lane.graph is None for f in slot.frames)
+        assert all(f.graph.captured is None for f in slot.frames)
 
 
 GRAPHS_WITHOUT_RUNTIME = """
@@ -478,7 +478,7 @@ def test_a_batched_slot_keeps_each_camera_in_its_row(trt, tmp_path: Path, mode: 
     rows comes back unchanged. In copy and in zerocopy mode."""
     from onnx import TensorProto
 
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.letterbox import letterbox_into
     from edge.tools import build
     from tests.support.models import set_batch

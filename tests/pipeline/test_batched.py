@@ -540,7 +540,7 @@ DYNAMIC = ["images:1x3x8x8,2x3x8x8,4x3x8x8"]
 
 
 def test_a_dynamic_plan_runs_the_batches_its_profile_allows(trt, tmp_path: Path) -> None:
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
 
     with TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC), gpu_preprocess=False) as engine:
         assert engine.batch_sizes == BatchSizes(1, 4) and engine.inputs[0].shape == (2, 3, 8, 8)   # built at opt
@@ -565,7 +565,7 @@ def test_a_dynamic_plan_runs_the_batches_its_profile_allows(trt, tmp_path: Path)
 
 
 def test_a_static_plan_runs_its_own_batch(trt, tmp_path: Path) -> None:
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
 
     with TensorRTEngine(identity_plan(tmp_path, batch=1), gpu_preprocess=False) as engine:
         assert engine.batch_sizes == BatchSizes(1, 1)
@@ -581,7 +581,7 @@ def test_a_static_plan_runs_its_own_batch(trt, tmp_path: Path) -> None:
 
 
 def test_a_batched_slot_letterboxes_each_frame_into_its_row(trt, tmp_path: Path) -> None:
-    from edge.engines.tensorrt import TensorRTEngine
+    from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.letterbox import Letterbox
 
     engine = TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC)).activate()
