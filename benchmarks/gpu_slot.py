@@ -118,7 +118,7 @@ def demo_shaped_plan(root: Path) -> Path:
     import onnx
     from onnx import TensorProto, helper
 
-    from edge.tools import build
+    from edge.engines.tensorrt import build
 
     nodes = [helper.make_node("Identity", ["images"], [name]) for name in HEADS]
     graph = helper.make_graph(nodes, "demo-io", [helper.make_tensor_value_info("images", TensorProto.FLOAT, NET)],

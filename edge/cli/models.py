@@ -29,7 +29,8 @@ def cmd_darknet2onnx(args: argparse.Namespace) -> int:
 
 
 def _model_input_size(path: Path) -> tuple[int, int]:
-    from edge.tools.common import input_shape, load_onnx
+    from edge.engines.repository import load_onnx
+    from edge.tools.common import input_shape
 
     shape = input_shape(load_onnx(path))
     return shape[3], shape[2]
@@ -47,7 +48,7 @@ def _frames(sources: list[str], model: Path, every: int, what: str, needed: int 
 
 def _check_output(path: Path | None) -> None:
     """Refuse an unwritable output before any long work (not after an evaluation of many minutes)."""
-    from edge.tools.common import check_writable
+    from edge.engines.repository import check_writable
 
     if path is not None:
         check_writable(path)
@@ -99,7 +100,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
               f" {result['coco']['reference']['map50']}), candidate mAP {result['coco']['candidate']['map']}"
               f" (AP50 {result['coco']['candidate']['map50']})")
     if args.json:
-        from edge.tools.common import atomic_output
+        from edge.engines.repository import atomic_output
 
         with atomic_output(args.json) as tmp:
             tmp.write_text(display.json_text(dict(result, min_f1=args.min_f1), indent=2))
@@ -107,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from edge.tools import build
+    from edge.engines.tensorrt import build
 
     result = build.build(args.onnx, plan_path=args.output, dla_core=args.dla, workspace_mb=args.workspace,
                          timing_cache=args.timing_cache, shapes=args.shapes, profiles=args.profiles,

@@ -299,8 +299,9 @@ def _demo_repository(engines: Path) -> Check:
 
 def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     from edge.engines.onnxruntime import OnnxRuntimeEngine
+    from edge.engines.tensorrt import build
     from edge.engines.tensorrt.engine import TensorRTEngine
-    from edge.tools import assets, build
+    from edge.tools import assets
 
     demo = assets.DemoAssets(assets.default_cache_dir())
     if not demo.engines.is_dir() or not demo.image("dog.jpg").is_file():

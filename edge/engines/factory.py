@@ -17,6 +17,7 @@ from edge.config import PRECISIONS, TaskConfig
 from edge.engines import repository
 from edge.engines.base import Engine
 from edge.engines.onnxruntime import OnnxRuntimeEngine
+from edge.engines.tensorrt import build
 from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.engines.tensorrt.plan import device_key
 from edge.errors import EngineError
@@ -118,8 +119,6 @@ def _with_plan(task: TaskConfig, manifest: repository.Manifest, precision: str, 
     except EngineError:
         if source is None:
             return manifest
-    from edge.tools import build
-
     onnx = manifest.root / source.file
     log.warning("task %s: building the %s TensorRT plan of %s for this device; this takes minutes on a Jetson,"
                 " once", task.name, precision, onnx.name)

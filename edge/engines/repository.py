@@ -1,5 +1,5 @@
 """Engine repository: one directory per model with a manifest of its variants, and the resolver
-that picks what a task runs on this device.
+that picks what a task runs on this device; with the model files' checked reads and atomic writes.
 
     engines/<model>/manifest.json
     {"schema": 1, "model": "yolov3-tiny", "variants": [
@@ -102,6 +102,40 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def load_onnx(path: Path) -> Any:
+    """The ONNX model at `path`, checked; EngineError for a missing or broken file."""
+    import onnx
+
+    if not path.is_file():
+        raise EngineError(f"ONNX file does not exist: {path}")
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as exc:  # onnx raises DecodeError, ValidationError, OSError... for broken files
+        raise EngineError(f"cannot load ONNX model {path}: {str(exc).strip()[:300]}",
+                          hint="the file is truncated or not an ONNX model; rebuild it") from exc
+    return model
+
+
+def check_writable(path: Path) -> None:
+    """Fail before any long work when the output cannot be written."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise EngineError(f"output directory does not exist: {parent}", hint="create it first")
+    if path.is_dir():
+        raise EngineError(f"output path is a directory: {path}", hint="name the output file, e.g. model.int8.qdq.onnx")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise EngineError(f"output path is not writable: {path}", hint="choose another path or fix permissions")
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path) -> Iterator[Path]:
+    """A temporary path beside `path`; renamed onto `path` only when the block succeeds."""
+    check_writable(path)
+    with atomic_path(path) as tmp:
+        yield tmp
 
 
 def sha256_file(path: Path) -> str:

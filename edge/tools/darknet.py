@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from edge.engines.repository import atomic_output
 from edge.errors import EngineError
-from edge.tools.common import atomic_output
 
 BN_EPS = 1e-6
 LEAKY_SLOPE = 0.1

@@ -17,9 +17,10 @@ from tqdm import tqdm
 
 from edge.config import DetectorParams, TaskConfig
 from edge.engines.onnxruntime import OnnxRuntimeEngine
+from edge.engines.repository import load_onnx
 from edge.errors import EngineError
 from edge.tasks.detector import YoloDetector
-from edge.tools.common import input_shape, load_onnx
+from edge.tools.common import input_shape
 from edge.tools.data import DataError, Sample
 
 IOU = 0.5

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from edge.engines.repository import atomic_output, load_onnx
 from edge.errors import EngineError
-from edge.tools.common import atomic_output, input_shape, input_tensor, load_onnx
+from edge.tools.common import input_shape, input_tensor
 
 # Tolerance relative to the largest fp32 output: fp16 keeps 11 significant bits, and the YOLO heads'
 # raw outputs (up to ~26 on real images) came within 0.3 % of fp32. Detections are what matter:

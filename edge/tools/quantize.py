@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from edge.engines.repository import atomic_output, load_onnx
 from edge.errors import EngineError
-from edge.tools.common import atomic_output, input_shape, input_tensor, load_onnx
+from edge.tools.common import input_shape, input_tensor
 from edge.tools.data import Sample
 
 Method = Literal["entropy", "minmax", "percentile"]

@@ -176,20 +176,26 @@ def no_opencv(tmp_path: Path) -> dict[str, str]:
     return {"PYTHONPATH": f"{stub}{os.pathsep}{ROOT}"}
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "selftest", "model quantize", "model evaluate", "build"])
+@pytest.mark.parametrize("command", ["run", "demo", "selftest", "model quantize", "model evaluate"])
 def test_without_opencv_every_command_says_what_to_install(command: str, demo: Any, tmp_path: Path,
                                                             no_opencv: dict[str, str]) -> None:
     config = write_config(tmp_path, demo, f"ipc://{tmp_path}/r.sock", tasks=one_task(demo.model))
     args = {"run": ["--config", str(config), "--max-frames", "1"], "demo": ["--frames", "1"], "selftest": [],
             "model quantize": [str(demo.model), str(tmp_path / "q.onnx"), "--calib", str(demo.root / "images")],
             "model evaluate": ["--reference", str(demo.model), "--candidate", str(demo.model), "--data",
-                               str(demo.root / "images")],
-            "build": [str(demo.model)]}[command]
+                               str(demo.root / "images")]}[command]
     done = run(*command.split(), *args, extra_env=no_opencv)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert f"edge {command.split()[0]}: error: OpenCV is needed" in done.stderr
     assert "pip install 'edge[cv]'" in done.stderr and "--system-site-packages" in done.stderr
+
+
+def test_build_needs_no_opencv(demo: Any, no_opencv: dict[str, str]) -> None:
+    """A plan build reads ONNX and writes a plan: without OpenCV it goes on to TensorRT (absent here)."""
+    done = run("build", str(demo.model), extra_env=no_opencv)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "edge build: error: TensorRT backend requested but `import tensorrt` failed" in done.stderr
 
 
 def test_without_opencv_a_variant_to_make_is_not_recorded_as_refused(demo: Any, tmp_path: Path,

@@ -65,7 +65,7 @@ def test_a_failed_build_falls_back_under_auto_and_is_unavailable_under_tensorrt(
         trt, repo: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:  # noqa: F811
     def failing(onnx: Path, **options: Any) -> None:
         raise EngineError("TensorRT could not build the plan", note="out of memory")
-    monkeypatch.setattr("edge.tools.build.build", failing)
+    monkeypatch.setattr("edge.engines.tensorrt.build.build", failing)
     with caplog.at_level("ERROR", logger="edge.engine"):
         variants = factory.variants_for(task(repo), threads=1)
     assert all(isinstance(e, OnnxRuntimeEngine) for e in variants.engines.values())

@@ -9,10 +9,10 @@ import pytest
 
 from edge.config import TaskConfig
 from edge.engines import repository
+from edge.engines.tensorrt import build
 from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.engines.tensorrt.plan import device_key
 from edge.tasks import build_task
-from edge.tools import build
 
 pytestmark = pytest.mark.jetson
 

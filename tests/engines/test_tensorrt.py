@@ -26,12 +26,12 @@ from onnx import TensorProto, helper
 
 from edge.engines import repository
 from edge.engines.base import WaitTimeout
+from edge.engines.tensorrt import build
 from edge.engines.tensorrt import plan as trt_plan
 from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.engines.tensorrt.slot import TrtSlot
 from edge.errors import EngineError, UsageError
 from edge.gpu import cuda
-from edge.tools import build
 from tests.support import fake_cuda, fake_tensorrt
 from tests.support.models import conv_model, make_dynamic
 

@@ -88,8 +88,8 @@ def test_mapped_host_buffer_and_grow_only_device_buffer() -> None:
 
 def test_tensorrt_engine_slots_keep_frames_apart(trt, tmp_path: Path) -> None:
     """Two cameras, K=3 frames in flight each: every result belongs to its own frame."""
+    from edge.engines.tensorrt import build
     from edge.engines.tensorrt.engine import TensorRTEngine
-    from edge.tools import build
 
     onnx = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
     result = build.build(onnx, say=lambda line: None)
@@ -121,7 +121,7 @@ def _detector_repo(root: Path) -> Path:
     6 x 32 x 32 values wholly taken from the letterboxed image, so detections depend on every preprocessed
     pixel they read (nothing left uninitialised)."""
     from edge.engines import repository
-    from edge.tools import build
+    from edge.engines.tensorrt import build
 
     root.mkdir()
     meta = {"anchors": [[[10, 14]]], "strides": [2], "labels": ["a"]}
@@ -210,8 +210,8 @@ def test_selftest_cuda_check() -> None:
 
 
 def test_dynamic_batch_plan_runs_at_its_built_shape(trt, tmp_path: Path) -> None:
+    from edge.engines.tensorrt import build
     from edge.engines.tensorrt.engine import TensorRTEngine
-    from edge.tools import build
 
     path = make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1),
                         {"images": 0, "out0": 0})
@@ -229,7 +229,7 @@ def _identity_plan(path: Path, shape: list[int], elem_type: int) -> Path:
     import onnx
     from onnx import helper
 
-    from edge.tools import build
+    from edge.engines.tensorrt import build
 
     graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out0"])], "g",
                               [helper.make_tensor_value_info("images", elem_type, shape)],
@@ -478,9 +478,9 @@ def test_a_batched_slot_keeps_each_camera_in_its_row(trt, tmp_path: Path, mode: 
     rows comes back unchanged. In copy and in zerocopy mode."""
     from onnx import TensorProto
 
+    from edge.engines.tensorrt import build
     from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.letterbox import letterbox_into
-    from edge.tools import build
     from tests.support.models import set_batch
 
     shape = (1, 3, 96, 128)

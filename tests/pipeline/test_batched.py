@@ -523,7 +523,7 @@ def identity_plan(tmp_path: Path, *, batch: int | None, shapes: list[str] | None
     import onnx
     from onnx import TensorProto, helper
 
-    from edge.tools import build
+    from edge.engines.tensorrt import build
 
     shape = [batch or 1, 3, 8, 8]
     graph = helper.make_graph([helper.make_node("Identity", ["images"], ["out0"])], "g",

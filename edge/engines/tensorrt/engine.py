@@ -114,7 +114,7 @@ class TensorRTEngine(Engine):
                                   note=f"slots: {', '.join(s.name for s in self._slots)}",
                                   hint="TensorRT runs each execution context of a dynamic-shape plan in concurrent use"
                                        " on its own profile: give the task fewer cameras, or build the plan with one"
-                                       " profile per camera (edge.tools.build.build(..., profiles=N))")
+                                       " profile per camera (edge build --shapes ... --profiles N)")
             return self._free_profiles.pop(0)
 
     def give_profile(self, profile: int | None) -> None:

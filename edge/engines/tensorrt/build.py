@@ -1,6 +1,7 @@
-"""`edge build`: a TensorRT plan from a strongly typed network (precision comes from the ONNX variant:
-FP16 weights or INT8 Q/DQ), with optimization profiles, timing-cache reuse, DLA with GPU
-fallback, build progress, and a sidecar JSON with the device key and checksums.
+"""A TensorRT plan built on this device, for `edge build` and the engine factory's build on first use: from a
+strongly typed network (precision comes from the ONNX variant: FP16 weights or INT8 Q/DQ), with optimization
+profiles, timing-cache reuse, DLA with GPU fallback, build progress, and a sidecar JSON with the device key and
+checksums; registered in the engine repository's manifest when the ONNX lives in one.
 
 The plan is written before the timing cache, and a timing cache TensorRT cannot use here (corrupt,
 or from another device) is replaced by a fresh one: a cache never costs a finished build.
@@ -20,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from edge.engines import repository
+from edge.engines.repository import atomic_output, check_writable, load_onnx
 from edge.engines.tensorrt.plan import DLA_HINT, import_tensorrt, make_logger
 from edge.errors import EngineError
 from edge.gpu import cuda
-from edge.tools.common import atomic_output, check_writable, load_onnx
 
 
 @dataclasses.dataclass(frozen=True)
