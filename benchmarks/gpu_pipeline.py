@@ -500,11 +500,13 @@ def edge_engine(stand_in: ModuleType, network: Any, plan_dir: Path, *, cuda_grap
     """TensorRTEngine (copy mode, GPU preprocessing) on a stand-in plan whose engine runs `network`; with
     `max_batch` a dynamic-batch plan with `profiles` profiles."""
     from edge.engines.tensorrt.engine import TensorRTEngine
+    from edge.tasks.detector import YoloDetector
 
     sys.modules["tensorrt"] = stand_in.tensorrt_module(network)
     name = "yolov3-tiny-shaped" + ("" if max_batch is None else f"-b{max_batch}") + (".graphs" if cuda_graph else "")
     plan = stand_in.write_plan(plan_dir / f"{name}.fp16.plan", max_batch=max_batch, profiles=profiles)
-    engine = TensorRTEngine(plan, precision="fp16", copy_mode="copy", cuda_graph=cuda_graph).activate()
+    engine = TensorRTEngine(plan, precision="fp16", copy_mode="copy", preprocessing=YoloDetector.preprocessing,
+                            cuda_graph=cuda_graph).activate()
     if not (engine.rows_take_frames if max_batch else engine.takes_frames):
         in_fresh_thread(engine.deactivate)
         raise RuntimeError(f"{engine.name} does not take frames: its slots would not preprocess on the GPU")

@@ -42,6 +42,7 @@ from edge.engines.tensorrt.engine import TensorRTEngine
 from edge.errors import EngineError
 from edge.gpu import cuda
 from edge.letterbox import letterbox_into
+from edge.tasks.detector import YoloDetector
 from tests.support import fake_tensorrt
 
 DEPTH = 2
@@ -208,7 +209,8 @@ def main() -> None:
     edge.engines.repository.read_board = lambda root=Path("/"): fake_tensorrt.BOARD
     with tempfile.TemporaryDirectory() as tmp:
         plan = demo_shaped_plan(Path(tmp))
-        engines = {mode: TensorRTEngine(plan, copy_mode=mode).activate() for mode in ("copy", "zerocopy")}
+        engines = {mode: TensorRTEngine(plan, copy_mode=mode, preprocessing=YoloDetector.preprocessing).activate()
+                   for mode in ("copy", "zerocopy")}
         try:
             table = {name: {str(n): run(make, n, args.frames, step, copy) for n in cameras}
                      for name, (make, step, copy) in rows(engines).items()}

@@ -23,6 +23,7 @@ from edge.pipeline.cameras import Camera
 from edge.pipeline.lanes import Lane
 from edge.pipeline.runtime import Cameras, TaskRuntime
 from edge.supervisor.loop import Supervisor, open_telemetry
+from edge.tasks import preprocessing_of
 from edge.wire import peers, protocol
 from edge.wire.control import ControlServer
 from edge.wire.peers import Curve
@@ -153,7 +154,7 @@ class Service:
 
     def _load_runtime(self, task: TaskConfig, total_lanes: int) -> TaskRuntime:
         variants = factory.variants_for(task, threads=factory.default_threads(task, total_lanes),
-                                         progress=self.notifier.progress)
+                                         preprocessing=preprocessing_of(task), progress=self.notifier.progress)
         runtime = TaskRuntime(task, variants, self.publisher.event)
         runtime.load()
         return runtime

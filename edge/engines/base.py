@@ -4,9 +4,10 @@ A slot owns K host input buffers and its execution resources (CUDA streams, or a
 allocated by the backend's slot constructor. Use: `buf = slot.input()`, write the preprocessed frame
 into `buf`, `pending = slot.submit(buf)`, later `outputs = pending.wait()`. A slot whose
 `takes_frames` is true also preprocesses on its own: `pending, box = slot.submit_frame(image)` takes
-the raw BGR uint8 frame and letterboxes it exactly as edge.letterbox.letterbox_into does (on the
-GPU, for TensorRT), returning the Letterbox the postprocessing needs. Up to K submissions of either
-kind are in flight; a buffer is reused only after its pending result was waited for.
+the raw BGR uint8 frame and runs the Preprocessing its engine was given, the one the task names (TensorRT:
+a letterbox on the GPU, bit-identical to edge.letterbox.letterbox_into), returning the Letterbox the
+postprocessing needs. An engine given none takes no frames. Up to K submissions of either kind are in
+flight; a buffer is reused only after its pending result was waited for.
 
 Batching: `engine.create_slot(name, depth=K, batch=N)` makes a slot whose submissions carry up to N
 images (one per camera of a batched task): its input buffers hold `slot.rows` images
@@ -41,6 +42,19 @@ class TensorSpec:
     name: str
     shape: tuple[int, ...]     # -1 marks a dynamic dimension
     dtype: np.dtype
+
+
+class Preprocessing:
+    """How a task turns a raw BGR uint8 frame into its engine input, named so that a backend can run it itself
+    (a slot that `takes_frames`). Each kind is a subclass; a backend refuses a kind it does not know."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LetterboxPreprocessing(Preprocessing):
+    """edge.letterbox.letterbox_into: the frame resized keeping its aspect ratio into an [N,3,H,W] input, RGB,
+    scaled to 0..1, the rest of the input `fill`."""
+
+    fill: float
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from edge.config import PRECISIONS, TaskConfig
 from edge.engines import repository
-from edge.engines.base import Engine
+from edge.engines.base import Engine, Preprocessing
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.engines.tensorrt import build
 from edge.engines.tensorrt.engine import TensorRTEngine
@@ -68,8 +68,11 @@ def choose_backend(task: TaskConfig) -> tuple[str, repository.DeviceKey | None, 
     return "tensorrt", device, f"{task.backend}: TensorRT {device.tensorrt} on {device.board}, SM {device.sm}"
 
 
-def variants_for(task: TaskConfig, *, threads: int, progress: Callable[[str], None] | None = None) -> Variants:
-    """Every precision variant of `task` that can run on this machine, as an engine ready to activate. On
+def variants_for(task: TaskConfig, *, threads: int, preprocessing: Preprocessing | None,
+                 progress: Callable[[str], None] | None = None) -> Variants:
+    """Every precision variant of `task` that can run on this machine, as an engine ready to activate.
+    `preprocessing` is what the task's type names (edge.tasks.preprocessing_of): a TensorRT engine runs it on
+    raw frames itself, and refuses a kind it does not know; with None the task preprocesses on the CPU. On
     TensorRT, a variant of an engine repository (`engines:`) that has no plan for this device gets one
     built now (minutes on a Jetson, once: the plan is kept in the repository); `progress` hears each step of
     such a build."""
@@ -92,7 +95,7 @@ def variants_for(task: TaskConfig, *, threads: int, progress: Callable[[str], No
             log.info("task %s: not using %s", task.name, reason)
         if choice.format == "plan":
             engines[precision] = TensorRTEngine(choice.path, precision=precision, copy_mode=task.copy_mode,
-                                                 cuda_graph=task.cuda_graph)
+                                                 preprocessing=preprocessing, cuda_graph=task.cuda_graph)
         else:
             engines[precision] = OnnxRuntimeEngine(choice.path, precision=precision, threads=threads)
     if "fp16" in engines and engines["fp16"].backend == "onnxruntime" and "fp32" in engines:

@@ -222,7 +222,12 @@ class GpuLetterbox:
 
     def run(self, frame: np.ndarray, out_pointer: int, stream: Stream) -> Letterbox:
         """Enqueue upload + kernel on `stream`, writing [3,H,W] at device address `out_pointer`."""
-        box = self.enqueue(self.stage(frame), out_pointer, stream)
+        return self.run_staged(self.stage(frame), out_pointer, stream)
+
+    def run_staged(self, staged: np.ndarray, out_pointer: int, stream: Stream) -> Letterbox:
+        """`run` of a frame `stage` returned (and so checked): a caller that stages all its frames before it
+        enqueues any."""
+        box = self.enqueue(staged, out_pointer, stream)
         self._done.record(stream)
         return box
 

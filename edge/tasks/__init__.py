@@ -6,7 +6,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from edge.config import TaskConfig
-from edge.engines.base import Engine
+from edge.engines.base import Engine, Preprocessing
 
 
 class Task(Protocol):
@@ -14,6 +14,7 @@ class Task(Protocol):
     that run as one batch (a batched lane, `batch: true`), image i in row i of the input and outputs."""
 
     labels: list[str]
+    preprocessing: Preprocessing        # what preprocess() does, named for a backend that runs it itself
 
     def preprocess(self, image: np.ndarray, out: np.ndarray) -> Any:
         """Write the network input for `image` into `out`; return what postprocess needs."""
@@ -29,8 +30,18 @@ class Task(Protocol):
         """The detections of each image, from row i of the outputs (which hold at least len(metas) rows)."""
 
 
-def build_task(config: TaskConfig, engine: Engine) -> Task:
-    """The task implementation for `config.type`, checked against the active engine's tensors."""
+def _types() -> dict[str, Any]:
     from edge.tasks.detector import YoloDetector
 
-    return {"detector": YoloDetector.from_engine}[config.type](config, engine)
+    return {"detector": YoloDetector}
+
+
+def preprocessing_of(config: TaskConfig) -> Preprocessing:
+    """The preprocessing that tasks of `config.type` name: the engine factory hands it to the backends, and a slot
+    that knows it runs it on raw frames (TensorRT: on the GPU)."""
+    return _types()[config.type].preprocessing
+
+
+def build_task(config: TaskConfig, engine: Engine) -> Task:
+    """The task implementation for `config.type`, checked against the active engine's tensors."""
+    return _types()[config.type].from_engine(config, engine)

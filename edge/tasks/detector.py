@@ -9,12 +9,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from edge.config import DetectorParams, TaskConfig
-from edge.engines.base import Engine
+from edge.engines.base import Engine, LetterboxPreprocessing
 from edge.errors import EngineError
 from edge.letterbox import Letterbox, letterbox_into
 
@@ -52,7 +52,10 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
 
 
 class YoloDetector:
-    """Decodes the raw heads of a YOLO model whose ONNX metadata `edge.yolo` holds anchors and labels."""
+    """Decodes the raw heads of a YOLO model whose ONNX metadata `edge.yolo` holds anchors and labels; its input
+    is the letterboxed frame, padded with Darknet's grey."""
+
+    preprocessing: ClassVar[LetterboxPreprocessing] = LetterboxPreprocessing(fill=0.5)
 
     def __init__(self, *, input_shape: tuple[int, ...], heads: list[_Head], labels: list[str],
                  params: DetectorParams) -> None:
@@ -84,7 +87,7 @@ class YoloDetector:
         return cls(input_shape=spec.shape, heads=heads, labels=labels, params=config.params)
 
     def preprocess(self, image: np.ndarray, out: np.ndarray) -> Letterbox:
-        return letterbox_into(image, out)
+        return letterbox_into(image, out, fill=self.preprocessing.fill)
 
     def postprocess(self, outputs: dict[str, np.ndarray], meta: Letterbox) -> np.ndarray:
         conf = self.params.conf_threshold
@@ -103,7 +106,7 @@ class YoloDetector:
         return result
 
     def preprocess_batch(self, images: list[np.ndarray], out: np.ndarray) -> list[Letterbox]:
-        return [letterbox_into(image, out[i:i + 1]) for i, image in enumerate(images)]
+        return [letterbox_into(image, out[i:i + 1], fill=self.preprocessing.fill) for i, image in enumerate(images)]
 
     def postprocess_batch(self, outputs: dict[str, np.ndarray], metas: list[Letterbox]) -> list[np.ndarray]:
         return [self.postprocess({name: value[i:i + 1] for name, value in outputs.items()}, meta)

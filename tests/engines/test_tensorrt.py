@@ -25,7 +25,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from edge.engines import repository
-from edge.engines.base import WaitTimeout
+from edge.engines.base import LetterboxPreprocessing, Preprocessing, WaitTimeout
 from edge.engines.tensorrt import build
 from edge.engines.tensorrt import plan as trt_plan
 from edge.engines.tensorrt.engine import TensorRTEngine
@@ -36,6 +36,7 @@ from tests.support import fake_cuda, fake_tensorrt
 from tests.support.models import conv_model, make_dynamic
 
 BOARD = fake_tensorrt.BOARD
+LETTERBOX = LetterboxPreprocessing(fill=0.5)
 REAL_CONTEXT = cuda.Context
 
 
@@ -661,7 +662,7 @@ def _held_per_slot(depth: int, mode: str, frames: bool, graphs: bool = False) ->
 def test_a_slot_holds_one_in_flight_frame_per_buffer_and_frees_everything(
         trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, mode: str, frames: bool) -> None:
     plan = _plan(tmp_path)
-    engine = TensorRTEngine(plan, copy_mode=mode, gpu_preprocess=frames).activate()
+    engine = TensorRTEngine(plan, copy_mode=mode, preprocessing=LETTERBOX if frames else None).activate()
     assert cuda_stand_in.kinds() == {"context": 1} and engine.copy_mode == mode and engine.takes_frames == frames
     slot = engine.create_slot("cam", depth=3)
     assert cuda_stand_in.kinds() == {"context": 1, **_held_per_slot(3, mode, frames)}
@@ -685,7 +686,7 @@ def test_a_slot_that_fails_at_any_allocation_frees_what_it_took(trt, cuda_stand_
     """cuMemAlloc (or an event, a stream, a kernel) failing at each allocation in turn: each time the slot
     frees everything it took, gives back its execution contexts (CUDA graph mode: one per frame), and the next
     slot is whole."""
-    with TensorRTEngine(_plan(tmp_path), copy_mode=mode, cuda_graph=graphs) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, copy_mode=mode, cuda_graph=graphs) as engine:
         before = dict(cuda_stand_in.live)
         start = cuda_stand_in.allocations
         engine.create_slot("cam", depth=2).close()
@@ -789,7 +790,7 @@ def test_each_stage_runs_on_its_stream_after_the_event_it_needs(trt, cuda_stand_
     """Upload (or the letterbox kernel) on the upload stream, the engine on the compute stream after the frame's
     `uploaded` event, the downloads on the download stream after its `computed` event; each frame its own
     buffers and events; zerocopy hands the engine mapped host memory and copies nothing."""
-    with TensorRTEngine(_plan(tmp_path), copy_mode=mode) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, copy_mode=mode) as engine:
         slot = engine.create_slot("cam", depth=2)
         for index in range(2):
             mark = len(cuda_stand_in.trace)
@@ -841,7 +842,7 @@ def test_copy_mode_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_p
     variant = repository.Variant("fp32", "onnx", "m.onnx", repository.sha256_file(onnx_path))
     repository.Manifest(tmp_path, "m", [variant]).save()
     task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"], copy_mode="zerocopy")
-    [engine] = factory.variants_for(task, threads=1).engines.values()
+    [engine] = factory.variants_for(task, threads=1, preprocessing=None).engines.values()
     assert isinstance(engine, TensorRTEngine) and engine.requested_copy_mode == "zerocopy"
     assert TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).copy_mode == "auto"
     with pytest.raises(ValidationError, match="copy_mode"):
@@ -861,7 +862,7 @@ def test_slots_take_raw_frames_where_the_input_is_one_float_image(trt, cuda_stan
     cases = [(half.plan, True, True), (_plan(tmp_path), False, False), (byte.plan, True, False),
              (dynamic.plan, True, False)]
     for plan, wanted, takes in cases:
-        with TensorRTEngine(plan, gpu_preprocess=wanted) as engine:
+        with TensorRTEngine(plan, preprocessing=LETTERBOX if wanted else None) as engine:
             slot = engine.create_slot("cam")
             assert engine.takes_frames == slot.takes_frames == takes, plan.name
             if not takes:
@@ -874,7 +875,7 @@ def test_submit_frame_returns_the_letterbox_and_refuses_bad_frames(trt, cuda_sta
                                                                    tmp_path: Path) -> None:
     from edge.letterbox import FrameError, Letterbox
 
-    with TensorRTEngine(_plan(tmp_path)) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX) as engine:
         slot = engine.create_slot("cam", depth=1)
         pending, box = slot.submit_frame(np.zeros((6, 10, 3), np.uint8))
         assert box == Letterbox.fit(10, 6, 8, 8)
@@ -906,7 +907,7 @@ def test_in_graph_mode_a_frame_is_one_graph_launch_on_its_records_own_stream(
         trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, mode: str) -> None:
     """The first submission on each frame record runs its work on the record's stream as it is, then captures
     it; every later one is one graph launch and the record's done event, and still computes the right result."""
-    with TensorRTEngine(_plan(tmp_path), copy_mode=mode, cuda_graph=True) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, copy_mode=mode, cuda_graph=True) as engine:
         slot = engine.create_slot("cam", depth=2)
         assert slot.graphs and slot.streams == [] and slot.execution is None
         assert cuda_stand_in.kinds() == {"context": 1, **_held_per_slot(2, mode, True, graphs=True)}
@@ -1017,7 +1018,7 @@ def test_in_graph_mode_a_new_frame_size_is_captured_again(trt, cuda_stand_in: fa
                                                           tmp_path: Path) -> None:
     from edge.letterbox import Letterbox
 
-    with TensorRTEngine(_plan(tmp_path), cuda_graph=True) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, cuda_graph=True) as engine:
         slot = engine.create_slot("cam", depth=1)
         for height, width, captures, repeat in ((6, 10, 1, False), (6, 10, 1, True), (8, 4, 2, False),
                                                 (8, 4, 2, True), (6, 10, 3, False)):
@@ -1070,7 +1071,7 @@ def test_a_camera_can_decode_into_the_next_frame_records_pinned_buffer(
     copies: list[np.ndarray] = []
     original = np.copyto
     monkeypatch.setattr(np, "copyto", lambda dst, src, **kw: copies.append(dst) or original(dst, src, **kw))
-    with TensorRTEngine(_plan(tmp_path), cuda_graph=graphs) as engine:
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, cuda_graph=graphs) as engine:
         slot = engine.create_slot("cam", depth=2)
         seen = []
         for _ in range(4):
@@ -1087,7 +1088,7 @@ def test_a_camera_can_decode_into_the_next_frame_records_pinned_buffer(
         slot.submit(slot.input())
         with pytest.raises(UsageError, match="all 2 input buffers are in flight"):
             slot.frame_buffer(10, 6)
-    with TensorRTEngine(_plan(tmp_path), gpu_preprocess=False) as engine:
+    with TensorRTEngine(_plan(tmp_path)) as engine:
         with pytest.raises(UsageError, match="has no frame buffers"):
             engine.create_slot("cam").frame_buffer(10, 6)
 
@@ -1102,8 +1103,99 @@ def test_cuda_graph_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_
     variant = repository.Variant("fp32", "onnx", "m.onnx", repository.sha256_file(onnx_path))
     repository.Manifest(tmp_path, "m", [variant]).save()
     task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"], cuda_graph=True)
-    [engine] = factory.variants_for(task, threads=1).engines.values()
+    [engine] = factory.variants_for(task, threads=1, preprocessing=None).engines.values()
     assert isinstance(engine, TensorRTEngine) and engine.cuda_graph
     assert not TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).cuda_graph
     with pytest.raises(ValidationError, match="cuda_graph"):
         TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"], cuda_graph="sometimes")
+
+
+# --- preprocessing: what the task names, each frame checked once ----------------------------------------------
+
+@pytest.fixture
+def frame_checks(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """The shape of every frame edge.letterbox.check_frame looks at, in whichever edge module calls it."""
+    from edge import letterbox
+
+    original, seen = letterbox.check_frame, []
+
+    def counted(image: np.ndarray) -> None:
+        seen.append(image.shape)
+        original(image)
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "__name__", "").startswith("edge") and getattr(module, "check_frame", None) is original:
+            monkeypatch.setattr(module, "check_frame", counted)
+    return seen
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_a_raw_frame_is_checked_once(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, graphs: bool,
+                                     frame_checks: list[tuple[int, ...]]) -> None:
+    """check_frame ran twice per frame on the TensorRT path (the slot, then its GpuLetterbox): once now, a bad
+    frame still enqueuing nothing."""
+    from edge.letterbox import FrameError
+
+    with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, cuda_graph=graphs) as engine:
+        slot = engine.create_slot("cam", depth=1)
+        for _ in range(2):
+            slot.submit_frame(np.zeros((6, 10, 3), np.uint8))[0].wait(0)
+        assert frame_checks == [(6, 10, 3)] * 2
+        mark = len(cuda_stand_in.trace)
+        with pytest.raises(FrameError, match="BGR uint8"):
+            slot.submit_frame(np.zeros((6, 10), np.uint8))
+        assert slot.in_flight() == 0 and cuda_stand_in.trace[mark:] == []
+
+
+def test_a_batch_of_raw_frames_is_checked_once_and_a_bad_one_enqueues_nothing(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, frame_checks: list[tuple[int, ...]]) -> None:
+    from edge.letterbox import FrameError
+
+    dynamic = build.build(make_dynamic(conv_model(tmp_path / "dyn.onnx", input_shape=[1, 3, 8, 8], out_channels=3,
+                                                  stride=1), {"images": 0, "out0": 0}),
+                          shapes=["images:1x3x8x8,2x3x8x8,4x3x8x8"], say=lambda line: None)
+    with TensorRTEngine(dynamic.plan, preprocessing=LETTERBOX) as engine:
+        slot = engine.create_slot("cams", depth=1, batch=2)
+        slot.submit_frames([np.zeros((6, 10, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)])[0].wait(0)
+        assert frame_checks == [(6, 10, 3), (4, 4, 3)]
+        mark = len(cuda_stand_in.trace)
+        with pytest.raises(FrameError, match="BGR uint8"):
+            slot.submit_frames([np.zeros((6, 10, 3), np.uint8), np.zeros((6, 10), np.uint8)])
+        assert slot.in_flight() == 0 and cuda_stand_in.trace[mark:] == []
+
+
+def test_slots_take_raw_frames_only_for_a_preprocessing_the_task_names(trt, cuda_stand_in: fake_cuda.Ledger,
+                                                                      tmp_path: Path) -> None:
+    """Any engine whose input fitted took raw frames and letterboxed them, whatever the task's preprocessing: an
+    engine now letterboxes only when given the task's LetterboxPreprocessing, with its fill."""
+    plan = _plan(tmp_path)
+    with TensorRTEngine(plan) as engine:
+        slot = engine.create_slot("cam")
+        assert not engine.takes_frames and not slot.takes_frames and "kernel" not in cuda_stand_in.kinds()
+    with TensorRTEngine(plan, preprocessing=LetterboxPreprocessing(fill=0.25)) as engine:
+        slot = engine.create_slot("cam")
+        assert slot.takes_frames and {box.fill for f in slot.frames for box in f.letterboxes} == {0.25}
+
+
+def test_the_factory_hands_tensorrt_the_tasks_preprocessing_and_an_unknown_kind_is_refused(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
+    from edge.config import TaskConfig
+    from edge.engines import factory
+    from edge.tasks import preprocessing_of
+    from edge.tasks.detector import YoloDetector
+
+    onnx_path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
+    variant = repository.Variant("fp32", "onnx", "m.onnx", repository.sha256_file(onnx_path))
+    repository.Manifest(tmp_path, "m", [variant]).save()
+    task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"])
+    assert preprocessing_of(task) is YoloDetector.preprocessing == LETTERBOX
+    [engine] = factory.variants_for(task, threads=1, preprocessing=preprocessing_of(task)).engines.values()
+    assert isinstance(engine, TensorRTEngine) and engine.preprocessing is YoloDetector.preprocessing
+
+    class CenterCrop(Preprocessing):
+        def __repr__(self) -> str:
+            return "CenterCrop()"
+
+    with pytest.raises(EngineError, match="cannot run the preprocessing the task names, CenterCrop()") as info:
+        factory.variants_for(task, threads=1, preprocessing=CenterCrop())
+    assert "backend: onnxruntime" in str(info.value)

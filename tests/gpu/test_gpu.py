@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.engines.base import LetterboxPreprocessing
 from tests.support import fake_tensorrt
 from tests.support.models import conv_model, make_dynamic
 
 pytestmark = pytest.mark.gpu
+LETTERBOX = LetterboxPreprocessing(fill=0.5)        # the detector's
 
 
 @pytest.fixture
@@ -181,7 +183,7 @@ def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_
     slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode, and with
     `cuda_graph: true` (each camera's frames of two sizes as graphs), as with the CPU letterbox (zero-copy
     works on a discrete GPU too; auto picks copy there)."""
-    from edge.engines.tensorrt import engine
+    from edge.engines.tensorrt import engine as trt_engine
     from edge.gpu import cuda
 
     repo = _detector_repo(tmp_path / "repo")
@@ -190,7 +192,7 @@ def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_
     runs["graphs"] = _run_service(repo, tmp_path, "auto", monkeypatch, cuda_graph=True)
     assert runs["graphs"]["graphs"] == {"t.c0": True, "t.c1": True}
     assert runs["auto"]["graphs"] == {"t.c0": False, "t.c1": False}
-    monkeypatch.setattr(engine, "frames_unfit", lambda spec: "the CPU letterbox, for comparison")
+    monkeypatch.setattr(trt_engine, "frames_unfit", lambda preprocessing, spec: "the CPU letterbox, for comparison")
     cpu = _run_service(repo, tmp_path, "copy", monkeypatch)
     assert cpu["on_gpu"] == {}
     for run in runs.values():
@@ -296,7 +298,7 @@ def test_results_match_between_copy_modes_and_the_cpu_path(trt, tmp_path: Path, 
         expected.append((cpu.astype(dtype), box))
     tensor = rng.random(shape, np.float32).astype(dtype)
     for mode in ("copy", "zerocopy"):
-        with TensorRTEngine(plan, copy_mode=mode) as engine:
+        with TensorRTEngine(plan, copy_mode=mode, preprocessing=LETTERBOX) as engine:
             slot = engine.create_slot("cam", depth=2)
             assert engine.copy_mode == mode and slot.takes_frames
             in_flight = collections.deque()
@@ -342,7 +344,7 @@ def test_cuda_graphs_give_the_results_of_the_slot_without_them(trt, tmp_path: Pa
     sizes = ((1920, 1080), (641, 479), (100, 300))
     frames = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for w, h in sizes for _ in range(4)]
     expected = _letterboxed(frames, shape, dtype)
-    with TensorRTEngine(plan, copy_mode=mode, cuda_graph=True) as engine:
+    with TensorRTEngine(plan, copy_mode=mode, preprocessing=LETTERBOX, cuda_graph=True) as engine:
         slot = engine.create_slot("cam", depth=2)
         assert slot.graphs and engine.copy_mode == mode
         in_flight = collections.deque()
@@ -497,7 +499,7 @@ def test_a_batched_slot_keeps_each_camera_in_its_row(trt, tmp_path: Path, mode: 
         for i, frame in enumerate(frames):
             letterbox_into(frame, rows[i:i + 1])
         return rows
-    with TensorRTEngine(plan, copy_mode=mode) as engine:
+    with TensorRTEngine(plan, copy_mode=mode, preprocessing=LETTERBOX) as engine:
         slot = engine.create_slot("cams", depth=2, batch=3)
         assert engine.copy_mode == mode and slot.takes_frames and slot.rows == 3
         in_flight: collections.deque = collections.deque()

@@ -542,7 +542,7 @@ DYNAMIC = ["images:1x3x8x8,2x3x8x8,4x3x8x8"]
 def test_a_dynamic_plan_runs_the_batches_its_profile_allows(trt, tmp_path: Path) -> None:
     from edge.engines.tensorrt.engine import TensorRTEngine
 
-    with TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC), gpu_preprocess=False) as engine:
+    with TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC)) as engine:
         assert engine.batch_sizes == BatchSizes(1, 4) and engine.inputs[0].shape == (2, 3, 8, 8)   # built at opt
         slot = engine.create_slot("cams", depth=2, batch=3)
         assert slot.rows == 3 and slot.execution.input_shapes["images"] == (3, 3, 8, 8)
@@ -567,11 +567,11 @@ def test_a_dynamic_plan_runs_the_batches_its_profile_allows(trt, tmp_path: Path)
 def test_a_static_plan_runs_its_own_batch(trt, tmp_path: Path) -> None:
     from edge.engines.tensorrt.engine import TensorRTEngine
 
-    with TensorRTEngine(identity_plan(tmp_path, batch=1), gpu_preprocess=False) as engine:
+    with TensorRTEngine(identity_plan(tmp_path, batch=1)) as engine:
         assert engine.batch_sizes == BatchSizes(1, 1)
         with pytest.raises(EngineError, match="runs a fixed batch of 1"):
             engine.create_slot("cams", batch=2)
-    with TensorRTEngine(identity_plan(tmp_path, batch=4), gpu_preprocess=False) as engine:
+    with TensorRTEngine(identity_plan(tmp_path, batch=4)) as engine:
         assert engine.batch_sizes == BatchSizes(4, 4)
         slot = engine.create_slot("cams", batch=2)                     # padded to the plan's 4 images
         buf = slot.input()
@@ -581,10 +581,12 @@ def test_a_static_plan_runs_its_own_batch(trt, tmp_path: Path) -> None:
 
 
 def test_a_batched_slot_letterboxes_each_frame_into_its_row(trt, tmp_path: Path) -> None:
+    from edge.engines.base import LetterboxPreprocessing
     from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.letterbox import Letterbox
 
-    engine = TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC)).activate()
+    engine = TensorRTEngine(identity_plan(tmp_path, batch=None, shapes=DYNAMIC),
+                            preprocessing=LetterboxPreprocessing(fill=0.5)).activate()
     assert engine.takes_frames is False                                # its own input shape is a batch of 2
     slot = engine.create_slot("cams", depth=2, batch=3)
     assert slot.takes_frames is True and trt.kinds()["kernel"] == 2 * 3    # a GpuLetterbox per row in flight

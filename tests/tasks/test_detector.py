@@ -253,3 +253,20 @@ def test_labels_file_must_match_class_count(tmp_path: Path, engine) -> None:
     with pytest.raises(EngineError) as info:
         build_task(missing, engine)
     assert str(info.value) == f"cannot read labels file {tmp_path / 'no'}: No such file or directory"
+
+
+def test_the_detector_names_its_preprocessing_and_pads_with_its_fill(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The letterbox a TensorRT slot runs for the detector on the GPU is the one it names, and its CPU path pads
+    with that same fill (one definition of the grey)."""
+    from edge.engines.base import LetterboxPreprocessing
+    from edge.tasks import preprocessing_of
+
+    assert preprocessing_of(CONFIG) == LetterboxPreprocessing(fill=0.5) == YoloDetector.preprocessing
+    task = build_task(CONFIG, engine)
+    monkeypatch.setattr(YoloDetector, "preprocessing", LetterboxPreprocessing(fill=0.25))
+    out = np.zeros(engine.inputs[0].shape, np.float32)
+    box = task.preprocess(np.zeros((100, 400, 3), np.uint8), out)
+    assert box.top > 0 and (out[0, :, :box.top] == 0.25).all()
+    rows = np.zeros((2, *engine.inputs[0].shape[1:]), np.float32)
+    boxes = task.preprocess_batch([np.zeros((100, 400, 3), np.uint8)], rows)
+    assert (rows[0, :, :boxes[0].top] == 0.25).all() and (rows[1] == 0).all()

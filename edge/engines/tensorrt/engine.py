@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from edge.engines.base import BatchSizes, Engine, Slot
+from edge.engines.base import BatchSizes, Engine, LetterboxPreprocessing, Preprocessing, Slot
 from edge.engines.repository import DeviceKey
 from edge.engines.tensorrt.plan import (
     deserialize,
@@ -37,14 +37,19 @@ class TensorRTEngine(Engine):
                   " (MIN,OPT,MAX), or from a model with a fixed batch of {n}")
 
     def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, copy_mode: str = "auto",
-                 gpu_preprocess: bool = True, cuda_graph: bool = False) -> None:
+                 preprocessing: Preprocessing | None = None, cuda_graph: bool = False) -> None:
         super().__init__(path, precision=precision)
         if copy_mode not in COPY_MODES:
             raise UsageError(f"copy_mode {copy_mode!r} is not one of {', '.join(COPY_MODES)}")
+        if preprocessing is not None and not isinstance(preprocessing, LetterboxPreprocessing):
+            raise EngineError(f"{self.path.name}: the TensorRT backend cannot run the preprocessing the task names,"
+                              f" {preprocessing!r}", note="its slots run a LetterboxPreprocessing, nothing else",
+                              hint="teach edge/engines/tensorrt/frames.py this preprocessing, or run the task on"
+                                   " ONNX Runtime (backend: onnxruntime)")
         self.device = device
         self.requested_copy_mode = copy_mode
         self.copy_mode = "copy"                           # resolved by activate()
-        self.gpu_preprocess = gpu_preprocess
+        self.preprocessing: LetterboxPreprocessing | None = preprocessing   # None: the task's own, on the CPU
         self.cuda_graph = cuda_graph                      # unbatched slots of a static-shape plan run CUDA graphs
         self.takes_frames = False                         # slots letterbox raw frames on the GPU (activate())
         self.rows_take_frames = False                     # batched slots do, one image per row (activate())
@@ -73,9 +78,9 @@ class TensorRTEngine(Engine):
             self.runtime = self.engine = None
             self.context.detach()
             raise
-        unfit = frames_unfit(self.inputs[0]) if self.gpu_preprocess else "gpu_preprocess=False"
+        unfit = frames_unfit(self.preprocessing, self.inputs[0])
         self.takes_frames = unfit is None
-        self.rows_take_frames = self.gpu_preprocess and frames_unfit(rows_of(self.inputs[0], 1)) is None
+        self.rows_take_frames = frames_unfit(self.preprocessing, rows_of(self.inputs[0], 1)) is None
         log.info("%s | copy mode %s (%s); preprocessing on the %s", self.name, self.copy_mode, why,
                  "GPU" if unfit is None else f"CPU: {unfit}")
 

@@ -8,7 +8,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from edge.engines.base import BatchSizes, TensorSpec
+from edge.engines.base import BatchSizes, LetterboxPreprocessing, TensorSpec
 from edge.engines.tensorrt.plan import open_execution
 from edge.errors import EngineError
 from edge.gpu import cuda
@@ -31,6 +31,7 @@ class SlotEngine(Protocol):
     context: cuda.Context
     copy_mode: str
     cuda_graph: bool
+    preprocessing: LetterboxPreprocessing | None
     takes_frames: bool
     rows_take_frames: bool
 
@@ -54,11 +55,11 @@ class InFlightFrame:
     """The memory and events of one frame in flight on a TrtSlot, like the TensorRT samples' HostDeviceMem
     with explicit frees: a host input (mapped in zerocopy mode) and, in copy mode or for GPU preprocessing,
     a device input; host outputs (mapped in zerocopy mode) and, in copy mode, device outputs; the events
-    that order its stages over the slot's streams (uploaded, computed, done); with GPU preprocessing its
-    own GpuLetterbox, which stages one frame (a batched slot's frame: one per row). `shapes` are the slot's
-    IO shapes (default: the engine's); `graph` (slot name, index) gives the record of a slot in CUDA graph
-    mode its FrameGraph. Created and freed with the context current; a constructor that fails frees what it
-    took."""
+    that order its stages over the slot's streams (uploaded, computed, done); with GPU preprocessing the
+    engine's LetterboxPreprocessing in a GpuLetterbox of its own, which stages and checks one frame (a batched
+    slot's frame: one per row). `shapes` are the slot's IO shapes (default: the engine's); `graph` (slot name,
+    index) gives the record of a slot in CUDA graph mode its FrameGraph. Created and freed with the context
+    current; a constructor that fails frees what it took."""
 
     def __init__(self, engine: SlotEngine, mode: str, *, frames: bool,
                  shapes: dict[str, tuple[int, ...]] | None = None, graph: tuple[str, int] | None = None) -> None:
@@ -83,8 +84,8 @@ class InFlightFrame:
         self.host_outputs = {o.name: self._own(cuda.HostBuffer(o.shape, o.dtype, mapped=zerocopy)) for o in outputs}
         self.device_outputs = {} if zerocopy else {o.name: self._own(cuda.DeviceBuffer(nbytes(o))) for o in outputs}
         self.uploaded, self.computed, self.done = (self._own(cuda.Event()) for _ in range(3))
-        image = (1, *spec.shape[1:])
-        self.letterboxes = [self._own(GpuLetterbox(image, spec.dtype, zero_copy=zerocopy))
+        image, preprocessing = (1, *spec.shape[1:]), engine.preprocessing
+        self.letterboxes = [self._own(GpuLetterbox(image, spec.dtype, fill=preprocessing.fill, zero_copy=zerocopy))
                             for _ in range(spec.shape[0] if frames else 0)]
         self.letterbox = self.letterboxes[0] if self.letterboxes else None
         outputs = {name: host.device_pointer() if zerocopy else self.device_outputs[name].pointer

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from edge.engines.base import Pending, Slot, TensorSpec, WaitTimeout
+from edge.engines.base import LetterboxPreprocessing, Pending, Slot, TensorSpec, WaitTimeout
 from edge.engines.tensorrt.frames import InFlightFrame, SlotEngine
 from edge.engines.tensorrt.plan import open_execution
 from edge.errors import EngineError
 from edge.gpu import cuda
 from edge.gpu.letterbox import output_geometry
-from edge.letterbox import Letterbox, check_frame
+from edge.letterbox import Letterbox
 from edge.log import get_logger
 
 log = get_logger("engine")
@@ -47,8 +47,11 @@ def choose_copy_mode(requested: str, device: int) -> tuple[str, str]:
     return "zerocopy", "copy_mode: zerocopy"
 
 
-def frames_unfit(spec: TensorSpec) -> str | None:
-    """Why GPU preprocessing cannot write this engine input, or None where it can (one fp32/fp16 [1,3,H,W])."""
+def frames_unfit(preprocessing: LetterboxPreprocessing | None, spec: TensorSpec) -> str | None:
+    """Why slots cannot run `preprocessing` on raw frames into this engine input, or None where they can (a
+    letterbox into one fp32/fp16 [1,3,H,W])."""
+    if preprocessing is None:
+        return "no preprocessing named for the GPU"
     if len(spec.shape) == 4 and spec.shape[0] != 1:
         return f"input {spec.name} holds a batch of {spec.shape[0]} images"
     try:
@@ -209,15 +212,15 @@ class TrtSlot(Slot):
 
     def _submit_frames_impl(self, index: int, images: list[np.ndarray], release: Callable[[], None]
                             ) -> tuple[Pending, list[Letterbox]]:
-        for image in images:
-            check_frame(image)                      # a bad frame enqueues nothing (and stalls no stream)
         frame = self.frames[index]
-        with self.engine.context.current(), self._settled_on_error():
-            rows = self._batch_rows(len(images))
-            pointer, step = frame.device_input.pointer, frame.letterbox.nbytes
-            boxes = [box.run(image, pointer + i * step, self.upload)
-                     for i, (box, image) in enumerate(zip(frame.letterboxes, images))]
-            self._run(frame, frame.frame_addresses, uploaded=True, rows=rows)
+        with self.engine.context.current():
+            staged = [box.stage(image) for box, image in zip(frame.letterboxes, images)]  # each checked: a bad one
+            with self._settled_on_error():                                                 # enqueues nothing
+                rows = self._batch_rows(len(images))
+                pointer, step = frame.device_input.pointer, frame.letterbox.nbytes
+                boxes = [box.run_staged(image, pointer + i * step, self.upload)
+                         for i, (box, image) in enumerate(zip(frame.letterboxes, staged))]
+                self._run(frame, frame.frame_addresses, uploaded=True, rows=rows)
         return TrtPending(self, frame, release, len(images)), boxes
 
     def _batch_rows(self, count: int) -> int | None:
@@ -236,20 +239,20 @@ class TrtSlot(Slot):
 
     def _submit_frame_impl(self, index: int, image: np.ndarray, release: Callable[[], None]
                            ) -> tuple[Pending, Letterbox]:
-        check_frame(image)                          # a bad frame enqueues nothing (and stalls no stream)
         frame = self.frames[index]
-        with self.engine.context.current(), self._settled_on_error():
-            if self.graphs:
-                box = self._graph_frame(frame, image)
-            else:
-                box = frame.letterbox.run(image, frame.device_input.pointer, self.upload)
-                self._run(frame, frame.frame_addresses, uploaded=True)
+        with self.engine.context.current():
+            staged = frame.letterbox.stage(image)   # checked there: a bad frame enqueues nothing (stalls no stream)
+            with self._settled_on_error():
+                if self.graphs:
+                    box = self._graph_frame(frame, staged)
+                else:
+                    box = frame.letterbox.run_staged(staged, frame.device_input.pointer, self.upload)
+                    self._run(frame, frame.frame_addresses, uploaded=True)
         return TrtPending(self, frame, release), box
 
-    def _graph_frame(self, frame: InFlightFrame, image: np.ndarray) -> Letterbox:
-        """Stage `image` in the record's pinned buffer, then run the record's graph for frames of its size."""
+    def _graph_frame(self, frame: InFlightFrame, staged: np.ndarray) -> Letterbox:
+        """Run the record's graph for frames of this size on a frame staged in the record's pinned buffer."""
         graph, letterbox = frame.graph, frame.letterbox
-        staged = letterbox.stage(image)
 
         def upload(stream: cuda.Stream) -> None:
             graph.box = letterbox.enqueue(staged, frame.device_input.pointer, stream)
