@@ -3,9 +3,9 @@ thread that uses it; never pycuda.autoinit), streams, events, pinned host and de
 graphs, through cuda-bindings' driver API (cuda.bindings.driver) on pycuda's stream handles (pycuda has no
 capture API): it needs only libcuda.so.1, the driver library pycuda uses, never the CUDA runtime.
 
-Rules (../reference notes, tested on an H100): retaining the primary context does not make it
-current; every thread pushes it around its CUDA calls and pops it after; buffers are freed
-explicitly while the context is current, never left to the garbage collector.
+Rules (docs/gpu.md section 6): retaining the primary context does not make it current; every thread
+pushes it around its CUDA calls and pops it after; buffers are freed explicitly while the context is
+current, never left to the garbage collector.
 """
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ class Context:
     detach), and from a thread other than the one that retained it releases nothing at all. While it is
     current pycuda releases it from any thread, but still leaves the driver's stack entry behind (its own
     Context.pop() then fails: 'cannot pop non-current context'). So `detach` makes the context current,
-    releases it, and pops that entry through the driver. (Measured with pycuda 2026.1 on an H200.)
+    releases it, and pops that entry through the driver (docs/gpu.md section 6 says where this was seen).
     """
 
     def __init__(self, device: int = 0) -> None:

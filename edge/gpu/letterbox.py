@@ -6,19 +6,11 @@ does letterbox + resize + BGR->RGB + x/255 + HWC->CHW into the engine's device b
 It returns the same `Letterbox` as the CPU path (edge/letterbox.py), so postprocessing is unchanged;
 the CPU path stays for ONNX Runtime.
 
-Numbers: the resize is OpenCV's INTER_LINEAR for 8-bit images (half-pixel centres, border columns
-clamped, border rows repeated) in OpenCV's own fixed-point arithmetic: weights rounded to 1/2048, a
-horizontal integer sum, then ((S >> 4) * w) >> 16 per row and (sum + 2) >> 2, as the vectorised path
-of imgproc/src/resize.cpp does (an exact 2x reduction, which OpenCV hands to INTER_AREA, gives the same
-bytes). The level is then multiplied by float32(1/255) like the CPU path, and fp16 is that fp32 value
-rounded to nearest even. So the output is bit-identical to the CPU letterbox: max abs difference 0 in
-fp32; in fp16 it equals the CPU's fp32 cast to fp16, at most 2**-12 (half an fp16 step below 1) from
-the fp32 values (MAX_ABS_DIFF). Checked with OpenCV 4.14 and 5.0 on x86-64 (tests/gpu/test_letterbox.py:
-the arithmetic in numpy on every machine, the kernel on the GPU machine). An OpenCV build that rounds
-its last step exactly instead ((S0*w0 + S1*w1 + 2**21) >> 22, OpenCV's scalar path) differs from this
-by at most one level, 1/255. Not checked on a Jetson, whose OpenCV may resize through NVIDIA's Carotene
-HAL: `test_kernel_arithmetic_reproduces_this_opencv` run on the board says whether it matches there.
-The padding is `fill` (0.5, Darknet grey, as the CPU path).
+Numbers: the resize is OpenCV's INTER_LINEAR for 8-bit images in OpenCV's own fixed-point arithmetic,
+the level is multiplied by float32(1/255) like the CPU path, and fp16 is that fp32 value rounded to
+nearest even. So the output is bit-identical to the CPU letterbox in fp32, and in fp16 equals the CPU's
+fp32 cast to fp16 (MAX_ABS_DIFF). docs/gpu.md section 3 gives the arithmetic step by step and where it
+was checked. The padding is `fill`, which the caller gives (a TensorRT slot: its task's LetterboxPreprocessing).
 
 Compilation: NVRTC at first use, for the device's own SM, cached as a cubin (edge/gpu/nvrtc.py says where
 and what a Jetson needs: libnvrtc from JetPack's CUDA the first time, nothing after; no nvcc).
@@ -33,14 +25,8 @@ stream; the engine's compute stream waits for an event recorded after it):
 One instance holds one frame: `run` waits until the instance's previous kernel is done before it
 overwrites the staged frame, so a slot with K frames in flight keeps one instance per frame.
 A capture can decode straight into `frame_buffer(width, height)`; `run` then skips its host copy.
-`launch` runs the kernel alone on a frame that is already on the device (a hardware decoder's).
-
-Cost (benchmarks/gpu_preprocess.py, 1080p -> 416x416, H200 host with a Xeon, medians): kernel 0.011 ms
-(fp32 or fp16) against 0.51-0.54 ms for the CPU letterbox; the 6.2 MB upload 0.12 ms. Copying a pageable
-frame into the pinned staging buffer costs the host 0.47 ms, about as much as the CPU letterbox there:
-the host time is saved when the capture decodes into `frame_buffer` (run() then costs the caller
-0.017 ms). With `zero_copy` the kernel reads only the taps it needs (about a fifth of a 1080p frame):
-0.070 ms over PCIe on that discrete card, no upload.
+`launch` runs the kernel alone on a frame that is already on the device (a hardware decoder's). What it
+costs: docs/gpu.md section 5.
 """
 from __future__ import annotations
 
@@ -60,7 +46,7 @@ if TYPE_CHECKING:
 BLOCK = (32, 8, 1)
 SIGNATURE = "PPddiiiiiiiiiff"   # src, dst, step_x, step_y, src w/h/pitch, dst w/h, left, top, box w/h, norm, fill
 FUNCTIONS = {np.dtype(np.float32): "letterbox_f32", np.dtype(np.float16): "letterbox_f16"}
-# max |GPU - CPU| against OpenCV's vectorised resize, per output dtype (the module doc says why)
+# max |GPU - CPU| against OpenCV's vectorised resize, per output dtype (docs/gpu.md section 3 says why)
 MAX_ABS_DIFF = {np.dtype(np.float32): 0.0, np.dtype(np.float16): 2.0 ** -12}
 
 KERNEL_SOURCE = r"""

@@ -1,14 +1,13 @@
 """CUDA C++ source -> cubin through NVRTC (ctypes on libnvrtc; no pycuda, no nvcc), cached on disk.
 
-NVRTC is the runtime compiler library of the CUDA toolkit: libnvrtc.so.12 on JetPack 6 (CUDA 12.x,
-Debian package cuda-nvrtc-12-x, part of the JetPack CUDA runtime), libnvrtc.so.13 on JetPack 7 and
-CUDA 13 hosts. It is searched on the loader path, then under $CUDA_HOME, $CUDA_PATH and /usr/local/cuda.
-A cubin is compiled for the exact SM of the device (sm_87 on Orin, sm_110 on Thor), so nothing is
-JIT-compiled by the driver, and it is kept in the cache directory ($EDGE_CACHE/kernels, default
-~/.cache/edge/kernels) under a key of (source, options, SM): the library is needed only the first
-time a kernel is built on a board; later starts read the cubin and need neither NVRTC nor nvcc. A newer
-driver loads an older cubin; one the driver refuses (a downgraded driver, a damaged file) is compiled
-again. An unwritable cache directory costs a compile per process, with a warning.
+NVRTC is the runtime compiler library of the CUDA toolkit (libnvrtc.so.12 or .13; docs/gpu.md section 6
+says which JetPack ships which). It is searched on the loader path, then under $CUDA_HOME, $CUDA_PATH and
+/usr/local/cuda. A cubin is compiled for the exact SM of the device, so nothing is JIT-compiled by the
+driver, and it is kept in the cache directory ($EDGE_CACHE/kernels, default ~/.cache/edge/kernels) under a
+key of (source, options, SM): the library is needed only the first time a kernel is built on a board; later
+starts read the cubin and need neither NVRTC nor nvcc. A newer driver loads an older cubin; one the driver
+refuses (a downgraded driver, a damaged file) is compiled again. An unwritable cache directory costs a
+compile per process, with a warning.
 """
 from __future__ import annotations
 

@@ -19,13 +19,11 @@ from edge.errors import EngineError
 from edge.gpu import cuda
 
 FOREIGN_PLAN_WARNING = "different models of devices"
-INSTALL_HINT = ("TensorRT exists on the Jetson: JetPack 6.x and 7.x ship TensorRT 10 as the apt package"
-                " python3-libnvinfer (create the venv with --system-site-packages); TensorRT 11.4.1+ (JetPack 7.2.2+,"
-                " AGX Orin and Thor) comes from TensorRT's own Linux SBSA packages instead. Elsewhere run the ONNX"
-                " variant (allow_onnx: true)")
-DLA_HINT = ("DLA exists on Jetson AGX Orin (2 cores) and Orin NX, not on Orin Nano or Thor; TensorRT 10 from JetPack 6"
-            " drives it, TensorRT 11.0 to 11.4.0 have no DLA on Jetson, and 11.4.1+ only on AGX Orin with JetPack"
-            " 7.2.2+ (TensorRT's SBSA package)")
+INSTALL_HINT = ("TensorRT exists on the Jetson: install JetPack's python3-libnvinfer and create the venv with"
+                " --system-site-packages (docs/gpu.md section 6 says which TensorRT comes from where). Elsewhere run"
+                " the ONNX variant (allow_onnx: true)")
+DLA_HINT = ("DLA exists on Jetson AGX Orin and Orin NX only, and not with every TensorRT: docs/gpu.md section 6"
+            " lists the boards and versions that drive it")
 
 
 def import_tensorrt() -> Any:
