@@ -233,22 +233,19 @@ class DeviceBuffer:
 
 
 class Kernel:
-    """One __global__ function of CUDA C++ source, compiled by NVRTC for this device's SM (cached on disk,
-    see edge/gpu/nvrtc.py) and loaded into the current context; `free()` unloads it while the context is
-    current. `signature` is pycuda's prepared-call format (P pointer, i int, d double, f float)."""
+    """One __global__ function, loaded into the current context from the cubin `cubin(arch=..., refresh=...)`
+    returns for this device's SM (edge/gpu/nvrtc.py compiles and caches it); `free()` unloads it while the
+    context is current. `signature` is pycuda's prepared-call format (P pointer, i int, d double, f float)."""
 
-    def __init__(self, source: str, function: str, signature: str, *, cache_dir: Any = None) -> None:
-        from edge.gpu import nvrtc
-
+    def __init__(self, function: str, signature: str, cubin: Callable[..., bytes]) -> None:
         cuda = driver()
         major, minor = cuda.Context.get_device().compute_capability()
         arch = f"sm_{major}{minor}"
-        binary = nvrtc.cubin(source, function, arch=arch, cache_dir=cache_dir)
+        binary = cubin(arch=arch)
         try:
             self._module = cuda.module_from_buffer(binary)
         except cuda.Error:                          # a damaged cache file, or a cubin this driver refuses
-            binary = nvrtc.cubin(source, function, arch=arch, cache_dir=cache_dir, refresh=True)
-            self._module = cuda.module_from_buffer(binary)
+            self._module = cuda.module_from_buffer(cubin(arch=arch, refresh=True))
         self._function = self._module.get_function(function)
         self._function.prepare(signature)
 

@@ -30,6 +30,7 @@ costs: docs/gpu.md section 5.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge.errors import EngineError
+from edge.gpu import nvrtc
 from edge.letterbox import INV255, FrameError, Letterbox, check_frame
 
 if TYPE_CHECKING:
@@ -184,7 +186,9 @@ class GpuLetterbox:
         self._cuda = cuda
         self.fill = float(fill)
         self.zero_copy = zero_copy
-        self._kernel: Any = cuda.Kernel(KERNEL_SOURCE, FUNCTIONS[self.dtype], SIGNATURE, cache_dir=cache_dir)
+        function = FUNCTIONS[self.dtype]
+        compiled = functools.partial(nvrtc.cubin, KERNEL_SOURCE, function, cache_dir=cache_dir)
+        self._kernel: Any = cuda.Kernel(function, SIGNATURE, compiled)
         try:
             self._done: Any = cuda.Event()
         except BaseException:

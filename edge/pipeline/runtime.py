@@ -11,15 +11,17 @@ import ctypes
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import Config, TaskConfig
-from edge.engines import factory
 from edge.engines.base import Engine
 from edge.errors import EdgeError, EngineError, UsageError
 from edge.log import get_logger
 from edge.pipeline.cameras import Camera
 from edge.tasks import Task, build_task
+
+if TYPE_CHECKING:
+    from edge.engines.factory import Variants
 
 log = get_logger("runtime")
 ORDER = ("fp16", "fp32", "int8")   # what an `auto` task starts on, and what runs when a pinned variant cannot
@@ -30,7 +32,7 @@ class TaskRuntime:
     """The variants of one task. `load()` activates them (all, or with `preload: active` the first one; others
     load when first chosen, or ahead with `load_variant()`), `choose()` switches, `unload()` frees them."""
 
-    def __init__(self, config: TaskConfig, variants: factory.Variants, on_event: EventSink) -> None:
+    def __init__(self, config: TaskConfig, variants: Variants, on_event: EventSink) -> None:
         self.config = config
         self.variants = variants
         self.on_event = on_event

@@ -12,21 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edge.config import SupervisorSection
 from edge.errors import EdgeError
 from edge.log import get_logger
-from edge.pipeline.runtime import TaskRuntime
 from edge.supervisor.policy import Decision, Level, Policy, TaskPolicy, Update, check_pin
 from edge.supervisor.telemetry import open_reader
 from edge.supervisor.telemetry.common import NoneReader, Reader, Sample, TelemetryError
 from edge.wire import protocol
 
+if TYPE_CHECKING:
+    from edge.pipeline.runtime import TaskRuntime
+
 log = get_logger("supervisor")
 HARDWARE_SOURCES = ("jtop", "sysfs", "nvml")      # may be down at start: the daemon runs on without them
 Publish = Callable[[str, dict[str, Any]], Any]
-Loads = list[tuple[TaskRuntime, str]]                 # variants the decisions need loaded: (task, precision)
+Loads = list[tuple["TaskRuntime", str]]                 # variants the decisions need loaded: (task, precision)
 
 
 def open_telemetry(uri: str, on_event: Callable[[str, dict[str, Any]], None]) -> Reader:

@@ -243,7 +243,7 @@ class DeviceBuffer:
 class Kernel:
     """Loads nothing and computes nothing: GpuLetterbox's kernel runs on the GPU tier."""
 
-    def __init__(self, source: str, function: str, signature: str, *, cache_dir: Any = None) -> None:
+    def __init__(self, function: str, signature: str, cubin: Any) -> None:
         ledger.take(self, "kernel")
         self.function = function
 
