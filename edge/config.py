@@ -41,13 +41,6 @@ SHOWN_ENV = frozenset({"EDGE_LOG_LEVEL", "EDGE_CACHE"})   # a log level and a di
 MIN_HIDDEN = 4                   # environment values this long are hidden in every problem, shorter at their key
 
 
-def default_cache_dir() -> Path:
-    """Where demo assets live: $EDGE_CACHE, else $XDG_CACHE_HOME/edge, else ~/.cache/edge."""
-    if os.environ.get("EDGE_CACHE"):
-        return Path(os.environ["EDGE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge"
-
-
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -672,7 +665,7 @@ def _expand(node: Any, environ: typing.Mapping[str, str], path: list[Any], unset
     def sub(match: re.Match[str]) -> str:
         name = match.group(1)
         if name == "EDGE_CACHE" and not environ.get(name):
-            return str(default_cache_dir())
+            return str(files.default_cache_dir())
         if name not in environ:
             unset.append(Problem(tuple(path), f"uses ${{{name}}}, which is not set", node,
                                  f"export {name}=... or write the value directly"))

@@ -1,10 +1,17 @@
-"""Reading a file that another process may have put in edge's way (a config, a telemetry trace): only a regular
-file, opened without blocking, read up to a bound."""
+"""Files and directories that another process may have put in edge's way: reading only a regular file, opened
+without blocking, up to a bound (a config, a telemetry trace); and where edge's cache lives."""
 from __future__ import annotations
 
 import os
 import stat
 from pathlib import Path
+
+
+def default_cache_dir() -> Path:
+    """Where demo assets live: $EDGE_CACHE, else $XDG_CACHE_HOME/edge, else ~/.cache/edge."""
+    if os.environ.get("EDGE_CACHE"):
+        return Path(os.environ["EDGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge"
 
 
 class NotRegularFile(ValueError):

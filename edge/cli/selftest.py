@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from edge import files
 from edge.engines.base import Engine
 from edge.errors import EdgeError
 from edge.supervisor.telemetry import on_jetson
@@ -303,7 +304,7 @@ def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     from edge.engines.tensorrt.engine import TensorRTEngine
     from edge.tools import assets
 
-    demo = assets.DemoAssets(assets.default_cache_dir())
+    demo = assets.DemoAssets(files.default_cache_dir())
     if not demo.engines.is_dir() or not demo.image("dog.jpg").is_file():
         return [Check("demo model", SKIP, f"no demo assets in {demo.root}. Hint: edge assets fetch")]
     repository = _demo_repository(demo.engines)

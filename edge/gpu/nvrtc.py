@@ -21,8 +21,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from edge.config import default_cache_dir
 from edge.errors import EngineError
+from edge.files import default_cache_dir
 from edge.log import get_logger
 
 log = get_logger("nvrtc")

@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.config import default_cache_dir
 from edge.engines import repository
 from edge.engines.repository import sha256_file
 from edge.errors import AssetError, EdgeError, EngineError, SourceError
+from edge.files import default_cache_dir
 
 CONVERTER_VERSION = 1
 VARIANTS_VERSION = 3

@@ -18,9 +18,9 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import default_cache_dir
 from edge.engines.repository import sha256_file
 from edge.errors import EngineError
+from edge.files import default_cache_dir
 from edge.gpu import nvrtc
 from edge.gpu.letterbox import MAX_ABS_DIFF, GpuLetterbox, output_geometry
 from edge.letterbox import FrameError, Letterbox, check_frame, letterbox_into
