@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from edge.errors import EdgeError
-from edge.pipeline.cameras import import_cv2
+from edge.opencv import import_cv2
 
 cv2 = import_cv2()        # here, at import: without OpenCV, edge stops at start and says what to install
 INV255 = np.float32(1.0 / 255.0)

@@ -12,11 +12,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge import opencv
 from edge.cli.display import format_ms, printable
 from edge.config import Config, parse_config
 from edge.daemon.service import Service
 from edge.errors import EdgeError
-from edge.pipeline import cameras
 from edge.tools import assets
 from edge.wire.client import Message, Subscriber
 
@@ -33,9 +33,9 @@ class _Annotator:
     """Reads the demo video alongside the results and draws each frame's detections."""
 
     def __init__(self, video: Path, out: Path) -> None:
-        cv2 = cameras.import_cv2()
+        cv2 = opencv.import_cv2()
         self._cv2 = cv2
-        cameras.route_media_logs(cv2)
+        opencv.route_media_logs(cv2)
         self._capture = cv2.VideoCapture(str(video))
         fps = self._capture.get(cv2.CAP_PROP_FPS) or 10.0
         size = (int(self._capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self._capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))

@@ -35,7 +35,7 @@ def _python() -> Check:
 
 
 def _opencv() -> Check:
-    from edge.pipeline.cameras import import_cv2
+    from edge.opencv import import_cv2
 
     cv2 = import_cv2()
     gstreamer = "GStreamer:                   YES" in cv2.getBuildInformation()
@@ -257,7 +257,7 @@ def _tensorrt(required: bool) -> Check:
 
 def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20) -> tuple[bool, str]:
     from edge.config import TaskConfig
-    from edge.pipeline.cameras import import_cv2
+    from edge.opencv import import_cv2
     from edge.tasks import build_task
 
     cv2 = import_cv2()

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from edge import opencv
 from edge.errors import EdgeError
-from edge.pipeline import cameras
 
-cv2 = cameras.import_cv2()
+cv2 = opencv.import_cv2()
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 VIDEO_SUFFIXES = {".avi", ".mp4", ".mkv", ".mov", ".webm", ".m4v"}
@@ -100,7 +100,7 @@ def _iter_file(path: Path, every: int, frames: range | None, report: LoadReport)
 
 
 def _iter_video(path: Path, every: int, frames: range | None, report: LoadReport) -> Iterator[Sample]:
-    cameras.route_media_logs(cv2)
+    opencv.route_media_logs(cv2)
     capture = cv2.VideoCapture(str(path))
     if not capture.isOpened():
         report.skipped["unreadable videos"] += 1

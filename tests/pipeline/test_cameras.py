@@ -208,12 +208,6 @@ def test_ended_short_allows_five_percent_or_three_frames(frames: int, declared: 
     assert cameras.ended_short(frames, declared) is short
 
 
-@pytest.mark.parametrize("level, ffmpeg, opencv", [
-    (logging.DEBUG, 24, 4), (logging.INFO, 8, 3), (logging.WARNING, 8, 3), (logging.ERROR, 8, 2)])
-def test_media_log_levels_follow_edges_level(level: int, ffmpeg: int, opencv: int) -> None:
-    assert cameras.media_log_levels(level) == (ffmpeg, opencv)  # AV_LOG_*, cv2 LOG_LEVEL_*
-
-
 _READ_DAMAGED = """
 import sys
 from edge.log import setup_logging
