@@ -1,9 +1,13 @@
-"""Files and directories that another process may have put in edge's way: reading only a regular file, opened
-without blocking, up to a bound (a config, a telemetry trace); and where edge's cache lives."""
+"""Files and directories that another process may have put in edge's way or may read half-written: reading only a
+regular file, opened without blocking, up to a bound (a config, a telemetry trace); writing a file whole or not
+at all (atomic_path); and where edge's cache lives."""
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -63,3 +67,44 @@ def shown(path: str | Path) -> str:
     """A path for a message: whole, or its start and its length when it is too long to read."""
     text = str(path)
     return text if len(text) <= 160 else f"{text[:120]}... ({len(text)} characters)"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path, *, mode: int | None = None, durable: bool = False) -> Iterator[Path]:
+    """A temporary path beside `path`, renamed onto it only when the block succeeds; removed otherwise (also on
+    KeyboardInterrupt), so a reader finds the old file or the whole new one, never half of it. The result gets
+    `mode`, by default that of a normal new file (0666 less the umask), not mkstemp's 0600, so a service user
+    can read what a technician made. `durable`: the file's data and the rename reach the disk before the block
+    ends (fsync of the file and of the directory), so they survive a power cut. OSError where the system refuses."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if durable:
+            _fsync(tmp, os.O_RDONLY)
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    if durable:
+        fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in the directory `path` survive a power cut."""
+    _fsync(path, os.O_RDONLY | os.O_DIRECTORY)
+
+
+def _fsync(path: str | Path, flags: int) -> None:
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -45,6 +45,7 @@ from edge.deploy import keys
 from edge.deploy.common import BundleError, utc_now
 from edge.engines import repository
 from edge.errors import EngineError
+from edge.files import atomic_path
 
 MANIFEST = "bundle.json"
 SIGNATURE = "bundle.sig"
@@ -234,7 +235,7 @@ def _file(directory: Path, rel: str) -> tuple[str, int, str]:
 
 
 def _write_archive(out: Path, raw: bytes, signature: bytes, files: list[tuple[FileEntry, Path]]) -> None:
-    with repository.atomic_path(out) as tmp, tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz", format=tarfile.PAX_FORMAT) as tar:
         for name, data in ((MANIFEST, raw), (SIGNATURE, signature)):
             tar.addfile(_member(name, len(data)), io.BytesIO(data))
         for entry, source in files:

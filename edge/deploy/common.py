@@ -5,10 +5,10 @@ import datetime
 import json
 import os
 import stat
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from edge import files
 from edge.errors import EdgeError
 
 
@@ -36,30 +36,11 @@ def check_private_dir(path: Path, what: str) -> None:
                           hint=hint)
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in `path` survive a power cut."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write `data` to `path` atomically and durably (a temporary file beside it, fsync, rename), mode 0644."""
+    """Write `data` to `path` atomically and durably (edge.files.atomic_path), mode 0644."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        fsync_dir(path.parent)
+        with files.atomic_path(path, mode=0o644, durable=True) as tmp:
+            tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     except OSError as exc:
         raise BundleError(f"cannot write {path}: {exc.strerror}", hint="free space on that filesystem (df -h)"
                           ) from exc

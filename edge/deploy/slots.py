@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.deploy.common import BundleError, check_private_dir, fsync_dir, utc_now, write_json
+from edge.deploy.common import BundleError, check_private_dir, utc_now, write_json
+from edge.files import fsync_dir
 
 BUNDLES = Path("/var/lib/edge/bundles")
 SLOTS = ("a", "b")

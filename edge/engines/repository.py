@@ -27,11 +27,11 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from edge import files
 from edge.errors import EngineError
 
 MANIFEST = "manifest.json"
@@ -82,28 +82,6 @@ def read_l4t(root: Path = Path("/")) -> str:
     return f"{match.group(1)}.{match.group(2)}" if match else "unknown"
 
 
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside `path`, renamed onto it only when the block succeeds; removed otherwise
-    (also on KeyboardInterrupt). The result gets the permissions of a normal new file (0666 less the
-    umask), not mkstemp's 0600, so a service user can read what a technician made."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def load_onnx(path: Path) -> Any:
     """The ONNX model at `path`, checked; EngineError for a missing or broken file."""
     import onnx
@@ -134,7 +112,7 @@ def check_writable(path: Path) -> None:
 def atomic_output(path: Path) -> Iterator[Path]:
     """A temporary path beside `path`; renamed onto `path` only when the block succeeds."""
     check_writable(path)
-    with atomic_path(path) as tmp:
+    with files.atomic_path(path) as tmp:
         yield tmp
 
 
@@ -204,7 +182,7 @@ class Manifest:
         self.root.mkdir(parents=True, exist_ok=True)
         data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants],
                 "refused": [{"precision": p, **r} for p, r in sorted(self.refused.items())]}
-        with atomic_path(self.root / MANIFEST) as tmp:
+        with files.atomic_path(self.root / MANIFEST) as tmp:
             tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
 
     def refuse(self, precision: str, record: dict[str, Any]) -> None:

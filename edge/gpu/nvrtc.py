@@ -16,13 +16,12 @@ import ctypes.util
 import functools
 import hashlib
 import os
-import tempfile
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
+from edge import files
 from edge.errors import EngineError
-from edge.files import default_cache_dir
 from edge.log import get_logger
 
 log = get_logger("nvrtc")
@@ -32,7 +31,7 @@ _compile_lock = threading.Lock()
 
 def default_kernel_cache() -> Path:
     """$EDGE_CACHE/kernels (default ~/.cache/edge/kernels)."""
-    return default_cache_dir() / "kernels"
+    return files.default_cache_dir() / "kernels"
 
 
 def _candidates() -> list[str]:
@@ -153,16 +152,11 @@ def _program_log(lib: ctypes.CDLL, program: ctypes.c_void_p) -> str:
 
 
 def _store(path: Path, binary: bytes) -> None:
-    """Write atomically (a temporary file renamed), so a reader never sees half a cubin."""
-    tmp: str | None = None
+    """Write atomically (edge.files.atomic_path), so a reader never sees half a cubin."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".tmp-", delete=False) as file:
-            tmp = file.name
-            file.write(binary)
-        os.replace(tmp, path)
+        with files.atomic_path(path) as tmp:
+            tmp.write_bytes(binary)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         log.warning("kernel cache %s not writable (%s): the kernel is compiled again by the next process",
                     path.parent, exc)

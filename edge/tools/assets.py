@@ -28,7 +28,7 @@ from typing import Any
 from edge.engines import repository
 from edge.engines.repository import sha256_file
 from edge.errors import AssetError, EdgeError, EngineError, SourceError
-from edge.files import default_cache_dir
+from edge.files import atomic_path, default_cache_dir
 
 CONVERTER_VERSION = 1
 VARIANTS_VERSION = 3
@@ -279,7 +279,7 @@ def _build_model(assets: DemoAssets, say: Callable[[str], None]) -> str:
         darknet.convert(models / "yolov3-tiny.cfg", models / "yolov3-tiny.weights", models / "coco.names",
                         assets.model)
     digest = sha256_file(assets.model)
-    with repository.atomic_path(stamp) as tmp:
+    with atomic_path(stamp) as tmp:
         tmp.write_text(json.dumps(dict(expected, sha256=digest), indent=2, allow_nan=False))
     return digest
 

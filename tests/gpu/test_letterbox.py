@@ -7,6 +7,7 @@ fp16, against the documented bound (preprocess_gpu.MAX_ABS_DIFF: 0 for fp32, 2**
 """
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -157,6 +158,15 @@ def test_kernel_is_compiled_once_then_read_from_the_cache(tmp_path: Path, compil
     nvrtc.cubin("src", "k", arch="sm_90", cache_dir=tmp_path)
     nvrtc.cubin("src", "k", arch="sm_87", cache_dir=tmp_path, refresh=True)
     assert len(compiles) == 3 and sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["k", "k"]
+
+
+def test_a_cached_kernel_is_readable_like_any_new_file(tmp_path: Path, compiles: list[list[str]]) -> None:
+    """The cubin is written by edge.files.atomic_path: mode 0666 less the umask (it was mkstemp's 0600), so the
+    service user can read a kernel cache that a technician's run filled."""
+    nvrtc.cubin("src", "k", arch="sm_87", cache_dir=tmp_path)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert [p.stat().st_mode & 0o777 for p in tmp_path.iterdir()] == [0o666 & ~mask]
 
 
 def test_unwritable_kernel_cache_still_compiles(tmp_path: Path, compiles: list[list[str]],
