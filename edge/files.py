@@ -1,13 +1,14 @@
 """Files and directories that another process may have put in edge's way or may read half-written: reading only a
 regular file, opened without blocking, up to a bound (a config, a telemetry trace); writing a file whole or not
-at all (atomic_path); and where edge's cache lives."""
+at all (atomic_path); refusing a directory that another user could change (check_private_dir); and where edge's
+cache lives."""
 from __future__ import annotations
 
 import contextlib
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 
@@ -28,6 +29,16 @@ class FileTooLarge(ValueError):
     def __init__(self, size: int | None) -> None:
         super().__init__(f"{size} bytes" if size is not None else "it grew past the limit while it was read")
         self.size = size
+
+
+class NotPrivate(ValueError):
+    """A directory that another user could change: `what` says which rule it breaks, `note` its mode where that is
+    the reason."""
+
+    def __init__(self, what: str, note: str | None = None) -> None:
+        super().__init__(what)
+        self.what = what
+        self.note = note
 
 
 def read_regular(path: Path, limit: int) -> bytes:
@@ -58,9 +69,29 @@ def read_regular(path: Path, limit: int) -> bytes:
 
 def describe_mode(mode: int) -> str:
     """What a file that is not a regular file is, for a message: `a FIFO`, `a character device`, ..."""
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
-             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISREG, "a regular file"))
     return next((name for test, name in kinds if test(mode)), f"mode {stat.filemode(mode)}")
+
+
+def check_private_dir(path: Path, what: str, *, owners: Collection[int] | None) -> None:
+    """Refuse a directory that another user could change (the rules ssh and XDG use): a symbolic link or anything
+    but a directory, one writable by group or others, or, where `owners` is given, one whose owner is not among
+    those uids. Whoever can write there could put files of their own in it (a socket that publishes as edge, a
+    trusted key, a bundle slot). `what` names the directory in the message ("socket directory"). OSError from
+    lstat (FileNotFoundError: there is none); NotPrivate with the rule it breaks."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotPrivate(f"{what} {path} is not a plain directory but {describe_mode(info.st_mode)}")
+    if info.st_mode & 0o022:
+        raise NotPrivate(f"{what} {path} is writable by group or others: another user could put files of their own"
+                         " there", note=f"mode {stat.S_IMODE(info.st_mode):o}")
+    if owners is not None and info.st_uid not in owners:
+        user = os.geteuid()
+        allowed = " or ".join(f"this user (uid {uid})" if uid == user else "root" if uid == 0 else f"uid {uid}"
+                              for uid in sorted(set(owners), key=lambda uid: (uid != user, uid)))
+        raise NotPrivate(f"{what} {path} belongs to uid {info.st_uid}, not to {allowed}")
 
 
 def shown(path: str | Path) -> str:

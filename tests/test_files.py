@@ -36,3 +36,37 @@ def test_atomic_path_gives_a_normal_new_files_mode_or_the_one_asked(tmp_path: Pa
     assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert (tmp_path / "record.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "record.json").read_bytes() == b"{}"
+
+
+def test_a_private_directory_passes_and_a_missing_one_is_the_callers_to_judge(tmp_path: Path) -> None:
+    ours = tmp_path / "ours"
+    ours.mkdir(mode=0o755)
+    files.check_private_dir(ours, "socket directory", owners=(os.geteuid(),))
+    with pytest.raises(FileNotFoundError):
+        files.check_private_dir(tmp_path / "missing", "socket directory", owners=None)
+
+
+def test_a_directory_another_user_could_change_is_refused_with_the_rule(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    with pytest.raises(files.NotPrivate, match=f"^trusted key directory {shared} is writable by group or others") \
+            as caught:
+        files.check_private_dir(shared, "trusted key directory", owners=None)
+    assert caught.value.note == "mode 1777"
+    (tmp_path / "link").symlink_to(shared)
+    with pytest.raises(files.NotPrivate, match="link is not a plain directory but a symbolic link$"):
+        files.check_private_dir(tmp_path / "link", "bundle root", owners=None)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(files.NotPrivate, match="file is not a plain directory but a regular file$"):
+        files.check_private_dir(tmp_path / "file", "bundle root", owners=None)
+
+
+def test_an_owner_outside_the_allowed_uids_is_named(tmp_path: Path) -> None:
+    user = os.geteuid()
+    other = user + 1
+    with pytest.raises(files.NotPrivate, match=rf"belongs to uid {user}, not to uid {other}$"):
+        files.check_private_dir(tmp_path, "bundle root", owners=(other,))
+    if user != 0:
+        with pytest.raises(files.NotPrivate, match=rf"belongs to uid {user}, not to root$"):
+            files.check_private_dir(tmp_path, "bundle root", owners=(0,))

@@ -4,7 +4,6 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +16,16 @@ class BundleError(EdgeError):
 
 
 def check_private_dir(path: Path, what: str) -> None:
-    """Refuse a directory that another user could change: a symbolic link, not a directory, writable by group or
-    others, or owned by someone other than this user or root. Whoever can write there could plant a trusted key,
-    or swap a slot under the installer."""
+    """edge.files.check_private_dir for a directory of this user or root, as a BundleError with the fix: whoever
+    can write there could plant a trusted key, or swap a slot under the installer."""
     try:
-        info = path.lstat()
+        files.check_private_dir(path, what, owners=(0, os.geteuid()))
     except OSError as exc:
         raise BundleError(f"cannot use {what} {path}: {exc.strerror}",
                           hint=f"create it (mode 0755, owned by root) or pass another {what}") from exc
-    hint = f"chown root: {path} && chmod go-w {path}, or pass another {what}"
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise BundleError(f"{what} {path} is not a plain directory (a symbolic link or a file)", hint=hint)
-    if info.st_mode & 0o022:
-        raise BundleError(f"{what} {path} is writable by group or others", note=f"mode {stat.S_IMODE(info.st_mode):o}",
-                          hint=hint)
-    if info.st_uid not in (0, os.geteuid()):
-        raise BundleError(f"{what} {path} belongs to uid {info.st_uid}, not to this user (uid {os.geteuid()}) or root",
-                          hint=hint)
+    except files.NotPrivate as exc:
+        raise BundleError(exc.what, note=exc.note, hint=f"chown root: {path} && chmod go-w {path}, or pass another"
+                          f" {what}") from None
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

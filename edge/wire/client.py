@@ -25,7 +25,7 @@ import zmq.auth
 
 from edge.errors import EdgeError, ProtocolError
 from edge.log import get_logger
-from edge.wire import protocol
+from edge.wire import ipc, protocol
 
 log = get_logger("client")
 TRANSPORT_LIMIT = 64 << 20
@@ -74,7 +74,8 @@ class Subscriber:
         path = protocol.ipc_path(self.endpoint)
         if path is not None:
             # the default path is per user, so its directory must be ours; any directory must be safe
-            protocol.check_socket_dir(path.parent, owner=os.geteuid() if endpoint is None else None)
+            ipc.check_dir(path.parent, owner=os.geteuid() if endpoint is None else None,
+                          setting="EDGE_RESULTS_ENDPOINT")
         self.latest_only = latest_only
         self.max_bytes = max_bytes
         self.missed = 0              # messages lost upstream, from seq gaps

@@ -13,8 +13,8 @@ import stat
 import time
 from pathlib import Path
 
+from edge import files
 from edge.errors import EdgeError
-from edge.wire import protocol
 
 
 def prepare(path: Path, *, what: str, setting: str) -> None:
@@ -39,10 +39,14 @@ def prepare(path: Path, *, what: str, setting: str) -> None:
 
 
 def check_dir(directory: Path, *, owner: int | None, setting: str) -> None:
-    """`protocol.check_socket_dir`, with a hint that names `setting` (the place to choose another path)."""
+    """Refuse a socket directory that someone else could have prepared (edge.files.check_private_dir; owned by
+    `owner` when given): another user could otherwise bind the socket first and publish as edge. A missing
+    directory passes: whoever creates it checks it then. The hint names `setting`, where to choose another path."""
     try:
-        protocol.check_socket_dir(directory, owner=owner)
-    except EdgeError as exc:
+        files.check_private_dir(directory, "socket directory", owners=None if owner is None else (owner,))
+    except FileNotFoundError:
+        return
+    except files.NotPrivate as exc:
         raise EdgeError(exc.what, note=exc.note,
                         hint=f"remove it, or set {setting} to a path in a directory only this user can write"
                         ) from None

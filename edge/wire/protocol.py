@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from urllib.parse import urlsplit
 
 import msgpack
 
-from edge.errors import EdgeError, ProtocolError
+from edge.errors import ProtocolError
 
 SCHEMA_VERSION = 1
 KINDS = ("det", "heartbeat", "event", "telemetry")
@@ -37,27 +36,6 @@ def runtime_dir() -> Path:
 def ipc_path(endpoint: str) -> Path | None:
     """The socket file of an ipc:// endpoint; None for any other transport."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
-
-
-def check_socket_dir(path: Path, *, owner: int | None) -> None:
-    """Refuse a socket directory that someone else could have prepared (the rules ssh and XDG use): a
-    symbolic link, one writable by group or others, or, when `owner` is given, one owned by another
-    user. Another user could otherwise bind the socket first and publish as edge. A missing directory
-    passes: whoever creates it checks it then."""
-    try:
-        info = path.lstat()
-    except FileNotFoundError:
-        return
-    hint = "remove it, or choose an endpoint in a directory only this user can write (EDGE_RESULTS_ENDPOINT)"
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise EdgeError(f"socket directory {path} is not a plain directory", hint=hint)
-    if info.st_mode & 0o022:
-        raise EdgeError(f"socket directory {path} is writable by group or others: another user could put a"
-                        " socket of their own there", note=f"mode {stat.S_IMODE(info.st_mode):o}",
-                        hint=hint)
-    if owner is not None and info.st_uid != owner:
-        raise EdgeError(f"socket directory {path} belongs to uid {info.st_uid}, not to this user (uid {owner})",
-                        hint=hint)
 
 
 def default_results_endpoint() -> str:
