@@ -33,7 +33,7 @@ from typing import Any
 
 import onnx
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.engines.onnxruntime import cpu_facts
 from edge.pipeline.cameras import Camera

@@ -27,7 +27,8 @@ import cv2
 import numpy as np
 import zmq
 
-from edge.config import TaskConfig, parse_config
+from edge.config.loader import parse_config
+from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
 from edge.engines.onnxruntime import OnnxRuntimeEngine, cpu_facts, session_options
 from edge.tasks import build_task

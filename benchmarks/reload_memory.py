@@ -43,7 +43,7 @@ def _rss_mb() -> float:
 
 def measure(row: str, reloads: int) -> dict[str, Any]:
     """One row, in this process."""
-    from edge.config import load_config
+    from edge.config.loader import load_config
     from edge.daemon.service import Service
     from edge.errors import EdgeError
     from edge.pipeline import runtime

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.engines.onnxruntime import cpu_facts
 from edge.tools import assets

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import Config, load_config, parse_config
+from edge.config.loader import load_config, parse_config
+from edge.config.schema import Config
 from edge.errors import ConfigError
 
 GOOD = """
@@ -228,7 +229,7 @@ tasks:
 def test_rules_across_keys_still_apply_to_objects_built_in_code() -> None:
     from pydantic import ValidationError
 
-    from edge.config import CameraConfig, TaskConfig
+    from edge.config.schema import CameraConfig, TaskConfig
 
     with pytest.raises(ValidationError, match="exactly one of `model`"):
         TaskConfig(name="t", type="detector", cameras=["c"])
@@ -319,7 +320,7 @@ def test_duplicate_keys_name_both_lines() -> None:
 
 
 def test_oversized_config_is_refused(tmp_path: Path) -> None:
-    from edge.config import MAX_CONFIG_BYTES
+    from edge.config.loader import MAX_CONFIG_BYTES
 
     path = tmp_path / "edge.yaml"
     path.write_text(GOOD + "#" * MAX_CONFIG_BYTES)

@@ -14,7 +14,8 @@ from typing import Any
 
 from edge import opencv
 from edge.cli.display import format_ms, printable
-from edge.config import Config, parse_config
+from edge.config.loader import parse_config
+from edge.config.schema import Config
 from edge.daemon.service import Service
 from edge.errors import EdgeError
 from edge.tools import assets

@@ -21,7 +21,7 @@ log = get_logger("cli")
 def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     _on_signals(stop.set)                         # before anything that takes time (imports, the config)
-    from edge.config import load_config
+    from edge.config.loader import load_config
     from edge.daemon.service import Service
 
     environ = {**os.environ, **_env_overrides(args)}

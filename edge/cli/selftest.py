@@ -256,7 +256,7 @@ def _tensorrt(required: bool) -> Check:
 
 
 def _detects_dog(engine_factory: Callable[[], Engine], dog: Path, runs: int = 20) -> tuple[bool, str]:
-    from edge.config import TaskConfig
+    from edge.config.schema import TaskConfig
     from edge.opencv import import_cv2
     from edge.tasks import build_task
 

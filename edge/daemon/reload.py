@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from edge.config import Config
+from edge.config.schema import Config
 from edge.errors import EdgeError
 
 RESTART_ONLY = ("output", "control", "metrics")     # sections bound to sockets at start

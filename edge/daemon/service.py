@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.config import Config, SupervisorSection, TaskConfig
+from edge.config.schema import Config, SupervisorSection, TaskConfig
 from edge.daemon import reload
 from edge.daemon.metrics import MetricsServer
 from edge.daemon.systemd import Notifier

@@ -13,7 +13,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from edge.config import PRECISIONS, TaskConfig
+from edge.config.precision import PRECISIONS
+from edge.config.schema import TaskConfig
 from edge.engines import repository
 from edge.engines.base import Engine, Preprocessing
 from edge.engines.onnxruntime import OnnxRuntimeEngine

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edge.config import Config, TaskConfig
+from edge.config.schema import Config, TaskConfig
 from edge.engines.base import Engine
 from edge.errors import EdgeError, EngineError, UsageError
 from edge.log import get_logger

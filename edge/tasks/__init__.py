@@ -5,7 +5,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines.base import Engine, Preprocessing
 
 

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from edge.config import DetectorParams, TaskConfig
+from edge.config.schema import DetectorParams, TaskConfig
 from edge.engines.base import Engine, LetterboxPreprocessing
 from edge.errors import EngineError
 from edge.letterbox import Letterbox, letterbox_into

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from edge.config import DetectorParams, TaskConfig
+from edge.config.schema import DetectorParams, TaskConfig
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.engines.repository import load_onnx
 from edge.errors import EngineError

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge.cli import main as cli
 from edge.cli import run as cli_run
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon import metrics
 from edge.daemon.service import Service
 from edge.errors import ConfigError, EdgeError

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon import reload
 from edge.errors import ConfigError, EdgeError, EngineError, SourceError
 from edge.pipeline.cameras import Camera

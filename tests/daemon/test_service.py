@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.errors import EdgeError, EngineError
 from edge.tasks.detector import YoloDetector

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import zmq
 
-from edge.config import load_config
+from edge.config.loader import load_config
 from edge.daemon import systemd as notify
 from edge.daemon.service import STOP_TIMEOUT_S, Service
 from edge.pipeline.runtime import TaskRuntime

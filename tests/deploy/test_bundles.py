@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.deploy import archive, health, install, keys
 from edge.deploy.common import BundleError

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines import factory, repository
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.engines.tensorrt.engine import TensorRTEngine

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines import repository
 from edge.engines.tensorrt import build
 from edge.engines.tensorrt.engine import TensorRTEngine

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.engines import repository
 from edge.errors import EngineError

@@ -835,7 +835,7 @@ def test_the_copy_mode_follows_the_devices_integrated_attribute(
 def test_copy_mode_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from edge.config import TaskConfig
+    from edge.config.schema import TaskConfig
     from edge.engines import factory
 
     onnx_path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
@@ -1096,7 +1096,7 @@ def test_a_camera_can_decode_into_the_next_frame_records_pinned_buffer(
 def test_cuda_graph_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
     from pydantic import ValidationError
 
-    from edge.config import TaskConfig
+    from edge.config.schema import TaskConfig
     from edge.engines import factory
 
     onnx_path = conv_model(tmp_path / "m.onnx", input_shape=[1, 3, 8, 8], out_channels=3, stride=1)
@@ -1179,7 +1179,7 @@ def test_slots_take_raw_frames_only_for_a_preprocessing_the_task_names(trt, cuda
 
 def test_the_factory_hands_tensorrt_the_tasks_preprocessing_and_an_unknown_kind_is_refused(
         trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path) -> None:
-    from edge.config import TaskConfig
+    from edge.config.schema import TaskConfig
     from edge.engines import factory
     from edge.tasks import preprocessing_of
     from edge.tasks.detector import YoloDetector

@@ -137,7 +137,7 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
                  cuda_graph: bool = False) -> dict:
     """Run the daemon for 25 frames of two test:// cameras; (camera, frame) -> published detections, how many
     frames each slot letterboxed on the GPU, and whether each slot ran CUDA graphs with no capture failing."""
-    from edge.config import parse_config
+    from edge.config.loader import parse_config
     from edge.daemon.service import Service
     from edge.engines.tensorrt.slot import TrtSlot
     from edge.wire import protocol

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.config import TaskConfig, parse_config
+from edge.config.loader import parse_config
+from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
 from edge.engines.base import BatchSizes, Pending, Slot, WaitTimeout
 from edge.engines.factory import Variants

@@ -505,7 +505,7 @@ def test_a_uri_without_a_scheme_is_refused_without_its_password() -> None:
 
 
 def test_a_bad_camera_uri_is_a_config_error_that_hides_the_password(tmp_path) -> None:
-    from edge.config import parse_config
+    from edge.config.loader import parse_config
     from edge.errors import ConfigError
 
     text = ("version: 1\ncameras:\n  - id: c\n    uri: rtsp://u:s3cret@host:99999/x\ntasks:\n  - name: t\n"

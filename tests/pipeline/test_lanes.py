@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines.base import Pending, Slot
 from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine, OrtSlot

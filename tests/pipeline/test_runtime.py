@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import zmq
 
-from edge.config import TaskConfig, parse_config
+from edge.config.loader import parse_config
+from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
 from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine

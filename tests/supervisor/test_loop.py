@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 import zmq
 
-from edge.config import SupervisorSection, parse_config
+from edge.config.loader import parse_config
+from edge.config.schema import SupervisorSection
 from edge.daemon.service import Service
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EdgeError

@@ -13,7 +13,7 @@ from typing import Any
 import msgpack
 import zmq
 
-from edge.config import load_config
+from edge.config.loader import load_config
 from edge.daemon.service import Service
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.pipeline.cameras import Camera, parse_uri

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.daemon.systemd import Notifier
 from edge.tasks.detector import YoloDetector

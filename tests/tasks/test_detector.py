@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.config import TaskConfig
+from edge.config.schema import TaskConfig
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EngineError
 from edge.letterbox import Letterbox, letterbox_into

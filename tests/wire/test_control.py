@@ -694,7 +694,7 @@ def test_run_and_demo_pass_control_and_telemetry_to_the_config(command: str, tmp
         seen.update({k: os.environ.get(k) for k in ("EDGE_CONTROL_ENDPOINT", "EDGE_TELEMETRY")})
         return 0
 
-    monkeypatch.setattr("edge.config.load_config", load_config)
+    monkeypatch.setattr("edge.config.loader.load_config", load_config)
     monkeypatch.setattr("edge.cli.demo.run_demo", run_demo)
     monkeypatch.setattr("edge.cli.run.setup_logging", lambda level: None)
     monkeypatch.setenv("EDGE_CONTROL_ENDPOINT", "ipc:///from/the/environment.sock")   # restored after the test

@@ -14,7 +14,7 @@ from typing import IO
 import pytest
 import zmq
 
-from edge.config import parse_config
+from edge.config.loader import parse_config
 from edge.errors import ConfigError, EdgeError
 from edge.wire import protocol
 from edge.wire.client import CurveKeys, Subscriber

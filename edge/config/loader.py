@@ -1,38 +1,34 @@
-"""YAML configuration -> typed objects, with errors that name key path, value, rule and hint.
+"""Reading a config: the file (bounded, UTF-8, YAML without surprises), ${NAME} from the environment, EDGE_*
+overrides, then the schema (edge.config.schema) and the rules across keys (edge.config.rules); every problem
+is reported at once, in a ConfigError that names key path, value, rule and hint.
 
 Strings may use ${NAME} environment variables; ${EDGE_CACHE} defaults to the asset cache.
 Environment overrides (per machine): ENV_OVERRIDES, e.g. EDGE_RESULTS_ENDPOINT -> output.results. Errors do not
-print values from the environment (see `Problem`).
+print values from the environment (see `_render`).
 
 The YAML is read with limits a config never reaches (size, nesting, what aliases expand to) and a key
 twice in one mapping is an error, so a hostile or broken file is refused at once with a ConfigError.
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ValidationError
 
 from edge import files
+from edge.config.rules import Problem, key_path, rule_problems
+from edge.config.schema import Config
 from edge.errors import ConfigError
 from edge.pipeline import cameras as sources
-from edge.supervisor.policy import SupervisorConfig
-from edge.wire import protocol
 
-Precision = Literal["fp32", "fp16", "int8"]
-PRECISIONS: tuple[str, ...] = typing.get_args(Precision)
-Mode = Literal["auto", "fp32", "fp16", "int8"]    # auto: the supervisor chooses
 ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_CONTROL_ENDPOINT": ("control", "endpoint"),
                  "EDGE_TELEMETRY": ("supervisor", "telemetry"), "EDGE_LOG_LEVEL": ("logging", "level"),
                  "EDGE_METRICS_LISTEN": ("metrics", "listen")}
-_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 MAX_CONFIG_BYTES = 1 << 20       # a config is a few kB
 MAX_DEPTH = 32                   # levels of nesting, aliases copied out (a config has about 5)
@@ -41,261 +37,11 @@ SHOWN_ENV = frozenset({"EDGE_LOG_LEVEL", "EDGE_CACHE"})   # a log level and a di
 MIN_HIDDEN = 4                   # environment values this long are hidden in every problem, shorter at their key
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+_Hidden = dict[tuple[Any, ...], list[tuple[str, str]]]     # key path -> (text from the environment, shown instead)
 
 
-class CameraConfig(_Strict):
-    id: str = Field(pattern=_NAME)
-    uri: str
-    max_frame_size: str = "{}x{}".format(*sources.MAX_FRAME)     # larger frames are refused before they are decoded
-
-    @field_validator("max_frame_size")
-    @classmethod
-    def _max_frame(cls, value: str) -> str:
-        sources.parse_size(value)
-        return value
-
-    @field_validator("uri")
-    @classmethod
-    def _uri(cls, value: str, info: ValidationInfo) -> str:
-        parsed = sources.parse_uri(value, base_dir=(info.context or {}).get("base_dir"))
-        if parsed.scheme != "file":
-            return value
-        query = value.partition("?")[2]
-        return f"file://{parsed.location}" + (f"?{query}" if query else "")
-
-    @property
-    def parsed(self) -> sources.CameraURI:
-        return sources.parse_uri(self.uri)
-
-    @property
-    def max_frame(self) -> tuple[int, int]:
-        return sources.parse_size(self.max_frame_size)
-
-
-class DetectorParams(_Strict):
-    conf_threshold: float = Field(0.3, gt=0, le=1)
-    nms_iou: float = Field(0.45, gt=0, le=1)
-    max_detections: int = Field(300, ge=1, le=protocol.MAX_DETECTIONS)
-    labels: str | None = None
-
-
-MIN_RATE_HZ = 1 / 3600
-
-
-class TaskConfig(_Strict):
-    name: str = Field(pattern=_NAME)
-    type: Literal["detector"]
-    model: str | None = None
-    variants: dict[Precision, str] | None = None
-    engines: str | None = None
-    allow_onnx: bool = True
-    precision: Mode = "auto"
-    preload: Literal["all", "active"] = "all"       # active: load a variant when first chosen, keep it loaded
-    cameras: list[str] = Field(min_length=1)
-    rate_limit_hz: float = Field(0.0, ge=0, le=1000)     # 0 = off
-    priority: int = Field(50, ge=0, le=100)
-    enabled: bool = True
-    backend: Literal["auto", "tensorrt", "onnxruntime"] = "auto"   # auto: TensorRT where it and a GPU are
-    threads: int | None = Field(None, ge=1, le=64)
-    in_flight: int = Field(2, ge=1, le=8)
-    batch: bool = False         # true: one batched execution over all the task's cameras (docs/performance.md)
-    copy_mode: Literal["auto", "copy", "zerocopy"] = "auto"    # TensorRT IO: auto = zerocopy on an integrated GPU
-    cuda_graph: bool = False    # TensorRT: each frame one CUDA graph launch (static-shape plans; docs/gpu.md)
-    params: DetectorParams = DetectorParams()
-
-    @field_validator("rate_limit_hz")
-    @classmethod
-    def _rate(cls, value: float) -> float:
-        # a tiny rate made the frame gap overflow (1e-300 Hz ended the daemon with an OverflowError)
-        if 0 < value < MIN_RATE_HZ:
-            raise ValueError(f"must be 0 (off) or at least {MIN_RATE_HZ:.6f} Hz (one frame an hour)")
-        return value
-
-    @field_validator("model", "engines")
-    @classmethod
-    def _model_path(cls, value: str | None, info: ValidationInfo) -> str | None:
-        return None if value is None else _resolve(value, info)
-
-    @field_validator("variants")
-    @classmethod
-    def _variant_paths(cls, value: dict[str, str] | None, info: ValidationInfo) -> dict[str, str] | None:
-        return None if value is None else {k: _resolve(v, info) for k, v in value.items()}
-
-    @field_validator("cameras")
-    @classmethod
-    def _distinct_cameras(cls, value: list[str]) -> list[str]:
-        twice = sorted({c for c in value if value.count(c) > 1})
-        if twice:
-            raise PydanticCustomError("camera_twice", "lists camera(s) {twice} more than once", {"twice": twice})
-        return value
-
-    @model_validator(mode="after")
-    def _one_model(self, info: ValidationInfo) -> TaskConfig:
-        if not _rules_checked(info):                  # parse_config checks these on the raw file, with the rest
-            _raise(_task_rules((), self.model_dump()))
-        return self
-
-    @property
-    def model_files(self) -> dict[str, str]:
-        """precision -> ONNX file for `model`/`variants` (empty for `engines`, resolved by edge.engines.repository)."""
-        return {"fp32": self.model} if self.model is not None else dict(self.variants or {})
-
-
-class CurveConfig(_Strict):
-    """CURVE on a tcp results socket (ZeroMQ's CurveZMQ: encryption and client keys; `edge curve-keys`)."""
-
-    secret_key: str          # the daemon's certificate with its secret key (NAME.key_secret)
-    clients: str             # a directory of the public certificates (*.key) of the subscribers allowed in
-
-    @field_validator("secret_key", "clients")
-    @classmethod
-    def _path(cls, value: str, info: ValidationInfo) -> str:
-        return _resolve(value, info)
-
-
-class OutputConfig(_Strict):
-    results: str = Field(default_factory=protocol.default_results_endpoint)
-    curve: CurveConfig | None = None
-    heartbeat_hz: float = Field(1.0, gt=0, le=10)
-    queue_size: int = Field(64, ge=1, le=10_000)
-    sndhwm: int = Field(100, ge=1, le=100_000)
-    labels: bool = False
-
-    @field_validator("results")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        return protocol.check_endpoint(value)
-
-    @model_validator(mode="after")
-    def _tcp_needs_curve(self) -> OutputConfig:
-        if self.results.startswith("tcp://") and self.curve is None:
-            where = "any process on this machine" if protocol.is_loopback(self.results) else "anyone on the network"
-            raise ValueError(f"results on {self.results} without CURVE would reach {where}: set output.curve"
-                             " (secret_key, clients; `edge curve-keys` makes the keys), or use ipc://")
-        return self
-
-
-class ControlConfig(_Strict):
-    endpoint: str = Field(default_factory=protocol.default_control_endpoint)
-
-    @field_validator("endpoint")
-    @classmethod
-    def _endpoint(cls, value: str) -> str:
-        if not value.startswith("ipc://"):
-            raise ValueError(f"the control socket {value!r} must be ipc:// (a socket file only this user and root"
-                             " can reach); tcp would let any local process command the daemon")
-        return protocol.check_endpoint(value)
-
-
-class SupervisorSection(_Strict):
-    """YAML `supervisor:`; the thresholds are edge.supervisor.policy.SupervisorConfig's (docs/supervisor.md)."""
-
-    enabled: bool = True
-    telemetry: str = "auto"                 # auto, none, jtop, sysfs, sysfs:///ROOT, nvml, trace:///PATH.jsonl
-    interval_s: float = Field(1.0, ge=0.1, le=60)
-    zone: str | None = None
-    hot_c: float = 85.0
-    cool_c: float = 75.0
-    critical_c: float | None = None
-    critical_margin_c: float = 5.0
-    critical_hysteresis_c: float = 4.0
-    power_budget_mw: float | None = None
-    power_resume_mw: float | None = None
-    dwell_s: float = 30.0
-    confirm_s: float = 2.0
-    critical_rate_scale: float = 0.5
-    pause_after_s: float = 20.0
-    pause_below_priority: int = 50
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> SupervisorSection:
-        try:
-            self.policy()
-        except ConfigError as exc:
-            what = exc.what.removeprefix("supervisor: ")
-            raise ValueError(f"{what} ({exc.note}); {exc.hint}" if exc.note else what) from None
-        return self
-
-    def policy(self) -> SupervisorConfig:
-        fields = self.model_dump(exclude={"enabled", "telemetry", "interval_s"})
-        return SupervisorConfig(**fields)
-
-
-class MetricsConfig(_Strict):
-    """YAML `metrics:`, the Prometheus endpoint (docs/operations.md, Metrics). Without the section there is none
-    (a port is an attack surface, and two daemons on one machine would want the same one); written, it is on."""
-
-    enabled: bool = True
-    listen: str = "127.0.0.1:9108"      # this machine only; another address is reachable by whoever can route to it
-
-    @field_validator("listen")
-    @classmethod
-    def _listen(cls, value: str) -> str:
-        split_listen(value)
-        return value
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return split_listen(self.listen)
-
-
-def split_listen(value: str) -> tuple[str, int]:
-    """`HOST:PORT` -> (IP address, port): HOST an IPv4 address, an IPv6 one in brackets, or localhost (127.0.0.1);
-    PORT 0 to 65535 (0: any free port). ValueError with the rule otherwise."""
-    host, _, port = value.rpartition(":")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = "127.0.0.1" if host == "localhost" else host[1:-1] if bracketed else host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        address = None
-    if address is None or (address.version == 6) != bracketed or not re.fullmatch(r"[0-9]{1,5}", port) \
-            or int(port) > 65535:
-        raise ValueError("must be HOST:PORT: an IP address (IPv6 in brackets, [::1]:9108) or localhost, and a port"
-                         " from 0 to 65535, e.g. 127.0.0.1:9108 (this machine only) or 0.0.0.0:9108 (every interface)")
-    return str(address), int(port)
-
-
-class LoggingConfig(_Strict):
-    level: Literal["debug", "info", "warning", "error"] = "info"
-
-
-class Config(_Strict):
-    version: Literal[1]
-    cameras: list[CameraConfig] = Field(min_length=1)
-    tasks: list[TaskConfig] = Field(min_length=1)
-    output: OutputConfig = Field(default_factory=OutputConfig)
-    control: ControlConfig = Field(default_factory=ControlConfig)
-    supervisor: SupervisorSection = Field(default_factory=SupervisorSection)
-    metrics: MetricsConfig = Field(default_factory=lambda: MetricsConfig(enabled=False))   # off without the section
-    logging: LoggingConfig = LoggingConfig()
-
-    @model_validator(mode="after")
-    def _references(self, info: ValidationInfo) -> Config:
-        if not _rules_checked(info):                  # parse_config checks these on the raw file, with the rest
-            _raise(_reference_rules([c.model_dump() for c in self.cameras], [t.model_dump() for t in self.tasks]))
-        return self
-
-    def camera(self, camera_id: str) -> CameraConfig:
-        return next(c for c in self.cameras if c.id == camera_id)
-
-    def used_camera_ids(self) -> list[str]:
-        """Cameras that at least one enabled task uses, in config order (the others are never opened)."""
-        used = {c for t in self.tasks if t.enabled for c in t.cameras}
-        return [c.id for c in self.cameras if c.id in used]
-
-
-# ---------------------------------------------------------------- rules across keys
-# Pydantic runs a model's "after" validators only when all of its fields are valid, so a rule across
-# keys would be reported only once everything else is fixed. These rules therefore work on plain data:
-# parse_config applies them to the raw file (skipping entries of the wrong type: the schema reports
-# those) and reports them together with the schema's problems; the validators apply them to objects
-# built in code.
-
-class Problem(typing.NamedTuple):
-    """One problem in a config: key path, rule, value (omitted when the rule names the values), hint.
+def _render(problem: Problem, overridden: typing.Mapping[tuple[Any, ...], str], hidden: _Hidden) -> str:
+    """One line of the ConfigError, without the values that came from the environment.
 
     Values from the environment are not printed: they are how secrets get into a config
     (`uri: rtsp://cam:${CAM_PASS}@host/stream`), and error messages end up in logs and bug reports. Where
@@ -307,22 +53,13 @@ class Problem(typing.NamedTuple):
     the message into `${NAME}`). Printed as they are: EDGE_LOG_LEVEL and EDGE_CACHE (a log level and a
     directory, edge's own settings: SHOWN_ENV), and an unset variable (it has no value).
     """
-    loc: tuple[Any, ...]
-    rule: str
-    value: Any = None
-    hint: str = "change the value as the rule says"
-    show_value: bool = True
-
-    def render(self, overridden: typing.Mapping[tuple[Any, ...], str], hidden: _Hidden) -> str:
-        where = _loc(self.loc) + (f" (from ${overridden[self.loc]})" if self.loc in overridden else "")
-        secrets = _secrets_at(self.loc, hidden)
-        own = any(at[:len(self.loc)] == self.loc or self.loc[:len(at)] == at for at in hidden)
-        not_shown = "; values from the environment not shown" if own else ""
-        value = f" (value: {_scrub(self.value, secrets)!r:.120}{not_shown})" if self.show_value else ""
-        return f"{where}: {_scrub(self.rule, secrets)}{value}. Hint: {self.hint}"
-
-
-_Hidden = dict[tuple[Any, ...], list[tuple[str, str]]]     # key path -> (text from the environment, shown instead)
+    loc = problem.loc
+    where = key_path(loc) + (f" (from ${overridden[loc]})" if loc in overridden else "")
+    secrets = _secrets_at(loc, hidden)
+    own = any(at[:len(loc)] == loc or loc[:len(at)] == at for at in hidden)
+    not_shown = "; values from the environment not shown" if own else ""
+    value = f" (value: {_scrub(problem.value, secrets)!r:.120}{not_shown})" if problem.show_value else ""
+    return f"{where}: {_scrub(problem.rule, secrets)}{value}. Hint: {problem.hint}"
 
 
 def _secrets_at(loc: tuple[Any, ...], hidden: _Hidden) -> list[tuple[str, str]]:
@@ -347,99 +84,6 @@ def _scrub(value: Any, secrets: list[tuple[str, str]]) -> Any:
         return {k: _scrub(v, secrets) for k, v in value.items()}
     return value
 
-
-def _rules_checked(info: ValidationInfo) -> bool:
-    return bool((info.context or {}).get("rules_checked"))
-
-
-def _raise(problems: list[Problem]) -> None:
-    if problems:
-        raise ValueError("; ".join(f"{_loc(p.loc)}: {p.rule}" if p.loc else p.rule for p in problems))
-
-
-def _rule_problems(raw: dict[str, Any]) -> list[Problem]:
-    """Every rule across keys, on the raw (expanded) YAML data."""
-    cameras = raw.get("cameras") if isinstance(raw.get("cameras"), list) else None
-    tasks = raw.get("tasks") if isinstance(raw.get("tasks"), list) else []
-    problems = _nul_problems(raw, ())
-    problems += _reference_rules(cameras, tasks)
-    for i, task in enumerate(tasks):
-        if isinstance(task, dict):
-            problems += _task_rules(("tasks", i), task)
-    return problems
-
-
-def _nul_problems(node: Any, loc: tuple[Any, ...]) -> list[Problem]:
-    """A string with a NUL ("\\0" in a double-quoted YAML string): no path, URI, endpoint or name can hold one (the
-    system calls refuse it), so it is refused here rather than met by a file or socket call later."""
-    if isinstance(node, str):
-        return [Problem(loc, "contains a NUL character (\\0), which no path, URI, endpoint or name can hold", node,
-                        "remove the \\0 escape")] if "\0" in node else []
-    children = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
-    return [problem for key, child in children for problem in _nul_problems(child, loc + (key,))]
-
-
-def _reference_rules(cameras: list[Any] | None, tasks: list[Any]) -> list[Problem]:
-    """Camera ids and task names are unique; tasks use only defined cameras (unless `cameras` is no list)."""
-    problems = _unique("task name", ("tasks", "name"), tasks,
-                       "give every task its own name (it is part of topic names)")
-    if cameras is None:
-        return problems
-    problems += _unique("camera id", ("cameras", "id"), cameras, "give every camera its own id")
-    ids = list(dict.fromkeys(c["id"] for c in cameras if isinstance(c, dict) and isinstance(c.get("id"), str)))
-    for i, task in enumerate(tasks):
-        used = task.get("cameras") if isinstance(task, dict) else None
-        missing = [c for c in used if isinstance(c, str) and c not in ids] if isinstance(used, list) else []
-        if missing:
-            name = task["name"] if isinstance(task.get("name"), str) else f"tasks[{i}]"
-            problems.append(Problem(("tasks", i, "cameras"), f"task {name!r} uses undefined camera(s) {missing};"
-                                    f" defined: {ids}", used, "define the camera under `cameras:` or fix the id"))
-    return problems
-
-
-def _unique(what: str, where: tuple[str, str], entries: list[Any], hint: str) -> list[Problem]:
-    section, key = where
-    first: dict[str, int] = {}
-    problems = []
-    for i, entry in enumerate(entries):
-        value = entry.get(key) if isinstance(entry, dict) else None
-        if not isinstance(value, str):
-            continue
-        if value in first:
-            also = _loc((section, first[value], key))
-            problems.append(Problem((section, i, key), f"{what} {value!r} is defined more than once (also at {also})",
-                                    value, hint))
-        first.setdefault(value, i)
-    return problems
-
-
-def _task_rules(loc: tuple[Any, ...], task: typing.Mapping[str, Any]) -> list[Problem]:
-    """One model source per task; variants not empty; the pinned precision has a file."""
-    given = [k for k in ("model", "variants", "engines") if task.get(k) is not None]
-    if len(given) != 1:
-        return [Problem(loc, "give exactly one of `model` (one ONNX file), `variants` (precision -> file) or"
-                        " `engines` (an engine repository directory with manifest.json); given: "
-                        + (", ".join(f"`{k}`" for k in given) or "none"),
-                        hint="keep one of the three keys" if given else "add one of the three keys",
-                        show_value=False)]
-    variants, precision = task.get("variants"), task.get("precision")
-    if isinstance(variants, dict) and not variants:
-        return [Problem(loc + ("variants",), "`variants` is empty; list at least one of fp32, fp16, int8", variants,
-                        "add e.g. `fp32: model.onnx`")]
-    files = {"fp32": task["model"]} if given == ["model"] else variants if isinstance(variants, dict) else None
-    if files is not None and precision in typing.get_args(Precision) and precision not in files:
-        return [Problem(loc + ("precision",), f"precision {precision!r} has no file; variants are {sorted(files)}",
-                        precision, "add that variant or pin a precision that has one")]
-    return []
-
-
-def _resolve(value: str, info: ValidationInfo) -> str:
-    base = (info.context or {}).get("base_dir")
-    path = Path(value)
-    return str(base / path) if base is not None and not path.is_absolute() else value
-
-
-# ---------------------------------------------------------------- loading and errors
 
 def load_config(path: str | Path, *, environ: typing.Mapping[str, str] | None = None) -> Config:
     """Read, expand, override and validate a config file. ConfigError lists every problem."""
@@ -490,11 +134,11 @@ def parse_config(text: str, *, source: str, base_dir: Path, environ: typing.Mapp
         config = Config.model_validate(raw, context={"base_dir": base_dir, "rules_checked": True})
     except ValidationError as exc:
         problems = [_describe(err) for err in exc.errors()]
-    problems += _rule_problems(raw)             # rules across keys: reported with the rest, not after
+    problems += rule_problems(raw)             # rules across keys: reported with the rest, not after
     # a value with an unset variable is reported as that, not also as whatever its unexpanded text breaks
     problems = unset + [p for p in problems if p.loc not in {u.loc for u in unset}]
     if problems:
-        lines = [p.render(overridden, hidden) for p in sorted(problems, key=_file_order)]
+        lines = [_render(p, overridden, hidden) for p in sorted(problems, key=_file_order)]
         raise ConfigError(f"invalid config {source}: {len(lines)} problem(s)", note="\n  " + "\n  ".join(lines),
                           hint="see the config reference, docs/config.md")
     return config
@@ -575,7 +219,7 @@ class _Loader(yaml.SafeLoader):
         if id(node) in self.measured:
             return self.measured[id(node)]
         if id(node) in self.open:
-            raise ConfigError(f"config {self.source}: {_loc(path)} is an alias (*name) inside the block that its"
+            raise ConfigError(f"config {self.source}: {key_path(path)} is an alias (*name) inside the block that its"
                               f" anchor (&name) marks at line {node.start_mark.line + 1}",
                               note="that block would contain itself without end",
                               hint="use an alias only after the block of its anchor has ended")
@@ -601,7 +245,7 @@ class _Loader(yaml.SafeLoader):
         return children
 
     def _check_expansion(self, node: yaml.Node, path: tuple[Any, ...], values: int, depth: int) -> None:
-        line = f"line {node.start_mark.line + 1}" + (f" ({_loc(path)})" if path else "")
+        line = f"line {node.start_mark.line + 1}" + (f" ({key_path(path)})" if path else "")
         if values > MAX_VALUES:
             raise ConfigError(f"config {self.source} expands to more than {MAX_VALUES} values: the value at {line}"
                               " alone does, with its aliases copied out",
@@ -622,7 +266,7 @@ class _Loader(yaml.SafeLoader):
             if same in first:                               # only a scalar key can equal another
                 where = _lines(first[same], mark)
                 raise ConfigError(f"config {self.source}: key {key.value!r} appears twice"
-                                  f"{' in ' + _loc(path) if path else ''}: {where}",
+                                  f"{' in ' + key_path(path) if path else ''}: {where}",
                                   note=f"YAML would keep the value at line {mark.line + 1} and drop the one at"
                                   f" line {first[same].line + 1} without a word",
                                   hint="delete one of the two, or merge them into one")
@@ -692,13 +336,6 @@ def _apply_overrides(raw: dict[str, Any], environ: typing.Mapping[str, str],
                 if var not in SHOWN_ENV:
                     hidden[(section, key)] = [(environ[var], f"${{{var}}}")]
     return overridden
-
-
-def _loc(parts: typing.Sequence[Any]) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out or "(top level)"
 
 
 _HINTS = {

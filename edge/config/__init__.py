@@ -1,0 +1,7 @@
+"""The configuration: what a YAML config file may say and how it is read. Import the part you need:
+
+    edge.config.loader      load_config, parse_config: a file -> Config, every problem in one ConfigError
+    edge.config.schema      Config and its sections (pydantic models)
+    edge.config.rules       the rules across keys (unique names, defined cameras, one model per task)
+    edge.config.precision   the precisions and the modes of a task
+"""
