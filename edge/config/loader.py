@@ -21,10 +21,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from edge import files
+from edge.config.cameras import redact
 from edge.config.rules import Problem, key_path, rule_problems
 from edge.config.schema import Config
 from edge.errors import ConfigError
-from edge.pipeline import cameras as sources
 
 ENV_OVERRIDES = {"EDGE_RESULTS_ENDPOINT": ("output", "results"), "EDGE_CONTROL_ENDPOINT": ("control", "endpoint"),
                  "EDGE_TELEMETRY": ("supervisor", "telemetry"), "EDGE_LOG_LEVEL": ("logging", "level"),
@@ -365,7 +365,7 @@ def _describe(err: Any) -> Problem:
     whole_block = isinstance(err["input"], dict)          # a rule across keys: the rule names the values
     value = err["input"]
     if loc and loc[-1] == "uri" and isinstance(value, str):
-        value = sources.redact(value)                    # a camera password never reaches an error message
+        value = redact(value)                    # a camera password never reaches an error message
     return Problem(loc, rule, value, hint, show_value=err["type"] != "missing" and not whole_block)
 
 

@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from edge.config import rules
+from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri
 from edge.config.precision import Mode, Precision
 from edge.errors import ConfigError
-from edge.pipeline import cameras as sources
 from edge.supervisor.policy import SupervisorConfig
 from edge.wire import protocol
 
@@ -28,30 +28,30 @@ class _Strict(BaseModel):
 class CameraConfig(_Strict):
     id: str = Field(pattern=_NAME)
     uri: str
-    max_frame_size: str = "{}x{}".format(*sources.MAX_FRAME)     # larger frames are refused before they are decoded
+    max_frame_size: str = "{}x{}".format(*MAX_FRAME)     # larger frames are refused before they are decoded
 
     @field_validator("max_frame_size")
     @classmethod
     def _max_frame(cls, value: str) -> str:
-        sources.parse_size(value)
+        parse_size(value)
         return value
 
     @field_validator("uri")
     @classmethod
     def _uri(cls, value: str, info: ValidationInfo) -> str:
-        parsed = sources.parse_uri(value, base_dir=(info.context or {}).get("base_dir"))
+        parsed = parse_uri(value, base_dir=(info.context or {}).get("base_dir"))
         if parsed.scheme != "file":
             return value
         query = value.partition("?")[2]
         return f"file://{parsed.location}" + (f"?{query}" if query else "")
 
     @property
-    def parsed(self) -> sources.CameraURI:
-        return sources.parse_uri(self.uri)
+    def parsed(self) -> CameraURI:
+        return parse_uri(self.uri)
 
     @property
     def max_frame(self) -> tuple[int, int]:
-        return sources.parse_size(self.max_frame_size)
+        return parse_size(self.max_frame_size)
 
 
 class DetectorParams(_Strict):

@@ -1,12 +1,5 @@
-"""Cameras addressed by URI, one capture thread per used camera, its latest frame kept for the lanes (LatestFrame).
-
-URIs (an explicit scheme is required):
-  file://PATH[?realtime=1&loop=0]     video file; realtime=0 reads as fast as the lanes consume
-  test://bars[?fps=30&size=1280x720&frames=N&realtime=1]   synthetic pattern
-  v4l2:///dev/videoN[?size=WxH&fps=N]  USB/V4L2 camera
-  rtsp://[user:pass@]host[:port]/path  network camera (FFmpeg backend)
-  csi://N[?size=WxH&fps=N&flip=M]      Jetson CSI camera through nvarguscamerasrc (GStreamer)
-"""
+"""Cameras addressed by URI (the URI language: edge/config/cameras.py), one capture thread per used camera, its
+latest frame kept for the lanes (LatestFrame)."""
 from __future__ import annotations
 
 import dataclasses
@@ -15,135 +8,26 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 
 from edge import files
+from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
 from edge.errors import SourceError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
 
 log = get_logger("camera")
 
-SCHEMES = ("file", "test", "v4l2", "rtsp", "csi")
-_PARAMS: dict[str, dict[str, type]] = {
-    "file": {"realtime": bool, "loop": bool},
-    "test": {"fps": float, "size": str, "frames": int, "realtime": bool},
-    "v4l2": {"size": str, "fps": float},
-    "rtsp": {},
-    "csi": {"size": str, "fps": float, "flip": int},
-}
 OPEN_TIMEOUT_MS = 2000
 READ_TIMEOUT_MS = 2000
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, before its declared count (an estimate)
 SHORT_FILE_SLACK_SHARE = 0.05
-MAX_FRAME = (7680, 4320)         # the largest frame a camera delivers unless its config says otherwise (8K UHD)
 
 EventSink = Callable[[str, dict[str, Any]], None]
-
-
-@dataclasses.dataclass(frozen=True)
-class CameraURI:
-    """A parsed camera URI: scheme, location (path, device, host or sensor) and typed parameters."""
-
-    scheme: str
-    location: str
-    params: dict[str, Any]
-    raw: str
-
-    @property
-    def lossless(self) -> bool:
-        """True when the source should wait for its consumers instead of dropping frames."""
-        return self.scheme in ("file", "test") and not self.params.get("realtime", True)
-
-    def redacted(self) -> str:
-        """The URI with any credentials replaced, safe to log."""
-        return redact(self.raw)
-
-
-def redact(uri: str) -> str:
-    """`uri` with the password replaced by `***`, whatever the URI looks like: the credentials run to the
-    last `@` (a password may contain `/`, `:` or `@`), the user name to the first `:` of them."""
-    scheme, sep, rest = uri.partition("://")
-    if not sep:
-        scheme, rest = "", uri                       # no scheme (a config error): credentials all the same
-    if "@" not in rest:
-        return uri
-    credentials, host = rest.rsplit("@", 1)
-    user, colon, _ = credentials.partition(":")
-    return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """`1280x720` -> (1280, 720); ValueError with the rule when malformed."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"size must look like WIDTHxHEIGHT (e.g. 1280x720), got {text!r}") from None
-    if not (16 <= w <= 8192 and 16 <= h <= 8192):
-        raise ValueError(f"size {w}x{h} is outside 16..8192 pixels per side")
-    return w, h
-
-
-def _typed(scheme: str, key: str, value: str) -> Any:
-    kinds = _PARAMS[scheme]
-    if key not in kinds:
-        allowed = ", ".join(kinds) or "none"
-        raise ValueError(f"unknown parameter {key!r} for {scheme}:// (allowed: {allowed})")
-    kind = kinds[key]
-    if kind is bool:
-        if value not in ("0", "1", "true", "false"):
-            raise ValueError(f"parameter {key!r} must be 0 or 1, got {value!r}")
-        return value in ("1", "true")
-    try:
-        parsed = kind(value)
-    except ValueError:
-        raise ValueError(f"parameter {key!r} must be {kind.__name__}, got {value!r}") from None
-    if key == "size":
-        parse_size(parsed)
-    elif kind in (int, float) and parsed < 0:
-        raise ValueError(f"parameter {key!r} must not be negative, got {value!r}")
-    return parsed
-
-
-def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
-    """Parse a camera URI; relative file paths resolve against `base_dir`. ValueError says what is wrong."""
-    if "://" not in text:
-        raise ValueError(f"camera URI {redact(text)!r} has no scheme; write e.g. file://PATH or v4l2:///dev/video0"
-                         f" (schemes: {', '.join(SCHEMES)})")
-    scheme, rest = text.split("://", 1)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown camera URI scheme {scheme!r} (known: {', '.join(SCHEMES)})")
-    if scheme == "rtsp":
-        safe = urlsplit(redact(text))                 # credentials out of the way (and out of any message)
-        if not safe.hostname:
-            raise ValueError(f"rtsp URI {redact(text)!r} has no host")
-        try:
-            port_ok = safe.port != 0
-        except ValueError:                            # Python rejects ports above 65535 only when asked
-            port_ok = False
-        if not port_ok:
-            raise ValueError(f"rtsp URI {redact(text)!r} has a port outside 1..65535")
-        return CameraURI(scheme, text, {}, text)
-    location, _, query = rest.partition("?")
-    params = {k: _typed(scheme, k, v) for k, v in parse_qsl(query, keep_blank_values=True)}
-    if not location:
-        raise ValueError(f"camera URI {text!r} names no {'file' if scheme == 'file' else 'device'}")
-    if scheme == "file":
-        path = Path(location)
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        location = str(path)
-    elif scheme == "csi" and not location.isdigit():
-        raise ValueError(f"csi URI {text!r} must name a sensor number, e.g. csi://0")
-    elif scheme == "test" and location not in ("bars",):
-        raise ValueError(f"unknown test pattern {location!r} (known: bars)")
-    return CameraURI(scheme, location, params, text)
 
 
 @dataclasses.dataclass(frozen=True)

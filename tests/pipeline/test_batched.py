@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from edge.config.cameras import parse_uri
 from edge.config.loader import parse_config
 from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
@@ -25,7 +26,7 @@ from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine, OrtSlot
 from edge.errors import EngineError, UsageError
 from edge.pipeline.batched import BatchedLane
-from edge.pipeline.cameras import Camera, Frame, parse_uri
+from edge.pipeline.cameras import Camera, Frame
 from edge.pipeline.runtime import TaskRuntime
 from edge.tasks import build_task
 from edge.wire import protocol

@@ -6,10 +6,11 @@ from typing import Any
 
 import numpy as np
 
+from edge.config.cameras import parse_uri
 from edge.config.schema import TaskConfig
 from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine
-from edge.pipeline.cameras import Camera, parse_uri
+from edge.pipeline.cameras import Camera
 from edge.pipeline.runtime import TaskRuntime
 from tests.support.models import conv_model
 

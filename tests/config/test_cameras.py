@@ -1,0 +1,63 @@
+"""The camera URI language (edge/config/cameras.py): schemes, typed parameters, errors, credentials never shown."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.config.cameras import parse_uri
+
+
+@pytest.mark.parametrize("uri,scheme,location,params", [
+    ("file:///v/a.avi?realtime=0&loop=1", "file", "/v/a.avi", {"realtime": False, "loop": True}),
+    ("test://bars?fps=15&size=320x240&frames=5", "test", "bars", {"fps": 15.0, "size": "320x240", "frames": 5}),
+    ("v4l2:///dev/video0?size=640x480", "v4l2", "/dev/video0", {"size": "640x480"}),
+    ("csi://0?flip=2", "csi", "0", {"flip": 2}),
+    ("rtsp://u:p@cam.local:554/s?x=1", "rtsp", "rtsp://u:p@cam.local:554/s?x=1", {}),
+])
+def test_parse_uri(uri: str, scheme: str, location: str, params: dict[str, Any]) -> None:
+    parsed = parse_uri(uri)
+    assert (parsed.scheme, parsed.location, parsed.params) == (scheme, location, params)
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("video.avi", "has no scheme"), ("http://x/y", "unknown camera URI scheme"),
+    ("test://bars?size=big", "WIDTHxHEIGHT"), ("test://stripes", "unknown test pattern"),
+    ("csi://front", "sensor number"), ("rtsp:///nohost", "no host"), ("file://", "names no file"),
+    ("test://bars?fps=-1", "must not be negative"),
+])
+def test_parse_uri_errors(uri: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_uri(uri)
+
+
+def test_relative_file_uri_resolves_against_base(tmp_path: Path) -> None:
+    assert parse_uri("file://clips/a.avi", base_dir=tmp_path).location == f"{tmp_path}/clips/a.avi"
+
+
+def test_rtsp_password_is_redacted() -> None:
+    assert parse_uri("rtsp://admin:hunter2@10.0.0.5:554/live").redacted() == "rtsp://admin:***@10.0.0.5:554/live"
+
+
+@pytest.mark.parametrize("uri", ["rtsp://user:s3cret@host:99999/x", "rtsp://user:s3cret@host:0/x",
+                                 "rtsp://user:s3cret@/x", "rtsp://user:s3/cr:et@@/x"])
+def test_bad_rtsp_uris_are_refused_without_their_password(uri: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_uri(uri)
+    assert "s3" not in str(info.value) and ":***@" in str(info.value)
+    assert "port outside 1..65535" in str(info.value) or "has no host" in str(info.value)
+
+
+@pytest.mark.parametrize("uri, shown", [("rtsp://u:p@ss/w:rd@cam.local:554/live", "rtsp://u:***@cam.local:554/live"),
+                                        ("rtsp://admin:secret@10.0.0.2/stream", "rtsp://admin:***@10.0.0.2/stream"),
+                                        ("rtsp://viewer@cam.local/stream", "rtsp://viewer@cam.local/stream"),
+                                        ("rtsp://cam.local/stream", "rtsp://cam.local/stream")])
+def test_redacted_never_shows_credentials(uri: str, shown: str) -> None:
+    assert parse_uri(uri).redacted() == shown
+
+
+def test_a_uri_without_a_scheme_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError, match="has no scheme") as info:
+        parse_uri("admin:s3cret@cam.local/x")
+    assert "s3cret" not in str(info.value) and "'admin:***@cam.local/x'" in str(info.value)
