@@ -89,7 +89,7 @@ def ipc_endpoint(tmp_path: Path) -> str:
 def _isolated_runtime_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Default endpoints land in a private runtime dir, never in the machine's /run/edge."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path_factory.mktemp("run")))
-    monkeypatch.setattr("edge.wire.protocol.RUN_DIR", Path("/nonexistent/edge"))
+    monkeypatch.setattr("edge.config.wire.RUN_DIR", Path("/nonexistent/edge"))
     os.environ.pop("EDGE_RESULTS_ENDPOINT", None)
     os.environ.pop("EDGE_LOG_LEVEL", None)
 

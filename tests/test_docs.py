@@ -35,7 +35,7 @@ DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 # the venv is not on PATH, so every other page says `.venv/bin/edge`.
 BOARD_DOCS = {"docs/operations.md"}
 NOT_SHELL = {"python", "yaml", "json", "jsonl"}
-# where the systemd unit's daemon binds; on a PC `edge run` binds elsewhere (edge.wire.protocol.runtime_dir)
+# where the systemd unit's daemon binds; on a PC `edge run` binds elsewhere (edge.config.wire.runtime_dir)
 BOARD_SOCKETS = "ipc:///run/edge/"
 SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")"}
 # a path in the repository: not after /, ~, $ or } (those are /etc/edge/..., ~/.cache/edge/..., $EDGE_CACHE/...)

@@ -37,9 +37,9 @@ def positive(text: str) -> int:
 
 
 def control_endpoint(args: argparse.Namespace) -> str:
-    from edge.wire import protocol
+    from edge.config.wire import default_control_endpoint
 
-    return args.control or os.environ.get("EDGE_CONTROL_ENDPOINT") or protocol.default_control_endpoint()
+    return args.control or os.environ.get("EDGE_CONTROL_ENDPOINT") or default_control_endpoint()
 
 
 def terminated(signum: int, frame: Any) -> None:

@@ -5,4 +5,5 @@
     edge.config.rules       the rules across keys (unique names, defined cameras, one model per task)
     edge.config.cameras     the camera URI language (file://, test://, v4l2://, rtsp://, csi://)
     edge.config.precision   the precisions and the modes of a task
+    edge.config.wire        what it shares with the wire: endpoints and their defaults, name and message bounds
 """

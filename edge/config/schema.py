@@ -11,14 +11,11 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from edge.config import rules
+from edge.config import rules, wire
 from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri
 from edge.config.precision import Mode, Precision
 from edge.errors import ConfigError
 from edge.supervisor.policy import SupervisorConfig
-from edge.wire import protocol
-
-_NAME = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class _Strict(BaseModel):
@@ -26,7 +23,7 @@ class _Strict(BaseModel):
 
 
 class CameraConfig(_Strict):
-    id: str = Field(pattern=_NAME)
+    id: str = Field(pattern=wire.NAME_PATTERN)
     uri: str
     max_frame_size: str = "{}x{}".format(*MAX_FRAME)     # larger frames are refused before they are decoded
 
@@ -57,7 +54,7 @@ class CameraConfig(_Strict):
 class DetectorParams(_Strict):
     conf_threshold: float = Field(0.3, gt=0, le=1)
     nms_iou: float = Field(0.45, gt=0, le=1)
-    max_detections: int = Field(300, ge=1, le=protocol.MAX_DETECTIONS)
+    max_detections: int = Field(300, ge=1, le=wire.MAX_DETECTIONS)
     labels: str | None = None
 
 
@@ -65,7 +62,7 @@ MIN_RATE_HZ = 1 / 3600
 
 
 class TaskConfig(_Strict):
-    name: str = Field(pattern=_NAME)
+    name: str = Field(pattern=wire.NAME_PATTERN)
     type: Literal["detector"]
     model: str | None = None
     variants: dict[Precision, str] | None = None
@@ -136,7 +133,7 @@ class CurveConfig(_Strict):
 
 
 class OutputConfig(_Strict):
-    results: str = Field(default_factory=protocol.default_results_endpoint)
+    results: str = Field(default_factory=wire.default_results_endpoint)
     curve: CurveConfig | None = None
     heartbeat_hz: float = Field(1.0, gt=0, le=10)
     queue_size: int = Field(64, ge=1, le=10_000)
@@ -146,19 +143,19 @@ class OutputConfig(_Strict):
     @field_validator("results")
     @classmethod
     def _endpoint(cls, value: str) -> str:
-        return protocol.check_endpoint(value)
+        return wire.check_endpoint(value)
 
     @model_validator(mode="after")
     def _tcp_needs_curve(self) -> OutputConfig:
         if self.results.startswith("tcp://") and self.curve is None:
-            where = "any process on this machine" if protocol.is_loopback(self.results) else "anyone on the network"
+            where = "any process on this machine" if wire.is_loopback(self.results) else "anyone on the network"
             raise ValueError(f"results on {self.results} without CURVE would reach {where}: set output.curve"
                              " (secret_key, clients; `edge curve-keys` makes the keys), or use ipc://")
         return self
 
 
 class ControlConfig(_Strict):
-    endpoint: str = Field(default_factory=protocol.default_control_endpoint)
+    endpoint: str = Field(default_factory=wire.default_control_endpoint)
 
     @field_validator("endpoint")
     @classmethod
@@ -166,7 +163,7 @@ class ControlConfig(_Strict):
         if not value.startswith("ipc://"):
             raise ValueError(f"the control socket {value!r} must be ipc:// (a socket file only this user and root"
                              " can reach); tcp would let any local process command the daemon")
-        return protocol.check_endpoint(value)
+        return wire.check_endpoint(value)
 
 
 class SupervisorSection(_Strict):

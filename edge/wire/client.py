@@ -23,6 +23,7 @@ from typing import Any
 import zmq
 import zmq.auth
 
+from edge.config.wire import default_results_endpoint
 from edge.errors import EdgeError, ProtocolError
 from edge.log import get_logger
 from edge.wire import ipc, protocol
@@ -70,7 +71,7 @@ class Subscriber:
     def __init__(self, endpoint: str | None = None, topics: Iterable[str] = ("",), *,
                  latest_only: bool = False, max_bytes: int = protocol.MAX_MESSAGE_BYTES,
                  context: zmq.Context[Any] | None = None, curve: CurveKeys | None = None) -> None:
-        self.endpoint = endpoint or protocol.default_results_endpoint()
+        self.endpoint = endpoint or default_results_endpoint()
         path = protocol.ipc_path(self.endpoint)
         if path is not None:
             # the default path is per user, so its directory must be ours; any directory must be safe

@@ -1,81 +1,28 @@
-"""Wire protocol schema v1: topics, payload fields, endpoints, safe unpacking (docs/protocol.md)."""
+"""Wire protocol schema v1: topics, payload fields, safe unpacking (docs/protocol.md). The endpoints' form and
+defaults, and the bounds the config shares with the wire, are in edge/config/wire.py."""
 from __future__ import annotations
 
-import ipaddress
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgpack
 
+from edge.config.wire import MAX_DETECTIONS, NAME_BYTES, NAME_CHARS
 from edge.errors import ProtocolError
 
 SCHEMA_VERSION = 1
 KINDS = ("det", "heartbeat", "event", "telemetry")
 EVENTS = ("camera.lost", "camera.recovered", "precision.switch", "supervisor.level", "task.enabled",
           "task.disabled", "engine.refused", "telemetry.problem", "config.reload")
-RUN_DIR = Path("/run/edge")
 MAX_MESSAGE_BYTES = 1 << 20          # largest results payload a subscriber accepts
-MAX_DETECTIONS = 10_000
-NAME_BYTES = 64                      # a task name or camera id (config: letters, digits, _ and -)
 MAX_TOPIC_BYTES = len("det.") + NAME_BYTES + 1 + NAME_BYTES
-_NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _TOPIC_ROOTS = {b"det.": 2, b"sys.": 1}   # det.<task>.<camera>; sys.heartbeat, sys.event
-
-
-def runtime_dir() -> Path:
-    """/run/edge under systemd (RuntimeDirectory=edge); else $XDG_RUNTIME_DIR/edge or /tmp/edge-UID."""
-    if RUN_DIR.is_dir() and os.access(RUN_DIR, os.W_OK):
-        return RUN_DIR
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(base) / "edge" if base else Path(f"/tmp/edge-{os.getuid()}")
 
 
 def ipc_path(endpoint: str) -> Path | None:
     """The socket file of an ipc:// endpoint; None for any other transport."""
     return Path(endpoint[len("ipc://"):]) if endpoint.startswith("ipc://") else None
-
-
-def default_results_endpoint() -> str:
-    return f"ipc://{runtime_dir() / 'results.sock'}"
-
-
-def default_control_endpoint() -> str:
-    return f"ipc://{runtime_dir() / 'control.sock'}"
-
-
-def check_endpoint(endpoint: str) -> str:
-    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT); ValueError with the rule. Whether tcp is
-    allowed at all is the config's rule (results on tcp only with CURVE, control never)."""
-    if endpoint.startswith("ipc://"):
-        if not endpoint[len("ipc://"):].startswith("/"):
-            raise ValueError(f"ipc endpoint {endpoint!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
-        return endpoint
-    if not endpoint.startswith("tcp://"):
-        raise ValueError(f"endpoint {endpoint!r} must start with ipc:// or tcp://")
-    parts = urlsplit(endpoint)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not parts.hostname or port is None:
-        raise ValueError(f"tcp endpoint {endpoint!r} must be tcp://HOST:PORT")
-    return endpoint
-
-
-def is_loopback(endpoint: str) -> bool:
-    host = urlsplit(endpoint).hostname or ""
-    return host == "localhost" or (_is_ip(host) and ipaddress.ip_address(host).is_loopback)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def det_topic(task: str, camera: str) -> str:
@@ -93,7 +40,7 @@ def is_topic_prefix(prefix: bytes) -> bool:
         if prefix.startswith(root):
             parts = prefix[len(root):].split(b".")
             return (len(parts) <= names and all(parts[:-1])
-                    and all(len(part) <= NAME_BYTES and _NAME_CHARS.issuperset(part) for part in parts))
+                    and all(len(part) <= NAME_BYTES and NAME_CHARS.issuperset(part) for part in parts))
     return False
 
 

@@ -166,8 +166,8 @@ def test_demo_keeps_to_its_own_sockets_beside_a_running_daemon(tmp_path: Path, d
     """Issue 16, item 13: the demo bound the default endpoints of `edge run`; beside a running daemon it showed
     that daemon's results as its own for 14 s, then failed. Here real sockets hold both defaults (a publisher
     sending all along, a control socket) while `edge demo` runs without --endpoint and --control."""
-    where = ("from edge.wire import protocol;"
-             " print(protocol.default_results_endpoint(), protocol.default_control_endpoint())")
+    where = ("from edge.config import wire;"
+             " print(wire.default_results_endpoint(), wire.default_control_endpoint())")
     defaults = subprocess.run([sys.executable, "-c", where], env=env(), capture_output=True, text=True, timeout=60)
     results, control = defaults.stdout.split()
     Path(results[len("ipc://"):]).parent.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Shared values for tests of the wire: a valid detection message, the longest topic prefix."""
 from __future__ import annotations
 
-from edge.wire import protocol
+from edge.config.wire import NAME_BYTES
 
 
 def det(**override: object) -> dict:
@@ -12,4 +12,4 @@ def det(**override: object) -> dict:
     return payload
 
 
-LONGEST_PREFIX = b"det." + b"t" * protocol.NAME_BYTES + b"." + b"c" * protocol.NAME_BYTES   # a whole topic
+LONGEST_PREFIX = b"det." + b"t" * NAME_BYTES + b"." + b"c" * NAME_BYTES   # a whole topic

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from edge.config.loader import parse_config
+from edge.config.wire import NAME_BYTES
 from edge.errors import ConfigError, EdgeError
 from edge.wire import protocol
 from edge.wire.client import CurveKeys, Subscriber
@@ -103,7 +104,7 @@ def test_a_curve_subscriber_to_the_longest_topic_receives(pki: dict[str, Path], 
     try:
         wait_for(lambda: publisher.subscriptions == 1, PEER_S, "the subscription to the longest topic")
         publisher.publish(LONGEST_PREFIX.decode(), protocol.det_message(
-            task="t" * protocol.NAME_BYTES, camera="c" * protocol.NAME_BYTES, frame=0, t_capture_ns=1,
+            task="t" * NAME_BYTES, camera="c" * NAME_BYTES, frame=0, t_capture_ns=1,
             precision="fp32", engine="e", size=(8, 8), detections=[]))
         message = sub.recv(timeout=10)
         assert message is not None and message.topic == LONGEST_PREFIX.decode()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
+from edge.config.wire import default_results_endpoint
 from edge.errors import ProtocolError
 from edge.wire import protocol
 from tests.support.wire import det
@@ -65,9 +66,9 @@ def test_heartbeat_needs_only_common_fields() -> None:
 
 def test_default_endpoint_falls_back_when_run_dir_is_not_writable(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/edge/results.sock"
-    monkeypatch.setattr("edge.wire.protocol.RUN_DIR", tmp_path)
-    assert protocol.default_results_endpoint() == f"ipc://{tmp_path}/results.sock"
+    assert default_results_endpoint() == f"ipc://{tmp_path}/edge/results.sock"
+    monkeypatch.setattr("edge.config.wire.RUN_DIR", tmp_path)
+    assert default_results_endpoint() == f"ipc://{tmp_path}/results.sock"
 
 
 @pytest.mark.parametrize("mode", [0o777, 0o775, 0o1777])
@@ -109,7 +110,7 @@ def test_a_default_socket_directory_owned_by_another_user_is_refused(tmp_path, m
     with pytest.raises(EdgeError, match=f"belongs to uid {other}, not to this user"):
         Subscriber()
     with pytest.raises(EdgeError, match=f"belongs to uid {other}, not to this user"):
-        Publisher(protocol.default_results_endpoint()).start()
+        Publisher(default_results_endpoint()).start()
 
 
 SENT = {"seq": 0, "t_publish_ns": 2, "t_wall_ns": 3}       # what the publisher adds
