@@ -38,7 +38,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from edge.supervisor.policy import PRECISIONS, Level, Policy, SupervisorConfig, TaskPolicy
+from edge.config.precision import PRECISIONS
+from edge.supervisor.policy import Level, Policy, SupervisorConfig, TaskPolicy
 from edge.supervisor.telemetry.common import Sample
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edge.config.precision import PREFERENCE
 from edge.config.schema import Config, TaskConfig
 from edge.engines.base import Engine
 from edge.errors import EdgeError, EngineError, UsageError
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     from edge.engines.factory import Variants
 
 log = get_logger("runtime")
-ORDER = ("fp16", "fp32", "int8")   # what an `auto` task starts on, and what runs when a pinned variant cannot
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -62,7 +62,7 @@ class TaskRuntime:
         wanted = self.config.precision
         if wanted != "auto" and wanted in self.variants.engines:
             return wanted
-        precision = self.variants.first(ORDER)
+        precision = self.variants.first(PREFERENCE)
         if precision is None:
             raise EngineError(f"task {self.name}: nothing to run", note=str(self.unavailable))
         return precision
@@ -77,7 +77,7 @@ class TaskRuntime:
 
     def load(self) -> None:
         """Activate the variants to preload and build the task from them; on failure free what was loaded.
-        A variant that fails to load is refused (with an event) and the next one in ORDER runs instead; the
+        A variant that fails to load is refused (with an event) and the next one in PREFERENCE runs instead; the
         load fails only when none does."""
         try:
             first = self._load_first()
@@ -101,7 +101,7 @@ class TaskRuntime:
             except EngineError as exc:
                 failed = self._precision
                 self._refuse(failed, exc)
-                following = next((p for p in ORDER if p in self.available()), None)
+                following = next((p for p in PREFERENCE if p in self.available()), None)
                 if following is None:
                     raise
                 self._precision = following

@@ -11,12 +11,10 @@ import re
 from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
+from edge.config.precision import MODES, PRECISIONS, PREFERENCE
 from edge.errors import ConfigError, UsageError
 from edge.supervisor.telemetry.common import Sample, plausible_c
 
-PRECISIONS = ("fp32", "fp16", "int8")
-MODES = ("auto", *PRECISIONS)
-PREFERENCE = ("fp16", "fp32", "int8")    # NORMAL runs the first available
 DEFAULT_PASSIVE_TRIP_C = 99.0           # Orin sw-throttle (mainline T234 device tree); shutdown at 104.5 °C
 RESUME_SHARE = 0.9                      # power_resume_mw default: 90 % of the budget
 _SOC_ZONE = re.compile(r"(cpu|gpu|soc|cv|tj)\d*")

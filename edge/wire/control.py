@@ -45,6 +45,8 @@ from typing import Any
 
 import zmq
 
+from edge.config.precision import MODES
+from edge.config.wire import NAME_BYTES, NAME_PATTERN
 from edge.errors import EdgeError, ProtocolError, UsageError
 from edge.log import get_logger
 from edge.wire import ipc, protocol
@@ -58,12 +60,11 @@ MAX_REPLY_BYTES = protocol.MAX_MESSAGE_BYTES
 PEER_HWM = 16                     # requests queued from one connection, replies queued to one
 BATCH = 64                        # requests served between two looks at the stop signal
 HANDSHAKE_MS = 2000
-MODES = ("auto", "fp32", "fp16", "int8")
-NAME_RULE = "1 to 64 letters, digits, _ or -"
+NAME_RULE = f"1 to {NAME_BYTES} letters, digits, _ or -"
 CONTROL_SETTING = "control.endpoint / EDGE_CONTROL_ENDPOINT"
 CLIENT_SETTING = "--control / EDGE_CONTROL_ENDPOINT"
 NOT_RUNNING_HINT = "is the daemon running? `systemctl status edge-runtime`, or start one with `edge run`"
-_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_NAME = re.compile(NAME_PATTERN)
 
 
 def _show(value: object) -> str:
