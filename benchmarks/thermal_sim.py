@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from edge.config.precision import PRECISIONS
-from edge.supervisor.policy import Level, Policy, SupervisorConfig, TaskPolicy
+from edge.config.supervisor import SupervisorConfig
+from edge.supervisor.policy import Level, Policy, TaskPolicy
 from edge.supervisor.telemetry.common import Sample
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -327,7 +328,7 @@ def load_params(path: Path | None) -> Params:
 def _field(item: str) -> tuple[str, Any]:
     """FIELD=VALUE for SupervisorConfig, the value read as JSON (78, null), else as a string (tj)."""
     name, _, value = item.partition("=")
-    if name not in {f.name for f in dataclasses.fields(SupervisorConfig)}:
+    if name not in SupervisorConfig.model_fields:
         sys.exit(f"--set {item}: no SupervisorConfig field {name!r}")
     try:
         return name, json.loads(value)
@@ -355,7 +356,7 @@ def main() -> None:
     print(f"\nsupervisor update: median {results['supervisor']['update_us_median']} µs "
           f"({len(params.tasks)} tasks, 3 zones) on {platform.machine()} Python {platform.python_version()}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"params": dataclasses.asdict(params), "config": dataclasses.asdict(config),
+    args.out.write_text(json.dumps({"params": dataclasses.asdict(params), "config": config.model_dump(),
                                     "seed": args.seed, "results": results}, indent=2) + "\n", encoding="utf-8")
     if not args.no_plot:
         plot(kept, params, config, args.plot)

@@ -4,6 +4,9 @@
     edge.config.schema      Config and its sections (pydantic models)
     edge.config.rules       the rules across keys (unique names, defined cameras, one model per task)
     edge.config.cameras     the camera URI language (file://, test://, v4l2://, rtsp://, csi://)
-    edge.config.precision   the precisions and the modes of a task
+    edge.config.supervisor  the supervisor's thresholds (SupervisorConfig, which the policy takes) and section
+    edge.config.precision   the precisions, the order a task prefers them in, the modes of a task
     edge.config.wire        what it shares with the wire: endpoints and their defaults, name and message bounds
+
+It imports nothing of edge but the ground (edge.errors, edge.files), so every layer may use it.
 """

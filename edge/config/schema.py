@@ -14,8 +14,7 @@ from pydantic_core import PydanticCustomError
 from edge.config import rules, wire
 from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri
 from edge.config.precision import Mode, Precision
-from edge.errors import ConfigError
-from edge.supervisor.policy import SupervisorConfig
+from edge.config.supervisor import SupervisorSection
 
 
 class _Strict(BaseModel):
@@ -164,40 +163,6 @@ class ControlConfig(_Strict):
             raise ValueError(f"the control socket {value!r} must be ipc:// (a socket file only this user and root"
                              " can reach); tcp would let any local process command the daemon")
         return wire.check_endpoint(value)
-
-
-class SupervisorSection(_Strict):
-    """YAML `supervisor:`; the thresholds are edge.supervisor.policy.SupervisorConfig's (docs/supervisor.md)."""
-
-    enabled: bool = True
-    telemetry: str = "auto"                 # auto, none, jtop, sysfs, sysfs:///ROOT, nvml, trace:///PATH.jsonl
-    interval_s: float = Field(1.0, ge=0.1, le=60)
-    zone: str | None = None
-    hot_c: float = 85.0
-    cool_c: float = 75.0
-    critical_c: float | None = None
-    critical_margin_c: float = 5.0
-    critical_hysteresis_c: float = 4.0
-    power_budget_mw: float | None = None
-    power_resume_mw: float | None = None
-    dwell_s: float = 30.0
-    confirm_s: float = 2.0
-    critical_rate_scale: float = 0.5
-    pause_after_s: float = 20.0
-    pause_below_priority: int = 50
-
-    @model_validator(mode="after")
-    def _thresholds(self) -> SupervisorSection:
-        try:
-            self.policy()
-        except ConfigError as exc:
-            what = exc.what.removeprefix("supervisor: ")
-            raise ValueError(f"{what} ({exc.note}); {exc.hint}" if exc.note else what) from None
-        return self
-
-    def policy(self) -> SupervisorConfig:
-        fields = self.model_dump(exclude={"enabled", "telemetry", "interval_s"})
-        return SupervisorConfig(**fields)
 
 
 class MetricsConfig(_Strict):

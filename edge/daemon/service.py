@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from edge import __version__
-from edge.config.schema import Config, SupervisorSection, TaskConfig
+from edge.config.schema import Config, TaskConfig
+from edge.config.supervisor import SupervisorSection
 from edge.daemon import reload
 from edge.daemon.metrics import MetricsServer
 from edge.daemon.systemd import Notifier

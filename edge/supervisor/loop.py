@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from edge.config.schema import SupervisorSection
+from edge.config.supervisor import SupervisorSection
 from edge.errors import EdgeError
 from edge.log import get_logger
 from edge.supervisor.policy import Decision, Level, Policy, TaskPolicy, Update, check_pin

@@ -12,11 +12,10 @@ from collections.abc import Iterable, Mapping
 from types import MappingProxyType
 
 from edge.config.precision import MODES, PRECISIONS, PREFERENCE
+from edge.config.supervisor import DEFAULT_PASSIVE_TRIP_C, SupervisorConfig, config_error, is_finite_number
 from edge.errors import ConfigError, UsageError
 from edge.supervisor.telemetry.common import Sample, plausible_c
 
-DEFAULT_PASSIVE_TRIP_C = 99.0           # Orin sw-throttle (mainline T234 device tree); shutdown at 104.5 °C
-RESUME_SHARE = 0.9                      # power_resume_mw default: 90 % of the budget
 _SOC_ZONE = re.compile(r"(cpu|gpu|soc|cv|tj)\d*")
 
 
@@ -24,48 +23,6 @@ class Level(enum.IntEnum):
     NORMAL = 0
     HOT = 1
     CRITICAL = 2
-
-
-@dataclasses.dataclass(frozen=True)
-class SupervisorConfig:
-    """The system's thresholds (YAML `supervisor:`); defaults for an Orin module (docs/supervisor.md).
-
-    zone: None = the hottest SoC zone. hot_c 85: 14 °C below the 99 °C passive trip, room for the INT8
-    switch to act (the module heats at most a few tenths of a degree a second). cool_c 75: the 10 °C
-    hysteresis must be wider than the drop the FP16 -> INT8 switch itself causes (R_th x the power saved;
-    2.5 °C/W x 3 W = 7.5 °C in benchmarks/thermal_sim.py's assumptions), else at a steady ambient the
-    return to FP16 heats the module back over hot_c and the level cycles; measure that drop on the vehicle.
-    confirm_s 2: two kernel polls of the thermal zones (1 s on Orin) and 2-4 samples at 1-2 Hz, so one odd
-    reading never switches; it delays a real step by under a degree. dwell_s 30: each swap costs a frame
-    boundary and an event; 30 s spaces them well apart while the module's thermal time constant is minutes.
-    """
-
-    zone: str | None = None
-    hot_c: float = 85.0
-    cool_c: float = 75.0
-    critical_c: float | None = None          # None: lowest passive trip of the watched zones - margin
-    critical_margin_c: float = 5.0
-    critical_hysteresis_c: float = 4.0       # CRITICAL -> HOT below critical_c - this, for dwell_s
-    power_budget_mw: float | None = None     # module input power (Sample.total_mw); None = off
-    power_resume_mw: float | None = None     # None: 90 % of the budget
-    dwell_s: float = 30.0
-    confirm_s: float = 2.0                   # 0: act on the first sample over a level
-    critical_rate_scale: float = 0.5
-    pause_after_s: float = 20.0              # at or above critical_c this long in CRITICAL: pause
-    pause_below_priority: int = 50           # 0: never pause; 101: pause every task
-
-    def __post_init__(self) -> None:
-        _check_numbers(self)
-        _check_temperatures(self)
-        _check_power(self)
-        _check_times_and_actions(self)
-
-    @property
-    def resume_mw(self) -> float | None:
-        """The power below which HOT may step down; None when the budget is off."""
-        if self.power_budget_mw is None:
-            return None
-        return self.power_resume_mw if self.power_resume_mw is not None else RESUME_SHARE * self.power_budget_mw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -340,7 +297,7 @@ def _read(sample: Sample, cfg: SupervisorConfig) -> _Reading:
     zone, temp, fallback, why = _temperature(sample, cfg.zone)
     critical_c, critical_note = _critical(sample, cfg, zone)
     total = sample.total_mw
-    power = float(total) if _is_number(total) and total >= 0 else None
+    power = float(total) if is_finite_number(total) and total >= 0 else None
     return _Reading(float(sample.t), zone or cfg.zone or "soc", fallback, zone, temp, why, power, critical_c,
                     critical_note)
 
@@ -466,90 +423,24 @@ def _precision(task: TaskPolicy, level: Level) -> tuple[str, str]:
 
 # ---- validation ----
 
-def _bad(what: str, note: str, hint: str) -> ConfigError:
-    return ConfigError(f"supervisor: {what}", note=note, hint=hint)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_numbers(cfg: SupervisorConfig) -> None:
-    optional = ("critical_c", "power_budget_mw", "power_resume_mw")
-    for field in dataclasses.fields(cfg):
-        value = getattr(cfg, field.name)
-        if field.name == "zone" or (value is None and field.name in optional):
-            continue
-        if not _is_number(value):
-            raise _bad(f"{field.name} must be a finite number", f"{field.name} = {value!r}",
-                       f"give a number; the default is {field.default!r}")
-    if cfg.zone is not None and (not isinstance(cfg.zone, str) or not cfg.zone.strip()):
-        raise _bad("zone must be a zone name or null (the hottest SoC zone)", f"zone = {cfg.zone!r}",
-                   "use a name from the telemetry, e.g. tj, gpu or cpu, or leave it out")
-
-
-def _check_temperatures(cfg: SupervisorConfig) -> None:
-    if not cfg.cool_c < cfg.hot_c:
-        raise _bad("cool_c must be below hot_c", f"cool_c {cfg.cool_c} °C, hot_c {cfg.hot_c} °C",
-                   f"lower cool_c, e.g. to {cfg.hot_c - 10:g} (hot_c - 10)")
-    if cfg.critical_c is not None and not cfg.hot_c < cfg.critical_c:
-        raise _bad("critical_c must be above hot_c", f"hot_c {cfg.hot_c} °C, critical_c {cfg.critical_c} °C",
-                   f"raise critical_c (at most the passive trip {DEFAULT_PASSIVE_TRIP_C:g} °C - a margin), "
-                   "or leave it out to derive it from the trip points")
-    for name in ("critical_margin_c", "critical_hysteresis_c"):
-        if getattr(cfg, name) <= 0:
-            raise _bad(f"{name} must be above 0 °C", f"{name} = {getattr(cfg, name)}",
-                       f"the default is {getattr(SupervisorConfig, name)}")
-
-
-def _check_power(cfg: SupervisorConfig) -> None:
-    budget, resume = cfg.power_budget_mw, cfg.power_resume_mw
-    if budget is None:
-        if resume is not None:
-            raise _bad("power_resume_mw is set but power_budget_mw is off", f"power_resume_mw = {resume}",
-                       "set power_budget_mw too, or remove power_resume_mw")
-        return
-    if budget <= 0:
-        raise _bad("power_budget_mw must be above 0 mW", f"power_budget_mw = {budget}",
-                   "give the module's budget in mW (e.g. 20000 for 20 W), or null to turn it off")
-    if resume is not None and not 0 < resume < budget:
-        raise _bad("power_resume_mw must be above 0 and below power_budget_mw",
-                   f"power_resume_mw {resume} mW, power_budget_mw {budget} mW",
-                   f"e.g. {RESUME_SHARE * budget:.0f} (90 % of the budget, the default when left out)")
-
-
-def _check_times_and_actions(cfg: SupervisorConfig) -> None:
-    if cfg.dwell_s <= 0:
-        raise _bad("dwell_s must be above 0 s", f"dwell_s = {cfg.dwell_s}", "the default is 30 s")
-    for name in ("confirm_s", "pause_after_s"):
-        if getattr(cfg, name) < 0:
-            raise _bad(f"{name} must be 0 s or more", f"{name} = {getattr(cfg, name)}",
-                       f"the default is {getattr(SupervisorConfig, name)} s")
-    if not 0 < cfg.critical_rate_scale <= 1:
-        raise _bad("critical_rate_scale must be above 0 and at most 1",
-                   f"critical_rate_scale = {cfg.critical_rate_scale}",
-                   "e.g. 0.5 halves each task's frame rate in CRITICAL")
-    if not isinstance(cfg.pause_below_priority, int) or not 0 <= cfg.pause_below_priority <= 101:
-        raise _bad("pause_below_priority must be an integer from 0 to 101", f"pause_below_priority = "
-                   f"{cfg.pause_below_priority!r}", "0 pauses no task, 101 pauses every task; the default is 50")
-
-
 def _check_task(task: TaskPolicy) -> None:
     where = f"task {task.name!r}"
     if not isinstance(task.name, str) or not task.name:
-        raise _bad("a task needs a name", f"name = {task.name!r}", "use the task's name from the config")
+        raise config_error("a task needs a name", f"name = {task.name!r}", "use the task's name from the config")
     if task.precision not in MODES:
-        raise _bad(f"{where}: precision {task.precision!r} is not one of {', '.join(MODES)}",
-                   f"precision = {task.precision!r}", "use auto to follow the ladder, or pin fp16, int8 or fp32")
+        raise config_error(f"{where}: precision {task.precision!r} is not one of {', '.join(MODES)}",
+                           f"precision = {task.precision!r}",
+                           "use auto to follow the ladder, or pin fp16, int8 or fp32")
     if not isinstance(task.priority, int) or isinstance(task.priority, bool) or not 0 <= task.priority <= 100:
-        raise _bad(f"{where}: priority must be an integer from 0 to 100", f"priority = {task.priority!r}",
-                   "higher is more important; the default is 50")
+        raise config_error(f"{where}: priority must be an integer from 0 to 100", f"priority = {task.priority!r}",
+                           "higher is more important; the default is 50")
     unknown = sorted(str(p) for p in set(task.available) | set(task.refused) if p not in PRECISIONS)
     if unknown or not task.available:
-        raise _bad(f"{where}: variants must be among {', '.join(PRECISIONS)}, at least one available",
-                   f"available {sorted(task.available)}, refused {sorted(task.refused)}",
-                   "list the precisions whose engines are loaded")
+        raise config_error(f"{where}: variants must be among {', '.join(PRECISIONS)}, at least one available",
+                           f"available {sorted(task.available)}, refused {sorted(task.refused)}",
+                           "list the precisions whose engines are loaded")
     both = sorted(set(task.available) & set(task.refused))
     if both:
-        raise _bad(f"{where}: {', '.join(both)} is both available and refused", f"refused: {dict(task.refused)}",
-                   "a refused variant is not available: drop it from `available`")
+        raise config_error(f"{where}: {', '.join(both)} is both available and refused",
+                           f"refused: {dict(task.refused)}",
+                           "a refused variant is not available: drop it from `available`")

@@ -14,7 +14,7 @@ import pytest
 import zmq
 
 from edge.config.loader import parse_config
-from edge.config.schema import SupervisorSection
+from edge.config.supervisor import SupervisorSection
 from edge.daemon.service import Service
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EdgeError

@@ -7,8 +7,9 @@ from collections.abc import Iterable, Sequence
 
 import pytest
 
+from edge.config.supervisor import SupervisorConfig
 from edge.errors import ConfigError, UsageError
-from edge.supervisor.policy import Level, Policy, SupervisorConfig, TaskPolicy, Update, check_pin
+from edge.supervisor.policy import Level, Policy, TaskPolicy, Update, check_pin
 from edge.supervisor.telemetry.common import Sample
 
 ORIN_TRIPS = {"tj": {"passive": 99.0, "critical": 104.5}}
