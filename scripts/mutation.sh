@@ -41,6 +41,8 @@ declare -A SPEC=(
     edge.pipeline.cameras.xǁCameraǁ_lost__*"
   # the supervisor's policy: ladder, hysteresis, dwell, per-task choice
   [policy]="edge/supervisor/policy.py | tests/supervisor/test_policy.py | edge.supervisor.policy.*"
+  # the supervisor's thresholds and their rules (the policy's config)
+  [thresholds]="edge/config/supervisor.py | tests/supervisor/test_policy.py tests/config/test_supervisor.py | edge.config.supervisor.*"
   # a task's variants and the switch at a frame boundary
   [runtime]="edge/pipeline/runtime.py | tests/pipeline/test_runtime.py | edge.pipeline.runtime.xǁTaskRuntimeǁ*"
   # what a changed config file changes
@@ -59,7 +61,7 @@ declare -A SPEC=(
   [systemd]="edge/daemon/systemd.py | tests/daemon/test_systemd.py | edge.daemon.systemd.*"
   [watchdog]="edge/daemon/service.py | tests/daemon/test_systemd.py | edge.daemon.service.xǁServiceǁ_ping_watchdog__*"
 )
-ORDER=(client pipeline detector publisher evaluate sources assets policy runtime reload archive peers systemd watchdog)
+ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd watchdog)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
