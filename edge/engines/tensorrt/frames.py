@@ -4,7 +4,7 @@ and 4 describe both."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -12,8 +12,10 @@ from edge.engines.base import BatchSizes, LetterboxPreprocessing, TensorSpec
 from edge.engines.tensorrt.plan import open_execution
 from edge.errors import EngineError
 from edge.gpu import cuda
-from edge.gpu.letterbox import GpuLetterbox
-from edge.letterbox import Letterbox
+
+if TYPE_CHECKING:
+    from edge.gpu.letterbox import GpuLetterbox
+    from edge.letterbox import Letterbox
 
 _Owned = TypeVar("_Owned")
 
@@ -55,18 +57,19 @@ class InFlightFrame:
     """The memory and events of one frame in flight on a TrtSlot, like the TensorRT samples' HostDeviceMem
     with explicit frees: a host input (mapped in zerocopy mode) and, in copy mode or for GPU preprocessing,
     a device input; host outputs (mapped in zerocopy mode) and, in copy mode, device outputs; the events
-    that order its stages over the slot's streams (uploaded, computed, done); with GPU preprocessing the
-    engine's LetterboxPreprocessing in a GpuLetterbox of its own, which stages and checks one frame (a batched
-    slot's frame: one per row). `shapes` are the slot's IO shapes (default: the engine's); `graph` (slot name,
-    index) gives the record of a slot in CUDA graph mode its FrameGraph. Created and freed with the context
-    current; a constructor that fails frees what it took."""
+    that order its stages over the slot's streams (uploaded, computed, done); for raw frames the engine's
+    LetterboxPreprocessing in a GpuLetterbox of its own, made by `letterbox` (the slot passes GpuLetterbox
+    where it takes raw frames), which stages and checks one frame (a batched slot's frame: one per row).
+    `shapes` are the slot's IO shapes (default: the engine's); `graph` (slot name, index) gives the record of
+    a slot in CUDA graph mode its FrameGraph. Created and freed with the context current; a constructor that
+    fails frees what it took."""
 
-    def __init__(self, engine: SlotEngine, mode: str, *, frames: bool,
+    def __init__(self, engine: SlotEngine, mode: str, *, letterbox: Callable[..., GpuLetterbox] | None,
                  shapes: dict[str, tuple[int, ...]] | None = None, graph: tuple[str, int] | None = None) -> None:
         self._owned: list[Any] = []
         self.graph: FrameGraph | None = None
         try:
-            self._allocate(engine, mode == "zerocopy", frames, shapes or {})
+            self._allocate(engine, mode == "zerocopy", letterbox, shapes or {})
             if graph is not None:
                 self.graph = self._own(FrameGraph(engine, *graph))
         except BaseException:
@@ -77,7 +80,9 @@ class InFlightFrame:
         self._owned.append(thing)
         return thing
 
-    def _allocate(self, engine: SlotEngine, zerocopy: bool, frames: bool, shapes: dict[str, tuple[int, ...]]) -> None:
+    def _allocate(self, engine: SlotEngine, zerocopy: bool, letterbox: Callable[..., GpuLetterbox] | None,
+                  shapes: dict[str, tuple[int, ...]]) -> None:
+        frames = letterbox is not None
         spec, outputs = _shaped(engine.inputs[0], shapes), [_shaped(o, shapes) for o in engine.outputs]
         self.host_input = self._own(cuda.HostBuffer(spec.shape, spec.dtype, mapped=zerocopy))
         self.device_input = self._own(cuda.DeviceBuffer(nbytes(spec))) if frames or not zerocopy else None
@@ -85,8 +90,8 @@ class InFlightFrame:
         self.device_outputs = {} if zerocopy else {o.name: self._own(cuda.DeviceBuffer(nbytes(o))) for o in outputs}
         self.uploaded, self.computed, self.done = (self._own(cuda.Event()) for _ in range(3))
         image, preprocessing = (1, *spec.shape[1:]), engine.preprocessing
-        self.letterboxes = [self._own(GpuLetterbox(image, spec.dtype, fill=preprocessing.fill, zero_copy=zerocopy))
-                            for _ in range(spec.shape[0] if frames else 0)]
+        self.letterboxes = [self._own(letterbox(image, spec.dtype, fill=preprocessing.fill, zero_copy=zerocopy))
+                            for _ in range(spec.shape[0])] if letterbox is not None else []
         self.letterbox = self.letterboxes[0] if self.letterboxes else None
         outputs = {name: host.device_pointer() if zerocopy else self.device_outputs[name].pointer
                    for name, host in self.host_outputs.items()}

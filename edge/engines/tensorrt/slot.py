@@ -20,7 +20,7 @@ from edge.engines.tensorrt.frames import InFlightFrame, SlotEngine
 from edge.engines.tensorrt.plan import open_execution
 from edge.errors import EngineError
 from edge.gpu import cuda
-from edge.gpu.letterbox import output_geometry
+from edge.gpu.letterbox import GpuLetterbox, output_geometry
 from edge.letterbox import Letterbox
 from edge.log import get_logger
 
@@ -110,6 +110,7 @@ class TrtSlot(Slot):
         super().__init__(engine, name, depth, batch)
         self.copy_mode = engine.copy_mode
         self.takes_frames = engine.takes_frames if batch is None else engine.rows_take_frames
+        self._letterbox = GpuLetterbox if self.takes_frames else None   # each frame record's own, for raw frames
         self.profile: int | None = None
         self._holds_profile = False
         self.streams: list[cuda.Stream] = []
@@ -142,7 +143,7 @@ class TrtSlot(Slot):
         engine = self.engine
         if self.graphs:
             for index in range(self.depth):
-                self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames,
+                self.frames.append(InFlightFrame(engine, self.copy_mode, letterbox=self._letterbox,
                                                  graph=(self.name, index)))
             return
         self.profile = engine.take_profile(self.name)
@@ -154,7 +155,7 @@ class TrtSlot(Slot):
                                         self.compute.handle, f"{engine.name} slot {self.name}")
         shapes = None if self.batch is None else self._batch_shapes()
         for _ in range(self.depth):
-            self.frames.append(InFlightFrame(engine, self.copy_mode, frames=self.takes_frames, shapes=shapes))
+            self.frames.append(InFlightFrame(engine, self.copy_mode, letterbox=self._letterbox, shapes=shapes))
 
     def _batch_shapes(self) -> dict[str, tuple[int, ...]]:
         """A batched slot's IO shapes at its full batch: the outputs' from the execution context, each of
