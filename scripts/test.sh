@@ -27,6 +27,7 @@ main() {
     offer_qemu
     .venv/bin/edge assets fetch
     .venv/bin/ruff check edge tests benchmarks
+    .venv/bin/lint-imports --no-cache   # the layers of docs/architecture.md (.importlinter)
     .venv/bin/shellcheck -x scripts/*.sh scripts/lib/*.sh
     exec .venv/bin/python -m pytest -q "$@"
 }
