@@ -57,18 +57,18 @@ declare -A SPEC=(
     edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__* edge.deploy.archive.xǁ_Inflateǁ*"
   # the results socket's connection gate and subscription records
   [peers]="edge/wire/peers.py | tests/wire/test_peers.py | edge.wire.peers.xǁGateǁ* edge.wire.peers.xǁSubscriptionsǁ*"
-  # what the daemon tells systemd (EXTEND_TIMEOUT_USEC only while starting, its cap) and when it pings the watchdog
+  # what the daemon tells systemd (EXTEND_TIMEOUT_USEC only while starting, its cap) and which lanes stop its pings
   [systemd]="edge/daemon/systemd.py | tests/systemd/test_unit.py::test_the_notifier_speaks_to_path_and_abstract_sockets
     tests/systemd/test_unit.py::test_the_daemon_says_ready_pings_while_frames_flow_and_says_stopping
+    tests/systemd/test_unit.py::test_a_stalled_lane_stops_the_watchdog_pings
     tests/daemon/test_systemd.py::test_a_start_is_extended_only_after_progress_so_a_hung_start_times_out
     tests/daemon/test_systemd.py::test_progress_past_the_start_cap_or_after_ready_extends_nothing
+    tests/daemon/test_systemd.py::test_a_lane_is_stalled_after_a_whole_interval_with_frames_in_flight_and_none_finished
+    tests/daemon/test_systemd.py::test_a_lane_without_frames_in_flight_is_not_stalled
+    tests/daemon/test_systemd.py::test_an_ended_lane_is_not_stalled
     | edge.daemon.systemd.*"
-  [watchdog]="edge/daemon/service.py | tests/systemd/test_unit.py::test_a_stalled_lane_stops_the_watchdog_pings
-    tests/daemon/test_systemd.py::test_the_watchdog_pings_and_heartbeats_go_on_while_a_reload_loads_engines
-    tests/daemon/test_systemd.py::test_a_stalled_run_loop_sends_no_burst_of_heartbeats
-    | edge.daemon.service.xǁServiceǁ_ping_watchdog__*"
 )
-ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd watchdog)
+ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")

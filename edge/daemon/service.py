@@ -15,7 +15,7 @@ from edge.config.schema import Config, TaskConfig
 from edge.config.supervisor import SupervisorSection
 from edge.daemon import reload
 from edge.daemon.metrics import MetricsServer
-from edge.daemon.systemd import Notifier
+from edge.daemon.systemd import Notifier, Stalls
 from edge.engines import factory
 from edge.errors import EdgeError
 from edge.log import get_logger, setup_logging
@@ -59,8 +59,7 @@ class Service:
         self.control = ControlServer(config.control.endpoint, self.handle)
         self.metrics = MetricsServer(config.metrics.address, self) if config.metrics.enabled else None
         self.notifier = Notifier()
-        self._progress: dict[str, tuple[int, int, float]] = {}   # lane -> (submitted, processed, since)
-        self._stalled: set[str] = set()
+        self._stalls = Stalls()
         self._lock = threading.RLock()               # tasks, lanes, config: read by the status snapshot
         self._changes = threading.Lock()             # one change of what runs at a time
         self._switching = threading.Lock()           # a switch, or the stop
@@ -282,21 +281,8 @@ class Service:
         return 1 if failed else 0
 
     def _ping_watchdog(self, now: float, watchdog_s: float) -> None:
-        """WATCHDOG=1 unless a lane has had frames in flight and finished none for a whole watchdog interval:
-        then the pings stop and systemd restarts the daemon (a lane merely without frames is not stalled)."""
-        stalled = []
-        for lane in self.lanes:
-            submitted = lane.stats.captured - lane.stats.skipped_rate
-            counts = (submitted, lane.stats.processed)
-            before = self._progress.get(lane.name)
-            if before is None or before[:2] != counts:
-                self._progress[lane.name] = (*counts, now)
-            elif submitted > lane.stats.processed and now - before[2] >= watchdog_s and not lane.finished.is_set():
-                stalled.append(lane.name)
-        for name in set(stalled) - self._stalled:
-            log.error("lane %s has finished no frame for %.0f s with frames in flight; not pinging the systemd"
-                      " watchdog, so systemd restarts the daemon", name, now - self._progress[name][2])
-        self._stalled = set(stalled)
+        """WATCHDOG=1 unless a lane is stalled (`Stalls`): then the pings stop and systemd restarts the daemon."""
+        stalled = self._stalls.check(self.lanes, now, watchdog_s)
         if stalled:
             self.notifier.status(f"stalled: {', '.join(stalled)}")
         else:

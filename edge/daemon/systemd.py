@@ -3,7 +3,7 @@ KEY=VALUE lines to the AF_UNIX socket in $NOTIFY_SOCKET (a path, or an abstract 
 Without $NOTIFY_SOCKET (not started by systemd) every call does nothing.
 
 The watchdog interval comes from $WATCHDOG_USEC (set by systemd with WatchdogSec=); the service pings at
-half of it, and only while its lanes make progress (edge/daemon/service.py), never from a free-running timer.
+half of it, and only while no lane is stalled (`Stalls`), never from a free-running timer.
 While starting, more start time is asked for only after real progress (`progress`), so TimeoutStartSec still
 ends a start that hangs.
 """
@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from edge.log import get_logger
 
@@ -98,3 +99,30 @@ def _address(value: str) -> str | None:
 
 def _one_line(text: str) -> str:
     return text.replace("\n", " ")
+
+
+class Stalls:
+    """Which lanes are stalled: a lane that has had frames in flight (captured and not skipped by its rate limit,
+    more than it processed) and finished none for a whole watchdog interval, and has not ended. A lane merely
+    without frames is not stalled. Logs each lane once when it becomes stalled."""
+
+    def __init__(self) -> None:
+        self._progress: dict[str, tuple[int, int, float]] = {}   # lane -> (submitted, processed, since)
+        self._stalled: set[str] = set()
+
+    def check(self, lanes: Iterable[Any], now: float, interval_s: float) -> list[str]:
+        """The stalled lanes among `lanes` (each with .name, .stats and .finished) at `now`, in their order."""
+        stalled = []
+        for lane in lanes:
+            submitted = lane.stats.captured - lane.stats.skipped_rate
+            counts = (submitted, lane.stats.processed)
+            before = self._progress.get(lane.name)
+            if before is None or before[:2] != counts:
+                self._progress[lane.name] = (*counts, now)
+            elif submitted > lane.stats.processed and now - before[2] >= interval_s and not lane.finished.is_set():
+                stalled.append(lane.name)
+        for name in [name for name in stalled if name not in self._stalled]:
+            log.error("lane %s has finished no frame for %.0f s with frames in flight; not pinging the systemd"
+                      " watchdog, so systemd restarts the daemon", name, now - self._progress[name][2])
+        self._stalled = set(stalled)
+        return stalled

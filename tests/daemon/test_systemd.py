@@ -214,3 +214,51 @@ def test_a_stalled_run_loop_sends_no_burst_of_heartbeats(demo: Any, tmp_path: Pa
     finally:
         heartbeats.close()
         daemon.close()
+
+
+# --- which lanes are stalled (the watchdog's gate) ----------------------------------------------------------------
+
+class _Lane:
+    """What `Stalls` reads of a lane: its name, counters and whether it ended."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.stats = type("Stats", (), {"captured": 0, "skipped_rate": 0, "processed": 0})()
+        self.finished = threading.Event()
+
+    def counts(self, captured: int, processed: int, skipped_rate: int = 0) -> _Lane:
+        self.stats.captured, self.stats.processed, self.stats.skipped_rate = captured, processed, skipped_rate
+        return self
+
+
+def test_a_lane_is_stalled_after_a_whole_interval_with_frames_in_flight_and_none_finished(
+        caplog: pytest.LogCaptureFixture) -> None:
+    stalls, a, b = notify.Stalls(), _Lane("a.cam0").counts(5, 3), _Lane("b.cam0").counts(5, 3)
+    assert stalls.check([a, b], 100.0, 10.0) == []                    # first seen: progress starts now
+    assert stalls.check([a, b], 109.9, 10.0) == []
+    b.counts(6, 4)                                                    # b finished one more: its interval restarts
+    with caplog.at_level("ERROR", logger="edge.systemd"):
+        assert stalls.check([a, b], 110.0, 10.0) == ["a.cam0"]       # exactly one interval, still 2 in flight
+        assert stalls.check([a, b], 111.0, 10.0) == ["a.cam0"]       # logged once, not on every check
+    assert [r.getMessage() for r in caplog.records] == [
+        "lane a.cam0 has finished no frame for 10 s with frames in flight; not pinging the systemd watchdog, so"
+        " systemd restarts the daemon"]
+    assert stalls.check([a, b], 119.9, 10.0) == ["a.cam0"]
+    assert stalls.check([a, b], 120.0, 10.0) == ["a.cam0", "b.cam0"]
+    a.counts(5, 5)                                                    # a caught up: no longer stalled
+    assert stalls.check([a, b], 121.0, 10.0) == ["b.cam0"]
+
+
+@pytest.mark.parametrize("captured, processed, skipped_rate", [(5, 5, 0), (9, 5, 4), (3, 5, 0)],
+                         ids=["all finished", "the rest skipped by the rate limit", "more finished than read"])
+def test_a_lane_without_frames_in_flight_is_not_stalled(captured: int, processed: int, skipped_rate: int) -> None:
+    stalls, lane = notify.Stalls(), _Lane("a.cam0").counts(captured, processed, skipped_rate)
+    stalls.check([lane], 0.0, 10.0)
+    assert stalls.check([lane], 1000.0, 10.0) == []
+
+
+def test_an_ended_lane_is_not_stalled() -> None:
+    stalls, lane = notify.Stalls(), _Lane("a.cam0").counts(5, 3)
+    stalls.check([lane], 0.0, 10.0)
+    lane.finished.set()
+    assert stalls.check([lane], 1000.0, 10.0) == []
