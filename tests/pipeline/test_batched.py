@@ -33,6 +33,7 @@ from edge.wire import protocol
 from edge.wire.client import Message, Subscriber
 from edge.wire.publisher import Publisher
 from tests.conftest import PEER_S, wait_for
+from tests.support.lanes import published
 from tests.support.models import conv_model, set_batch
 
 YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
@@ -86,17 +87,6 @@ def feed(camera: Camera, indexes: list[int], *, end: bool = True) -> threading.T
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread
-
-
-def received(subscriber: Subscriber, count: int) -> list[Message]:
-    """Exactly `count` det messages, then nothing more."""
-    messages = []
-    for _ in range(count):
-        message = subscriber.recv(timeout=10)
-        assert message is not None, f"only {len(messages)} of {count} results arrived"
-        messages.append(message)
-    assert subscriber.recv(timeout=0) is None, "more results than frames"
-    return messages
 
 
 def by_camera(messages: list[Message]) -> dict[str, list[dict[str, Any]]]:
@@ -223,7 +213,7 @@ def test_every_frame_of_every_camera_is_published_once_in_order_with_the_unbatch
                        lambda lane: [feed(camera, list(range(6))) for camera in cameras])
     assert lane.name == "objects.c0+c1+c2" and [m.name for m in lane.members] == ["objects.c0", "objects.c1",
                                                                                   "objects.c2"]
-    payloads = by_camera(received(subscriber, 18))
+    payloads = by_camera(published(subscriber, 18))
     for member in lane.members:
         camera = member.camera.id
         assert [p["frame"] for p in payloads[camera]] == list(range(6))
@@ -240,7 +230,7 @@ def test_a_camera_that_ends_does_not_stall_the_others(dynamic: OnnxRuntimeEngine
     cameras = [lossless_camera(c) for c in ("c0", "c1")]
     run_batched(runtime_of(task_config(dynamic.path, ["c0", "c1"]), dynamic), cameras, publisher,
                 lambda lane: (feed(cameras[0], [0, 1]), feed(cameras[1], list(range(8)))))
-    payloads = by_camera(received(subscriber, 10))
+    payloads = by_camera(published(subscriber, 10))
     assert [p["frame"] for p in payloads["c0"]] == [0, 1]
     assert [p["frame"] for p in payloads["c1"]] == list(range(8))
 
@@ -254,7 +244,7 @@ def test_a_lost_camera_does_not_stall_the_others(dynamic: OnnxRuntimeEngine, res
     lane.start()
     try:
         feed(cameras[0], list(range(5)), end=False)
-        assert [p["frame"] for p in by_camera(received(subscriber, 5))["c0"]] == list(range(5))
+        assert [p["frame"] for p in by_camera(published(subscriber, 5))["c0"]] == list(range(5))
         lost = lane.members[1]
         assert (lost.stats.captured, lost.stats.processed, lost.status()["running"]) == (0, 0, True)
     finally:
@@ -301,7 +291,7 @@ def test_a_precision_switch_takes_effect_at_a_batch_boundary(tmp_path: Path, res
 
     def drive(lane: BatchedLane) -> None:
         feeds = [feed(camera, [0], end=False) for camera in cameras]
-        first = received(subscriber, 2)
+        first = published(subscriber, 2)
         assert {m.payload["precision"] for m in first} == {"fp32"}
         for thread in feeds:
             thread.join(10)
@@ -309,7 +299,7 @@ def test_a_precision_switch_takes_effect_at_a_batch_boundary(tmp_path: Path, res
         for camera in cameras:
             feed(camera, [1, 2, 3])
     run_batched(runtime, cameras, publisher, drive)
-    payloads = by_camera(received(subscriber, 6))
+    payloads = by_camera(published(subscriber, 6))
     for camera in ("c0", "c1"):
         assert [(p["frame"], p["precision"]) for p in payloads[camera]] == [(1, "int8"), (2, "int8"), (3, "int8")]
         assert [p["detections"] for p in payloads[camera]] == [unbatched_rows(int8, config, camera, i)
@@ -320,18 +310,18 @@ def test_a_precision_switch_takes_effect_at_a_batch_boundary(tmp_path: Path, res
     int8.deactivate()
 
 
-@pytest.mark.parametrize("scale,published", [(1.0, 4), (0.5, 2), (0.0, 0)])
+@pytest.mark.parametrize("scale,kept", [(1.0, 4), (0.5, 2), (0.0, 0)])
 def test_the_rate_scale_applies_to_whole_batches(dynamic: OnnxRuntimeEngine, results, scale: float,
-                                                 published: int) -> None:
+                                                 kept: int) -> None:
     publisher, subscriber = results
     runtime = runtime_of(task_config(dynamic.path, ["c0", "c1"]), dynamic)
     runtime.rate_scale = scale
     cameras = [lossless_camera(c) for c in ("c0", "c1")]
     lane = run_batched(runtime, cameras, publisher, lambda lane: [feed(camera, [0, 1, 2, 3]) for camera in cameras])
-    payloads = by_camera(received(subscriber, 2 * published))
-    assert sorted(payloads) == (["c0", "c1"] if published else [])
+    payloads = by_camera(published(subscriber, 2 * kept))
+    assert sorted(payloads) == (["c0", "c1"] if kept else [])
     assert all([p["frame"] for p in payloads[c]] == [p["frame"] for p in payloads["c0"]] for c in payloads)
-    assert [(m.stats.captured, m.stats.skipped_rate) for m in lane.members] == [(4, 4 - published)] * 2
+    assert [(m.stats.captured, m.stats.skipped_rate) for m in lane.members] == [(4, 4 - kept)] * 2
 
 
 def test_max_frames_ends_the_batched_lane(dynamic: OnnxRuntimeEngine, results) -> None:
@@ -339,7 +329,7 @@ def test_max_frames_ends_the_batched_lane(dynamic: OnnxRuntimeEngine, results) -
     cameras = [lossless_camera(c) for c in ("c0", "c1")]
     run_batched(runtime_of(task_config(dynamic.path, ["c0", "c1"]), dynamic), cameras, publisher,
                 lambda lane: [feed(camera, list(range(10)), end=False) for camera in cameras], max_frames=3)
-    payloads = by_camera(received(subscriber, 6))
+    payloads = by_camera(published(subscriber, 6))
     assert [p["frame"] for p in payloads["c0"]] == [p["frame"] for p in payloads["c1"]] == [0, 1, 2]
 
 
@@ -401,7 +391,7 @@ def test_k_batches_in_flight(tmp_path: Path, results, monkeypatch: pytest.Monkey
                            publisher, drive)
         assert engine.waits[0] == k and max(engine.waits) == k        # K batches in flight, never more
     assert [m.stats.processed for m in lane.members] == [6, 6]
-    payloads = by_camera(received(subscriber, 12))
+    payloads = by_camera(published(subscriber, 12))
     assert [p["frame"] for p in payloads["c0"]] == [p["frame"] for p in payloads["c1"]] == list(range(6))
 
 
@@ -419,7 +409,7 @@ def test_a_batch_goes_in_flight_when_due_while_the_oldest_runs(tmp_path: Path, r
             wait_for(lambda: engine.waits[-1] == 2, 10, "the lane to wait with both batches in flight")
             assert lane.members[1].stats.captured == 1 and lane.members[0].stats.processed == 0
             engine.gate.set()
-            payloads = by_camera(received(subscriber, 3))
+            payloads = by_camera(published(subscriber, 3))
         finally:
             assert lane.stop(5)
     assert [p["frame"] for p in payloads["c0"]] == [0, 1] and [p["frame"] for p in payloads["c1"]] == [0]
@@ -468,7 +458,7 @@ def run_daemon(tmp_path: Path, model: Path, *, batch: bool) -> tuple[dict[str, l
         assert service.run(threading.Event()) == 0
         wait_for(lambda: all(lane.sender.published == lane.stats.processed for lane in service.lanes), 10, "publish")
         lanes = service.status()["lanes"]
-        payloads = by_camera(received(subscriber, 24))
+        payloads = by_camera(published(subscriber, 24))
     finally:
         service.stop()
         subscriber.close()

@@ -23,10 +23,10 @@ from edge.pipeline.lanes import Lane
 from edge.pipeline.runtime import TaskRuntime
 from edge.tasks import build_task
 from edge.tasks.detector import YoloDetector
-from edge.wire.client import Message, Subscriber
+from edge.wire.client import Subscriber
 from edge.wire.publisher import Publisher
 from tests.conftest import wait_for
-from tests.support.lanes import IMAGE, YOLO, lossless_camera
+from tests.support.lanes import IMAGE, YOLO, lossless_camera, published
 from tests.support.models import conv_model
 
 
@@ -37,17 +37,6 @@ def tiny_yolo(path: Path) -> Path:
 
 def task_config(model: Path, **fields: object) -> TaskConfig:
     return TaskConfig(name="objects", type="detector", model=str(model), cameras=["c"], **fields)
-
-
-def published(subscriber: Subscriber, count: int) -> list[Message]:
-    """Exactly `count` results, then nothing more."""
-    messages = []
-    for _ in range(count):
-        message = subscriber.recv(timeout=10)
-        assert message is not None, f"only {len(messages)} of {count} results arrived"
-        messages.append(message)
-    assert subscriber.recv(timeout=0) is None, "more results than frames processed"
-    return messages
 
 
 def published_frames(subscriber: Subscriber, count: int) -> list[int]:

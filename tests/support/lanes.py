@@ -12,6 +12,7 @@ from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.pipeline.cameras import Camera
 from edge.pipeline.runtime import TaskRuntime
+from edge.wire.client import Message, Subscriber
 from tests.support.models import conv_model
 
 IMAGE = np.zeros((48, 64, 3), np.uint8)
@@ -40,3 +41,14 @@ def runtime(tmp_path: Path, events: list[tuple[str, dict[str, Any]]], **fields: 
                         cameras=["c"], **fields)
     engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
     return TaskRuntime(config, Variants(engines, {}), lambda name, details: events.append((name, details)))
+
+
+def published(subscriber: Subscriber, count: int) -> list[Message]:
+    """Exactly `count` results, then nothing more."""
+    messages = []
+    for _ in range(count):
+        message = subscriber.recv(timeout=10)
+        assert message is not None, f"only {len(messages)} of {count} results arrived"
+        messages.append(message)
+    assert subscriber.recv(timeout=0) is None, "more results than frames processed"
+    return messages
