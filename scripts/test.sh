@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The tests on a fresh machine: venv + packages + test tools, demo assets (verified), then ruff and pytest.
+# The tests on a fresh machine: venv + packages + test tools, demo assets (verified), then ruff, lint-imports and pytest.
 # Arguments go to pytest (e.g. -k e2e, -m gpu). Sourced (tests/scripts/test_scripts.py does), it only defines offer_qemu.
 
 # qemu-user lets a test run the INT8 variant on an emulated CPU without VNNI (tests/engines/test_int8_cpu.py). It is optional:
