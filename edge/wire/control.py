@@ -1,34 +1,11 @@
-"""The control socket: operators and field scripts read the daemon's state and change it (docs/protocol.md,
-"Control socket").
+"""The control socket: operators and field scripts read the daemon's state and change it. `ControlServer`
+binds it (bind errors surface in `start`) and serves it from one thread of its own; `request` is the client.
 
-    server = ControlServer("ipc:///run/edge/control.sock", service.handle)
-    server.start()                      # bind errors surface here
-    ...
-    server.stop(5.0)
-
-    request("ipc:///run/edge/control.sock", "precision.set", task="objects", mode="int8")
-
-A request is one msgpack map `{"cmd": ..., **args}`, a reply `{"ok": true, **result}` or
-`{"ok": false, "error": "..."}`. Requests are untrusted input:
-
-- The socket is a ROUTER, so the server sees each request's envelope and answers anything that arrives
-  (a REP would silently drop a request without a REQ envelope), and a reply never blocks: one to a
-  client that does not read is dropped at that client's SNDHWM and counted.
-- One thread owns the socket and serves at most BATCH requests between two looks at its stop signal.
-  libzmq's ROUTER takes messages from its connections in turn, and RCVHWM bounds what one connection
-  may have queued, so a client that floods delays another by about one request of its own.
-- Sizes are bounded twice: a frame over TRANSPORT_LIMIT ends its connection in libzmq (ZMQ_MAXMSGSIZE),
-  a request over MAX_REQUEST_BYTES gets an error reply. msgpack is unpacked with str keys only, each key
-  once (two `cmd` keys are refused, not the last one run), no ext types and length limits
-  (`edge.wire.protocol.unpack`), then checked against COMMANDS: types, required and unknown keys, name rules.
-  The handler sees valid requests only.
-- Refused requests and dropped replies are logged as one summary line per SUMMARY_EVERY_S.
-- ipc only, in a directory that is this user's and not writable by others (`edge.wire.ipc`); the socket file
-  is made 0600 before it gets its name, so only the daemon's user and root can ever connect. They can
-  signal the daemon anyway, so the server has no connection gate (ZAP) of its own: docs/reliability.md.
-- It has a ZeroMQ context of its own: a flood on the results socket, whose work libzmq does in its I/O
-  thread, does not delay the control socket, and the publisher's ZAP handler (one per context) stays
-  the only one in its context.
+Requests are untrusted input: a frame over TRANSPORT_LIMIT ends its connection in libzmq, a request over
+MAX_REQUEST_BYTES gets an error reply, and the rest is unpacked strictly (`edge.wire.protocol.unpack`) and
+checked against COMMANDS, so the handler sees valid requests only; a reply never blocks the server. The
+commands, replies and limits, and why the socket is an ipc-only ROUTER in a ZeroMQ context of its own with no
+connection gate: docs/protocol.md, "Control socket".
 """
 from __future__ import annotations
 
@@ -170,7 +147,7 @@ class _Refusals:
 
 
 class ControlServer:
-    """Serves control requests on an ipc endpoint in a thread of its own (see the module doc)."""
+    """Serves control requests on an ipc endpoint in a thread of its own (docs/protocol.md, "Control socket")."""
 
     def __init__(self, endpoint: str, handler: Handler, *, context: zmq.Context[Any] | None = None) -> None:
         self.endpoint = endpoint
