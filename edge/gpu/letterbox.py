@@ -1,32 +1,11 @@
 """GPU preprocessing: one CUDA kernel letterboxes a uint8 BGR frame straight into an engine's input.
 
-On the caller's stream: the frame is uploaded from a pinned host buffer (or, with `zero_copy`, read by
-the kernel in place from mapped pinned memory: the choice for Jetson's shared DRAM), then one kernel
-does letterbox + resize + BGR->RGB + x/255 + HWC->CHW into the engine's device buffer, in fp32 or fp16.
-It returns the same `Letterbox` as the CPU path (edge/letterbox.py), so postprocessing is unchanged;
-the CPU path stays for ONNX Runtime.
-
-Numbers: the resize is OpenCV's INTER_LINEAR for 8-bit images in OpenCV's own fixed-point arithmetic,
-the level is multiplied by float32(1/255) like the CPU path, and fp16 is that fp32 value rounded to
-nearest even. So the output is bit-identical to the CPU letterbox in fp32, and in fp16 equals the CPU's
-fp32 cast to fp16 (MAX_ABS_DIFF). docs/gpu.md section 3 gives the arithmetic step by step and where it
-was checked. The padding is `fill`, which the caller gives (a TensorRT slot: its task's LetterboxPreprocessing).
-
-Compilation: NVRTC at first use, for the device's own SM, cached as a cubin (edge/gpu/nvrtc.py says where
-and what a Jetson needs: libnvrtc from JetPack's CUDA the first time, nothing after; no nvcc).
-
-Use (the primary context current, as for every edge.gpu.cuda object), as a TensorRT slot does
-(edge/engines/tensorrt/slot.py: TrtSlot.submit_frame, one instance per InFlightFrame, on the slot's upload
-stream; the engine's compute stream waits for an event recorded after it):
-    pre = GpuLetterbox(spec.shape, spec.dtype, zero_copy=zerocopy_mode)
-    box = pre.run(frame, input_buffer.pointer, stream)      # enqueued; returns at once
-    ... engine after it (same stream, or one that waits for an event recorded after it) ...
-    pre.free()
-One instance holds one frame: `run` waits until the instance's previous kernel is done before it
-overwrites the staged frame, so a slot with K frames in flight keeps one instance per frame.
-A capture can decode straight into `frame_buffer(width, height)`; `run` then skips its host copy.
-`launch` runs the kernel alone on a frame that is already on the device (a hardware decoder's). What it
-costs: docs/gpu.md section 5.
+`GpuLetterbox` stages the frame in pinned memory and uploads it on the caller's stream (with `zero_copy` the
+kernel reads the mapped buffer in place), then letterbox + resize + BGR->RGB + x/255 + HWC->CHW go into the
+engine's device buffer in fp32 or fp16. It returns the same `Letterbox` as the CPU path (edge/letterbox.py),
+and the same values: bit-identical in fp32, the CPU's fp32 cast to fp16 in fp16 (MAX_ABS_DIFF). One instance
+holds one frame; the kernel is compiled at first use (edge/gpu/nvrtc.py). The arithmetic, how a slot uses it
+and where it was checked: docs/gpu.md section 3; what it costs: section 5.
 """
 from __future__ import annotations
 
