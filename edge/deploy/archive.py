@@ -1,25 +1,11 @@
 """The bundle archive: pack engine repositories into one signed file, and read one back in a single bounded pass.
 
-A bundle is a gzip-compressed tar archive (PAX format). Its members, in this order:
-
-    bundle.json                     the manifest (below), signed
-    bundle.sig                      Ed25519 signature of bundle.json's exact bytes (edge.deploy.keys)
-    <model>/manifest.json           one engine repository per model (engines/README.md), each file listed
-    <model>/<model>.onnx ...        in bundle.json with its size and sha256
-    <model>/plans/....plan[.json]
-
-    bundle.json
-    {"format": "edge-bundle", "schema": 1, "version": "1.4.0", "created": "2026-11-20T10:00:00Z",
-     "models": {"yolov3-tiny": [{"precision": "fp16", "format": "onnx", "file": "yolov3-tiny.fp16.onnx"}, ...]},
-     "device_keys": [{"model": "yolov3-tiny", "file": "plans/....plan", "board": ..., "l4t": ..., "tensorrt": ...,
-                      "sm": ..., "precision": "int8", "input_shapes": {...}}],
-     "files": [{"path": "yolov3-tiny/manifest.json", "size": 1234, "sha256": "..."}, ...]}
-
-Reading never trusts the archive: it is read as a stream (a file, a pipe or stdin), the manifest and its
-signature first, and nothing else is taken before the signature is verified. Then each member must be a regular
-file (or a directory) with a safe relative path, listed in the signed manifest, of the listed size and sha256;
-links, devices, absolute paths and `..` are refused by name. Bytes read (compressed and uncompressed), members and
-sizes are bounded (Limits); a truncated or damaged stream is an error, as is a listed file that never came.
+A bundle is a gzip-compressed tar: the signed manifest `bundle.json` and its signature `bundle.sig` first, then
+the engine repositories' files, each listed in the manifest with its size and sha256. Reading never trusts the
+archive: nothing past the manifest and its signature is taken before the signature is verified, then every
+member must be a regular file (or a directory) with a safe relative path, listed, of the listed size and
+sha256, within Limits. The format: docs/operations.md, "Bundle format"; the reader's checks: "What an install
+does".
 """
 from __future__ import annotations
 
@@ -261,8 +247,8 @@ class Sink(Protocol):
 
 def read(source: Path | io.BufferedIOBase, trusted: dict[str, Ed25519PublicKey], sink: Sink, *, trusted_dir: Path,
          limits: Limits | None = None) -> Verified:
-    """Read a bundle from a path or an open binary stream, verifying as described in the module doc; the files go
-    to `sink`. BundleError says what is wrong."""
+    """Read a bundle from a path or an open binary stream, verifying it as the module doc says (in full:
+    docs/operations.md, "What an install does", step 2); the files go to `sink`. BundleError says what is wrong."""
     name = str(source) if isinstance(source, Path) else "<stdin>"
     limits = limits or Limits()
     with _open(source) as raw:
