@@ -1,16 +1,10 @@
-"""Is the running daemon healthy? Asked through its control socket (`status`, docs/protocol.md).
+"""Is the running daemon healthy? Asked through its control socket (`status`, docs/protocol.md) until a deadline.
 
-Healthy means, within the timeout:
-- the daemon answers `status` (a daemon that does not answer yet is asked again until the deadline);
-- after a restart, the daemon that answers started after it (`uptime_s` less than the time since), so an old
-  daemon that has not gone yet does not count;
-- it runs at least one task, and every task has at least one lane;
-- every lane is running, and each has processed more frames than at the first answer: its engine turns frames
-  into results. A lane that has stopped fails the check at once.
-
-A lane without frames (a camera unplugged, a task paused by the supervisor) makes no progress, so it fails the
-check too when the timeout passes: the failure names the lane with its counters (captured, processed), which tell
-a camera without frames from an engine that does not finish them.
+Healthy: the daemon answers (after a restart, a daemon that started after it), runs at least one task with a
+lane each, and every lane is running and has processed frames since the first answer. A lane that has stopped
+fails at once; a lane without frames fails at the deadline, named with its counters (captured, processed),
+which tell a camera without frames from an engine that does not finish them. docs/operations.md, "What an
+install does", step 6.
 """
 from __future__ import annotations
 

@@ -1,16 +1,9 @@
-"""A/B slots under the bundle root, the `current` link and the lock.
+"""A/B slots under the bundle root (BUNDLES), the `current` link and the lock: one bundle command at a time.
 
-    /var/lib/edge/deploy/          the root (root's, not writable by group or others)
-      a/  b/                        the slots: bundle.json, bundle.sig, install.json, one directory per model
-      current -> a                  the active slot: the daemon's config names current/<model>
-      .lock                         one bundle command at a time (flock; the pid of the holder inside)
-      .incoming-XXXX/               a bundle being extracted; renamed to its slot when complete
-      .trash-XXXX/                  the slot it replaced, while it is removed
-      .current-XXXX                 the new link, while it is renamed over `current`
-
-A slot is only ever made by renaming a complete, verified `.incoming-*` directory, and `current` only ever changes
-by renaming a new link over it, so a crash at any point leaves `current` naming a complete slot. What a crash
-leaves behind (the dot entries but .lock) is removed by the next install or `list`.
+A slot is only ever made by renaming a complete, verified `.incoming-*` directory, and `current` only ever
+changes by renaming a new link over it, so a crash at any point leaves `current` naming a complete slot. What a
+crash leaves behind (LEFTOVERS) is removed by the next command that takes the lock, `list` included. The
+layout: docs/operations.md, "On disk".
 """
 from __future__ import annotations
 
