@@ -1,19 +1,12 @@
-"""The engine contract: an Engine per task variant creates one Slot per camera (or camera group).
+"""The engine contract: an Engine per task variant creates one Slot per camera (or camera group), and the
+Preprocessing a task can name for a backend to run itself.
 
-A slot owns K host input buffers and its execution resources (CUDA streams, or a worker thread),
-allocated by the backend's slot constructor. Use: `buf = slot.input()`, write the preprocessed frame
-into `buf`, `pending = slot.submit(buf)`, later `outputs = pending.wait()`. A slot whose
-`takes_frames` is true also preprocesses on its own: `pending, box = slot.submit_frame(image)` takes
-the raw BGR uint8 frame and runs the Preprocessing its engine was given, the one the task names (TensorRT:
-a letterbox on the GPU, bit-identical to edge.letterbox.letterbox_into), returning the Letterbox the
-postprocessing needs. An engine given none takes no frames. Up to K submissions of either kind are in
-flight; a buffer is reused only after its pending result was waited for.
-
-Batching: `engine.create_slot(name, depth=K, batch=N)` makes a slot whose submissions carry up to N
-images (one per camera of a batched task): its input buffers hold `slot.rows` images
-(`engine.batch_sizes.rows(N)`: N, or more where the engine runs a larger fixed batch), the caller
-fills rows 0..n-1 and calls `slot.submit(buf, count=n)`, and the outputs hold n rows. A slot made
-without `batch` runs the engine's own input shape, as it always did.
+A slot owns K input buffers and its execution resources (CUDA streams, or a worker thread): `buf =
+slot.input()`, fill it, `pending = slot.submit(buf)`, later `outputs = pending.wait()`; a slot that
+`takes_frames` preprocesses raw frames itself (`submit_frame`, returning the Letterbox postprocessing needs).
+Up to K submissions are in flight, and a buffer is reused only after its pending result was waited for. A slot
+made with `batch=N` carries up to N images a submission (`slot.rows`, `submit(buf, count=n)`). A TensorRT
+slot: docs/gpu.md; batching: docs/performance.md, "Batching across cameras".
 """
 from __future__ import annotations
 

@@ -1,23 +1,11 @@
-"""Engine repository: one directory per model with a manifest of its variants, and the resolver
-that picks what a task runs on this device; with the model files' checked reads and atomic writes.
+"""Engine repository: one directory per model with a manifest of its variants (`Manifest`), and the resolver
+(`resolve`) that picks what a task runs on this device; with the model files' checked reads and atomic writes.
 
-    engines/<model>/manifest.json
-    {"schema": 1, "model": "yolov3-tiny", "variants": [
-        {"precision": "fp32", "format": "onnx", "file": "yolov3-tiny.onnx", "sha256": "..."},
-        {"precision": "int8", "format": "onnx", "file": "yolov3-tiny.int8.qdq.onnx", "sha256": "...",
-         "gate": {"f1": 0.95, "min_f1": 0.9}},
-        {"precision": "int8", "format": "plan", "file": "plans/....plan", "sha256": "...",
-         "source_sha256": "<sha256 of the ONNX it was built from>",
-         "device": {"board": ..., "l4t": ..., "tensorrt": ..., "sm": ..., "precision": ..., "input_shapes": ...}}],
-     "refused": [{"precision": "int8", "reason": "F1 0.35 < 0.9 against fp32", "gate": {...}, "inputs": {...}}]}
-
-A refused variant has no file: the record says why it failed its check and what it was made from, so the
-tools do not remake it until its inputs change, and the daemon says why it runs another precision.
-
-A TensorRT plan runs only on the device it was built for (board, L4T release, TensorRT version,
-SM): the resolver uses a plan only when its device key matches this device and its checksum
-and source are right; otherwise the ONNX variant on ONNX Runtime when the config allows it;
-otherwise it refuses, saying why each candidate was rejected and how to build one.
+The resolver's rule: a TensorRT plan runs only on the device it was built for (`DeviceKey`: board, L4T release,
+TensorRT version, SM) and only when its checksum and source are right; otherwise the ONNX variant when the
+config allows it; otherwise a refusal that names every candidate, why it was rejected and how to get one. A
+variant that failed its check when it was made is kept under `refused`, without a file. The directory, the
+manifest format and the resolver's steps: engines/README.md.
 """
 from __future__ import annotations
 

@@ -1,14 +1,8 @@
-"""A TensorRT plan built on this device, for `edge build` and the engine factory's build on first use: from a
-strongly typed network (precision comes from the ONNX variant: FP16 weights or INT8 Q/DQ), with optimization
-profiles, timing-cache reuse, DLA with GPU fallback, build progress, and a sidecar JSON with the device key and
-checksums; registered in the engine repository's manifest when the ONNX lives in one.
-
-The plan is written before the timing cache, and a timing cache TensorRT cannot use here (corrupt,
-or from another device) is replaced by a fresh one: a cache never costs a finished build.
-
-Works with TensorRT 10.x and 11.x (11 is always strongly typed and has no precision flags).
-On 10.x, `legacy_fp16=True` builds a weakly typed network with the FP16 flag instead (off by
-default; deprecated by NVIDIA since 10.12).
+"""A TensorRT plan built on this device from an ONNX variant, for `edge build` and the engine factory's build on
+first use, with a sidecar JSON (device key, checksums), registered in the engine repository's manifest when the
+ONNX lives in one. Precision comes from the ONNX variant (a strongly typed network; `legacy_fp16` is TensorRT
+10's weakly typed FP16 path), and the plan is written before the timing cache, so a cache TensorRT cannot use
+never costs a finished build. Profiles, DLA and the TensorRT versions: docs/cli.md, "Model toolchain".
 """
 from __future__ import annotations
 
