@@ -1,19 +1,11 @@
-"""The results publisher: the one thread that owns the PUB socket, fed by a bounded queue.
+"""The results publisher: the one thread that owns the PUB socket (an XPUB in manual mode), fed by a bounded queue.
 
-The socket is an XPUB (a PUB that also sees subscriptions) in manual mode: the daemon applies only
-subscriptions to its own topics, within per-peer limits (edge/wire/peers.py), counts subscribers and, for
-tests and the demo only, waits for the first one. Peers that do not speak ZMTP 3 are refused at the
-handshake (docs/reliability.md has why: libzmq takes any byte stream that does not start with 0xff
-for a ZMTP 1.0 peer subscribed to everything). Sending never blocks a lane:
-a full queue drops the message and counts it (`dropped_publisher`). A subscriber that does not
-keep up loses messages at its own high-water mark (SNDHWM); libzmq drops them for that
-subscriber alone and the others still get everything (ZMQ_XPUB_NODROP would instead stop
-delivery to all while one is full). `seq` numbers are given at enqueue time, so a subscriber
-sees every drop, in the queue or at its own socket, as a gap.
-
-The hand-off runs one way: a producer queues a message it built and the publisher never changes it (`seq`,
-`t_publish_ns` and `t_wall_ns` go only into what it packs). A lane publishes through a `Sender`, whose counters
-(sent, dropped, latencies) the publisher thread writes and the lane reads; the publisher knows no lanes.
+Sending never blocks a lane: a full queue drops the message and counts it, and a subscriber that does not keep
+up loses messages at its own SNDHWM, never the others'. `seq` is given at enqueue time, so every drop shows as a
+gap. The hand-off runs one way: a lane queues a message it built through its `Sender`, whose counters (sent,
+dropped, latencies) this thread writes and the lane reads; the publisher never changes a message and knows no
+lanes. Which peers and subscriptions it takes (edge/wire/peers.py): docs/protocol.md, "Endpoint and socket";
+why: docs/reliability.md.
 """
 from __future__ import annotations
 
@@ -41,7 +33,8 @@ log = get_logger("publisher")
 CLOSE_FLUSH_MS = 500         # bounded flush of queued messages at a graceful stop
 HANDSHAKE_MS = 2000          # a connection that has not finished the ZMTP handshake by then is closed
 INBOUND_HWM = 16             # messages queued from one peer (subscriptions are few)
-ZAP_DOMAIN = b"edge"         # a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (see the module doc)
+# a ZAP domain makes libzmq refuse ZMTP 1.0/2.0 peers (docs/reliability.md, "Why random bytes silenced the old daemon")
+ZAP_DOMAIN = b"edge"
 CURVE_MAXMSGSIZE = 1024      # room for CURVE's INITIATE command; subscriptions stay bounded by the gate's rules
 # The longest subscription as MAXMSGSIZE counts it, the frame's body (libzmq 4.3.5 src/v2_decoder.cpp size_ready):
 # a ZMTP 3.0 peer sends a flag byte (1 or 0) and the topic prefix; a ZMTP 3.1 one (libzmq 4.3.3 and later) the
