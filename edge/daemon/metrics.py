@@ -1,19 +1,11 @@
-"""The optional Prometheus endpoint (YAML `metrics:`, `edge run --metrics HOST:PORT`; docs/operations.md, Metrics).
+"""The optional Prometheus endpoint (YAML `metrics:`, `edge run --metrics HOST:PORT`).
 
-A collector reads the daemon's live status snapshot at each scrape, so there is no second set of counters to keep in
-step with the lanes: per lane fps and frame counters, per task the precision it runs, the supervisor's level, the last
-telemetry sample's temperatures and power, the cameras, the subscribers. The latency histogram is the one thing a
-snapshot cannot give: the publisher counts each lane's latencies into buckets as its results are sent (the lane's
-`sender`), and a snapshot of them carries their bounds.
-
-Every client is treated as hostile (docs/reliability.md), and the lanes come first:
-- at most MAX_REQUESTS_PER_S connections a second are served (a scrape costs the daemon about 1 ms of CPU, so the
-  endpoint takes about 1% of a core at most); the others are closed at once, with no thread and nothing read;
-- at most MAX_CONNECTIONS at once, and one more evicts the oldest that is still sending its request, so clients that
-  hold connections cannot keep a scraper out (one that opens more than MAX_REQUESTS_PER_S a second can, while it does);
-- a request of at most MAX_REQUEST_BYTES, IO_TIMEOUT_S for each read and write, one request per connection (HTTP/1.0);
-- connections closed unserved are counted (edge_metrics_connections_dropped_total) and logged once a minute at most.
-`stop()` closes the port and every connection and joins every thread within its timeout.
+A collector reads the daemon's live status snapshot at each scrape, so there is no second set of counters to keep
+in step with the lanes; the latency histograms are the one exception, counted by the publisher as each lane's
+results are sent (the lane's `sender`). Every client is treated as hostile and the lanes come first:
+MAX_REQUESTS_PER_S, MAX_CONNECTIONS, MAX_REQUEST_BYTES and IO_TIMEOUT_S bound what clients take, and `stop()`
+closes the port and every connection and joins every thread within its timeout. The metrics, the limits and
+what they cost: docs/operations.md, "Metrics".
 """
 from __future__ import annotations
 
