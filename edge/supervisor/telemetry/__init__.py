@@ -1,17 +1,10 @@
-"""Thermal and power telemetry: readers that each return one `Sample` (edge/supervisor/telemetry/common.py), one
-module per source, and `open_reader(uri)`, which opens one by URI:
+"""Thermal and power telemetry: one reader module per source (jtop, sysfs, nvml, trace), each returning one
+`Sample` (edge/supervisor/telemetry/common.py), and `open_reader(uri)`, which opens one by URI (URIS; what each
+reads: docs/supervisor.md section 3).
 
-  auto                 the first that opens of jtop, sysfs (with a thermal zone) and nvml, else none; it logs which
-  jtop                 the jetson-stats client (the jtop service's socket, /run/jtop.sock)
-  sysfs, sysfs:///ROOT thermal zones, INA3221 rails and the iGPU load straight from sysfs (under ROOT for tests)
-  nvml                 discrete GPUs through nvidia-ml-py
-  trace:///PATH.jsonl  a JSONL replay in real time, for tests and simulation
-  none                 empty samples
-
-A reader's constructor opens it, or raises a TelemetryError that says why; `read()` returns one Sample and
-never raises for a value it cannot read: the value is left out and `Sample.problems` says why (a gated zone's
-EAGAIN, a lost jtop connection); `close()` releases it. The supervisor's policy (edge/supervisor/policy.py)
-consumes nothing but `Sample`.
+A reader's constructor opens it, or raises a TelemetryError that says why; `read()` never raises for a value it
+cannot read: the value is left out and `Sample.problems` says why; `close()` releases it. The supervisor's
+policy consumes nothing but `Sample`.
 """
 from __future__ import annotations
 
