@@ -10,6 +10,7 @@ from typing import Any
 
 from edge.cli import display
 from edge.cli.common import control_endpoint, positive_seconds, terminated
+from edge.deploy.common import BUNDLES, TRUSTED_KEYS
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -17,7 +18,7 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 
     pair = keys.generate(args.out, args.name)
     print(f"wrote {pair.private} (the private key, 0600: keep it off the vehicles) and {pair.public} (install it in"
-          f" {keys.TRUSTED_KEYS}/ on each device); key id {pair.key_id}")
+          f" {TRUSTED_KEYS}/ on each device); key id {pair.key_id}")
     return 0
 
 
@@ -141,13 +142,13 @@ def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _bundle_keys_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--keys", type=Path, default=Path("/etc/edge/trusted-keys"), metavar="DIR",
-                        help="trusted public keys, *.pub (default /etc/edge/trusted-keys)")
+    parser.add_argument("--keys", type=Path, default=TRUSTED_KEYS, metavar="DIR",
+                        help=f"trusted public keys, *.pub (default {TRUSTED_KEYS})")
 
 
 def _bundle_root_arg(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", type=Path, default=Path("/var/lib/edge/bundles"), metavar="DIR",
-                        help="where the slots are (default /var/lib/edge/bundles)")
+    parser.add_argument("--root", type=Path, default=BUNDLES, metavar="DIR",
+                        help=f"where the slots are (default {BUNDLES})")
 
 
 def _bundle_switch_args(parser: argparse.ArgumentParser, *, force: bool = False) -> None:

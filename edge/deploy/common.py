@@ -10,6 +10,9 @@ from typing import Any
 from edge import files
 from edge.errors import EdgeError
 
+BUNDLES = Path("/var/lib/edge/bundles")          # the bundle root on a board: the A/B slots and `current`
+TRUSTED_KEYS = Path("/etc/edge/trusted-keys")     # the public keys a bundle's signature may come from
+
 
 class BundleError(EdgeError):
     """An engine bundle could not be packed, verified, installed, activated or rolled back."""

@@ -26,7 +26,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edge.deploy.common import BundleError, check_private_dir
 
-TRUSTED_KEYS = Path("/etc/edge/trusted-keys")
 PRIVATE_SUFFIX = ".key"
 PUBLIC_SUFFIX = ".pub"
 ALGORITHM = "ed25519"

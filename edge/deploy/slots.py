@@ -18,10 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from edge.deploy.common import BundleError, check_private_dir, utc_now, write_json
+from edge.deploy.common import BUNDLES, BundleError, check_private_dir, utc_now, write_json
 from edge.files import fsync_dir
 
-BUNDLES = Path("/var/lib/edge/bundles")
 SLOTS = ("a", "b")
 CURRENT = "current"
 RECORD = "install.json"
