@@ -66,6 +66,10 @@ declare -A SPEC=(
     tests/daemon/test_systemd.py::test_a_lane_is_stalled_after_a_whole_interval_with_frames_in_flight_and_none_finished
     tests/daemon/test_systemd.py::test_a_lane_without_frames_in_flight_is_not_stalled
     tests/daemon/test_systemd.py::test_an_ended_lane_is_not_stalled
+    tests/daemon/test_systemd.py::test_the_watchdog_interval_is_read_as_systemd_sets_it
+    tests/daemon/test_systemd.py::test_each_notification_is_one_datagram_of_its_lines
+    tests/daemon/test_systemd.py::test_a_manager_that_is_gone_is_warned_of_once
+    tests/daemon/test_systemd.py::test_notify_socket_is_a_path_or_an_abstract_name
     | edge.daemon.systemd.*"
 )
 ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd)

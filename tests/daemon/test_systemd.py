@@ -11,6 +11,7 @@ systemd's rules these encode (src/core/service.c, v246 to v249 alike; JetPack 6 
 """
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -111,13 +112,14 @@ def test_progress_past_the_start_cap_or_after_ready_extends_nothing(tmp_path: Pa
         notifier = notify.Notifier({"NOTIFY_SOCKET": str(tmp_path / "n.sock")})
         notifier.progress("starting: task a loaded (1 of 2)")
         assert sock.recv(200) == b"EXTEND_TIMEOUT_USEC=60000000\nSTATUS=starting: task a loaded (1 of 2)"
-        monkeypatch.setattr(notify, "START_CAP_S", 0.0)
+        monkeypatch.setattr(notify, "START_CAP_S", 120.0)
+        monkeypatch.setattr(notifier, "_born", notifier._born - 121.0)   # the start has run 2 min and 1 s
         notifier.progress("starting: task b loaded (2 of 2)")
         notifier.progress("starting: camera cam0 open")
         assert sock.recv(200) == b"STATUS=starting: task b loaded (2 of 2)"
         assert sock.recv(200) == b"STATUS=starting: camera cam0 open"
         assert [r.getMessage() for r in caplog.records if "no more start time" in r.getMessage()] == [
-            "the start has run for over 0 min: no more start time is asked of systemd, so TimeoutStartSec ends it"
+            "the start has run for over 2 min: no more start time is asked of systemd, so TimeoutStartSec ends it"
             " if it does not finish"]
         monkeypatch.setattr(notify, "START_CAP_S", 1800.0)
         notifier.ready("running")
@@ -262,3 +264,55 @@ def test_an_ended_lane_is_not_stalled() -> None:
     stalls.check([lane], 0.0, 10.0)
     lane.finished.set()
     assert stalls.check([lane], 1000.0, 10.0) == []
+
+
+# --- the notifier, in process (sd_notify(3): one datagram of KEY=VALUE lines) -------------------------------------
+
+@pytest.mark.parametrize("environ, watchdog_s", [
+    ({"WATCHDOG_USEC": "4000000"}, 4.0),
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "self"}, 4.0),
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "1"}, None),         # another process's watchdog
+    ({"WATCHDOG_USEC": "4000000", "WATCHDOG_PID": "x"}, None),
+    ({"WATCHDOG_USEC": "0"}, None), ({"WATCHDOG_USEC": "-5"}, None), ({"WATCHDOG_USEC": "1e6"}, None), ({}, None),
+])
+def test_the_watchdog_interval_is_read_as_systemd_sets_it(environ: dict[str, str], watchdog_s: float | None) -> None:
+    if environ.get("WATCHDOG_PID") == "self":
+        environ = {**environ, "WATCHDOG_PID": str(os.getpid())}
+    assert notify.Notifier({"NOTIFY_SOCKET": "/x", **environ}).watchdog_s == watchdog_s
+
+
+def test_each_notification_is_one_datagram_of_its_lines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    manager = Systemd(tmp_path / "n.sock")
+    try:
+        notifier = notify.Notifier({"NOTIFY_SOCKET": str(manager.path)})
+        assert notifier.enabled
+        notifier.status("one\ntwo")
+        notifier.watchdog()
+        notifier.stopping("stopping")
+        monkeypatch.setattr(notify.time, "clock_gettime_ns", lambda clock: 5_000_123_456)
+        notifier.reloading("reloading")
+        notifier.ready("running")
+        received = [manager.next(5) for _ in range(5)]
+        assert received == [{"STATUS": "one two"}, {"WATCHDOG": "1"}, {"STOPPING": "1", "STATUS": "stopping"},
+                            {"RELOADING": "1", "MONOTONIC_USEC": "5000123", "STATUS": "reloading"},
+                            {"READY": "1", "STATUS": "running"}]
+    finally:
+        manager.close()
+
+
+def test_a_manager_that_is_gone_is_warned_of_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    notifier = notify.Notifier({"NOTIFY_SOCKET": str(tmp_path / "gone.sock")})
+    with caplog.at_level("WARNING", logger="edge.systemd"):
+        assert notifier.send(READY=1) is False and notifier.send(WATCHDOG=1) is False
+    assert len(caplog.records) == 1 and caplog.records[0].getMessage().startswith("cannot notify systemd at ")
+
+
+@pytest.mark.parametrize("value, address, warned", [("@edge", "\0edge", False), ("/run/n.sock", "/run/n.sock", False),
+                                                    ("run/n.sock", None, True), ("", None, False)])
+def test_notify_socket_is_a_path_or_an_abstract_name(value: str, address: str | None, warned: bool,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="edge.systemd"):
+        assert notify.Notifier({"NOTIFY_SOCKET": value}).address == address
+    assert [r.getMessage() for r in caplog.records] == (
+        [f"NOTIFY_SOCKET {value!r} is neither a path nor an abstract name (@...); not notifying systemd"]
+        if warned else [])
