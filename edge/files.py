@@ -136,6 +136,16 @@ def _fsync(path: str | Path, flags: int) -> None:
 
 
 def _umask() -> int:
+    """The process's umask, read without setting it: os.umask() sets the mask of the whole process, so files
+    another thread creates meanwhile would get the temporary one. Linux has shown it in /proc/self/status
+    (`Umask:`) since 4.7; where that line is missing, the set-and-restore fallback is the only way."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

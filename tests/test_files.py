@@ -70,3 +70,20 @@ def test_an_owner_outside_the_allowed_uids_is_named(tmp_path: Path) -> None:
     if user != 0:
         with pytest.raises(files.NotPrivate, match=rf"belongs to uid {user}, not to root$"):
             files.check_private_dir(tmp_path, "bundle root", owners=(0,))
+
+
+def test_the_umask_is_read_without_setting_it(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """os.umask() sets the mask of the whole process: a file another thread creates meanwhile would get the
+    temporary mask. A new file's mode is worked out from /proc/self/status instead (Linux 4.7+)."""
+    old = os.umask(0o027)
+    try:
+        def no_umask(mask: int) -> int:
+            raise AssertionError("os.umask was called")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        with files.atomic_path(tmp_path / "plain") as tmp:
+            tmp.write_text("x")
+        assert (tmp_path / "plain").stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
