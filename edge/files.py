@@ -5,6 +5,7 @@ cache lives."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -99,6 +100,14 @@ def shown(path: str | Path) -> str:
     text = str(path)
     return text if len(text) <= 160 else f"{text[:120]}... ({len(text)} characters)"
 
+
+def write_hint(exc: OSError, path: Path) -> str:
+    """How to fix a write of `path` that the system refused with `exc`."""
+    if exc.errno == errno.EISDIR:
+        return f"{path} is a directory: remove it, or write elsewhere"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {path.parent} writable by this user (id -un), or write elsewhere"
+    return f"free space on the filesystem of {path.parent} (df -h)"
 
 @contextlib.contextmanager
 def atomic_path(path: Path, *, mode: int | None = None, durable: bool = False) -> Iterator[Path]:

@@ -1,6 +1,7 @@
 """edge/files.py: atomic writes (whole or not at all, the mode, durable) and the private-directory check."""
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -87,3 +88,10 @@ def test_the_umask_is_read_without_setting_it(monkeypatch: pytest.MonkeyPatch, t
     finally:
         monkeypatch.undo()
         os.umask(old)
+
+
+@pytest.mark.parametrize("code, hint", [(errno.EISDIR, "/d/f is a directory: remove it, or write elsewhere"),
+                                        (errno.EACCES, "make /d writable by this user (id -un), or write elsewhere"),
+                                        (errno.ENOSPC, "free space on the filesystem of /d (df -h)")])
+def test_a_refused_write_says_how_to_fix_it(code: int, hint: str) -> None:
+    assert files.write_hint(OSError(code, os.strerror(code)), Path("/d/f")) == hint

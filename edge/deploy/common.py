@@ -37,8 +37,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         with files.atomic_path(path, mode=0o644, durable=True) as tmp:
             tmp.write_text(json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
     except OSError as exc:
-        raise BundleError(f"cannot write {path}: {exc.strerror}", hint="free space on that filesystem (df -h)"
-                          ) from exc
+        raise BundleError(f"cannot write {path}: {exc.strerror}", hint=files.write_hint(exc, path)) from exc
 
 
 def utc_now() -> str:

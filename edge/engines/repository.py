@@ -167,11 +167,16 @@ class Manifest:
                               hint="regenerate it with the tools (edge assets fetch / edge build)") from exc
 
     def save(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
         data = {"schema": SCHEMA, "model": self.model, "variants": [v.to_json() for v in self.variants],
                 "refused": [{"precision": p, **r} for p, r in sorted(self.refused.items())]}
-        with files.atomic_path(self.root / MANIFEST) as tmp:
-            tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        path = self.root / MANIFEST
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            with files.atomic_path(path) as tmp:
+                tmp.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise EngineError(f"cannot write the manifest {path}: {exc.strerror}",
+                              hint=files.write_hint(exc, path)) from exc
 
     def refuse(self, precision: str, record: dict[str, Any]) -> None:
         """Record that the ONNX variant of `precision` failed its check (and drop the variant)."""

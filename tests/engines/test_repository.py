@@ -176,3 +176,11 @@ def test_manifest_refused_record_without_reason_is_malformed(tmp_path: Path) -> 
                                             ' "refused": [{"precision": "int8"}]}')
     with pytest.raises(EngineError, match="malformed.*refused variant has no reason"):
         repository.Manifest.load(tmp_path)
+
+
+def test_a_manifest_that_cannot_be_written_is_an_error_with_its_fix(tmp_path: Path) -> None:
+    (tmp_path / "m" / "manifest.json").mkdir(parents=True)
+    with pytest.raises(EngineError) as info:
+        repository.Manifest(tmp_path / "m", "m", []).save()
+    assert info.value.what.startswith(f"cannot write the manifest {tmp_path / 'm' / 'manifest.json'}: ")
+    assert info.value.hint == f"{tmp_path / 'm' / 'manifest.json'} is a directory: remove it, or write elsewhere"
