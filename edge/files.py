@@ -42,11 +42,18 @@ class NotPrivate(ValueError):
         self.note = note
 
 
-def read_regular(path: Path, limit: int) -> bytes:
+def read_regular(path: Path, limit: int, *, follow_symlinks: bool = True) -> bytes:
     """The whole file, of at most `limit` bytes. O_NONBLOCK: a FIFO in its place is refused, not waited on for a
-    writer, and no device is read; a file over the limit by its size is not read at all. OSError where the system
-    refuses (ENOENT, EACCES, ENAMETOOLONG, ...); NotRegularFile, FileTooLarge."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    writer, and no device is read; a file over the limit by its size is not read at all. `follow_symlinks=False`
+    (O_NOFOLLOW) refuses a symbolic link in its place too, where the file's own owner and place are what make it
+    trusted (a link would lend another file's content). OSError where the system refuses (ENOENT, EACCES,
+    ENAMETOOLONG, ...); NotRegularFile, FileTooLarge."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW))
+    except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow_symlinks and os.path.islink(path):
+            raise NotRegularFile(f"is not a regular file but {describe_mode(stat.S_IFLNK)}") from None
+        raise
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

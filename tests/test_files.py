@@ -95,3 +95,20 @@ def test_the_umask_is_read_without_setting_it(monkeypatch: pytest.MonkeyPatch, t
                                         (errno.ENOSPC, "free space on the filesystem of /d (df -h)")])
 def test_a_refused_write_says_how_to_fix_it(code: int, hint: str) -> None:
     assert files.write_hint(OSError(code, os.strerror(code)), Path("/d/f")) == hint
+
+
+def test_read_regular_refuses_a_link_only_when_asked(tmp_path: Path) -> None:
+    """A config or a trace may be a link to the real file; a trusted key or a cached kernel may not (O_NOFOLLOW),
+    whatever the link points to: a file, a FIFO (not waited on), or nothing."""
+    (tmp_path / "real").write_bytes(b"data")
+    os.mkfifo(tmp_path / "fifo")
+    for target in ("real", "fifo", "missing"):
+        (tmp_path / f"to-{target}").symlink_to(tmp_path / target)
+        with pytest.raises(files.NotRegularFile, match="^is not a regular file but a symbolic link$"):
+            files.read_regular(tmp_path / f"to-{target}", 100, follow_symlinks=False)
+    assert files.read_regular(tmp_path / "to-real", 100) == b"data"
+    assert files.read_regular(tmp_path / "real", 100, follow_symlinks=False) == b"data"
+    with pytest.raises(files.NotRegularFile, match="a FIFO$"):
+        files.read_regular(tmp_path / "to-fifo", 100)
+    with pytest.raises(FileNotFoundError):
+        files.read_regular(tmp_path / "missing", 100, follow_symlinks=False)
