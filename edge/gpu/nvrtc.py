@@ -6,8 +6,11 @@ says which JetPack ships which). It is searched on the loader path, then under $
 driver, and it is kept in the cache directory ($EDGE_CACHE/kernels, default ~/.cache/edge/kernels) under a
 key of (source, options, SM): the library is needed only the first time a kernel is built on a board; later
 starts read the cubin and need neither NVRTC nor nvcc. A newer driver loads an older cubin; one the driver
-refuses (a downgraded driver, a damaged file) is compiled again. An unwritable cache directory costs a
-compile per process, with a warning.
+refuses (a downgraded driver, a damaged file) is compiled again. The cache directory is made 0700 and used
+only while it is this user's and no one else can write to it (edge.files.check_private_dir): whoever can
+put a cubin there chooses the code edge runs on the GPU. A cached file is read only as a regular file, not
+through a link, of at most MAX_CUBIN_BYTES; anything else there is compiled again and replaced. A cache
+directory that cannot be made, or that is not private, costs a compile per process, with a warning.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import ctypes.util
 import functools
 import hashlib
 import os
+import stat
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,6 +30,7 @@ from edge.log import get_logger
 
 log = get_logger("nvrtc")
 _LIBRARY_NAMES = ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12")
+MAX_CUBIN_BYTES = 1 << 20       # a letterbox cubin is 12 to 20 kB (docs/gpu.md section 3): more is not one
 _compile_lock = threading.Lock()
 
 
@@ -116,11 +121,64 @@ def cubin(source: str, name: str, *, arch: str, options: Sequence[str] = (), cac
     cache_dir = default_kernel_cache() if cache_dir is None else cache_dir
     with _compile_lock:
         path = cache_dir / f"{name}-{cache_key(source, options, arch)[:24]}.cubin"
-        if path.is_file() and not refresh:
-            return path.read_bytes()
+        usable = _usable_cache(cache_dir)
+        cached = _read_cached(path) if usable and not refresh else None
+        if cached is not None:
+            return cached
         binary = compile_cubin(source, name, [f"--gpu-architecture={arch}", *options])
-        _store(path, binary)
+        if usable:
+            _store(path, binary)
         return binary
+
+
+def _usable_cache(cache_dir: Path) -> bool:
+    """Make the cache directory (0700) where it is missing; False, with a warning, where it cannot be made or
+    another user could change it: then its cubins are neither read nor written."""
+    try:
+        cache_dir.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass                            # a directory, or something check_private_dir refuses below
+    except OSError as exc:
+        log.warning("kernel cache %s not writable (%s): the kernel is compiled again by the next process",
+                    cache_dir, exc)
+        return False
+    try:
+        files.check_private_dir(cache_dir, "kernel cache directory", owners=(os.geteuid(),))
+    except (OSError, files.NotPrivate) as exc:
+        what = exc.what if isinstance(exc, files.NotPrivate) else f"kernel cache directory {cache_dir}: {exc}"
+        log.warning("%s", EngineError(
+            f"{what}; its cubins are not used, so the kernel is compiled by every process (NVRTC needed each time)",
+            note=_owner_and_mode(cache_dir),
+            hint=f"make it a plain directory of this user's alone (chown {os.geteuid()} {cache_dir} && chmod 700"
+                 f" {cache_dir}), or set EDGE_CACHE to a directory of this user's (kernels go to $EDGE_CACHE/kernels)"
+        ).render())
+        return False
+    return True
+
+
+def _owner_and_mode(path: Path) -> str | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return f"owner uid {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}"
+
+
+def _read_cached(path: Path) -> bytes | None:
+    """The cached cubin; None where there is none, or what is there is not one (a link, a FIFO, a file over
+    MAX_CUBIN_BYTES): that is compiled again and replaced, with a warning."""
+    try:
+        return files.read_regular(path, MAX_CUBIN_BYTES, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except files.FileTooLarge as exc:
+        problem = f"is larger than {MAX_CUBIN_BYTES} bytes ({exc})"
+    except files.NotRegularFile as exc:
+        problem = str(exc)
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    log.warning("cached kernel %s %s: it is compiled again and replaced", path, problem)
+    return None
 
 
 def compile_cubin(source: str, name: str, options: Sequence[str]) -> bytes:
@@ -154,7 +212,6 @@ def _program_log(lib: ctypes.CDLL, program: ctypes.c_void_p) -> str:
 def _store(path: Path, binary: bytes) -> None:
     """Write atomically (edge.files.atomic_path), so a reader never sees half a cubin."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         with files.atomic_path(path) as tmp:
             tmp.write_bytes(binary)
     except OSError as exc:

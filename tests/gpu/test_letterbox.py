@@ -160,13 +160,64 @@ def test_kernel_is_compiled_once_then_read_from_the_cache(tmp_path: Path, compil
     assert len(compiles) == 3 and sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["k", "k"]
 
 
-def test_a_cached_kernel_is_readable_like_any_new_file(tmp_path: Path, compiles: list[list[str]]) -> None:
-    """The cubin is written by edge.files.atomic_path: mode 0666 less the umask (it was mkstemp's 0600), so the
-    service user can read a kernel cache that a technician's run filled."""
-    nvrtc.cubin("src", "k", arch="sm_87", cache_dir=tmp_path)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    assert [p.stat().st_mode & 0o777 for p in tmp_path.iterdir()] == [0o666 & ~mask]
+def planted(cache: Path, source: str = "src", name: str = "k", arch: str = "sm_87") -> Path:
+    """Where nvrtc.cubin looks for the cubin of (source, name, arch): a name anyone can work out."""
+    return cache / f"{name}-{nvrtc.cache_key(source, [], arch)[:24]}.cubin"
+
+
+def test_the_kernel_cache_directory_is_made_this_users_alone(tmp_path: Path, compiles: list[list[str]]) -> None:
+    """0700, where it was made 0777 less the umask: whoever can write there chooses the code run on the GPU."""
+    cache = tmp_path / "edge" / "kernels"
+    nvrtc.cubin("src", "k", arch="sm_87", cache_dir=cache)
+    assert cache.stat().st_mode & 0o777 == 0o700 and planted(cache).read_bytes() == b"\x7fELFsrc"
+
+
+@pytest.mark.parametrize("problem", ["mode 777", "mode 775", "a link", "another owner"])
+def test_a_kernel_cache_another_user_could_change_is_not_used(tmp_path: Path, compiles: list[list[str]],
+                                                               caplog: pytest.LogCaptureFixture,
+                                                               problem: str) -> None:
+    """A cubin planted there is neither read nor replaced: the kernel is compiled, with a warning that names the
+    directory, its owner and mode, and the fix."""
+    real = tmp_path / "kernels"
+    real.mkdir(mode=0o700)
+    planted(real).write_bytes(b"\x7fELF planted")
+    cache = real
+    if problem == "a link":
+        cache = tmp_path / "link"
+        cache.symlink_to(real)
+    elif problem == "another owner":
+        if os.geteuid() != 0:
+            pytest.skip("giving the directory to another uid needs root (os.chown)")
+        os.chown(real, 4242, 4242)
+    else:
+        real.chmod(int(problem.split()[1], 8))
+    assert nvrtc.cubin("src", "k", arch="sm_87", cache_dir=cache) == b"\x7fELFsrc"
+    assert len(compiles) == 1 and planted(real).read_bytes() == b"\x7fELF planted"
+    note = "owner uid 4242, mode 700" if problem == "another owner" else \
+        f"owner uid {os.geteuid()}, mode {777 if problem == 'a link' else problem.split()[1]}"
+    assert f"kernel cache directory {cache} " in caplog.text and f"Note: {note}" in caplog.text
+    assert "Hint: make it a plain directory of this user's alone" in caplog.text and "EDGE_CACHE" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["a link", "too large", "a FIFO"])
+def test_a_cached_kernel_that_is_not_a_small_regular_file_is_compiled_again(
+        tmp_path: Path, compiles: list[list[str]], caplog: pytest.LogCaptureFixture, kind: str) -> None:
+    """Read with edge.files.read_regular: no link is followed (it was, to a file of any size), no FIFO waited
+    on, nothing over MAX_CUBIN_BYTES read; what is there is replaced by the compiled cubin."""
+    target = tmp_path / "elsewhere"
+    target.write_bytes(b"\x7fELF" + bytes(nvrtc.MAX_CUBIN_BYTES))
+    cache = tmp_path / "kernels"
+    cache.mkdir(mode=0o700)
+    path = planted(cache)
+    if kind == "a link":
+        path.symlink_to(target)
+    elif kind == "too large":
+        target.rename(path)
+    else:
+        os.mkfifo(path)
+    assert nvrtc.cubin("src", "k", arch="sm_87", cache_dir=cache) == b"\x7fELFsrc"
+    assert len(compiles) == 1 and not path.is_symlink() and path.read_bytes() == b"\x7fELFsrc"
+    assert f"cached kernel {path} " in caplog.text and "compiled again and replaced" in caplog.text
 
 
 def test_unwritable_kernel_cache_still_compiles(tmp_path: Path, compiles: list[list[str]],
