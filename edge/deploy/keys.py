@@ -24,6 +24,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from edge import files
 from edge.deploy.common import BundleError, check_private_dir
 
 PRIVATE_SUFFIX = ".key"
@@ -95,12 +96,13 @@ def load_private(path: Path) -> Ed25519PrivateKey:
 
 
 def load_trusted(directory: Path) -> dict[str, Ed25519PublicKey]:
-    """The public keys (`*.pub`) in `directory`, by key id. An unreadable or non-Ed25519 file is an error."""
+    """The public keys (`*.pub`) in `directory`, by key id. An unreadable or non-Ed25519 file is an error, and so
+    is one that another user could change (_read_trusted)."""
     check_private_dir(directory, "trusted key directory")
     keys: dict[str, Ed25519PublicKey] = {}
     for path in sorted(directory.glob(f"*{PUBLIC_SUFFIX}")):
         try:
-            key = serialization.load_pem_public_key(_read_key_file(path, "public key"))
+            key = serialization.load_pem_public_key(_read_trusted(path))
         except ValueError as exc:
             raise BundleError(f"trusted key {path} is not a PEM public key: {exc}",
                               hint=f"replace it with a NAME{PUBLIC_SUFFIX} of `edge keys generate`, or remove it"
@@ -116,15 +118,47 @@ def load_trusted(directory: Path) -> dict[str, Ed25519PublicKey]:
     return keys
 
 
-def _read_key_file(path: Path, what: str) -> bytes:
+def _read_trusted(path: Path) -> bytes:
+    """A trusted key file: the file itself (no link), owned by root or this user and writable by no one else,
+    since whoever can change it chooses which bundles this device runs."""
+    hint = f"install the key file itself, owned by root, mode 0644: install -m 0644 NAME.pub {path.parent}/"
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_KEY_FILE_BYTES + 1)
+        info = path.lstat()
     except OSError as exc:
-        raise BundleError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise BundleError(f"{what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file")
-    return data
+        raise BundleError(f"cannot read trusted key {path}: {exc.strerror}", hint=hint) from exc
+    mode, user = stat.S_IMODE(info.st_mode), os.geteuid()
+    if stat.S_ISLNK(info.st_mode):
+        raise BundleError(f"trusted key {path} is a symbolic link: the key would be whatever file it points to",
+                          note=f"it points to {_link_target(path)}", hint=f"{hint}, in place of the link")
+    if info.st_uid not in (0, user):
+        owners = "root" if user == 0 else f"root or this user (uid {user})"
+        raise BundleError(f"trusted key {path} belongs to uid {info.st_uid}, not to {owners}: that user could put"
+                          " their own key in it", note=f"mode {mode:o}", hint=f"chown root: {path}, or {hint}")
+    if mode & 0o022:
+        raise BundleError(f"trusted key {path} is writable by group or others: another user could put their own"
+                          " key in it", note=f"mode {mode:o}, owner uid {info.st_uid}", hint=f"chmod go-w {path}")
+    return _read_key_file(path, "trusted key", follow_symlinks=False)
+
+
+def _link_target(path: Path) -> str:
+    try:
+        return os.readlink(path)
+    except OSError as exc:
+        return f"? ({exc.strerror})"
+
+
+def _read_key_file(path: Path, what: str, *, follow_symlinks: bool = True) -> bytes:
+    """At most MAX_KEY_FILE_BYTES of a regular file (edge.files.read_regular: a FIFO is refused, not waited on)."""
+    hint = "a key file is a NAME.key or NAME.pub of `edge keys generate`"
+    try:
+        return files.read_regular(path, MAX_KEY_FILE_BYTES, follow_symlinks=follow_symlinks)
+    except files.NotRegularFile as exc:
+        raise BundleError(f"{what} {path} is not a key file", note=str(exc), hint=hint) from None
+    except files.FileTooLarge as exc:
+        raise BundleError(f"{what} {path} is larger than {MAX_KEY_FILE_BYTES} bytes: not a key file",
+                          note=str(exc), hint=hint) from None
+    except OSError as exc:
+        raise BundleError(f"cannot read {what} {path}: {exc.strerror}", hint=hint) from exc
 
 
 def sign(key: Ed25519PrivateKey, data: bytes) -> bytes:
