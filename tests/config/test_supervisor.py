@@ -36,3 +36,65 @@ def test_the_section_is_the_thresholds_and_three_keys_of_its_own() -> None:
     assert extra == {"enabled", "telemetry", "interval_s"}
     with pytest.raises(ConfigError, match="^supervisor: cool_c must be below hot_c"):
         SupervisorSection(telemetry="none", cool_c=90)
+
+
+# Each rule's whole error, as a user reads it (what, the values, the fix), and the edges of each range.
+REFUSED = [
+    ({"hot_c": "warm"}, "supervisor: hot_c must be a finite number\nNote: hot_c = 'warm'\n"
+                        "Hint: give a number; the default is 85.0"),
+    ({"zone": ""}, "supervisor: zone must be a zone name or null (the hottest SoC zone)\nNote: zone = ''\n"
+                   "Hint: use a name from the telemetry, e.g. tj, gpu or cpu, or leave it out"),
+    ({"cool_c": 90.0}, "supervisor: cool_c must be below hot_c\nNote: cool_c 90.0 °C, hot_c 85.0 °C\n"
+                       "Hint: lower cool_c, e.g. to 75 (hot_c - 10)"),
+    ({"critical_c": 85.0}, "supervisor: critical_c must be above hot_c\nNote: hot_c 85.0 °C, critical_c 85.0 °C\n"
+                           "Hint: raise critical_c (at most the passive trip 99 °C - a margin), or leave it out to"
+                           " derive it from the trip points"),
+    ({"critical_margin_c": 0.0}, "supervisor: critical_margin_c must be above 0 °C\nNote: critical_margin_c = 0.0\n"
+                                 "Hint: the default is 5.0"),
+    ({"power_resume_mw": 1000.0}, "supervisor: power_resume_mw is set but power_budget_mw is off\n"
+                                  "Note: power_resume_mw = 1000.0\n"
+                                  "Hint: set power_budget_mw too, or remove power_resume_mw"),
+    ({"power_budget_mw": 0.0}, "supervisor: power_budget_mw must be above 0 mW\nNote: power_budget_mw = 0.0\n"
+                               "Hint: give the module's budget in mW (e.g. 20000 for 20 W), or null to turn it off"),
+    ({"power_budget_mw": 20000.0, "power_resume_mw": 0.0},
+     "supervisor: power_resume_mw must be above 0 and below power_budget_mw\n"
+     "Note: power_resume_mw 0.0 mW, power_budget_mw 20000.0 mW\n"
+     "Hint: e.g. 18000 (90 % of the budget, the default when left out)"),
+    ({"dwell_s": 0.0}, "supervisor: dwell_s must be above 0 s\nNote: dwell_s = 0.0\nHint: the default is 30 s"),
+    ({"confirm_s": -1.0}, "supervisor: confirm_s must be 0 s or more\nNote: confirm_s = -1.0\n"
+                          "Hint: the default is 2.0 s"),
+    ({"critical_rate_scale": 0.0}, "supervisor: critical_rate_scale must be above 0 and at most 1\n"
+                                   "Note: critical_rate_scale = 0.0\n"
+                                   "Hint: e.g. 0.5 halves each task's frame rate in CRITICAL"),
+    ({"pause_below_priority": 102}, "supervisor: pause_below_priority must be an integer from 0 to 101\n"
+                                    "Note: pause_below_priority = 102\n"
+                                    "Hint: 0 pauses no task, 101 pauses every task; the default is 50"),
+]
+
+
+@pytest.mark.parametrize("values, rendered", REFUSED, ids=[next(iter(v)) + str(i) for i, (v, _) in enumerate(REFUSED)])
+def test_each_broken_rule_says_what_the_values_and_the_fix(values: dict, rendered: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SupervisorConfig(**values)
+    assert info.value.render() == rendered
+
+
+@pytest.mark.parametrize("values", [
+    {"critical_c": 85.001}, {"critical_margin_c": 0.001, "critical_hysteresis_c": 0.001},
+    {"power_budget_mw": 0.5, "power_resume_mw": 0.25}, {"power_budget_mw": 20000.0, "power_resume_mw": 19999.0},
+    {"dwell_s": 0.001}, {"confirm_s": 0.0, "pause_after_s": 0.0}, {"critical_rate_scale": 1.0},
+    {"critical_rate_scale": 0.001}, {"pause_below_priority": 0}, {"pause_below_priority": 101},
+    {"power_budget_mw": None, "power_resume_mw": None}, {"critical_c": None},
+], ids=str)
+def test_the_edges_of_each_range_are_accepted(values: dict) -> None:
+    config = SupervisorConfig(**values)
+    assert all(getattr(config, name) == value for name, value in values.items())
+
+
+@pytest.mark.parametrize("values", [{"critical_hysteresis_c": 0.0}, {"pause_after_s": -0.001},
+                                    {"critical_rate_scale": 1.001}, {"pause_below_priority": -1},
+                                    {"pause_below_priority": 50.0}, {"power_budget_mw": 1.0, "power_resume_mw": 1.0}],
+                         ids=str)
+def test_just_past_each_edge_is_refused(values: dict) -> None:
+    with pytest.raises(ConfigError, match="^supervisor: "):
+        SupervisorConfig(**values)
