@@ -11,6 +11,7 @@ from edge.errors import ConfigError
 
 DEFAULT_PASSIVE_TRIP_C = 99.0           # Orin sw-throttle (mainline T234 device tree); shutdown at 104.5 °C
 RESUME_SHARE = 0.9                      # power_resume_mw default: 90 % of the budget
+FLOAT_BITS = 1024                       # an int of more bits is beyond a float's range (2**1024 overflows)
 
 
 class SupervisorConfig(BaseModel):
@@ -45,11 +46,18 @@ class SupervisorConfig(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _as_given(cls, data: Any, info: ValidationInfo) -> Any:
-        """Values from code (no validation context) are checked as given, and a broken rule is a ConfigError: a
-        string or a bool is no number here. A config file's values (parse_config passes a context) are parsed
-        first, `hot_c: ${HOT_C}` giving "85", which is 85.0; `_thresholds` then checks them, and a broken rule
-        is one of the file's problems."""
+        """Values from code (no validation context) are checked as given, and a broken rule or an unknown key is
+        a ConfigError: a string or a bool is no number here. A config file's values (parse_config passes a
+        context) are parsed first, `hot_c: ${HOT_C}` giving "85", which is 85.0; `_thresholds` then checks them,
+        and a broken rule is one of the file's problems."""
         if info.context is None and isinstance(data, dict):
+            unknown = [key for key in data if key not in cls.model_fields]
+            if unknown:
+                raise config_error(f"unknown key {unknown[0]!r}" if len(unknown) == 1 else
+                                   f"unknown keys {', '.join(map(repr, unknown))}",
+                                   ", ".join(f"{key} = {_shown(data[key])}" for key in unknown),
+                                   f"remove {'it' if len(unknown) == 1 else 'them'} or fix the spelling; the keys"
+                                   f" are {', '.join(cls.model_fields)}")
             _check(SupervisorConfig.model_construct(**data))
         return data
 
@@ -99,8 +107,23 @@ def config_error(what: str, note: str, hint: str) -> ConfigError:
 
 
 def is_finite_number(value: object) -> bool:
-    """An int or a float, not a bool, not NaN or infinite."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or a float, not a bool, not NaN or infinite, and within a float's range: an int such as 10**400
+    is not (math.isfinite raises OverflowError on it, as would every float operation of the policy)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _shown(value: object) -> str:
+    """A value for an error message: its repr, cut after 40 characters; an int beyond a float's range by its
+    size (repr refuses an int of over 4300 digits)."""
+    if isinstance(value, int) and value.bit_length() > FLOAT_BITS:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:40]}..."
 
 
 def _check_numbers(cfg: SupervisorConfig) -> None:
@@ -110,7 +133,7 @@ def _check_numbers(cfg: SupervisorConfig) -> None:
         if name == "zone" or (value is None and name in optional):
             continue
         if not is_finite_number(value):
-            raise config_error(f"{name} must be a finite number", f"{name} = {value!r}",
+            raise config_error(f"{name} must be a finite number", f"{name} = {_shown(value)}",
                                        f"give a number; the default is {field.default!r}")
     if cfg.zone is not None and (not isinstance(cfg.zone, str) or not cfg.zone.strip()):
         raise config_error("zone must be a zone name or null (the hottest SoC zone)", f"zone = {cfg.zone!r}",
@@ -160,5 +183,5 @@ def _check_times_and_actions(cfg: SupervisorConfig) -> None:
                            "e.g. 0.5 halves each task's frame rate in CRITICAL")
     if not isinstance(cfg.pause_below_priority, int) or not 0 <= cfg.pause_below_priority <= 101:
         raise config_error("pause_below_priority must be an integer from 0 to 101",
-                           f"pause_below_priority = {cfg.pause_below_priority!r}",
+                           f"pause_below_priority = {_shown(cfg.pause_below_priority)}",
                            "0 pauses no task, 101 pauses every task; the default is 50")

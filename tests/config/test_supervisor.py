@@ -98,3 +98,34 @@ def test_the_edges_of_each_range_are_accepted(values: dict) -> None:
 def test_just_past_each_edge_is_refused(values: dict) -> None:
     with pytest.raises(ConfigError, match="^supervisor: "):
         SupervisorConfig(**values)
+
+
+@pytest.mark.parametrize("key,rule", [
+    ("pause_below_priority", "supervisor: pause_below_priority must be a finite number (pause_below_priority = an"
+                             " integer of about 401 digits)"),
+    ("critical_c", "supervisor.critical_c: Input should be a valid number"),
+])
+def test_an_int_beyond_a_floats_range_is_a_problem_of_the_file(tmp_path: Path, key: str, rule: str) -> None:
+    """1 and 400 zeros is an int that YAML builds and pydantic keeps for an int field; the finite-number check met
+    it with math.isfinite, which raised OverflowError: a traceback at start."""
+    text = BASE + f"supervisor:\n  {key}: 1{'0' * 400}\n"
+    with pytest.raises(ConfigError, match=r"1 problem\(s\)") as caught:
+        parse_config(text, source="t.yaml", base_dir=tmp_path, environ={})
+    assert rule in str(caught.value)
+
+
+@pytest.mark.parametrize("digits", [401, 5001])
+def test_an_int_beyond_a_floats_range_is_refused_from_code(digits: int) -> None:
+    with pytest.raises(ConfigError, match=r"^supervisor: hot_c must be a finite number\nNote: hot_c = an integer of"
+                                          rf" about {digits} digits\n"):
+        SupervisorConfig(hot_c=-(10 ** (digits - 1)))
+
+
+@pytest.mark.parametrize("kind", [SupervisorConfig, SupervisorSection])
+def test_an_unknown_key_from_code_is_a_config_error(kind: type[SupervisorConfig]) -> None:
+    """It was pydantic's ValidationError, unlike every other rule checked from code."""
+    with pytest.raises(ConfigError, match=r"^supervisor: unknown key 'bogus'\nNote: bogus = 1\nHint: remove it or"
+                                          r" fix the spelling; the keys are zone, hot_c, "):
+        kind(bogus=1)
+    with pytest.raises(ConfigError, match=r"^supervisor: unknown keys 'hotc', 'x'\nNote: hotc = 80, x = 'y'\n"):
+        kind(hotc=80, x="y")
