@@ -35,6 +35,8 @@ MAX_DEPTH = 32                   # levels of nesting, aliases copied out (a conf
 MAX_VALUES = 100_000             # values (keys, scalars, lists, mappings), aliases copied out (a config: hundreds)
 SHOWN_ENV = frozenset({"EDGE_LOG_LEVEL", "EDGE_CACHE"})   # a log level and a directory: printed in errors
 MIN_HIDDEN = 4                   # environment values this long are hidden in every problem, shorter at their key
+UNBUILDABLE = (ValueError, OverflowError, LookupError, AttributeError)   # what PyYAML's scalar constructors raise
+                                 # for text they cannot build (int("abc"), a 13th month, `!!bool maybe`, `!!int ""`)
 
 
 _Hidden = dict[tuple[Any, ...], list[tuple[str, str]]]     # key path -> (text from the environment, shown instead)
@@ -209,6 +211,26 @@ class _Loader(yaml.SafeLoader):
                               f" {line})", note="a config has a few hundred values (keys, scalars, lists, mappings)",
                               hint="pass the config file itself, not data; a config lists cameras and tasks")
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        """A value built from its node; one that PyYAML cannot build (`dwell_s: 2001-13-45`, a date, has no 13th
+        month; `!!int abc`; an int of more digits than Python converts) is a ConfigError naming its line. The
+        scalar constructors raise Python's own errors there, not a YAMLError."""
+        try:
+            return super().construct_object(node, deep)
+        except UNBUILDABLE as exc:
+            raise self._unbuildable(node, exc) from None
+
+    def _unbuildable(self, node: yaml.Node, exc: Exception) -> ConfigError:
+        mark, tag = node.start_mark, node.tag.replace("tag:yaml.org,2002:", "!!")
+        value = redact(node.value) if isinstance(node, yaml.ScalarNode) else None     # `!!int rtsp://u:pw@cam`
+        text = "the value" if value is None else repr(value if len(value) <= 40 else f"{value[:40]}...")
+        reason = str(exc).partition("; use sys.set_int_max_str_digits")[0]      # Python's advice, not the user's
+        return ConfigError(f"config {self.source} is not valid YAML at line {mark.line + 1}, column {mark.column + 1}:"
+                           f" {text} is no valid {tag}",
+                           note=reason if isinstance(exc, (ValueError, OverflowError)) else None,
+                           hint="write the value the key expects, or quote it to keep it as text (YAML reads"
+                           " 2001-02-03 as a date, 0x1F and 1_000 as numbers)")
+
     def compose_document(self) -> yaml.Node:
         node = super().compose_document()
         self._measure(node, ())
@@ -281,7 +303,7 @@ class _Loader(yaml.SafeLoader):
         try:
             value = build(self, key) if build is not None else None
             hash(value)
-        except (yaml.YAMLError, ValueError, TypeError):
+        except (yaml.YAMLError, TypeError, *UNBUILDABLE):
             build = None
         return ("built", value) if build is not None else (key.tag, key.value)
 

@@ -424,3 +424,28 @@ def test_a_nul_written_as_a_yaml_escape_is_refused_where_it_is(key: str) -> None
     line, replaced = NUL_CASES[key]
     message = error(GOOD.replace(line, replaced, 1))
     assert f".{key}: contains a NUL character (\\0), which no path, URI, endpoint or name can hold" in message
+
+
+@pytest.mark.parametrize("value,shown,note", [
+    ("2001-13-45", "'2001-13-45' is no valid !!timestamp", "month must be in 1..12"),
+    ("!!int abc", "'abc' is no valid !!int", "invalid literal for int() with base 10: 'abc'"),
+    ("!!float abc", "'abc' is no valid !!float", "could not convert string to float: 'abc'"),
+    ("1" * 4301, f"'{'1' * 40}...' is no valid !!int", "Exceeds the limit (4300 digits) for integer string"
+                                                         " conversion: value has 4301 digits"),
+    ("!!bool maybe", "'maybe' is no valid !!bool", None),
+    ('!!int ""', "'' is no valid !!int", None),
+    ("!!int rtsp://u:hunter22@cam", "'rtsp://u:***@cam' is no valid !!int", "invalid literal"),
+])
+def test_a_value_yaml_cannot_build_is_a_clear_error_with_its_line(value: str, shown: str, note: str | None) -> None:
+    """PyYAML's scalar constructors raise Python's own errors (ValueError, IndexError, KeyError), not a YAMLError:
+    they ended the daemon with a traceback at start."""
+    message = error(GOOD.replace("    enabled: false\n", f"    enabled: false\n    rate_limit_hz: {value}\n"))
+    assert message.startswith(f"config test.yaml is not valid YAML at line 19, column 20: {shown}\n")
+    assert (f"\nNote: {note}" in message) if note else "\nNote:" not in message
+    assert "Hint: write the value the key expects, or quote it" in message and "hunter22" not in message
+    assert "set_int_max_str_digits" not in message
+
+
+def test_a_key_yaml_cannot_build_is_a_clear_error_with_its_line() -> None:
+    message = error(GOOD + '!!int "": 2\n')
+    assert message.startswith("config test.yaml is not valid YAML at line 19, column 1: '' is no valid !!int\n")
