@@ -96,8 +96,8 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
         raise ValueError(f"camera URI {redact(text)!r} has no scheme; write e.g. file://PATH or v4l2:///dev/video0"
                          f" (schemes: {', '.join(SCHEMES)})")
     scheme, rest = text.split("://", 1)
-    if scheme not in SCHEMES:
-        raise ValueError(f"unknown camera URI scheme {scheme!r} (known: {', '.join(SCHEMES)})")
+    if scheme not in SCHEMES:                         # redacted: `admin:pw@cam://x` puts a password here
+        raise ValueError(f"unknown camera URI scheme {redact(scheme)!r} (known: {', '.join(SCHEMES)})")
     if scheme == "rtsp":
         safe = urlsplit(redact(text))                 # credentials out of the way (and out of any message)
         if not safe.hostname:
@@ -110,16 +110,19 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
             raise ValueError(f"rtsp URI {redact(text)!r} has a port outside 1..65535")
         return CameraURI(scheme, text, {}, text)
     location, _, query = rest.partition("?")
+    if "@" in query:            # a password with a `?`: its tail would be quoted as a parameter (redact hides it)
+        raise ValueError(f"camera URI {redact(text)!r} has an '@' after its '?': {scheme}:// takes no user or"
+                         " password, and no parameter holds an '@'")
     params = {k: _typed(scheme, k, v) for k, v in parse_qsl(query, keep_blank_values=True)}
     if not location:
-        raise ValueError(f"camera URI {text!r} names no {'file' if scheme == 'file' else 'device'}")
+        raise ValueError(f"camera URI {redact(text)!r} names no {'file' if scheme == 'file' else 'device'}")
     if scheme == "file":
         path = Path(location)
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         location = str(path)
     elif scheme == "csi" and not location.isdigit():
-        raise ValueError(f"csi URI {text!r} must name a sensor number, e.g. csi://0")
+        raise ValueError(f"csi URI {redact(text)!r} must name a sensor number, e.g. csi://0")
     elif scheme == "test" and location not in ("bars",):
-        raise ValueError(f"unknown test pattern {location!r} (known: bars)")
+        raise ValueError(f"unknown test pattern {redact(location)!r} (known: bars)")
     return CameraURI(scheme, location, params, text)

@@ -54,36 +54,43 @@ def _render(problem: Problem, overridden: typing.Mapping[tuple[Any, ...], str], 
     replaced in every problem; a shorter one only in its own key's (elsewhere a `1` would turn every 1 in
     the message into `${NAME}`). Printed as they are: EDGE_LOG_LEVEL and EDGE_CACHE (a log level and a
     directory, edge's own settings: SHOWN_ENV), and an unset variable (it has no value).
+
+    Every string of the value is shown redacted (edge.config.cameras.redact), so a password written into a
+    camera URI or an endpoint is not printed either, whatever key holds it (`cameras: [rtsp://u:pw@cam]`
+    is a list where a mapping belongs); a rule that quotes a URI redacts it itself.
     """
     loc = problem.loc
     where = key_path(loc) + (f" (from ${overridden[loc]})" if loc in overridden else "")
     secrets = _secrets_at(loc, hidden)
     own = any(at[:len(loc)] == loc or loc[:len(at)] == at for at in hidden)
     not_shown = "; values from the environment not shown" if own else ""
-    value = f" (value: {_scrub(problem.value, secrets)!r:.120}{not_shown})" if problem.show_value else ""
+    value = f" (value: {_scrub(problem.value, secrets, redacting=True)!r:.120}{not_shown})" \
+        if problem.show_value else ""
     return f"{where}: {_scrub(problem.rule, secrets)}{value}. Hint: {problem.hint}"
 
 
 def _secrets_at(loc: tuple[Any, ...], hidden: _Hidden) -> list[tuple[str, str]]:
     """What to hide in a problem at `loc`: the environment's text at that key, below or above it, and any of
     MIN_HIDDEN characters or more; longest first (a whole expanded string before the variable values inside
-    it), also as repr() escapes it."""
+    it), also as a rule quotes a URI (redacted) and as repr() escapes it."""
     pairs = [pair for at, some in hidden.items() for pair in some
              if at[:len(loc)] == loc or loc[:len(at)] == at or len(pair[0]) >= MIN_HIDDEN]
+    pairs += [(redact(text), shown) for text, shown in pairs if redact(text) != text]
     pairs += [(repr(text)[1:-1], shown) for text, shown in pairs if repr(text)[1:-1] != text]
     return sorted(pairs, key=lambda pair: -len(pair[0]))
 
 
-def _scrub(value: Any, secrets: list[tuple[str, str]]) -> Any:
-    """`value` (a string, or lists and mappings of them) with every secret replaced by what is shown instead."""
+def _scrub(value: Any, secrets: list[tuple[str, str]], *, redacting: bool = False) -> Any:
+    """`value` (a string, or lists and mappings of them) with every secret replaced by what is shown instead;
+    `redacting`: with every string redacted too."""
     if isinstance(value, str):
         for text, shown in secrets:
             value = value.replace(text, shown)
-        return value
+        return redact(value) if redacting else value
     if isinstance(value, list):
-        return [_scrub(v, secrets) for v in value]
+        return [_scrub(v, secrets, redacting=redacting) for v in value]
     if isinstance(value, dict):
-        return {k: _scrub(v, secrets) for k, v in value.items()}
+        return {k: _scrub(v, secrets, redacting=redacting) for k, v in value.items()}
     return value
 
 
@@ -385,10 +392,7 @@ def _describe(err: Any) -> Problem:
         allowed = _allowed_keys(loc[:-1])
         hint += f"; allowed keys here: {', '.join(allowed)}" if allowed else ""
     whole_block = isinstance(err["input"], dict)          # a rule across keys: the rule names the values
-    value = err["input"]
-    if loc and loc[-1] == "uri" and isinstance(value, str):
-        value = redact(value)                    # a camera password never reaches an error message
-    return Problem(loc, rule, value, hint, show_value=err["type"] != "missing" and not whole_block)
+    return Problem(loc, rule, err["input"], hint, show_value=err["type"] != "missing" and not whole_block)
 
 
 def _file_order(problem: Problem) -> tuple[int, int]:

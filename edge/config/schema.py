@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from pydantic_core import PydanticCustomError
 
 from edge.config import rules, wire
-from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri
+from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri, redact
 from edge.config.precision import Mode, Precision
 from edge.config.supervisor import SupervisorSection
 
@@ -148,7 +148,7 @@ class OutputConfig(_Strict):
     def _tcp_needs_curve(self) -> OutputConfig:
         if self.results.startswith("tcp://") and self.curve is None:
             where = "any process on this machine" if wire.is_loopback(self.results) else "anyone on the network"
-            raise ValueError(f"results on {self.results} without CURVE would reach {where}: set output.curve"
+            raise ValueError(f"results on {redact(self.results)} without CURVE would reach {where}: set output.curve"
                              " (secret_key, clients; `edge curve-keys` makes the keys), or use ipc://")
         return self
 
@@ -160,8 +160,8 @@ class ControlConfig(_Strict):
     @classmethod
     def _endpoint(cls, value: str) -> str:
         if not value.startswith("ipc://"):
-            raise ValueError(f"the control socket {value!r} must be ipc:// (a socket file only this user and root"
-                             " can reach); tcp would let any local process command the daemon")
+            raise ValueError(f"the control socket {redact(value)!r} must be ipc:// (a socket file only this user and"
+                             " root can reach); tcp would let any local process command the daemon")
         return wire.check_endpoint(value)
 
 

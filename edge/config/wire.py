@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from edge.config.cameras import redact
+
 RUN_DIR = Path("/run/edge")
 MAX_DETECTIONS = 10_000              # detections in one det message (the config's max_detections at most)
 NAME_BYTES = 64                      # a task name or camera id: letters, digits, _ and - (part of topics)
@@ -32,21 +34,21 @@ def default_control_endpoint() -> str:
 
 
 def check_endpoint(endpoint: str) -> str:
-    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT); ValueError with the rule. Whether tcp is
-    allowed at all is the config's rule (results on tcp only with CURVE, control never)."""
+    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT); ValueError with the rule, the endpoint
+    redacted. Whether tcp is allowed at all is the config's rule (results on tcp only with CURVE, control never)."""
     if endpoint.startswith("ipc://"):
         if not endpoint[len("ipc://"):].startswith("/"):
-            raise ValueError(f"ipc endpoint {endpoint!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
+            raise ValueError(f"ipc endpoint {redact(endpoint)!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
         return endpoint
     if not endpoint.startswith("tcp://"):
-        raise ValueError(f"endpoint {endpoint!r} must start with ipc:// or tcp://")
+        raise ValueError(f"endpoint {redact(endpoint)!r} must start with ipc:// or tcp://")
     parts = urlsplit(endpoint)
     try:
         port = parts.port
     except ValueError:
         port = None
     if not parts.hostname or port is None:
-        raise ValueError(f"tcp endpoint {endpoint!r} must be tcp://HOST:PORT")
+        raise ValueError(f"tcp endpoint {redact(endpoint)!r} must be tcp://HOST:PORT")
     return endpoint
 
 

@@ -61,3 +61,16 @@ def test_a_uri_without_a_scheme_is_refused_without_its_password() -> None:
     with pytest.raises(ValueError, match="has no scheme") as info:
         parse_uri("admin:s3cret@cam.local/x")
     assert "s3cret" not in str(info.value) and "'admin:***@cam.local/x'" in str(info.value)
+
+
+
+@pytest.mark.parametrize("uri", ["file://admin:hunter22@/v/a.avi?loop=2", "test://admin:hunter22@stripes",
+                                 "v4l2://admin:hunter22@/dev/video0?size=big", "rtsp://admin:hunter22@cam:0/x",
+                                 "csi://admin:hunter22@front", "admin:hunter22@cam://x"])
+@pytest.mark.parametrize("password", ["hunter22", "hun?ter22"])
+def test_no_rule_quotes_a_password(uri: str, password: str) -> None:
+    """The rule of a csi or test URI, or of an unknown scheme, quoted it; a `?` in the password made its tail a
+    parameter that a rule quoted."""
+    with pytest.raises(ValueError) as caught:
+        parse_uri(uri.replace("hunter22", password))
+    assert "ter22" not in str(caught.value)

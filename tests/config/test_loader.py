@@ -370,9 +370,9 @@ def test_values_from_the_environment_are_not_printed() -> None:
     text = text.replace("    enabled: false", "    enabled: false\n    params: {conf_threshold: 'x${CONF}'}")
     message = error(text, env)
     assert "hunter2" not in message
-    assert "cameras[0].uri: camera URI 'admin:***@cam/stream' has no scheme" in message   # redacted at the source
-    assert "(value: 'admin:***@cam/stream'; values from the environment not shown)" in message
-    assert "cameras[1].uri: rtsp URI 'rtsp://user:***@127.0.0.1:99999/rear' has a port outside" in message
+    assert "cameras[0].uri: camera URI '${CAM_URI}' has no scheme" in message       # the rule quotes it redacted
+    assert "(value: '${CAM_URI}'; values from the environment not shown)" in message
+    assert "cameras[1].uri: rtsp URI 'rtsp://user:${CAM_PASS}@127.0.0.1:99999/rear' has a port outside" in message
     assert "tasks[1].params.conf_threshold: Input should be a valid number" in message
     assert "(value: 'x${CONF}'; values from the environment not shown)" in message
     assert "output: results on ${EDGE_RESULTS_ENDPOINT} without CURVE would reach anyone on the network" in message
@@ -449,3 +449,39 @@ def test_a_value_yaml_cannot_build_is_a_clear_error_with_its_line(value: str, sh
 def test_a_key_yaml_cannot_build_is_a_clear_error_with_its_line() -> None:
     message = error(GOOD + '!!int "": 2\n')
     assert message.startswith("config test.yaml is not valid YAML at line 19, column 1: '' is no valid !!int\n")
+
+
+URIS_WITH_PASSWORDS = {         # one of each camera URI form that the config refuses, with a password in it
+    "file": "file://admin:hunter22@/v/a.avi?loop=2", "test": "test://admin:hunter22@stripes",
+    "v4l2": "v4l2://admin:hunter22@/dev/video0?size=big", "rtsp": "rtsp://admin:hunter22@cam:99999/live",
+    "csi": "csi://admin:hunter22@front",
+}
+ENDPOINTS_WITH_PASSWORDS = [     # (section, key, endpoint): no port, no CURVE, relative, no scheme, tcp for control
+    ("output", "results", "tcp://u:hunter22@host"), ("output", "results", "tcp://u:hunter22@host:1"),
+    ("output", "results", "ipc://u:hunter22@run/r.sock"), ("output", "results", "udp://u:hunter22@host:1"),
+    ("control", "endpoint", "tcp://u:hunter22@host:1"), ("control", "endpoint", "ipc://u:hunter22@c.sock"),
+]
+WRITTEN = {"as is": '"{}"', "with a NUL": '"{}\\0"', "in a list": '["{}"]'}
+
+
+def assert_no_password(message: str) -> None:
+    assert "invalid config test.yaml" in message
+    assert "hunter22" not in message and "ter22" not in message and ":***@" in message
+
+
+@pytest.mark.parametrize("how", WRITTEN)
+@pytest.mark.parametrize("form", URIS_WITH_PASSWORDS)
+def test_a_camera_password_is_in_no_error(form: str, how: str) -> None:
+    """The value was redacted only where it was a string at a `uri` key: a rule quoted the URI or a part of it
+    ("csi URI 'csi://admin:hunter22@0' must name a sensor number", "unknown test pattern 'admin:hunter22@bars'"),
+    the NUL rule and a list showed it whole, and a `?` in the password made its tail a parameter name."""
+    for uri in (URIS_WITH_PASSWORDS[form], URIS_WITH_PASSWORDS[form].replace("hunter22", "hun?ter22")):
+        written = WRITTEN[how].format(uri)
+        assert_no_password(error(GOOD.replace("uri: file://videos/front.avi?realtime=0", f"uri: {written}")))
+
+
+@pytest.mark.parametrize("how", WRITTEN)
+@pytest.mark.parametrize("section,key,endpoint", ENDPOINTS_WITH_PASSWORDS)
+def test_a_password_in_an_endpoint_is_in_no_error(section: str, key: str, endpoint: str, how: str) -> None:
+    """The endpoint rules ("must be tcp://HOST:PORT", CURVE, control on ipc://) quoted it whole."""
+    assert_no_password(error(GOOD + f"{section}:\n  {key}: {WRITTEN[how].format(endpoint)}\n"))
