@@ -11,6 +11,7 @@ URIs (an explicit scheme is required):
 from __future__ import annotations
 
 import dataclasses
+import unicodedata
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -58,6 +59,23 @@ def redact(uri: str) -> str:
     return f"{scheme}{sep}{user}{':***' if colon else ''}@{host}"
 
 
+def check_characters(text: str, what: str) -> None:
+    """ValueError unless `text` (a camera URI or an endpoint, `what` in the message) can reach a system call as
+    written: no control character, no lone surrogate. The YAML reader refuses them in the file's text (but tab,
+    CR and LF), and a double-quoted escape makes them all ("\\x07", "\\ud800"); a surrogate cannot even be
+    encoded for the call (UnicodeEncodeError at start). A NUL is refused in every string of a config
+    (edge.config.rules)."""
+    for char in text:
+        if char != "\0" and unicodedata.category(char) == "Cc":
+            raise ValueError(f"{what} {redact(text)!r} contains the control character {char!r} (U+{ord(char):04X}),"
+                             " which no path, device or host name holds")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} {redact(text)!r} contains {exc.object[exc.start]!r}, a lone surrogate (half of"
+                         " a UTF-16 pair, from a YAML escape), which UTF-8 cannot encode") from None
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """`1280x720` -> (1280, 720); ValueError with the rule when malformed."""
     try:
@@ -96,6 +114,7 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
         raise ValueError(f"camera URI {redact(text)!r} has no scheme; write e.g. file://PATH or v4l2:///dev/video0"
                          f" (schemes: {', '.join(SCHEMES)})")
     scheme, rest = text.split("://", 1)
+    check_characters(text, "camera URI")
     if scheme not in SCHEMES:                         # redacted: `admin:pw@cam://x` puts a password here
         raise ValueError(f"unknown camera URI scheme {redact(scheme)!r} (known: {', '.join(SCHEMES)})")
     if scheme == "rtsp":

@@ -8,13 +8,17 @@ import os
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from edge.config.cameras import redact
+from edge.config.cameras import check_characters, redact
 
 RUN_DIR = Path("/run/edge")
 MAX_DETECTIONS = 10_000              # detections in one det message (the config's max_detections at most)
 NAME_BYTES = 64                      # a task name or camera id: letters, digits, _ and - (part of topics)
 NAME_CHARS = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 NAME_PATTERN = rf"^[A-Za-z0-9_-]{{1,{NAME_BYTES}}}$"     # NAME_CHARS, as the config checks a name
+# A unix socket's path, in bytes: Linux's sockaddr_un.sun_path is 108 bytes with the terminating NUL (unix(7)),
+# so 107; a longer ipc:// path fails the bind (ZMQError) or the probe (OSError). A path that fits cannot hold a
+# part over NAME_MAX (255 bytes, ENAMETOOLONG) either.
+IPC_PATH_BYTES = 107
 
 
 def runtime_dir() -> Path:
@@ -34,11 +38,18 @@ def default_control_endpoint() -> str:
 
 
 def check_endpoint(endpoint: str) -> str:
-    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT); ValueError with the rule, the endpoint
-    redacted. Whether tcp is allowed at all is the config's rule (results on tcp only with CURVE, control never)."""
+    """Validate an endpoint's form (ipc://PATH or tcp://HOST:PORT) and that the system can take it as written;
+    ValueError with the rule, the endpoint redacted. Whether tcp is allowed at all is the config's rule (results
+    on tcp only with CURVE, control never)."""
+    check_characters(endpoint, "endpoint")
     if endpoint.startswith("ipc://"):
-        if not endpoint[len("ipc://"):].startswith("/"):
+        path = endpoint[len("ipc://"):]
+        if not path.startswith("/"):
             raise ValueError(f"ipc endpoint {redact(endpoint)!r} needs an absolute path, e.g. ipc:///run/edge/results.sock")
+        size = len(path.encode("utf-8"))
+        if size > IPC_PATH_BYTES:
+            raise ValueError(f"the path of an ipc endpoint has {size} bytes (UTF-8); a unix socket path holds at most"
+                             f" {IPC_PATH_BYTES} on Linux: choose a shorter one, e.g. ipc:///run/edge/results.sock")
         return endpoint
     if not endpoint.startswith("tcp://"):
         raise ValueError(f"endpoint {redact(endpoint)!r} must start with ipc:// or tcp://")
@@ -49,6 +60,9 @@ def check_endpoint(endpoint: str) -> str:
         port = None
     if not parts.hostname or port is None:
         raise ValueError(f"tcp endpoint {redact(endpoint)!r} must be tcp://HOST:PORT")
+    if "@" in parts.netloc:              # ZeroMQ takes `u:pw@host` for a host name: "No such device" at start
+        raise ValueError(f"tcp endpoint {redact(endpoint)!r} names a user: write tcp://HOST:PORT; the clients'"
+                         " CURVE keys (output.curve) say who may connect")
     return endpoint
 
 

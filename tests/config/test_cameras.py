@@ -74,3 +74,13 @@ def test_no_rule_quotes_a_password(uri: str, password: str) -> None:
     with pytest.raises(ValueError) as caught:
         parse_uri(uri.replace("hunter22", password))
     assert "ter22" not in str(caught.value)
+
+
+@pytest.mark.parametrize("uri", ["file:///v/a\x07.avi", "file:///v/a\tb.avi", "test://bars\x1b", "v4l2:///dev/video0\x85",
+                                 "rtsp://cam/live\r", "csi://0\x7f", "file:///v/a\ud800.avi", "rtsp://u:p\x07w@cam/x"])
+def test_a_uri_the_system_cannot_take_as_written_is_refused(uri: str) -> None:
+    """A YAML escape puts a control character or a lone surrogate where the reader checks only the raw text: a file
+    path with a BEL, a surrogate that no system call can encode (UnicodeEncodeError at start)."""
+    with pytest.raises(ValueError, match="contains the control character|a lone surrogate") as caught:
+        parse_uri(uri)
+    assert "p\\x07w" not in str(caught.value)

@@ -375,8 +375,11 @@ def test_values_from_the_environment_are_not_printed() -> None:
     assert "cameras[1].uri: rtsp URI 'rtsp://user:${CAM_PASS}@127.0.0.1:99999/rear' has a port outside" in message
     assert "tasks[1].params.conf_threshold: Input should be a valid number" in message
     assert "(value: 'x${CONF}'; values from the environment not shown)" in message
-    assert "output: results on ${EDGE_RESULTS_ENDPOINT} without CURVE would reach anyone on the network" in message
+    assert ("output.results (from $EDGE_RESULTS_ENDPOINT): tcp endpoint '${EDGE_RESULTS_ENDPOINT}' names a user"
+            in message)
     assert "logging.level (from $EDGE_LOG_LEVEL)" in message and "(value: 'loud')" in message   # a level: shown
+    message = error(GOOD, {"EDGE_RESULTS_ENDPOINT": "tcp://10.0.0.1:5555"})      # quoted by a rule of `output`
+    assert "output: results on ${EDGE_RESULTS_ENDPOINT} without CURVE would reach anyone on the network" in message
 
 
 def test_environment_values_quoted_by_other_keys_are_not_printed() -> None:
@@ -485,3 +488,29 @@ def test_a_camera_password_is_in_no_error(form: str, how: str) -> None:
 def test_a_password_in_an_endpoint_is_in_no_error(section: str, key: str, endpoint: str, how: str) -> None:
     """The endpoint rules ("must be tcp://HOST:PORT", CURVE, control on ipc://) quoted it whole."""
     assert_no_password(error(GOOD + f"{section}:\n  {key}: {WRITTEN[how].format(endpoint)}\n"))
+
+
+ONE_CAMERA = ("version: 1\n{extra}\ncameras:\n  - id: c\n    uri: {uri}\ntasks:\n  - name: t\n    type: detector\n"
+              "    model: m.onnx\n    cameras: [c]\n")
+
+
+@pytest.mark.parametrize("extra,uri,rule", [
+    ('output: {results: "ipc:///run/edge/a\\ud800.sock"}', "test://bars",
+     "output.results: endpoint 'ipc:///run/edge/a\\ud800.sock' contains '\\ud800', a lone surrogate"),
+    ('control: {endpoint: "ipc:///run/edge/c\\ud800.sock"}', "test://bars", "control.endpoint: endpoint"),
+    (f'output: {{results: "ipc:///run/edge/{"a" * 100}.sock"}}', "test://bars",
+     "output.results: the path of an ipc endpoint has 115 bytes (UTF-8); a unix socket path holds at most 107"),
+    (f'control: {{endpoint: "ipc:///run/{"c" * 300}/c.sock"}}', "test://bars",
+     "control.endpoint: the path of an ipc endpoint has 312 bytes"),
+    ('output: {results: "ipc:///run/edge/\\x07.sock"}', "test://bars",
+     "output.results: endpoint 'ipc:///run/edge/\\x07.sock' contains the control character '\\x07' (U+0007)"),
+    ("", '"file:///v/a\\x07.avi"',
+     "cameras[0].uri: camera URI 'file:///v/a\\x07.avi' contains the control character '\\x07' (U+0007)"),
+    ("", '"v4l2:///dev/video\\ud800"', "cameras[0].uri: camera URI 'v4l2:///dev/video\\ud800' contains '\\ud800'"),
+])
+def test_what_fails_at_start_is_refused_by_the_config(extra: str, uri: str, rule: str) -> None:
+    """Each was accepted and failed at start with a raw exception: a surrogate (a YAML escape) with
+    UnicodeEncodeError in the Publisher, ControlServer or Subscriber, a socket path over sun_path with ZMQError or
+    OSError; a control character passed the reader's check of the raw text into a file path."""
+    message = error(ONE_CAMERA.format(extra=extra, uri=uri))
+    assert "1 problem(s)" in message and rule in message

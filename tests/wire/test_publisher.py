@@ -15,6 +15,7 @@ import msgpack
 import pytest
 import zmq
 
+from edge.config.wire import IPC_PATH_BYTES, check_endpoint
 from edge.errors import EdgeError
 from edge.wire import protocol
 from edge.wire import publisher as publisher_module
@@ -194,6 +195,25 @@ def test_ipc_directory_is_created(ctx: zmq.Context, tmp_path) -> None:
     pub.start()
     assert (tmp_path / "a" / "b").is_dir() and (tmp_path / "a" / "b").stat().st_mode & 0o777 == 0o750 & ~umask()
     pub.stop(5)
+
+
+def test_the_longest_ipc_path_the_config_accepts_serves_a_subscriber(ctx: zmq.Context, tmp_path: Path) -> None:
+    """IPC_PATH_BYTES (edge/config/wire.py) is the system's bound, not a guess: a path of that many bytes serves,
+    and one byte more, which the config refuses, fails the subscriber's connect."""
+    directory = f"{tmp_path}/"
+    endpoint = f"ipc://{directory}{'a' * (IPC_PATH_BYTES - len(directory))}"
+    pub = Publisher(check_endpoint(endpoint), context=ctx)
+    pub.start()
+    sub = subscribed(pub, ctx, ["det."])
+    assert pub.publish("det.t.c", det(1))
+    message = sub.recv(timeout=5)
+    assert message is not None and message.payload["frame"] == 1
+    sub.close()
+    pub.stop(5)
+    with pytest.raises(ValueError, match=f"has {IPC_PATH_BYTES + 1} bytes"):
+        check_endpoint(endpoint + "a")
+    with pytest.raises(zmq.ZMQError):
+        Subscriber(endpoint + "a", context=ctx)
 
 
 def umask() -> int:
