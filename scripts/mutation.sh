@@ -52,11 +52,15 @@ declare -A SPEC=(
     tests/daemon/test_reload.py::test_a_changed_log_level_is_applied_alone
     tests/daemon/test_reload.py::test_every_changed_socket_section_is_named | edge.daemon.reload.*"
   # the bundle archive's checks: manifest, member paths and kinds, sizes, the bounded single pass
-  [archive]="edge/deploy/archive.py | tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁ*
-    edge.deploy.archive.x_path_problem__* edge.deploy.archive.x__read_members__* edge.deploy.archive.x__small_member__*
-    edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__* edge.deploy.archive.xǁ_Inflateǁ*"
+  [archive]="edge/deploy/archive.py | tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁcheck__*
+    edge.deploy.archive.xǁBundleManifestǁ_entry_problems__* edge.deploy.archive.x_path_problem__*
+    edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__*"
   # the results socket's connection gate and subscription records
-  [peers]="edge/wire/peers.py | tests/wire/test_peers.py | edge.wire.peers.xǁGateǁ* edge.wire.peers.xǁSubscriptionsǁ*"
+  [peers]="edge/wire/peers.py | tests/wire/test_peers.py | edge.wire.peers.xǁGateǁ_over__* edge.wire.peers.xǁGateǁ_rate__*
+    edge.wire.peers.xǁGateǁ_accepted__* edge.wire.peers.xǁGateǁ_closed__* edge.wire.peers.xǁGateǁended__*
+    edge.wire.peers.xǁSubscriptionsǁinbound__* edge.wire.peers.xǁSubscriptionsǁ_subscription__*
+    edge.wire.peers.xǁSubscriptionsǁ_refusal__* edge.wire.peers.xǁSubscriptionsǁ_forget__*
+    edge.wire.peers.xǁSubscriptionsǁemptied__*"
   # what the daemon tells systemd (EXTEND_TIMEOUT_USEC only while starting, its cap) and which lanes stop its pings
   [systemd]="edge/daemon/systemd.py | tests/systemd/test_unit.py::test_the_notifier_speaks_to_path_and_abstract_sockets
     tests/systemd/test_unit.py::test_the_daemon_says_ready_pings_while_frames_flow_and_says_stopping
