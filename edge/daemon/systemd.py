@@ -50,7 +50,7 @@ class Notifier:
         except OSError as exc:
             if not self._warned:               # systemd gone or the socket unusable: say it once, run on
                 self._warned = True
-                log.warning("cannot notify systemd at %s: %s", os.environ.get("NOTIFY_SOCKET"), exc.strerror)
+                log.warning("cannot notify systemd at %s: %s", self.address.replace("\0", "@", 1), exc.strerror)
             return False
         return True
 
