@@ -1,7 +1,8 @@
 """Task runtimes and run-time tasks, on real ONNX Runtime engines, a real publisher and subscriber and
 real cameras: a precision switch at a frame boundary (every frame once, in order, each result naming the
-variant that ran it), variants loaded on first use, variants that cannot be used, tasks enabled and
-disabled while the daemon runs with their cameras following them, and status that changes nothing."""
+variant that ran it), the variant a task starts on and the whole status, variants loaded on first use, variants
+that cannot be used (their reasons, events and log lines), tasks enabled and disabled while the daemon runs with
+their cameras following them, and status that changes nothing."""
 from __future__ import annotations
 
 import threading
@@ -16,7 +17,7 @@ import zmq
 from edge.config.loader import parse_config
 from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
-from edge.engines.factory import Variants
+from edge.engines.factory import CPU_FP16, Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.errors import EdgeError, EngineError, SourceError
 from edge.pipeline.cameras import Frame
@@ -51,6 +52,32 @@ def stream(task: TaskRuntime, publisher: Publisher, count: int, image: np.ndarra
         task.unload()
     assert lane.error is None
     return lane
+
+
+FP32, INT8 = "m.onnx:onnxruntime:fp32", "m.int8.onnx:onnxruntime:int8"     # the engines of `runtime`
+AUTO = "auto: fp32 until the supervisor decides"
+
+
+def runtime_log(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """What the runtime logged, as (level, message)."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "edge.runtime"]
+
+
+def expected_status(precision: str, reason: str, loaded: list[str], unavailable: dict[str, str] | None = None,
+                    **fields: Any) -> dict[str, Any]:
+    """The whole status of a task of `runtime` (mode auto, priority 50, full rate unless `fields` say)."""
+    return {"task": "objects", "precision": precision, "engine": {"fp32": FP32, "int8": INT8}[precision],
+            "reason": reason, "mode": "auto", "priority": 50, "rate_scale": 1.0, "loaded": loaded,
+            "unavailable": unavailable or {}} | fields
+
+
+def repository_task(tmp_path: Path, unavailable: dict[str, str], **fields: Any) -> TaskRuntime:
+    """A task of an engine repository (`engines:`, which may lack the precision it is pinned to) whose fp32 and
+    int8 variants run and whose other precisions are `unavailable`, as the factory makes them."""
+    files = two_variants(tmp_path)
+    config = TaskConfig(name="objects", type="detector", engines=str(tmp_path), cameras=["c"], **fields)
+    engines = {p: OnnxRuntimeEngine(f, precision=p, threads=1) for p, f in files.items()}
+    return TaskRuntime(config, Variants(engines, dict(unavailable)), lambda name, details: None)
 
 
 def test_a_switch_takes_effect_at_the_next_frame_and_loses_or_repeats_none(tmp_path: Path, results) -> None:
@@ -126,8 +153,9 @@ def test_a_variant_with_other_tensors_is_refused_and_the_task_keeps_running(tmp_
     task.load()
     try:
         assert task.active().precision == "fp32" and not engines["int8"].is_active
-        assert "does not have the tensors of" in task.unavailable["int8"]
-        assert [name for name, _ in events] == ["engine.refused"]
+        what = "task objects: m.int8.onnx:onnxruntime:int8 does not have the tensors of m.onnx:onnxruntime:fp32"
+        assert task.status()["unavailable"] == {"int8": f"failed to load: {what}"}
+        assert events == [("engine.refused", {"task": "objects", "precision": "int8", "reason": what})]
         assert not task.choose("int8", "hot") and task.precision == "fp32"
     finally:
         task.unload()
@@ -140,7 +168,7 @@ def test_choosing_what_cannot_run_changes_nothing(tmp_path: Path, caplog: pytest
         assert task.reason == "pinned to fp32 by the config"
         with caplog.at_level("WARNING"):
             assert not task.choose("fp16", "cool")
-        assert "cannot switch to fp16: no such variant" in caplog.text
+        assert runtime_log(caplog) == [("WARNING", "task objects: cannot switch to fp16: no such variant")]
         assert not task.choose("fp32", "still cool") and task.reason == "still cool"
     finally:
         task.unload()
@@ -275,8 +303,8 @@ def test_enabling_a_task_whose_camera_cannot_open_starts_nothing(demo: Any, tmp_
         service.stop()
 
 
-def test_unload_waits_a_bounded_time_for_a_load_and_the_load_frees_what_it_finds_unloaded(tmp_path: Path,
-                                                                                         monkeypatch) -> None:
+def test_unload_waits_a_bounded_time_for_a_load_and_the_load_frees_what_it_finds_unloaded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A stop must not outlast its timeout behind an engine load (a TensorRT plan takes seconds to deserialize),
     and an engine is never freed while its native load runs: the load frees the task's engines when it ends."""
     task = runtime(tmp_path, [], preload="active")
@@ -295,10 +323,128 @@ def test_unload_waits_a_bounded_time_for_a_load_and_the_load_frees_what_it_finds
     loader = threading.Thread(target=lambda: outcome.append(task.load_variant("int8")), daemon=True)
     loader.start()
     assert loading.wait(30)
-    assert task.unload(timeout=0.05) is False                    # gave up waiting; nothing freed under the load
+    with caplog.at_level("WARNING", logger="edge.runtime"):
+        assert task.unload(timeout=0.1) is False                 # gave up waiting; nothing freed under the load
+    assert runtime_log(caplog) == [("WARNING", "task objects: a variant is still loading after 0.1 s; the task's"
+                                               " engines are freed when that load ends")]
     assert task.variants.engines["fp32"].is_active
     release.set()
     loader.join(30)
     assert outcome == [False]
     assert not any(engine.is_active for engine in task.variants.engines.values())
     assert task.load_variant("int8") is False and task.unload(timeout=1) is True
+
+
+@pytest.mark.parametrize(("precision", "preload", "running", "loaded"), [
+    ("auto", "all", "fp32", ["fp32", "int8"]), ("auto", "active", "fp32", ["fp32"]),
+    ("fp32", "all", "fp32", ["fp32", "int8"]), ("int8", "all", "int8", ["fp32", "int8"]),
+    ("int8", "active", "int8", ["int8"])])
+def test_a_task_starts_on_its_pinned_or_preferred_variant_and_loads_what_preload_says(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, precision: str, preload: str, running: str,
+        loaded: list[str]) -> None:
+    """auto runs the first variant of PREFERENCE (fp16, fp32, int8) it has; the active one loads first."""
+    task = runtime(tmp_path, [], precision=precision, preload=preload, priority=70)
+    reason = AUTO if precision == "auto" else f"pinned to {precision} by the config"
+    assert task.status() == expected_status(running, reason, [], mode=precision, priority=70)
+    with caplog.at_level("INFO", logger="edge.runtime"):
+        task.load()
+    try:
+        assert task.status() == expected_status(running, reason, loaded, mode=precision, priority=70)
+        order = [running] + [p for p in loaded if p != running]
+        assert runtime_log(caplog) == [("INFO", f"task objects: loading {task.variants.engines[p].name}")
+                                       for p in order] + [
+            ("INFO", f"task objects: running {task.active().name} ({reason}); loaded {', '.join(loaded)}")]
+    finally:
+        task.unload()
+    assert task.status()["loaded"] == []
+
+
+@pytest.mark.parametrize(("unavailable", "why"), [({"fp16": CPU_FP16}, CPU_FP16), ({}, "not present")])
+def test_a_task_pinned_to_a_variant_that_cannot_run_runs_the_preferred_one_and_warns(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, unavailable: dict[str, str], why: str) -> None:
+    task = repository_task(tmp_path, unavailable, precision="fp16")
+    reason = f"pinned to fp16 by the config, which cannot run ({why})"
+    with caplog.at_level("INFO", logger="edge.runtime"):
+        task.load()
+    try:
+        assert task.status() == expected_status("fp32", reason, ["fp32", "int8"], unavailable, mode="fp16")
+        assert runtime_log(caplog)[-1] == ("WARNING", f"task objects: running {FP32} ({reason}); loaded fp32, int8")
+    finally:
+        task.unload()
+
+
+def test_a_task_with_no_variant_that_can_run_says_why(tmp_path: Path) -> None:
+    config = TaskConfig(name="objects", type="detector", engines=str(tmp_path), cameras=["c"])
+    why = {"int8": "refused when it was made: F1 0.41 below 0.5"}
+    with pytest.raises(EngineError) as refused:
+        TaskRuntime(config, Variants({}, why), lambda name, details: None)
+    assert (refused.value.what, refused.value.note) == ("task objects: nothing to run", str(why))
+
+
+def test_a_variant_missing_at_start_is_refused_with_its_reason_and_the_next_one_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events)
+    missing = task.variants.engines["fp32"].path
+    missing.unlink()
+    what = f"model file does not exist: {missing}"
+    with caplog.at_level("INFO", logger="edge.runtime"):
+        task.load()
+    try:
+        reason = f"fp32 failed to load ({what}): int8"
+        assert task.status() == expected_status("int8", reason, ["int8"], {"fp32": f"failed to load: {what}"})
+        assert events == [("engine.refused", {"task": "objects", "precision": "fp32", "reason": what})]
+        lines = runtime_log(caplog)
+        refused, hint = lines[1][1].split("\n")                     # the error as it renders: what, then its hint
+        assert (lines[1][0], refused, hint.startswith("Hint: ")) == (
+            "WARNING", f"task objects: the fp32 variant cannot be used: {what}", True)
+        assert lines[:1] + lines[2:] == [("INFO", f"task objects: loading {FP32}"),
+                                         ("INFO", f"task objects: loading {INT8}"),
+                                         ("INFO", f"task objects: running {INT8} ({reason}); loaded int8")]
+    finally:
+        task.unload()
+
+
+def test_a_variant_that_fails_to_load_when_chosen_is_refused_once_and_nothing_switches(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events, preload="active")
+    task.load()
+    missing = task.variants.engines["int8"].path
+    missing.unlink()
+    what = f"model file does not exist: {missing}"
+    try:
+        with caplog.at_level("WARNING", logger="edge.runtime"):
+            assert task.choose("int8", "HOT") is False
+            assert task.load_variant("int8") is False and task.load_variant("fp16") is False
+            assert task.choose("int8", "HOT again") is False
+        assert events == [("engine.refused", {"task": "objects", "precision": "int8", "reason": what})]
+        assert task.status() == expected_status("fp32", AUTO, ["fp32"], {"int8": f"failed to load: {what}"})
+        assert [(level, message.split("\n")[0]) for level, message in runtime_log(caplog)] == [
+            ("WARNING", f"task objects: the int8 variant cannot be used: {what}"),
+            ("WARNING", f"task objects: cannot switch to int8: failed to load: {what}")]
+    finally:
+        task.unload()
+
+
+def test_a_switch_logs_and_sends_its_cause_and_status_shows_its_reason(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[tuple[str, dict[str, Any]]] = []
+    task = runtime(tmp_path, events, preload="active")
+    task.load()
+    cause = "HOT: 81.0 C for 5.0 s: fp32 -> int8"
+    try:
+        with caplog.at_level("INFO", logger="edge.runtime"):
+            assert task.choose("int8", "HOT: int8", cause=cause) is True
+            assert task.status() == expected_status("int8", "HOT: int8", ["fp32", "int8"])
+            assert task.choose("fp32", "NORMAL: fp32") is True
+        assert runtime_log(caplog) == [("INFO", f"task objects: loading {INT8}"),     # loaded, then switched to
+                                       ("INFO", f"task objects: fp32 -> int8: {cause}"),
+                                       ("INFO", "task objects: int8 -> fp32: NORMAL: fp32")]
+        assert events == [
+            ("precision.switch", {"task": "objects", "from": "fp32", "to": "int8", "engine": INT8, "reason": cause}),
+            ("precision.switch", {"task": "objects", "from": "int8", "to": "fp32", "engine": FP32,
+                                  "reason": "NORMAL: fp32"})]
+        assert task.status() == expected_status("fp32", "NORMAL: fp32", ["fp32", "int8"])
+    finally:
+        task.unload()
