@@ -289,13 +289,15 @@ def test_each_notification_is_one_datagram_of_its_lines(tmp_path: Path, monkeypa
         notifier.status("one\ntwo")
         notifier.watchdog()
         notifier.stopping("stopping")
-        monkeypatch.setattr(notify.time, "clock_gettime_ns", lambda clock: 5_000_123_456)
+        clocks: list[int] = []
+        monkeypatch.setattr(notify.time, "clock_gettime_ns", lambda clock: clocks.append(clock) or 5_000_123_456)
         notifier.reloading("reloading")
         notifier.ready("running")
         received = [manager.next(5) for _ in range(5)]
         assert received == [{"STATUS": "one two"}, {"WATCHDOG": "1"}, {"STOPPING": "1", "STATUS": "stopping"},
                             {"RELOADING": "1", "MONOTONIC_USEC": "5000123", "STATUS": "reloading"},
                             {"READY": "1", "STATUS": "running"}]
+        assert clocks == [notify.time.CLOCK_MONOTONIC]                # sd_notify(3): MONOTONIC_USEC is CLOCK_MONOTONIC
     finally:
         manager.close()
 
