@@ -52,7 +52,7 @@ declare -A SPEC=(
     tests/daemon/test_reload.py::test_a_changed_log_level_is_applied_alone
     tests/daemon/test_reload.py::test_every_changed_socket_section_is_named | edge.daemon.reload.*"
   # the bundle archive's checks: manifest, member paths and kinds, sizes, the bounded single pass
-  [archive]="edge/deploy/archive.py | tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁcheck__*
+  [archive]="edge/deploy/archive.py | tests/deploy/test_archive.py tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁcheck__*
     edge.deploy.archive.xǁBundleManifestǁ_entry_problems__* edge.deploy.archive.x_path_problem__*
     edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__*"
   # the results socket's connection gate and subscription records
