@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from edge.deploy.archive import BundleManifest, FileEntry, Limits, _expected_entry
+from edge.deploy.archive import BundleManifest, FileEntry, Limits, _expected_entry, path_problem
 from edge.deploy.common import BundleError
 
 SHA = "a" * 64
@@ -87,3 +87,31 @@ def test_each_member_that_is_not_as_signed_is_refused_with_why(item: tarfile.Tar
 def test_a_signed_file_is_its_entry_and_a_directory_is_passed_over() -> None:
     assert _expected_entry(member("det/manifest.json"), EXPECTED, set()) is MANIFEST
     assert _expected_entry(member("det/", tarfile.DIRTYPE, 0), EXPECTED, set()) is None    # "det/": its slash
+
+
+LONGEST = "det/" + "/".join(["a" * 200] * 5) + "/" + "b" * 15               # 1024 characters, parts of 200
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "empty name"), ("det/a\x1fb", "control characters or backslashes in the name"),
+    ("det/a\x7fb", "control characters or backslashes in the name"),
+    ("det\\a", "control characters or backslashes in the name"), ("/det/a", "absolute path"),
+    ("det/../a", "path traversal ('..')"), ("det//a", "not a normalized path (empty or '.' component)"),
+    ("det/./a", "not a normalized path (empty or '.' component)"), (LONGEST + "b", "name too long"),
+    ("det/" + "é" * 128, "name too long"),                                   # 256 bytes in one component
+    ("det/a b", None), (LONGEST, None), ("det/" + "é" * 127 + "a", None),   # 1024 characters; 255 bytes
+])
+def test_each_unsafe_name_says_why_and_the_edges_pass(name: str, problem: str | None) -> None:
+    assert path_problem(name) == problem
+
+
+def test_each_entry_problem_names_its_file() -> None:
+    entries = [MANIFEST, FileEntry("det/empty", 0, SHA), FileEntry("det/max", 100, SHA)]
+    manifest(*entries).check(Limits(member_bytes=100))                       # 0 bytes, and exactly the limit
+    for entry, problem in [(FileEntry("det/flag", True, SHA), "file 'det/flag': size True is not a byte count"),
+                           (FileEntry("det/big", 101, SHA), "file 'det/big' of 101 bytes is over the limit of 100"
+                                                              " per file")]:
+        assert refused(lambda entry=entry: manifest(MANIFEST, entry).check(Limits(member_bytes=100))).startswith(
+            f"bundle.json is not valid: {problem}\n")
+    assert refused(lambda: manifest(FileEntry("x/a", 1, SHA), models=()).check(Limits())).startswith(
+        "bundle.json is not valid: file 'x/a' is not in a model's directory (no models)\n")
