@@ -56,7 +56,7 @@ declare -A SPEC=(
     edge.deploy.archive.xǁBundleManifestǁ_entry_problems__* edge.deploy.archive.x_path_problem__*
     edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__*"
   # the results socket's connection gate and subscription records
-  [peers]="edge/wire/peers.py | tests/wire/test_peers.py | edge.wire.peers.xǁGateǁ_over__* edge.wire.peers.xǁGateǁ_rate__*
+  [peers]="edge/wire/peers.py | tests/wire/test_peers.py tests/wire/test_gate.py | edge.wire.peers.xǁGateǁ_over__* edge.wire.peers.xǁGateǁ_rate__*
     edge.wire.peers.xǁGateǁ_accepted__* edge.wire.peers.xǁGateǁ_closed__* edge.wire.peers.xǁGateǁended__*
     edge.wire.peers.xǁSubscriptionsǁinbound__* edge.wire.peers.xǁSubscriptionsǁ_subscription__*
     edge.wire.peers.xǁSubscriptionsǁ_refusal__* edge.wire.peers.xǁSubscriptionsǁ_forget__*
