@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.config.cameras import parse_uri
 from edge.config.loader import parse_config
 from edge.config.schema import TaskConfig
 from edge.daemon.service import Service
@@ -33,10 +32,9 @@ from edge.wire import protocol
 from edge.wire.client import Message, Subscriber
 from edge.wire.publisher import Publisher
 from tests.conftest import PEER_S, wait_for
-from tests.support.lanes import published
+from tests.support.lanes import YOLO, lossless_camera, published
 from tests.support.models import conv_model, set_batch
 
-YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
 SIZES = {"c0": (64, 48), "c1": (96, 64), "c2": (48, 80)}          # (w, h): each camera its own letterbox
 
 
@@ -69,11 +67,6 @@ def runtime_of(config: TaskConfig, *engines: OnnxRuntimeEngine) -> TaskRuntime:
     runtime = TaskRuntime(config, Variants({e.precision: e for e in engines}, {}), lambda *_: None)
     runtime.load()
     return runtime
-
-
-def lossless_camera(name: str) -> Camera:
-    """A real camera object, not started: the test puts frames into its (lossless) LatestFrame itself."""
-    return Camera(name, parse_uri("test://bars?realtime=0"), on_event=lambda event, details: None)
 
 
 def feed(camera: Camera, indexes: list[int], *, end: bool = True) -> threading.Thread:

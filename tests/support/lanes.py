@@ -21,9 +21,9 @@ IMAGE = np.zeros((48, 64, 3), np.uint8)
 YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
 
 
-def lossless_camera() -> Camera:
+def lossless_camera(name: str = "c") -> Camera:
     """A real camera object (not started): the test puts frames into its LatestFrame itself."""
-    return Camera("c", parse_uri("test://bars?size=64x48&realtime=0"), on_event=lambda name, details: None)
+    return Camera(name, parse_uri("test://bars?size=64x48&realtime=0"), on_event=lambda name, details: None)
 
 
 def two_variants(tmp_path: Path) -> dict[str, Path]:

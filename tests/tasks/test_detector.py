@@ -13,6 +13,7 @@ from edge.errors import EngineError
 from edge.letterbox import Letterbox, letterbox_into
 from edge.tasks import build_task
 from edge.tasks.detector import YoloDetector, nms
+from tests.support.lanes import YOLO
 from tests.support.models import conv_model
 
 CONFIG = TaskConfig(name="objects", type="detector", model="unused.onnx", cameras=["c"])
@@ -112,9 +113,6 @@ def test_nms_keeps_best_of_overlapping_boxes() -> None:
     boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.45).tolist() == [0, 2]
     assert nms(boxes, np.array([0.9, 0.8, 0.7], np.float32), 0.95).tolist() == [0, 1, 2]
-
-
-YOLO = {"anchors": [[[10, 14], [23, 27], [37, 58]]], "strides": [32], "labels": ["a", "b"]}
 
 
 @pytest.fixture(scope="module")
