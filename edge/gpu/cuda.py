@@ -103,6 +103,10 @@ class Context:
         finally:
             self._cuda.Context.pop()
 
+    def synchronize(self) -> None:
+        """Wait (host) until all work enqueued in this context has run; call it with the context current."""
+        self._cuda.Context.synchronize()
+
     def detach(self) -> None:
         """Release this owner's hold on the context, once, from any thread; not inside a `current()` block."""
         if self._detached:
@@ -164,6 +168,10 @@ class Event:
 
     def record(self, stream: Stream) -> None:
         self._event.record(stream.raw)
+
+    def query(self) -> bool:
+        """True when the work before the event finished (or it was never recorded); never blocks (cuEventQuery)."""
+        return bool(self._event.query())
 
     def wait(self, timeout: float | None) -> bool:
         """True when the work before the event finished; False after `timeout` s."""

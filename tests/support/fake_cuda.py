@@ -6,8 +6,10 @@ one is made and freed with the context current (pycuda's rule). Memory is numpy:
 mapped host buffer has a pointer the stand-in TensorRT's compute can copy between (`install` routes
 tests/fake_tensorrt.device_copy here), and copies run at once. Events finish when recorded, unless the
 ledger `hold`s them: then they stay unfinished until `finish()` (or a synchronize of their stream), and a
-host wait on one without a timeout fails the test instead of hanging. `trace` lists what was enqueued
-on which stream, in order. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes are settable.
+host wait on one without a timeout fails the test instead of hanging; `query()` answers without waiting, and
+a context's `synchronize()` finishes everything. `trace` lists what was enqueued on which stream, in order;
+`launches` each kernel launch with its arguments. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes
+are settable.
 
 CUDA graphs: edge.gpu.cuda.Graph itself runs, on a stand-in of the part of cuda-bindings' `cuda.bindings.driver`
 it calls (the only cuda-bindings module the stand-in has: `cuda.bindings.runtime` cannot be imported). It
@@ -46,6 +48,7 @@ class Ledger:
         self.integrated = False
         self.can_map = True
         self.trace: list[tuple[Any, ...]] = []
+        self.launches: list[tuple[str, int, tuple[Any, ...]]] = []     # (function, stream handle, arguments)
         self.memory: dict[int, np.ndarray] = {}
         self.fail_capture = False
         self.captures = 0                       # graphs instantiated so far
@@ -128,6 +131,11 @@ class Context:
         finally:
             ledger.current -= 1
 
+    def synchronize(self) -> None:
+        ledger._check_current("synchronizing the context")
+        ledger.trace.append(("synchronize context",))
+        ledger.finish()
+
     def detach(self) -> None:
         if not self._detached:
             self._detached = True
@@ -169,6 +177,9 @@ class Event:
         self.complete = not ledger.hold
         if ledger.hold:
             ledger._unfinished.append(self)
+
+    def query(self) -> bool:
+        return self.complete
 
     def wait(self, timeout: float | None) -> bool:
         if not self.complete and timeout is None:
@@ -248,6 +259,7 @@ class Kernel:
         self.function = function
 
     def launch(self, grid: tuple[int, int], block: tuple[int, int, int], stream: Stream, *args: Any) -> None:
+        ledger.launches.append((self.function, stream.handle, args))
         ledger.enqueue(("kernel", stream.handle, int(args[1])), lambda: None)
 
     def free(self) -> None:
