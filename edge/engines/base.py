@@ -3,7 +3,8 @@ Preprocessing a task can name for a backend to run itself.
 
 A slot owns K input buffers and its execution resources (CUDA streams, or a worker thread): `buf =
 slot.input()`, fill it, `pending = slot.submit(buf)`, later `outputs = pending.wait()`; a slot that
-`takes_frames` preprocesses raw frames itself (`submit_frame`, returning the Letterbox postprocessing needs).
+`takes_frames` preprocesses raw frames itself (`submit_frame`, returning the Letterbox postprocessing needs), and
+one that `takes_device_frames` reads frames a decoder left in device memory in place (`submit_device_frame`).
 Up to K submissions are in flight, and a buffer is reused only after its pending result was waited for. A slot
 made with `batch=N` carries up to N images a submission (`slot.rows`, `submit(buf, count=n)`). A TensorRT
 slot: docs/gpu.md; batching: docs/performance.md, "Batching across cameras".
@@ -24,6 +25,7 @@ from edge.errors import EngineError, UsageError
 from edge.log import get_logger
 
 if TYPE_CHECKING:
+    from edge.gpu.surfaces import DeviceFrame
     from edge.letterbox import Letterbox
 
 log = get_logger("engine")
@@ -123,6 +125,7 @@ class Slot(abc.ABC):
     constructor allocates after this one (and frees again when it fails)."""
 
     takes_frames = False        # True where submit_frame() preprocesses raw frames itself
+    takes_device_frames = False     # True where submit_device_frame() reads device frames in place
 
     def __init__(self, engine: Engine, name: str, depth: int, batch: int | None = None) -> None:
         if depth < 1:
@@ -155,8 +158,20 @@ class Slot(abc.ABC):
         """Letterbox `images` into rows of ring position `index` and start inference: batched `takes_frames` slots."""
         raise NotImplementedError
 
+    def _submit_device_frames_impl(self, index: int, frames: list[DeviceFrame], release: Callable[[], None]
+                                   ) -> tuple[Pending, list[Letterbox]]:
+        """Letterbox device `frames` into rows 0..n-1 of ring position `index` (an unbatched slot: one frame,
+        its input) and start inference; release each frame once its kernel was enqueued, or on failure once
+        nothing enqueued reads it any more: slots with `takes_device_frames`."""
+        raise NotImplementedError
+
     @abc.abstractmethod
     def _close_impl(self) -> None: ...
+
+    @property
+    def device_frames_refused(self) -> str:
+        """Why this slot reads a device frame only after a copy to the host (where not `takes_device_frames`)."""
+        return f"the {self.engine.backend} backend reads host frames"
 
     def input(self) -> np.ndarray:
         """The host buffer the next `submit` will send; write the preprocessed tensor into it."""
@@ -232,6 +247,37 @@ class Slot(abc.ABC):
             self._counts[index] = self._count(len(images))
             self._take(index)
         return self._start(index, lambda release: self._submit_frames_impl(index, images, release))
+
+    def submit_device_frame(self, frame: DeviceFrame) -> tuple[Pending, Letterbox]:
+        """`submit_frame` of a frame in device memory, read in place (only where `takes_device_frames`, unbatched).
+        The slot takes over the caller's reference: it releases the frame once, also when it raises."""
+        pending, boxes = self._device_submission([frame], batched=False)
+        return pending, boxes[0]
+
+    def submit_device_frames(self, frames: list[DeviceFrame]) -> tuple[Pending, list[Letterbox]]:
+        """A batched slot's `submit_device_frame`: rows 0..n-1 of the next input; every frame released once."""
+        return self._device_submission(frames, batched=True)
+
+    def _device_submission(self, frames: list[DeviceFrame], *, batched: bool) -> tuple[Pending, list[Letterbox]]:
+        try:
+            with self._lock:
+                self._check_open()
+                if not self.takes_device_frames or (self.batch is not None) != batched:
+                    raise UsageError(f"slot {self.name!r} of {self.engine.name} does not take"
+                                     f" {'batches of ' if batched else ''}device frames",
+                                     note=self.device_frames_refused if not self.takes_device_frames else
+                                     f"the slot is {'not ' if self.batch is None else ''}batched",
+                                     hint="check slot.takes_device_frames and slot.batch; otherwise read the frame"
+                                          " with frame.download_bgr()")
+                index = self._next
+                self._check_free(index)
+                self._counts[index] = self._count(len(frames) if batched else None)
+                self._take(index)
+        except BaseException:
+            for frame in frames:
+                frame.release(None)
+            raise
+        return self._start(index, lambda release: self._submit_device_frames_impl(index, frames, release))
 
     def in_flight(self) -> int:
         with self._lock:

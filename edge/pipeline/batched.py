@@ -17,8 +17,11 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge.engines.base import Engine, Pending, Slot, WaitTimeout, batch_error
 from edge.errors import EdgeError
+from edge.log import get_logger
 from edge.pipeline.cameras import Camera, EndOfStream, Frame
 from edge.pipeline.lanes import IDLE_POLL_S, INFER_TIMEOUT_S, CameraLane, RateGate, ended_by, joined
 from edge.wire.publisher import Publisher
@@ -26,6 +29,7 @@ from edge.wire.publisher import Publisher
 if TYPE_CHECKING:
     from edge.pipeline.runtime import TaskRuntime
 
+log = get_logger("pipeline")
 DEFAULT_INTERVAL_NS = 1_000_000_000 // 30   # a camera's frame interval until its capture times tell
 ABSENT_INTERVALS = 3        # a batched lane stops awaiting a camera silent for this many of its frame intervals
 FEED_JOIN_S = 2 * IDLE_POLL_S
@@ -103,10 +107,16 @@ class CameraFeed:
         return not self._closed.is_set()
 
     def _put(self, frame: Frame) -> None:
+        """Keep `frame` for the lane; a device frame it replaces, or one that comes after close, is released."""
         now = time.monotonic_ns()
         with self._arrived:
+            if self._closed.is_set():
+                frame.release()
+                return
             if self.frame is None:
                 self.arrived_ns = now
+            else:
+                self.frame.release()
             self.frame, self.seen_ns = frame, now
             self._arrived.notify_all()
 
@@ -140,7 +150,6 @@ class BatchMember(CameraLane):
     @property
     def error(self) -> EdgeError | None:            # type: ignore[override]
         return self.group.error
-
     def start(self) -> None:
         self.group.start()
 
@@ -202,6 +211,7 @@ class BatchedLane:
         self.finished = threading.Event()
         self._stop = threading.Event()
         self._gate = RateGate(runtime)
+        self._warned_download = False
         self._thread = threading.Thread(target=self._run, name=f"lane-{self.name}", daemon=True)
 
     @staticmethod
@@ -238,6 +248,11 @@ class BatchedLane:
             member.feed.close()
         for member in self.members:
             member.feed.join(FEED_JOIN_S)
+        with self.arrived:
+            for member in self.members:
+                waiting = member.feed.take()
+                if waiting is not None:
+                    waiting.release()
         for slot in slots.values():
             slot.close()
         self.finished.set()
@@ -300,8 +315,9 @@ class BatchedLane:
         for member, frame in taken:
             member.saw(frame)
         if not self._gate.accept(min(frame.t_capture_ns for _, frame in taken)):
-            for member, _ in taken:
+            for member, frame in taken:
                 member.stats.skipped_rate += 1
+                frame.release()
             return
         for member, _ in taken:
             member.submitted(self.max_frames)
@@ -318,18 +334,42 @@ class BatchedLane:
     def _submit(self, taken: list[tuple[BatchMember, Frame]], slots: dict[Engine, Slot],
                 inflight: collections.deque[_Batch]) -> None:
         """The batch boundary: all its frames run on the variant active now, letterboxed by the slot where it
-        takes raw frames (TensorRT), else by the task into the slot's input rows."""
+        takes raw frames (TensorRT; device frames read in place when all of the batch's are), else by the task
+        into the slot's input rows."""
+        frames = [frame for _, frame in taken]
         engine = self.runtime.active()
-        slot = self._slot(slots, engine)
-        images = [frame.image for _, frame in taken]
-        if slot.takes_frames:
-            pending, metas = slot.submit_frames(images)
+        try:
+            slot = self._slot(slots, engine)
+        except BaseException:
+            for frame in frames:
+                frame.release()
+            raise
+        if slot.takes_device_frames and all(frame.device is not None for frame in frames):
+            pending, metas = slot.submit_device_frames([frame.device for frame in frames])
         else:
-            buf = slot.input()
-            metas = self.runtime.task.preprocess_batch(images, buf)
-            pending = slot.submit(buf, count=len(images))
+            images = self._host_images(frames, slot)
+            if slot.takes_frames:
+                pending, metas = slot.submit_frames(images)
+            else:
+                buf = slot.input()
+                metas = self.runtime.task.preprocess_batch(images, buf)
+                pending = slot.submit(buf, count=len(images))
         inflight.append(_Batch(taken, metas, engine, pending, time.monotonic() + INFER_TIMEOUT_S))
         self.engine = engine
+
+    def _host_images(self, frames: list[Frame], slot: Slot) -> list[np.ndarray]:
+        """The frames' host images: device frames copied to the host and released (logged once: costly)."""
+        devices = [frame for frame in frames if frame.device is not None]
+        if devices and not self._warned_download:
+            self._warned_download = True
+            why = slot.device_frames_refused or "the batch mixes host and device frames"
+            log.warning("%s: device frames are copied to the host for %s, as %s (costly: a copy and a colour"
+                        " conversion on the CPU per frame)", self.name, slot.engine.name, why)
+        try:
+            return [frame.image if frame.device is None else frame.device.download_bgr() for frame in frames]
+        finally:
+            for frame in devices:
+                frame.release()
 
     def _finish_oldest(self, inflight: collections.deque[_Batch], *, room: bool) -> None:
         """Wait for the oldest batch and publish its results. With room for another batch, wait only until the

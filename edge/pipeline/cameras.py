@@ -8,15 +8,18 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from edge import files
 from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
-from edge.errors import SourceError
+from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
+
+if TYPE_CHECKING:
+    from edge.gpu.surfaces import DeviceFrame
 
 log = get_logger("camera")
 
@@ -32,12 +35,34 @@ EventSink = Callable[[str, dict[str, Any]], None]
 
 @dataclasses.dataclass(frozen=True)
 class Frame:
-    """One captured image (BGR, uint8, HxWx3) with its camera frame index and CLOCK_MONOTONIC time."""
+    """One captured image with its camera frame index and CLOCK_MONOTONIC time: host BGR uint8 HxWx3 (`image`),
+    or a frame left in device memory by a hardware decoder (`device`, image None; docs/gpu.md section 1).
+    `size` is (width, height), kept here so that it stays readable after the device frame was released."""
 
     camera: str
     index: int
     t_capture_ns: int
-    image: np.ndarray
+    image: np.ndarray | None
+    device: DeviceFrame | None = None
+    size: tuple[int, int] = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.device is None):
+            raise UsageError("a Frame holds a host image or a device frame, one of them",
+                             note=f"camera {self.camera!r} frame {self.index}")
+        size = (self.device.width, self.device.height) if self.device is not None else \
+            (self.image.shape[1], self.image.shape[0])
+        object.__setattr__(self, "size", size)
+
+    def retain(self) -> None:
+        """One more holder of a device frame (nothing for a host frame)."""
+        if self.device is not None:
+            self.device.retain()
+
+    def release(self, stream: Any = None) -> None:
+        """This holder is done with a device frame once `stream`'s work so far ran (nothing for a host frame)."""
+        if self.device is not None:
+            self.device.release(stream)
 
 
 class EndOfStream(Exception):
@@ -49,6 +74,11 @@ class LatestFrame:
 
     In lossless mode (`realtime=0` files) `put` waits until every registered reader has
     read the current frame, so nothing is dropped; otherwise a new frame replaces the old one.
+
+    A device frame's reference (its producer's) is the LatestFrame's while it keeps the frame; `get_after`
+    retains one more for the reader it hands the frame to, which releases it when done. The LatestFrame
+    releases its own when a newer frame replaces it (so a frame nobody took goes back to its pool), when `put`
+    refuses it (stopped or closed), and once closed when every registered reader has taken it or left.
     """
 
     def __init__(self, *, lossless: bool) -> None:
@@ -69,23 +99,29 @@ class LatestFrame:
     def unregister(self, reader: int) -> None:
         with self._cond:
             self._readers.pop(reader, None)
+            self._settle()
             self._cond.notify_all()
 
     def put(self, frame: Frame, *, stop: threading.Event) -> bool:
-        """Publish a frame; in lossless mode wait for readers first. False when stopped or closed."""
+        """Publish a frame; in lossless mode wait for readers first. False when stopped or closed (a device
+        frame is then released)."""
         with self._cond:
             if self._lossless and self._frame is not None:
                 while not self._closed and not stop.is_set() and any(
                         seen < self._frame.index for seen in self._readers.values()):
                     self._cond.wait(0.1)
             if self._closed or stop.is_set():
+                frame.release()
                 return False
-            self._frame = frame
+            replaced, self._frame = self._frame, frame
+            if replaced is not None:
+                replaced.release()
             self._cond.notify_all()
             return True
 
     def get_after(self, reader: int, index: int, timeout: float) -> Frame | None:
-        """The latest frame newer than `index`, or None after `timeout` s; EndOfStream when closed."""
+        """The latest frame newer than `index`, or None after `timeout` s; EndOfStream when closed. A device
+        frame comes retained for the caller, which releases it once."""
         deadline = time.monotonic() + timeout
         with self._cond:
             while self._frame is None or self._frame.index <= index:
@@ -95,14 +131,26 @@ class LatestFrame:
                 if left <= 0:
                     return None
                 self._cond.wait(left)
-            self._readers[reader] = self._frame.index
+            frame = self._frame
+            frame.retain()
+            self._readers[reader] = frame.index
+            self._settle()
             self._cond.notify_all()
-            return self._frame
+            return frame
 
     def close(self) -> None:
         with self._cond:
             self._closed = True
+            self._settle()
             self._cond.notify_all()
+
+    def _settle(self) -> None:
+        """Closed: release the last device frame once no registered reader still has to take it (lock held)."""
+        frame = self._frame
+        if self._closed and frame is not None and frame.device is not None and all(
+                seen >= frame.index for seen in self._readers.values()):
+            self._frame = None
+            frame.release()
 
 
 class _Reader(Protocol):
@@ -110,7 +158,7 @@ class _Reader(Protocol):
     frames: int                    # frames read since it opened
     declared_frames: int           # the frame count the file's header declares; 0 when unknown or live
 
-    def read(self) -> np.ndarray | None: ...
+    def read(self) -> np.ndarray | DeviceFrame | None: ...
 
     def close(self) -> None: ...
 
@@ -377,11 +425,13 @@ class Camera:
             image = reader.read()
             if image is None:
                 return self._source_ended(reader)
+            host = isinstance(image, np.ndarray)
+            frame = Frame(self.id, self._index, time.monotonic_ns(), image if host else None, None if host else image)
             try:
-                check_frame_size((image.shape[1], image.shape[0]), self.max_frame, f"camera {self.id!r} delivered")
+                check_frame_size(frame.size, self.max_frame, f"camera {self.id!r} delivered")
             except SourceError as exc:
+                frame.release()
                 return self._refused_frame(reader, exc)
-            frame = Frame(self.id, self._index, time.monotonic_ns(), image)
             self._index += 1
             self.stats.captured += 1
             if not self.latest.put(frame, stop=self._stop):

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from edge.engines.base import Engine, Pending, Slot
 from edge.errors import EdgeError
 from edge.log import get_logger
@@ -91,7 +93,7 @@ class CameraLane:
 
     def publish(self, frame: Frame, engine: Engine, detections: Any) -> None:
         self.stats.processed += 1
-        h, w = frame.image.shape[:2]
+        w, h = frame.size
         message = protocol.det_message(
             task=self.config.name, camera=self.camera.id, frame=frame.index, t_capture_ns=frame.t_capture_ns,
             precision=engine.precision, engine=engine.name, size=(w, h), detections=detections,
@@ -130,6 +132,7 @@ class Lane(CameraLane):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lane-{self.name}", daemon=True)
         self._gate = RateGate(runtime)
+        self._warned_download = False
 
     def start(self) -> None:
         self._thread.start()
@@ -174,6 +177,7 @@ class Lane(CameraLane):
                     self.stats.captured += 1
                     if not self._gate.accept(frame.t_capture_ns):
                         self.stats.skipped_rate += 1
+                        frame.release()
                         continue
                     self._submit(frame, slots, inflight)
                     submitted += 1
@@ -185,19 +189,42 @@ class Lane(CameraLane):
 
     def _submit(self, frame: Frame, slots: dict[Engine, Slot], inflight: collections.deque[_InFlight]) -> None:
         """The frame boundary: the frame runs on the variant active now. At most `in_flight` frames are in
-        flight over all of the lane's slots, so the slot of a new variant always has a free buffer. A slot that
+        flight over all of the lane's slots, so the slot of a new variant always has a free buffer. A device
+        frame goes to a slot that reads it in place (which releases it), else to the host first. A slot that
         takes raw frames (TensorRT: the letterbox on the GPU, bit-identical to the task's CPU letterbox) gets
         the frame itself; otherwise the task preprocesses into the slot's input buffer."""
         engine = self.runtime.active()
-        slot = self._slot(slots, engine)
-        if slot.takes_frames:
-            pending, meta = slot.submit_frame(frame.image)
+        try:
+            slot = self._slot(slots, engine)
+        except BaseException:
+            frame.release()
+            raise
+        if frame.device is not None and slot.takes_device_frames:
+            pending, meta = slot.submit_device_frame(frame.device)
         else:
-            buf = slot.input()
-            meta = self.runtime.task.preprocess(frame.image, buf)
-            pending = slot.submit(buf)
+            image = self._host_image(frame, slot)
+            if slot.takes_frames:
+                pending, meta = slot.submit_frame(image)
+            else:
+                buf = slot.input()
+                meta = self.runtime.task.preprocess(image, buf)
+                pending = slot.submit(buf)
         inflight.append(_InFlight(frame, meta, engine, pending))
         self.engine = engine
+
+    def _host_image(self, frame: Frame, slot: Slot) -> np.ndarray:
+        """The frame's host image: a device frame copied to the host and released (logged once: it costs a copy
+        and a colour conversion on the CPU)."""
+        if frame.device is None:
+            return frame.image
+        if not self._warned_download:
+            self._warned_download = True
+            log.warning("%s: device frames are copied to the host for %s, as %s (costly: a copy and a colour"
+                        " conversion on the CPU per frame)", self.name, slot.engine.name, slot.device_frames_refused)
+        try:
+            return frame.device.download_bgr()
+        finally:
+            frame.release()
 
     def _finish(self, item: _InFlight) -> None:
         outputs = item.pending.wait(INFER_TIMEOUT_S, copy=False)    # decoded before the slot reuses them

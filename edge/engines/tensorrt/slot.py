@@ -3,15 +3,16 @@ compute, download) ordered by events, and one InFlightFrame per frame in flight,
 and the download of frame n-1 run while frame n computes; its results (TrtPending); the copy modes (`copy`:
 pinned host and device buffers, async copies; `zerocopy`: mapped pinned memory handed to the engine). A slot
 whose engine input is one fp32/fp16 [1,3,H,W] image also takes raw frames (`submit_frame`) and letterboxes
-them on the GPU; a batched slot holds `rows` images per frame in flight and letterboxes a batch of frames
-into rows 0..n-1 (`submit_frames`). In CUDA graph mode each frame record runs on a FrameGraph of its own
-(frames.py). docs/gpu.md describes the whole path.
+them on the GPU, and takes frames a decoder left in device memory (`submit_device_frame`: the colour kernel
+reads them in place); a batched slot holds `rows` images per frame in flight and letterboxes a batch of frames
+into rows 0..n-1 (`submit_frames`, `submit_device_frames`). In CUDA graph mode each frame record runs on a
+FrameGraph of its own (frames.py). docs/gpu.md describes the whole path.
 """
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from edge.gpu import cuda
 from edge.gpu.letterbox import GpuLetterbox, output_geometry
 from edge.letterbox import Letterbox
 from edge.log import get_logger
+
+if TYPE_CHECKING:
+    from edge.gpu.surfaces import DeviceFrame
 
 log = get_logger("engine")
 COPY_MODES = ("auto", "copy", "zerocopy")
@@ -110,6 +114,7 @@ class TrtSlot(Slot):
         super().__init__(engine, name, depth, batch)
         self.copy_mode = engine.copy_mode
         self.takes_frames = engine.takes_frames if batch is None else engine.rows_take_frames
+        self.takes_device_frames = self.takes_frames
         self._letterbox = GpuLetterbox if self.takes_frames else None   # each frame record's own, for raw frames
         self.profile: int | None = None
         self._holds_profile = False
@@ -250,6 +255,42 @@ class TrtSlot(Slot):
                     box = frame.letterbox.run_staged(staged, frame.device_input.pointer, self.upload)
                     self._run(frame, frame.frame_addresses, uploaded=True)
         return TrtPending(self, frame, release), box
+
+    def _submit_device_frames_impl(self, index: int, frames: list[DeviceFrame], release: Callable[[], None]
+                                   ) -> tuple[Pending, list[Letterbox]]:
+        """Each frame's colour + letterbox kernel on the upload stream (in graph mode the record's stream, before
+        its graph: a surface's address is not the graph's to bake in, docs/gpu.md section 4), after the frame's
+        `ready` event; each frame released on that stream once its kernel is enqueued, then the engine."""
+        record, count = self.frames[index], self._counts[index]
+        released = 0
+        try:
+            with self.engine.context.current(), self._settled_on_error():
+                stream = record.graph.stream if self.graphs else self.upload
+                rows = self._batch_rows(count)
+                pointer, step = record.device_input.pointer, record.letterbox.nbytes
+                boxes = []
+                for row, (box, frame) in enumerate(zip(record.letterboxes, frames)):
+                    if frame.ready is not None:
+                        stream.wait(frame.ready)
+                    boxes.append(box.launch_planes(frame.planes, frame.pitch, frame.width, frame.height,
+                                                   pointer + row * step, stream, pixel_format=frame.pixel_format,
+                                                   matrix=frame.matrix, full_range=frame.full_range))
+                for frame in frames:
+                    frame.release(stream)
+                    released += 1
+                if self.graphs:
+                    self._graph_run(record, ("device",), lambda stream: None, record.frame_addresses)
+                else:
+                    self._run(record, record.frame_addresses, uploaded=True, rows=rows)
+        finally:
+            for frame in frames[released:]:         # failed: the streams settled, nothing reads them any more
+                frame.release(None)
+        return TrtPending(self, record, release, count), boxes
+
+    @property
+    def device_frames_refused(self) -> str:
+        spec = self.engine.inputs[0] if self.batch is None else rows_of(self.engine.inputs[0], 1)
+        return frames_unfit(self.engine.preprocessing, spec) or ""
 
     def _graph_frame(self, frame: InFlightFrame, staged: np.ndarray) -> Letterbox:
         """Run the record's graph for frames of this size on a frame staged in the record's pinned buffer."""
