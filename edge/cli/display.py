@@ -134,9 +134,9 @@ def _lane_rows(lanes: list[dict[str, Any]]) -> list[str]:
              _cell(ln.get("fps"), ".1f"), format_ms(_number(ln.get("latency_ms_p50"))),
              format_ms(_number(ln.get("latency_ms_p99"))), _cell(ln.get("captured")), _cell(ln.get("processed")),
              _cell(ln.get("published")), f"{_cell(ln.get('dropped_camera'))}/{_cell(ln.get('dropped_publisher'))}"
-             f"/{_cell(ln.get('skipped_rate'))}", _cell(ln.get("running"))] for ln in lanes]
+             f"/{_cell(ln.get('skipped_rate'))}", _cell(ln.get("running")), _cell(ln.get("graphs"))] for ln in lanes]
     return _grid(("LANE", "PRECISION", "FPS", "P50", "P99", "CAPTURED", "PROCESSED", "PUBLISHED",
-                  "DROPS cam/pub/rate", "RUNNING"), rows)
+                  "DROPS cam/pub/rate", "RUNNING", "CUDA GRAPHS"), rows)
 
 
 def _camera_rows(cameras: list[dict[str, Any]]) -> list[str]:

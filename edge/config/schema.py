@@ -78,7 +78,7 @@ class TaskConfig(_Strict):
     in_flight: int = Field(2, ge=1, le=8)
     batch: bool = False         # true: one batched execution over all the task's cameras (docs/performance.md)
     copy_mode: Literal["auto", "copy", "zerocopy"] = "auto"    # TensorRT IO: auto = zerocopy on an integrated GPU
-    cuda_graph: bool = False    # TensorRT: each frame one CUDA graph launch (static-shape plans; docs/gpu.md)
+    cuda_graph: bool | Literal["auto"] = "auto"    # TensorRT: each frame one CUDA graph launch where it can (auto)
     params: DetectorParams = DetectorParams()
 
     @field_validator("rate_limit_hz")

@@ -126,6 +126,7 @@ class Slot(abc.ABC):
 
     takes_frames = False        # True where submit_frame() preprocesses raw frames itself
     takes_device_frames = False     # True where submit_device_frame() reads device frames in place
+    graph_status: str | None = None     # which frames run as CUDA graphs ("on", "off: why"); None: no graphs here
 
     def __init__(self, engine: Engine, name: str, depth: int, batch: int | None = None) -> None:
         if depth < 1:

@@ -286,6 +286,15 @@ def _driver_api() -> Any:
     return api
 
 
+def graph_support() -> str | None:
+    """None where CUDA graphs can be captured here (cuda-bindings' driver API imports), else why not."""
+    try:
+        _driver_api()
+    except EngineError as exc:
+        return exc.summary()
+    return None
+
+
 class Graph:
     """An executable CUDA graph of the work one callable enqueues on a stream, launched with one call.
 

@@ -150,6 +150,11 @@ class BatchMember(CameraLane):
     @property
     def error(self) -> EdgeError | None:            # type: ignore[override]
         return self.group.error
+
+    @property
+    def slots(self) -> dict[Engine, Slot]:          # type: ignore[override]
+        return self.group.slots
+
     def start(self) -> None:
         self.group.start()
 
@@ -209,6 +214,7 @@ class BatchedLane:
         self.engine: Engine | None = None           # the variant of the last batch submitted
         self.error: EdgeError | None = None
         self.finished = threading.Event()
+        self.slots: dict[Engine, Slot] = {}         # the batched slot on each variant it ran
         self._stop = threading.Event()
         self._gate = RateGate(runtime)
         self._warned_download = False
@@ -236,7 +242,7 @@ class BatchedLane:
         return joined(self._thread, timeout, self.name)
 
     def _run(self) -> None:
-        slots: dict[Engine, Slot] = {}
+        slots = self.slots
         inflight: collections.deque[_Batch] = collections.deque()
         try:
             self.error = ended_by(self.name, lambda: self._loop(slots, inflight))

@@ -80,6 +80,7 @@ class CameraLane:
     engine: Engine | None
     finished: threading.Event
     error: EdgeError | None
+    slots: dict[Engine, Slot]           # the lane's slot on each variant it ran
 
     def __init__(self, runtime: TaskRuntime, camera: Camera, publisher: Publisher, *, include_labels: bool) -> None:
         self.runtime = runtime
@@ -104,13 +105,14 @@ class CameraLane:
         """A snapshot of this lane (nothing is reset by reading it)."""
         s, sent = self.stats, self.sender
         engine = self.engine or self.runtime.active()
+        slot = self.slots.get(engine)
         fps = sent.rate(now_ns or time.monotonic_ns(), FPS_WINDOW_S)
         return {"task": s.task, "camera": s.camera, "fps": round(fps, 2),
                 "latency_ms_p50": _round(sent.latency_ms(0.5)), "latency_ms_p99": _round(sent.latency_ms(0.99)),
                 "captured": s.captured, "processed": s.processed, "published": sent.published,
                 "dropped_camera": s.dropped_camera, "dropped_publisher": sent.dropped,
                 "skipped_rate": s.skipped_rate, "precision": engine.precision, "engine": engine.name,
-                "running": not self.finished.is_set()}
+                "running": not self.finished.is_set(), "graphs": None if slot is None else slot.graph_status}
 
 
 @dataclasses.dataclass
@@ -129,6 +131,7 @@ class Lane(CameraLane):
         self.engine: Engine | None = None           # the variant of the last frame submitted
         self.error: EdgeError | None = None
         self.finished = threading.Event()
+        self.slots: dict[Engine, Slot] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lane-{self.name}", daemon=True)
         self._gate = RateGate(runtime)
@@ -143,7 +146,7 @@ class Lane(CameraLane):
 
     def _run(self) -> None:
         reader = self.camera.latest.register()
-        slots: dict[Engine, Slot] = {}
+        slots = self.slots
         inflight: collections.deque[_InFlight] = collections.deque()
         try:
             self.error = ended_by(self.name, lambda: self._loop(reader, slots, inflight))

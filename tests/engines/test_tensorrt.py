@@ -1104,10 +1104,47 @@ def test_cuda_graph_is_a_task_setting(trt, cuda_stand_in: fake_cuda.Ledger, tmp_
     repository.Manifest(tmp_path, "m", [variant]).save()
     task = TaskConfig(name="t", type="detector", engines=str(tmp_path), cameras=["c"], cuda_graph=True)
     [engine] = factory.variants_for(task, threads=1, preprocessing=None).engines.values()
-    assert isinstance(engine, TensorRTEngine) and engine.cuda_graph
-    assert not TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).cuda_graph
+    assert isinstance(engine, TensorRTEngine) and engine.cuda_graph is True
+    assert TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"]).cuda_graph == "auto"
+    for given, value in (("auto", "auto"), (False, False), ("off", False), ("on", True)):   # YAML's on/off too
+        assert TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"],
+                          cuda_graph=given).cuda_graph == value
     with pytest.raises(ValidationError, match="cuda_graph"):
         TaskConfig(name="t", type="detector", model=str(onnx_path), cameras=["c"], cuda_graph="sometimes")
+    with pytest.raises(UsageError, match="cuda_graph 'sometimes' is not one of true, false, auto"):
+        TensorRTEngine(tmp_path / "m.plan", cuda_graph="sometimes")
+
+
+def test_cuda_graph_auto_runs_graphs_where_the_slot_can_and_says_which(
+        trt, cuda_stand_in: fake_cuda.Ledger, tmp_path: Path, caplog, monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: graphs on an unbatched slot of a static-shape plan; off, and why, where the slot cannot or
+    cuda-bindings does not import (logged at info: nothing was asked for in vain), while `true` there tries
+    and fails at the capture (a warning); `graph_status` says which frames run as graphs."""
+    caplog.set_level(logging.INFO, logger="edge")
+    plan = _plan(tmp_path)
+    with TensorRTEngine(plan, cuda_graph="auto") as engine:
+        slot = engine.create_slot("cam")
+        assert slot.graphs and slot.graph_status == "on"
+        assert (slot.submit(slot.input()).wait(0)["out0"] == 0).all() and cuda_stand_in.captures == 1
+        assert engine.create_slot("cams", batch=1).graph_status.startswith("off: a batched slot's input shape")
+    with TensorRTEngine(plan, cuda_graph=False) as engine:
+        assert engine.create_slot("cam").graph_status == "off: cuda_graph: false"
+    monkeypatch.setitem(sys.modules, "cuda.bindings", None)                 # cuda-bindings not installed
+    caplog.clear()
+    with TensorRTEngine(plan, cuda_graph="auto") as engine:
+        slot = engine.create_slot("cam")
+        assert not slot.graphs and len(slot.streams) == 3
+        assert slot.graph_status.startswith("off: CUDA graphs need cuda-bindings")
+    [line] = [r for r in caplog.records if "CUDA graphs off" in r.getMessage()]
+    assert line.levelno == logging.INFO
+    caplog.clear()
+    with TensorRTEngine(plan, cuda_graph=True) as engine:
+        slot = engine.create_slot("cam")
+        assert slot.graph_status == "on"
+        assert (slot.submit(slot.input()).wait(0)["out0"] == 0).all()        # ran, then the capture failed
+        assert slot.graph_status.startswith("failed: CUDA graphs need cuda-bindings")
+    assert [r.levelno for r in caplog.records if "capture failed" in r.getMessage()] == [logging.WARNING]
+    assert cuda_stand_in.live == {}
 
 
 # --- preprocessing: what the task names, each frame checked once ----------------------------------------------

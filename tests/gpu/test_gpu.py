@@ -134,9 +134,10 @@ def _detector_repo(root: Path) -> Path:
 
 
 def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest.MonkeyPatch,
-                 cuda_graph: bool = False) -> dict:
+                 cuda_graph: str = "false") -> dict:
     """Run the daemon for 25 frames of two test:// cameras; (camera, frame) -> published detections, how many
-    frames each slot letterboxed on the GPU, and whether each slot ran CUDA graphs with no capture failing."""
+    frames each slot letterboxed on the GPU, whether each slot ran CUDA graphs with no capture failing, and what
+    the status says of each lane's graphs."""
     from edge.config.loader import parse_config
     from edge.daemon.service import Service
     from edge.engines.tensorrt.slot import TrtSlot
@@ -160,7 +161,7 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
     text = (f"version: 1\ncameras:\n  - id: c0\n    uri: test://bars?size=320x240&realtime=0\n"
             f"  - id: c1\n    uri: test://bars?size=160x120&realtime=0\ntasks:\n  - name: t\n    type: detector\n"
             f"    engines: {repo}\n    allow_onnx: false\n    cameras: [c0, c1]\n    copy_mode: {copy_mode}\n"
-            f"    cuda_graph: {str(cuda_graph).lower()}\n"
+            f"    cuda_graph: {cuda_graph}\n"
             f"output:\n  results: ipc://{tmp_path}/r-{copy_mode}-{cuda_graph}.sock\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}), max_frames=25)
     with monkeypatch.context() as patch:
@@ -172,16 +173,17 @@ def _run_service(repo: Path, tmp_path: Path, copy_mode: str, monkeypatch: pytest
             assert engine.backend == "tensorrt" and engine.copy_mode == ("copy" if copy_mode == "auto" else copy_mode)
             assert service.run(threading.Event()) == 0
             assert [lane.stats.processed for lane in service.lanes] == [25, 25]
+            status = [lane["graphs"] for lane in service.status()["lanes"]]
         finally:
             service.stop()
-    return {"published": published, "on_gpu": dict(on_gpu), "graphs": graphs}
+    return {"published": published, "on_gpu": dict(on_gpu), "graphs": graphs, "status": status}
 
 
 def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_path: Path,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole daemon on the GPU: the resolver picks the plan built here, lanes hand their raw frames to the
     slots (letterbox on the GPU), and publish the same detections in copy and zerocopy mode, and with
-    `cuda_graph: true` (each camera's frames of two sizes as graphs), as with the CPU letterbox (zero-copy
+    `cuda_graph: auto` (each camera's frames of two sizes as graphs), as with the CPU letterbox (zero-copy
     works on a discrete GPU too; auto picks copy there)."""
     from edge.engines.tensorrt import engine as trt_engine
     from edge.gpu import cuda
@@ -189,9 +191,10 @@ def test_service_runs_a_plan_with_gpu_preprocessing_in_both_copy_modes(trt, tmp_
     repo = _detector_repo(tmp_path / "repo")
     assert cuda.integrated() is False and cuda.can_map_host_memory()
     runs = {mode: _run_service(repo, tmp_path, mode, monkeypatch) for mode in ("auto", "zerocopy")}
-    runs["graphs"] = _run_service(repo, tmp_path, "auto", monkeypatch, cuda_graph=True)
-    assert runs["graphs"]["graphs"] == {"t.c0": True, "t.c1": True}
+    runs["graphs"] = _run_service(repo, tmp_path, "auto", monkeypatch, cuda_graph="auto")
+    assert runs["graphs"]["graphs"] == {"t.c0": True, "t.c1": True} and runs["graphs"]["status"] == ["on", "on"]
     assert runs["auto"]["graphs"] == {"t.c0": False, "t.c1": False}
+    assert runs["auto"]["status"] == ["off: cuda_graph: false"] * 2
     monkeypatch.setattr(trt_engine, "frames_unfit", lambda preprocessing, spec: "the CPU letterbox, for comparison")
     cpu = _run_service(repo, tmp_path, "copy", monkeypatch)
     assert cpu["on_gpu"] == {}

@@ -37,10 +37,12 @@ class TensorRTEngine(Engine):
                   " (MIN,OPT,MAX), or from a model with a fixed batch of {n}")
 
     def __init__(self, path: Any, *, precision: str = "fp32", device: int = 0, copy_mode: str = "auto",
-                 preprocessing: Preprocessing | None = None, cuda_graph: bool = False) -> None:
+                 preprocessing: Preprocessing | None = None, cuda_graph: bool | str = False) -> None:
         super().__init__(path, precision=precision)
         if copy_mode not in COPY_MODES:
             raise UsageError(f"copy_mode {copy_mode!r} is not one of {', '.join(COPY_MODES)}")
+        if cuda_graph not in (True, False, "auto") or not isinstance(cuda_graph, (bool, str)):
+            raise UsageError(f"cuda_graph {cuda_graph!r} is not one of true, false, auto")
         if preprocessing is not None and not isinstance(preprocessing, LetterboxPreprocessing):
             raise EngineError(f"{self.path.name}: the TensorRT backend cannot run the preprocessing the task names,"
                               f" {preprocessing!r}", note="its slots run a LetterboxPreprocessing, nothing else",
@@ -50,7 +52,7 @@ class TensorRTEngine(Engine):
         self.requested_copy_mode = copy_mode
         self.copy_mode = "copy"                           # resolved by activate()
         self.preprocessing: LetterboxPreprocessing | None = preprocessing   # None: the task's own, on the CPU
-        self.cuda_graph = cuda_graph                      # unbatched slots of a static-shape plan run CUDA graphs
+        self.cuda_graph = cuda_graph                      # static-shape unbatched slots run CUDA graphs (auto)
         self.takes_frames = False                         # slots letterbox raw frames on the GPU (activate())
         self.rows_take_frames = False                     # batched slots do, one image per row (activate())
         self.context: cuda.Context

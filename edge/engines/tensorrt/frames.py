@@ -32,7 +32,7 @@ class SlotEngine(Protocol):
     logger: Any                                 # plan.make_logger's
     context: cuda.Context
     copy_mode: str
-    cuda_graph: bool
+    cuda_graph: bool | str
     preprocessing: LetterboxPreprocessing | None
     takes_frames: bool
     rows_take_frames: bool

@@ -11,6 +11,7 @@ FrameGraph of its own (frames.py). docs/gpu.md describes the whole path.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -102,11 +103,12 @@ class TrtSlot(Slot):
     it on the same stream would wait as long. In zerocopy mode the engine reads and writes mapped host memory
     and nothing is copied. Everything is allocated here after the base constructor; a failure frees it all.
 
-    CUDA graph mode (`cuda_graph: true`, a plan of static shapes, an unbatched slot): each frame record has a
-    FrameGraph instead, and a submission is one graph launch plus the record's `done` event. The first
-    submission of a kind runs its work on the record's stream as it is (TensorRT's first enqueue allocates, so
-    it must not be captured), then captures it; a capture that fails is logged and the slot runs without graphs
-    from then on, on the same per-record streams (`graph_problem` says why)."""
+    CUDA graph mode (`cuda_graph: auto` or true, a plan of static shapes, an unbatched slot; auto also needs
+    cuda-bindings to import): each frame record has a FrameGraph instead, and a submission is one graph launch
+    plus the record's `done` event. The first submission of a kind runs its work on the record's stream as it is
+    (TensorRT's first enqueue allocates, so it must not be captured), then captures it; a capture that fails is
+    logged and the slot runs without graphs from then on, on the same per-record streams (`graph_problem` says
+    why). `graph_status` says which of these holds."""
 
     engine: SlotEngine
 
@@ -123,11 +125,13 @@ class TrtSlot(Slot):
         self.frames: list[InFlightFrame] = []
         self._spec = engine.inputs[0] if self.rows is None else rows_of(engine.inputs[0], self.rows)
         self._set_rows = self._spec.shape[0]         # the batch the execution context's input shape is set to
-        why_not = self._why_no_graphs()
-        self.graphs = why_not is None
+        self.why_no_graphs = self._why_no_graphs()
+        self.graphs = self.why_no_graphs is None
         self.graph_problem: str | None = None           # why a graph-mode slot runs without graphs after all
-        if engine.cuda_graph:
-            log.info("%s slot %s | CUDA graphs %s", engine.name, name, "on" if self.graphs else f"off: {why_not}")
+        if engine.cuda_graph is not False:
+            asked_in_vain = engine.cuda_graph is True and not self.graphs
+            log.log(logging.WARNING if asked_in_vain else logging.INFO, "%s slot %s | CUDA graphs %s", engine.name,
+                    name, "on" if self.graphs else f"off: {self.why_no_graphs}")
         with engine.context.current():
             try:
                 self._open()
@@ -136,13 +140,23 @@ class TrtSlot(Slot):
                 raise
 
     def _why_no_graphs(self) -> str | None:
-        if not self.engine.cuda_graph:
+        """Why this slot runs without CUDA graphs, or None where it captures them on its first frames."""
+        if self.engine.cuda_graph is False:
             return "cuda_graph: false"
         if self.batch is not None:
             return "a batched slot's input shape changes with the cameras that have a frame"
         if self.engine.dynamic:
             return "a dynamic-shape plan (a graph bakes in its shapes)"
+        if self.engine.cuda_graph == "auto":
+            return cuda.graph_support()             # true: tried anyway, and a capture that fails says why
         return None
+
+    @property
+    def graph_status(self) -> str:
+        """Which frames run as CUDA graphs: "on", "off: why", or "failed: why" (a capture failed)."""
+        if self.graph_problem is not None:
+            return f"failed: {self.graph_problem}"
+        return "on" if self.graphs else f"off: {self.why_no_graphs}"
 
     def _open(self) -> None:
         engine = self.engine
