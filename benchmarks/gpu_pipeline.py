@@ -38,9 +38,15 @@ frame from its submission to its result (p50/p99; in this saturated loop mostly 
 Preprocessing: edge's kernel against OpenCV's CPU letterbox (edge.letterbox.letterbox_into) on the same
 frames, and the kernel's output against the CPU's.
 
+Camera mode (`--mode cameras`, issue 18's benchmark; benchmarks/gpu_cameras.py): N cameras reading a 1080p H.264
+clip through the whole daemon, with hardware and with CPU decode, against decode alone and the engine alone.
+
 Usage: python3 benchmarks/gpu_pipeline.py [--networks random,real] [--onnx FILE] [--cameras 1,2,4,8]
        [--frames 600] [--warmup 50] [--reps 3] [--iterations 300] [--out FILE]
-Prints the tables and the targets; writes JSON to --out, else to $OUT/gpu_pipeline.json when $OUT is set.
+       python3 benchmarks/gpu_pipeline.py --mode cameras --clip CLIP [--networks real] [--cameras 1,4,8]
+       [--seconds 10] [--out FILE]
+Prints the tables and the targets; writes JSON to --out, else to $OUT/gpu_pipeline.json (camera mode:
+$OUT/gpu_cameras.json) when $OUT is set.
 """
 from __future__ import annotations
 
@@ -82,6 +88,7 @@ from benchmarks.pipeline_loops import (  # noqa: E402
 )
 from benchmarks.pipeline_report import as_json, bound_note, compare_networks, machine, print_report, targets  # noqa: E402
 from benchmarks.pipeline_setup import Setup, build, in_fresh_thread, prime, synthetic_frames, teardown  # noqa: E402
+from edge import files  # noqa: E402
 from edge.gpu import cuda  # noqa: E402
 
 NETWORKS = ("random", "real")
@@ -201,21 +208,32 @@ def frames_mode(args: argparse.Namespace, stand_in: ModuleType, context: cuda.Co
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("frames", "cameras"), default="frames",
+                        help="frames: decoded frames from memory (default); cameras: a clip decoded by N cameras")
     parser.add_argument("--networks", default=None, type=network_names,
                         help="stand-in networks, comma-separated: random (random weights), real (the demo ONNX);"
-                             " default random,real")
+                             " default random,real (camera mode: real)")
     parser.add_argument("--onnx", type=Path, help="the real network's ONNX (default: the demo's fp16 variant in the"
                                                    " asset cache, $EDGE_CACHE)")
-    parser.add_argument("--cameras", default="1,2,4,8", type=camera_counts, help="camera counts, comma-separated")
+    parser.add_argument("--cameras", default=None, type=camera_counts,
+                        help="camera counts, comma-separated (default 1,2,4,8; camera mode 1,4,8)")
+    parser.add_argument("--clip", type=Path, help="camera mode: the 1080p H.264 clip every camera reads")
+    parser.add_argument("--make-clip", type=Path, metavar="CLIP",
+                        help="write the camera mode's clip (the demo video at 1080p, H.264; needs PyAV) and exit")
+    parser.add_argument("--seconds", type=float, default=10.0, help="camera mode: timed seconds of each run")
     parser.add_argument("--frames", type=positive, default=600, help="timed frames per camera and run")
     parser.add_argument("--warmup", type=positive, default=50, help="untimed frames per camera before each run")
     parser.add_argument("--reps", type=positive, default=3, help="runs of each measurement (medians reported)")
     parser.add_argument("--iterations", type=positive, default=300, help="frames for stage and CPU letterbox times")
     parser.add_argument("--out", type=Path, help="JSON report (default: $OUT/gpu_pipeline.json when $OUT is set)")
     args = parser.parse_args(argv)
-    args.networks = args.networks or list(NETWORKS)
+    cameras = args.mode == "cameras"
+    args.networks = args.networks or (["real"] if cameras else list(NETWORKS))
+    args.cameras = args.cameras or ([1, 4, 8] if cameras else [1, 2, 4, 8])
+    if cameras and args.clip is None:
+        parser.error("--mode cameras needs --clip: a 1080p H.264 clip (make one with --make-clip CLIP)")
     if args.out is None and os.environ.get("OUT"):
-        args.out = Path(os.environ["OUT"]) / "gpu_pipeline.json"
+        args.out = Path(os.environ["OUT"]) / ("gpu_cameras.json" if cameras else "gpu_pipeline.json")
     return args
 
 
@@ -244,12 +262,21 @@ def network_names(text: str) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
-    from benchmarks import graph_engine  # torch with CUDA: the device machine
+    if args.make_clip:
+        from benchmarks.gpu_cameras import make_clip
+        from edge.tools.assets import DemoAssets
+
+        print(f"wrote {make_clip(args.make_clip, DemoAssets(files.default_cache_dir()).video)}")
+        return
+    from benchmarks import gpu_cameras, graph_engine  # torch with CUDA: the device machine
 
     context = cuda.Context(0)
     try:
         with context.current():
-            report = frames_mode(args, graph_engine, context)
+            if args.mode == "cameras":
+                report = gpu_cameras.camera_mode(args, graph_engine, networks(args.networks, args.onnx))
+            else:
+                report = frames_mode(args, graph_engine, context)
     finally:
         in_fresh_thread(context.detach)
     if args.out:
