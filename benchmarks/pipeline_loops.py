@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edge.gpu import cuda, nvrtc
-from edge.gpu.letterbox import BLOCK, FUNCTIONS, KERNEL_SOURCE, SIGNATURE
+from edge.gpu.kernels import BLOCK, CUBIN_NAME, FUNCTIONS, KERNEL_SOURCE, SIGNATURES
 from edge.letterbox import INV255, Letterbox, letterbox_into
 from edge.pipeline.lanes import INFER_TIMEOUT_S
 
@@ -224,10 +224,10 @@ class RawLetterbox:
 
     def __init__(self, drv: Any, net: tuple[int, ...]) -> None:
         major, minor = drv.Context.get_device().compute_capability()
-        name = FUNCTIONS[np.dtype(np.float32)]
-        self._module = drv.module_from_buffer(nvrtc.cubin(KERNEL_SOURCE, name, arch=f"sm_{major}{minor}"))
+        name = FUNCTIONS["bgr", np.dtype(np.float32)]
+        self._module = drv.module_from_buffer(nvrtc.cubin(KERNEL_SOURCE, CUBIN_NAME, arch=f"sm_{major}{minor}"))
         self._function = self._module.get_function(name)
-        self._function.prepare(SIGNATURE)
+        self._function.prepare(SIGNATURES["bgr"])
         height, width = net[2:]
         box = Letterbox.fit(WIDTH, HEIGHT, width, height)
         self._grid = (math.ceil(width / BLOCK[0]), math.ceil(height / BLOCK[1]))

@@ -1,11 +1,14 @@
-"""GPU preprocessing: one CUDA kernel letterboxes a uint8 BGR frame straight into an engine's input.
+"""GPU preprocessing: one CUDA kernel letterboxes a frame straight into an engine's input.
 
-`GpuLetterbox` stages the frame in pinned memory and uploads it on the caller's stream (with `zero_copy` the
-kernel reads the mapped buffer in place), then letterbox + resize + BGR->RGB + x/255 + HWC->CHW go into the
-engine's device buffer in fp32 or fp16. It returns the same `Letterbox` as the CPU path (edge/letterbox.py),
-and the same values: bit-identical in fp32, the CPU's fp32 cast to fp16 in fp16 (MAX_ABS_DIFF). One instance
-holds one frame; the kernel is compiled at first use (edge/gpu/nvrtc.py). The arithmetic, how a slot uses it
-and where it was checked: docs/gpu.md section 3; what it costs: section 5.
+`GpuLetterbox` letterboxes + resizes + converts to RGB + scales by 1/255 + writes CHW into the engine's device
+buffer in fp32 or fp16, in one kernel (edge/gpu/kernels.py). It takes a host BGR uint8 frame (`run`: staged in
+pinned memory and uploaded on the caller's stream; with `zero_copy` the kernel reads the mapped buffer in place),
+or a frame already at device addresses (`launch_planes`: BGR, BGRx, RGBA or NV12 of BT.601/BT.709, limited or
+full range; a mapped host buffer's device pointer too). It returns the same `Letterbox` as the CPU path
+(edge/letterbox.py), and the same values as that path on `to_bgr` of the frame: bit-identical in fp32, the CPU's
+fp32 cast to fp16 in fp16 (MAX_ABS_DIFF); `to_bgr` of BT.601 limited NV12 is OpenCV's cvtColor. One instance
+holds one frame; a kernel is compiled at first use (edge/gpu/nvrtc.py). The arithmetic, how a slot uses it and
+where it was checked: docs/gpu.md section 3; what it costs: section 5.
 """
 from __future__ import annotations
 
@@ -19,124 +22,26 @@ import numpy as np
 
 from edge.errors import EngineError
 from edge.gpu import nvrtc
+from edge.gpu.kernels import (
+    BLOCK,
+    CUBIN_NAME,
+    DTYPES,
+    FUNCTIONS,
+    KERNEL_SOURCE,
+    MATRICES,
+    PIXEL_FORMATS,
+    SIGNATURES,
+    YUV_SHIFT,
+    PixelFormat,
+    yuv_coefficients,
+)
 from edge.letterbox import INV255, FrameError, Letterbox, check_frame
 
 if TYPE_CHECKING:
     from edge.gpu.cuda import Stream
 
-BLOCK = (32, 8, 1)
-SIGNATURE = "PPddiiiiiiiiiff"   # src, dst, step_x, step_y, src w/h/pitch, dst w/h, left, top, box w/h, norm, fill
-FUNCTIONS = {np.dtype(np.float32): "letterbox_f32", np.dtype(np.float16): "letterbox_f16"}
 # max |GPU - CPU| against OpenCV's vectorised resize, per output dtype (docs/gpu.md section 3 says why)
 MAX_ABS_DIFF = {np.dtype(np.float32): 0.0, np.dtype(np.float16): 2.0 ** -12}
-
-KERNEL_SOURCE = r"""
-#define BX 32
-#define BY 8
-#define COEF_SCALE 2048.f
-
-struct Taps { int i0, i1, w0, w1; };
-
-// (float)((d + 0.5) * step - 0.5) in double, rounded per operation (no FMA), as OpenCV computes it
-__device__ __forceinline__ float source_coord(int d, double step)
-{
-    return (float)__dadd_rn(__dmul_rn((double)d + 0.5, step), -0.5);
-}
-
-__device__ __forceinline__ Taps taps(int i, float f, int n)
-{
-    Taps t;
-    t.i0 = min(max(i, 0), n - 1);
-    t.i1 = min(max(i + 1, 0), n - 1);
-    t.w0 = __float2int_rn(__fmul_rn(__fsub_rn(1.f, f), COEF_SCALE));
-    t.w1 = __float2int_rn(__fmul_rn(f, COEF_SCALE));
-    return t;
-}
-
-// columns: outside the image OpenCV takes the border column alone (weight 0 for the other)
-__device__ Taps column_taps(int d, double step, int n)
-{
-    float f = source_coord(d, step);
-    int i = (int)floorf(f);
-    f = __fsub_rn(f, (float)i);
-    if (i < 0) { i = 0; f = 0.f; }
-    if (i >= n - 1) { i = n - 1; f = 0.f; }
-    return taps(i, f, n);
-}
-
-// rows: OpenCV keeps the weights and repeats the border row
-__device__ Taps row_taps(int d, double step, int n)
-{
-    float f = source_coord(d, step);
-    int i = (int)floorf(f);
-    return taps(i, __fsub_rn(f, (float)i), n);
-}
-
-__device__ __forceinline__ int level(const unsigned char* r0, const unsigned char* r1, Taps x, Taps y, int c)
-{
-    int s0 = r0[x.i0 * 3 + c] * x.w0 + r0[x.i1 * 3 + c] * x.w1;
-    int s1 = r1[x.i0 * 3 + c] * x.w0 + r1[x.i1 * 3 + c] * x.w1;
-    int v = (((s0 >> 4) * y.w0) >> 16) + (((s1 >> 4) * y.w1) >> 16);
-    return min(max((v + 2) >> 2, 0), 255);
-}
-
-__device__ __forceinline__ void store(float* p, float v) { *p = v; }
-
-__device__ __forceinline__ void store(unsigned short* p, float v)
-{
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(v));
-    *p = h;
-}
-
-template <typename T>
-__device__ void letterbox(const unsigned char* __restrict__ src, T* __restrict__ dst, double step_x, double step_y,
-                          int src_w, int src_h, int src_pitch, int dst_w, int dst_h, int left, int top,
-                          int box_w, int box_h, float norm, float fill)
-{
-    __shared__ Taps xs[BX];
-    __shared__ Taps ys[BY];
-    int x = blockIdx.x * BX + threadIdx.x, y = blockIdx.y * BY + threadIdx.y;
-    int bx = x - left, by = y - top;
-    if (threadIdx.y == 0 && bx >= 0 && bx < box_w)
-        xs[threadIdx.x] = column_taps(bx, step_x, src_w);
-    if (threadIdx.y == 1 && threadIdx.x < BY) {
-        int row = blockIdx.y * BY + threadIdx.x - top;
-        if (row >= 0 && row < box_h)
-            ys[threadIdx.x] = row_taps(row, step_y, src_h);
-    }
-    __syncthreads();
-    if (x >= dst_w || y >= dst_h)
-        return;
-    size_t plane = (size_t)dst_w * dst_h;
-    T* out = dst + (size_t)y * dst_w + x;
-    if (bx < 0 || bx >= box_w || by < 0 || by >= box_h) {
-        store(out, fill);
-        store(out + plane, fill);
-        store(out + 2 * plane, fill);
-        return;
-    }
-    Taps tx = xs[threadIdx.x], ty = ys[threadIdx.y];
-    const unsigned char* r0 = src + (size_t)ty.i0 * src_pitch;
-    const unsigned char* r1 = src + (size_t)ty.i1 * src_pitch;
-    store(out, __fmul_rn((float)level(r0, r1, tx, ty, 2), norm));               // R (BGR in)
-    store(out + plane, __fmul_rn((float)level(r0, r1, tx, ty, 1), norm));       // G
-    store(out + 2 * plane, __fmul_rn((float)level(r0, r1, tx, ty, 0), norm));   // B
-}
-
-#define KERNEL(name, T)                                                                               \
-    extern "C" __global__ void __launch_bounds__(BX * BY) name(                                       \
-        const unsigned char* src, T* dst, double step_x, double step_y, int src_w, int src_h,          \
-        int src_pitch, int dst_w, int dst_h, int left, int top, int box_w, int box_h, float norm,      \
-        float fill)                                                                                    \
-    {                                                                                                  \
-        letterbox<T>(src, dst, step_x, step_y, src_w, src_h, src_pitch, dst_w, dst_h, left, top,       \
-                     box_w, box_h, norm, fill);                                                        \
-    }
-
-KERNEL(letterbox_f32, float)
-KERNEL(letterbox_f16, unsigned short)
-"""
 
 
 def output_geometry(input_shape: Sequence[int], dtype: Any) -> tuple[int, int, np.dtype]:
@@ -146,14 +51,90 @@ def output_geometry(input_shape: Sequence[int], dtype: Any) -> tuple[int, int, n
         raise EngineError("GPU preprocessing needs an engine input of shape [N,3,H,W]", note=f"got {shape}",
                           hint="use the CPU preprocessing (edge.letterbox) for other input layouts")
     kind = np.dtype(dtype)
-    if kind not in FUNCTIONS:
+    if kind not in DTYPES:
         raise EngineError("GPU preprocessing writes fp32 or fp16 engine inputs", note=f"got {kind}",
                           hint="build the engine with a float32 or float16 input (keep IO types when converting)")
     return shape[2], shape[3], kind
 
 
+def _layout(pixel_format: str, matrix: str, full_range: bool) -> PixelFormat:
+    """The layout of a known pixel format; FrameError for an unknown format, matrix or range."""
+    if pixel_format not in PIXEL_FORMATS:
+        raise FrameError(f"unknown pixel format {pixel_format!r}", note=f"known: {', '.join(PIXEL_FORMATS)}",
+                         hint="a decoder's frames are nv12, a colour converter's bgrx or rgba, a host frame's bgr")
+    if matrix not in MATRICES:
+        raise FrameError(f"unknown colour matrix {matrix!r}", note=f"known: {', '.join(MATRICES)}",
+                         hint="take the matrix the stream signals (H.264/H.265 VUI matrix_coefficients: 1 is bt709,"
+                              " 5 and 6 are bt601); unsignalled SD video is bt601, HD bt709")
+    if full_range not in (False, True):
+        raise FrameError("full_range must be True or False", note=f"got {full_range!r}",
+                         hint="limited range (16-235) is False; the stream's video_full_range_flag says which")
+    return PIXEL_FORMATS[pixel_format]
+
+
+def _check_size(pixel_format: str, width: int, height: int) -> None:
+    if width < 1 or height < 1:
+        raise FrameError(f"expected a non-empty {pixel_format} frame", note=f"width {width}, height {height}",
+                         hint="pass the frame's size in pixels")
+    if pixel_format == "nv12" and (width % 2 or height % 2):
+        raise FrameError("an nv12 frame needs an even width and height", note=f"{width}x{height}",
+                         hint="4:2:0 video has even sizes (H.264/H.265 crop in units of 2 pixels): pass the"
+                              " decoder's size; OpenCV's cvtColor refuses odd sizes too")
+
+
+def check_planes(planes: Sequence[int], pitch: int, width: int, height: int, pixel_format: str, matrix: str,
+                 full_range: bool) -> None:
+    """FrameError unless the planes, pitch and size describe a frame `launch_planes` can read."""
+    layout = _layout(pixel_format, matrix, full_range)
+    _check_size(pixel_format, width, height)
+    if len(planes) != layout.planes:
+        raise FrameError(f"a {pixel_format} frame has {layout.planes} plane(s)", note=f"got {len(planes)} pointers",
+                         hint="nv12: (luma, chroma); bgr, bgrx, rgba: (pixels,)")
+    if any(pointer <= 0 for pointer in planes):
+        raise FrameError(f"a {pixel_format} frame's plane is at no device address",
+                         note=f"planes {', '.join(hex(p) for p in planes)}",
+                         hint="pass device pointers (a mapped host buffer's device_pointer() for zero copy)")
+    row = width * layout.bytes_per_pixel
+    if pitch < row:
+        raise FrameError(f"a row of a {width} pixels wide {pixel_format} frame takes {row} bytes at least",
+                         note=f"pitch {pitch} bytes", hint="pitch is the distance between rows in bytes (the"
+                                                           " decoder's surface pitch), not the width in pixels")
+
+
+def to_bgr(planes: Sequence[np.ndarray], pixel_format: str, *, matrix: str = "bt601",
+           full_range: bool = False) -> np.ndarray:
+    """A new HxWx3 uint8 BGR image of host planes, with the kernels' arithmetic (the CPU path of a device frame,
+    and the tests' oracle): bgr, bgrx, rgba: (HxWx3 or HxWx4 uint8,); nv12: (HxW luma, H/2xW or H/2xW/2x2
+    interleaved U,V), converted as edge/gpu/kernels.py's yuv_coefficients say. FrameError for anything else."""
+    layout = _layout(pixel_format, matrix, full_range)
+    arrays = list(planes)
+    shapes = [a.shape if isinstance(a, np.ndarray) and a.dtype == np.uint8 else type(a).__name__ for a in arrays]
+    first = arrays[0] if arrays and isinstance(arrays[0], np.ndarray) else None
+    height, width = first.shape[:2] if first is not None and first.ndim >= 2 else (0, 0)
+    if layout.rgb is not None:
+        wanted = [(height, width, layout.bytes_per_pixel)]
+    else:
+        wanted = [(height, width), (height // 2, width)]
+        if len(arrays) == 2 and shapes[1] == (height // 2, width // 2, 2):
+            wanted[1] = shapes[1]
+    if shapes != wanted or width < 1 or height < 1:
+        raise FrameError(f"expected the uint8 planes of a {pixel_format} frame", note=f"got {shapes}",
+                         hint="bgr, bgrx, rgba: [HxWxC]; nv12: [HxW luma, H/2xW interleaved U,V]")
+    if layout.rgb is not None:
+        return np.ascontiguousarray(first[:, :, layout.rgb[::-1]])
+    _check_size(pixel_format, width, height)
+    k = yuv_coefficients(matrix, bool(full_range))
+    luma = np.maximum(first.astype(np.int32) - k.y_offset, 0) * k.cy + (1 << (YUV_SHIFT - 1))
+    uv = arrays[1].reshape(height // 2, width // 2, 2).astype(np.int32) - 128
+    u, v = (uv[:, :, i].repeat(2, axis=0).repeat(2, axis=1) for i in (0, 1))     # each 2x2 block's U,V
+    out = np.empty((height, width, 3), np.uint8)
+    for channel, (cu, cv) in enumerate(((k.cub, 0), (k.cug, k.cvg), (0, k.cvr))):  # B, G, R
+        np.clip((luma + cu * u + cv * v) >> YUV_SHIFT, 0, 255, out=out[:, :, channel], casting="unsafe")
+    return out
+
+
 class GpuLetterbox:
-    """Letterbox a BGR uint8 frame into one [3,H,W] image of an engine input on a CUDA stream.
+    """Letterbox a frame into one [3,H,W] image of an engine input on a CUDA stream.
 
     Create, run and free it with the primary context current (edge.gpu.cuda.Context.current())."""
 
@@ -165,13 +146,13 @@ class GpuLetterbox:
         self._cuda = cuda
         self.fill = float(fill)
         self.zero_copy = zero_copy
-        function = FUNCTIONS[self.dtype]
-        compiled = functools.partial(nvrtc.cubin, KERNEL_SOURCE, function, cache_dir=cache_dir)
-        self._kernel: Any = cuda.Kernel(function, SIGNATURE, compiled)
+        self._cubin = functools.partial(nvrtc.cubin, KERNEL_SOURCE, CUBIN_NAME, cache_dir=cache_dir)
+        self._kernels: dict[str, Any] = {}      # cuda.Kernel per pixel format, loaded at its first frame
+        bgr = self._kernel("bgr")
         try:
             self._done: Any = cuda.Event()
         except BaseException:
-            self._kernel.free()
+            bgr.free()
             raise
         self._host: Any = None          # cuda.HostBuffer (mapped with zero_copy), grown to the largest frame
         self._device: Any = None        # cuda.DeviceBuffer of the uploaded frame (copy mode)
@@ -210,24 +191,44 @@ class GpuLetterbox:
         """Enqueue upload + kernel of a frame `stage` returned, and record nothing: the caller keeps the pinned
         buffer unchanged until the work ran (a TensorRT slot's frame record in a CUDA graph does)."""
         height, width = staged.shape[:2]
-        return self._launch(self._upload(staged, stream), width, height, width * 3, out_pointer, stream)
+        return self._launch(self._kernels["bgr"], self._upload(staged, stream), width, height, width * 3, out_pointer,
+                            stream)
 
     def launch(self, source_pointer: int, width: int, height: int, out_pointer: int, stream: Stream, *,
                pitch: int | None = None) -> Letterbox:
-        """Enqueue the kernel alone on a BGR uint8 frame already at a device address (rows `pitch` bytes
-        apart, default width * 3): a frame decoded or uploaded by someone else."""
-        pitch = width * 3 if pitch is None else pitch
-        if width < 1 or height < 1 or pitch < width * 3:
-            raise FrameError("expected a non-empty BGR uint8 frame", note=f"width {width}, height {height},"
-                             f" pitch {pitch} bytes", hint="a row holds width * 3 bytes at least")
-        box = self._launch(int(source_pointer), width, height, pitch, out_pointer, stream)
+        """`launch_planes` of a BGR uint8 frame at one device address, rows `pitch` bytes apart (default
+        width * 3)."""
+        return self.launch_planes((source_pointer,), width * 3 if pitch is None else pitch, width, height,
+                                  out_pointer, stream)
+
+    def launch_planes(self, planes: Sequence[int], pitch: int, width: int, height: int, out_pointer: int,
+                      stream: Stream, *, pixel_format: str = "bgr", matrix: str = "bt601",
+                      full_range: bool = False) -> Letterbox:
+        """Enqueue the kernel alone on a frame already at device addresses (a decoder's surface, or a mapped
+        host buffer's device pointer), and record this instance's event after it; the caller made `stream`
+        wait for the frame first. `planes`: (pixels,) of bgr (3 bytes a pixel), bgrx or rgba (4); (luma,
+        chroma) of nv12, chroma U,V interleaved at half height; rows `pitch` bytes apart in every plane.
+        `matrix` (bt601, bt709) and `full_range` (False: Y 16-235, U,V 16-240) apply to nv12. FrameError, and
+        nothing enqueued, for a frame it cannot read. The first frame of a format loads its kernel (so run one
+        before capturing a CUDA graph of it)."""
+        planes = tuple(int(p) for p in planes)
+        check_planes(planes, pitch, width, height, pixel_format, matrix, full_range)
+        kernel = self._kernel(pixel_format)
+        colour = (planes[1], *yuv_coefficients(matrix, bool(full_range))) if pixel_format == "nv12" else ()
+        box = self._launch(kernel, planes[0], width, height, pitch, out_pointer, stream, *colour)
         self._done.record(stream)
         return box
 
-    def _launch(self, source_pointer: int, width: int, height: int, pitch: int, out_pointer: int,
-                stream: Stream) -> Letterbox:
+    def _kernel(self, pixel_format: str) -> Any:
+        if pixel_format not in self._kernels:
+            self._kernels[pixel_format] = self._cuda.Kernel(FUNCTIONS[pixel_format, self.dtype],
+                                                            SIGNATURES[pixel_format], self._cubin)
+        return self._kernels[pixel_format]
+
+    def _launch(self, kernel: Any, source_pointer: int, width: int, height: int, pitch: int, out_pointer: int,
+                stream: Stream, *colour: int) -> Letterbox:
         box, arguments = self._geometry(width, height, pitch)
-        self._kernel.launch(self._grid, BLOCK, stream, source_pointer, int(out_pointer), *arguments)
+        kernel.launch(self._grid, BLOCK, stream, source_pointer, int(out_pointer), *arguments, *colour)
         return box
 
     def _geometry(self, width: int, height: int, pitch: int) -> tuple[Letterbox, tuple[Any, ...]]:
@@ -242,11 +243,12 @@ class GpuLetterbox:
         return self._geometries[key]
 
     def free(self) -> None:
-        """Release the buffers, the event and the kernel now, while the context is current; once."""
-        for owned in (self._host, self._device, self._done, self._kernel):
+        """Release the buffers, the event and the kernels now, while the context is current; once."""
+        for owned in (self._host, self._device, self._done, *self._kernels.values()):
             if owned is not None:
                 owned.free()
-        self._host = self._device = self._done = self._kernel = None
+        self._host = self._device = self._done = None
+        self._kernels = {}
 
     def _staging(self, nbytes: int) -> np.ndarray:
         if self._host is None or self._host.array.nbytes < nbytes:

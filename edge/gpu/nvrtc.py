@@ -30,7 +30,7 @@ from edge.log import get_logger
 
 log = get_logger("nvrtc")
 _LIBRARY_NAMES = ("libnvrtc.so", "libnvrtc.so.13", "libnvrtc.so.12")
-MAX_CUBIN_BYTES = 1 << 20       # a letterbox cubin is 12 to 20 kB (docs/gpu.md section 3): more is not one
+MAX_CUBIN_BYTES = 1 << 20       # the letterbox cubin is 47 to 79 kB (docs/gpu.md section 3): more is not one
 _compile_lock = threading.Lock()
 
 

@@ -1,17 +1,17 @@
 """GPU preprocessing (edge/gpu/letterbox.py) against the CPU letterbox (edge/letterbox.py).
 
-CPU tier: the frame and shape checks, the kernel cache (edge/gpu/nvrtc.py), the lazy import, and the
-fixed-point arithmetic the kernel copies from OpenCV, checked in numpy against this machine's cv2.
-GPU tier (marked gpu): the kernel itself on the demo's stills and on synthetic odd sizes, fp32 and
-fp16, against the documented bound (preprocess_gpu.MAX_ABS_DIFF: 0 for fp32, 2**-12 for fp16).
+CPU tier: the frame and shape checks, the kernel cache (edge/gpu/nvrtc.py), the lazy import, the
+fixed-point arithmetic the kernel copies from OpenCV, checked in numpy against this machine's cv2, and the
+kernel compiled for this CPU (tests/support/host_kernels.py: the `device` fixture's host half) on the
+demo's stills and on synthetic odd sizes. GPU tier (marked gpu): the same on the GPU, and the rest of
+GpuLetterbox (staging, streams, pitched frames, the cache), fp32 and fp16, against the documented bound
+(letterbox.MAX_ABS_DIFF: 0 for fp32, 2**-12 for fp16).
 """
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +19,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.engines.repository import sha256_file
 from edge.errors import EngineError
-from edge.files import default_cache_dir
 from edge.gpu import nvrtc
+from edge.gpu.kernels import CUBIN_NAME
 from edge.gpu.letterbox import MAX_ABS_DIFF, GpuLetterbox, output_geometry
 from edge.letterbox import FrameError, Letterbox, check_frame, letterbox_into
-from edge.tools import assets as edge_assets
 
 NET = (1, 3, 416, 416)
 BAD_FRAMES = {
@@ -44,17 +42,6 @@ SIZES = [(1920, 1080), (1280, 720), (768, 576), (641, 479), (1, 1), (3, 2), (7, 
 def noise(width: int, height: int, seed: int = 0) -> np.ndarray:
     """Independent random pixels: the hardest case for an interpolation to match."""
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-
-
-@pytest.fixture(scope="session")
-def stills(request: pytest.FixtureRequest) -> dict[str, np.ndarray]:
-    """The demo's still images: from the cache when they verify there (the GPU machine gets them
-    copied in, it has no network), else through the `demo` fixture."""
-    wanted = [a for a in edge_assets.ASSETS if a.path.startswith("images/")]
-    root = default_cache_dir()
-    if not all((root / a.path).is_file() and sha256_file(root / a.path) == a.sha256 for a in wanted):
-        root = request.getfixturevalue("demo").root
-    return {Path(a.path).name: cv2.imread(str(root / a.path)) for a in wanted}
 
 
 # ---- CPU tier ----------------------------------------------------------------------------------------
@@ -241,29 +228,6 @@ def test_missing_nvrtc_says_where_it_looked(monkeypatch: pytest.MonkeyPatch, tmp
 
 # ---- GPU tier ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def context() -> Iterator[Any]:
-    from edge.gpu import cuda
-
-    context = cuda.Context(0)
-    yield context
-    context.detach()
-
-
-@pytest.fixture
-def gpu(context: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """The context current for the test; the kernel cache in a temporary directory (one per session)."""
-    from edge.gpu import cuda
-
-    cache = tmp_path_factory.getbasetemp() / "kernels"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("error", message=".*out-of-thread context could not be cleaned up")
-        with context.current():
-            stream = cuda.Stream()
-            yield cuda, stream, cache
-            stream.free()
-
-
 def gpu_letterbox(gpu: Any, frame: np.ndarray, dtype: Any = np.float32, shape: tuple[int, ...] = NET,
                   *, zero_copy: bool = False) -> tuple[np.ndarray, Letterbox]:
     cuda, stream, cache = gpu
@@ -291,32 +255,29 @@ def assert_matches_cpu(got: np.ndarray, want: np.ndarray) -> None:
     assert np.abs(got.astype(np.float32) - want).max() <= MAX_ABS_DIFF[got.dtype]
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_demo_stills_match_the_cpu_letterbox(gpu: Any, stills: dict[str, np.ndarray], dtype: Any) -> None:
+def test_demo_stills_match_the_cpu_letterbox(device: Any, stills: dict[str, np.ndarray], dtype: Any) -> None:
     for name, image in stills.items():
         want, want_box = cpu_letterbox(image)
-        got, box = gpu_letterbox(gpu, image, dtype)
+        got, box = gpu_letterbox(device, image, dtype)
         assert box == want_box, name
         assert_matches_cpu(got, want)
 
 
-@pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 @pytest.mark.parametrize("width,height", SIZES)
-def test_odd_sizes_match_the_cpu_letterbox(gpu: Any, width: int, height: int, dtype: Any) -> None:
+def test_odd_sizes_match_the_cpu_letterbox(device: Any, width: int, height: int, dtype: Any) -> None:
     frame = noise(width, height)
     for shape in (NET, (1, 3, 384, 640)):
         want, want_box = cpu_letterbox(frame, shape)
-        got, box = gpu_letterbox(gpu, frame, dtype, shape)
+        got, box = gpu_letterbox(device, frame, dtype, shape)
         assert box == want_box
         assert_matches_cpu(got, want)
 
 
-@pytest.mark.gpu
-def test_zero_copy_reads_the_mapped_frame_in_place(gpu: Any, stills: dict[str, np.ndarray]) -> None:
+def test_zero_copy_reads_the_mapped_frame_in_place(device: Any, stills: dict[str, np.ndarray]) -> None:
     for frame in (stills["dog.jpg"], noise(1920, 1080)):
-        got, _ = gpu_letterbox(gpu, frame, zero_copy=True)
+        got, _ = gpu_letterbox(device, frame, zero_copy=True)
         assert_matches_cpu(got, cpu_letterbox(frame)[0])
 
 
@@ -404,7 +365,7 @@ def test_launch_on_a_pitched_device_frame(gpu: Any) -> None:
         box = pre.launch(source.pointer, 1920, 1080, out.pointer, stream, pitch=6144)
         out.download(host, stream)
         stream.synchronize()
-        with pytest.raises(FrameError, match="non-empty"):
+        with pytest.raises(FrameError, match="takes 5760 bytes at least"):
             pre.launch(source.pointer, 1920, 1080, out.pointer, stream, pitch=1000)
     finally:
         for owned in (source, out, pitched, pre):
@@ -431,7 +392,7 @@ def test_kernel_cache_is_used_and_a_damaged_file_is_recompiled(gpu: Any, tmp_pat
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     cuda, stream, _ = gpu
     GpuLetterbox(NET, np.float32, cache_dir=tmp_path).free()
-    (cached,) = tmp_path.glob("letterbox_f32-*.cubin")
+    (cached,) = tmp_path.glob(f"{CUBIN_NAME}-*.cubin")
     real_compile = nvrtc.compile_cubin
     monkeypatch.setattr(nvrtc, "compile_cubin", lambda *a: pytest.fail("compiled although cached"))
     GpuLetterbox(NET, np.float32, cache_dir=tmp_path).free()
