@@ -8,6 +8,8 @@ Rows, medians of --iterations after a warm-up:
   H2D upload             the 6.2 MB frame, pinned -> device (CUDA events)
   kernel fp32 / fp16     GpuLetterbox.launch on a frame already on the device (CUDA events)
   kernel zero-copy       the kernel reading the frame from mapped pinned memory (over PCIe on a discrete card)
+  kernel nv12 / bgrx     launch_planes on a decoder's kind of frame (NV12 BT.601 limited, BGRx), on the device and
+                         zero-copy, against the CPU path of an NV12 frame: cvtColor + letterbox_into (perf_counter)
   run() GPU span         upload + kernel as run() enqueues them, frame in frame_buffer (CUDA events)
   run() host             what run() costs the calling thread: from a pageable frame (copy included) and
                          from frame_buffer (perf_counter)
@@ -122,6 +124,36 @@ def kernel_rows(frames: list[np.ndarray], stream: cuda.Stream, iterations: int) 
             owned.free()
 
 
+def colour_rows(stream: cuda.Stream, iterations: int) -> dict[str, float]:
+    """The fused colour conversion: the kernel on a 1080p NV12 and a BGRx frame, against the CPU's cvtColor +
+    letterbox_into of the NV12 frame."""
+    rng = np.random.default_rng(1)
+    nv12 = rng.integers(0, 256, (HEIGHT * 3 // 2, WIDTH), dtype=np.uint8)
+    bgrx = rng.integers(0, 256, (HEIGHT, WIDTH, 4), dtype=np.uint8)
+    pinned = cuda.HostBuffer(NET, np.float32)
+    rows = {"cpu cvtColor(NV12) + letterbox_into": host_ms(
+        lambda i: letterbox_into(cv2.cvtColor(nv12, cv2.COLOR_YUV2BGR_NV12), pinned.array), iterations)}
+    pre = GpuLetterbox(NET, np.float32)
+    out = cuda.DeviceBuffer(pre.nbytes)
+    owned = [pinned, pre, out]
+    try:
+        for name, frame, pitch in (("nv12", nv12, WIDTH), ("bgrx", bgrx, WIDTH * 4)):
+            owned += [cuda.DeviceBuffer(frame.nbytes), cuda.HostBuffer(frame.shape, np.uint8, mapped=True)]
+            device, mapped = owned[-2:]
+            mapped.array[:] = frame
+            device.upload(mapped.array, stream)
+            for where, base in (("", device.pointer), (" zero-copy", mapped.device_pointer())):
+                planes = (base, base + WIDTH * HEIGHT) if name == "nv12" else (base,)
+                rows[f"kernel {name} float32{where} (GPU)"] = gpu_ms(
+                    lambda i, planes=planes, name=name, pitch=pitch: pre.launch_planes(
+                        planes, pitch, WIDTH, HEIGHT, out.pointer, stream, pixel_format=name), stream, iterations)
+    finally:
+        stream.synchronize()
+        for thing in owned:
+            thing.free()
+    return rows
+
+
 def run_rows(frames: list[np.ndarray], stream: cuda.Stream, iterations: int) -> dict[str, float]:
     pre = GpuLetterbox(NET, np.float32)
     out = cuda.DeviceBuffer(pre.nbytes)
@@ -207,7 +239,8 @@ def main() -> None:
     with context.current():
         stream = cuda.Stream()
         rows = {**cpu_rows(frames, args.iterations), **transfer_rows(frames, stream, args.iterations),
-                **kernel_rows(frames, stream, args.iterations), **run_rows(frames, stream, args.iterations)}
+                **kernel_rows(frames, stream, args.iterations), **colour_rows(stream, args.iterations),
+                **run_rows(frames, stream, args.iterations)}
         result = report(rows, max_differences(frames, stream), machine())
         stream.free()
     context.detach()
