@@ -17,14 +17,13 @@ from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size
 
 if TYPE_CHECKING:
     from edge.gpu.surfaces import DeviceFrame
 
 log = get_logger("camera")
 
-OPEN_TIMEOUT_MS = 2000
-READ_TIMEOUT_MS = 2000
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, before its declared count (an estimate)
@@ -240,16 +239,6 @@ def gstreamer_csi_pipeline(uri: CameraURI) -> str:
             f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1 ! "
             f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
             "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false")
-
-
-def check_frame_size(size: tuple[int, int], max_frame: tuple[int, int], what: str) -> None:
-    """Refuse a frame (or a declared frame size) over `max_frame` before it is decoded: a file or stream that
-    declares 16000x16000 would otherwise cost gigabytes per frame. A size of 0 (not declared) passes."""
-    (w, h), (max_w, max_h) = size, max_frame
-    if w > max_w or h > max_h:
-        raise SourceError(f"{what} frames of {w}x{h}, larger than the {max_w}x{max_h} this camera accepts",
-                          hint="set the camera's max_frame_size in the config (up to 8192x8192) if such frames are"
-                               " expected; otherwise check the source")
 
 
 def check_video_file(location: str) -> None:
