@@ -17,6 +17,7 @@ from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
+from edge.pipeline.gstreamer import csi_pipeline
 from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size
 
 if TYPE_CHECKING:
@@ -230,17 +231,6 @@ def ended_short(frames: int, declared: int) -> bool:
     return declared - frames > max(SHORT_FILE_SLACK_FRAMES, SHORT_FILE_SLACK_SHARE * declared)
 
 
-def gstreamer_csi_pipeline(uri: CameraURI) -> str:
-    """The nvarguscamerasrc pipeline for a Jetson CSI sensor, ending in BGR appsink (latest frame only)."""
-    w, h = parse_size(uri.params.get("size", "1280x720"))
-    fps = int(uri.params.get("fps", 30))
-    flip = int(uri.params.get("flip", 0))
-    return (f"nvarguscamerasrc sensor-id={uri.location} ! "
-            f"video/x-raw(memory:NVMM),width={w},height={h},framerate={fps}/1 ! "
-            f"nvvidconv flip-method={flip} ! video/x-raw,format=BGRx ! videoconvert ! "
-            "video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false")
-
-
 def check_video_file(location: str) -> None:
     """A file:// camera must name a regular file that exists: say which of that is wrong (a missing file, a
     directory, a FIFO or a device such as /dev/zero, a path the system refuses) without opening it, so a FIFO
@@ -280,7 +270,7 @@ def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME) -> _Read
                           note=f"cv2 {cv2.__version__} from {cv2.__file__}",
                           hint="on a Jetson use JetPack's OpenCV (python3-opencv) instead of a pip wheel:"
                                " pip uninstall opencv-python-headless; create the venv with --system-site-packages")
-    return _CvReader(cv2.VideoCapture(gstreamer_csi_pipeline(uri), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}",
+    return _CvReader(cv2.VideoCapture(csi_pipeline(uri, device=False), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}",
                      max_frame)
 
 

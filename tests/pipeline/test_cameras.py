@@ -17,7 +17,7 @@ import pytest
 from edge.config.cameras import MAX_FRAME, parse_uri
 from edge.errors import SourceError
 from edge.pipeline import cameras
-from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame, gstreamer_csi_pipeline, open_reader
+from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame, open_reader
 from tests.conftest import free_port, wait_for
 from tests.support.daemon import ROOT, env
 from tests.support.media import write_video
@@ -358,13 +358,6 @@ def test_csi_without_gstreamer_is_a_clear_error() -> None:
     with pytest.raises(SourceError, match="needs OpenCV with GStreamer") as info:
         open_reader(parse_uri("csi://0"))
     assert "JetPack's OpenCV" in str(info.value)
-
-
-def test_csi_pipeline_uses_nvargus_and_latest_frame_appsink() -> None:
-    pipeline = gstreamer_csi_pipeline(parse_uri("csi://1?size=1920x1080&fps=60&flip=2"))
-    assert pipeline.startswith("nvarguscamerasrc sensor-id=1 !")
-    assert "width=1920,height=1080,framerate=60/1" in pipeline and "flip-method=2" in pipeline
-    assert pipeline.endswith("appsink drop=1 max-buffers=1 sync=false")
 
 
 class _RecordedStop(threading.Event):

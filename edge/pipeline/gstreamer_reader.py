@@ -1,0 +1,226 @@
+"""The reader of a GStreamer camera on a Jetson (the pipelines: edge/pipeline/gstreamer.py): each BGRx frame VIC
+left in system memory is copied once, into a mapped pinned surface of the reader's own pool, and handed out as a
+DeviceFrame whose plane is that surface's device pointer, so the letterbox kernel reads it in place. Its pool and
+the one copy: docs/gpu.md, "Decode on a Jetson"."""
+from __future__ import annotations
+
+import ctypes
+import functools
+import threading
+import time
+from typing import Any
+
+from edge.config.cameras import CameraURI
+from edge.errors import SourceError
+from edge.gpu.surfaces import DeviceFrame, SurfacePool
+from edge.log import get_logger
+from edge.pipeline.gstreamer import (
+    JETSON_ELEMENTS,
+    csi_pipeline,
+    describe,
+    gst_error,
+    import_gst,
+    missing_elements,
+    parse,
+    pipeline_description,
+    probe,
+    scrub,
+)
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size
+
+log = get_logger("camera")
+
+FREE_WAIT_S = 10.0               # a closed reader frees its surfaces once the lanes gave them back, or after this
+PULL_SLICE_S = 0.1               # a reader waiting for a frame looks at the bus for errors this often
+
+
+def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int) -> GstReader:
+    """Open a file://, rtsp:// or csi:// camera through NVIDIA's elements; its frames come as DeviceFrames from a
+    pool of `surfaces` mapped surfaces (at least the lanes' frames in flight + 2). SourceError says why not."""
+    if uri.scheme not in JETSON_ELEMENTS:
+        raise SourceError(f"{uri.scheme}:// cameras do not go through GStreamer's Jetson decoder",
+                          hint="file://, rtsp:// and csi:// do; set decode: cpu for this camera")
+    what = describe(uri)
+    gst = import_gst()
+    missing = missing_elements(gst, JETSON_ELEMENTS[uri.scheme])
+    if missing:
+        raise SourceError(f"{what} needs NVIDIA's GStreamer elements {', '.join(missing)}, which this machine lacks",
+                          note="they come with JetPack on a Jetson (nvidia-l4t-gstreamer)",
+                          hint="elsewhere set decode: cpu (or auto) for this camera")
+    if uri.scheme == "csi":
+        description = csi_pipeline(uri, device=True)
+    else:
+        codec, demuxer, size = probe(gst, uri)
+        check_frame_size(size, max_frame, f"{what} declares")
+        description = pipeline_description(uri, codec, demuxer)
+    log.info("%s: GStreamer %s", what, scrub(description, uri))
+    return GstReader(gst, uri, description, max_frame=max_frame, surfaces=surfaces)
+
+
+class GstReader:
+    """A running pipeline whose appsink's BGRx frames are copied once each into mapped surfaces of its own pool,
+    handed out as DeviceFrames. `read` returns None at the end of a file, on an error (logged) and when no frame
+    came within the read timeout, as the OpenCV reader does."""
+
+    def __init__(self, gst: Any, uri: CameraURI, description: str, *, max_frame: tuple[int, int],
+                 surfaces: int) -> None:
+        self.fps = 30.0
+        self.frames = 0
+        self.declared_frames = 0
+        self._gst = gst
+        self._uri = uri
+        self._what = describe(uri)
+        self._surfaces = surfaces
+        self._pool: SurfacePool | None = None
+        self._problem: SourceError | None = None        # the first error GStreamer posted
+        self._closed = False
+        self._pipeline = parse(gst, description, uri, bin_only=False)
+        self._sink = self._pipeline.get_by_name("sink")
+        self._bus = self._pipeline.get_bus()
+        try:
+            self._first = self._start(max_frame)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, max_frame: tuple[int, int]) -> Any:
+        """Play until the first frame, then size the pool from it."""
+        gst = self._gst
+        if self._pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
+            raise self._failed("cannot start")
+        sample = self._next((OPEN_TIMEOUT_MS + READ_TIMEOUT_MS) / 1000)
+        if sample is None:
+            raise self._failed(f"delivered no frame within {OPEN_TIMEOUT_MS + READ_TIMEOUT_MS} ms")
+        structure = sample.get_caps().get_structure(0)
+        self._width = structure.get_int("width")[1]
+        self._height = structure.get_int("height")[1]
+        check_frame_size((self._width, self._height), max_frame, f"{self._what} delivers")
+        size = sample.get_buffer().get_size()
+        if size < 4 * self._width * self._height or size % self._height:
+            raise SourceError(f"{self._what}: a BGRx frame of {self._width}x{self._height} came in a buffer of {size}"
+                              " bytes, which is no whole number of rows", note=structure.to_string(),
+                              hint="report it with this line; set decode: cpu for this camera meanwhile")
+        self._pitch = size // self._height
+        ok, num, den = structure.get_fraction("framerate")
+        if ok and num > 0 and den > 0 and 0 < num / den < 1000:
+            self.fps = num / den
+        if self._uri.scheme == "file":
+            known, duration_ns = self._pipeline.query_duration(gst.Format.TIME)
+            self.declared_frames = round(duration_ns / 1e9 * self.fps) if known and duration_ns > 0 else 0
+        self._pool = SurfacePool(size, self._surfaces, mapped=True)
+        return sample
+
+    def read(self) -> DeviceFrame | None:
+        sample, self._first = self._first, None
+        if sample is None:
+            sample = self._next(READ_TIMEOUT_MS / 1000)
+        if sample is None:
+            self._ended()
+            return None
+        buffer = sample.get_buffer()
+        if buffer.get_size() != self._pitch * self._height:
+            log.warning("%s changed its frames to %s: not read further (a live camera reconnects)", self._what,
+                        sample.get_caps().to_string())
+            return None
+        surface = self._pool.acquire(READ_TIMEOUT_MS / 1000)
+        if surface is None:
+            log.error("%s: none of its %d surfaces came back from the lanes within %d ms: not read further",
+                      self._what, self._surfaces, READ_TIMEOUT_MS)
+            return None
+        copy_buffer(buffer, surface.host)
+        self.frames += 1
+        return surface.frame(pixel_format="bgrx", width=self._width, height=self._height, pitch=self._pitch,
+                             plane_offsets=(0,), matrix="bt601", full_range=False, ready=None)
+
+    def close(self) -> None:
+        """Stop the pipeline; the pool is freed once the lanes gave every surface back (or after FREE_WAIT_S)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._first = None
+        self._pipeline.set_state(self._gst.State.NULL)
+        if self._pool is not None:
+            threading.Thread(target=_free_when_returned, args=(self._pool, self._surfaces, self._what),
+                             name="surfaces-free", daemon=True).start()
+
+    def _next(self, timeout_s: float) -> Any:
+        """The next sample; None at the end of the stream, on an error on the bus, or after `timeout_s`."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            sample = self._sink.emit("try-pull-sample", int(max(0.0, min(PULL_SLICE_S, left)) * self._gst.SECOND))
+            if sample is not None:
+                return sample
+            if self._sink.get_property("eos") or self._read_bus() or left <= PULL_SLICE_S:
+                return None
+
+    def _read_bus(self) -> bool:
+        """Empty the bus (nothing else there is kept), keeping its first error; True once there was one."""
+        while (message := self._bus.pop()) is not None:
+            if self._problem is None and message.type == self._gst.MessageType.ERROR:
+                self._problem = gst_error(message, self._uri)
+        return self._problem is not None
+
+    def _ended(self) -> None:
+        """Say why no frame came: the end of the file (debug), GStreamer's error, or the read timeout."""
+        if self._read_bus():
+            log.warning("%s: %s", self._what, self._problem.render().replace("\n", "; "))
+        elif self._sink.get_property("eos"):
+            log.debug("%s: end of stream after %d frames", self._what, self.frames)
+        else:
+            log.warning("%s: no frame within %d ms", self._what, READ_TIMEOUT_MS)
+
+    def _failed(self, what: str) -> SourceError:
+        self._read_bus()
+        return self._problem or SourceError(f"{self._what} {what}", hint="`GST_DEBUG=3 edge run ...` shows what"
+                                                                         " GStreamer's elements said")
+
+
+def _free_when_returned(pool: SurfacePool, count: int, what: str) -> None:
+    """Free `pool` once all its `count` surfaces came back (the lanes still reading the last frames hold theirs),
+    or after FREE_WAIT_S: a frame read after that is refused by the pool, not read from freed memory."""
+    deadline = time.monotonic() + FREE_WAIT_S
+    for taken in range(count):
+        if pool.acquire(max(0.0, deadline - time.monotonic())) is None:
+            log.warning("%s: %d of its %d surfaces still held by the lanes %.0f s after it closed; freed all the"
+                        " same", what, count - taken, count, FREE_WAIT_S)
+            break
+    pool.free()
+
+
+class _MapInfo(ctypes.Structure):
+    """GstMapInfo as gst_buffer_map fills it (gst/gstmemory.h; unchanged since GStreamer 1.0)."""
+
+    _fields_ = [("memory", ctypes.c_void_p), ("flags", ctypes.c_int), ("data", ctypes.c_void_p),
+                ("size", ctypes.c_size_t), ("maxsize", ctypes.c_size_t), ("user_data", ctypes.c_void_p * 4),
+                ("_gst_reserved", ctypes.c_void_p * 4)]
+
+
+@functools.cache
+def _libgstreamer() -> Any:
+    library = ctypes.CDLL("libgstreamer-1.0.so.0")          # already loaded by PyGObject's Gst
+    library.gst_buffer_map.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MapInfo), ctypes.c_int]
+    library.gst_buffer_map.restype = ctypes.c_int
+    library.gst_buffer_unmap.argtypes = [ctypes.c_void_p, ctypes.POINTER(_MapInfo)]
+    library.gst_buffer_unmap.restype = None
+    return library
+
+
+def copy_buffer(buffer: Any, destination: Any) -> int:
+    """Copy a Gst.Buffer's bytes into `destination` (a flat uint8 numpy array, at least as large): the one copy of
+    a frame. PyGObject's Buffer.map hands the bytes over as a new bytes object (a copy of its own), so the buffer
+    is mapped through libgstreamer itself, at its address (hash() of a PyGObject boxed value)."""
+    library = _libgstreamer()
+    info = _MapInfo()
+    if not library.gst_buffer_map(hash(buffer), ctypes.byref(info), 1):        # GST_MAP_READ
+        raise SourceError("a GStreamer buffer could not be mapped for reading", note=f"{buffer.get_size()} bytes")
+    try:
+        if info.size > destination.nbytes:
+            raise SourceError(f"a GStreamer buffer of {info.size} bytes does not fit its {destination.nbytes}-byte"
+                              " surface")
+        ctypes.memmove(destination.ctypes.data, info.data, info.size)
+        return int(info.size)
+    finally:
+        library.gst_buffer_unmap(hash(buffer), ctypes.byref(info))
+
+

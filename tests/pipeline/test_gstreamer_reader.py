@@ -1,0 +1,284 @@
+"""The reader of a GStreamer camera on a Jetson (edge/pipeline/gstreamer_reader.py), run for real in this machine's
+GStreamer with software stand-ins under NVIDIA's element names (tests/support/fake_jetson.py), on real H.264/H.265
+clips and a real RTSP camera, its surfaces on the CUDA stand-in (tests/support/fake_cuda.py): frames arrive in
+mapped surfaces, the end of a file and errors behave as OpenCV's reader's do, the pool is bounded and freed once
+the lanes gave every surface back.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edge.config.cameras import parse_uri
+from edge.errors import SourceError
+from edge.pipeline import gstreamer_reader
+from edge.pipeline.gstreamer import probe
+from edge.pipeline.gstreamer_reader import open_gstreamer_reader
+from tests.conftest import wait_for
+from tests.support import fake_cuda, fake_jetson
+from tests.support.fake_jetson import gst
+from tests.support.media import encode_clip
+
+MAX = (7680, 4320)
+CLIP_FRAMES = 20
+READ_WAIT_S = 20            # a read timeout no test should wait out
+
+
+def clip(tmp_path: Path, name: str, encoder: str, frames: int = CLIP_FRAMES, fmt: str | None = None) -> Path:
+    return encode_clip(tmp_path / name, encoder, frames, fmt=fmt)
+
+
+@pytest.fixture
+def jetson_elements() -> Iterator[Any]:
+    """Software stand-ins under NVIDIA's element names for the test (yields Gst)."""
+    with fake_jetson.installed() as Gst:
+        yield Gst
+
+
+@pytest.fixture
+def ledger(monkeypatch) -> fake_cuda.Ledger:
+    return fake_cuda.install(monkeypatch)
+
+
+def _reference_frames(path: Path) -> list[np.ndarray]:
+    """The clip decoded by OpenCV's FFmpeg, BGR: the oracle for what the reader's surfaces hold."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(path))
+    frames = []
+    while True:
+        ok, image = capture.read()
+        if not ok:
+            capture.release()
+            return frames
+        frames.append(image)
+
+
+@pytest.mark.parametrize(("name", "codec"), [("a.mp4", "libx264"), ("a.mkv", "libx265")])
+def test_frames_arrive_in_mapped_surfaces_until_the_end_of_the_file(jetson_elements, ledger, tmp_path, caplog,
+                                                                    monkeypatch, name: str, codec: str) -> None:
+    monkeypatch.setattr(gstreamer_reader, "READ_TIMEOUT_MS", READ_WAIT_S * 1000)
+    path = clip(tmp_path, name, codec)
+    reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
+    assert (reader.fps, reader.declared_frames) == (10.0, CLIP_FRAMES)
+    reference = _reference_frames(path)
+    caplog.set_level(logging.DEBUG, "edge.camera")
+    for index in range(CLIP_FRAMES):
+        frame = reader.read()
+        assert (frame.pixel_format, frame.width, frame.height, frame.pitch) == ("bgrx", 320, 240, 1280)
+        host = ledger.memory[frame.planes[0]] if frame.planes[0] in ledger.memory else None
+        assert host is not None, "the frame's plane is not a mapped buffer's device pointer"
+        image = host[:240 * 1280].reshape(240, 320, 4)
+        assert (image[..., 3] == 255).all()
+        difference = np.abs(image[..., :3].astype(int) - reference[index]).mean()
+        assert difference < 2.0, f"frame {index} differs from FFmpeg's decode by {difference:.2f} on average"
+        frame.release(None)
+    started = time.monotonic()
+    assert reader.read() is None and reader.frames == CLIP_FRAMES                 # the end, as OpenCV's reader ends
+    assert time.monotonic() - started < READ_WAIT_S / 2, "the end of the file waited for the read timeout"
+    assert "end of stream after 20 frames" in caplog.text
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+
+
+def test_the_pool_is_bounded_and_a_surface_comes_back_once_released(jetson_elements, ledger, tmp_path, monkeypatch,
+                                                                    caplog) -> None:
+    monkeypatch.setattr(gstreamer_reader, "READ_TIMEOUT_MS", 200)
+    reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264')}"), MAX, surfaces=2)
+    first, second = reader.read(), reader.read()
+    assert ledger.kinds()["mapped host buffer"] == 2 and first.planes != second.planes
+    pointer = first.planes
+    first.release(None)
+    third = reader.read()
+    assert third.planes == pointer                                  # the released surface, written again
+    assert reader.read() is None                                    # both out: none is written over
+    assert "none of its 2 surfaces came back from the lanes within 200 ms: not read further" in caplog.text
+    second.release(None)
+    third.release(None)
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+
+
+def test_a_closed_reader_frees_its_surfaces_once_the_lanes_gave_them_back(jetson_elements, ledger, tmp_path) -> None:
+    reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264')}"), MAX, surfaces=3)
+    held = reader.read()
+    reader.close()
+    assert ledger.kinds()["mapped host buffer"] == 3                # a lane still reads `held`: nothing freed yet
+    assert held.width == 320
+    held.release(None)
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+
+
+def test_a_frame_held_past_the_wait_is_refused_not_read_from_freed_memory(jetson_elements, ledger, tmp_path,
+                                                                         monkeypatch, caplog) -> None:
+    from edge.errors import UsageError
+
+    monkeypatch.setattr(gstreamer_reader, "FREE_WAIT_S", 0.1)
+    reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264')}"), MAX, surfaces=3)
+    held = reader.read()
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+    assert "1 of its 3 surfaces still held by the lanes 0 s after it closed; freed all the same" in caplog.text
+    with pytest.raises(UsageError, match="after its surface pool was freed"):
+        _ = held.planes
+    held.release(None)
+
+
+def test_frames_over_max_frame_are_refused_before_a_surface_is_taken(jetson_elements, ledger, tmp_path) -> None:
+    container = clip(tmp_path, "a.mp4", "libx264", frames=3)
+    with pytest.raises(SourceError, match=r"a.mp4 declares frames of 320x240, larger than the 160x120"):
+        open_gstreamer_reader(parse_uri(f"file://{container}"), (160, 120), surfaces=3)
+    elementary = clip(tmp_path, "a.264", "libx264", frames=3, fmt="h264")      # its size shows only once decoded
+    with pytest.raises(SourceError, match=r"a.264 delivers frames of 320x240, larger than the 160x120"):
+        open_gstreamer_reader(parse_uri(f"file://{elementary}"), (160, 120), surfaces=3)
+    assert ledger.allocations == 0
+
+
+def test_a_missing_file_is_a_clear_error(jetson_elements, tmp_path) -> None:
+    with pytest.raises(SourceError) as info:
+        open_gstreamer_reader(parse_uri(f"file://{tmp_path}/gone.mp4"), MAX, surfaces=3)
+    assert info.value.what == f"video file {tmp_path}/gone.mp4: Resource not found."
+    assert "No such file" in info.value.note
+
+
+def test_a_truncated_file_ends_early_for_the_camera_to_report(jetson_elements, ledger, tmp_path) -> None:
+    from edge.pipeline.cameras import ended_short
+
+    path = clip(tmp_path, "a.mkv", "libx264")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) * 4 // 5])
+    reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
+    while (frame := reader.read()) is not None:
+        frame.release(None)
+    assert reader.declared_frames == CLIP_FRAMES and 0 < reader.frames < CLIP_FRAMES
+    assert ended_short(reader.frames, reader.declared_frames)       # the camera's warning, as for OpenCV's reader
+    reader.close()
+
+
+def test_files_gstreamer_cannot_play_are_clear_errors_at_once(jetson_elements, ledger, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(gstreamer_reader, "OPEN_TIMEOUT_MS", 60_000)          # an error must not wait for the timeout
+    garbage = tmp_path / "noise.264"
+    garbage.write_bytes(np.random.default_rng(1).integers(0, 256, 5000, np.uint8).tobytes())
+    with pytest.raises(SourceError) as info:
+        open_gstreamer_reader(parse_uri(f"file://{garbage}"), MAX, surfaces=3)
+    assert info.value.what == f"video file {garbage}: No valid frames found before end of stream"
+    assert info.value.note.startswith("h264parse: ") and "GST_DEBUG=3" in info.value.hint
+    cut = clip(tmp_path, "cut.mp4", "libx264")                         # PyAV writes the index (moov) last
+    cut.write_bytes(cut.read_bytes()[:len(cut.read_bytes()) * 4 // 5])
+    with pytest.raises(SourceError, match="cut.mp4: This file contains no playable streams"):
+        open_gstreamer_reader(parse_uri(f"file://{cut}"), MAX, surfaces=3)
+    assert ledger.allocations == 0
+
+
+def test_a_stream_that_changes_its_frame_size_is_not_read_further(jetson_elements, ledger, tmp_path, caplog) -> None:
+    path = tmp_path / "change.264"
+    path.write_bytes(clip(tmp_path, "a.264", "libx264", frames=5, fmt="h264").read_bytes()
+                     + encode_clip(tmp_path / "small.264", "libx264", 5, (160, 120), "h264").read_bytes())
+    reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
+    sizes = []
+    while (frame := reader.read()) is not None:
+        sizes.append((frame.width, frame.height))
+        frame.release(None)
+    assert sizes == [(320, 240)] * 5
+    assert f"video file {path} changed its frames to video/x-raw, width=(int)160, height=(int)120" in caplog.text
+    reader.close()
+
+
+def test_copy_buffer_copies_the_bytes_once_and_refuses_a_small_surface() -> None:
+    Gst = gst()
+    data = bytes(range(256)) * 4
+    buffer = Gst.Buffer.new_wrapped(data)
+    surface = np.zeros(2048, np.uint8)
+    assert gstreamer_reader.copy_buffer(buffer, surface) == 1024
+    assert surface[:1024].tobytes() == data and not surface[1024:].any()
+    with pytest.raises(SourceError, match="a GStreamer buffer of 1024 bytes does not fit its 1000-byte surface"):
+        gstreamer_reader.copy_buffer(buffer, np.zeros(1000, np.uint8))
+
+
+RTSP_SERVER = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(sys.argv[1])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch(sys.argv[2])
+factory.set_shared(False)
+server.get_mount_points().add_factory("/live", factory)
+server.attach(None)
+print("serving", flush=True)
+GLib.MainLoop().run()
+"""
+RTSP_MEDIA = ("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=10/1 ! {encoder}"
+              " ! {payloader} name=pay0 pt=96 audiotestsrc is-live=true ! opusenc ! rtpopuspay name=pay1 pt=97 )")
+RTSP_CODECS = {"h264": ("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10", "rtph264pay"),
+               "h265": ("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10", "rtph265pay")}
+
+
+@pytest.fixture
+def rtsp_camera(request) -> Iterator[tuple[str, str, Any]]:
+    """A real RTSP camera on 127.0.0.1 (GStreamer's RTSP server, in Debian's Python) with a video stream of the
+    codec the test names and an Opus audio stream; yields (URI with credentials, codec, the server process)."""
+    import subprocess
+
+    from tests.conftest import free_port
+
+    encoder, payloader = RTSP_CODECS[request.param]
+    probe_server = subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+                                  capture_output=True)
+    Gst = gst()
+    if probe_server.returncode or Gst.ElementFactory.find(encoder.split()[0]) is None:
+        pytest.skip(f"needs GStreamer's RTSP server for /usr/bin/python3 and {encoder.split()[0]} (apt-get install"
+                    " --no-install-recommends gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly"
+                    " gstreamer1.0-plugins-bad gstreamer1.0-rtsp)")
+    port = free_port()
+    server = subprocess.Popen(["/usr/bin/python3", "-c", RTSP_SERVER, str(port),
+                               RTSP_MEDIA.format(encoder=encoder, payloader=payloader)],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert server.stdout.readline().strip() == "serving"
+        yield f"rtsp://admin:s3cret@127.0.0.1:{port}/live", request.param, server
+    finally:
+        server.kill()
+        server.wait()
+
+
+@pytest.mark.parametrize("rtsp_camera", ["h264", "h265"], indirect=True)
+def test_an_rtsp_camera_decodes_into_surfaces_and_is_lost_when_it_goes(jetson_elements, ledger, rtsp_camera,
+                                                                       caplog) -> None:
+    url, codec, server = rtsp_camera
+    uri = parse_uri(url)
+    assert probe(jetson_elements, uri) == (codec, None, (0, 0))            # from the SDP
+    caplog.set_level(logging.INFO, "edge.camera")
+    reader = open_gstreamer_reader(uri, MAX, surfaces=3)
+    for _ in range(5):
+        frame = reader.read()
+        assert (frame.pixel_format, frame.width, frame.height) == ("bgrx", 320, 240)
+        frame.release(None)
+    assert "admin:***@127.0.0.1" in caplog.text and "s3cret" not in caplog.text
+    server.kill()
+    server.wait()
+    while (frame := reader.read()) is not None:                          # what was under way when it went
+        frame.release(None)
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+    assert "s3cret" not in caplog.text
+
+
+def test_an_rtsp_camera_that_is_not_there_is_a_clear_error_without_its_password(jetson_elements) -> None:
+    from tests.conftest import free_port
+
+    with pytest.raises(SourceError) as info:
+        open_gstreamer_reader(parse_uri(f"rtsp://admin:s3cret@127.0.0.1:{free_port()}/live"), MAX, surfaces=3)
+    assert info.value.what.startswith("RTSP stream rtsp://admin:***@127.0.0.1:")
+    assert info.value.what.endswith("/live: Could not open resource for reading and writing.")
+    assert "s3cret" not in str(info.value)
