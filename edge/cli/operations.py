@@ -3,6 +3,7 @@ and selftest, which checks that this machine runs edge."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from edge.cli import display
 from edge.cli.common import control_endpoint, positive_seconds
@@ -45,7 +46,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
     from edge.cli import selftest
 
     require = args.require_tensorrt or selftest.on_jetson()
-    checks = selftest.run_selftest(require_tensorrt=require, precision=args.precision)
+    checks = selftest.run_selftest(require_tensorrt=require, precision=args.precision, clip=args.clip)
     failed = [c.name for c in checks if c.status == selftest.FAIL]
     print(f"selftest: {len(checks) - len(failed)} of {len(checks)} checks passed or skipped"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""))
@@ -88,6 +89,8 @@ def add_selftest(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
                           help="fail when CUDA or TensorRT is missing (the default on a Jetson)")
     selftest.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp16",
                           help="demo variant to build and run as a TensorRT plan")
+    selftest.add_argument("--clip", type=Path, metavar="VIDEO", help="H.264/H.265 video each decode path decodes"
+                          " (default: JetPack's Multimedia API sample, where it is)")
     selftest.set_defaults(func=cmd_selftest)
 
 

@@ -1,6 +1,7 @@
 """`edge selftest`: proves on the machine it runs on (above all, the Jetson) that every part edge
 needs is there and works: Python, OpenCV (GStreamer for CSI), ONNX Runtime, ZeroMQ, CUDA through
-pycuda, TensorRT, and the demo model on both ONNX Runtime and a TensorRT plan built here."""
+pycuda, decoding a clip on each path (CPU, and NVDEC where there is one), TensorRT, and the demo model
+on both ONNX Runtime and a TensorRT plan built here."""
 from __future__ import annotations
 
 import dataclasses
@@ -100,6 +101,11 @@ def _telemetry(root: Path = Path("/")) -> Check:
 
 
 UPLOAD_BYTES = 64 << 20          # the pinned upload measured for its bandwidth
+# The clip each decode path decodes unless --clip names one: JetPack's Multimedia API sample (package
+# nvidia-l4t-jetson-multimedia-api), a 1080p H.264 elementary stream; why this one: docs/gpu.md, "Decode on a Jetson".
+DECODE_CLIP = Path("/usr/src/jetson_multimedia_api/data/Video/sample_outdoor_car_1080p_10fps.h264")
+DECODE_FRAMES = 300              # at most this many frames are decoded on each path
+DECODE_PATHS = ("cpu", "nvdec")
 
 
 def _cuda(required: bool) -> Check:
@@ -134,6 +140,68 @@ def _cuda(required: bool) -> Check:
     copy = "exact" if ok else "WRONG"
     return Check("cuda", OK if ok else FAIL, f"{name}, SM {cuda.compute_capability()}, {kind}, {memory:.0f} GiB;"
                                              f" pinned upload {gb_s:.1f} GB/s, pinned copy round trip {copy}")
+
+
+def _decoding(path: str) -> Callable[[Any, tuple[int, int]], Any]:
+    """The cameras' reader opener for `decode: PATH` (edge/pipeline/nvdec.py; on a Jetson nvdec is GStreamer's
+    reader, edge/pipeline/gstreamer_reader.py)."""
+    from edge.pipeline.nvdec import Decoding
+
+    return Decoding("selftest", path, in_flight=1)
+
+
+def _decode_checks(clip: Path | None, decoding: Callable[[str], Callable[[Any, tuple[int, int]], Any]] = _decoding
+                   ) -> list[Check]:
+    """Each decode path decodes the clip (--clip, else DECODE_CLIP where it is): frames per second, and the host
+    CPU it costs a frame (the process's CPU time, every thread's: FFmpeg's, GStreamer's, the one copy into the
+    surface). nvdec is NVDEC (GStreamer on a Jetson, PyNvVideoCodec on a discrete GPU): a failure there is a FAIL
+    on a Jetson, a skip with the reason elsewhere."""
+    if clip is None:
+        if not DECODE_CLIP.is_file():
+            return [Check("decode", SKIP, f"no clip to decode ({DECODE_CLIP} is not there). Hint: edge selftest --clip"
+                                          " VIDEO (H.264 or H.265: .mp4, .mkv, .h264 ...); on a Jetson sudo apt-get"
+                                          " install nvidia-l4t-jetson-multimedia-api brings that sample")]
+        clip = DECODE_CLIP
+    from edge.config.cameras import parse_uri
+
+    try:
+        uri = parse_uri(f"file://{clip.resolve()}")
+    except ValueError as exc:
+        return [Check("decode", FAIL, f"--clip {clip}: {exc}")]
+    return [_decode(decoding(path), uri, clip, f"decode {path}", required=path == "cpu" or on_jetson())
+            for path in DECODE_PATHS]
+
+
+def _decode(open_reader: Callable[[Any, tuple[int, int]], Any], uri: Any, clip: Path, name: str, *,
+            required: bool) -> Check:
+    import numpy as np
+
+    from edge.config.cameras import MAX_FRAME
+
+    try:
+        reader = open_reader(uri, MAX_FRAME)
+    except EdgeError as exc:
+        return Check(name, FAIL if required else SKIP,
+                     f"{clip.name}: {exc.summary()}" + (f". Hint: {exc.hint}" if exc.hint else ""))
+    frames, kind, size = 0, "", (0, 0)
+    cpu, wall = time.process_time(), time.perf_counter()
+    try:
+        while frames < DECODE_FRAMES and (frame := reader.read()) is not None:
+            frames += 1
+            if isinstance(frame, np.ndarray):
+                kind, size = "host BGR", (frame.shape[1], frame.shape[0])
+            else:
+                kind, size = f"device {frame.pixel_format}", (frame.width, frame.height)
+                frame.release(None)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    except EdgeError as exc:
+        return Check(name, FAIL, f"{clip.name}: frame {frames + 1}: {exc.summary()}")
+    finally:
+        reader.close()
+    if frames == 0:
+        return Check(name, FAIL, f"{clip.name}: opened, but no frame decoded")
+    return Check(name, OK, f"{clip.name} {size[0]}x{size[1]}: {frames} frames, {frames / wall:.0f} fps,"
+                           f" {cpu * 1e3 / frames:.2f} ms CPU a frame ({kind} frames)")
 
 
 def _gpu_preprocess() -> Check:
@@ -327,7 +395,7 @@ def _demo_checks(tensorrt_ok: bool, precision: str) -> list[Check]:
     return checks + [Check("demo on tensorrt", OK if ok else FAIL, detail)]
 
 
-def run_selftest(*, require_tensorrt: bool, precision: str = "fp16",
+def run_selftest(*, require_tensorrt: bool, precision: str = "fp16", clip: Path | None = None,
                  say: Callable[[str], None] = print) -> list[Check]:
     """Run every check, printing one line each; the caller decides the exit code from the FAILs."""
     checks: list[Check] = []
@@ -342,6 +410,8 @@ def run_selftest(*, require_tensorrt: bool, precision: str = "fp16",
     if gpu.status == OK:
         record(_gpu_preprocess())
         record(_cuda_graph())
+    for check in _decode_checks(clip):
+        record(check)
     trt = _tensorrt(require_tensorrt)
     record(trt)
     for check in _demo_checks(trt.status == OK, precision):

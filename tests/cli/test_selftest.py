@@ -1,6 +1,8 @@
 """`edge selftest` on this machine: CPU parts pass, CUDA/TensorRT are skipped unless required."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tests.support.daemon import run
@@ -105,3 +107,54 @@ def test_selftest_reports_the_gpu() -> None:
     graphs = selftest._cuda_graph()
     assert graphs.status == "ok" and "max abs difference 0" in graphs.detail and "per launch" in graphs.detail, \
         graphs.detail
+
+
+def _decoding(path: str):
+    """The cameras' reader opener for `decode: PATH` as edge/pipeline/nvdec.py's Decoding has it on a Jetson: cpu is
+    today's reader (OpenCV), nvdec GStreamer's reader (here with its software stand-ins, whose faithfulness
+    tests/pipeline/test_gstreamer_reader.py checks)."""
+    from edge.pipeline import cameras
+    from edge.pipeline.gstreamer_reader import open_gstreamer_reader
+
+    if path == "nvdec":
+        return lambda uri, max_frame: open_gstreamer_reader(uri, max_frame, surfaces=3)
+    return cameras.open_reader
+
+
+def test_selftest_decodes_a_clip_on_each_path_with_fps_and_cpu_a_frame(monkeypatch, tmp_path) -> None:
+    from edge.cli import selftest
+    from tests.support import fake_cuda, fake_jetson
+    from tests.support.media import encode_clip
+
+    fake_cuda.install(monkeypatch)
+    path = encode_clip(tmp_path / "road.mp4", "libx264")
+    with fake_jetson.installed():
+        cpu, nvdec = selftest._decode_checks(path, _decoding)
+    assert (cpu.name, cpu.status, nvdec.name, nvdec.status) == ("decode cpu", "ok", "decode nvdec", "ok"), (cpu, nvdec)
+    pattern = r"road\.mp4 320x240: 20 frames, \d+ fps, \d+\.\d\d ms CPU a frame \({} frames\)"
+    assert re.fullmatch(pattern.format("host BGR"), cpu.detail), cpu.detail
+    assert re.fullmatch(pattern.format("device bgrx"), nvdec.detail), nvdec.detail
+
+
+def test_selftest_without_nvdec_skips_it_with_the_reason_but_fails_on_a_jetson(monkeypatch, tmp_path) -> None:
+    from edge.cli import selftest
+    from tests.support.media import encode_clip
+
+    path = encode_clip(tmp_path / "road.mp4", "libx264", frames=3)
+    cpu, nvdec = selftest._decode_checks(path, _decoding)           # no Jetson elements: GStreamer's reader refuses
+    assert cpu.status == "ok"
+    assert nvdec.status == "skip" and nvdec.detail.startswith("road.mp4: video file ") and "nvv4l2decoder" in \
+        nvdec.detail and "Hint: elsewhere set decode: cpu" in nvdec.detail, nvdec.detail
+    monkeypatch.setattr(selftest, "on_jetson", lambda: True)
+    assert selftest._decode_checks(path, _decoding)[1].status == "FAIL"
+
+
+def test_selftest_without_a_clip_says_where_one_comes_from(monkeypatch, tmp_path) -> None:
+    from edge.cli import selftest
+
+    monkeypatch.setattr(selftest, "DECODE_CLIP", tmp_path / "absent.h264")
+    (check,) = selftest._decode_checks(None, _decoding)
+    assert (check.name, check.status) == ("decode", "skip")
+    assert "edge selftest --clip VIDEO" in check.detail and "nvidia-l4t-jetson-multimedia-api" in check.detail
+    missing, _ = selftest._decode_checks(tmp_path / "gone.mp4", _decoding)    # named, not there: the CPU path fails
+    assert missing.status == "FAIL" and "camera file does not exist" in missing.detail
