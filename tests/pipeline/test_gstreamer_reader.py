@@ -78,11 +78,40 @@ def test_frames_arrive_in_mapped_surfaces_until_the_end_of_the_file(jetson_eleme
         assert (image[..., 3] == 255).all()
         difference = np.abs(image[..., :3].astype(int) - reference[index]).mean()
         assert difference < 2.0, f"frame {index} differs from FFmpeg's decode by {difference:.2f} on average"
+        assert (frame.download_bgr() == image[..., :3]).all()          # what a CPU engine would read of it
         frame.release(None)
     started = time.monotonic()
     assert reader.read() is None and reader.frames == CLIP_FRAMES                 # the end, as OpenCV's reader ends
     assert time.monotonic() - started < READ_WAIT_S / 2, "the end of the file waited for the read timeout"
     assert "end of stream after 20 frames" in caplog.text
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+
+
+def test_the_letterbox_kernel_reads_the_frame_where_it_lies(jetson_elements, ledger, tmp_path) -> None:
+    """The frame's fields are what GpuLetterbox.launch_planes takes: the kernel is launched on the surface's own
+    device pointer (no copy before it), and the slot's stream releases the frame after it."""
+    from edge.gpu import cuda
+    from edge.gpu.letterbox import GpuLetterbox
+
+    reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264', frames=3)}"), MAX,
+                                   surfaces=3)
+    frame = reader.read()
+    context = cuda.Context(0)
+    with context.current():
+        stream, out, pre = cuda.Stream(), cuda.DeviceBuffer(3 * 416 * 416 * 4), GpuLetterbox((1, 3, 416, 416),
+                                                                                              np.float32)
+        copies = [entry for entry in ledger.trace if entry[0] in ("h2d", "d2h")]
+        planes = frame.planes
+        box = pre.launch_planes(planes, frame.pitch, frame.width, frame.height, out.pointer, stream,
+                                pixel_format=frame.pixel_format)
+        frame.release(stream)
+        assert ledger.launches[-1][2][0] == planes[0] and planes[0] in ledger.memory     # a mapped surface
+        assert box.scale == 416 / 320
+        assert [entry for entry in ledger.trace if entry[0] in ("h2d", "d2h")] == copies
+        for item in (pre, out, stream):
+            item.free()
+    context.detach()
     reader.close()
     wait_for(lambda: not ledger.live, what="the surfaces freed")
 
@@ -282,3 +311,47 @@ def test_an_rtsp_camera_that_is_not_there_is_a_clear_error_without_its_password(
     assert info.value.what.startswith("RTSP stream rtsp://admin:***@127.0.0.1:")
     assert info.value.what.endswith("/live: Could not open resource for reading and writing.")
     assert "s3cret" not in str(info.value)
+
+
+@pytest.mark.jetson
+def test_on_a_jetson_nvdec_frames_are_letterboxed_in_place_as_the_cpu_does() -> None:
+    """On the board, with NVIDIA's elements and CUDA: JetPack's 1080p H.264 sample decodes into mapped surfaces, and
+    the letterbox kernel, reading each frame where it lies, writes what the CPU letterbox makes of the same pixels
+    (fp32: exactly, docs/gpu.md section 3); the pixels are those FFmpeg decodes, up to VIC's colour conversion."""
+    import cv2
+
+    from edge.cli.selftest import DECODE_CLIP
+    from edge.gpu import cuda
+    from edge.gpu.letterbox import GpuLetterbox
+    from edge.letterbox import letterbox_into
+
+    if not DECODE_CLIP.is_file():
+        pytest.skip(f"needs {DECODE_CLIP} (sudo apt-get install nvidia-l4t-jetson-multimedia-api)")
+    reader = open_gstreamer_reader(parse_uri(f"file://{DECODE_CLIP}"), MAX, surfaces=3)
+    capture = cv2.VideoCapture(str(DECODE_CLIP))
+    context = cuda.Context(0)
+    shape = (1, 3, 416, 416)
+    try:
+        with context.current():
+            pre, stream = GpuLetterbox(shape, np.float32), cuda.Stream()
+            out, host = cuda.DeviceBuffer(int(np.prod(shape)) * 4), cuda.HostBuffer(shape, np.float32)
+            want = np.empty(shape, np.float32)
+            for index in range(10):
+                frame = reader.read()
+                assert (frame.pixel_format, frame.width, frame.height) == ("bgrx", 1920, 1080)
+                pre.launch_planes(frame.planes, frame.pitch, frame.width, frame.height, out.pointer, stream,
+                                  pixel_format="bgrx")
+                pixels = frame.download_bgr()                   # the same surface, read by the host meanwhile
+                frame.release(stream)
+                out.download(host.array, stream)
+                stream.synchronize()
+                letterbox_into(pixels, want)
+                assert np.abs(host.array - want).max() == 0, f"frame {index}"
+                ok, decoded = capture.read()
+                assert ok and np.abs(pixels.astype(int) - decoded).mean() < 3.0, f"frame {index}"
+            for item in (pre, stream, out, host):
+                item.free()
+    finally:
+        reader.close()
+        capture.release()
+        context.detach()
