@@ -94,6 +94,11 @@ class Context:
         self._context = self.device.retain_primary_context()
         self._detached = False
 
+    @property
+    def handle(self) -> int:
+        """The raw CUcontext, for a library that takes one (PyNvVideoCodec's decoder)."""
+        return int(self._context.handle)
+
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:
         """Make the context current in this thread for the block."""
@@ -238,6 +243,11 @@ class DeviceBuffer:
             self._alloc.free()
             self._alloc = None
             self.nbytes = 0
+
+
+def copy_device(destination: int, source: int, nbytes: int, stream: Stream) -> None:
+    """Enqueue a copy of `nbytes` between device addresses on `stream` (cuMemcpyDtoDAsync); returns at once."""
+    driver().memcpy_dtod_async(destination, source, nbytes, stream.raw)
 
 
 class Kernel:

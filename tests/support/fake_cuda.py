@@ -4,10 +4,11 @@ It keeps a ledger of what is held (the context, streams, events, pinned and devi
 so tests can check that every allocation is freed, on close and on every failure path, and that each
 one is made and freed with the context current (pycuda's rule). Memory is numpy: a device buffer or a
 mapped host buffer has a pointer the stand-in TensorRT's compute can copy between (`install` routes
-tests/fake_tensorrt.device_copy here), and copies run at once. Events finish when recorded, unless the
-ledger `hold`s them: then they stay unfinished until `finish()` (or a synchronize of their stream), and a
-host wait on one without a timeout fails the test instead of hanging; `query()` answers without waiting, and
-a context's `synchronize()` finishes everything. `trace` lists what was enqueued on which stream, in order;
+tests/fake_tensorrt.device_copy here), and copies run at once (`copy_device` also from and to an offset
+inside a buffer, as the NVDEC reader copies a frame; `Ledger.region` reads such bytes). Events finish when
+recorded, unless the ledger `hold`s them: then they stay unfinished until `finish()` (or a synchronize of their
+stream), and a host wait on one without a timeout fails the test instead of hanging; `query()` answers without
+waiting, and a context's `synchronize()` finishes everything. `trace` lists what was enqueued on which stream, in order;
 `launches` each kernel launch with its arguments. The device's INTEGRATED and CAN_MAP_HOST_MEMORY attributes
 are settable.
 
@@ -107,6 +108,13 @@ class Ledger:
     def handle(self) -> int:
         return next(self._handles)
 
+    def region(self, pointer: int, nbytes: int) -> np.ndarray:
+        """The `nbytes` of stand-in device memory at `pointer`, inside one buffer; AssertionError past its end."""
+        for base, memory in self.memory.items():
+            if base <= pointer and pointer + nbytes <= base + memory.size:
+                return memory[pointer - base:pointer - base + nbytes]
+        raise AssertionError(f"{nbytes} bytes at {pointer:#x} are not inside one device buffer")
+
     def _check_current(self, what: str) -> None:
         if self.current <= 0:
             raise AssertionError(f"{what} without the CUDA context current")
@@ -122,6 +130,7 @@ class Context:
     def __init__(self, device: int = 0) -> None:
         ledger.take(self, "context", current=False)
         self._detached = False
+        self.handle = ledger.handle()
 
     @contextlib.contextmanager
     def current(self) -> Iterator[None]:
@@ -249,6 +258,14 @@ class DeviceBuffer:
             ledger.give(self)
             self._bytes = None
             self.nbytes = 0
+
+
+def copy_device(destination: int, source: int, nbytes: int, stream: Stream) -> None:
+    """Copies between the stand-in's buffers, at any offset into them (a plane of a frame)."""
+    def work() -> None:
+        ledger.region(destination, nbytes)[:] = ledger.region(source, nbytes)
+
+    ledger.enqueue(("d2d", stream.handle, destination), work)
 
 
 class Kernel:
@@ -400,7 +417,7 @@ def install(monkeypatch: pytest.MonkeyPatch) -> Ledger:
         return ledger
     ledger = Ledger()
     monkeypatch.setattr("edge.gpu.cuda.driver", lambda: _DRIVER)
-    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel"):
+    for name in ("Context", "Stream", "Event", "HostBuffer", "DeviceBuffer", "Kernel", "copy_device"):
         monkeypatch.setattr(f"edge.gpu.cuda.{name}", globals()[name])
     bindings = _module("cuda.bindings", __path__=[], driver=DRIVER_API)          # packages, as cuda-bindings has
     for name, module in (("cuda", _module("cuda", __path__=[], bindings=bindings)), ("cuda.bindings", bindings),
