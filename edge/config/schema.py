@@ -25,6 +25,7 @@ class CameraConfig(_Strict):
     id: str = Field(pattern=wire.NAME_PATTERN)
     uri: str
     max_frame_size: str = "{}x{}".format(*MAX_FRAME)     # larger frames are refused before they are decoded
+    decode: Literal["auto", "cpu", "nvdec"] = "auto"     # NVDEC on a discrete GPU for file:// and rtsp:// H.264/H.265
 
     @field_validator("max_frame_size")
     @classmethod
@@ -40,6 +41,14 @@ class CameraConfig(_Strict):
             return value
         query = value.partition("?")[2]
         return f"file://{parsed.location}" + (f"?{query}" if query else "")
+
+    @model_validator(mode="after")
+    def _nvdec_reads(self) -> CameraConfig:
+        scheme = self.parsed.scheme
+        if self.decode == "nvdec" and scheme not in ("file", "rtsp"):
+            raise ValueError(f"decode: nvdec reads file:// and rtsp:// cameras, not {scheme}://; use decode: auto"
+                             " (NVDEC where it can) or cpu")
+        return self
 
     @property
     def parsed(self) -> CameraURI:

@@ -399,6 +399,19 @@ def test_a_camera_refuses_frames_over_its_max_frame_size() -> None:
     assert "cameras[0].max_frame_size: size 16000x16000 is outside 16..8192 pixels per side" in message
 
 
+def test_a_camera_is_decoded_by_auto_cpu_or_nvdec_and_nvdec_reads_files_and_rtsp_only() -> None:
+    """`decode` (edge/pipeline/nvdec.py): auto unless set; nvdec is refused for a source NVDEC does not read."""
+    assert [c.decode for c in parse(GOOD).cameras] == ["auto", "auto"]
+    chosen = GOOD.replace("realtime=0\n", "realtime=0\n    decode: nvdec\n", 1).replace(
+        "rear\n", "rear\n    decode: cpu\n", 1)
+    assert [c.decode for c in parse(chosen).cameras] == ["nvdec", "cpu"]
+    message = error(GOOD.replace("realtime=0\n", "realtime=0\n    decode: gpu\n", 1))
+    assert "cameras[0].decode: Input should be 'auto', 'cpu' or 'nvdec' (value: 'gpu')" in message
+    message = error(GOOD.replace("file://videos/front.avi?realtime=0\n", "test://bars\n    decode: nvdec\n", 1))
+    assert ("cameras[0]: decode: nvdec reads file:// and rtsp:// cameras, not test://; use decode: auto (NVDEC where"
+            " it can) or cpu") in message
+
+
 def test_a_control_character_in_the_yaml_is_a_clear_error_with_its_line() -> None:
     """PyYAML's reader refuses control characters when the loader is made (yaml.reader.ReaderError), before the
     parse the old code guarded: a traceback at start, and "a bug in edge" on reload."""
