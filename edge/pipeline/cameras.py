@@ -31,6 +31,7 @@ SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, befo
 SHORT_FILE_SLACK_SHARE = 0.05
 
 EventSink = Callable[[str, dict[str, Any]], None]
+Opener = Callable[[CameraURI, tuple[int, int]], "_Reader"]     # opens a camera's reader: open_reader, nvdec.Decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,6 +185,11 @@ class _CvReader:
         declared = float(capture.get(7))  # cv2.CAP_PROP_FRAME_COUNT: -1, 0 or NaN when unknown
         self.declared_frames = int(declared) if 0 < declared < 1e9 else 0
 
+    @property
+    def capture(self) -> Any:
+        """The cv2.VideoCapture, for its properties (a packet reader's codec and extradata)."""
+        return self._capture
+
     def read(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if not ok:
@@ -249,19 +255,23 @@ def check_video_file(location: str) -> None:
                                " a stream")
 
 
-def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME) -> _Reader:
-    """Open the source behind `uri`; SourceError says why it failed and what to check."""
+def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME, *, packets: bool = False) -> _Reader:
+    """Open the source behind `uri`; SourceError says why it failed and what to check. `packets` (file:// and
+    rtsp:// only): read the compressed packets, not images (OpenCV's raw mode, FFmpeg's packets, H.264 and H.265
+    in Annex B form) for a hardware decoder (edge/pipeline/nvdec.py)."""
     if uri.scheme == "test":
         return _PatternReader(uri, max_frame)
     if uri.scheme == "file":
         check_video_file(uri.location)
     cv2 = import_cv2()
     route_media_logs(cv2)
+    raw = [cv2.CAP_PROP_FORMAT, -1] if packets else []
     if uri.scheme == "file":
-        return _CvReader(cv2.VideoCapture(uri.location), f"video file {uri.location}", max_frame)
+        capture = cv2.VideoCapture(uri.location, cv2.CAP_FFMPEG, raw) if packets else cv2.VideoCapture(uri.location)
+        return _CvReader(capture, f"video file {uri.location}", max_frame)
     if uri.scheme == "rtsp":
         params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params), f"RTSP stream {uri.redacted()}",
+        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params + raw), f"RTSP stream {uri.redacted()}",
                          max_frame)
     if uri.scheme == "v4l2":
         return _open_v4l2(cv2, uri, max_frame)
@@ -306,10 +316,11 @@ class Camera:
     """
 
     def __init__(self, camera_id: str, uri: CameraURI, *, on_event: EventSink,
-                 max_frame: tuple[int, int] = MAX_FRAME) -> None:
+                 max_frame: tuple[int, int] = MAX_FRAME, opener: Opener | None = None) -> None:
         self.id = camera_id
         self.uri = uri
         self.max_frame = max_frame
+        self._open_reader = opener or open_reader       # nvdec.Decoding chooses by the camera's `decode`
         self.latest = LatestFrame(lossless=uri.lossless)
         self.stats = CameraStats()
         self._on_event = on_event
@@ -333,7 +344,7 @@ class Camera:
             return
         self._opened = True
         try:
-            self._reader = open_reader(self.uri, self.max_frame)
+            self._reader = self._open_reader(self.uri, self.max_frame)
             self.stats.connected = True
         except SourceError as exc:
             if not self.live:
@@ -386,7 +397,7 @@ class Camera:
 
     def _reconnect(self) -> None:
         try:
-            self._reader = open_reader(self.uri, self.max_frame)
+            self._reader = self._open_reader(self.uri, self.max_frame)
         except SourceError as exc:
             log.debug("%s: reconnect failed: %s", self.id, exc.what)
             return
@@ -462,6 +473,6 @@ class Camera:
 
     def _reconnect_file(self) -> None:
         try:
-            self._reader = open_reader(self.uri, self.max_frame)
+            self._reader = self._open_reader(self.uri, self.max_frame)
         except SourceError as exc:
             self._lost(exc.what)

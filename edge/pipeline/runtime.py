@@ -19,6 +19,7 @@ from edge.engines.base import Engine
 from edge.errors import EdgeError, EngineError, UsageError
 from edge.log import get_logger
 from edge.pipeline.cameras import Camera
+from edge.pipeline.nvdec import Decoding
 from edge.tasks import Task, build_task
 
 if TYPE_CHECKING:
@@ -226,7 +227,9 @@ class Cameras:
     def make(self, camera_id: str, config: Config) -> Camera:
         """A camera of `config`, not opened and not counted among the open ones."""
         camera = config.camera(camera_id)
-        return Camera(camera_id, camera.parsed, on_event=self.on_event, max_frame=camera.max_frame)
+        in_flight = sum(task.in_flight for task in config.tasks if camera_id in task.cameras)
+        return Camera(camera_id, camera.parsed, on_event=self.on_event, max_frame=camera.max_frame,
+                      opener=Decoding(camera_id, camera.decode, in_flight))
 
     def install(self, camera: Camera) -> None:
         with self._lock:

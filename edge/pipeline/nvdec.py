@@ -1,0 +1,324 @@
+"""NVDEC on a discrete GPU: a camera reader that decodes file:// and rtsp:// H.264/H.265 with PyNvVideoCodec (the
+optional `nvdec` extra, pinned) into device memory and hands out NV12 DeviceFrames from its own SurfacePool, and
+the choice of decoder for each camera (`decode: auto|cpu|nvdec`), logged once with its reason.
+
+The compressed packets come from FFmpeg through OpenCV's raw mode, the CPU reader's own open (open_reader with
+packets=True: the same timeouts, frame rate, declared size and frame count): PyNvVideoCodec's demuxer holds the
+GIL while FFmpeg waits on the network. The design, the colour rules and the measurement: docs/gpu.md section 8.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from edge.config.cameras import CameraURI
+from edge.errors import EngineError, SourceError
+from edge.gpu import cuda
+from edge.gpu.surfaces import DeviceFrame, SurfacePool
+from edge.log import get_logger
+from edge.opencv import import_cv2
+from edge.pipeline.cameras import _Reader, open_reader
+
+log = get_logger("nvdec")
+
+# The codecs edge takes from NVDEC, by the FOURCC OpenCV reports for the stream: (PyNvVideoCodec's name, shown name)
+CODECS = {"h264": ("H264", "H.264"), "avc1": ("H264", "H.264"), "avc3": ("H264", "H.264"),
+          "hevc": ("HEVC", "H.265"), "hev1": ("HEVC", "H.265"), "hvc1": ("HEVC", "H.265"), "h265": ("HEVC", "H.265")}
+DECODE_DELAY = 4            # frames one Decode call may return at once: the decoder's default (NATIVE) latency
+PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s GOP at 30 fps) before giving up
+ACQUIRE_TIMEOUT_S = 2.0     # wait for a free surface this long, then drop the decoded frame
+RETIRE_S = 10.0             # after close, wait this long for the frames still out before freeing the pool
+INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
+CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
+
+
+class Refused(SourceError):
+    """NVDEC cannot decode this camera here: no PyNvVideoCodec or GPU, or a stream it does not take.
+    `decode: auto` falls back to the CPU reader; `decode: nvdec` fails with it."""
+
+
+def load() -> ModuleType:
+    """PyNvVideoCodec; Refused when it is missing or does not load (it checks the driver as it imports)."""
+    try:
+        import PyNvVideoCodec
+    except ImportError as exc:
+        raise Refused("PyNvVideoCodec is not installed", hint=INSTALL_HINT) from exc
+    except Exception as exc:  # noqa: BLE001 - its import raises RuntimeError for a driver it cannot use
+        raise Refused("PyNvVideoCodec does not load", note=str(exc).strip().splitlines()[0],
+                      hint="check the NVIDIA driver (nvidia-smi) and, in a container, the `video` driver capability"
+                      ) from exc
+    return PyNvVideoCodec
+
+
+def check_gpu() -> None:
+    """Refused unless a discrete CUDA GPU is here (a Jetson's NVDEC is reached through GStreamer instead)."""
+    try:
+        integrated = cuda.integrated()
+    except EngineError as exc:
+        raise Refused(f"no usable CUDA GPU: {exc.what}", note=exc.note, hint=exc.hint) from exc
+    except Exception as exc:  # noqa: BLE001 - pycuda's errors when the driver has no device
+        raise Refused("no usable CUDA GPU", note=str(exc), hint="check the NVIDIA driver (nvidia-smi)") from exc
+    if integrated:
+        raise Refused("this is an integrated GPU (a Jetson): its NVDEC is reached through GStreamer, not"
+                      " PyNvVideoCodec", hint="leave `decode: auto` (or `cpu`); docs/gpu.md says how a Jetson decodes")
+
+
+def colour(nvc: ModuleType, uri: CameraURI, size: tuple[int, int]) -> tuple[str, bool, str]:
+    """(matrix, full_range, where from) of a stream: a file's own colour description (PyNvVideoCodec's demuxer,
+    which maps FFmpeg's colorspace and color_range), else BT.709 for HD (720 rows or more) and BT.601 below,
+    limited range. An RTSP stream is not probed: that demuxer would hold the GIL on the network."""
+    matrix = full_range = None
+    if uri.scheme == "file":
+        try:
+            demuxer = nvc.CreateDemuxer(filename=uri.location)
+        except nvc.PyNvVCException as exc:
+            raise Refused(f"PyNvVideoCodec's demuxer cannot open video file {uri.location}",
+                          note=_one_line(exc), hint=CPU_HINT) from exc
+        matrix = {nvc.ColorSpace.BT_601: "bt601", nvc.ColorSpace.BT_709: "bt709"}.get(demuxer.ColorSpace())
+        full_range = {nvc.ColorRange.MPEG: False, nvc.ColorRange.JPEG: True}.get(demuxer.ColorRange())
+    said = [part for part, known in (("matrix", matrix), ("range", full_range)) if known is not None]
+    if matrix is None:
+        matrix = "bt709" if size[1] >= 720 else "bt601"
+    if full_range is None:
+        full_range = False
+    source = f"{' and '.join(said)} from the stream" if said else "assumed: the stream says nothing"
+    return matrix, full_range, f"{matrix.upper().replace('BT', 'BT.')} {'full' if full_range else 'limited'}" \
+                               f" range, {source}"
+
+
+class NvdecReader:
+    """A camera reader of NV12 DeviceFrames decoded by NVDEC from a file:// or rtsp:// H.264/H.265 stream.
+
+    It opens the stream's packets, refuses what NVDEC does not take (Refused: the codec, a 10-bit or 4:2:2/4:4:4
+    stream) and decodes the first frame before it returns, so a refusal comes at open. The decoder runs on the
+    reader's CUDA stream; each decoded frame is copied on that stream into a surface of the reader's pool
+    (`surfaces` + DECODE_DELAY of them, sized by the first frame) before the next Decode call may reuse the
+    decoder's buffer, and the frame's ready event is recorded after the copy. `read` returns None at the end of
+    the stream (the decoder's delayed frames flushed first) or when the stream fails, as the CPU reader does.
+    """
+
+    def __init__(self, uri: CameraURI, max_frame: tuple[int, int], surfaces: int, nvc: ModuleType) -> None:
+        self.what = f"video file {uri.location}" if uri.scheme == "file" else f"RTSP stream {uri.redacted()}"
+        self.frames = 0
+        self.dropped = 0                # decoded frames dropped because every surface was still held
+        self._nvc = nvc
+        self._packets = open_reader(uri, max_frame, packets=True)
+        self.fps = self._packets.fps
+        self.declared_frames = self._packets.declared_frames
+        self._ready: collections.deque[DeviceFrame] = collections.deque()
+        self._ended = False
+        self._index = 0
+        self._decoder: Any = None
+        self._pool: SurfacePool | None = None
+        self._events: dict[int, Any] = {}
+        self._context: Any = None
+        self._stream: Any = None
+        try:
+            self._open(uri, surfaces)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, uri: CameraURI, surfaces: int) -> None:
+        capture = self._packets.capture
+        cv2 = import_cv2()
+        fourcc = (int(capture.get(cv2.CAP_PROP_FOURCC)) & 0xFFFFFFFF).to_bytes(4, "little").decode("latin-1")
+        if fourcc.lower() not in CODECS:
+            raise Refused(f"{self.what} is coded as {fourcc!r}, not H.264 or H.265: NVDEC is used for those only",
+                          hint=CPU_HINT + "; or re-encode the source to H.264/H.265")
+        name, self.codec = CODECS[fourcc.lower()]
+        self._uri, self._surfaces = uri, surfaces
+        self._context = cuda.Context()
+        with self._context.current():
+            self._stream = cuda.Stream()
+            self._decoder = self._nvc.CreateDecoder(gpuid=0, codec=getattr(self._nvc.cudaVideoCodec, name),
+                                                    cudacontext=self._context.handle,
+                                                    cudastream=self._stream.handle, usedevicememory=True)
+        ok, extradata = capture.retrieve(flag=int(capture.get(cv2.CAP_PROP_CODEC_EXTRADATA_INDEX)))
+        if ok and extradata is not None and _annex_b(extradata.ravel()):
+            self._decode(extradata.ravel(), prime=True)     # parameter sets only there (RTSP's SDP): decode them first
+        for _ in range(PRIME_PACKETS):
+            if self._ready or self._ended:
+                break
+            self._step(prime=True)
+        if not self._ready:
+            raise SourceError(f"{self.what}: NVDEC decoded no frame from its first {self._index} packets",
+                              hint="check the stream with `ffprobe`; " + CPU_HINT)
+
+    def read(self) -> DeviceFrame | None:
+        """The next frame, or None at the end of the stream or when it failed."""
+        try:
+            while not self._ready and not self._ended:
+                self._step(prime=False)
+        except SourceError as exc:
+            log.error("%s. Hint: %s", exc.summary(), exc.hint)
+            self._ended = True
+        if not self._ready:
+            return None
+        self.frames += 1
+        return self._ready.popleft()
+
+    def _step(self, *, prime: bool) -> None:
+        """Decode the next packet; at the end of the packets, flush the decoder's delayed frames."""
+        packet = self._packets.read()
+        if packet is None:
+            self._ended = True
+        self._decode(None if packet is None else packet.ravel(), prime=prime)
+
+    def _decode(self, data: np.ndarray | None, *, prime: bool) -> None:
+        nvc = self._nvc
+        packet = nvc.PacketData()       # bsl 0: the end of the stream, which flushes the decoder
+        if data is not None:
+            packet.bsl_data, packet.bsl, packet.pts = data.ctypes.data, data.size, self._index
+            self._index += 1
+        try:
+            decoded = self._decoder.Decode(packet)
+        except (nvc.PyNvVCExceptionUnsupported, nvc.PyNvVCException) as exc:
+            kind = Refused if prime else SourceError
+            raise kind(f"NVDEC refused {self.what} ({self.codec})", note=_one_line(exc),
+                       hint=CPU_HINT) from exc
+        for frame in decoded:           # valid until the next Decode call: copied into surfaces now
+            self._store(frame, prime=prime)
+
+    def _store(self, decoded: Any, *, prime: bool) -> None:
+        if decoded.format != self._nvc.Pixel_Format.NV12:
+            kind = Refused if prime else SourceError
+            raise kind(f"NVDEC decodes {self.what} ({self.codec}) to {decoded.format.name}, not NV12: a 10-bit or"
+                       " 4:2:2/4:4:4 stream, which edge does not take from NVDEC", hint=CPU_HINT)
+        luma, chroma = decoded.cuda()
+        (height, width, _), pitch = luma.shape, luma.stride[0]
+        sizes = (pitch * height, pitch * ((height + 1) // 2))      # the planes' bytes, rows `pitch` apart
+        if self._pool is None:          # the first frame sizes the pool (the declared size was checked before)
+            self._pool = SurfacePool(sum(sizes), self._surfaces + DECODE_DELAY)
+            self.size = (width, height)
+            self.matrix, self.full_range, said = colour(self._nvc, self._uri, self.size)
+            self.description = f"PyNvVideoCodec {self._nvc.__version__}: {self.codec} {width}x{height}, {said}"
+        if sum(sizes) > self._pool.nbytes:
+            raise SourceError(f"{self.what} changed its frames to {width}x{height} from {self.size[0]}x{self.size[1]},"
+                              " larger than its surfaces", hint="a live stream is opened again; a file ends here")
+        surface = self._pool.acquire(ACQUIRE_TIMEOUT_S)
+        if surface is None:
+            self._drop()
+            return
+        with self._context.current():   # on the decoder's stream, before its next Decode call reuses the buffer
+            cuda.copy_device(surface.pointer, luma.data, sizes[0], self._stream)
+            cuda.copy_device(surface.pointer + sizes[0], chroma.data, sizes[1], self._stream)
+            if surface.pointer not in self._events:
+                self._events[surface.pointer] = cuda.Event()
+            ready = self._events[surface.pointer]       # a surface holds one frame at a time: its event too
+            ready.record(self._stream)
+        self._ready.append(surface.frame(pixel_format="nv12", width=width, height=height, pitch=pitch,
+                                         plane_offsets=(0, sizes[0]), matrix=self.matrix, full_range=self.full_range,
+                                         ready=ready))
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        report = log.warning if self.dropped == 1 else log.debug
+        report("%s: all %d frame surfaces are still held after %.1f s: decoded frame dropped (%d so far); a lane"
+               " keeps frames longer than its in_flight, or frames are not released", self.what, self._pool.count,
+               ACQUIRE_TIMEOUT_S, self.dropped)
+
+    def close(self) -> None:
+        """Stop decoding; the pool and its events are freed once every frame handed out was released (or after
+        RETIRE_S), in the background when frames are still out."""
+        if self._packets is None:
+            return
+        self._packets.close()
+        self._packets = None
+        while self._ready:
+            self._ready.popleft().release(None)
+        if self._context is not None:
+            with self._context.current():
+                self._decoder = None                # PyNvVideoCodec frees its decoder and buffers now
+                if self._stream is not None:
+                    self._stream.synchronize()
+                    self._stream.free()
+        pool, events, context = self._pool, list(self._events.values()), self._context
+        if pool is None:
+            if context is not None:
+                context.detach()
+            return
+        held = list(iter(lambda: pool.acquire(0), None))        # the surfaces already back
+        if len(held) == pool.count:
+            _free(pool, events, context)
+        else:
+            threading.Thread(target=_retire, args=(pool, len(held), events, context, self.what),
+                             name="nvdec-retire", daemon=True).start()
+
+
+def _retire(pool: SurfacePool, back: int, events: list[Any], context: Any, what: str) -> None:
+    deadline = time.monotonic() + RETIRE_S
+    while back < pool.count and pool.acquire(max(0.0, deadline - time.monotonic())) is not None:
+        back += 1
+    if back < pool.count:
+        log.warning("%s: %d frames were not released within %.0f s of the camera's close; their surfaces are freed"
+                    " now", what, pool.count - back, RETIRE_S)
+    _free(pool, events, context)
+
+
+def _free(pool: SurfacePool, events: list[Any], context: Any) -> None:
+    with context.current():
+        for event in events:
+            event.free()
+    pool.free()
+    context.detach()
+
+
+def _one_line(exc: Exception) -> str:
+    """A PyNvVideoCodec exception's message on one line (it spreads the call, the code and the place over several)."""
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
+def _annex_b(data: np.ndarray) -> bool:
+    """True for H.264/H.265 data in Annex B form (start codes), as NVDEC's parser takes it; an MP4's extradata
+    (avcC/hvcC) is not, and OpenCV's raw mode already puts its parameter sets into the first packet."""
+    head = bytes(data[:4])
+    return head.startswith(b"\0\0\1") or head == b"\0\0\0\1"
+
+
+class Decoding:
+    """The reader opener of one camera for its `decode` setting, a Camera's `opener`: `cpu` opens the CPU reader
+    (open_reader), `nvdec` an NvdecReader, and `auto` an NvdecReader where PyNvVideoCodec loads, a discrete CUDA GPU
+    is there and NVDEC takes the stream, else the CPU reader. The first open that succeeds fixes the choice for
+    the camera's reconnects and logs it with its reason; an open that fails for the source itself (a camera not
+    reachable yet) chooses nothing. Surfaces: the readers' in_flight + 2 (the latest frame and the one written),
+    plus DECODE_DELAY for the frames one Decode call returns together."""
+
+    def __init__(self, camera_id: str, decode: str, in_flight: int) -> None:
+        self.camera_id = camera_id
+        self.decode = decode
+        self.surfaces = in_flight + 2
+        self.chosen: str | None = None
+
+    def __call__(self, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
+        if self.chosen == "cpu" or (self.chosen is None and self.decode == "cpu"):
+            return self._chose("cpu", open_reader(uri, max_frame), "the config says so")
+        if self.chosen == "nvdec":
+            return self._nvdec(uri, max_frame)
+        if uri.scheme not in ("file", "rtsp"):      # the config refuses `nvdec` for these
+            return self._chose("cpu", open_reader(uri, max_frame), f"NVDEC reads file:// and rtsp:// cameras,"
+                                                                    f" not {uri.scheme}://")
+        if self.decode == "nvdec":
+            reader = self._nvdec(uri, max_frame)
+            return self._chose("nvdec", reader, f"the config says so; {reader.description}")
+        try:
+            reader = self._nvdec(uri, max_frame)
+        except Refused as exc:
+            return self._chose("cpu", open_reader(uri, max_frame), f"auto: {exc.summary()}")
+        return self._chose("nvdec", reader, f"auto: {reader.description}")
+
+    def _nvdec(self, uri: CameraURI, max_frame: tuple[int, int]) -> NvdecReader:
+        nvc = load()
+        check_gpu()
+        return NvdecReader(uri, max_frame, self.surfaces, nvc)
+
+    def _chose(self, chosen: str, reader: _Reader, why: str) -> _Reader:
+        if self.chosen is None:
+            self.chosen = chosen
+            log.info("%s: decode %s (%s)", self.camera_id, chosen, why)
+        return reader

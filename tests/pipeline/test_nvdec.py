@@ -1,0 +1,614 @@
+"""NVDEC reader (edge/pipeline/nvdec.py) on real H.264/H.265 clips, decoded for real by PyAV behind the
+PyNvVideoCodec stand-in (tests/support/fake_nvcodec.py) into the CUDA stand-in's memory: every frame, bit for bit
+against PyAV's own decode; the decoder's stream; the colour rules; end of file, loop, reconnect; refusals; the
+decode choice and its log line; sizes; pool exhaustion and the pool's release after close."""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import logging
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from edge.config.cameras import parse_uri
+from edge.config.loader import parse_config
+from edge.errors import EngineError, SourceError
+from edge.gpu.surfaces import DeviceFrame
+from edge.pipeline import nvdec
+from edge.pipeline.cameras import Camera, EndOfStream, Frame
+from edge.pipeline.nvdec import Decoding, NvdecReader, Refused
+from edge.pipeline.runtime import Cameras
+from tests.conftest import free_port, wait_for
+from tests.support import clips, fake_cuda, fake_nvcodec
+from tests.support.media import write_video
+
+
+@pytest.fixture
+def nvc(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
+    yield from fake_nvcodec.installed(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def cache(demo: Any) -> Path:
+    return demo.root
+
+
+def reference_nv12(path: Path) -> list[np.ndarray]:
+    """PyAV's own decode of every frame, as NV12 (luma rows, then interleaved chroma rows)."""
+    with av.open(str(path)) as container:
+        return [frame.to_ndarray(format="nv12") for frame in container.decode(video=0)]
+
+
+def surface_bytes(frame: DeviceFrame) -> np.ndarray:
+    """What the frame's surface holds (the stand-in's device memory), NV12 rows as a decoder writes them."""
+    rows = frame.height + (frame.height + 1) // 2
+    return fake_cuda.ledger.region(frame.planes[0], frame.pitch * rows).reshape(rows, frame.pitch)[:, :frame.width]
+
+
+def open_nvdec(path: Path, *, in_flight: int = 2, max_frame: tuple[int, int] = (7680, 4320),
+               query: str = "?realtime=0") -> NvdecReader:
+    reader = Decoding("cam", "nvdec", in_flight)(parse_uri(f"file://{path}{query}"), max_frame)
+    assert isinstance(reader, NvdecReader)
+    return reader
+
+
+def read_all(reader: NvdecReader, check: Any = None) -> int:
+    count = 0
+    while (frame := reader.read()) is not None:
+        if check is not None:
+            check(count, frame)
+        frame.release(None)
+        count += 1
+    return count
+
+
+@pytest.mark.parametrize("name", ["h264", "h265"])
+def test_every_frame_is_decoded_into_a_surface_bit_for_bit(nvc: ModuleType, cache: Path, name: str) -> None:
+    path = clips.clip(name, cache)
+    expected = reference_nv12(path)
+    reader = open_nvdec(path)
+
+    def check(index: int, frame: DeviceFrame) -> None:
+        assert (frame.pixel_format, frame.width, frame.height, frame.pitch) == ("nv12", 768, 576, 768)
+        assert frame.planes[1] - frame.planes[0] == 768 * 576 and frame.ready is not None
+        assert np.array_equal(surface_bytes(frame), expected[index]), f"frame {index} differs from PyAV's"
+
+    assert read_all(reader, check) == len(expected) == clips.decoded_frames(path) == reader.frames
+    assert np.array_equal(clips.first_frame(path), expected[0])         # what the gpu tier compares NVDEC with
+    assert reader.read() is None                            # stays at the end
+    assert nvc.decoders[0].packets[-1] == b""               # the end of the stream flushed the delayed frames
+    reader.close()
+    assert fake_cuda.ledger.kinds() == {}                   # pool, events, stream and context all freed
+
+
+@pytest.mark.parametrize("name", ["h264", "h265", "h264-1080p"])
+def test_a_frame_on_the_host_is_opencvs_decode_within_rounding(nvc: ModuleType, cache: Path, name: str) -> None:
+    """download_bgr (for an engine on the CPU) converts by the frame's matrix and range: within a conversion's
+    rounding of OpenCV's decode, which follows the stream's tag too (BT.709 for the 1080p clip; BT.601 there would
+    be a mean 2.7 apart, measured)."""
+    path = clips.clip(name, cache)
+    reader = open_nvdec(path)
+    frame = reader.read()
+    ok, expected = cv2.VideoCapture(str(path)).read()
+    difference = np.abs(frame.download_bgr().astype(int) - expected.astype(int))
+    frame.release(None)
+    reader.close()
+    assert ok and difference.mean() <= 1.5 and np.percentile(difference, 99.9) <= 8, \
+        f"mean {difference.mean():.2f}, 99.9th percentile {np.percentile(difference, 99.9)}"
+
+
+def test_frames_are_copied_on_the_decoders_stream_then_their_event_recorded(nvc: ModuleType, cache: Path) -> None:
+    reader = open_nvdec(clips.clip("h264", cache))
+    decoder = nvc.decoders[0]
+    assert decoder.context == reader._context.handle and decoder.stream == reader._stream.handle
+    frames = [reader.read() for _ in range(3)]
+    steps = [entry[:2] for entry in fake_cuda.ledger.trace if entry[0] in ("nvdec", "d2d", "record")]
+    assert steps == [("nvdec", decoder.stream), ("d2d", decoder.stream), ("d2d", decoder.stream),
+                     ("record", decoder.stream)] * 3        # written, copied (luma, chroma), then its event
+    readies = [entry[2] for entry in fake_cuda.ledger.trace if entry[0] == "record"]
+    assert readies == [frame.ready for frame in frames]     # each frame's own event
+    copied = [entry[2] for entry in fake_cuda.ledger.trace if entry[0] == "d2d"]
+    assert copied == [plane for frame in frames for plane in frame.planes]
+    for frame in frames:
+        frame.release(None)
+    reader.close()
+
+
+def test_colour_comes_from_the_stream_else_from_the_size(nvc: ModuleType, cache: Path, tmp_path: Path) -> None:
+    hd = open_nvdec(clips.clip("h264-1080p", cache))
+    assert (hd.matrix, hd.full_range) == ("bt709", False)
+    assert hd.description == ("PyNvVideoCodec 2.2.4: H.264 1920x1080, BT.709 limited range, matrix and range from"
+                              " the stream")
+    frame = hd.read()
+    assert (frame.matrix, frame.full_range, frame.width, frame.height) == ("bt709", False, 1920, 1080)
+    frame.release(None)
+    hd.close()
+    sd = open_nvdec(clips.clip("h265", cache))
+    assert (sd.matrix, sd.full_range) == ("bt601", False)
+    assert sd.description.endswith("H.265 768x576, BT.601 limited range, assumed: the stream says nothing")
+    sd.close()
+    untagged = parse_uri(f"file://{clips.clip('h264', cache)}")
+    assert nvdec.colour(nvc, untagged, (1280, 720))[:2] == ("bt709", False)     # HD by its rows
+    assert nvdec.colour(nvc, untagged, (1280, 719))[:2] == ("bt601", False)
+    full = _tagged_clip(tmp_path / "full.mp4", colorspace=5, color_range=2)    # BT.470BG (BT.601), JPEG range
+    assert nvdec.colour(nvc, parse_uri(f"file://{full}"), (64, 64)) == ("bt601", True, "BT.601 full range, matrix"
+                                                                        " and range from the stream")
+    rtsp = parse_uri("rtsp://127.0.0.1:1/live")                                 # never probed: the size says
+    assert nvdec.colour(nvc, rtsp, (1920, 1080)) == ("bt709", False, "BT.709 limited range, assumed: the stream"
+                                                                      " says nothing")
+
+
+def _tagged_clip(path: Path, *, colorspace: int, color_range: int) -> Path:
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width = stream.height = 64
+        stream.pix_fmt = "yuv420p" if color_range == 1 else "yuvj420p"
+        context = stream.codec_context                  # all three codes set: the MP4 muxer writes a `colr` box
+        context.colorspace, context.color_range = colorspace, color_range
+        context.color_primaries, context.color_trc = 5, 6               # BT.470BG, SMPTE 170M
+        for _ in range(2):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="bgr24")
+                                  .reformat(format=stream.pix_fmt)))
+        out.mux(stream.encode(None))
+    return path
+
+
+def test_a_file_pynvvideocodecs_demuxer_cannot_read_is_refused(nvc: ModuleType, cache: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(filename: str) -> None:              # the 2.2.4 wheel's message, measured
+        raise nvc.PyNvVCException('CreateFormatContext : \nError code : -1094995529\nError Type : avformat_open_input'
+                                  '(&ctx, szFilePath, NULL, NULL) returned error " Invalid data found when processing'
+                                  ' input"\nat /project/src/VideoCodecSDKUtils/helper_classes/Utils/FFmpegDemuxer.h')
+    monkeypatch.setattr(nvc, "CreateDemuxer", refuse)
+    path = clips.clip("h264", cache)
+    with pytest.raises(Refused) as refused:
+        open_nvdec(path)
+    assert refused.value.what == f"PyNvVideoCodec's demuxer cannot open video file {path}"
+    assert refused.value.note.startswith("CreateFormatContext : Error code : -1094995529 Error Type : avformat_open_")
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_annex_b_parameter_sets_from_the_extradata_go_first(nvc: ModuleType, cache: Path, tmp_path: Path) -> None:
+    """An elementary stream (and RTSP, from its SDP) has its SPS/PPS in the extradata: the decoder gets them first."""
+    raw = tmp_path / "clip.h264"
+    with av.open(str(clips.clip("h264", cache))) as source, av.open(str(raw), "w", format="h264") as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    reader = open_nvdec(raw)
+    first = nvc.decoders[0].packets[0]
+    assert first.startswith(b"\0\0\0\1\x67") or first.startswith(b"\0\0\1\x67")     # an SPS, H.264 NAL type 7
+    assert read_all(reader) == len(reference_nv12(raw))
+    reader.close()
+
+
+@pytest.mark.parametrize("maker, fourcc", [
+    (lambda cache, tmp: cache / clips.VTEST, "MP43"),                         # MS-MPEG4 v3, the demo video
+    (lambda cache, tmp: write_video(tmp / "mjpeg.avi", 3), "MJPG")])
+def test_a_codec_other_than_h264_or_h265_is_refused_with_a_hint(nvc: ModuleType, cache: Path, tmp_path: Path,
+                                                                 maker: Any, fourcc: str) -> None:
+    path = maker(cache, tmp_path)
+    with pytest.raises(Refused) as refused:
+        open_nvdec(path)
+    assert refused.value.what == (f"video file {path} is coded as {fourcc!r}, not H.264 or H.265: NVDEC is used for"
+                                  " those only")
+    assert "decode: cpu" in refused.value.hint and "re-encode" in refused.value.hint
+    assert nvc.decoders == [] and fake_cuda.ledger.kinds() == {}
+
+
+def test_a_10_bit_stream_is_refused_at_open(nvc: ModuleType, cache: Path) -> None:
+    path = clips.clip("h265-10bit", cache)
+    with pytest.raises(Refused) as refused:
+        open_nvdec(path)
+    assert refused.value.what == (f"NVDEC decodes video file {path} (H.265) to P016, not NV12: a 10-bit or 4:2:2/4:4:4"
+                                  " stream, which edge does not take from NVDEC")
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_a_codec_this_gpu_has_no_decoder_for_is_refused_at_open(nvc: ModuleType, cache: Path) -> None:
+    nvc.UNSUPPORTED.add(nvc.cudaVideoCodec.HEVC)
+    path = clips.clip("h265", cache)
+    with pytest.raises(Refused) as refused:
+        open_nvdec(path)
+    assert refused.value.what == f"NVDEC refused video file {path} (H.265)"
+    assert refused.value.note == "Codec not supported on this GPU" and "decode: cpu" in refused.value.hint
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_frames_over_max_frame_size_are_refused_before_decoding(nvc: ModuleType, cache: Path) -> None:
+    path = clips.clip("h264", cache)
+    with pytest.raises(SourceError) as refused:
+        open_nvdec(path, max_frame=(640, 480))
+    assert refused.value.what == (f"video file {path} declares frames of 768x576, larger than the 640x480 this camera"
+                                  " accepts")
+    assert nvc.decoders == [] and fake_cuda.ledger.kinds() == {}
+
+
+def test_a_stream_that_grows_its_frames_ends_with_the_sizes_named(nvc: ModuleType, tmp_path: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """Two H.264 streams back to back (a camera that switched resolution): frames larger than the surfaces the
+    first frame sized end the stream, as a frame over its header's size ends the CPU reader's file."""
+    path = tmp_path / "grows.h264"
+    path.write_bytes(_h264(tmp_path / "small.h264", 64, 48) + _h264(tmp_path / "large.h264", 128, 96))
+    reader = open_nvdec(path)
+    with caplog.at_level(logging.ERROR, logger="edge.nvdec"):
+        assert read_all(reader) == 3
+    assert caplog.messages == [f"video file {path} changed its frames to 128x96 from 64x48, larger than its surfaces."
+                               " Hint: a live stream is opened again; a file ends here"]
+    reader.close()
+
+
+def _h264(path: Path, width: int, height: int) -> bytes:
+    with av.open(str(path), "w", format="h264") as out:
+        stream = out.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for value in (0, 128, 255):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(np.full((height, width, 3), value, np.uint8),
+                                                             format="bgr24").reformat(format="yuv420p")))
+        out.mux(stream.encode(None))
+    return path.read_bytes()
+
+
+def test_a_stream_without_a_frame_in_its_first_packets_fails_the_open(nvc: ModuleType, cache: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(nvdec, "PRIME_PACKETS", 1)          # the clips' first frame comes out of the 2nd packet
+    path = clips.clip("h264", cache)
+    with pytest.raises(SourceError) as failed:
+        Decoding("cam", "auto", 2)(parse_uri(f"file://{path}"), (7680, 4320))      # a source problem: no fallback
+    assert type(failed.value) is SourceError
+    assert failed.value.what == f"video file {path}: NVDEC decoded no frame from its first 1 packets"
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_a_missing_file_says_so(nvc: ModuleType, tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="camera file does not exist"):
+        open_nvdec(tmp_path / "gone.mp4")
+
+
+def test_all_surfaces_held_drops_decoded_frames_with_one_warning(nvc: ModuleType, cache: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(nvdec, "ACQUIRE_TIMEOUT_S", 0.01)
+    path = clips.clip("h264", cache)
+    reader = open_nvdec(path, in_flight=0)                  # 0 + 2 + DECODE_DELAY surfaces
+    count = reader._pool.count
+    assert count == 2 + nvdec.DECODE_DELAY
+    with caplog.at_level(logging.DEBUG, logger="edge.nvdec"):
+        held = [reader.read() for _ in range(count)]        # every surface out, none released
+        assert reader.read() is None                        # the rest of the clip finds no surface
+    assert reader.dropped == clips.decoded_frames(path) - count
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [f"video file {path}: all {count} frame surfaces are still held after 0.0 s: decoded frame"
+                        " dropped (1 so far); a lane keeps frames longer than its in_flight, or frames are not"
+                        " released"]
+    for frame in held:
+        frame.release(None)
+    reader.close()
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_close_with_frames_out_frees_the_pool_once_they_come_back(nvc: ModuleType, cache: Path) -> None:
+    reader = open_nvdec(clips.clip("h264", cache))
+    frames = [reader.read(), reader.read()]
+    reader.close()
+    assert fake_cuda.ledger.kinds()["device buffer"] == reader._pool.count     # still readable by their holders
+    assert surface_bytes(frames[1]).shape == (576 + 288, 768)
+    for frame in frames:
+        frame.release(None)
+    wait_for(lambda: fake_cuda.ledger.kinds() == {}, 10, "the pool freed after the last release")
+
+
+def test_close_frees_the_pool_after_retire_s_even_if_a_frame_never_comes_back(
+        nvc: ModuleType, cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(nvdec, "RETIRE_S", 0.05)
+    reader = open_nvdec(clips.clip("h264", cache))
+    frame = reader.read()
+    with caplog.at_level(logging.WARNING, logger="edge.nvdec"):
+        reader.close()
+        wait_for(lambda: fake_cuda.ledger.kinds() == {}, 10, "the pool freed after RETIRE_S")
+    assert caplog.messages == [f"{reader.what}: 1 frames were not released within 0 s of the camera's close; their"
+                               " surfaces are freed now"]
+    assert frame._references == 1                           # its holder still has it, unreadable now
+    with pytest.raises(Exception, match="surface pool was freed"):
+        _ = frame.planes
+
+
+# --- the decode choice ----------------------------------------------------------------------------------------------
+
+def choose(decode: str, uri: str, caplog: pytest.LogCaptureFixture) -> tuple[Any, list[str]]:
+    with caplog.at_level(logging.INFO, logger="edge.nvdec"):
+        caplog.clear()
+        reader = Decoding("front", decode, 2)(parse_uri(uri), (7680, 4320))
+        return reader, caplog.messages[:]
+
+
+def test_auto_picks_nvdec_for_h264_and_says_why(nvc: ModuleType, cache: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = clips.clip("h264", cache)
+    reader, log = choose("auto", f"file://{path}", caplog)
+    assert isinstance(reader, NvdecReader)
+    assert log == ["front: decode nvdec (auto: PyNvVideoCodec 2.2.4: H.264 768x576, BT.601 limited range, assumed:"
+                   " the stream says nothing)"]
+    reader.close()
+
+
+@pytest.mark.parametrize("setup, reason", [
+    (lambda mp: mp.setitem(sys.modules, "PyNvVideoCodec", None), "PyNvVideoCodec is not installed"),
+    (lambda mp: (mp.delitem(sys.modules, "PyNvVideoCodec"),
+                 mp.setattr(sys, "meta_path", [_Unloadable(), *sys.meta_path])),
+     "PyNvVideoCodec does not load (Driver version is too old)"),
+    (lambda mp: mp.setattr(fake_cuda.ledger, "integrated", True), "this is an integrated GPU (a Jetson): its NVDEC"
+                                                                  " is reached through GStreamer, not PyNvVideoCodec"),
+    (lambda mp: mp.setattr("edge.gpu.cuda.driver", _no_driver), "no usable CUDA GPU: CUDA needed but `import"
+                                                               " pycuda.driver` failed (No module named 'pycuda')")])
+def test_auto_falls_back_to_the_cpu_and_says_why(nvc: ModuleType, cache: Path, caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch, setup: Any, reason: str) -> None:
+    setup(monkeypatch)
+    reader, log = choose("auto", f"file://{clips.clip('h264', cache)}", caplog)
+    assert not isinstance(reader, NvdecReader) and reader.read().shape == (576, 768, 3)
+    assert log == [f"front: decode cpu (auto: {reason})"]
+    reader.close()
+
+
+class _Unloadable(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """A PyNvVideoCodec whose import fails as the 2.2.4 wheel's __init__ does on an old driver (RuntimeError)."""
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        return importlib.util.spec_from_loader(name, self) if name == "PyNvVideoCodec" else None
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: ModuleType) -> None:
+        raise RuntimeError("Driver version is too old")
+
+
+def _no_driver() -> Any:
+    raise EngineError("CUDA needed but `import pycuda.driver` failed", note="No module named 'pycuda'")
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("h265-10bit", "auto: NVDEC decodes video file {path} (H.265) to P016, not NV12: a 10-bit or 4:2:2/4:4:4 stream,"
+                   " which edge does not take from NVDEC"),
+    ("vtest", "auto: video file {path} is coded as 'MP43', not H.264 or H.265: NVDEC is used for those only")])
+def test_auto_takes_the_cpu_for_a_stream_nvdec_refuses(nvc: ModuleType, cache: Path, caplog: pytest.LogCaptureFixture,
+                                                       name: str, reason: str) -> None:
+    path = cache / clips.VTEST if name == "vtest" else clips.clip(name, cache)
+    reader, log = choose("auto", f"file://{path}", caplog)
+    assert not isinstance(reader, NvdecReader) and reader.read() is not None
+    assert log == [f"front: decode cpu ({reason.format(path=path)})"]
+    reader.close()
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_cpu_and_other_schemes_take_the_cpu_reader(nvc: ModuleType, cache: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    reader, log = choose("cpu", f"file://{clips.clip('h264', cache)}", caplog)
+    assert not isinstance(reader, NvdecReader) and log == ["front: decode cpu (the config says so)"]
+    reader.close()
+    reader, log = choose("auto", "test://bars?size=64x48", caplog)
+    assert log == ["front: decode cpu (NVDEC reads file:// and rtsp:// cameras, not test://)"]
+    assert nvc.decoders == []
+
+
+def test_nvdec_where_it_cannot_run_is_an_error_not_a_fallback(nvc: ModuleType, cache: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)
+    with pytest.raises(Refused) as refused:
+        Decoding("front", "nvdec", 2)(parse_uri(f"file://{clips.clip('h264', cache)}"), (7680, 4320))
+    assert refused.value.what == "PyNvVideoCodec is not installed" and "edge[nvdec]" in refused.value.hint
+
+
+def test_the_choice_is_made_once_and_kept_for_reconnects(nvc: ModuleType, cache: Path,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    decoding = Decoding("front", "auto", 2)
+    uri = parse_uri(f"file://{clips.clip('h264', cache)}?realtime=0")
+    with caplog.at_level(logging.INFO, logger="edge.nvdec"):
+        with pytest.raises(SourceError):                    # the source itself fails: nothing is chosen
+            decoding(parse_uri("file:///nonexistent/clip.mp4"), (7680, 4320))
+        assert decoding.chosen is None
+        readers = [decoding(uri, (7680, 4320)) for _ in range(3)]
+    assert decoding.chosen == "nvdec" and all(isinstance(r, NvdecReader) for r in readers)
+    assert len([m for m in caplog.messages if "decode nvdec" in m]) == 1
+    for reader in readers:
+        reader.close()
+
+
+def test_the_runtime_gives_each_camera_its_decode_and_surfaces_for_its_lanes() -> None:
+    config = parse_config("""
+version: 1
+cameras:
+  - {id: front, uri: "file:///v/front.mp4", decode: nvdec}
+  - {id: rear, uri: "file:///v/rear.mp4"}
+tasks:
+  - {name: a, type: detector, model: m.onnx, cameras: [front, rear], in_flight: 3}
+  - {name: b, type: detector, model: m.onnx, cameras: [front], enabled: false}
+""", source="test.yaml", base_dir=Path("/"), environ={})
+    cameras = Cameras(on_event=lambda name, details: None)
+    front, rear = cameras.make("front", config)._open_reader, cameras.make("rear", config)._open_reader
+    assert (front.camera_id, front.decode, front.surfaces) == ("front", "nvdec", 3 + 2 + 2)   # a task enabled later too
+    assert (rear.decode, rear.surfaces) == ("auto", 3 + 2)
+
+
+# --- the clips ------------------------------------------------------------------------------------------------------
+
+def test_a_clip_is_named_by_its_recipe_and_made_only_where_pyav_and_the_demo_video_are(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    recipe = clips.CLIPS["h265-10bit"]
+    assert recipe.stem.startswith("h265-768x576-10f-")
+    assert clips.Clip("libx265", 10, pix_fmt="yuv420p10le").stem != clips.Clip("libx265", 10).stem
+    with pytest.raises(FileNotFoundError, match=r"media/vtest.avi is missing: .* run `edge assets fetch`"):
+        clips.clip("h265-10bit", tmp_path)
+    monkeypatch.setitem(sys.modules, "av", None)
+    with pytest.raises(FileNotFoundError, match=r"PyAV \(the dev extra\) is not here to make it"):
+        clips.clip("h265-10bit", tmp_path)
+    assert not (tmp_path / "clips" / f"{recipe.stem}.mp4").exists()
+
+
+# --- a camera on NVDEC: the Camera's end of file, loop, pacing, short-file check and reconnect ---------------------
+
+class Events:
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def __call__(self, name: str, details: dict[str, Any]) -> None:
+        self.names.append(name)
+
+
+def nvdec_camera(uri: str, events: Any = None) -> Camera:
+    return Camera("cam", parse_uri(uri), on_event=events or Events(), opener=Decoding("cam", "nvdec", 2))
+
+
+def take(camera: Camera, count: int, timeout: float = 10) -> list[Frame]:
+    """`count` frames from a registered reader, each released at once (its device frame goes back)."""
+    reader, frames, last = camera.latest.register(), [], -1
+    while len(frames) < count:
+        frame = camera.latest.get_after(reader, last, timeout)
+        assert frame is not None, f"no frame within {timeout} s"
+        frame.release()
+        frames.append(frame)
+        last = frame.index
+    camera.latest.unregister(reader)
+    return frames
+
+
+def test_a_lossless_looping_camera_delivers_every_frame_and_gives_every_surface_back(
+        nvc: ModuleType, cache: Path) -> None:
+    path = clips.clip("h264", cache)
+    per_pass = clips.decoded_frames(path)
+    camera = nvdec_camera(f"file://{path}?realtime=0&loop=1")
+    camera.open()                                           # a reader registered before the first frame
+    frames = []
+    thread = threading.Thread(target=lambda: frames.extend(take(camera, 2 * per_pass + 5)))
+    thread.start()
+    camera.start()
+    thread.join(30)
+    assert [f.index for f in frames] == list(range(2 * per_pass + 5))          # on across the loop, none dropped
+    assert all(f.device is not None and f.image is None and f.size == (768, 576) for f in frames)
+    assert len(nvc.decoders) >= 3 and camera.stats.missing_frames == 0        # a reader per pass
+    assert camera.stop(5)
+    wait_for(lambda: fake_cuda.ledger.kinds() == {}, 10, "every pass's pool freed")
+
+
+def test_realtime_paces_at_the_files_frame_rate(nvc: ModuleType, cache: Path) -> None:
+    camera = nvdec_camera(f"file://{clips.clip('h264', cache)}")              # realtime=1: 10 fps
+    camera.start()
+    frames = take(camera, 4)
+    assert camera.stop(5)
+    gaps = [(b.t_capture_ns - a.t_capture_ns) / 1e9 for a, b in zip(frames, frames[1:])]
+    assert all(gap >= 0.08 for gap in gaps), gaps                              # 0.1 s a frame, not as fast as NVDEC
+
+
+def test_a_file_cut_short_warns_as_the_cpu_reader_does(nvc: ModuleType, cache: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    whole = tmp_path / "whole.mp4"                  # the index (moov) first, so that half a file still opens
+    with av.open(str(clips.clip("h264", cache))) as source, \
+            av.open(str(whole), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size // 2])
+    camera = nvdec_camera(f"file://{cut}?realtime=0")
+    camera.open()
+    frames: list[Frame] = []
+    thread = threading.Thread(target=lambda: frames.extend(_until_end(camera)))
+    with caplog.at_level(logging.WARNING, logger="edge.camera"):
+        thread.start()
+        camera.start()
+        thread.join(20)
+    assert 0 < len(frames) < 30 and camera.stats.missing_frames == 40 - len(frames)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cam: video file {cut} ended after {len(frames)} of the 40 frames its header declares: the file may be"
+        f" truncated or corrupt (copied before it was complete?); `ffmpeg -v error -i {cut} -f null -` lists what"
+        f" FFmpeg finds wrong with it"]
+    assert camera.stop(5)
+
+
+def _until_end(camera: Camera) -> list[Frame]:
+    reader, frames, last = camera.latest.register(), [], -1
+    try:
+        while (frame := camera.latest.get_after(reader, last, 10)) is not None:
+            frame.release()
+            frames.append(frame)
+            last = frame.index
+    except EndOfStream:
+        return frames
+    raise AssertionError("the camera neither ended nor delivered a frame within 10 s")
+
+
+RTSP_SERVER = """
+import sys
+import gi
+gi.require_version("Gst", "1.0")
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import GLib, Gst, GstRtspServer
+Gst.init(None)
+server = GstRtspServer.RTSPServer()
+server.set_address("127.0.0.1")
+server.set_service(sys.argv[1])
+factory = GstRtspServer.RTSPMediaFactory()
+factory.set_launch("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=10/1"
+                   " ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )")
+factory.set_shared(True)
+server.get_mount_points().add_factory("/live", factory)
+server.attach(None)
+GLib.MainLoop().run()
+"""
+
+
+def _rtsp_server(port: int) -> subprocess.Popen:
+    """A live H.264 camera on 127.0.0.1 (GStreamer's RTSP server, Debian's python3-gi: docs/testing.md)."""
+    server = subprocess.Popen(["/usr/bin/python3", "-c", RTSP_SERVER, str(port)], stderr=subprocess.DEVNULL)
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+    wait_for(listening, 10, "the RTSP server to listen")
+    return server
+
+
+def test_an_rtsp_camera_on_nvdec_is_lost_and_recovered_with_the_cameras_backoff(
+        nvc: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("needs Debian's python3-gi and gir1.2-gst-rtsp-server-1.0 (an RTSP camera on 127.0.0.1)")
+    port = free_port()
+    server = _rtsp_server(port)
+    events = Events()
+    camera = nvdec_camera(f"rtsp://127.0.0.1:{port}/live", events)
+    try:
+        with caplog.at_level(logging.INFO, logger="edge.nvdec"):
+            camera.start()
+            first = take(camera, 3)
+        assert first[0].device is not None and first[0].size == (320, 240)
+        assert caplog.messages == ["cam: decode nvdec (the config says so; PyNvVideoCodec 2.2.4: H.264 320x240,"
+                                   " BT.601 limited range, assumed: the stream says nothing)"]
+        server.kill()
+        server.wait(10)
+        wait_for(lambda: "camera.lost" in events.names, 15, "camera.lost")
+        server = _rtsp_server(port)
+        wait_for(lambda: "camera.recovered" in events.names, 30, "camera.recovered")
+        assert take(camera, 3)[0].index > first[-1].index and camera.stats.reconnects == 1
+    finally:
+        server.kill()
+        server.wait(10)
+        assert camera.stop(10)
+    wait_for(lambda: fake_cuda.ledger.kinds() == {}, 10, "both readers' pools freed")
