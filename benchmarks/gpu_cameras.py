@@ -36,7 +36,7 @@ import numpy as np
 from benchmarks.pipeline_loops import DEPTH, HEIGHT, WIDTH, CallClock, Run, edge_lane, measure
 from benchmarks.pipeline_report import as_json, target
 from benchmarks.pipeline_setup import SlotFeed, edge_engine, in_fresh_thread, synthetic_frames
-from edge.config.cameras import parse_uri
+from edge.config.cameras import MAX_FRAME, parse_uri
 from edge.config.schema import CameraConfig
 from edge.pipeline.lanes import INFER_TIMEOUT_S
 
@@ -181,10 +181,10 @@ def _run(frames: int, cpu: float, wall: float, latencies: Sequence[float]) -> Ru
 
 def open_decoder(clip: Path, decode: str) -> Any:
     """One of edge's camera readers on the clip: CPU decode (OpenCV/FFmpeg) or NVDEC (edge/pipeline/nvdec.py)."""
-    from edge.pipeline import cameras
+    from edge.pipeline import cameras, nvdec
 
     uri = parse_uri(f"file://{clip}")
-    return cameras.open_reader(uri) if decode == "cpu" else cameras.open_reader(uri, decode=decode)
+    return cameras.open_reader(uri) if decode == "cpu" else nvdec.NvdecReader(uri, MAX_FRAME, 2, nvdec.load())
 
 
 def decode_only(clip: Path, streams: int, decode: str, seconds: float) -> Run:

@@ -26,6 +26,7 @@ from edge.config.loader import load_config
 from edge.config.schema import CameraConfig
 from edge.tools.assets import DemoAssets
 from tests.conftest import PEER_S
+from tests.support import clips
 from tests.support.daemon import RawSubscriber, write_config
 
 ASSETS = DemoAssets(files.default_cache_dir())
@@ -34,11 +35,10 @@ MIN_F1 = 0.99
 FRAMES = 120                    # of the clip, from its first; both runs see the same ones (realtime=0: lossless)
 CONF = 0.3                      # the detector's default threshold, in the daemon and the reference alike
 DECODE_FIELD = "decode" in CameraConfig.model_fields
-# decode -> the clip its camera reads. CPU decode reads the demo video as the daemon does today. Hardware decode
-# (`decode: nvdec`, issue 18 item 3) comes with edge/pipeline/nvdec.py and tests/support/clips.py: after that merge,
-# add "nvdec" here with the H.264 clip of vtest.avi that clips.py makes (carried to the device machine: it has no
-# encoder); the reference then decodes the same clip on the CPU.
-CLIPS: dict[str, Callable[[], Path]] = {"cpu": lambda: ASSETS.video}
+# decode -> the clip its camera reads. CPU decode reads the demo video as the daemon does today; hardware decode
+# (`decode: nvdec`, edge/pipeline/nvdec.py) the 1080p H.264 clip of vtest.avi that tests/support/clips.py makes
+# (carried to the device machine: it has no encoder), which the reference then decodes on the CPU.
+CLIPS: dict[str, Callable[[], Path]] = {"cpu": lambda: ASSETS.video, "nvdec": lambda: clips.clip("h264-1080p")}
 
 
 def _asset(path: Path) -> Path:
