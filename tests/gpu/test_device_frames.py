@@ -42,8 +42,9 @@ def _plan(tmp_path: Path) -> Path:
     return _identity_plan(tmp_path / "m.onnx", list(SHAPE), TensorProto.FLOAT)
 
 
-def _write(pool: Any, surface: Any, image: np.ndarray) -> dict[str, Any]:
-    """Copy a BGR image into the surface, rows PITCH_PAD bytes longer than the image's; the frame's fields."""
+def _write(pool: Any, surface: Any, image: np.ndarray, context: Any) -> dict[str, Any]:
+    """Copy a BGR image into the surface (with `context` current), rows PITCH_PAD bytes longer than the image's;
+    the frame's fields."""
     from edge.gpu import cuda
 
     height, width = image.shape[:2]
@@ -53,7 +54,8 @@ def _write(pool: Any, surface: Any, image: np.ndarray) -> dict[str, Any]:
     if pool.mapped:
         surface.host[:rows.size] = rows.reshape(-1)
     else:
-        cuda.driver().memcpy_htod(surface.pointer, rows)
+        with context.current():
+            cuda.driver().memcpy_htod(surface.pointer, rows)
     return {"pixel_format": "bgr", "width": width, "height": height, "pitch": pitch, "plane_offsets": (0,),
             "matrix": "bt601", "full_range": False}
 
@@ -87,7 +89,7 @@ def test_device_frames_give_the_cpu_letterbox_of_their_pixels(tmp_path: Path, mo
                     (pending, box), (cpu, cpu_box) = in_flight.popleft()
                     assert box == cpu_box and np.array_equal(pending.wait(10)["out0"], cpu)
                 surface = pool.acquire(10)
-                frame = surface.frame(**_write(pool, surface, image), ready=None)
+                frame = surface.frame(**_write(pool, surface, image, engine.context), ready=None)
                 in_flight.append((slot.submit_device_frame(frame), _cpu(image)))
                 assert frame.released
             for (pending, box), (cpu, cpu_box) in in_flight:
@@ -120,13 +122,13 @@ def test_a_decoder_cannot_rewrite_a_surface_before_the_slots_kernel_read_it(tmp_
                                                                    cache_dir=tmp_path))
                 try:
                     surface = pool.acquire(0)
-                    fields = _write(pool, surface, first)
+                    fields = _write(pool, surface, first, engine.context)
                     spin.launch((1, 1), (1, 1, 1), stream, surface.pointer, 300)    # "decoding" until 300 ms
                     ready.record(stream)
                     pending, _ = slot.submit_device_frame(surface.frame(**fields, ready=ready))
                     again = pool.acquire(10)
                     assert again is surface and ready.query(), "the surface came back before its frame was read"
-                    _write(pool, again, second)
+                    _write(pool, again, second, engine.context)
                     cpu, _ = _cpu(first)
                     assert np.array_equal(pending.wait(10)["out0"], cpu)
                 finally:
