@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import importlib.util
+import logging
 import sys
 import threading
 import time
@@ -30,7 +31,8 @@ from tests.support import clips
 from tests.support.daemon import RawSubscriber, write_config
 
 ASSETS = DemoAssets(files.default_cache_dir())
-HEADS_TOLERANCE = 0.03          # the stand-in against ONNX Runtime CPU, raw heads (measured on the device machine)
+HEADS_TOLERANCE = 0.05          # the stand-in (fp16) against ONNX Runtime CPU, raw heads: 0.037 measured on the H100;
+#                                 heads reach about 23, where one fp16 step is 0.016
 MIN_F1 = 0.99
 FRAMES = 120                    # of the clip, from its first; both runs see the same ones (realtime=0: lossless)
 CONF = 0.3                      # the detector's default threshold, in the daemon and the reference alike
@@ -261,7 +263,8 @@ def _run_daemon(config: Path, endpoint: str) -> tuple[dict[int, dict[str, Any]],
 @pytest.mark.parametrize("cuda_graph", [False, True])
 @pytest.mark.parametrize("decode", sorted(CLIPS))
 def test_daemon_on_the_gpu_path_detects_what_onnxruntime_detects_on_the_cpu(
-        real_trt: Any, created_slots: list[Any], tmp_path: Path, decode: str, cuda_graph: bool) -> None:
+        real_trt: Any, created_slots: list[Any], tmp_path: Path, decode: str, cuda_graph: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
     """The whole daemon on the GPU path (the camera's decode, the GPU letterbox, the real network as the TensorRT
     stand-in, with and without CUDA graphs, postprocessing, publishing) on the first FRAMES frames of a clip: its
     detections match ONNX Runtime's on the CPU on the same frames (the fp16 ONNX, CPU letterbox) at F1 >= MIN_F1,
@@ -270,6 +273,7 @@ def test_daemon_on_the_gpu_path_detects_what_onnxruntime_detects_on_the_cpu(
     from edge.tools import evaluate
     from edge.tools.data import Sample
 
+    caplog.set_level(logging.INFO, logger="edge")
     clip = _asset(CLIPS[decode]())
     repo = onnx_engine.engine_repository(tmp_path / "repo", ASSETS.variant("fp16"))
     endpoint = f"ipc://{tmp_path}/results.sock"
@@ -278,6 +282,9 @@ def test_daemon_on_the_gpu_path_detects_what_onnxruntime_detects_on_the_cpu(
     assert {m["engine"].rpartition(".plan:")[2] for m in messages.values()} == {"tensorrt:fp16"}   # a plan ran
     lanes = [slot for slot in created_slots if slot.name == "objects.cam0"]           # not the engine's warm-up
     assert len(lanes) == 1 and lanes[0].takes_frames                                  # the GPU letterbox ran
+    said = [record.getMessage() for record in caplog.records]
+    assert any(f"cam0: decode {decode} (" in line for line in said), said             # the camera's decoder
+    assert not any("copied to the host" in line for line in said)                     # nvdec: device frames in place
     if cuda_graph:
         assert lanes[0].graph_problem is None and all(f.graph.captured is not None for f in lanes[0].frames)
 
