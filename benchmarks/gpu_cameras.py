@@ -149,7 +149,7 @@ def edge_run(repo: Path, clip: Path, cameras: int, decode: str, seconds: float, 
         raise RuntimeError("the latency subscriber did not start within 60 s")
     service = Service(config, wait_subscriber_s=60)
     stop = threading.Event()
-    service.start()
+    in_fresh_thread(service.start)              # it builds the plan and detaches: not where this thread's context is
     runner = threading.Thread(target=service.run, args=(stop,), name="service")
     runner.start()
     processed = lambda: sum(lane.stats.processed for lane in service.lanes)  # noqa: E731
@@ -164,7 +164,7 @@ def edge_run(repo: Path, clip: Path, cameras: int, decode: str, seconds: float, 
     finally:
         stop.set()
         runner.join(30)
-        service.stop()
+        in_fresh_thread(service.stop)
         subscriber.join(10)
     failed = [f"{lane.name}: {lane.error}" for lane in service.lanes if lane.error is not None]
     if failed or not frames:
