@@ -5,7 +5,8 @@ A reader acquires a surface, writes a frame into it, records the frame's `ready`
 `surface.frame(...)`, a DeviceFrame holding one reference. Each further reader retains it; each release names
 the stream whose work enqueued so far still reads it. The surface goes back to the pool once every reference
 was released and the events recorded at those releases completed: reuse is ordered by CUDA events, never by
-host sleeps. The lifecycle and its rules: docs/gpu.md section 1.
+host sleeps. A reader that closes while the lanes still hold frames retires its pool: freed once they came back.
+The lifecycle and its rules: docs/gpu.md section 1.
 """
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ import numpy as np
 from edge.errors import UsageError
 from edge.gpu import cuda
 from edge.letterbox import FrameError
+from edge.log import get_logger
+
+log = get_logger("surfaces")
+
+RETIRE_S = 10.0                 # a retired pool is freed once its frames came back, or after this
 
 # bytes a pixel takes in the first plane; nv12 has a second plane of interleaved UV at half height
 BYTES_PER_PIXEL = {"bgr": 3, "bgrx": 4, "rgba": 4, "nv12": 1}
@@ -112,10 +118,11 @@ class SurfacePool:
             self._changed.notify_all()
         with self._download_lock, self._context.current():
             try:
-                if any(surface._frame is not None or surface._pending for surface in self._surfaces):
+                if any(surface._frame is not None or not all(event.query() for event in surface._pending)
+                       for surface in self._surfaces):
                     self._context.synchronize()         # readers may still read a surface: let them finish first
             finally:
-                owned = [surface._buffer for surface in self._surfaces]
+                owned = [thing for surface in self._surfaces for thing in (surface._buffer, surface._ready)]
                 owned += [event for surface in self._surfaces for event in surface._pending] + self._spare_events
                 owned += [self._staging, self._stream]
                 for surface in self._surfaces:
@@ -126,6 +133,36 @@ class SurfacePool:
                     if thing is not None:
                         thing.free()
         self._context.detach()
+
+    def retire(self, what: str) -> None:
+        """Free the pool once every surface came back (each frame released by all its readers), or after RETIRE_S
+        seconds, logged: a frame still held then is unreadable, not read from freed memory. For a reader's close,
+        which must not wait for the lanes: freed now where every surface is back and the readers' work on it ran,
+        else by a thread of its own, through `free` (which lets the readers' work finish first). `what` names the
+        reader in the log."""
+        deadline = time.monotonic() + RETIRE_S
+        with self._changed:
+            if self._freed:
+                return
+            with self._context.current():
+                settled = len(self._idle) == self.count and all(
+                    event.query() for surface in self._surfaces for event in surface._pending)
+        if settled:
+            self.free()
+        else:
+            threading.Thread(target=self._retire, args=(deadline, what), name="surfaces-retire", daemon=True).start()
+
+    def _retire(self, deadline: float, what: str) -> None:
+        with self._changed:
+            while len(self._idle) < self.count and not self._freed and (left := deadline - time.monotonic()) > 0:
+                self._changed.wait(left)
+            if self._freed:                     # its owner freed it meanwhile
+                return
+            held = self.count - len(self._idle)
+        if held:
+            log.warning("%s: %d of its %d frame surfaces still held %.0f s after it closed; freed all the same",
+                        what, held, self.count, RETIRE_S)
+        self.free()
 
     def _check_open(self, what: str) -> None:
         if self._freed:
@@ -175,6 +212,16 @@ class Surface:
         self._frame: DeviceFrame | None = None
         self._pending: list[Any] = []           # events recorded at releases of the last frame
         self._acquired = False
+        self._ready: Any = None
+
+    def ready_event(self) -> Any:
+        """This surface's own event for its frames' `ready`, for a writer that writes on a stream: record it after
+        the writes. One serves every frame of the surface (it holds one frame at a time); it is made at first use
+        and freed with the pool, so a lane may still wait on it after the writer closed."""
+        if self._ready is None:
+            with self._pool._context.current():
+                self._ready = cuda.Event()
+        return self._ready
 
     def frame(self, *, pixel_format: str, width: int, height: int, pitch: int, plane_offsets: Sequence[int],
               matrix: str, full_range: bool, ready: Any) -> DeviceFrame:

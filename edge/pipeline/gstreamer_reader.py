@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import functools
-import threading
 import time
 from typing import Any
 
@@ -30,7 +29,6 @@ from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_
 
 log = get_logger("camera")
 
-FREE_WAIT_S = 10.0               # a closed reader frees its surfaces once the lanes gave them back, or after this
 PULL_SLICE_S = 0.1               # a reader waiting for a frame looks at the bus for errors this often
 
 
@@ -133,15 +131,14 @@ class GstReader:
                              plane_offsets=(0,), matrix="bt601", full_range=False, ready=None)
 
     def close(self) -> None:
-        """Stop the pipeline; the pool is freed once the lanes gave every surface back (or after FREE_WAIT_S)."""
+        """Stop the pipeline; the pool is retired: freed once the lanes gave every surface back (SurfacePool.retire)."""
         if self._closed:
             return
         self._closed = True
         self._first = None
         self._pipeline.set_state(self._gst.State.NULL)
         if self._pool is not None:
-            threading.Thread(target=_free_when_returned, args=(self._pool, self._surfaces, self._what),
-                             name="surfaces-free", daemon=True).start()
+            self._pool.retire(self._what)
 
     def _next(self, timeout_s: float) -> Any:
         """The next sample; None at the end of the stream, on an error on the bus, or after `timeout_s`."""
@@ -174,18 +171,6 @@ class GstReader:
         self._read_bus()
         return self._problem or SourceError(f"{self._what} {what}", hint="`GST_DEBUG=3 edge run ...` shows what"
                                                                          " GStreamer's elements said")
-
-
-def _free_when_returned(pool: SurfacePool, count: int, what: str) -> None:
-    """Free `pool` once all its `count` surfaces came back (the lanes still reading the last frames hold theirs),
-    or after FREE_WAIT_S: a frame read after that is refused by the pool, not read from freed memory."""
-    deadline = time.monotonic() + FREE_WAIT_S
-    for taken in range(count):
-        if pool.acquire(max(0.0, deadline - time.monotonic())) is None:
-            log.warning("%s: %d of its %d surfaces still held by the lanes %.0f s after it closed; freed all the"
-                        " same", what, count - taken, count, FREE_WAIT_S)
-            break
-    pool.free()
 
 
 class _MapInfo(ctypes.Structure):

@@ -9,8 +9,6 @@ GIL while FFmpeg waits on the network. The design, the colour rules and the meas
 from __future__ import annotations
 
 import collections
-import threading
-import time
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +30,6 @@ CODECS = {"h264": ("H264", "H.264"), "avc1": ("H264", "H.264"), "avc3": ("H264",
 DECODE_DELAY = 4            # frames one Decode call may return at once: the decoder's default (NATIVE) latency
 PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s GOP at 30 fps) before giving up
 ACQUIRE_TIMEOUT_S = 2.0     # wait for a free surface this long, then drop the decoded frame
-RETIRE_S = 10.0             # after close, wait this long for the frames still out before freeing the pool
 INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
 CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
 
@@ -115,7 +112,6 @@ class NvdecReader:
         self._index = 0
         self._decoder: Any = None
         self._pool: SurfacePool | None = None
-        self._events: dict[int, Any] = {}
         self._context: Any = None
         self._stream: Any = None
         try:
@@ -208,9 +204,7 @@ class NvdecReader:
         with self._context.current():   # on the decoder's stream, before its next Decode call reuses the buffer
             cuda.copy_device(surface.pointer, luma.data, sizes[0], self._stream)
             cuda.copy_device(surface.pointer + sizes[0], chroma.data, sizes[1], self._stream)
-            if surface.pointer not in self._events:
-                self._events[surface.pointer] = cuda.Event()
-            ready = self._events[surface.pointer]       # a surface holds one frame at a time: its event too
+            ready = surface.ready_event()
             ready.record(self._stream)
         self._ready.append(surface.frame(pixel_format="nv12", width=width, height=height, pitch=pitch,
                                          plane_offsets=(0, sizes[0]), matrix=self.matrix, full_range=self.full_range,
@@ -224,8 +218,7 @@ class NvdecReader:
                ACQUIRE_TIMEOUT_S, self.dropped)
 
     def close(self) -> None:
-        """Stop decoding; the pool and its events are freed once every frame handed out was released (or after
-        RETIRE_S), in the background when frames are still out."""
+        """Stop decoding; the pool is retired: freed once every frame handed out was released (SurfacePool.retire)."""
         if self._packets is None:
             return
         self._packets.close()
@@ -236,37 +229,11 @@ class NvdecReader:
             with self._context.current():
                 self._decoder = None                # PyNvVideoCodec frees its decoder and buffers now
                 if self._stream is not None:
-                    self._stream.synchronize()
+                    self._stream.synchronize()      # the copies into surfaces are done
                     self._stream.free()
-        pool, events, context = self._pool, list(self._events.values()), self._context
-        if pool is None:
-            if context is not None:
-                context.detach()
-            return
-        held = list(iter(lambda: pool.acquire(0), None))        # the surfaces already back
-        if len(held) == pool.count:
-            _free(pool, events, context)
-        else:
-            threading.Thread(target=_retire, args=(pool, len(held), events, context, self.what),
-                             name="nvdec-retire", daemon=True).start()
-
-
-def _retire(pool: SurfacePool, back: int, events: list[Any], context: Any, what: str) -> None:
-    deadline = time.monotonic() + RETIRE_S
-    while back < pool.count and pool.acquire(max(0.0, deadline - time.monotonic())) is not None:
-        back += 1
-    if back < pool.count:
-        log.warning("%s: %d frames were not released within %.0f s of the camera's close; their surfaces are freed"
-                    " now", what, pool.count - back, RETIRE_S)
-    _free(pool, events, context)
-
-
-def _free(pool: SurfacePool, events: list[Any], context: Any) -> None:
-    with context.current():
-        for event in events:
-            event.free()
-    pool.free()
-    context.detach()
+            self._context.detach()
+        if self._pool is not None:
+            self._pool.retire(self.what)
 
 
 def _one_line(exc: Exception) -> str:

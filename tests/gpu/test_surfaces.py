@@ -1,9 +1,11 @@
 """Device frames (edge/gpu/surfaces.py): the pool's bound, references, event-ordered reuse and errors against the
 CUDA stand-in's ledger (tests/support/fake_cuda.py: held events stay unfinished until the test finishes them);
-on the GPU tier (marked gpu) real events order a surface's reuse behind a kernel that still reads it."""
+a retired pool freed once its frames came back or at its deadline; on the GPU tier (marked gpu) real events order a
+surface's reuse behind a kernel that still reads it."""
 from __future__ import annotations
 
 import functools
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge.errors import UsageError
-from edge.gpu import cuda, nvrtc
+from edge.gpu import cuda, nvrtc, surfaces
 from edge.gpu.surfaces import SurfacePool, plane_shapes
 from edge.letterbox import FrameError
 from tests.conftest import wait_for
@@ -184,6 +186,69 @@ def test_freeing_with_frames_out_waits_for_their_work_and_frees_everything(ledge
     read.release(None)
     with pytest.raises(UsageError, match="acquire on a freed surface pool"):
         pool.acquire(0)
+
+
+# --- a retired pool: freed once its frames came back, without its reader's close waiting ------------------------------
+
+OWN = {"context": 1, "stream": 1}               # what the `stream` fixture holds: all that is left once the pool went
+
+
+def test_a_retired_pool_whose_surfaces_are_all_back_is_freed_at_once(ledger: fake_cuda.Ledger, stream: Any) -> None:
+    pool = SurfacePool(64, 2)
+    surface = pool.acquire(0)
+    ready = surface.ready_event()
+    assert surface.ready_event() is ready and ledger.kinds()["event"] == 1     # one per surface, made once
+    frame = surface.frame(**{**BGR, "ready": ready})
+    frame.retain()
+    frame.release(stream)                       # a reader whose kernel already ran
+    frame.release(None)
+    pool.retire("video file a.mp4")
+    assert ledger.kinds() == OWN                # surfaces, the ready event, the release's event, the pool's stream
+    assert ("synchronize context",) not in ledger.trace        # nothing was waited for
+    pool.retire("video file a.mp4")             # once
+
+
+def test_a_retired_pool_is_freed_when_the_last_frame_comes_back_after_its_readers_work(
+        ledger: fake_cuda.Ledger, stream: Any) -> None:
+    pool = SurfacePool(64, 2)
+    held, back = _frame(pool), _frame(pool)
+    back.release(None)
+    pool.retire("video file a.mp4")             # returns at once: the lanes still hold a frame
+    assert ledger.kinds()["device buffer"] == 2 and held.width == 4, "freed while a lane still held a frame"
+    ledger.hold = True
+    held.release(stream)                        # the lane's kernel, enqueued on `stream`, has not run yet
+    wait_for(lambda: ledger.kinds() == OWN, what="the pool freed after the last release")
+    assert ("synchronize context",) in ledger.trace, "freed without waiting for the kernel reading the surface"
+
+
+def test_a_retired_pool_is_freed_at_the_deadline_and_a_frame_held_past_it_is_unreadable(
+        ledger: fake_cuda.Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(surfaces, "RETIRE_S", 0.05)
+    pool = SurfacePool(64, 3)
+    held = _frame(pool)
+    with caplog.at_level(logging.WARNING, logger="edge.surfaces"):
+        pool.retire("RTSP stream rtsp://cam/live")
+        wait_for(lambda: ledger.live == {}, what="the pool freed at the deadline")
+    assert caplog.messages == ["RTSP stream rtsp://cam/live: 1 of its 3 frame surfaces still held 0 s after it closed;"
+                               " freed all the same"]
+    with pytest.raises(UsageError, match="after its surface pool was freed"):
+        _ = held.planes
+    held.release(None)
+
+
+def test_a_pool_its_owner_frees_while_it_retires_is_freed_once_without_a_word(
+        ledger: fake_cuda.Ledger, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    failures: list[Any] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    pool = SurfacePool(64, 1)
+    held = _frame(pool)
+    before = set(threading.enumerate())
+    pool.retire("video file a.mp4")
+    (retiring,) = set(threading.enumerate()) - before
+    pool.free()
+    retiring.join(5)
+    assert not retiring.is_alive() and failures == [] and ledger.live == {} and caplog.records == []
+    held.release(None)
 
 
 def _to_bgr() -> Any:

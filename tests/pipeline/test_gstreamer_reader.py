@@ -148,12 +148,12 @@ def test_a_frame_held_past_the_wait_is_refused_not_read_from_freed_memory(jetson
                                                                          monkeypatch, caplog) -> None:
     from edge.errors import UsageError
 
-    monkeypatch.setattr(gstreamer_reader, "FREE_WAIT_S", 0.1)
+    monkeypatch.setattr("edge.gpu.surfaces.RETIRE_S", 0.1)
     reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264')}"), MAX, surfaces=3)
     held = reader.read()
     reader.close()
     wait_for(lambda: not ledger.live, what="the surfaces freed")
-    assert "1 of its 3 surfaces still held by the lanes 0 s after it closed; freed all the same" in caplog.text
+    assert "1 of its 3 frame surfaces still held 0 s after it closed; freed all the same" in caplog.text
     with pytest.raises(UsageError, match="after its surface pool was freed"):
         _ = held.planes
     held.release(None)
