@@ -20,6 +20,7 @@ import numpy as np
 
 from edge.errors import UsageError
 from edge.gpu import cuda
+from edge.gpu.kernels import PIXEL_FORMATS
 from edge.letterbox import FrameError
 from edge.log import get_logger
 
@@ -27,20 +28,17 @@ log = get_logger("surfaces")
 
 RETIRE_S = 10.0                 # a retired pool is freed once its frames came back, or after this
 
-# bytes a pixel takes in the first plane; nv12 has a second plane of interleaved UV at half height
-BYTES_PER_PIXEL = {"bgr": 3, "bgrx": 4, "rgba": 4, "nv12": 1}
-
 
 def plane_shapes(pixel_format: str, width: int, height: int) -> list[tuple[int, ...]]:
     """The host array shape of each plane of a frame: (rows, columns[, channels]); FrameError for a bad one."""
-    if pixel_format not in BYTES_PER_PIXEL:
-        raise FrameError(f"unknown pixel format {pixel_format!r}", note=f"known: {', '.join(BYTES_PER_PIXEL)}",
+    if pixel_format not in PIXEL_FORMATS:
+        raise FrameError(f"unknown pixel format {pixel_format!r}", note=f"known: {', '.join(PIXEL_FORMATS)}",
                          hint="a decoder's frames are nv12, or bgr/bgrx/rgba after a colour converter")
     if width < 1 or height < 1:
         raise FrameError("a device frame needs a positive size", note=f"width {width}, height {height}")
     if pixel_format == "nv12":
         return [(height, width), (math.ceil(height / 2), 2 * math.ceil(width / 2))]
-    return [(height, width, BYTES_PER_PIXEL[pixel_format])]
+    return [(height, width, PIXEL_FORMATS[pixel_format].bytes_per_pixel)]
 
 
 class SurfacePool:
