@@ -16,13 +16,11 @@ import numpy as np
 import pytest
 
 from edge.engines.base import LetterboxPreprocessing
-from edge.gpu.letterbox import GpuLetterbox
 from tests.gpu.test_gpu import _identity_plan
 from tests.gpu.test_surfaces import SPIN_SOURCE
 from tests.support import fake_tensorrt
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not hasattr(GpuLetterbox, "launch_planes"),
-                                                   reason="GpuLetterbox.launch_planes has not landed")]
+pytestmark = pytest.mark.gpu
 SHAPE = (1, 3, 96, 128)
 PITCH_PAD = 64                                          # bytes after each row, as a decoder's pitch has
 

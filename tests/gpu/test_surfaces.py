@@ -16,6 +16,7 @@ import pytest
 
 from edge.errors import UsageError
 from edge.gpu import cuda, nvrtc, surfaces
+from edge.gpu.letterbox import to_bgr
 from edge.gpu.surfaces import SurfacePool, plane_shapes
 from edge.letterbox import FrameError
 from tests.conftest import wait_for
@@ -251,17 +252,8 @@ def test_a_pool_its_owner_frees_while_it_retires_is_freed_once_without_a_word(
     held.release(None)
 
 
-def _to_bgr() -> Any:
-    from edge.gpu import letterbox
-
-    if not hasattr(letterbox, "to_bgr"):
-        pytest.skip("edge.gpu.letterbox.to_bgr (the colour kernels' numpy reference) has not landed")
-    return letterbox.to_bgr
-
-
 @pytest.mark.parametrize("mapped", [False, True])
 def test_download_bgr_gives_the_planes_to_the_colour_reference(ledger: fake_cuda.Ledger, mapped: bool) -> None:
-    to_bgr = _to_bgr()
     rng = np.random.default_rng(18)
     width, height, pitch = 6, 4, 8
     pool = SurfacePool(128, 1, mapped=mapped)

@@ -150,13 +150,6 @@ def _yolo(path: Path, batch: int | None = 1) -> Path:
     return set_batch(path, batch)
 
 
-def _need_launch_planes() -> None:
-    from edge.gpu.letterbox import GpuLetterbox
-
-    if not hasattr(GpuLetterbox, "launch_planes"):
-        pytest.skip("GpuLetterbox.launch_planes (the colour kernels) has not landed")
-
-
 def _runtime(engine: Any, cameras_: list[str], **fields: Any) -> TaskRuntime:
     config = TaskConfig(name="objects", type="detector", model=str(engine.path), cameras=cameras_, **fields)
     runtime = TaskRuntime(config, Variants({engine.precision: engine}, {}), lambda *_: None)
@@ -190,7 +183,6 @@ def _run(lane: Any) -> None:
 def test_a_lane_hands_device_frames_to_a_slot_that_reads_them_in_place(
         ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path, graphs: bool,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    _need_launch_planes()
     downloads: list[Any] = []
     monkeypatch.setattr("edge.gpu.surfaces.DeviceFrame.download_bgr", lambda self: downloads.append(self))
     publisher, subscriber = results
@@ -209,9 +201,6 @@ def test_a_lane_hands_device_frames_to_a_slot_that_reads_them_in_place(
 def test_a_lane_whose_slot_reads_host_frames_downloads_them_and_says_so_once(
         ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
-    letterbox = pytest.importorskip("edge.gpu.letterbox")
-    if not hasattr(letterbox, "to_bgr"):
-        pytest.skip("edge.gpu.letterbox.to_bgr (the colour kernels' numpy reference) has not landed")
     publisher, subscriber = results
     with OnnxRuntimeEngine(_yolo(tmp_path / "m.onnx"), threads=1) as engine:
         camera = lossless_camera()
@@ -228,7 +217,6 @@ def test_a_lane_whose_slot_reads_host_frames_downloads_them_and_says_so_once(
 
 def test_a_rate_gated_skip_releases_the_frame(ledger: fake_cuda.Ledger, decoder: Decoder, results: Any,
                                               tmp_path: Path) -> None:
-    _need_launch_planes()
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
         camera = lossless_camera()
@@ -246,7 +234,6 @@ def test_a_rate_gated_skip_releases_the_frame(ledger: fake_cuda.Ledger, decoder:
 def test_a_failing_slot_ends_the_lane_and_gives_every_surface_back(
         ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    _need_launch_planes()
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
         camera = lossless_camera()
@@ -263,7 +250,6 @@ def test_a_lane_stopped_mid_flight_leaves_no_surface_behind(ledger: fake_cuda.Le
                                                             results: Any, tmp_path: Path) -> None:
     """A live camera keeps replacing its frame while the lane runs two in flight; the lane is stopped mid-stream,
     then the camera: every surface comes back (frames nobody took, frames in flight, the camera's last one)."""
-    _need_launch_planes()
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
         camera = Camera("c", parse_uri("test://bars?size=64x48"), on_event=lambda name, details: None)
@@ -282,7 +268,6 @@ def test_a_lane_that_fails_with_a_frame_in_flight_gives_every_surface_back(
         ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path) -> None:
     """The GPU holds the frame's work back, so the lane's wait for it fails: the slot closes once its streams
     finished, and the surface comes back; a frame still in the camera goes back when the camera stops."""
-    _need_launch_planes()
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
         camera = lossless_camera()
@@ -302,9 +287,6 @@ def test_a_lane_that_fails_with_a_frame_in_flight_gives_every_surface_back(
 def test_a_batched_lane_reads_device_frames_in_place_or_on_the_host(
         ledger: fake_cuda.Ledger, results: Any, tmp_path: Path, device_slot: bool,
         caplog: pytest.LogCaptureFixture) -> None:
-    letterbox = pytest.importorskip("edge.gpu.letterbox")
-    if not hasattr(letterbox.GpuLetterbox, "launch_planes") or not hasattr(letterbox, "to_bgr"):
-        pytest.skip("the colour kernels (GpuLetterbox.launch_planes, to_bgr) have not landed")
     decoder = Decoder(count=8)
     publisher, subscriber = results
     model = _yolo(tmp_path / "b.onnx", batch=None)
@@ -340,7 +322,6 @@ def test_a_paused_batched_lane_over_live_cameras_gives_every_surface_back(
         ledger: fake_cuda.Ledger, results: Any, tmp_path: Path) -> None:
     """Live cameras replace their frames (in the camera, and in the lane's feeds) while the batched lane skips
     every batch (rate scale 0); after the lane and the cameras stop, every surface is back."""
-    _need_launch_planes()
     decoder = Decoder(count=8)
     publisher, _ = results
     plan = build.build(_yolo(tmp_path / "b.onnx", batch=None), shapes=["images:1x3x64x64,2x3x64x64,2x3x64x64"],
