@@ -123,11 +123,10 @@ def _decoding(path: str):
 
 def test_selftest_decodes_a_clip_on_each_path_with_fps_and_cpu_a_frame(monkeypatch, tmp_path) -> None:
     from edge.cli import selftest
-    from tests.support import fake_cuda, fake_jetson
-    from tests.support.media import encode_clip
+    from tests.support import clips, fake_cuda, fake_jetson
 
     fake_cuda.install(monkeypatch)
-    path = encode_clip(tmp_path / "road.mp4", "libx264")
+    path = clips.encode(clips.small("libx264"), tmp_path / "road.mp4")
     with fake_jetson.installed():
         cpu, nvdec = selftest._decode_checks(path, _decoding)
     assert (cpu.name, cpu.status, nvdec.name, nvdec.status) == ("decode cpu", "ok", "decode nvdec", "ok"), (cpu, nvdec)
@@ -138,9 +137,9 @@ def test_selftest_decodes_a_clip_on_each_path_with_fps_and_cpu_a_frame(monkeypat
 
 def test_selftest_without_nvdec_skips_it_with_the_reason_but_fails_on_a_jetson(monkeypatch, tmp_path) -> None:
     from edge.cli import selftest
-    from tests.support.media import encode_clip
+    from tests.support import clips
 
-    path = encode_clip(tmp_path / "road.mp4", "libx264", frames=3)
+    path = clips.encode(clips.small("libx264", 3), tmp_path / "road.mp4")
     cpu, nvdec = selftest._decode_checks(path, _decoding)           # no Jetson elements: GStreamer's reader refuses
     assert cpu.status == "ok"
     assert nvdec.status == "skip" and nvdec.detail.startswith("road.mp4: video file ") and "nvv4l2decoder" in \

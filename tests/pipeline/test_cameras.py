@@ -19,8 +19,8 @@ from edge.errors import SourceError
 from edge.pipeline import cameras
 from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame, open_reader
 from tests.conftest import free_port, wait_for
+from tests.support.clips import write_video
 from tests.support.daemon import ROOT, env
-from tests.support.media import write_video
 
 
 class Events:

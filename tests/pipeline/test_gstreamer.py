@@ -21,9 +21,8 @@ from edge.errors import SourceError
 from edge.pipeline import gstreamer
 from edge.pipeline.gstreamer import csi_pipeline, pipeline_description, probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
-from tests.support import fake_jetson
+from tests.support import clips, fake_jetson
 from tests.support.fake_jetson import elements, gst
-from tests.support.media import encode_clip
 
 MAX = (7680, 4320)
 DECODE = "nvv4l2decoder enable-max-performance=1 ! nvvidconv ! video/x-raw,format=BGRx"
@@ -32,7 +31,7 @@ LIVE_SINK = "appsink name=sink drop=true max-buffers=1 sync=false emit-signals=f
 
 
 def clip(tmp_path: Path, name: str, encoder: str, frames: int = 3, fmt: str | None = None) -> Path:
-    return encode_clip(tmp_path / name, encoder, frames, fmt=fmt)
+    return clips.encode(clips.small(encoder, frames), tmp_path / name, fmt=fmt)
 
 
 @pytest.fixture

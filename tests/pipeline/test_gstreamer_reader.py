@@ -21,9 +21,8 @@ from edge.pipeline import gstreamer_reader
 from edge.pipeline.gstreamer import probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
 from tests.conftest import wait_for
-from tests.support import fake_cuda, fake_jetson
+from tests.support import clips, fake_cuda, fake_jetson
 from tests.support.fake_jetson import gst
-from tests.support.media import encode_clip
 
 MAX = (7680, 4320)
 CLIP_FRAMES = 20
@@ -31,7 +30,7 @@ READ_WAIT_S = 20            # a read timeout no test should wait out
 
 
 def clip(tmp_path: Path, name: str, encoder: str, frames: int = CLIP_FRAMES, fmt: str | None = None) -> Path:
-    return encode_clip(tmp_path / name, encoder, frames, fmt=fmt)
+    return clips.encode(clips.small(encoder, frames), tmp_path / name, fmt=fmt)
 
 
 @pytest.fixture
@@ -206,8 +205,8 @@ def test_files_gstreamer_cannot_play_are_clear_errors_at_once(jetson_elements, l
 
 def test_a_stream_that_changes_its_frame_size_is_not_read_further(jetson_elements, ledger, tmp_path, caplog) -> None:
     path = tmp_path / "change.264"
-    path.write_bytes(clip(tmp_path, "a.264", "libx264", frames=5, fmt="h264").read_bytes()
-                     + encode_clip(tmp_path / "small.264", "libx264", 5, (160, 120), "h264").read_bytes())
+    small = clips.encode(clips.small("libx264", 5, (160, 120)), tmp_path / "small.264", fmt="h264")
+    path.write_bytes(clip(tmp_path, "a.264", "libx264", frames=5, fmt="h264").read_bytes() + small.read_bytes())
     reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
     sizes = []
     while (frame := reader.read()) is not None:

@@ -31,7 +31,7 @@ from edge.pipeline.nvdec import Decoding, NvdecReader, Refused
 from edge.pipeline.runtime import Cameras
 from tests.conftest import free_port, wait_for
 from tests.support import clips, fake_cuda, fake_nvcodec
-from tests.support.media import write_video
+from tests.support.clips import write_video
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
-"""H.264 and H.265 test clips, encoded at test time from the demo's vtest.avi with PyAV (libx264, libx265; the
-dev extra pins it) and cached beside the demo assets in `<asset cache>/clips/`: vtest.avi is not committed, so
-neither is anything made of it. Each clip has a JSON sidecar with the frame count PyAV decodes from it, so a test
-on a machine without PyAV (the device machine, which has no encoder either: the clips are made here and carried,
-docs/testing.md) still has the reference count.
+"""Small real videos for tests, made at test time: H.264 and H.265 clips (or any codec FFmpeg encodes) of the demo's
+vtest.avi with PyAV (libx264, libx265; the dev extra pins it), and MJPG files of numbered grey frames with OpenCV.
+vtest.avi is not committed, so neither is anything made of it.
 
-Beside an 8-bit clip, PyAV's decode of its first frame (NV12, `.npz`). A clip's file name carries a hash of its
-recipe: a changed recipe makes a new file, never reuses a stale one.
+`encode(recipe, path)` is the one encoder: a `Clip` recipe into a file of the caller's, in any container. `clip(name)`
+caches a named clip of CLIPS beside the demo assets in `<asset cache>/clips/`, with a JSON sidecar holding the frame
+count PyAV decodes from it, so a test on a machine without PyAV (the device machine, which has no encoder either:
+the clips are made here and carried, docs/testing.md) still has the reference count; beside an 8-bit clip, PyAV's
+decode of its first frame (NV12, `.npz`). A cached clip's file name carries a hash of its recipe: a changed recipe
+makes a new file, never reuses a stale one.
 """
 from __future__ import annotations
 
@@ -13,7 +15,9 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
+from types import ModuleType
 
+import cv2
 import numpy as np
 
 from edge.files import atomic_path, default_cache_dir
@@ -52,6 +56,12 @@ CLIPS = {
 }
 
 
+def small(encoder: str, frames: int = 20, size: tuple[int, int] = (320, 240)) -> Clip:
+    """The recipe of a small clip for a test of its own (x265 told to log errors only)."""
+    quiet = (("x265-params", "log-level=error"),) if encoder == "libx265" else ()
+    return Clip(encoder, frames, size=size, options=quiet)
+
+
 def clip(name: str, root: Path | None = None) -> Path:
     """The clip `name` of CLIPS under `root` (the asset cache; default $EDGE_CACHE or ~/.cache/edge), encoded
     from its vtest.avi first if it is not there yet (that needs PyAV)."""
@@ -59,7 +69,7 @@ def clip(name: str, root: Path | None = None) -> Path:
     root = root or default_cache_dir()
     path = root / "clips" / f"{recipe.stem}.mp4"
     if not path.is_file() or not path.with_suffix(".json").is_file():
-        _encode(recipe, root / VTEST, path)
+        _cache(recipe, root, path)
     return path
 
 
@@ -75,35 +85,53 @@ def first_frame(path: Path) -> np.ndarray:
         return saved["nv12"]
 
 
-def _encode(recipe: Clip, source: Path, path: Path) -> None:
-    try:                            # PyAV only where a clip is made: the device machine reads carried ones
-        import av
-        from av.video.reformatter import Colorspace
-    except ImportError as exc:
-        raise FileNotFoundError(f"{path} is missing and PyAV (the dev extra) is not here to make it: make the clips"
-                                " where it is (`python -m tests.support.clips DIR` copies them into DIR/clips) and"
-                                " carry them") from exc
+def encode(recipe: Clip, path: Path, *, fmt: str | None = None, root: Path | None = None) -> Path:
+    """`recipe` encoded from the vtest.avi under `root` (the asset cache; default $EDGE_CACHE or ~/.cache/edge) into
+    `path`, its container from its suffix or `fmt` (FFmpeg's name: "mp4", "matroska", or "h264"/"hevc" for an
+    elementary stream). FileNotFoundError where PyAV or vtest.avi is missing, saying how to get them."""
+    av = _pyav(path)
+    from av.video.reformatter import Colorspace
+
+    source = (root or default_cache_dir()) / VTEST
     if not source.is_file():
         raise FileNotFoundError(f"{source} is missing: the clips are made from the demo video; run `edge assets fetch`"
                                 " (or scripts/test.sh, which fetches it) first")
+    with av.open(str(source)) as video, av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(recipe.encoder, rate=FPS)
+        width, height = recipe.size or (video.streams.video[0].width, video.streams.video[0].height)
+        stream.width, stream.height, stream.pix_fmt = width, height, recipe.pix_fmt
+        stream.options = dict(recipe.options)
+        if recipe.bt709:                # AVCOL_SPC_BT709, AVCOL_RANGE_MPEG, AVCOL_PRI_BT709, AVCOL_TRC_BT709
+            context = stream.codec_context
+            context.colorspace = context.color_range = context.color_primaries = context.color_trc = 1
+        for index, frame in enumerate(video.decode(video=0)):
+            if index == recipe.frames:
+                break
+            scaled = frame.reformat(width=width, height=height, format=recipe.pix_fmt,
+                                    dst_colorspace=Colorspace.ITU709 if recipe.bt709 else None)
+            scaled.pts = None
+            out.mux(stream.encode(scaled))
+        out.mux(stream.encode(None))
+    return path
+
+
+def write_video(path: Path, frames: int, size: tuple[int, int] = (160, 120), fps: float = 25.0) -> Path:
+    """An MJPG AVI of `frames` grey frames, each with its number drawn on it (OpenCV's writer: no PyAV needed)."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    for i in range(frames):
+        image = np.full((size[1], size[0], 3), (i * 7) % 255, np.uint8)
+        cv2.putText(image, str(i), (10, size[1] // 2), cv2.FONT_HERSHEY_SIMPLEX, 1.0, (255, 255, 255), 2)
+        writer.write(image)
+    writer.release()
+    return path
+
+
+def _cache(recipe: Clip, root: Path, path: Path) -> None:
+    """Encode `recipe` to `path` with its sidecars: PyAV's frame count and its decode of the first frame."""
+    av = _pyav(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        with av.open(str(source)) as video, av.open(str(tmp), "w", format="mp4") as out:
-            stream = out.add_stream(recipe.encoder, rate=FPS)
-            width, height = recipe.size or (video.streams.video[0].width, video.streams.video[0].height)
-            stream.width, stream.height, stream.pix_fmt = width, height, recipe.pix_fmt
-            stream.options = dict(recipe.options)
-            if recipe.bt709:                # AVCOL_SPC_BT709, AVCOL_RANGE_MPEG, AVCOL_PRI_BT709, AVCOL_TRC_BT709
-                context = stream.codec_context
-                context.colorspace = context.color_range = context.color_primaries = context.color_trc = 1
-            for index, frame in enumerate(video.decode(video=0)):
-                if index == recipe.frames:
-                    break
-                scaled = frame.reformat(width=width, height=height, format=recipe.pix_fmt,
-                                        dst_colorspace=Colorspace.ITU709 if recipe.bt709 else None)
-                scaled.pts = None
-                out.mux(stream.encode(scaled))
-            out.mux(stream.encode(None))
+        encode(recipe, tmp, fmt="mp4", root=root)
         with av.open(str(tmp)) as check:
             decoded = check.decode(video=0)
             first = next(decoded)
@@ -111,8 +139,20 @@ def _encode(recipe: Clip, source: Path, path: Path) -> None:
     if first.format.name == "yuv420p":
         with atomic_path(path.with_suffix(".npz")) as tmp, open(tmp, "wb") as file:
             np.savez_compressed(file, nv12=first.to_ndarray(format="nv12"))
+    width, height = first.width, first.height
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps({"frames": frames, "size": [width, height], "encoder": recipe.encoder}))
+
+
+def _pyav(path: Path) -> ModuleType:
+    """PyAV, only where a clip is made (the device machine reads carried ones); FileNotFoundError naming `path`."""
+    try:
+        import av
+    except ImportError as exc:
+        raise FileNotFoundError(f"{path} is missing and PyAV (the dev extra) is not here to make it: make the clips"
+                                " where it is (`python -m tests.support.clips DIR` copies them into DIR/clips) and"
+                                " carry them") from exc
+    return av
 
 
 if __name__ == "__main__":          # python -m tests.support.clips [DIR]: make every clip, copy them into DIR/clips
