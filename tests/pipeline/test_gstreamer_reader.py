@@ -21,7 +21,7 @@ from edge.pipeline import gstreamer_reader
 from edge.pipeline.gstreamer import probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
 from tests.conftest import wait_for
-from tests.support import clips, fake_cuda, fake_jetson
+from tests.support import clips, fake_cuda, fake_jetson, rtsp
 from tests.support.fake_jetson import gst
 
 MAX = (7680, 4320)
@@ -228,52 +228,17 @@ def test_copy_buffer_copies_the_bytes_once_and_refuses_a_small_surface() -> None
         gstreamer_reader.copy_buffer(buffer, np.zeros(1000, np.uint8))
 
 
-RTSP_SERVER = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-Gst.init(None)
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(sys.argv[1])
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch(sys.argv[2])
-factory.set_shared(False)
-server.get_mount_points().add_factory("/live", factory)
-server.attach(None)
-print("serving", flush=True)
-GLib.MainLoop().run()
-"""
-RTSP_MEDIA = ("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=10/1 ! {encoder}"
-              " ! {payloader} name=pay0 pt=96 audiotestsrc is-live=true ! opusenc ! rtpopuspay name=pay1 pt=97 )")
-RTSP_CODECS = {"h264": ("x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10", "rtph264pay"),
-               "h265": ("x265enc tune=zerolatency speed-preset=ultrafast key-int-max=10", "rtph265pay")}
-
-
 @pytest.fixture
 def rtsp_camera(request) -> Iterator[tuple[str, str, Any]]:
-    """A real RTSP camera on 127.0.0.1 (GStreamer's RTSP server, in Debian's Python) with a video stream of the
-    codec the test names and an Opus audio stream; yields (URI with credentials, codec, the server process)."""
-    import subprocess
-
+    """A real RTSP camera on 127.0.0.1 (tests/support/rtsp.py) with a video stream of the codec the test names and
+    an Opus audio stream; yields (URI with credentials, codec, the server process)."""
     from tests.conftest import free_port
 
-    encoder, payloader = RTSP_CODECS[request.param]
-    probe_server = subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-                                  capture_output=True)
-    Gst = gst()
-    if probe_server.returncode or Gst.ElementFactory.find(encoder.split()[0]) is None:
-        pytest.skip(f"needs GStreamer's RTSP server for /usr/bin/python3 and {encoder.split()[0]} (apt-get install"
-                    " --no-install-recommends gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-ugly"
-                    " gstreamer1.0-plugins-bad gstreamer1.0-rtsp)")
+    stream = rtsp.media(request.param, audio=True)
+    rtsp.require(stream)
     port = free_port()
-    server = subprocess.Popen(["/usr/bin/python3", "-c", RTSP_SERVER, str(port),
-                               RTSP_MEDIA.format(encoder=encoder, payloader=payloader)],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    server = rtsp.serve(port, stream, shared=False)
     try:
-        assert server.stdout.readline().strip() == "serving"
         yield f"rtsp://admin:s3cret@127.0.0.1:{port}/live", request.param, server
     finally:
         server.kill()
