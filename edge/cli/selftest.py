@@ -143,9 +143,9 @@ def _cuda(required: bool) -> Check:
 
 
 def _decoding(path: str) -> Callable[[Any, tuple[int, int]], Any]:
-    """The cameras' reader opener for `decode: PATH` (edge/pipeline/nvdec.py; on a Jetson nvdec is GStreamer's
-    reader, edge/pipeline/gstreamer_reader.py)."""
-    from edge.pipeline.nvdec import Decoding
+    """The cameras' reader opener for `decode: PATH` (edge/pipeline/runtime.py, Decoding: nvdec is GStreamer's
+    reader on a Jetson, PyNvVideoCodec's on a discrete GPU)."""
+    from edge.pipeline.runtime import Decoding
 
     return Decoding("selftest", path, in_flight=1)
 

@@ -25,7 +25,7 @@ class CameraConfig(_Strict):
     id: str = Field(pattern=wire.NAME_PATTERN)
     uri: str
     max_frame_size: str = "{}x{}".format(*MAX_FRAME)     # larger frames are refused before they are decoded
-    decode: Literal["auto", "cpu", "nvdec"] = "auto"     # NVDEC on a discrete GPU for file:// and rtsp:// H.264/H.265
+    decode: Literal["auto", "cpu", "nvdec"] = "auto"     # hardware decode: docs/config.md, cameras
 
     @field_validator("max_frame_size")
     @classmethod
@@ -45,9 +45,9 @@ class CameraConfig(_Strict):
     @model_validator(mode="after")
     def _nvdec_reads(self) -> CameraConfig:
         scheme = self.parsed.scheme
-        if self.decode == "nvdec" and scheme not in ("file", "rtsp"):
-            raise ValueError(f"decode: nvdec reads file:// and rtsp:// cameras, not {scheme}://; use decode: auto"
-                             " (NVDEC where it can) or cpu")
+        if self.decode == "nvdec" and scheme not in ("file", "rtsp", "csi"):     # csi:// on a Jetson only
+            raise ValueError(f"decode: nvdec reads file://, rtsp:// and csi:// cameras, not {scheme}://; use decode:"
+                             " auto (hardware decode where it can) or cpu")
         return self
 
     @property

@@ -31,7 +31,7 @@ SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, befo
 SHORT_FILE_SLACK_SHARE = 0.05
 
 EventSink = Callable[[str, dict[str, Any]], None]
-Opener = Callable[[CameraURI, tuple[int, int]], "_Reader"]     # opens a camera's reader: open_reader, nvdec.Decoding
+Opener = Callable[[CameraURI, tuple[int, int]], "_Reader"]     # opens a camera's reader: open_reader, runtime.Decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -320,7 +320,7 @@ class Camera:
         self.id = camera_id
         self.uri = uri
         self.max_frame = max_frame
-        self._open_reader = opener or open_reader       # nvdec.Decoding chooses by the camera's `decode`
+        self._open_reader = opener or open_reader       # runtime.Decoding chooses by the camera's `decode`
         self.latest = LatestFrame(lossless=uri.lossless)
         self.stats = CameraStats()
         self._on_event = on_event

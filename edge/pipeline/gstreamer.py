@@ -1,9 +1,9 @@
 """Cameras through GStreamer on a Jetson: NVDEC (`nvv4l2decoder`) decodes file:// and rtsp:// H.264/H.265 and VIC
 (`nvvidconv`) converts to BGRx in system memory; csi:// sensors come through `nvarguscamerasrc`. Here: the pipeline
 strings, the probe that picks the demuxer and parser, the predicate for the Jetson elements, and GStreamer's errors
-as SourceErrors; the reader that runs a pipeline is edge/pipeline/gstreamer_reader.py. Why GStreamer directly
-(PyGObject) and not OpenCV's GStreamer backend, what each element property does, and what was checked where:
-docs/gpu.md, "Decode on a Jetson"."""
+as SourceErrors (Refused where this path cannot take the camera here); the reader that runs a pipeline is
+edge/pipeline/gstreamer_reader.py. Why GStreamer directly (PyGObject) and not OpenCV's GStreamer backend, what each
+element property does, and what was checked where: docs/gpu.md, "Decode on a Jetson"."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +11,9 @@ from typing import Any
 
 from edge.config.cameras import CameraURI, parse_size
 from edge.errors import SourceError
-from edge.pipeline.sources import OPEN_TIMEOUT_MS
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, Refused
 
-CODECS = ("h264", "h265")
+CODECS = {"h264": "H.264", "h265": "H.265"}        # the codecs NVDEC takes here, as messages name them
 PARSERS = {"h264": "h264parse", "h265": "h265parse"}
 DEPAYLOADERS = {"h264": "rtph264depay", "h265": "rtph265depay"}
 CONTAINERS = {".mp4": "qtdemux", ".mov": "qtdemux", ".m4v": "qtdemux", ".mkv": "matroskademux", ".avi": "avidemux"}
@@ -87,15 +87,15 @@ def probe_description(uri: CameraURI, demuxer: str | None) -> str:
 
 
 def import_gst() -> Any:
-    """GStreamer's Python bindings (PyGObject's Gst), initialised; SourceError when they cannot be imported."""
+    """GStreamer's Python bindings (PyGObject's Gst), initialised; Refused when they cannot be imported."""
     try:
         import gi
 
         gi.require_version("Gst", "1.0")
         from gi.repository import Gst
     except (ImportError, ValueError) as exc:
-        raise SourceError("GStreamer's Python bindings (PyGObject's Gst 1.0) cannot be imported", note=str(exc),
-                          hint=_INSTALL_HINT) from exc
+        raise Refused("GStreamer's Python bindings (PyGObject's Gst 1.0) cannot be imported", note=str(exc),
+                      hint=_INSTALL_HINT) from exc
     if not Gst.is_initialized():
         Gst.init(None)
     return Gst
@@ -128,8 +128,8 @@ def probe(gst: Any, uri: CameraURI) -> tuple[str, str | None, tuple[int, int]]:
         demuxer = CONTAINERS.get(suffix)
         if demuxer is None:
             known = ", ".join(sorted(set(CONTAINERS) | set(ELEMENTARY)))
-            raise SourceError(f"{what}: decode: nvdec reads the video files {known}, by their suffix",
-                              hint="remux the file (ffmpeg -i IN -c copy OUT.mp4), or set decode: cpu for this camera")
+            raise Refused(f"{what}: decode: nvdec reads the video files {known}, by their suffix",
+                          hint="remux the file (ffmpeg -i IN -c copy OUT.mp4), or set decode: cpu for this camera")
     pipeline = gst.Pipeline.new(None)
     pipeline.add(parse(gst, probe_description(uri, demuxer), uri, bin_only=True))
     source = pipeline.get_by_name("demux")
@@ -167,23 +167,23 @@ def probe(gst: Any, uri: CameraURI) -> tuple[str, str | None, tuple[int, int]]:
         raise SourceError(f"{what} holds no video stream", note=f"streams: {streams}")
     codec = _RTP_CODECS.get(video.get_string("encoding-name") or "") or _CAPS_CODECS.get(video.get_name())
     if codec is None:
-        raise SourceError(f"{what} holds {_shown(video)} video, and decode: nvdec takes H.264 or H.265 only",
-                          hint="set decode: cpu for this camera (FFmpeg decodes it on the CPU), or re-encode it:"
-                               " ffmpeg -i IN -c:v libx264 OUT.mp4")
+        raise Refused(f"{what} holds {_shown(video)} video, and decode: nvdec takes H.264 or H.265 only",
+                      hint="set decode: cpu for this camera (FFmpeg decodes it on the CPU), or re-encode it:"
+                           " ffmpeg -i IN -c:v libx264 OUT.mp4")
     ok_w, width = video.get_int("width")
     ok_h, height = video.get_int("height")
     return codec, demuxer, (width, height) if ok_w and ok_h else (0, 0)
 
 
 def parse(gst: Any, description: str, uri: CameraURI, *, bin_only: bool) -> Any:
-    """The pipeline (or, `bin_only`, a bin to put in one) that `description` describes; SourceError naming what
+    """The pipeline (or, `bin_only`, a bin to put in one) that `description` describes; Refused naming what
     GStreamer refused (an element it does not have, a property the element does not know)."""
     try:
         return gst.parse_bin_from_description(description, False) if bin_only else gst.parse_launch(description)
     except Exception as exc:  # noqa: BLE001 - PyGObject raises GLib.Error, a class of its own
         message = getattr(exc, "message", str(exc))
-        raise SourceError(f"GStreamer cannot build the pipeline of {describe(uri)}: {scrub(message, uri)}",
-                          note=scrub(description, uri), hint=_PLUGINS_HINT) from None
+        raise Refused(f"GStreamer cannot build the pipeline of {describe(uri)}: {scrub(message, uri)}",
+                      note=scrub(description, uri), hint=_PLUGINS_HINT) from None
 
 
 def gst_error(message: Any, uri: CameraURI) -> SourceError:

@@ -14,6 +14,7 @@ from edge.errors import SourceError
 from edge.gpu.surfaces import DeviceFrame, SurfacePool
 from edge.log import get_logger
 from edge.pipeline.gstreamer import (
+    CODECS,
     JETSON_ELEMENTS,
     csi_pipeline,
     describe,
@@ -25,7 +26,7 @@ from edge.pipeline.gstreamer import (
     probe,
     scrub,
 )
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Refused, check_frame_size
 
 log = get_logger("camera")
 
@@ -34,34 +35,38 @@ PULL_SLICE_S = 0.1               # a reader waiting for a frame looks at the bus
 
 def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int) -> GstReader:
     """Open a file://, rtsp:// or csi:// camera through NVIDIA's elements; its frames come as DeviceFrames from a
-    pool of `surfaces` mapped surfaces (at least the lanes' frames in flight + 2). SourceError says why not."""
+    pool of `surfaces` mapped surfaces (at least the lanes' frames in flight + 2). Refused where this path cannot
+    read the camera here (no NVIDIA elements, a container or codec it does not take); another SourceError for the
+    source itself."""
     if uri.scheme not in JETSON_ELEMENTS:
-        raise SourceError(f"{uri.scheme}:// cameras do not go through GStreamer's Jetson decoder",
-                          hint="file://, rtsp:// and csi:// do; set decode: cpu for this camera")
+        raise Refused(f"{uri.scheme}:// cameras do not go through GStreamer's Jetson decoder",
+                      hint="file://, rtsp:// and csi:// do; set decode: cpu for this camera")
     what = describe(uri)
     gst = import_gst()
     missing = missing_elements(gst, JETSON_ELEMENTS[uri.scheme])
     if missing:
-        raise SourceError(f"{what} needs NVIDIA's GStreamer elements {', '.join(missing)}, which this machine lacks",
-                          note="they come with JetPack on a Jetson (nvidia-l4t-gstreamer)",
-                          hint="elsewhere set decode: cpu (or auto) for this camera")
+        raise Refused(f"{what} needs NVIDIA's GStreamer elements {', '.join(missing)}, which this machine lacks",
+                      note="they come with JetPack on a Jetson (nvidia-l4t-gstreamer)",
+                      hint="elsewhere set decode: cpu (or auto) for this camera")
     if uri.scheme == "csi":
-        description = csi_pipeline(uri, device=True)
+        description, source = csi_pipeline(uri, device=True), f"sensor {uri.location} by nvarguscamerasrc"
     else:
         codec, demuxer, size = probe(gst, uri)
         check_frame_size(size, max_frame, f"{what} declares")
-        description = pipeline_description(uri, codec, demuxer)
+        description, source = pipeline_description(uri, codec, demuxer), f"{CODECS[codec]} by nvv4l2decoder (NVDEC)"
     log.info("%s: GStreamer %s", what, scrub(description, uri))
-    return GstReader(gst, uri, description, max_frame=max_frame, surfaces=surfaces)
+    return GstReader(gst, uri, description, max_frame=max_frame, surfaces=surfaces, source=source)
 
 
 class GstReader:
     """A running pipeline whose appsink's BGRx frames are copied once each into mapped surfaces of its own pool,
     handed out as DeviceFrames. `read` returns None at the end of a file, on an error (logged) and when no frame
-    came within the read timeout, as the OpenCV reader does."""
+    came within the read timeout, as the OpenCV reader does. `description` says what decodes (`source`: the codec
+    and decoder, or the sensor) and the frames' size, for the decode choice's log line."""
 
     def __init__(self, gst: Any, uri: CameraURI, description: str, *, max_frame: tuple[int, int],
-                 surfaces: int) -> None:
+                 surfaces: int, source: str) -> None:
+        self.description = f"{gst.version_string()} on a Jetson: {source}"
         self.fps = 30.0
         self.frames = 0
         self.declared_frames = 0
@@ -93,11 +98,12 @@ class GstReader:
         self._width = structure.get_int("width")[1]
         self._height = structure.get_int("height")[1]
         check_frame_size((self._width, self._height), max_frame, f"{self._what} delivers")
+        self.description += f", BGRx by nvvidconv (VIC), {self._width}x{self._height}"
         size = sample.get_buffer().get_size()
         if size < 4 * self._width * self._height or size % self._height:
-            raise SourceError(f"{self._what}: a BGRx frame of {self._width}x{self._height} came in a buffer of {size}"
-                              " bytes, which is no whole number of rows", note=structure.to_string(),
-                              hint="report it with this line; set decode: cpu for this camera meanwhile")
+            raise Refused(f"{self._what}: a BGRx frame of {self._width}x{self._height} came in a buffer of {size}"
+                          " bytes, which is no whole number of rows", note=structure.to_string(),
+                          hint="report it with this line; set decode: cpu for this camera meanwhile")
         self._pitch = size // self._height
         ok, num, den = structure.get_fraction("framerate")
         if ok and num > 0 and den > 0 and 0 < num / den < 1000:

@@ -1,6 +1,6 @@
 """NVDEC on a discrete GPU: a camera reader that decodes file:// and rtsp:// H.264/H.265 with PyNvVideoCodec (the
-optional `nvdec` extra, pinned) into device memory and hands out NV12 DeviceFrames from its own SurfacePool, and
-the choice of decoder for each camera (`decode: auto|cpu|nvdec`), logged once with its reason.
+optional `nvdec` extra, pinned) into device memory and hands out NV12 DeviceFrames from its own SurfacePool. Which
+reader a camera gets (`decode: auto|cpu|nvdec`): edge/pipeline/runtime.py, Decoding.
 
 The compressed packets come from FFmpeg through OpenCV's raw mode, the CPU reader's own open (open_reader with
 packets=True: the same timeouts, frame rate, declared size and frame count): PyNvVideoCodec's demuxer holds the
@@ -20,9 +20,12 @@ from edge.gpu import cuda
 from edge.gpu.surfaces import DeviceFrame, SurfacePool
 from edge.log import get_logger
 from edge.opencv import import_cv2
-from edge.pipeline.cameras import _Reader, open_reader
+from edge.pipeline.cameras import open_reader
+from edge.pipeline.sources import Refused
 
 log = get_logger("nvdec")
+
+SCHEMES = ("file", "rtsp")  # the cameras this reader opens
 
 # The codecs edge takes from NVDEC, by the FOURCC OpenCV reports for the stream: (PyNvVideoCodec's name, shown name)
 CODECS = {"h264": ("H264", "H.264"), "avc1": ("H264", "H.264"), "avc3": ("H264", "H.264"),
@@ -32,11 +35,6 @@ PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s G
 ACQUIRE_TIMEOUT_S = 2.0     # wait for a free surface this long, then drop the decoded frame
 INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
 CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
-
-
-class Refused(SourceError):
-    """NVDEC cannot decode this camera here: no PyNvVideoCodec or GPU, or a stream it does not take.
-    `decode: auto` falls back to the CPU reader; `decode: nvdec` fails with it."""
 
 
 def load() -> ModuleType:
@@ -62,7 +60,20 @@ def check_gpu() -> None:
         raise Refused("no usable CUDA GPU", note=str(exc), hint="check the NVIDIA driver (nvidia-smi)") from exc
     if integrated:
         raise Refused("this is an integrated GPU (a Jetson): its NVDEC is reached through GStreamer, not"
-                      " PyNvVideoCodec", hint="leave `decode: auto` (or `cpu`); docs/gpu.md says how a Jetson decodes")
+                      " PyNvVideoCodec, and GStreamer here lacks NVIDIA's nvv4l2decoder or nvvidconv",
+                      hint="install JetPack's nvidia-l4t-gstreamer and python3-gi (docs/gpu.md section 7), or set"
+                           " `decode: cpu`")
+
+
+def open_nvdec_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int) -> NvdecReader:
+    """Open a file:// or rtsp:// camera on NVDEC, its frames from `surfaces` + DECODE_DELAY surfaces (`surfaces`: at
+    least the lanes' frames in flight + 2). Refused where it cannot run here or does not take the stream; another
+    SourceError for the source itself."""
+    if uri.scheme not in SCHEMES:
+        raise Refused(f"{uri.scheme}:// cameras do not go through NVDEC", hint="file:// and rtsp:// do; " + CPU_HINT)
+    nvc = load()
+    check_gpu()
+    return NvdecReader(uri, max_frame, surfaces, nvc)
 
 
 def colour(nvc: ModuleType, uri: CameraURI, size: tuple[int, int]) -> tuple[str, bool, str]:
@@ -246,46 +257,3 @@ def _annex_b(data: np.ndarray) -> bool:
     (avcC/hvcC) is not, and OpenCV's raw mode already puts its parameter sets into the first packet."""
     head = bytes(data[:4])
     return head.startswith(b"\0\0\1") or head == b"\0\0\0\1"
-
-
-class Decoding:
-    """The reader opener of one camera for its `decode` setting, a Camera's `opener`: `cpu` opens the CPU reader
-    (open_reader), `nvdec` an NvdecReader, and `auto` an NvdecReader where PyNvVideoCodec loads, a discrete CUDA GPU
-    is there and NVDEC takes the stream, else the CPU reader. The first open that succeeds fixes the choice for
-    the camera's reconnects and logs it with its reason; an open that fails for the source itself (a camera not
-    reachable yet) chooses nothing. Surfaces: the readers' in_flight + 2 (the latest frame and the one written),
-    plus DECODE_DELAY for the frames one Decode call returns together."""
-
-    def __init__(self, camera_id: str, decode: str, in_flight: int) -> None:
-        self.camera_id = camera_id
-        self.decode = decode
-        self.surfaces = in_flight + 2
-        self.chosen: str | None = None
-
-    def __call__(self, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
-        if self.chosen == "cpu" or (self.chosen is None and self.decode == "cpu"):
-            return self._chose("cpu", open_reader(uri, max_frame), "the config says so")
-        if self.chosen == "nvdec":
-            return self._nvdec(uri, max_frame)
-        if uri.scheme not in ("file", "rtsp"):      # the config refuses `nvdec` for these
-            return self._chose("cpu", open_reader(uri, max_frame), f"NVDEC reads file:// and rtsp:// cameras,"
-                                                                    f" not {uri.scheme}://")
-        if self.decode == "nvdec":
-            reader = self._nvdec(uri, max_frame)
-            return self._chose("nvdec", reader, f"the config says so; {reader.description}")
-        try:
-            reader = self._nvdec(uri, max_frame)
-        except Refused as exc:
-            return self._chose("cpu", open_reader(uri, max_frame), f"auto: {exc.summary()}")
-        return self._chose("nvdec", reader, f"auto: {reader.description}")
-
-    def _nvdec(self, uri: CameraURI, max_frame: tuple[int, int]) -> NvdecReader:
-        nvc = load()
-        check_gpu()
-        return NvdecReader(uri, max_frame, self.surfaces, nvc)
-
-    def _chose(self, chosen: str, reader: _Reader, why: str) -> _Reader:
-        if self.chosen is None:
-            self.chosen = chosen
-            log.info("%s: decode %s (%s)", self.camera_id, chosen, why)
-        return reader

@@ -1,6 +1,7 @@
 """A TaskRuntime per task: its loaded precision variants, the active one and why, and the one place a
 switch happens. Cameras are shared and reference-counted: one opens when the first running task needs
-it and closes when the last one stops.
+it and closes when the last one stops; its reader is chosen by its `decode` (Decoding: the CPU, NVDEC through
+PyNvVideoCodec on a discrete GPU, or GStreamer on a Jetson).
 
 A switch is a reference change: lanes read `active()` at each frame boundary (edge/pipeline/lanes.py), so no
 frame is lost or processed twice, and frames already in flight finish on the variant they started on.
@@ -13,13 +14,17 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from edge.config.cameras import CameraURI
 from edge.config.precision import PREFERENCE
 from edge.config.schema import Config, TaskConfig
 from edge.engines.base import Engine
-from edge.errors import EdgeError, EngineError, UsageError
+from edge.errors import EdgeError, EngineError, SourceError, UsageError
 from edge.log import get_logger
-from edge.pipeline.cameras import Camera
-from edge.pipeline.nvdec import Decoding
+from edge.pipeline.cameras import Camera, _Reader, open_reader
+from edge.pipeline.gstreamer import JETSON_ELEMENTS, describe, has_jetson_elements
+from edge.pipeline.gstreamer_reader import GstReader, open_gstreamer_reader
+from edge.pipeline.nvdec import SCHEMES, NvdecReader, open_nvdec_reader
+from edge.pipeline.sources import Refused
 from edge.tasks import Task, build_task
 
 if TYPE_CHECKING:
@@ -267,6 +272,62 @@ class Cameras:
             camera = self.open.pop(camera_id)
         camera.stop(timeout)
         log.info("camera %s closed: no running task uses it", camera_id)
+
+
+class Decoding:
+    """The reader opener of one camera for its `decode` setting, a Camera's `opener`. `cpu` opens the CPU reader
+    (open_reader). `nvdec` and `auto` open a hardware reader: on a Jetson (GStreamer has NVIDIA's nvv4l2decoder
+    and nvvidconv) GStreamer's, for file://, rtsp:// and csi:// (edge/pipeline/gstreamer_reader.py); elsewhere
+    NVDEC's through PyNvVideoCodec, for file:// and rtsp:// (edge/pipeline/nvdec.py). `auto` takes the CPU reader
+    for another scheme, and where the hardware reader is Refused (no library, GPU or element, a stream it does
+    not take); `nvdec` fails then. The first open that succeeds fixes the choice for the camera's reconnects and
+    logs it, with the path and why; an open that fails for the source itself (a camera not reachable yet)
+    chooses nothing. Surfaces: the readers' in_flight + 2 (the latest frame and the one being written)."""
+
+    def __init__(self, camera_id: str, decode: str, in_flight: int) -> None:
+        self.camera_id = camera_id
+        self.decode = decode
+        self.surfaces = in_flight + 2
+        self.chosen: str | None = None
+        self._jetson: bool | None = None
+
+    def __call__(self, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
+        if self.chosen == "cpu" or (self.chosen is None and self.decode == "cpu"):
+            return self._chose("cpu", open_reader(uri, max_frame), "the config says so")
+        if self._jetson is None:
+            self._jetson = has_jetson_elements()
+        if self.chosen == "nvdec":
+            return self._hardware(uri, max_frame)
+        schemes = tuple(JETSON_ELEMENTS) if self._jetson else SCHEMES
+        if uri.scheme not in schemes:
+            path = "a Jetson's GStreamer decode" if self._jetson else "NVDEC"
+            shown = [f"{scheme}://" for scheme in schemes]
+            why = f"{path} reads {', '.join(shown[:-1])} and {shown[-1]} cameras, not {uri.scheme}://"
+            if self.decode == "nvdec":          # csi:// off a Jetson: the config takes it for a Jetson
+                raise SourceError(f"{describe(uri)}: decode: nvdec, but {why}; GStreamer here has no NVIDIA"
+                                  f" {' and '.join(JETSON_ELEMENTS['file'])}, so this is no Jetson",
+                                  hint="run this camera on the Jetson it is attached to (JetPack's"
+                                       " nvidia-l4t-gstreamer brings those elements), or set decode: cpu to read"
+                                       " it through OpenCV's GStreamer")
+            return self._chose("cpu", open_reader(uri, max_frame), why)
+        if self.decode == "nvdec":
+            reader = self._hardware(uri, max_frame)
+            return self._chose("nvdec", reader, f"the config says so; {reader.description}")
+        try:
+            reader = self._hardware(uri, max_frame)
+        except Refused as exc:
+            return self._chose("cpu", open_reader(uri, max_frame), f"auto: {exc.summary()}")
+        return self._chose("nvdec", reader, f"auto: {reader.description}")
+
+    def _hardware(self, uri: CameraURI, max_frame: tuple[int, int]) -> GstReader | NvdecReader:
+        opener = open_gstreamer_reader if self._jetson else open_nvdec_reader
+        return opener(uri, max_frame, surfaces=self.surfaces)
+
+    def _chose(self, chosen: str, reader: _Reader, why: str) -> _Reader:
+        if self.chosen is None:
+            self.chosen = chosen
+            log.info("%s: decode %s (%s)", self.camera_id, chosen, why)
+        return reader
 
 
 def _give_memory_back() -> None:

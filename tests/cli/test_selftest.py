@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -109,26 +110,16 @@ def test_selftest_reports_the_gpu() -> None:
         graphs.detail
 
 
-def _decoding(path: str):
-    """The cameras' reader opener for `decode: PATH` as edge/pipeline/nvdec.py's Decoding has it on a Jetson: cpu is
-    today's reader (OpenCV), nvdec GStreamer's reader (here with its software stand-ins, whose faithfulness
-    tests/pipeline/test_gstreamer_reader.py checks)."""
-    from edge.pipeline import cameras
-    from edge.pipeline.gstreamer_reader import open_gstreamer_reader
-
-    if path == "nvdec":
-        return lambda uri, max_frame: open_gstreamer_reader(uri, max_frame, surfaces=3)
-    return cameras.open_reader
-
-
 def test_selftest_decodes_a_clip_on_each_path_with_fps_and_cpu_a_frame(monkeypatch, tmp_path) -> None:
+    """On a Jetson (NVIDIA's elements: software stand-ins, tests/support/fake_jetson.py) `decode nvdec` is the
+    cameras' own choice (edge/pipeline/runtime.py, Decoding): GStreamer's reader, device BGRx frames."""
     from edge.cli import selftest
     from tests.support import clips, fake_cuda, fake_jetson
 
     fake_cuda.install(monkeypatch)
     path = clips.encode(clips.small("libx264"), tmp_path / "road.mp4")
     with fake_jetson.installed():
-        cpu, nvdec = selftest._decode_checks(path, _decoding)
+        cpu, nvdec = selftest._decode_checks(path)
     assert (cpu.name, cpu.status, nvdec.name, nvdec.status) == ("decode cpu", "ok", "decode nvdec", "ok"), (cpu, nvdec)
     pattern = r"road\.mp4 320x240: 20 frames, \d+ fps, \d+\.\d\d ms CPU a frame \({} frames\)"
     assert re.fullmatch(pattern.format("host BGR"), cpu.detail), cpu.detail
@@ -136,24 +127,27 @@ def test_selftest_decodes_a_clip_on_each_path_with_fps_and_cpu_a_frame(monkeypat
 
 
 def test_selftest_without_nvdec_skips_it_with_the_reason_but_fails_on_a_jetson(monkeypatch, tmp_path) -> None:
+    """Off a Jetson `decode nvdec` is PyNvVideoCodec's; where it is missing, the line says so and how to get it."""
     from edge.cli import selftest
     from tests.support import clips
 
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)
     path = clips.encode(clips.small("libx264", 3), tmp_path / "road.mp4")
-    cpu, nvdec = selftest._decode_checks(path, _decoding)           # no Jetson elements: GStreamer's reader refuses
+    cpu, nvdec = selftest._decode_checks(path)
     assert cpu.status == "ok"
-    assert nvdec.status == "skip" and nvdec.detail.startswith("road.mp4: video file ") and "nvv4l2decoder" in \
-        nvdec.detail and "Hint: elsewhere set decode: cpu" in nvdec.detail, nvdec.detail
+    assert (nvdec.status, nvdec.detail) == ("skip", "road.mp4: PyNvVideoCodec is not installed. Hint: pip install"
+                                                    " 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU"
+                                                    " and driver")
     monkeypatch.setattr(selftest, "on_jetson", lambda: True)
-    assert selftest._decode_checks(path, _decoding)[1].status == "FAIL"
+    assert selftest._decode_checks(path)[1].status == "FAIL"
 
 
 def test_selftest_without_a_clip_says_where_one_comes_from(monkeypatch, tmp_path) -> None:
     from edge.cli import selftest
 
     monkeypatch.setattr(selftest, "DECODE_CLIP", tmp_path / "absent.h264")
-    (check,) = selftest._decode_checks(None, _decoding)
+    (check,) = selftest._decode_checks(None)
     assert (check.name, check.status) == ("decode", "skip")
     assert "edge selftest --clip VIDEO" in check.detail and "nvidia-l4t-jetson-multimedia-api" in check.detail
-    missing, _ = selftest._decode_checks(tmp_path / "gone.mp4", _decoding)    # named, not there: the CPU path fails
+    missing, _ = selftest._decode_checks(tmp_path / "gone.mp4")    # named, not there: the CPU path fails
     assert missing.status == "FAIL" and "camera file does not exist" in missing.detail

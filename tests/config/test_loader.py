@@ -399,8 +399,9 @@ def test_a_camera_refuses_frames_over_its_max_frame_size() -> None:
     assert "cameras[0].max_frame_size: size 16000x16000 is outside 16..8192 pixels per side" in message
 
 
-def test_a_camera_is_decoded_by_auto_cpu_or_nvdec_and_nvdec_reads_files_and_rtsp_only() -> None:
-    """`decode` (edge/pipeline/nvdec.py): auto unless set; nvdec is refused for a source NVDEC does not read."""
+def test_a_camera_is_decoded_by_auto_cpu_or_nvdec_and_nvdec_reads_files_rtsp_and_csi_only() -> None:
+    """`decode` (edge/pipeline/runtime.py, Decoding): auto unless set; nvdec is refused for a source no hardware
+    decoder reads (csi:// passes: a Jetson's GStreamer reads it)."""
     assert [c.decode for c in parse(GOOD).cameras] == ["auto", "auto"]
     chosen = GOOD.replace("realtime=0\n", "realtime=0\n    decode: nvdec\n", 1).replace(
         "rear\n", "rear\n    decode: cpu\n", 1)
@@ -408,8 +409,12 @@ def test_a_camera_is_decoded_by_auto_cpu_or_nvdec_and_nvdec_reads_files_and_rtsp
     message = error(GOOD.replace("realtime=0\n", "realtime=0\n    decode: gpu\n", 1))
     assert "cameras[0].decode: Input should be 'auto', 'cpu' or 'nvdec' (value: 'gpu')" in message
     message = error(GOOD.replace("file://videos/front.avi?realtime=0\n", "test://bars\n    decode: nvdec\n", 1))
-    assert ("cameras[0]: decode: nvdec reads file:// and rtsp:// cameras, not test://; use decode: auto (NVDEC where"
-            " it can) or cpu") in message
+    assert ("cameras[0]: decode: nvdec reads file://, rtsp:// and csi:// cameras, not test://; use decode: auto"
+            " (hardware decode where it can) or cpu") in message
+    csi = GOOD.replace("file://videos/front.avi?realtime=0\n", "csi://0?size=1280x720\n    decode: nvdec\n", 1)
+    assert parse(csi).cameras[0].decode == "nvdec"
+    message = error(GOOD.replace("file://videos/front.avi?realtime=0\n", "v4l2:///dev/video0\n    decode: nvdec\n", 1))
+    assert "cameras[0]: decode: nvdec reads file://, rtsp:// and csi:// cameras, not v4l2://" in message
 
 
 def test_a_control_character_in_the_yaml_is_a_clear_error_with_its_line() -> None:

@@ -15,7 +15,9 @@ from edge.config.cameras import parse_uri
 from edge.gpu import cuda
 from edge.gpu.surfaces import DeviceFrame
 from edge.pipeline.cameras import Camera, EndOfStream
-from edge.pipeline.nvdec import Decoding, NvdecReader, Refused
+from edge.pipeline.nvdec import NvdecReader, open_nvdec_reader
+from edge.pipeline.runtime import Decoding
+from edge.pipeline.sources import Refused
 from tests.support import clips
 
 pytestmark = pytest.mark.gpu
@@ -28,9 +30,7 @@ def _pynvvideocodec() -> None:
 
 
 def _open(name: str, query: str = "?realtime=0") -> NvdecReader:
-    reader = Decoding("cam", "nvdec", 2)(parse_uri(f"file://{clips.clip(name)}{query}"), (7680, 4320))
-    assert isinstance(reader, NvdecReader)
-    return reader
+    return open_nvdec_reader(parse_uri(f"file://{clips.clip(name)}{query}"), (7680, 4320), surfaces=4)
 
 
 @pytest.mark.parametrize("name, size, matrix", [

@@ -21,6 +21,7 @@ from edge.errors import SourceError
 from edge.pipeline import gstreamer
 from edge.pipeline.gstreamer import csi_pipeline, pipeline_description, probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
+from edge.pipeline.sources import Refused
 from tests.support import clips, fake_jetson
 from tests.support.fake_jetson import elements, gst
 
@@ -145,7 +146,7 @@ def test_rtsp_and_csi_pipelines_parsed_back_element_by_element(jetson_elements: 
 def test_without_pygobject_nothing_is_chosen_and_opening_says_how_to_get_it(monkeypatch) -> None:
     monkeypatch.setitem(sys.modules, "gi", None)
     assert gstreamer.has_jetson_elements() is False
-    with pytest.raises(SourceError, match="GStreamer's Python bindings") as info:
+    with pytest.raises(Refused, match="GStreamer's Python bindings") as info:
         open_gstreamer_reader(parse_uri("file:///v/a.mp4"), MAX, surfaces=4)
     assert "python3-gi gir1.2-gstreamer-1.0" in str(info.value) and "--system-site-packages" in str(info.value)
 
@@ -153,12 +154,12 @@ def test_without_pygobject_nothing_is_chosen_and_opening_says_how_to_get_it(monk
 def test_the_jetson_elements_decide(tmp_path) -> None:
     Gst = gst()
     assert gstreamer.has_jetson_elements() is False                          # a PC's GStreamer: no nvv4l2decoder
-    with pytest.raises(SourceError, match="needs NVIDIA's GStreamer elements nvv4l2decoder, nvvidconv") as info:
+    with pytest.raises(Refused, match="needs NVIDIA's GStreamer elements nvv4l2decoder, nvvidconv") as info:
         open_gstreamer_reader(parse_uri(f"file://{tmp_path}/a.mp4"), MAX, surfaces=4)
     assert "decode: cpu" in info.value.hint
-    with pytest.raises(SourceError, match="nvarguscamerasrc, nvvidconv"):
+    with pytest.raises(Refused, match="nvarguscamerasrc, nvvidconv"):
         open_gstreamer_reader(parse_uri("csi://0"), MAX, surfaces=4)
-    with pytest.raises(SourceError, match="v4l2:// cameras do not go through"):
+    with pytest.raises(Refused, match="v4l2:// cameras do not go through"):
         open_gstreamer_reader(parse_uri("v4l2:///dev/video0"), MAX, surfaces=4)
     assert Gst.ElementFactory.find("nvv4l2decoder") is None
 
@@ -182,7 +183,7 @@ def test_probe_finds_codec_and_demuxer(tmp_path, name: str, codec: str, fmt: str
 def test_a_codec_nvdec_refuses_is_a_clear_error(tmp_path, demo) -> None:
     """The demo's vtest.avi is XviD (MPEG-4 part 2, video/x-divx to GStreamer), as is PyAV's mpeg4 in its own caps."""
     for path, caps in ((demo.video, "video/x-divx"), (clip(tmp_path, "mpeg4.avi", "mpeg4"), "video/mpeg")):
-        with pytest.raises(SourceError) as info:
+        with pytest.raises(Refused) as info:
             probe(gst(), parse_uri(f"file://{path}"))
         assert info.value.what == f"video file {path} holds {caps} video, and decode: nvdec takes H.264 or H.265 only"
         assert "decode: cpu" in info.value.hint
@@ -190,11 +191,12 @@ def test_a_codec_nvdec_refuses_is_a_clear_error(tmp_path, demo) -> None:
 
 def test_a_file_nvdec_cannot_read_and_a_missing_one_are_clear_errors(tmp_path) -> None:
     Gst = gst()
-    with pytest.raises(SourceError, match=r"decode: nvdec reads the video files .*\.264.*\.mp4.*, by their suffix"):
+    with pytest.raises(Refused, match=r"decode: nvdec reads the video files .*\.264.*\.mp4.*, by their suffix"):
         probe(Gst, parse_uri(f"file://{tmp_path}/a.webm"))
     with pytest.raises(SourceError) as info:
         probe(Gst, parse_uri(f"file://{tmp_path}/missing.mp4"))
     assert info.value.what == f"video file {tmp_path}/missing.mp4: Resource not found."
+    assert type(info.value) is SourceError                                   # the source's fault: no fallback
     assert "check the path" in info.value.hint
     (tmp_path / "audio.mkv").write_bytes(b"")
     with pytest.raises(SourceError, match="audio.mkv"):

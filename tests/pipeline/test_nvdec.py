@@ -1,14 +1,10 @@
 """NVDEC reader (edge/pipeline/nvdec.py) on real H.264/H.265 clips, decoded for real by PyAV behind the
 PyNvVideoCodec stand-in (tests/support/fake_nvcodec.py) into the CUDA stand-in's memory: every frame, bit for bit
-against PyAV's own decode; the decoder's stream; the colour rules; end of file, loop, reconnect; refusals; the
-decode choice and its log line; sizes; pool exhaustion and the pool's release after close."""
+against PyAV's own decode; the decoder's stream; the colour rules; end of file, loop, reconnect; refusals; sizes;
+pool exhaustion and the pool's release after close. Which reader a camera gets: test_runtime_decoding.py."""
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import logging
-import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -22,15 +18,15 @@ import numpy as np
 import pytest
 
 from edge.config.cameras import parse_uri
-from edge.config.loader import parse_config
-from edge.errors import EngineError, SourceError
+from edge.errors import SourceError
 from edge.gpu.surfaces import DeviceFrame
 from edge.pipeline import nvdec
 from edge.pipeline.cameras import Camera, EndOfStream, Frame
-from edge.pipeline.nvdec import Decoding, NvdecReader, Refused
-from edge.pipeline.runtime import Cameras
+from edge.pipeline.nvdec import NvdecReader, open_nvdec_reader
+from edge.pipeline.runtime import Decoding
+from edge.pipeline.sources import Refused
 from tests.conftest import free_port, wait_for
-from tests.support import clips, fake_cuda, fake_nvcodec
+from tests.support import clips, fake_cuda, fake_nvcodec, rtsp
 from tests.support.clips import write_video
 
 
@@ -58,9 +54,7 @@ def surface_bytes(frame: DeviceFrame) -> np.ndarray:
 
 def open_nvdec(path: Path, *, in_flight: int = 2, max_frame: tuple[int, int] = (7680, 4320),
                query: str = "?realtime=0") -> NvdecReader:
-    reader = Decoding("cam", "nvdec", in_flight)(parse_uri(f"file://{path}{query}"), max_frame)
-    assert isinstance(reader, NvdecReader)
-    return reader
+    return open_nvdec_reader(parse_uri(f"file://{path}{query}"), max_frame, surfaces=in_flight + 2)
 
 
 def read_all(reader: NvdecReader, check: Any = None) -> int:
@@ -262,17 +256,6 @@ def _h264(path: Path, width: int, height: int) -> bytes:
     return path.read_bytes()
 
 
-def test_a_stream_without_a_frame_in_its_first_packets_fails_the_open(nvc: ModuleType, cache: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(nvdec, "PRIME_PACKETS", 1)          # the clips' first frame comes out of the 2nd packet
-    path = clips.clip("h264", cache)
-    with pytest.raises(SourceError) as failed:
-        Decoding("cam", "auto", 2)(parse_uri(f"file://{path}"), (7680, 4320))      # a source problem: no fallback
-    assert type(failed.value) is SourceError
-    assert failed.value.what == f"video file {path}: NVDEC decoded no frame from its first 1 packets"
-    assert fake_cuda.ledger.kinds() == {}
-
-
 def test_a_missing_file_says_so(nvc: ModuleType, tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="camera file does not exist"):
         open_nvdec(tmp_path / "gone.mp4")
@@ -325,123 +308,6 @@ def test_close_frees_the_pool_after_retire_s_even_if_a_frame_never_comes_back(
     assert frame._references == 1                           # its holder still has it, unreadable now
     with pytest.raises(Exception, match="surface pool was freed"):
         _ = frame.planes
-
-
-# --- the decode choice ----------------------------------------------------------------------------------------------
-
-def choose(decode: str, uri: str, caplog: pytest.LogCaptureFixture) -> tuple[Any, list[str]]:
-    with caplog.at_level(logging.INFO, logger="edge.nvdec"):
-        caplog.clear()
-        reader = Decoding("front", decode, 2)(parse_uri(uri), (7680, 4320))
-        return reader, caplog.messages[:]
-
-
-def test_auto_picks_nvdec_for_h264_and_says_why(nvc: ModuleType, cache: Path,
-                                                caplog: pytest.LogCaptureFixture) -> None:
-    path = clips.clip("h264", cache)
-    reader, log = choose("auto", f"file://{path}", caplog)
-    assert isinstance(reader, NvdecReader)
-    assert log == ["front: decode nvdec (auto: PyNvVideoCodec 2.2.4: H.264 768x576, BT.601 limited range, assumed:"
-                   " the stream says nothing)"]
-    reader.close()
-
-
-@pytest.mark.parametrize("setup, reason", [
-    (lambda mp: mp.setitem(sys.modules, "PyNvVideoCodec", None), "PyNvVideoCodec is not installed"),
-    (lambda mp: (mp.delitem(sys.modules, "PyNvVideoCodec"),
-                 mp.setattr(sys, "meta_path", [_Unloadable(), *sys.meta_path])),
-     "PyNvVideoCodec does not load (Driver version is too old)"),
-    (lambda mp: mp.setattr(fake_cuda.ledger, "integrated", True), "this is an integrated GPU (a Jetson): its NVDEC"
-                                                                  " is reached through GStreamer, not PyNvVideoCodec"),
-    (lambda mp: mp.setattr("edge.gpu.cuda.driver", _no_driver), "no usable CUDA GPU: CUDA needed but `import"
-                                                               " pycuda.driver` failed (No module named 'pycuda')")])
-def test_auto_falls_back_to_the_cpu_and_says_why(nvc: ModuleType, cache: Path, caplog: pytest.LogCaptureFixture,
-                                                 monkeypatch: pytest.MonkeyPatch, setup: Any, reason: str) -> None:
-    setup(monkeypatch)
-    reader, log = choose("auto", f"file://{clips.clip('h264', cache)}", caplog)
-    assert not isinstance(reader, NvdecReader) and reader.read().shape == (576, 768, 3)
-    assert log == [f"front: decode cpu (auto: {reason})"]
-    reader.close()
-
-
-class _Unloadable(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """A PyNvVideoCodec whose import fails as the 2.2.4 wheel's __init__ does on an old driver (RuntimeError)."""
-
-    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        return importlib.util.spec_from_loader(name, self) if name == "PyNvVideoCodec" else None
-
-    def create_module(self, spec: Any) -> None:
-        return None
-
-    def exec_module(self, module: ModuleType) -> None:
-        raise RuntimeError("Driver version is too old")
-
-
-def _no_driver() -> Any:
-    raise EngineError("CUDA needed but `import pycuda.driver` failed", note="No module named 'pycuda'")
-
-
-@pytest.mark.parametrize("name, reason", [
-    ("h265-10bit", "auto: NVDEC decodes video file {path} (H.265) to P016, not NV12: a 10-bit or 4:2:2/4:4:4 stream,"
-                   " which edge does not take from NVDEC"),
-    ("vtest", "auto: video file {path} is coded as 'MP43', not H.264 or H.265: NVDEC is used for those only")])
-def test_auto_takes_the_cpu_for_a_stream_nvdec_refuses(nvc: ModuleType, cache: Path, caplog: pytest.LogCaptureFixture,
-                                                       name: str, reason: str) -> None:
-    path = cache / clips.VTEST if name == "vtest" else clips.clip(name, cache)
-    reader, log = choose("auto", f"file://{path}", caplog)
-    assert not isinstance(reader, NvdecReader) and reader.read() is not None
-    assert log == [f"front: decode cpu ({reason.format(path=path)})"]
-    reader.close()
-    assert fake_cuda.ledger.kinds() == {}
-
-
-def test_cpu_and_other_schemes_take_the_cpu_reader(nvc: ModuleType, cache: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
-    reader, log = choose("cpu", f"file://{clips.clip('h264', cache)}", caplog)
-    assert not isinstance(reader, NvdecReader) and log == ["front: decode cpu (the config says so)"]
-    reader.close()
-    reader, log = choose("auto", "test://bars?size=64x48", caplog)
-    assert log == ["front: decode cpu (NVDEC reads file:// and rtsp:// cameras, not test://)"]
-    assert nvc.decoders == []
-
-
-def test_nvdec_where_it_cannot_run_is_an_error_not_a_fallback(nvc: ModuleType, cache: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)
-    with pytest.raises(Refused) as refused:
-        Decoding("front", "nvdec", 2)(parse_uri(f"file://{clips.clip('h264', cache)}"), (7680, 4320))
-    assert refused.value.what == "PyNvVideoCodec is not installed" and "edge[nvdec]" in refused.value.hint
-
-
-def test_the_choice_is_made_once_and_kept_for_reconnects(nvc: ModuleType, cache: Path,
-                                                         caplog: pytest.LogCaptureFixture) -> None:
-    decoding = Decoding("front", "auto", 2)
-    uri = parse_uri(f"file://{clips.clip('h264', cache)}?realtime=0")
-    with caplog.at_level(logging.INFO, logger="edge.nvdec"):
-        with pytest.raises(SourceError):                    # the source itself fails: nothing is chosen
-            decoding(parse_uri("file:///nonexistent/clip.mp4"), (7680, 4320))
-        assert decoding.chosen is None
-        readers = [decoding(uri, (7680, 4320)) for _ in range(3)]
-    assert decoding.chosen == "nvdec" and all(isinstance(r, NvdecReader) for r in readers)
-    assert len([m for m in caplog.messages if "decode nvdec" in m]) == 1
-    for reader in readers:
-        reader.close()
-
-
-def test_the_runtime_gives_each_camera_its_decode_and_surfaces_for_its_lanes() -> None:
-    config = parse_config("""
-version: 1
-cameras:
-  - {id: front, uri: "file:///v/front.mp4", decode: nvdec}
-  - {id: rear, uri: "file:///v/rear.mp4"}
-tasks:
-  - {name: a, type: detector, model: m.onnx, cameras: [front, rear], in_flight: 3}
-  - {name: b, type: detector, model: m.onnx, cameras: [front], enabled: false}
-""", source="test.yaml", base_dir=Path("/"), environ={})
-    cameras = Cameras(on_event=lambda name, details: None)
-    front, rear = cameras.make("front", config)._open_reader, cameras.make("rear", config)._open_reader
-    assert (front.camera_id, front.decode, front.surfaces) == ("front", "nvdec", 3 + 2 + 2)   # a task enabled later too
-    assert (rear.decode, rear.surfaces) == ("auto", 3 + 2)
 
 
 # --- the clips ------------------------------------------------------------------------------------------------------
@@ -553,50 +419,16 @@ def _until_end(camera: Camera) -> list[Frame]:
     raise AssertionError("the camera neither ended nor delivered a frame within 10 s")
 
 
-RTSP_SERVER = """
-import sys
-import gi
-gi.require_version("Gst", "1.0")
-gi.require_version("GstRtspServer", "1.0")
-from gi.repository import GLib, Gst, GstRtspServer
-Gst.init(None)
-server = GstRtspServer.RTSPServer()
-server.set_address("127.0.0.1")
-server.set_service(sys.argv[1])
-factory = GstRtspServer.RTSPMediaFactory()
-factory.set_launch("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=320,height=240,framerate=10/1"
-                   " ! x264enc tune=zerolatency speed-preset=ultrafast key-int-max=10 ! rtph264pay name=pay0 pt=96 )")
-factory.set_shared(True)
-server.get_mount_points().add_factory("/live", factory)
-server.attach(None)
-GLib.MainLoop().run()
-"""
-
-
-def _rtsp_server(port: int) -> subprocess.Popen:
-    """A live H.264 camera on 127.0.0.1 (GStreamer's RTSP server, Debian's python3-gi: docs/testing.md)."""
-    server = subprocess.Popen(["/usr/bin/python3", "-c", RTSP_SERVER, str(port)], stderr=subprocess.DEVNULL)
-
-    def listening() -> bool:
-        with socket.socket() as probe:
-            return probe.connect_ex(("127.0.0.1", port)) == 0
-    wait_for(listening, 10, "the RTSP server to listen")
-    return server
-
-
 def test_an_rtsp_camera_on_nvdec_is_lost_and_recovered_with_the_cameras_backoff(
         nvc: ModuleType, caplog: pytest.LogCaptureFixture) -> None:
-    try:
-        subprocess.run(["/usr/bin/python3", "-c", "import gi; gi.require_version('GstRtspServer', '1.0')"],
-                       check=True, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("needs Debian's python3-gi and gir1.2-gst-rtsp-server-1.0 (an RTSP camera on 127.0.0.1)")
+    stream = rtsp.media("h264")
+    rtsp.require(stream)
     port = free_port()
-    server = _rtsp_server(port)
+    server = rtsp.serve(port, stream)
     events = Events()
     camera = nvdec_camera(f"rtsp://127.0.0.1:{port}/live", events)
     try:
-        with caplog.at_level(logging.INFO, logger="edge.nvdec"):
+        with caplog.at_level(logging.INFO, logger="edge.runtime"):
             camera.start()
             first = take(camera, 3)
         assert first[0].device is not None and first[0].size == (320, 240)
@@ -605,7 +437,7 @@ def test_an_rtsp_camera_on_nvdec_is_lost_and_recovered_with_the_cameras_backoff(
         server.kill()
         server.wait(10)
         wait_for(lambda: "camera.lost" in events.names, 15, "camera.lost")
-        server = _rtsp_server(port)
+        server = rtsp.serve(port, stream)
         wait_for(lambda: "camera.recovered" in events.names, 30, "camera.recovered")
         assert take(camera, 3)[0].index > first[-1].index and camera.stats.reconnects == 1
     finally:
