@@ -13,13 +13,12 @@ wall second; latency = a result's t_publish_ns - its frame's t_capture_ns (when 
 the CPU decoded it; when NVDEC handed over the surface), read by a subscriber in a process of its own so its CPU
 time is not counted. Engine only: per lane thread CPU time and submission-to-result latency, as in the frame mode.
 
-`decode: nvdec` comes with edge/pipeline/nvdec.py (issue 18 item 3): where it is not in the checkout, (e) and the
-NVDEC-only limit are reported as not run, with that reason, and their targets as not measured.
+The clip: tests/support/clips.py's "h264-1080p" (300 frames of the demo video at 1080p, H.264, BT.709), written by
+`--make-clip CLIP` where PyAV is (the device machine has no encoder).
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import multiprocessing
 import sys
 import tempfile
@@ -37,22 +36,12 @@ from benchmarks.pipeline_loops import DEPTH, HEIGHT, WIDTH, CallClock, Run, edge
 from benchmarks.pipeline_report import as_json, target
 from benchmarks.pipeline_setup import SlotFeed, edge_engine, in_fresh_thread, synthetic_frames
 from edge.config.cameras import MAX_FRAME, parse_uri
-from edge.config.schema import CameraConfig
 from edge.pipeline.lanes import INFER_TIMEOUT_S
 
 WARMUP_S = 3.0
-CLIP_FRAMES = 300                   # --make-clip: 12 s of the demo video at 25 fps, about 1.6 MB
-CLIP_FPS = 25
 KINDS = {"e": "(e) edge, NVDEC", "f": "(f) edge, CPU decode", "nvdec": "NVDEC only", "cpu": "CPU decode only",
          "engine": "engine only"}
-Row = dict[str, Any]            # kind -> Run, or the reason it was not run
-
-
-def nvdec_missing() -> str | None:
-    """Why `decode: nvdec` cannot run from this checkout, or None."""
-    if importlib.util.find_spec("edge.pipeline.nvdec") is None or "decode" not in CameraConfig.model_fields:
-        return "decode: nvdec is not in this checkout (edge/pipeline/nvdec.py and CameraConfig.decode, issue 18 item 3)"
-    return None
+Row = dict[str, Run]            # kind -> its run
 
 
 def check_clip(clip: Path) -> None:
@@ -70,29 +59,6 @@ def check_clip(clip: Path) -> None:
     if size != (WIDTH, HEIGHT) or fourcc.lower() not in ("avc1", "h264"):
         raise RuntimeError(f"--clip {clip} is {fourcc} {size[0]}x{size[1]}; the camera mode reads 1080p H.264"
                            " (make one with benchmarks/gpu_pipeline.py --make-clip CLIP)")
-
-
-def make_clip(path: Path, source: Path, frames: int = CLIP_FRAMES) -> Path:
-    """The camera mode's clip, made where PyAV is (not the device machine: it has no encoder): the first `frames`
-    frames of `source` (the demo video) scaled to 1080p, H.264 (libx264, no B-frames, a key frame every 2 s)."""
-    import av
-    import cv2
-
-    capture = cv2.VideoCapture(str(source))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=CLIP_FPS, options={"crf": "28", "preset": "veryfast", "bf": "0",
-                                                                  "g": str(2 * CLIP_FPS)})
-        stream.width, stream.height, stream.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        for _ in range(frames):
-            ok, image = capture.read()
-            if not ok:
-                break
-            image = cv2.resize(image, (WIDTH, HEIGHT), interpolation=cv2.INTER_LINEAR)
-            out.mux(stream.encode(av.VideoFrame.from_ndarray(image, format="bgr24")))
-        out.mux(stream.encode())
-    capture.release()
-    check_clip(path)
-    return path
 
 
 # --- the daemon: (e) and (f) --------------------------------------------------------------------------------
@@ -125,7 +91,7 @@ def subscribe(endpoint: str, control: Connection) -> None:
 
 
 def daemon_config(repo: Path, clip: Path, cameras: int, decode: str, endpoint: str) -> str:
-    decode_line = f"    decode: {decode}\n" if "decode" in CameraConfig.model_fields else ""
+    decode_line = f"    decode: {decode}\n"
     ids = [f"cam{index}" for index in range(cameras)]
     return ("version: 1\ncameras:\n"
             + "".join(f"  - id: {cam}\n    uri: file://{clip}?realtime=0&loop=1\n{decode_line}" for cam in ids)
@@ -184,7 +150,7 @@ def open_decoder(clip: Path, decode: str) -> Any:
     from edge.pipeline import cameras, nvdec
 
     uri = parse_uri(f"file://{clip}")
-    return cameras.open_reader(uri) if decode == "cpu" else nvdec.NvdecReader(uri, MAX_FRAME, 2, nvdec.load())
+    return cameras.open_reader(uri) if decode == "cpu" else nvdec.open_nvdec_reader(uri, MAX_FRAME, surfaces=2)
 
 
 def decode_only(clip: Path, streams: int, decode: str, seconds: float) -> Run:
@@ -261,7 +227,6 @@ def camera_mode(args: argparse.Namespace, stand_in: ModuleType, networks: dict[s
     from benchmarks.pipeline_report import machine
 
     check_clip(args.clip)
-    missing = nvdec_missing()
     report: dict[str, Any] = {"benchmark": "gpu_pipeline, camera mode", "clip": str(args.clip),
                               "settings": {"cameras": list(args.cameras), "seconds": args.seconds,
                                            "warmup_s": WARMUP_S, "engine_only_frames": args.frames},
@@ -274,14 +239,11 @@ def camera_mode(args: argparse.Namespace, stand_in: ModuleType, networks: dict[s
             repo = onnx_engine.engine_repository(Path(work) / "repo", args.onnx)
             engine = engine_only(stand_in, network, args.cameras, args.frames, args.warmup, Path(work))
             for n in args.cameras:
-                row: Row = {"engine": engine[n], "f": edge_run(repo, args.clip, n, "cpu", args.seconds, Path(work)),
-                            "cpu": decode_only(args.clip, n, "cpu", args.seconds)}
-                if missing:
-                    row.update(e=missing, nvdec=missing)
-                else:
-                    row.update(e=edge_run(repo, args.clip, n, "nvdec", args.seconds, Path(work)),
-                               nvdec=decode_only(args.clip, n, "nvdec", args.seconds))
-                rows[n] = row
+                rows[n] = {"engine": engine[n],
+                           "e": edge_run(repo, args.clip, n, "nvdec", args.seconds, Path(work)),
+                           "f": edge_run(repo, args.clip, n, "cpu", args.seconds, Path(work)),
+                           "nvdec": decode_only(args.clip, n, "nvdec", args.seconds),
+                           "cpu": decode_only(args.clip, n, "cpu", args.seconds)}
                 print(f"  {name}: {n} camera(s) done", flush=True)
         report["networks"][name] = {"stand_in": network.name, "rows": as_json(rows),
                                     "targets": camera_targets(rows)}
@@ -291,15 +253,12 @@ def camera_mode(args: argparse.Namespace, stand_in: ModuleType, networks: dict[s
 
 
 def camera_targets(rows: dict[int, Row]) -> list[dict[str, Any]]:
-    """Issue 18's targets at the most cameras; a target whose rows did not run says so."""
+    """Issue 18's targets at the most cameras."""
     n = max(rows)
     row = rows[n]
     e, f, nvdec, engine = row["e"], row["f"], row["nvdec"], row["engine"]
-    if not isinstance(e, Run):
-        return [{"target": "(e) targets", "met": None, "value": None, "goal": None, "frames": None,
-                 "not_measured": e}]
     per_core = lambda run: run.fps / run.cores  # noqa: E731
-    limit = min(nvdec.fps, engine.fps) if isinstance(nvdec, Run) else engine.fps
+    limit = min(nvdec.fps, engine.fps)
     return [target(f"(e) host CPU <= 0.5 ms per frame including decode at {n} cameras", None, e.host_ms, 0.5,
                    at_most=True),
             target(f"(e) >= 0.9x min(NVDEC only, engine only) at {n} cameras", None, e.fps / limit, 0.9),
@@ -310,18 +269,11 @@ def print_cameras(name: str, stand_in: str, rows: dict[int, Row], targets: list[
     print(f"\ncamera mode, network {name} ({stand_in}): fps; host CPU ms per frame incl. decode; cores; latency ms")
     print(f"{'N':>3} " + " ".join(f"{label:>22}" for label in KINDS.values()))
     for n, row in rows.items():
-        cells = []
-        for kind in KINDS:
-            run = row[kind]
-            cells.append(f"{run.fps:>7.0f} {run.host_ms:>6.3f} {run.cores:>5.2f}" if isinstance(run, Run)
-                         else f"{'not run':>22}")
+        cells = [f"{row[kind].fps:>7.0f} {row[kind].host_ms:>6.3f} {row[kind].cores:>5.2f}" for kind in KINDS]
         print(f"{n:>3} " + " ".join(f"{cell:>22}" for cell in cells))
     print("latency p50/p99 ms (packet to result): " + "; ".join(
-        f"{n} cams " + ", ".join(f"{kind} {row[kind].p50_ms:.2f}/{row[kind].p99_ms:.2f}" for kind in ("e", "f")
-                                 if isinstance(row[kind], Run)) for n, row in rows.items()))
-    reasons = {row[kind] for row in rows.values() for kind in KINDS if isinstance(row[kind], str)}
-    for reason in sorted(reasons):
-        print(f"not run: {reason}")
+        f"{n} cams " + ", ".join(f"{kind} {row[kind].p50_ms:.2f}/{row[kind].p99_ms:.2f}" for kind in ("e", "f"))
+        for n, row in rows.items()))
     for row in targets:
         met = {True: "met    ", False: "NOT met", None: "not measured"}[row["met"]]
         print(f"  {met} {row['target']}: {row['value']} (goal {row['goal']})")

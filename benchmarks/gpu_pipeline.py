@@ -88,7 +88,6 @@ from benchmarks.pipeline_loops import (  # noqa: E402
 )
 from benchmarks.pipeline_report import as_json, bound_note, compare_networks, machine, print_report, targets  # noqa: E402
 from benchmarks.pipeline_setup import Setup, build, in_fresh_thread, prime, synthetic_frames, teardown  # noqa: E402
-from edge import files  # noqa: E402
 from edge.gpu import cuda  # noqa: E402
 
 NETWORKS = ("random", "real")
@@ -219,7 +218,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="camera counts, comma-separated (default 1,2,4,8; camera mode 1,4,8)")
     parser.add_argument("--clip", type=Path, help="camera mode: the 1080p H.264 clip every camera reads")
     parser.add_argument("--make-clip", type=Path, metavar="CLIP",
-                        help="write the camera mode's clip (the demo video at 1080p, H.264; needs PyAV) and exit")
+                        help="write the camera mode's clip (tests/support/clips.py's h264-1080p: the demo video"
+                             " at 1080p, H.264; needs PyAV) and exit")
     parser.add_argument("--seconds", type=float, default=10.0, help="camera mode: timed seconds of each run")
     parser.add_argument("--frames", type=positive, default=600, help="timed frames per camera and run")
     parser.add_argument("--warmup", type=positive, default=50, help="untimed frames per camera before each run")
@@ -263,10 +263,11 @@ def network_names(text: str) -> list[str]:
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.make_clip:
-        from benchmarks.gpu_cameras import make_clip
-        from edge.tools.assets import DemoAssets
+        from benchmarks.gpu_cameras import check_clip
+        from tests.support import clips
 
-        print(f"wrote {make_clip(args.make_clip, DemoAssets(files.default_cache_dir()).video)}")
+        check_clip(clips.encode(clips.CLIPS["h264-1080p"], args.make_clip))
+        print(f"wrote {args.make_clip}")
         return
     from benchmarks import gpu_cameras, graph_engine  # torch with CUDA: the device machine
 
