@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -26,18 +25,8 @@ from edge.pipeline.nvdec import NvdecReader, open_nvdec_reader
 from edge.pipeline.runtime import Decoding
 from edge.pipeline.sources import Refused
 from tests.conftest import free_port, wait_for
-from tests.support import clips, fake_cuda, fake_nvcodec, rtsp
+from tests.support import clips, fake_cuda, rtsp
 from tests.support.clips import write_video
-
-
-@pytest.fixture
-def nvc(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    yield from fake_nvcodec.installed(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def cache(demo: Any) -> Path:
-    return demo.root
 
 
 def reference_nv12(path: Path) -> list[np.ndarray]:

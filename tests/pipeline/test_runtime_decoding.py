@@ -27,19 +27,9 @@ from edge.pipeline.nvdec import NvdecReader
 from edge.pipeline.runtime import Cameras, Decoding
 from edge.pipeline.sources import Refused
 from tests.conftest import free_port, wait_for
-from tests.support import clips, fake_cuda, fake_jetson, fake_nvcodec, rtsp
+from tests.support import clips, fake_cuda, fake_jetson, rtsp
 
 MAX = (7680, 4320)
-
-
-@pytest.fixture
-def nvc(monkeypatch: pytest.MonkeyPatch) -> Iterator[ModuleType]:
-    yield from fake_nvcodec.installed(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def cache(demo: Any) -> Path:
-    return demo.root
 
 
 @pytest.fixture
