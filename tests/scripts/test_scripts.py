@@ -310,10 +310,11 @@ def test_provision_takes_double_dash_as_the_end_of_its_options(tmp_path: Path) -
     assert ended.stdout == provision(tmp_path, "--dry-run").stdout
 
 
-def test_test_sh_goes_on_when_qemu_user_cannot_be_installed(tmp_path: Path) -> None:
-    """scripts/test.sh's optional qemu-user step, sourced and run alone (never the suite through test.sh), as root,
-    with a stand-in apt-get failing as on a broken dpkg state: the step says the INT8 emulation test will skip and
-    why, and test.sh goes on (under its own set -euo pipefail)."""
+def _offer_packages(tmp_path: Path, *, apt_exit: int, installed: bool = False) -> subprocess.CompletedProcess[str]:
+    """scripts/test.sh's optional-packages step, sourced and run alone (never the suite through test.sh), as root,
+    on an x86-64 host whose commands are the test's own: apt-get logs its calls and exits with `apt_exit` (100
+    with dpkg's words: a broken dpkg state); with `installed`, dpkg-query says every package is installed and
+    qemu-x86_64 is there."""
     as_root = [] if os.geteuid() == 0 else ["unshare", "--map-root-user"]
     if as_root and shutil.which("unshare") is None:
         pytest.skip("not root, and no unshare to run the step with EUID 0")
@@ -321,16 +322,48 @@ def test_test_sh_goes_on_when_qemu_user_cannot_be_installed(tmp_path: Path) -> N
     bin_dir.mkdir()
     for tool in ("tail", "sed"):
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    (bin_dir / "uname").write_text("#!/bin/sh\necho x86_64\n")             # the step is for x86-64 hosts only
-    (bin_dir / "apt-get").write_text(f"#!/bin/sh\necho \"$*\" >> {tmp_path}/apt-calls\n"
-                                     "echo \"E: dpkg was interrupted, you must manually run 'dpkg --configure -a'\""
-                                     " >&2\nexit 100\n")
-    for tool in ("uname", "apt-get"):
+    tools = {"uname": "echo x86_64",                                        # qemu-user is for x86-64 hosts only
+             "apt-get": f"echo \"$*\" >> {tmp_path}/apt-calls\n"
+                        + ("echo \"E: dpkg was interrupted, you must manually run 'dpkg --configure -a'\" >&2\n"
+                           if apt_exit else "") + f"exit {apt_exit}"}
+    if installed:
+        tools.update({"dpkg-query": "printf 'install ok installed'", "qemu-x86_64": "exit 0"})
+    for tool, body in tools.items():
+        (bin_dir / tool).write_text(f"#!/bin/sh\n{body}\n")
         (bin_dir / tool).chmod(0o755)
-    step = "set -euo pipefail; source scripts/test.sh; offer_qemu; echo 'test: goes on'"
-    result = subprocess.run([*as_root, shutil.which("bash"), "-c", step], cwd=ROOT, capture_output=True, text=True,
-                            timeout=60, env={"PATH": str(bin_dir)})
+    step = "set -euo pipefail; source scripts/test.sh; offer_packages; echo 'test: goes on'"
+    return subprocess.run([*as_root, shutil.which("bash"), "-c", step], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env={"PATH": str(bin_dir)})
+
+
+def _gstreamer_packages() -> list[str]:
+    listed = subprocess.run([shutil.which("bash"), "-c", 'source scripts/test.sh; echo "${GSTREAMER_PACKAGES[@]}"'],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    return listed.stdout.split()
+
+
+def test_test_sh_installs_qemu_and_gstreamer_in_one_call_and_goes_on_when_it_fails(tmp_path: Path) -> None:
+    """Nothing installed: one apt-get call for all of it, --no-install-recommends (again after an update, which
+    fails here too: a broken dpkg state); the step says which tests will skip and why, and test.sh goes on (under
+    its own set -euo pipefail)."""
+    result = _offer_packages(tmp_path, apt_exit=100)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "test: could not install qemu-user, so the emulated-CPU INT8 test will be skipped" in result.stdout
+    wanted = " ".join(["qemu-user", *_gstreamer_packages()])
+    assert f"test: could not install {wanted}, so the tests that need them will be skipped" in result.stdout
     assert "dpkg was interrupted" in result.stdout and result.stdout.endswith("test: goes on\n")
-    assert (tmp_path / "apt-calls").read_text() == "install -y -q qemu-user\nupdate -q\n"
+    install = f"install -y -q --no-install-recommends {wanted}"
+    assert (tmp_path / "apt-calls").read_text() == f"{install}\nupdate -q\n"
+
+
+def test_test_sh_asks_apt_for_nothing_when_every_package_is_there(tmp_path: Path) -> None:
+    result = _offer_packages(tmp_path, apt_exit=0, installed=True)
+    assert result.returncode == 0 and result.stdout == "test: goes on\n", result.stdout + result.stderr
+    assert not (tmp_path / "apt-calls").exists()
+
+
+def test_test_sh_installs_the_gstreamer_packages_the_tests_name() -> None:
+    """The packages the GStreamer tests' skip reasons name (the Jetson stand-ins', the RTSP camera's) are the ones
+    test.sh installs, and no more."""
+    from tests.support import fake_jetson, rtsp
+
+    assert sorted(_gstreamer_packages()) == sorted(set(fake_jetson.PACKAGES.split()) | set(rtsp.PACKAGES.split()))
