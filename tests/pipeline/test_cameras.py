@@ -37,8 +37,9 @@ class Events:
             return [n for n, _ in self.items]
 
 
-def drain(camera: Camera, limit: int = 10_000) -> list[Frame]:
-    reader = camera.latest.register()
+def drain(camera: Camera, reader: int, limit: int = 10_000) -> list[Frame]:
+    """Every frame `reader` (registered before the camera started: a lossless file waits only for registered
+    readers) gets until the end of the stream."""
     frames, last = [], -1
     try:
         while len(frames) < limit:
@@ -83,7 +84,8 @@ def test_file_camera_decodes_every_frame_when_not_realtime(tmp_path: Path) -> No
     video = write_video(tmp_path / "clip.avi", 40)
     camera = Camera("c", parse_uri(f"file://{video}?realtime=0"), on_event=Events())
     reader_frames: list[Frame] = []
-    thread = threading.Thread(target=lambda: reader_frames.extend(drain(camera)))
+    reader = camera.latest.register()
+    thread = threading.Thread(target=lambda: reader_frames.extend(drain(camera, reader)))
     thread.start()
     camera.start()
     thread.join(20)
@@ -96,7 +98,8 @@ def test_file_camera_decodes_every_frame_when_not_realtime(tmp_path: Path) -> No
 def _decode(camera: Camera, caplog: pytest.LogCaptureFixture, level: str, timeout: float) -> list[Frame]:
     """Start `camera` on a file and take all its frames, logging the camera's records at `level`."""
     frames: list[Frame] = []
-    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
+    reader = camera.latest.register()
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera, reader)))
     with caplog.at_level(level, logger="edge.camera"):
         thread.start()
         camera.start()
@@ -286,8 +289,9 @@ def test_a_frame_larger_than_its_header_said_ends_the_file_with_the_camera_named
                         if self.frames == 3 else image)
     events = Events()
     camera = Camera("front", parse_uri(f"file://{video}?realtime=0"), on_event=events, max_frame=(320, 240))
+    reader = camera.latest.register()
     camera.start()
-    frames = drain(camera)
+    frames = drain(camera, reader)
     assert [f.index for f in frames] == [0, 1]
     assert events.items[-1] == ("camera.lost", {"camera": "front", "reason": "camera 'front' delivered frames of"
                                                 " 320x400, larger than the 320x240 this camera accepts"})
@@ -307,7 +311,8 @@ def test_a_file_no_backend_can_open_fails_start_with_a_hint(tmp_path: Path) -> N
 def test_test_pattern_honours_frame_limit() -> None:
     camera = Camera("t", parse_uri("test://bars?size=64x48&frames=7&realtime=0"), on_event=Events())
     frames: list[Frame] = []
-    thread = threading.Thread(target=lambda: frames.extend(drain(camera)))
+    reader = camera.latest.register()
+    thread = threading.Thread(target=lambda: frames.extend(drain(camera, reader)))
     thread.start()
     camera.start()
     thread.join(10)
