@@ -136,12 +136,23 @@ def _has_pycuda() -> bool:
     return True
 
 
-@pytest.fixture
-def trt(monkeypatch: pytest.MonkeyPatch):
-    """The stand-in TensorRT, on real CUDA where pycuda is installed, else on the CUDA stand-in."""
+def _stand_in_tensorrt(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
     monkeypatch.setattr("edge.engines.repository.read_board", lambda root=Path("/"): fake_tensorrt.BOARD)
     monkeypatch.setattr("edge.engines.repository.read_l4t", lambda root=Path("/"): "36.4.3")
+
+
+@pytest.fixture
+def trt(monkeypatch: pytest.MonkeyPatch):
+    """The stand-in TensorRT, on real CUDA where pycuda is installed, else on the CUDA stand-in."""
+    _stand_in_tensorrt(monkeypatch)
     if not _has_pycuda():
         fake_cuda.install(monkeypatch)
     return fake_tensorrt
+
+
+@pytest.fixture
+def trt_ledger(monkeypatch: pytest.MonkeyPatch) -> fake_cuda.Ledger:
+    """The stand-in TensorRT on the CUDA stand-in, pycuda or not: the stand-in's ledger."""
+    _stand_in_tensorrt(monkeypatch)
+    return fake_cuda.install(monkeypatch)

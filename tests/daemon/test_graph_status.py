@@ -3,7 +3,6 @@
 and with a capture that CUDA invalidates; the status snapshot's lanes and the text `edge status` prints."""
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
@@ -14,20 +13,12 @@ from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.engines import repository
 from edge.engines.tensorrt import build
-from tests.support import fake_cuda, fake_tensorrt
+from tests.support import fake_cuda
 from tests.support.lanes import YOLO
 from tests.support.models import conv_model
 
 FAILED = ("failed: CUDA graph capture failed: CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (some work enqueued during"
           " capture cannot run in a graph)")
-
-
-@pytest.fixture
-def ledger(monkeypatch: pytest.MonkeyPatch) -> fake_cuda.Ledger:
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
-    monkeypatch.setattr("edge.engines.repository.read_board", lambda root=Path("/"): fake_tensorrt.BOARD)
-    monkeypatch.setattr("edge.engines.repository.read_l4t", lambda root=Path("/"): "36.4.3")
-    return fake_cuda.install(monkeypatch)
 
 
 def _repo(root: Path) -> Path:
@@ -44,9 +35,9 @@ def _repo(root: Path) -> Path:
     ("    cuda_graph: false\n", False, "off: cuda_graph: false"),
     ("", True, FAILED),
 ])
-def test_status_says_per_lane_which_frames_run_as_graphs(ledger: fake_cuda.Ledger, tmp_path: Path, setting: str,
+def test_status_says_per_lane_which_frames_run_as_graphs(trt_ledger: fake_cuda.Ledger, tmp_path: Path, setting: str,
                                                          fail_capture: bool, expected: str) -> None:
-    ledger.fail_capture = fail_capture
+    trt_ledger.fail_capture = fail_capture
     text = (f"version: 1\ncameras:\n  - id: c0\n    uri: test://bars?size=64x48&realtime=0\n"
             f"  - id: c1\n    uri: test://bars?size=96x64&realtime=0\ntasks:\n  - name: t\n    type: detector\n"
             f"    engines: {_repo(tmp_path / 'repo')}\n    allow_onnx: false\n    cameras: [c0, c1]\n{setting}"

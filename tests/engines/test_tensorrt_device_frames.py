@@ -1,12 +1,11 @@
 """Device frames on a TensorRT slot (submit_device_frame / submit_device_frames) against the stand-ins
-(tests/support/fake_tensorrt.py on tests/support/fake_cuda.py, whose ledger holds events back on demand): the
+(tests/support/fake_tensorrt.py on tests/support/fake_cuda.py, whose trt_ledger holds events back on demand): the
 stream waits on the frame's ready event, the colour + letterbox kernel (GpuLetterbox.launch_planes, spied on for
 its arguments) writes the record's device input, the frame is released on that stream after it, and the surface
 goes back to its pool only once that release's event completed; failures release it too; in CUDA graph mode the
 kernel runs before the record's graph, which a new surface does not recapture (docs/gpu.md section 4)."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,14 +23,6 @@ from tests.support.models import conv_model
 
 LETTERBOX = LetterboxPreprocessing(fill=0.5)
 WIDTH, HEIGHT, PITCH = NV12["width"], NV12["height"], NV12["pitch"]
-
-
-@pytest.fixture
-def ledger(monkeypatch: pytest.MonkeyPatch) -> fake_cuda.Ledger:
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
-    monkeypatch.setattr("edge.engines.repository.read_board", lambda root=Path("/"): fake_tensorrt.BOARD)
-    monkeypatch.setattr("edge.engines.repository.read_l4t", lambda root=Path("/"): "36.4.3")
-    return fake_cuda.install(monkeypatch)
 
 
 @pytest.fixture
@@ -55,13 +46,13 @@ def _plan(tmp_path: Path) -> Path:
     return build.build(onnx_path, say=lambda line: None).plan
 
 
-def _entries(ledger: fake_cuda.Ledger, mark: int, stream: int) -> list[str]:
-    return [entry[0] for entry in ledger.trace[mark:] if len(entry) > 1 and entry[1] == stream]
+def _entries(trt_ledger: fake_cuda.Ledger, mark: int, stream: int) -> list[str]:
+    return [entry[0] for entry in trt_ledger.trace[mark:] if len(entry) > 1 and entry[1] == stream]
 
 
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
 def test_a_device_frame_is_read_in_place_and_released_after_its_kernel(
-        ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path, mode: str) -> None:
+        trt_ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path, mode: str) -> None:
     decoder = Decoder()
     with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX, copy_mode=mode) as engine:
         slot = engine.create_slot("cam", depth=2)
@@ -69,44 +60,44 @@ def test_a_device_frame_is_read_in_place_and_released_after_its_kernel(
         for n in range(4):
             frame = decoder.frame()
             planes, ready = frame.planes, frame.ready
-            mark = len(ledger.trace)
+            mark = len(trt_ledger.trace)
             pending, box = slot.submit_device_frame(frame)
             assert box == Letterbox.fit(WIDTH, HEIGHT, 8, 8)
             record = slot.frames[n % 2]
             assert launches[-1] == {"planes": planes, "pitch": PITCH, "size": (WIDTH, HEIGHT),
                                     "out": record.device_input.pointer, "stream": slot.upload.handle,
                                     "pixel_format": "nv12", "matrix": "bt709", "full_range": False}
-            upload = ledger.trace[mark:]
+            upload = trt_ledger.trace[mark:]
             assert upload[0] == ("wait", slot.upload.handle, ready)            # the decoder's writes first
-            kinds = _entries(ledger, mark, slot.upload.handle)
+            kinds = _entries(trt_ledger, mark, slot.upload.handle)
             assert kinds[:4] == ["wait", "kernel", "record", "record"]         # kernel, its done, the release
             assert frame.released
             pending.wait(0)
         assert decoder.back(3)                                                 # every surface came back
         slot.close()
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 def test_a_surface_is_not_reused_while_the_kernel_reading_it_may_run(
-        ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path) -> None:
+        trt_ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path) -> None:
     decoder = Decoder(count=1)
     with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX) as engine:
         slot = engine.create_slot("cam", depth=1)
-        ledger.hold = True
+        trt_ledger.hold = True
         pending, _ = slot.submit_device_frame(decoder.frame())
         assert not decoder.back(), "the surface came back before its kernel ran"
-        ledger.finish()
+        trt_ledger.finish()
         pending.wait(0)
         assert decoder.back()
         slot.close()
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 @pytest.mark.parametrize("mode", ["copy", "zerocopy"])
 def test_in_graph_mode_the_kernel_runs_before_the_graph_and_new_surfaces_reuse_it(
-        ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path, mode: str) -> None:
+        trt_ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path, mode: str) -> None:
     """A surface's address differs per frame: the colour kernel is launched on the record's stream before its
     graph (engine + downloads), so one capture per record serves every surface."""
     decoder = Decoder(count=3)
@@ -116,22 +107,22 @@ def test_in_graph_mode_the_kernel_runs_before_the_graph_and_new_surfaces_reuse_i
         for n in range(6):
             record = slot.frames[n % 2]
             stream = record.graph.stream.handle
-            mark = len(ledger.trace)
+            mark = len(trt_ledger.trace)
             slot.submit_device_frame(decoder.frame())[0].wait(0)
             assert launches[-1]["stream"] == stream and launches[-1]["out"] == record.device_input.pointer
-            kinds = _entries(ledger, mark, stream)
+            kinds = _entries(trt_ledger, mark, stream)
             assert kinds[:4] == ["wait", "kernel", "record", "record"]
             if n >= 2:
                 assert kinds[4:] == ["graph", "record"], "a later frame is one graph launch after its kernel"
-        assert ledger.captures == 2 and slot.frames[0].graph.key == ("device",)
+        assert trt_ledger.captures == 2 and slot.frames[0].graph.key == ("device",)
         assert len({call["planes"] for call in launches}) == 3                # three surfaces, no recapture
         slot.close()
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 def test_a_batched_slot_letterboxes_each_device_frame_into_its_row(
-        ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path) -> None:
+        trt_ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path) -> None:
     from tests.pipeline.test_batched import DYNAMIC, identity_plan
 
     decoder = Decoder(count=3)
@@ -149,21 +140,21 @@ def test_a_batched_slot_letterboxes_each_device_frame_into_its_row(
         slot.close()
     assert decoder.back()
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 def test_a_failed_submission_releases_the_frame_once_its_streams_settled(
-        ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path,
+        trt_ledger: fake_cuda.Ledger, launches: list[dict[str, Any]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     decoder = Decoder(count=1)
     with TensorRTEngine(_plan(tmp_path), preprocessing=LETTERBOX) as engine:
         slot = engine.create_slot("cam", depth=1)
-        ledger.hold = True
+        trt_ledger.hold = True
         monkeypatch.setattr(fake_tensorrt.IExecutionContext, "execute_async_v3", lambda self, stream_handle: False)
         frame = decoder.frame()
         with pytest.raises(EngineError, match="execute_async_v3 failed on slot cam"):
             slot.submit_device_frame(frame)
-        assert frame.released and ("synchronize", slot.upload.handle) in ledger.trace
+        assert frame.released and ("synchronize", slot.upload.handle) in trt_ledger.trace
         assert decoder.back() and slot.in_flight() == 0
         monkeypatch.undo()
         monkeypatch.setattr(GpuLetterbox, "launch_planes", lambda *args, **options: (_ for _ in ()).throw(
@@ -174,11 +165,11 @@ def test_a_failed_submission_releases_the_frame_once_its_streams_settled(
         assert frame.released and decoder.back()
         slot.close()
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 def test_a_slot_that_cannot_read_device_frames_refuses_them_and_releases_them(
-        ledger: fake_cuda.Ledger, tmp_path: Path) -> None:
+        trt_ledger: fake_cuda.Ledger, tmp_path: Path) -> None:
     decoder = Decoder(count=1)
     with TensorRTEngine(_plan(tmp_path)) as engine:                 # no GPU preprocessing named
         slot = engine.create_slot("cam", depth=1)
@@ -195,4 +186,4 @@ def test_a_slot_that_cannot_read_device_frames_refuses_them_and_releases_them(
             slot.submit_device_frame(frame)
         assert frame.released
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}

@@ -1,11 +1,10 @@
-"""Device frames through the pipeline, on the CUDA stand-in's ledger (tests/support/fake_cuda.py) and a decoder's
+"""Device frames through the pipeline, on the CUDA stand-in's trt_ledger (tests/support/fake_cuda.py) and a decoder's
 SurfacePool (tests/support/device_frames.py): Frame and LatestFrame hold and release them (a frame replaced before
 anyone took it goes back), a camera releases what it refuses, a lane hands them to a TensorRT slot that reads them
 in place (tests/support/fake_tensorrt.py) or copies them to the host for ONNX Runtime (logged once), a rate-gated
 skip and a failing slot release them, and after a stop mid-flight every surface is back and nothing is held."""
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -36,15 +35,7 @@ SIZE = (NV12["width"], NV12["height"])
 
 
 @pytest.fixture
-def ledger(monkeypatch: pytest.MonkeyPatch) -> fake_cuda.Ledger:
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt)
-    monkeypatch.setattr("edge.engines.repository.read_board", lambda root=Path("/"): fake_tensorrt.BOARD)
-    monkeypatch.setattr("edge.engines.repository.read_l4t", lambda root=Path("/"): "36.4.3")
-    return fake_cuda.install(monkeypatch)
-
-
-@pytest.fixture
-def decoder(ledger: fake_cuda.Ledger) -> Decoder:
+def decoder(trt_ledger: fake_cuda.Ledger) -> Decoder:
     return Decoder(count=4)
 
 
@@ -52,16 +43,16 @@ def _device(decoder: Decoder, index: int, camera: str = "c") -> Frame:
     return Frame(camera, index, 10**9 + index, None, decoder.frame(timeout=5))
 
 
-def _done(decoder: Decoder, ledger: fake_cuda.Ledger) -> None:
+def _done(decoder: Decoder, trt_ledger: fake_cuda.Ledger) -> None:
     """Every surface is back in the pool, and once it is freed nothing is held."""
     assert decoder.back(decoder.pool.count), "a surface was not given back"
     decoder.free()
-    assert ledger.live == {}
+    assert trt_ledger.live == {}
 
 
 # --- Frame and LatestFrame ---------------------------------------------------------------------------------------
 
-def test_a_frame_is_a_host_image_or_a_device_frame(decoder: Decoder, ledger: fake_cuda.Ledger) -> None:
+def test_a_frame_is_a_host_image_or_a_device_frame(decoder: Decoder, trt_ledger: fake_cuda.Ledger) -> None:
     host = Frame("c", 0, 0, np.zeros((4, 6, 3), np.uint8))
     assert host.size == (6, 4) and host.device is None
     host.release()                                          # nothing to release
@@ -73,10 +64,10 @@ def test_a_frame_is_a_host_image_or_a_device_frame(decoder: Decoder, ledger: fak
         Frame("c", 2, 0, None)
     with pytest.raises(UsageError, match="one of them"):
         Frame("c", 3, 0, np.zeros((4, 6, 3), np.uint8), frame.device)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
-def test_a_frame_replaced_before_anyone_took_it_goes_back(decoder: Decoder, ledger: fake_cuda.Ledger) -> None:
+def test_a_frame_replaced_before_anyone_took_it_goes_back(decoder: Decoder, trt_ledger: fake_cuda.Ledger) -> None:
     latest, stop = LatestFrame(lossless=False), threading.Event()
     reader = latest.register()
     first = _device(decoder, 0)
@@ -97,11 +88,11 @@ def test_a_frame_replaced_before_anyone_took_it_goes_back(decoder: Decoder, ledg
     assert last.device.released                             # every reader took it: the LatestFrame let it go
     with pytest.raises(EndOfStream):
         latest.get_after(reader, 3, 0)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 def test_a_closed_latest_frame_releases_its_last_frame_once_every_reader_took_it(
-        decoder: Decoder, ledger: fake_cuda.Ledger) -> None:
+        decoder: Decoder, trt_ledger: fake_cuda.Ledger) -> None:
     latest, stop = LatestFrame(lossless=True), threading.Event()
     one, two = latest.register(), latest.register()
     last = _device(decoder, 0)
@@ -119,10 +110,10 @@ def test_a_closed_latest_frame_releases_its_last_frame_once_every_reader_took_it
     unread = LatestFrame(lossless=False)
     assert unread.put(_device(decoder, 2), stop=stop)
     unread.close()                                          # no reader at all
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
-def test_a_camera_releases_a_device_frame_it_refuses(decoder: Decoder, ledger: fake_cuda.Ledger,
+def test_a_camera_releases_a_device_frame_it_refuses(decoder: Decoder, trt_ledger: fake_cuda.Ledger,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoder's frame over the camera's max_frame: the file is not read further, and the frame goes back."""
     class Reader:
@@ -139,7 +130,7 @@ def test_a_camera_releases_a_device_frame_it_refuses(decoder: Decoder, ledger: f
     camera.start()
     wait_for(lambda: not camera._thread.is_alive(), what="the camera to stop at the refused frame")
     assert camera.stats.captured == 0
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 # --- lanes -------------------------------------------------------------------------------------------------------
@@ -181,7 +172,7 @@ def _run(lane: Any) -> None:
 
 @pytest.mark.parametrize("graphs", [False, True])
 def test_a_lane_hands_device_frames_to_a_slot_that_reads_them_in_place(
-        ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path, graphs: bool,
+        trt_ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path, graphs: bool,
         monkeypatch: pytest.MonkeyPatch) -> None:
     downloads: list[Any] = []
     monkeypatch.setattr("edge.gpu.surfaces.DeviceFrame.download_bgr", lambda self: downloads.append(self))
@@ -195,11 +186,11 @@ def test_a_lane_hands_device_frames_to_a_slot_that_reads_them_in_place(
         assert lane.error is None and lane.stats.processed == 6 and downloads == []
         assert [m.payload["size"] for m in published(subscriber, 6)] == [list(SIZE)] * 6
         assert all(frame.device.released for frame in frames)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 def test_a_lane_whose_slot_reads_host_frames_downloads_them_and_says_so_once(
-        ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
+        trt_ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
         caplog: pytest.LogCaptureFixture) -> None:
     publisher, subscriber = results
     with OnnxRuntimeEngine(_yolo(tmp_path / "m.onnx"), threads=1) as engine:
@@ -212,10 +203,10 @@ def test_a_lane_whose_slot_reads_host_frames_downloads_them_and_says_so_once(
         assert len(published(subscriber, 3)) == 3
     warnings = [r.getMessage() for r in caplog.records if "copied to the host" in r.getMessage()]
     assert len(warnings) == 1 and "the onnxruntime backend reads host frames" in warnings[0]
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
-def test_a_rate_gated_skip_releases_the_frame(ledger: fake_cuda.Ledger, decoder: Decoder, results: Any,
+def test_a_rate_gated_skip_releases_the_frame(trt_ledger: fake_cuda.Ledger, decoder: Decoder, results: Any,
                                               tmp_path: Path) -> None:
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
@@ -228,11 +219,11 @@ def test_a_rate_gated_skip_releases_the_frame(ledger: fake_cuda.Ledger, decoder:
         _run(lane)
         assert lane.stats.skipped_rate == 4 and lane.stats.processed == 0
         assert all(frame.device.released for frame in frames)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 def test_a_failing_slot_ends_the_lane_and_gives_every_surface_back(
-        ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
+        trt_ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
@@ -243,10 +234,10 @@ def test_a_failing_slot_ends_the_lane_and_gives_every_surface_back(
         _feed(camera, decoder, 1, lane)
         _run(lane)
         assert isinstance(lane.error, EngineError) and "execute_async_v3 failed" in lane.error.what
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
-def test_a_lane_stopped_mid_flight_leaves_no_surface_behind(ledger: fake_cuda.Ledger, decoder: Decoder,
+def test_a_lane_stopped_mid_flight_leaves_no_surface_behind(trt_ledger: fake_cuda.Ledger, decoder: Decoder,
                                                             results: Any, tmp_path: Path) -> None:
     """A live camera keeps replacing its frame while the lane runs two in flight; the lane is stopped mid-stream,
     then the camera: every surface comes back (frames nobody took, frames in flight, the camera's last one)."""
@@ -261,18 +252,18 @@ def test_a_lane_stopped_mid_flight_leaves_no_surface_behind(ledger: fake_cuda.Le
             index += 1
         assert lane.stop(10) and lane.error is None
         camera.stop(1)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 def test_a_lane_that_fails_with_a_frame_in_flight_gives_every_surface_back(
-        ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path) -> None:
+        trt_ledger: fake_cuda.Ledger, decoder: Decoder, results: Any, tmp_path: Path) -> None:
     """The GPU holds the frame's work back, so the lane's wait for it fails: the slot closes once its streams
     finished, and the surface comes back; a frame still in the camera goes back when the camera stops."""
     publisher, _ = results
     with _trt_engine(tmp_path) as engine:
         camera = lossless_camera()
         lane = Lane(_runtime(engine, ["c"]), camera, publisher)
-        ledger.hold = True
+        trt_ledger.hold = True
         lane.start()
         stop = threading.Event()
         assert camera.latest.put(_device(decoder, 0), stop=stop)
@@ -280,12 +271,12 @@ def test_a_lane_that_fails_with_a_frame_in_flight_gives_every_surface_back(
         assert "inference did not finish" in lane.error.what
         assert camera.latest.put(_device(decoder, 1), stop=stop)
         camera.stop(1)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 @pytest.mark.parametrize("device_slot", [True, False])
 def test_a_batched_lane_reads_device_frames_in_place_or_on_the_host(
-        ledger: fake_cuda.Ledger, results: Any, tmp_path: Path, device_slot: bool,
+        trt_ledger: fake_cuda.Ledger, results: Any, tmp_path: Path, device_slot: bool,
         caplog: pytest.LogCaptureFixture) -> None:
     decoder = Decoder(count=8)
     publisher, subscriber = results
@@ -315,11 +306,11 @@ def test_a_batched_lane_reads_device_frames_in_place_or_on_the_host(
         assert len(published(subscriber, 6)) == 6
     warnings = [r.getMessage() for r in caplog.records if "copied to the host" in r.getMessage()]
     assert len(warnings) == (0 if device_slot else 1)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
 
 
 def test_a_paused_batched_lane_over_live_cameras_gives_every_surface_back(
-        ledger: fake_cuda.Ledger, results: Any, tmp_path: Path) -> None:
+        trt_ledger: fake_cuda.Ledger, results: Any, tmp_path: Path) -> None:
     """Live cameras replace their frames (in the camera, and in the lane's feeds) while the batched lane skips
     every batch (rate scale 0); after the lane and the cameras stop, every surface is back."""
     decoder = Decoder(count=8)
@@ -341,4 +332,4 @@ def test_a_paused_batched_lane_over_live_cameras_gives_every_surface_back(
         assert lane.stop(10) and lane.error is None
         for camera in pair:
             camera.stop(1)
-    _done(decoder, ledger)
+    _done(decoder, trt_ledger)
