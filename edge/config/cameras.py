@@ -7,10 +7,12 @@ URIs (an explicit scheme is required):
   v4l2:///dev/videoN[?size=WxH&fps=N]  USB/V4L2 camera
   rtsp://[user:pass@]host[:port]/path  network camera (FFmpeg backend)
   csi://N[?size=WxH&fps=N&flip=M]      Jetson CSI camera through nvarguscamerasrc (GStreamer)
+Numbers are finite; fps is 0.01..1000 (a fraction is fine: 29.97), flip 0..7 and a CSI sensor 0..255.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,10 @@ _PARAMS: dict[str, dict[str, type]] = {
     "csi": {"size": str, "fps": float, "flip": int},
 }
 MAX_FRAME = (7680, 4320)         # the largest frame a camera delivers unless its config says otherwise (8K UHD)
+FPS_RANGE = (0.01, 1000.0)       # frames a second a camera URI may ask for
+FLIP_METHODS = ("none", "counterclockwise 90", "rotate 180", "clockwise 90", "horizontal flip",
+                "upper-right diagonal", "vertical flip", "upper-left diagonal")   # nvvidconv's flip-method 0..7
+CSI_SENSORS = 256                # nvarguscamerasrc's sensor-id takes 0..255
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +107,17 @@ def _typed(scheme: str, key: str, value: str) -> Any:
         parsed = kind(value)
     except ValueError:
         raise ValueError(f"parameter {key!r} must be {kind.__name__}, got {value!r}") from None
+    if kind is float and not math.isfinite(parsed):      # float() takes inf, nan and 1e309 (inf)
+        raise ValueError(f"parameter {key!r} must be a finite number, got {value!r}")
     if key == "size":
         parse_size(parsed)
+    elif key == "fps" and not FPS_RANGE[0] <= parsed <= FPS_RANGE[1]:
+        raise ValueError(f"parameter 'fps' must be {FPS_RANGE[0]:g} to {FPS_RANGE[1]:g} frames a second, got"
+                         f" {value!r} (a fraction is fine: fps=29.97)")
+    elif key == "flip" and not 0 <= parsed < len(FLIP_METHODS):
+        methods = ", ".join(f"{number} {name}" for number, name in enumerate(FLIP_METHODS))
+        raise ValueError(f"parameter 'flip' must be nvvidconv's flip-method 0..{len(FLIP_METHODS) - 1}, got"
+                         f" {value!r} ({methods})")
     elif kind in (int, float) and parsed < 0:
         raise ValueError(f"parameter {key!r} must not be negative, got {value!r}")
     return parsed
@@ -140,8 +155,11 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
         if not path.is_absolute() and base_dir is not None:
             path = base_dir / path
         location = str(path)
-    elif scheme == "csi" and not location.isdigit():
-        raise ValueError(f"csi URI {redact(text)!r} must name a sensor number, e.g. csi://0")
+    elif scheme == "csi":                             # ASCII digits: str.isdigit() takes "²" and "٣" too
+        if not (location.isascii() and location.isdigit() and int(location) < CSI_SENSORS):
+            raise ValueError(f"csi URI {redact(text)!r} must name a sensor number 0..{CSI_SENSORS - 1}"
+                             " (nvarguscamerasrc's sensor-id), e.g. csi://0")
+        location = str(int(location))
     elif scheme == "test" and location not in ("bars",):
         raise ValueError(f"unknown test pattern {redact(location)!r} (known: bars)")
     return CameraURI(scheme, location, params, text)

@@ -205,7 +205,7 @@ class _PatternReader:
     """Synthetic colour bars with a moving box; `frames` limits the length."""
 
     def __init__(self, uri: CameraURI, max_frame: tuple[int, int]) -> None:
-        self.fps = float(uri.params.get("fps", 30.0)) or 30.0
+        self.fps = float(uri.params.get("fps", 30.0))
         w, h = parse_size(uri.params.get("size", "640x480"))
         check_frame_size((w, h), max_frame, f"test pattern {uri.location} has")
         self._limit = uri.params.get("frames")

@@ -6,6 +6,7 @@ edge/pipeline/gstreamer_reader.py. Why GStreamer directly (PyGObject) and not Op
 element property does, and what was checked where: docs/gpu.md, "Decode on a Jetson"."""
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -69,13 +70,18 @@ def csi_pipeline(uri: CameraURI, *, device: bool) -> str:
     """The nvarguscamerasrc pipeline of a Jetson CSI sensor: BGRx for the reader's mapped surfaces (`device`), or
     BGR for OpenCV's GStreamer backend (videoconvert on the CPU: OpenCV before 4.10 takes no BGRx)."""
     w, h = parse_size(uri.params.get("size", "1280x720"))
-    fps = int(uri.params.get("fps", 30))
     flip = int(uri.params.get("flip", 0))
     head = (f"nvarguscamerasrc sensor-id={uri.location} ! video/x-raw(memory:NVMM),width={w},height={h},"
-            f"framerate={fps}/1 ! {CONVERTER} flip-method={flip} ! {FRAME_CAPS} ! ")
+            f"framerate={framerate(uri.params.get('fps', 30.0))} ! {CONVERTER} flip-method={flip} ! {FRAME_CAPS} ! ")
     if device:
         return head + appsink(live=True)
     return head + "videoconvert ! video/x-raw,format=BGR ! appsink drop=1 max-buffers=1 sync=false"
+
+
+def framerate(fps: float) -> str:
+    """`fps` (the URI's, 0.01..1000) as a caps framerate, a fraction: 30 -> 30/1, 29.97 -> 2997/100, 0.5 -> 1/2."""
+    rate = Fraction(fps).limit_denominator(1001)
+    return f"{rate.numerator}/{rate.denominator}"
 
 
 def probe_description(uri: CameraURI, demuxer: str | None) -> str:

@@ -25,11 +25,47 @@ def test_parse_uri(uri: str, scheme: str, location: str, params: dict[str, Any])
     ("video.avi", "has no scheme"), ("http://x/y", "unknown camera URI scheme"),
     ("test://bars?size=big", "WIDTHxHEIGHT"), ("test://stripes", "unknown test pattern"),
     ("csi://front", "sensor number"), ("rtsp:///nohost", "no host"), ("file://", "names no file"),
-    ("test://bars?fps=-1", "must not be negative"),
+    ("test://bars?frames=-1", "must not be negative"), ("test://bars?fps=-1", "0.01 to 1000"),
 ])
 def test_parse_uri_errors(uri: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_uri(uri)
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("csi://0?fps=inf", "parameter 'fps' must be a finite number, got 'inf'"),
+    ("csi://0?fps=nan", "parameter 'fps' must be a finite number, got 'nan'"),
+    ("csi://0?fps=1e309", "parameter 'fps' must be a finite number, got '1e309'"),      # float() makes it inf
+    ("test://bars?fps=-inf", "must be a finite number, got '-inf'"),
+    ("csi://0?fps=0", "parameter 'fps' must be 0.01 to 1000 frames a second, got '0' (a fraction is fine: fps=29.97)"),
+    ("v4l2:///dev/video0?fps=0.001", "must be 0.01 to 1000 frames a second, got '0.001'"),
+    ("test://bars?fps=1000.5", "must be 0.01 to 1000 frames a second, got '1000.5'"),
+    ("csi://0?flip=8", "parameter 'flip' must be nvvidconv's flip-method 0..7, got '8' (0 none, 1 counterclockwise"
+                       " 90, 2 rotate 180, 3 clockwise 90, 4 horizontal flip, 5 upper-right diagonal, 6 vertical flip,"
+                       " 7 upper-left diagonal)"),
+    ("csi://0?flip=99999999999999", "flip-method 0..7, got '99999999999999'"),
+    ("csi://0?flip=-1", "flip-method 0..7, got '-1'"),
+    ("csi://\u00b2", "must name a sensor number 0..255 (nvarguscamerasrc's sensor-id), e.g. csi://0"),
+    ("csi://\u0663", "must name a sensor number 0..255"),                           # an Arabic-Indic three
+    ("csi://256", "must name a sensor number 0..255"),
+    ("csi://99999999999999999999", "must name a sensor number 0..255"),
+    ("csi://0 ! filesink", "must name a sensor number 0..255"),
+])
+def test_numbers_a_camera_cannot_take_are_refused_with_the_rule(uri: str, message: str) -> None:
+    """float() takes inf, nan and 1e309 and str.isdigit() Unicode digits: such values passed the config and then
+    failed deep in the reader (a raw OverflowError out of Camera.open), or reached GStreamer as framerate=0/1."""
+    with pytest.raises(ValueError) as caught:
+        parse_uri(uri.encode().decode("unicode_escape"))
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("uri,params,location", [
+    ("csi://007?fps=29.97&flip=7", {"fps": 29.97, "flip": 7}, "7"), ("csi://255?fps=0.01", {"fps": 0.01}, "255"),
+    ("test://bars?fps=1000", {"fps": 1000.0}, "bars"),
+])
+def test_numbers_at_the_edges_of_their_ranges_are_taken(uri: str, params: dict[str, Any], location: str) -> None:
+    parsed = parse_uri(uri)
+    assert (parsed.params, parsed.location) == (params, location)
 
 
 def test_relative_file_uri_resolves_against_base(tmp_path: Path) -> None:

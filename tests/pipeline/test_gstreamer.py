@@ -82,6 +82,13 @@ def test_csi_pipelines_keep_nvarguscamerasrc() -> None:
         " nvvidconv flip-method=0 !")
 
 
+@pytest.mark.parametrize("fps,caps", [("29.97", "2997/100"), ("59.94", "2997/50"), ("0.4", "2/5"), ("0.01", "1/100"),
+                                      ("1000", "1000/1"), ("29.97002997", "30000/1001")])
+def test_a_fractional_frame_rate_is_written_as_a_fraction(fps: str, caps: str) -> None:
+    """int(fps) made 0.4 framerate=0/1 and 29.97 30/1."""
+    assert f"framerate={caps} !" in csi_pipeline(parse_uri(f"csi://0?fps={fps}"), device=True)
+
+
 def test_appsinks() -> None:
     assert gstreamer.appsink(live=True) == LIVE_SINK
     assert gstreamer.appsink(live=False) == FILE_SINK
