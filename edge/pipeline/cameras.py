@@ -3,8 +3,6 @@ latest frame kept for the lanes (LatestFrame)."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import stat
 import threading
 import time
 from collections.abc import Callable
@@ -12,13 +10,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from edge import files
 from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
 from edge.pipeline.gstreamer import csi_pipeline
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size, check_video_file
 
 if TYPE_CHECKING:
     from edge.gpu.surfaces import DeviceFrame
@@ -235,24 +232,6 @@ class _PatternReader:
 def ended_short(frames: int, declared: int) -> bool:
     """True when a file that declares `declared` frames ended clearly before them (0: nothing declared)."""
     return declared - frames > max(SHORT_FILE_SLACK_FRAMES, SHORT_FILE_SLACK_SHARE * declared)
-
-
-def check_video_file(location: str) -> None:
-    """A file:// camera must name a regular file that exists: say which of that is wrong (a missing file, a
-    directory, a FIFO or a device such as /dev/zero, a path the system refuses) without opening it, so a FIFO
-    never blocks the caller."""
-    hint = ("check the path in the camera URI (file://ABSOLUTE/PATH or a path relative to the config file);"
-            " `edge assets fetch` gets the demo video")
-    try:
-        info = os.stat(location)
-    except FileNotFoundError:
-        raise SourceError(f"camera file does not exist: {location}", hint=hint) from None
-    except OSError as exc:
-        raise SourceError(f"camera file {files.shown(location)} cannot be used: {exc.strerror}", hint=hint) from None
-    if not stat.S_ISREG(info.st_mode):
-        raise SourceError(f"camera file {location} is not a regular file but {files.describe_mode(info.st_mode)}",
-                          hint="file:// reads video files; use v4l2:///dev/videoN for a camera device, rtsp:// for"
-                               " a stream")
 
 
 def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME, *, packets: bool = False) -> _Reader:

@@ -26,7 +26,7 @@ from edge.pipeline.gstreamer import (
     probe,
     scrub,
 )
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Refused, check_frame_size
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Refused, check_frame_size, check_video_file
 
 log = get_logger("camera")
 
@@ -51,6 +51,8 @@ def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surface
     if uri.scheme == "csi":
         description, source = csi_pipeline(uri, device=True), f"sensor {uri.location} by nvarguscamerasrc"
     else:
+        if uri.scheme == "file":
+            check_video_file(uri.location)          # filesrc would block in open() on a FIFO, for good
         codec, demuxer, size = probe(gst, uri)
         check_frame_size(size, max_frame, f"{what} declares")
         description, source = pipeline_description(uri, codec, demuxer), f"{CODECS[codec]} by nvv4l2decoder (NVDEC)"

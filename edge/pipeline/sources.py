@@ -1,7 +1,12 @@
 """What every camera reader keeps to (OpenCV's and FFmpeg's, GStreamer's on a Jetson): the time to open a source and
-to read each frame, the largest frame it takes before decoding, and how a hardware reader refuses a camera."""
+to read each frame, the largest frame it takes before decoding, the check of a file:// camera's file before it is
+opened, and how a hardware reader refuses a camera."""
 from __future__ import annotations
 
+import os
+import stat
+
+from edge import files
 from edge.errors import SourceError
 
 OPEN_TIMEOUT_MS = 2000           # a reader opens its source within this, or fails
@@ -16,6 +21,24 @@ def check_frame_size(size: tuple[int, int], max_frame: tuple[int, int], what: st
         raise SourceError(f"{what} frames of {w}x{h}, larger than the {max_w}x{max_h} this camera accepts",
                           hint="set the camera's max_frame_size in the config (up to 8192x8192) if such frames are"
                                " expected; otherwise check the source")
+
+
+def check_video_file(location: str) -> None:
+    """A file:// camera must name a regular file that exists: say which of that is wrong (a missing file, a
+    directory, a FIFO or a device such as /dev/zero, a path the system refuses) without opening it, so a FIFO
+    never blocks the caller."""
+    hint = ("check the path in the camera URI (file://ABSOLUTE/PATH or a path relative to the config file);"
+            " `edge assets fetch` gets the demo video")
+    try:
+        info = os.stat(location)
+    except FileNotFoundError:
+        raise SourceError(f"camera file does not exist: {location}", hint=hint) from None
+    except OSError as exc:
+        raise SourceError(f"camera file {files.shown(location)} cannot be used: {exc.strerror}", hint=hint) from None
+    if not stat.S_ISREG(info.st_mode):
+        raise SourceError(f"camera file {location} is not a regular file but {files.describe_mode(info.st_mode)}",
+                          hint="file:// reads video files; use v4l2:///dev/videoN for a camera device, rtsp:// for"
+                               " a stream")
 
 
 class Refused(SourceError):

@@ -7,6 +7,8 @@ the lanes gave every surface back.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,7 @@ from edge.errors import SourceError
 from edge.pipeline import gstreamer_reader
 from edge.pipeline.gstreamer import probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
+from edge.pipeline.runtime import Decoding
 from tests.conftest import wait_for
 from tests.support import clips, fake_cuda, fake_jetson, rtsp
 from tests.support.fake_jetson import gst
@@ -168,11 +171,38 @@ def test_frames_over_max_frame_are_refused_before_a_surface_is_taken(jetson_elem
     assert ledger.allocations == 0
 
 
-def test_a_missing_file_is_a_clear_error(jetson_elements, tmp_path) -> None:
-    with pytest.raises(SourceError) as info:
-        open_gstreamer_reader(parse_uri(f"file://{tmp_path}/gone.mp4"), MAX, surfaces=3)
-    assert info.value.what == f"video file {tmp_path}/gone.mp4: Resource not found."
-    assert "No such file" in info.value.note
+@pytest.mark.parametrize("kind", ["a FIFO", "a missing file", "a character device", "a directory"])
+def test_a_file_camera_that_is_no_video_file_fails_at_once_and_never_blocks(jetson_elements, ledger, tmp_path,
+                                                                           kind: str) -> None:
+    """filesrc blocks in open() on a FIFO until a writer comes, and with `decode: auto` on a Jetson the daemon's
+    start (or a reload) hung there. The file is checked before GStreamer sees it, as the CPU reader checks it: a
+    SourceError of the source (not a refusal, so auto does not fall back to the CPU and chooses nothing)."""
+    fifo = tmp_path / "cam.mp4"
+    os.mkfifo(fifo)
+    path, says = {"a FIFO": (fifo, "is not a regular file but a FIFO"),
+                  "a missing file": (tmp_path / "gone.mp4", "does not exist"),
+                  "a character device": (Path("/dev/zero"), "is not a regular file but a character device"),
+                  "a directory": (tmp_path, "is not a regular file but a directory")}[kind]
+    decoding = Decoding("front", "auto", in_flight=1)
+    failed: list[SourceError] = []
+
+    def open_camera() -> None:
+        try:
+            decoding(parse_uri(f"file://{path}"), MAX)
+        except SourceError as exc:
+            failed.append(exc)
+
+    thread = threading.Thread(target=open_camera, daemon=True)
+    thread.start()
+    thread.join(READ_WAIT_S)
+    if thread.is_alive():
+        with open(fifo, "wb"):                  # a writer comes and goes: the blocked open() returns
+            pass
+        thread.join(READ_WAIT_S)
+        pytest.fail(f"the open of {kind} blocked for {READ_WAIT_S} s")
+    assert len(failed) == 1 and type(failed[0]) is SourceError, failed
+    assert says in failed[0].what and str(path) in failed[0].what and "file://" in failed[0].hint
+    assert decoding.chosen is None and ledger.allocations == 0
 
 
 def test_a_truncated_file_ends_early_for_the_camera_to_report(jetson_elements, ledger, tmp_path) -> None:
