@@ -76,7 +76,8 @@ class LatestFrame:
     A device frame's reference (its producer's) is the LatestFrame's while it keeps the frame; `get_after`
     retains one more for the reader it hands the frame to, which releases it when done. The LatestFrame
     releases its own when a newer frame replaces it (so a frame nobody took goes back to its pool), when `put`
-    refuses it (stopped or closed), and once closed when every registered reader has taken it or left.
+    refuses it (stopped or closed), when `drop_device` says its producer closed, and once closed when every
+    registered reader has taken it or left.
     """
 
     def __init__(self, *, lossless: bool) -> None:
@@ -119,10 +120,10 @@ class LatestFrame:
 
     def get_after(self, reader: int, index: int, timeout: float) -> Frame | None:
         """The latest frame newer than `index`, or None after `timeout` s; EndOfStream when closed. A device
-        frame comes retained for the caller, which releases it once."""
+        frame comes retained for the caller, which releases it once; one whose pool was freed is dropped."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._frame is None or self._frame.index <= index:
+            while self._frame is None or self._frame.index <= index or not self._retained(self._frame):
                 if self._closed:
                     raise EndOfStream
                 left = deadline - time.monotonic()
@@ -130,11 +131,29 @@ class LatestFrame:
                     return None
                 self._cond.wait(left)
             frame = self._frame
-            frame.retain()
             self._readers[reader] = frame.index
             self._settle()
             self._cond.notify_all()
             return frame
+
+    def drop_device(self) -> None:
+        """The reader that made the kept frame closed (a live camera lost): release a device frame, so that no
+        lane takes it later, after its pool was freed (an outage may outlast SurfacePool.retire's wait)."""
+        with self._cond:
+            frame = self._frame
+            if frame is not None and frame.device is not None:
+                self._frame = None
+                frame.release()
+
+    def _retained(self, frame: Frame) -> bool:
+        """Retain the frame for a reader; False (and the frame dropped) where its pool was freed (lock held)."""
+        try:
+            frame.retain()
+        except UsageError:
+            self._frame = None
+            frame.release()                 # the LatestFrame's reference, from a freed pool: nothing more to do
+            return False
+        return True
 
     def close(self) -> None:
         with self._cond:
@@ -412,11 +431,18 @@ class Camera:
                     return False
         return False
 
+    def _closed_reader(self, reader: _Reader) -> None:
+        """Close the reader. A live camera's device frame that no lane took goes back first: none may take it after
+        the reader's pool was freed. A file's last frame stays for the lanes (realtime=0 drops none)."""
+        if self.live:
+            self.latest.drop_device()
+        reader.close()
+        self._reader = None
+
     def _refused_frame(self, reader: _Reader, exc: SourceError) -> bool:
         """A frame over max_frame (a stream that changed its size, a file whose header lied): a live source is lost
         and reconnects; a file is not read further."""
-        reader.close()
-        self._reader = None
+        self._closed_reader(reader)
         if self.live:
             self._lost(exc.what)
             return True
@@ -425,8 +451,7 @@ class Camera:
         return False
 
     def _source_ended(self, reader: _Reader) -> bool:
-        reader.close()
-        self._reader = None
+        self._closed_reader(reader)
         if self.live:
             self._lost("no frame from the device")
             return True

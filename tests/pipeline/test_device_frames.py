@@ -19,7 +19,9 @@ from edge.engines.factory import Variants
 from edge.engines.onnxruntime import OnnxRuntimeEngine
 from edge.engines.tensorrt import build
 from edge.engines.tensorrt.engine import TensorRTEngine
-from edge.errors import EngineError, UsageError
+from edge.errors import EngineError, SourceError, UsageError
+from edge.gpu import surfaces
+from edge.gpu.surfaces import SurfacePool
 from edge.pipeline import cameras
 from edge.pipeline.batched import BatchedLane
 from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame
@@ -131,6 +133,62 @@ def test_a_camera_releases_a_device_frame_it_refuses(decoder: Decoder, trt_ledge
     wait_for(lambda: not camera._thread.is_alive(), what="the camera to stop at the refused frame")
     assert camera.stats.captured == 0
     _done(decoder, trt_ledger)
+
+
+def _bgrx(pool: SurfacePool) -> Any:
+    surface = pool.acquire(5)
+    return surface.frame(pixel_format="bgrx", width=4, height=4, pitch=16, plane_offsets=(0,), matrix="bt601",
+                         full_range=False, ready=None)
+
+
+def test_a_lost_live_camera_gives_back_the_frame_no_lane_took(trt_ledger: fake_cuda.Ledger, caplog: Any,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lost camera's last frame stayed in its LatestFrame: an outage longer than RETIRE_S freed the pool with a
+    warning that blamed the lanes, and a lane that took that frame then got a UsageError out of retain() (the
+    daemon exited 1). Now it goes back as the reader closes, and the pool is freed at once, without a warning."""
+    monkeypatch.setattr(surfaces, "RETIRE_S", 60)
+    pool = SurfacePool(64, 3)
+
+    class Reader:
+        fps, frames, declared_frames = 30.0, 0, 0
+
+        def __init__(self) -> None:
+            self.frame = _bgrx(pool)
+
+        def read(self) -> Any:
+            frame, self.frame = self.frame, None
+            return frame                                    # one frame, then the stream is lost
+
+        def close(self) -> None:
+            pool.retire("RTSP stream rtsp://cam.local/live")
+
+    opened: list[Reader] = []
+
+    def opener(uri: Any, max_frame: Any) -> Reader:
+        if opened:
+            raise SourceError("the camera does not answer")   # the outage goes on
+        opened.append(Reader())
+        return opened[0]
+
+    camera = Camera("c", parse_uri("rtsp://cam.local/live"), on_event=lambda name, details: None, opener=opener)
+    lane = camera.latest.register()                         # a busy lane: it has not taken the frame
+    camera.start()
+    wait_for(lambda: not trt_ledger.live, what="the pool freed, long before RETIRE_S")
+    assert camera.latest.get_after(lane, -1, 0) is None
+    assert "still held" not in caplog.text
+    assert camera.stop(5)
+
+
+def test_a_frame_whose_pool_was_freed_is_never_handed_to_a_lane(trt_ledger: fake_cuda.Ledger) -> None:
+    latest, stop = LatestFrame(lossless=False), threading.Event()
+    lane = latest.register()
+    pool = SurfacePool(64, 3)
+    assert latest.put(Frame("c", 0, 0, None, _bgrx(pool)), stop=stop)
+    pool.free()                                             # retired past RETIRE_S with the frame still kept
+    assert latest.get_after(lane, -1, 0) is None            # not a UsageError out of retain()
+    assert latest.put(Frame("c", 1, 0, np.zeros((4, 4, 3), np.uint8)), stop=stop)
+    assert latest.get_after(lane, -1, 0).index == 1
+    assert trt_ledger.live == {}
 
 
 # --- lanes -------------------------------------------------------------------------------------------------------
