@@ -16,6 +16,8 @@ from edge.config.cameras import MAX_FRAME, CameraURI, parse_size, parse_uri, red
 from edge.config.precision import Mode, Precision
 from edge.config.supervisor import SupervisorSection
 
+HARDWARE_SCHEMES = ("file", "rtsp", "csi")     # the cameras `decode: nvdec` (and auto) may read on the hardware
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -45,7 +47,7 @@ class CameraConfig(_Strict):
     @model_validator(mode="after")
     def _nvdec_reads(self) -> CameraConfig:
         scheme = self.parsed.scheme
-        if self.decode == "nvdec" and scheme not in ("file", "rtsp", "csi"):     # csi:// on a Jetson only
+        if self.decode == "nvdec" and scheme not in HARDWARE_SCHEMES:     # csi:// on a Jetson only
             raise ValueError(f"decode: nvdec reads file://, rtsp:// and csi:// cameras, not {scheme}://; use decode:"
                              " auto (hardware decode where it can) or cpu")
         return self
@@ -57,6 +59,12 @@ class CameraConfig(_Strict):
     @property
     def max_frame(self) -> tuple[int, int]:
         return parse_size(self.max_frame_size)
+
+    @property
+    def hardware(self) -> bool:
+        """Whether a hardware reader may read it: its frames then come from a pool of surfaces sized by the frames
+        in flight of the tasks that read it (Config.frames_in_flight)."""
+        return self.decode != "cpu" and self.parsed.scheme in HARDWARE_SCHEMES
 
 
 class DetectorParams(_Strict):
@@ -232,6 +240,11 @@ class Config(_Strict):
 
     def camera(self, camera_id: str) -> CameraConfig:
         return next(c for c in self.cameras if c.id == camera_id)
+
+    def frames_in_flight(self, camera_id: str) -> int:
+        """The frames the tasks that read a camera may hold at once: their in_flight summed, a disabled task's too
+        (enabling it needs no bigger pool). A hardware reader's pool holds 2 more (edge/pipeline/runtime.py)."""
+        return sum(task.in_flight for task in self.tasks if camera_id in task.cameras)
 
     def used_camera_ids(self) -> list[str]:
         """Cameras that at least one enabled task uses, in config order (the others are never opened)."""

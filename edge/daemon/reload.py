@@ -3,9 +3,11 @@ settings. Pure: it compares two checked Configs and touches nothing (the service
 
 A running task whose own settings are unchanged, and whose cameras are unchanged, keeps running untouched.
 A task that changed, or that reads a camera whose settings changed, is stopped and started again with the
-new settings; tasks removed or disabled stop; tasks added or enabled start. The output, control and metrics
-sections hold sockets that subscribers, tools and scrapers are connected to: a change there needs a restart,
-and the reload is refused as a whole, so nothing half-applies.
+new settings; so is every task of a camera a hardware reader may read whose tasks' frames in flight changed in
+sum (a task added on it, an in_flight raised): that camera is opened anew, its surface pool sized for them.
+Tasks removed or disabled stop; tasks added or enabled start. The output, control and metrics sections hold
+sockets that subscribers, tools and scrapers are connected to: a change there needs a restart, and the reload is
+refused as a whole, so nothing half-applies.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ class ReloadPlan:
     keep: tuple[str, ...]          # running tasks that run on untouched
     supervisor: bool = False       # the supervisor section changed
     logging: bool = False          # the log level changed
-    reopen: frozenset[str] = frozenset()    # cameras whose settings changed: opened anew for the tasks that start
+    reopen: frozenset[str] = frozenset()    # cameras whose settings or pool size changed: opened anew for the
+                                            # tasks that start
 
     @property
     def changes(self) -> bool:
@@ -50,7 +53,9 @@ def plan(old: Config, new: Config, running: set[str]) -> ReloadPlan:
                              " supervisor and logging")
     old_cameras = {camera.id: camera for camera in old.cameras}
     new_cameras = {camera.id: camera for camera in new.cameras}
-    changed_cameras = {cid for cid, camera in new_cameras.items() if old_cameras.get(cid) not in (None, camera)}
+    changed_cameras = {cid for cid, camera in new_cameras.items() if old_cameras.get(cid) not in (None, camera)
+                       or (cid in old_cameras and camera.hardware
+                           and old.frames_in_flight(cid) != new.frames_in_flight(cid))}
     old_tasks = {task.name: task for task in old.tasks}
     wanted = {task.name: task for task in new.tasks if task.enabled}
     stop: list[str] = []

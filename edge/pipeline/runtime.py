@@ -232,9 +232,8 @@ class Cameras:
     def make(self, camera_id: str, config: Config) -> Camera:
         """A camera of `config`, not opened and not counted among the open ones."""
         camera = config.camera(camera_id)
-        in_flight = sum(task.in_flight for task in config.tasks if camera_id in task.cameras)
         return Camera(camera_id, camera.parsed, on_event=self.on_event, max_frame=camera.max_frame,
-                      opener=Decoding(camera_id, camera.decode, in_flight))
+                      opener=Decoding(camera_id, camera.decode, config.frames_in_flight(camera_id)))
 
     def install(self, camera: Camera) -> None:
         with self._lock:

@@ -84,6 +84,27 @@ def test_a_changed_camera_restarts_the_tasks_that_read_it(demo: Any, tmp_path: P
     assert change.reopen == frozenset({"cam1"})                      # opened anew for b, not shared with a
 
 
+@pytest.mark.parametrize("edit,reopen,plan", [
+    ("c on cam2", {"cam2"}, "restart: b; start: c; keep: a"),
+    ("b's in_flight 3", {"cam2"}, "restart: b; keep: a"),
+    ("c on cam2, read by the CPU", set(), "start: c; keep: a, b")])
+def test_a_camera_whose_tasks_hold_more_frames_is_opened_anew(demo: Any, tmp_path: Path, edit: str,
+                                                              reopen: set[str], plan: str) -> None:
+    """A hardware reader's surface pool is sized once, for the frames in flight of the camera's tasks + 2, and a
+    reload kept the open camera when a task was added on it or an in_flight raised: its pool was then too small.
+    Such a camera is opened anew, and the tasks on it restart; a camera the CPU reads has no pool to size."""
+    model = demo.model
+    decode = "\n    decode: cpu" if "CPU" in edit else ""
+    cam2 = f"\n  - id: cam2\n    uri: file://{demo.video}{decode}"
+    old = _config(_yaml(tmp_path, model, tasks=_task("a", "cam0", model) + _task("b", "cam2", model), cameras=cam2),
+                  tmp_path)
+    b = _task("b", "cam2", model, "\n    in_flight: 3" if "in_flight" in edit else "")
+    c = _task("c", "cam2", model) if "c on" in edit else ""
+    change = reload.plan(old, _config(_yaml(tmp_path, model, tasks=_task("a", "cam0", model) + b + c, cameras=cam2),
+                                      tmp_path), {"a", "b"})
+    assert change.reopen == frozenset(reopen) and change.describe() == plan
+
+
 def test_a_changed_log_level_is_applied_alone(demo: Any, tmp_path: Path) -> None:
     model = demo.model
     tasks = _task("a", "cam0", model) + _task("b", "cam1", model)
@@ -163,6 +184,26 @@ def test_a_reload_applies_the_changes_and_leaves_unchanged_lanes_running(demo: A
     assert running.service.reload() == {"changes": "restart: a; keep: c"}
     assert running.lane("a") is not lane_a and lane_a.finished.is_set()
     _processing(running, "a")
+
+
+def test_a_reload_reopens_a_camera_for_more_frames_in_flight_and_sizes_its_pool(demo: Any, tmp_path: Path) -> None:
+    path = tmp_path / "edge.yaml"
+    model = demo.model
+    cam2 = f"\n  - id: cam2\n    uri: file://{demo.video}?loop=1"
+    path.write_text(_yaml(tmp_path, model, tasks=_task("b", "cam2", model, "\n    in_flight: 1"), cameras=cam2))
+    daemon = Running(path)
+    try:
+        camera = daemon.service.cameras.open["cam2"]
+        assert camera._open_reader.surfaces == 1 + 2
+        path.write_text(_yaml(tmp_path, model, tasks=_task("b", "cam2", model, "\n    in_flight: 1")
+                              + _task("c", "cam2", model), cameras=cam2))
+        assert daemon.service.reload() == {"changes": "restart: b; start: c"}
+        reopened = daemon.service.cameras.open["cam2"]
+        assert reopened is not camera and reopened._open_reader.surfaces == 1 + 2 + 2
+        _processing(daemon, "b")
+        _processing(daemon, "c")
+    finally:
+        daemon.close()
 
 
 def _broken_task(tmp_path: Path, model: Any, task_c: str, camera: str = "") -> str:
