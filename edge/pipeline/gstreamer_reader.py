@@ -26,7 +26,14 @@ from edge.pipeline.gstreamer import (
     probe,
     scrub,
 )
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, Refused, check_frame_size, check_video_file
+from edge.pipeline.sources import (
+    OPEN_TIMEOUT_MS,
+    READ_TIMEOUT_MS,
+    Refused,
+    SurfaceWait,
+    check_frame_size,
+    check_video_file,
+)
 
 log = get_logger("camera")
 
@@ -70,13 +77,14 @@ class GstReader:
                  surfaces: int, source: str) -> None:
         self.description = f"{gst.version_string()} on a Jetson: {source}"
         self.fps = 30.0
-        self.frames = 0
+        self.frames = 0                                 # read from the appsink, the dropped ones too
         self.declared_frames = 0
         self._gst = gst
         self._uri = uri
         self._what = describe(uri)
         self._surfaces = surfaces
         self._pool: SurfacePool | None = None
+        self._wait = SurfaceWait(self._what, lossless=uri.lossless)
         self._problem: SourceError | None = None        # the first error GStreamer posted
         self._closed = False
         self._pipeline = parse(gst, description, uri, bin_only=False)
@@ -117,26 +125,31 @@ class GstReader:
         return sample
 
     def read(self) -> DeviceFrame | None:
-        sample, self._first = self._first, None
-        if sample is None:
-            sample = self._next(READ_TIMEOUT_MS / 1000)
-        if sample is None:
-            self._ended()
-            return None
-        buffer = sample.get_buffer()
-        if buffer.get_size() != self._pitch * self._height:
-            log.warning("%s changed its frames to %s: not read further (a live camera reconnects)", self._what,
-                        sample.get_caps().to_string())
-            return None
-        surface = self._pool.acquire(READ_TIMEOUT_MS / 1000)
-        if surface is None:
-            log.error("%s: none of its %d surfaces came back from the lanes within %d ms: not read further",
-                      self._what, self._surfaces, READ_TIMEOUT_MS)
-            return None
+        """The next frame; None at the end of a file, on an error, or when none came within the read timeout. While
+        the lanes hold every surface, a frame is dropped, or a realtime=0 file waits (SurfaceWait)."""
+        surface = None
+        while surface is None:
+            sample, self._first = self._first, None
+            if sample is None:
+                sample = self._next(READ_TIMEOUT_MS / 1000)
+            if sample is None:
+                self._ended()
+                return None
+            buffer = sample.get_buffer()
+            if buffer.get_size() != self._pitch * self._height:
+                log.warning("%s changed its frames to %s: not read further (a live camera reconnects)", self._what,
+                            sample.get_caps().to_string())
+                return None
+            self.frames += 1                        # dropped ones too: the file's length check counts them
+            surface = self._wait.acquire(self._pool)
         copy_buffer(buffer, surface.host)
-        self.frames += 1
         return surface.frame(pixel_format="bgrx", width=self._width, height=self._height, pitch=self._pitch,
                              plane_offsets=(0,), matrix="bt601", full_range=False, ready=None)
+
+    @property
+    def dropped(self) -> int:
+        """Frames dropped because every surface was still held (SurfaceWait)."""
+        return self._wait.dropped
 
     def close(self) -> None:
         """Stop the pipeline; the pool is retired: freed once the lanes gave every surface back (SurfacePool.retire)."""

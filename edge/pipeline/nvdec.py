@@ -21,7 +21,7 @@ from edge.gpu.surfaces import DeviceFrame, SurfacePool
 from edge.log import get_logger
 from edge.opencv import import_cv2
 from edge.pipeline.cameras import open_reader
-from edge.pipeline.sources import Refused
+from edge.pipeline.sources import Refused, SurfaceWait
 
 log = get_logger("nvdec")
 
@@ -32,7 +32,6 @@ CODECS = {"h264": ("H264", "H.264"), "avc1": ("H264", "H.264"), "avc3": ("H264",
           "hevc": ("HEVC", "H.265"), "hev1": ("HEVC", "H.265"), "hvc1": ("HEVC", "H.265"), "h265": ("HEVC", "H.265")}
 DECODE_DELAY = 4            # frames one Decode call may return at once: the decoder's default (NATIVE) latency
 PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s GOP at 30 fps) before giving up
-ACQUIRE_TIMEOUT_S = 2.0     # wait for a free surface this long, then drop the decoded frame
 INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
 CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
 
@@ -112,8 +111,8 @@ class NvdecReader:
 
     def __init__(self, uri: CameraURI, max_frame: tuple[int, int], surfaces: int, nvc: ModuleType) -> None:
         self.what = f"video file {uri.location}" if uri.scheme == "file" else f"RTSP stream {uri.redacted()}"
-        self.frames = 0
-        self.dropped = 0                # decoded frames dropped because every surface was still held
+        self.frames = 0                 # decoded, the dropped ones too (the file's length check counts them)
+        self._wait = SurfaceWait(self.what, lossless=uri.lossless)
         self._nvc = nvc
         self._packets = open_reader(uri, max_frame, packets=True)
         self.fps = self._packets.fps
@@ -167,8 +166,12 @@ class NvdecReader:
             self._ended = True
         if not self._ready:
             return None
-        self.frames += 1
         return self._ready.popleft()
+
+    @property
+    def dropped(self) -> int:
+        """Decoded frames dropped because every surface was still held (SurfaceWait)."""
+        return self._wait.dropped
 
     def _step(self, *, prime: bool) -> None:
         """Decode the next packet; at the end of the packets, flush the decoder's delayed frames."""
@@ -208,9 +211,9 @@ class NvdecReader:
         if sum(sizes) > self._pool.nbytes:
             raise SourceError(f"{self.what} changed its frames to {width}x{height} from {self.size[0]}x{self.size[1]},"
                               " larger than its surfaces", hint="a live stream is opened again; a file ends here")
-        surface = self._pool.acquire(ACQUIRE_TIMEOUT_S)
+        self.frames += 1
+        surface = self._wait.acquire(self._pool)
         if surface is None:
-            self._drop()
             return
         with self._context.current():   # on the decoder's stream, before its next Decode call reuses the buffer
             cuda.copy_device(surface.pointer, luma.data, sizes[0], self._stream)
@@ -220,13 +223,6 @@ class NvdecReader:
         self._ready.append(surface.frame(pixel_format="nv12", width=width, height=height, pitch=pitch,
                                          plane_offsets=(0, sizes[0]), matrix=self.matrix, full_range=self.full_range,
                                          ready=ready))
-
-    def _drop(self) -> None:
-        self.dropped += 1
-        report = log.warning if self.dropped == 1 else log.debug
-        report("%s: all %d frame surfaces are still held after %.1f s: decoded frame dropped (%d so far); a lane"
-               " keeps frames longer than its in_flight, or frames are not released", self.what, self._pool.count,
-               ACQUIRE_TIMEOUT_S, self.dropped)
 
     def close(self) -> None:
         """Stop decoding; the pool is retired: freed once every frame handed out was released (SurfacePool.retire)."""

@@ -1,16 +1,24 @@
-"""What every camera reader keeps to (OpenCV's and FFmpeg's, GStreamer's on a Jetson): the time to open a source and
-to read each frame, the largest frame it takes before decoding, the check of a file:// camera's file before it is
-opened, and how a hardware reader refuses a camera."""
+"""What every camera reader keeps to (OpenCV's and FFmpeg's, GStreamer's on a Jetson, NVDEC's): the time to open a
+source and to read each frame, the largest frame it takes before decoding, the check of a file:// camera's file
+before it is opened, how a hardware reader refuses a camera, and what it does while the lanes hold every surface."""
 from __future__ import annotations
 
 import os
 import stat
+from typing import TYPE_CHECKING
 
 from edge import files
 from edge.errors import SourceError
+from edge.log import get_logger
+
+if TYPE_CHECKING:
+    from edge.gpu.surfaces import Surface, SurfacePool
+
+log = get_logger("camera")
 
 OPEN_TIMEOUT_MS = 2000           # a reader opens its source within this, or fails
 READ_TIMEOUT_MS = 2000           # and then delivers each frame within this, or the source counts as lost
+ACQUIRE_TIMEOUT_S = 2.0          # a hardware reader waits this long for a free frame surface, then says so
 
 
 def check_frame_size(size: tuple[int, int], max_frame: tuple[int, int], what: str) -> None:
@@ -45,3 +53,34 @@ class Refused(SourceError):
     """A hardware decode path cannot read this camera here, through no fault of the source (no library, GPU or
     element for it, a codec or container it does not take): `decode: auto` falls back to the CPU reader with the
     reason, `decode: nvdec` fails with it (edge/pipeline/runtime.py, Decoding)."""
+
+
+class SurfaceWait:
+    """How a hardware reader takes the surface for its next frame while the lanes still hold every one (a lane
+    keeps frames longer than its in_flight, or frames are not released). A lossless file (realtime=0) waits as
+    long as the lanes take, as its LatestFrame does, and drops nothing; any other source drops that frame after
+    ACQUIRE_TIMEOUT_S and reads on, as a slow lane drops frames. The first of each is a warning, later ones debug."""
+
+    def __init__(self, what: str, *, lossless: bool) -> None:
+        self.what = what
+        self.lossless = lossless
+        self.dropped = 0                # frames dropped for want of a surface
+        self.waited = 0                 # lossless: waits longer than ACQUIRE_TIMEOUT_S
+
+    def acquire(self, pool: SurfacePool) -> Surface | None:
+        """A surface for the next frame; None: drop that frame (counted in `dropped`)."""
+        surface = pool.acquire(ACQUIRE_TIMEOUT_S)
+        if surface is not None:
+            return surface
+        held = f"{self.what}: all {pool.count} frame surfaces are still held after {ACQUIRE_TIMEOUT_S:.1f} s"
+        cause = "a lane keeps frames longer than its in_flight, or frames are not released"
+        if self.lossless:
+            self.waited += 1
+            report = log.warning if self.waited == 1 else log.debug
+            report("%s: waiting for the lanes, since realtime=0 drops no frame (%d such waits so far); %s", held,
+                   self.waited, cause)
+            return pool.acquire(None)
+        self.dropped += 1
+        report = log.warning if self.dropped == 1 else log.debug
+        report("%s: decoded frame dropped (%d so far); %s", held, self.dropped, cause)
+        return None

@@ -19,7 +19,7 @@ import pytest
 
 from edge.config.cameras import parse_uri
 from edge.errors import SourceError
-from edge.pipeline import gstreamer_reader
+from edge.pipeline import gstreamer_reader, sources
 from edge.pipeline.gstreamer import probe
 from edge.pipeline.gstreamer_reader import open_gstreamer_reader
 from edge.pipeline.runtime import Decoding
@@ -118,9 +118,11 @@ def test_the_letterbox_kernel_reads_the_frame_where_it_lies(jetson_elements, led
     wait_for(lambda: not ledger.live, what="the surfaces freed")
 
 
-def test_the_pool_is_bounded_and_a_surface_comes_back_once_released(jetson_elements, ledger, tmp_path, monkeypatch,
-                                                                    caplog) -> None:
-    monkeypatch.setattr(gstreamer_reader, "READ_TIMEOUT_MS", 200)
+def test_the_pool_is_bounded_and_a_frame_with_no_free_surface_is_dropped(jetson_elements, ledger, tmp_path,
+                                                                         monkeypatch, caplog) -> None:
+    """With every surface held the reader stopped reading, which ended a file camera; NVDEC's reader dropped the
+    frame and went on. Both drop it now (one warning), and the file's length check still counts it."""
+    monkeypatch.setattr(sources, "ACQUIRE_TIMEOUT_S", 0.01)
     reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264')}"), MAX, surfaces=2)
     first, second = reader.read(), reader.read()
     assert ledger.kinds()["mapped host buffer"] == 2 and first.planes != second.planes
@@ -128,10 +130,36 @@ def test_the_pool_is_bounded_and_a_surface_comes_back_once_released(jetson_eleme
     first.release(None)
     third = reader.read()
     assert third.planes == pointer                                  # the released surface, written again
-    assert reader.read() is None                                    # both out: none is written over
-    assert "none of its 2 surfaces came back from the lanes within 200 ms: not read further" in caplog.text
+    caplog.set_level(logging.DEBUG, "edge.camera")
+    assert reader.read() is None                                    # both out: the rest dropped, to the end
+    assert (reader.frames, reader.dropped) == (CLIP_FRAMES, CLIP_FRAMES - 3)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"video file {tmp_path}/a.mp4: all 2 frame surfaces are still held after 0.0 s: decoded frame dropped (1 so"
+        " far); a lane keeps frames longer than its in_flight, or frames are not released"]
+    assert "decoded frame dropped (17 so far)" in caplog.text and "end of stream after 20 frames" in caplog.text
     second.release(None)
     third.release(None)
+    reader.close()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
+
+
+def test_a_lossless_file_waits_for_a_surface_and_drops_nothing(jetson_elements, ledger, tmp_path, monkeypatch,
+                                                               caplog) -> None:
+    monkeypatch.setattr(sources, "ACQUIRE_TIMEOUT_S", 0.01)
+    reader = open_gstreamer_reader(parse_uri(f"file://{clip(tmp_path, 'a.mp4', 'libx264', frames=3)}?realtime=0"),
+                                   MAX, surfaces=2)
+    held = [reader.read(), reader.read()]
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(reader.read()))
+    thread.start()
+    wait_for(lambda: "waiting for the lanes, since realtime=0 drops no frame" in caplog.text, READ_WAIT_S,
+             "the reader to say that it waits")
+    assert thread.is_alive() and not got
+    held.pop(0).release(None)                                       # a lane gives one back
+    thread.join(READ_WAIT_S)
+    assert got[0] is not None and reader.dropped == 0 and reader.frames == 3
+    for frame in got + held:
+        frame.release(None)
     reader.close()
     wait_for(lambda: not ledger.live, what="the surfaces freed")
 

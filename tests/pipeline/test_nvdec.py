@@ -19,7 +19,7 @@ import pytest
 from edge.config.cameras import parse_uri
 from edge.errors import SourceError
 from edge.gpu.surfaces import DeviceFrame
-from edge.pipeline import nvdec
+from edge.pipeline import nvdec, sources
 from edge.pipeline.cameras import Camera, EndOfStream, Frame
 from edge.pipeline.nvdec import NvdecReader, open_nvdec_reader
 from edge.pipeline.runtime import Decoding
@@ -253,21 +253,45 @@ def test_a_missing_file_says_so(nvc: ModuleType, tmp_path: Path) -> None:
 def test_all_surfaces_held_drops_decoded_frames_with_one_warning(nvc: ModuleType, cache: Path,
                                                                  monkeypatch: pytest.MonkeyPatch,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(nvdec, "ACQUIRE_TIMEOUT_S", 0.01)
+    monkeypatch.setattr(sources, "ACQUIRE_TIMEOUT_S", 0.01)
     path = clips.clip("h264", cache)
-    reader = open_nvdec(path, in_flight=0)                  # 0 + 2 + DECODE_DELAY surfaces
+    reader = open_nvdec(path, in_flight=0, query="")        # 0 + 2 + DECODE_DELAY surfaces; realtime=0 would wait
     count = reader._pool.count
     assert count == 2 + nvdec.DECODE_DELAY
     with caplog.at_level(logging.DEBUG, logger="edge.nvdec"):
         held = [reader.read() for _ in range(count)]        # every surface out, none released
         assert reader.read() is None                        # the rest of the clip finds no surface
-    assert reader.dropped == clips.decoded_frames(path) - count
+    assert reader.dropped == clips.decoded_frames(path) - count and reader.frames == clips.decoded_frames(path)
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert warnings == [f"video file {path}: all {count} frame surfaces are still held after 0.0 s: decoded frame"
                         " dropped (1 so far); a lane keeps frames longer than its in_flight, or frames are not"
                         " released"]
     for frame in held:
         frame.release(None)
+    reader.close()
+    assert fake_cuda.ledger.kinds() == {}
+
+
+def test_a_lossless_file_waits_for_a_surface_and_drops_nothing(nvc: ModuleType, cache: Path,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """realtime=0 drops no frame (its LatestFrame waits for the lanes): the reader waits for a surface too."""
+    monkeypatch.setattr(sources, "ACQUIRE_TIMEOUT_S", 0.01)
+    path = clips.clip("h264", cache)
+    reader = open_nvdec(path, in_flight=0)
+    held = [reader.read() for _ in range(reader._pool.count)]
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(reader.read()))
+    thread.start()
+    wait_for(lambda: "waiting for the lanes, since realtime=0 drops no frame" in caplog.text, 10,
+             "the reader to say that it waits")
+    assert thread.is_alive() and not got
+    held.pop(0).release(None)                               # a lane gives one back
+    thread.join(10)
+    for frame in got + held:
+        frame.release(None)
+    assert read_all(reader) == clips.decoded_frames(path) - len(got) - len(held) - 1
+    assert reader.dropped == 0 and reader.frames == clips.decoded_frames(path)
     reader.close()
     assert fake_cuda.ledger.kinds() == {}
 
