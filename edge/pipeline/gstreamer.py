@@ -199,8 +199,21 @@ def gst_error(message: Any, uri: CameraURI) -> SourceError:
     element = factory.get_name() if factory is not None else message.src.get_name()
     return SourceError(f"{describe(uri)}: {scrub(error.message, uri)}",
                        note=scrub(f"{element}: {debug or error.message}", uri).replace("\n", " "),
-                       hint="check the path or the camera's address, and that the video plays elsewhere (ffprobe"
-                            " FILE_OR_URL); `GST_DEBUG=3 edge run ...` shows what each GStreamer element said")
+                       hint=_raw_credentials_hint(uri) + "check the path or the camera's address, and that the video"
+                            " plays elsewhere (ffprobe FILE_OR_URL); `GST_DEBUG=3 edge run ...` shows what each"
+                            " GStreamer element said")
+
+
+def _raw_credentials_hint(uri: CameraURI) -> str:
+    """A hint for an RTSP URL whose user name or password holds a raw `@` or `/`: rtspsrc takes the first `@` for
+    the end of the credentials and the first `/` for the end of the host ("Unhandled error", "Could not open
+    resource"), where edge's own parsing takes the last `@`. Empty for any other URI."""
+    rest = uri.raw.partition("://")[2]
+    credentials = rest.rpartition("@")[0] if uri.scheme == "rtsp" else ""
+    if "@" not in credentials and "/" not in credentials:
+        return ""
+    return ("the user name or password holds a raw '@' or '/', which GStreamer's rtspsrc cannot parse: write it"
+            " percent-encoded (@ as %40, / as %2F, % as %25) in the camera URI; else ")
 
 
 def describe(uri: CameraURI) -> str:

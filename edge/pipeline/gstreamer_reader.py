@@ -40,9 +40,11 @@ log = get_logger("camera")
 PULL_SLICE_S = 0.1               # a reader waiting for a frame looks at the bus for errors this often
 
 
-def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int) -> GstReader:
+def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int,
+                          camera_id: str = "") -> GstReader:
     """Open a file://, rtsp:// or csi:// camera through NVIDIA's elements; its frames come as DeviceFrames from a
-    pool of `surfaces` mapped surfaces (at least the lanes' frames in flight + 2). Refused where this path cannot
+    pool of `surfaces` mapped surfaces (at least the lanes' frames in flight + 2). `camera_id` (where known) names
+    the camera in the lines logged while it runs. Refused where this path cannot
     read the camera here (no NVIDIA elements, a container or codec it does not take); another SourceError for the
     source itself."""
     if uri.scheme not in JETSON_ELEMENTS:
@@ -64,7 +66,8 @@ def open_gstreamer_reader(uri: CameraURI, max_frame: tuple[int, int], *, surface
         check_frame_size(size, max_frame, f"{what} declares")
         description, source = pipeline_description(uri, codec, demuxer), f"{CODECS[codec]} by nvv4l2decoder (NVDEC)"
     log.info("%s: GStreamer %s", what, scrub(description, uri))
-    return GstReader(gst, uri, description, max_frame=max_frame, surfaces=surfaces, source=source)
+    return GstReader(gst, uri, description, max_frame=max_frame, surfaces=surfaces, source=source,
+                     camera_id=camera_id)
 
 
 class GstReader:
@@ -74,7 +77,7 @@ class GstReader:
     and decoder, or the sensor) and the frames' size, for the decode choice's log line."""
 
     def __init__(self, gst: Any, uri: CameraURI, description: str, *, max_frame: tuple[int, int],
-                 surfaces: int, source: str) -> None:
+                 surfaces: int, source: str, camera_id: str = "") -> None:
         self.description = f"{gst.version_string()} on a Jetson: {source}"
         self.fps = 30.0
         self.frames = 0                                 # read from the appsink, the dropped ones too
@@ -82,9 +85,10 @@ class GstReader:
         self._gst = gst
         self._uri = uri
         self._what = describe(uri)
+        self._said = f"{camera_id}: {self._what}" if camera_id else self._what      # in lines logged while it runs
         self._surfaces = surfaces
         self._pool: SurfacePool | None = None
-        self._wait = SurfaceWait(self._what, lossless=uri.lossless)
+        self._wait = SurfaceWait(self._said, lossless=uri.lossless)
         self._problem: SourceError | None = None        # the first error GStreamer posted
         self._closed = False
         self._pipeline = parse(gst, description, uri, bin_only=False)
@@ -137,7 +141,7 @@ class GstReader:
                 return None
             buffer = sample.get_buffer()
             if buffer.get_size() != self._pitch * self._height:
-                log.warning("%s changed its frames to %s: not read further (a live camera reconnects)", self._what,
+                log.warning("%s changed its frames to %s: not read further (a live camera reconnects)", self._said,
                             sample.get_caps().to_string())
                 return None
             self.frames += 1                        # dropped ones too: the file's length check counts them
@@ -159,7 +163,7 @@ class GstReader:
         self._first = None
         self._pipeline.set_state(self._gst.State.NULL)
         if self._pool is not None:
-            self._pool.retire(self._what)
+            self._pool.retire(self._said)
 
     def _next(self, timeout_s: float) -> Any:
         """The next sample; None at the end of the stream, on an error on the bus, or after `timeout_s`."""
@@ -182,11 +186,11 @@ class GstReader:
     def _ended(self) -> None:
         """Say why no frame came: the end of the file (debug), GStreamer's error, or the read timeout."""
         if self._read_bus():
-            log.warning("%s: %s", self._what, self._problem.render().replace("\n", "; "))
+            log.warning("%s: %s", self._said, self._problem.render().replace("\n", "; "))
         elif self._sink.get_property("eos"):
-            log.debug("%s: end of stream after %d frames", self._what, self.frames)
+            log.debug("%s: end of stream after %d frames", self._said, self.frames)
         else:
-            log.warning("%s: no frame within %d ms", self._what, READ_TIMEOUT_MS)
+            log.warning("%s: no frame within %d ms", self._said, READ_TIMEOUT_MS)
 
     def _failed(self, what: str) -> SourceError:
         self._read_bus()

@@ -64,15 +64,16 @@ def check_gpu() -> None:
                            " `decode: cpu`")
 
 
-def open_nvdec_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int) -> NvdecReader:
+def open_nvdec_reader(uri: CameraURI, max_frame: tuple[int, int], *, surfaces: int,
+                      camera_id: str = "") -> NvdecReader:
     """Open a file:// or rtsp:// camera on NVDEC, its frames from `surfaces` + DECODE_DELAY surfaces (`surfaces`: at
-    least the lanes' frames in flight + 2). Refused where it cannot run here or does not take the stream; another
-    SourceError for the source itself."""
+    least the lanes' frames in flight + 2); `camera_id` (where known) names the camera in the lines logged while it
+    runs. Refused where it cannot run here or does not take the stream; another SourceError for the source itself."""
     if uri.scheme not in SCHEMES:
         raise Refused(f"{uri.scheme}:// cameras do not go through NVDEC", hint="file:// and rtsp:// do; " + CPU_HINT)
     nvc = load()
     check_gpu()
-    return NvdecReader(uri, max_frame, surfaces, nvc)
+    return NvdecReader(uri, max_frame, surfaces, nvc, camera_id)
 
 
 def colour(nvc: ModuleType, uri: CameraURI, size: tuple[int, int]) -> tuple[str, bool, str]:
@@ -109,10 +110,13 @@ class NvdecReader:
     the stream (the decoder's delayed frames flushed first) or when the stream fails, as the CPU reader does.
     """
 
-    def __init__(self, uri: CameraURI, max_frame: tuple[int, int], surfaces: int, nvc: ModuleType) -> None:
+    def __init__(self, uri: CameraURI, max_frame: tuple[int, int], surfaces: int, nvc: ModuleType,
+                 camera_id: str = "") -> None:
         self.what = f"video file {uri.location}" if uri.scheme == "file" else f"RTSP stream {uri.redacted()}"
+        self._camera = f"{camera_id}: " if camera_id else ""     # names the camera in lines logged while it runs
+        self._said = self._camera + self.what
         self.frames = 0                 # decoded, the dropped ones too (the file's length check counts them)
-        self._wait = SurfaceWait(self.what, lossless=uri.lossless)
+        self._wait = SurfaceWait(self._said, lossless=uri.lossless)
         self._nvc = nvc
         self._packets = open_reader(uri, max_frame, packets=True)
         self.fps = self._packets.fps
@@ -162,7 +166,7 @@ class NvdecReader:
             while not self._ready and not self._ended:
                 self._step(prime=False)
         except SourceError as exc:
-            log.error("%s. Hint: %s", exc.summary(), exc.hint)
+            log.error("%s%s. Hint: %s", self._camera, exc.summary(), exc.hint)
             self._ended = True
         if not self._ready:
             return None
@@ -240,7 +244,7 @@ class NvdecReader:
                     self._stream.free()
             self._context.detach()
         if self._pool is not None:
-            self._pool.retire(self.what)
+            self._pool.retire(self._said)
 
 
 def _one_line(exc: Exception) -> str:

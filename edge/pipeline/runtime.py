@@ -320,7 +320,7 @@ class Decoding:
 
     def _hardware(self, uri: CameraURI, max_frame: tuple[int, int]) -> GstReader | NvdecReader:
         opener = open_gstreamer_reader if self._jetson else open_nvdec_reader
-        return opener(uri, max_frame, surfaces=self.surfaces)
+        return opener(uri, max_frame, surfaces=self.surfaces, camera_id=self.camera_id)
 
     def _chose(self, chosen: str, reader: _Reader, why: str) -> _Reader:
         if self.chosen is None:

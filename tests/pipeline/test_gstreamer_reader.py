@@ -265,13 +265,14 @@ def test_a_stream_that_changes_its_frame_size_is_not_read_further(jetson_element
     path = tmp_path / "change.264"
     small = clips.encode(clips.small("libx264", 5, (160, 120)), tmp_path / "small.264", fmt="h264")
     path.write_bytes(clip(tmp_path, "a.264", "libx264", frames=5, fmt="h264").read_bytes() + small.read_bytes())
-    reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
+    reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3, camera_id="front")
     sizes = []
     while (frame := reader.read()) is not None:
         sizes.append((frame.width, frame.height))
         frame.release(None)
     assert sizes == [(320, 240)] * 5
-    assert f"video file {path} changed its frames to video/x-raw, width=(int)160, height=(int)120" in caplog.text
+    assert f"front: video file {path} changed its frames to video/x-raw, width=(int)160, height=(int)120" in \
+        caplog.text                                                 # the camera named, where the reader knows it
     reader.close()
 
 
@@ -333,6 +334,36 @@ def test_an_rtsp_camera_that_is_not_there_is_a_clear_error_without_its_password(
     assert info.value.what.startswith("RTSP stream rtsp://admin:***@127.0.0.1:")
     assert info.value.what.endswith("/live: Could not open resource for reading and writing.")
     assert "s3cret" not in str(info.value)
+    assert "percent-encoded" not in info.value.hint
+
+
+@pytest.mark.parametrize("password", ["p@ss", "p/ss"])
+def test_an_rtsp_password_with_a_raw_at_or_slash_gets_the_hint_to_percent_encode_it(jetson_elements, ledger,
+                                                                                   password: str) -> None:
+    """rtspsrc ends the credentials at the first '@' and the host at the first '/': GStreamer said only "Unhandled
+    error" or "Could not open resource". Percent-encoded, the same password opens the camera."""
+    from urllib.parse import quote
+
+    from tests.conftest import free_port
+
+    stream = rtsp.media("h264")
+    rtsp.require(stream)
+    port = free_port()
+    server = rtsp.serve(port, stream, shared=False)
+    try:
+        with pytest.raises(SourceError) as info:
+            open_gstreamer_reader(parse_uri(f"rtsp://admin:{password}@127.0.0.1:{port}/live"), MAX, surfaces=3)
+        assert info.value.hint.startswith("the user name or password holds a raw '@' or '/', which GStreamer's"
+                                          " rtspsrc cannot parse: write it percent-encoded (@ as %40, / as %2F")
+        assert password not in info.value.render()
+        reader = open_gstreamer_reader(parse_uri(f"rtsp://admin:{quote(password, safe='')}@127.0.0.1:{port}/live"),
+                                       MAX, surfaces=3)
+        reader.read().release(None)
+        reader.close()
+    finally:
+        server.kill()
+        server.wait()
+    wait_for(lambda: not ledger.live, what="the surfaces freed")
 
 
 @pytest.mark.jetson

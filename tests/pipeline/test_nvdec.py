@@ -42,8 +42,9 @@ def surface_bytes(frame: DeviceFrame) -> np.ndarray:
 
 
 def open_nvdec(path: Path, *, in_flight: int = 2, max_frame: tuple[int, int] = (7680, 4320),
-               query: str = "?realtime=0") -> NvdecReader:
-    return open_nvdec_reader(parse_uri(f"file://{path}{query}"), max_frame, surfaces=in_flight + 2)
+               query: str = "?realtime=0", camera_id: str = "") -> NvdecReader:
+    return open_nvdec_reader(parse_uri(f"file://{path}{query}"), max_frame, surfaces=in_flight + 2,
+                             camera_id=camera_id)
 
 
 def read_all(reader: NvdecReader, check: Any = None) -> int:
@@ -223,14 +224,15 @@ def test_frames_over_max_frame_size_are_refused_before_decoding(nvc: ModuleType,
 def test_a_stream_that_grows_its_frames_ends_with_the_sizes_named(nvc: ModuleType, tmp_path: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     """Two H.264 streams back to back (a camera that switched resolution): frames larger than the surfaces the
-    first frame sized end the stream, as a frame over its header's size ends the CPU reader's file."""
+    first frame sized end the stream, as a frame over its header's size ends the CPU reader's file. The line names
+    the camera, where the reader knows it."""
     path = tmp_path / "grows.h264"
     path.write_bytes(_h264(tmp_path / "small.h264", 64, 48) + _h264(tmp_path / "large.h264", 128, 96))
-    reader = open_nvdec(path)
+    reader = open_nvdec(path, camera_id="front")
     with caplog.at_level(logging.ERROR, logger="edge.nvdec"):
         assert read_all(reader) == 3
-    assert caplog.messages == [f"video file {path} changed its frames to 128x96 from 64x48, larger than its surfaces."
-                               " Hint: a live stream is opened again; a file ends here"]
+    assert caplog.messages == [f"front: video file {path} changed its frames to 128x96 from 64x48, larger than its"
+                               " surfaces. Hint: a live stream is opened again; a file ends here"]
     reader.close()
 
 

@@ -81,11 +81,15 @@ def test_on_a_jetson_an_rtsp_camera_is_read_through_gstreamer(jetson: Any, nvc: 
         frame = reader.read()
         assert (frame.pixel_format, frame.width, frame.height) == ("bgrx", 320, 240)
         frame.release(None)
-        reader.close()
     finally:
         server.kill()
         server.wait()
+    caplog.set_level(logging.DEBUG, "edge.camera")
+    while (frame := reader.read()) is not None:                # what was under way when the camera went
+        frame.release(None)
+    reader.close()
     assert log == [f"front: decode nvdec (the config says so; {jetson_path(jetson, 'H.265', '320x240')})"]
+    assert f"front: RTSP stream rtsp://127.0.0.1:{port}/live: " in caplog.text     # the lost camera named
     assert nvc.decoders == []
 
 
