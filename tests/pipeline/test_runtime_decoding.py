@@ -74,7 +74,7 @@ def test_on_a_jetson_an_rtsp_camera_is_read_through_gstreamer(jetson: Any, nvc: 
     stream = rtsp.media("h265")
     rtsp.require(stream)
     port = free_port()
-    server = rtsp.serve(port, stream)
+    server = rtsp.serve(port, stream, shared=False)      # shared: the probe's teardown raced the open (503)
     try:
         reader, log = choose("nvdec", f"rtsp://127.0.0.1:{port}/live", caplog)
         assert isinstance(reader, GstReader)
