@@ -75,8 +75,11 @@ declare -A SPEC=(
     tests/daemon/test_systemd.py::test_a_manager_that_is_gone_is_warned_of_once
     tests/daemon/test_systemd.py::test_notify_socket_is_a_path_or_an_abstract_name
     | edge.daemon.systemd.*"
+  # device frames: the bounded pool, each reader's release, reuse only after their events
+  [surfaces]="edge/gpu/surfaces.py | tests/gpu/test_surfaces.py | edge.gpu.surfaces.*"
 )
-ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd)
+ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd
+  surfaces)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
