@@ -123,10 +123,6 @@ class SurfacePool:
                 owned = [thing for surface in self._surfaces for thing in (surface._buffer, surface._ready)]
                 owned += [event for surface in self._surfaces for event in surface._pending] + self._spare_events
                 owned += [self._staging, self._stream]
-                for surface in self._surfaces:
-                    surface._pending = []
-                self._spare_events = []
-                self._staging = self._stream = None
                 for thing in owned:
                     if thing is not None:
                         thing.free()
