@@ -89,14 +89,15 @@ class SurfacePool:
         while True:
             with self._changed:
                 self._check_open("acquire")
+                pending = None                  # an unfinished event of the oldest release, to wait on
                 with self._context.current():
-                    for surface in self._idle:
-                        if all(event.query() for event in surface._pending):
+                    for surface in self._idle:  # each event queried once: one ending meanwhile is seen next time
+                        unfinished = next((event for event in surface._pending if not event.query()), None)
+                        if unfinished is None:
                             self._idle.remove(surface)
                             surface._recycle()
                             return surface
-                pending = next((event for event in self._idle[0]._pending if not event.query()), None) \
-                    if self._idle else None
+                        pending = pending or unfinished
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 if pending is None:
                     if not self._changed.wait(remaining) and remaining is not None:

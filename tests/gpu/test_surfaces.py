@@ -169,6 +169,23 @@ def test_a_writer_waits_on_the_readers_event_for_the_time_it_has_left(
     pool.free()
 
 
+def test_a_writer_takes_a_surface_whose_readers_event_ended_while_it_looked(ledger: fake_cuda.Ledger,
+                                                                           stream: Any) -> None:
+    pool = SurfacePool(64, 1)
+    ledger.hold = True
+    _frame(pool).release(stream)
+    (event,) = [entry[2] for entry in ledger.trace if entry[0] == "record"]
+    answers = iter([False])
+
+    def query() -> bool:                        # unfinished at the first look, finished right after it
+        event.complete = True
+        return next(answers, True)
+
+    event.query = query
+    assert pool.acquire(0.5) is not None, "a writer missed a surface whose reader's kernel ended as it looked"
+    pool.free()
+
+
 def test_the_events_of_a_surfaces_releases_are_reused_once_it_came_back(ledger: fake_cuda.Ledger,
                                                                       stream: Any) -> None:
     pool = SurfacePool(64, 1)
