@@ -17,19 +17,15 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from edge.engines.base import Engine, Pending, Slot, WaitTimeout, batch_error
 from edge.errors import EdgeError
-from edge.log import get_logger
 from edge.pipeline.cameras import Camera, EndOfStream, Frame
-from edge.pipeline.lanes import IDLE_POLL_S, INFER_TIMEOUT_S, CameraLane, RateGate, ended_by, joined
+from edge.pipeline.lanes import IDLE_POLL_S, INFER_TIMEOUT_S, CameraLane, HostCopies, RateGate, ended_by, joined
 from edge.wire.publisher import Publisher
 
 if TYPE_CHECKING:
     from edge.pipeline.runtime import TaskRuntime
 
-log = get_logger("pipeline")
 DEFAULT_INTERVAL_NS = 1_000_000_000 // 30   # a camera's frame interval until its capture times tell
 ABSENT_INTERVALS = 3        # a batched lane stops awaiting a camera silent for this many of its frame intervals
 FEED_JOIN_S = 2 * IDLE_POLL_S
@@ -217,7 +213,7 @@ class BatchedLane:
         self.slots: dict[Engine, Slot] = {}         # the batched slot on each variant it ran
         self._stop = threading.Event()
         self._gate = RateGate(runtime)
-        self._warned_download = False
+        self._host = HostCopies(self.name)
         self._thread = threading.Thread(target=self._run, name=f"lane-{self.name}", daemon=True)
 
     @staticmethod
@@ -353,7 +349,8 @@ class BatchedLane:
         if slot.takes_device_frames and all(frame.device is not None for frame in frames):
             pending, metas = slot.submit_device_frames([frame.device for frame in frames])
         else:
-            images = self._host_images(frames, slot)
+            images = self._host.images(frames, slot, slot.device_frames_refused
+                                       or "the batch mixes host and device frames")
             if slot.takes_frames:
                 pending, metas = slot.submit_frames(images)
             else:
@@ -362,20 +359,6 @@ class BatchedLane:
                 pending = slot.submit(buf, count=len(images))
         inflight.append(_Batch(taken, metas, engine, pending, time.monotonic() + INFER_TIMEOUT_S))
         self.engine = engine
-
-    def _host_images(self, frames: list[Frame], slot: Slot) -> list[np.ndarray]:
-        """The frames' host images: device frames copied to the host and released (logged once: costly)."""
-        devices = [frame for frame in frames if frame.device is not None]
-        if devices and not self._warned_download:
-            self._warned_download = True
-            why = slot.device_frames_refused or "the batch mixes host and device frames"
-            log.warning("%s: device frames are copied to the host for %s, as %s (costly: a copy and a colour"
-                        " conversion on the CPU per frame)", self.name, slot.engine.name, why)
-        try:
-            return [frame.image if frame.device is None else frame.device.download_bgr() for frame in frames]
-        finally:
-            for frame in devices:
-                frame.release()
 
     def _finish_oldest(self, inflight: collections.deque[_Batch], *, room: bool) -> None:
         """Wait for the oldest batch and publish its results. With room for another batch, wait only until the

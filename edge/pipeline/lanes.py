@@ -6,8 +6,9 @@ the engine it was submitted to: after a precision switch the frames already in f
 old variant, the next frame runs on the new one, and every result names the variant that made it.
 
 Here too is what every lane shares: CameraLane (what the service sees of a (task, camera) lane, and how a
-result is handed to the publisher), its counters and the rate gate. A task with `batch: true` runs one
-BatchedLane over all its cameras instead (edge/pipeline/batched.py).
+result is handed to the publisher), its counters, the rate gate, and HostCopies (device frames copied to the host
+for a slot that cannot read them in place). A task with `batch: true` runs one BatchedLane over all its cameras
+instead (edge/pipeline/batched.py).
 """
 from __future__ import annotations
 
@@ -115,6 +116,28 @@ class CameraLane:
                 "running": not self.finished.is_set(), "graphs": None if slot is None else slot.graph_status}
 
 
+class HostCopies:
+    """A lane's host images of its frames, for a slot that cannot read device frames in place: each device frame
+    copied to the host and released (warned of once per lane: a copy and a colour conversion on the CPU)."""
+
+    def __init__(self, lane: str) -> None:
+        self.lane = lane
+        self._warned = False
+
+    def images(self, frames: list[Frame], slot: Slot, why: str) -> list[np.ndarray]:
+        """The frames' images, host frames as they are; `why` says why the slot's copies are needed."""
+        devices = [frame for frame in frames if frame.device is not None]
+        if devices and not self._warned:
+            self._warned = True
+            log.warning("%s: device frames are copied to the host for %s, as %s (costly: a copy and a colour"
+                        " conversion on the CPU per frame)", self.lane, slot.engine.name, why)
+        try:
+            return [frame.image if frame.device is None else frame.device.download_bgr() for frame in frames]
+        finally:
+            for frame in devices:
+                frame.release()
+
+
 @dataclasses.dataclass
 class _InFlight:
     frame: Frame
@@ -135,7 +158,7 @@ class Lane(CameraLane):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"lane-{self.name}", daemon=True)
         self._gate = RateGate(runtime)
-        self._warned_download = False
+        self._host = HostCopies(self.name)
 
     def start(self) -> None:
         self._thread.start()
@@ -205,7 +228,7 @@ class Lane(CameraLane):
         if frame.device is not None and slot.takes_device_frames:
             pending, meta = slot.submit_device_frame(frame.device)
         else:
-            image = self._host_image(frame, slot)
+            image = self._host.images([frame], slot, slot.device_frames_refused)[0]
             if slot.takes_frames:
                 pending, meta = slot.submit_frame(image)
             else:
@@ -214,20 +237,6 @@ class Lane(CameraLane):
                 pending = slot.submit(buf)
         inflight.append(_InFlight(frame, meta, engine, pending))
         self.engine = engine
-
-    def _host_image(self, frame: Frame, slot: Slot) -> np.ndarray:
-        """The frame's host image: a device frame copied to the host and released (logged once: it costs a copy
-        and a colour conversion on the CPU)."""
-        if frame.device is None:
-            return frame.image
-        if not self._warned_download:
-            self._warned_download = True
-            log.warning("%s: device frames are copied to the host for %s, as %s (costly: a copy and a colour"
-                        " conversion on the CPU per frame)", self.name, slot.engine.name, slot.device_frames_refused)
-        try:
-            return frame.device.download_bgr()
-        finally:
-            frame.release()
 
     def _finish(self, item: _InFlight) -> None:
         outputs = item.pending.wait(INFER_TIMEOUT_S, copy=False)    # decoded before the slot reuses them
