@@ -19,6 +19,7 @@ setup(
         "pydantic>=2.5,<3",
         "onnxruntime>=1.16",
         "onnx>=1.14",
+        "packaging>=22",         # PEP 440 order of engine bundle versions (anti-rollback)
         "cryptography>=42",      # Ed25519 signatures of engine bundles (aarch64 wheels for Jetson)
         "prometheus-client>=0.20",   # the optional metrics endpoint (pure Python)
     ],

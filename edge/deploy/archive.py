@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from packaging.version import InvalidVersion, Version
 
 from edge.deploy import keys
 from edge.deploy.common import BundleError, utc_now
@@ -41,6 +42,7 @@ CHUNK = 1 << 20
 GiB = 1 << 30
 HEADER_SLACK = 4096              # uncompressed bytes a member may take besides its data (headers, padding)
 PACK_HINT = "make bundles with `edge bundle pack`; if this one was, copy it again from its source"
+VERSION_HINT = "a bundle's version is a PEP 440 version that only increases, e.g. 2026.11.2"
 _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -106,8 +108,8 @@ class BundleManifest:
 
     def check(self, limits: Limits) -> None:
         """Refuse what no packer makes and what is over the limits (the signature does not make it safe)."""
-        problems = [f"version {self.version!r} is not 1 to 64 letters, digits, '.', '_', '+' or '-'"
-                    ] if not _VERSION.fullmatch(self.version) else []
+        version = version_problem(self.version)
+        problems = [version] if version else []
         problems += [f"model name {name!r} is not a plain name" for name in self.models if not _MODEL.fullmatch(name)]
         problems += [p for entry in self.files for p in self._entry_problems(entry, limits)]
         paths = [f.path for f in self.files]
@@ -115,7 +117,7 @@ class BundleManifest:
         problems += [f"model {m} has no {m}/manifest.json" for m in self.models if f"{m}/manifest.json" not in paths]
         if problems:
             raise BundleError(f"{MANIFEST} is not valid: {problems[0]}", note="; ".join(problems[1:6]) or None,
-                              hint=PACK_HINT)
+                              hint=f"{VERSION_HINT}; pack it again with one" if version else PACK_HINT)
         if len(self.files) > limits.members or self.total_bytes > limits.total_bytes:
             raise BundleError(f"bundle is too large: {len(self.files)} files, {self.total_bytes} bytes",
                               note=f"limits: {limits.members} files, {limits.total_bytes} bytes",
@@ -133,6 +135,24 @@ class BundleManifest:
             yield f"file {entry.path!r}: size {entry.size!r:.40} is not a byte count"
         elif entry.size > limits.member_bytes:
             yield f"file {entry.path!r} of {entry.size} bytes is over the limit of {limits.member_bytes} per file"
+
+
+def version_of(text: str) -> Version:
+    """A bundle's version, ordered as PEP 440 orders it (1.10 > 1.9); BundleError for anything else."""
+    problem = version_problem(text)
+    if problem:
+        raise BundleError(f"bundle {problem}", hint=VERSION_HINT)
+    return Version(text)
+
+
+def version_problem(text: str) -> str | None:
+    """Why `text` is not a bundle version: a PEP 440 version of at most 64 letters, digits, '.', '_', '+', '-'."""
+    try:
+        if _VERSION.fullmatch(text) and Version(text):
+            return None
+    except InvalidVersion:
+        pass
+    return f"version {text!r:.80} is not a PEP 440 version of 1 to 64 letters, digits, '.', '_', '+' or '-'"
 
 
 def path_problem(name: str) -> str | None:
@@ -165,6 +185,7 @@ class Verified:
 
 def pack(models: list[Path], *, key: Path, version: str, out: Path) -> Verified:
     """Write a bundle of the engine repositories `models` to `out`, signed with the private key `key`."""
+    version_of(version)
     private = keys.load_private(key)
     repos = [_repository(directory) for directory in models]
     names = [manifest.model for manifest, _ in repos]
@@ -246,16 +267,18 @@ class Sink(Protocol):
 
 
 def read(source: Path | io.BufferedIOBase, trusted: dict[str, Ed25519PublicKey], sink: Sink, *, trusted_dir: Path,
-         limits: Limits | None = None) -> Verified:
+         limits: Limits | None = None, admit: Callable[[BundleManifest], None] | None = None) -> Verified:
     """Read a bundle from a path or an open binary stream, verifying it as the module doc says (in full:
-    docs/operations.md, "What an install does", step 2); the files go to `sink`. BundleError says what is wrong."""
+    docs/operations.md, "What an install does", step 2); the files go to `sink`. `admit` sees the signed,
+    checked manifest before any file does, and refuses the bundle by raising. BundleError says what is wrong."""
     name = str(source) if isinstance(source, Path) else "<stdin>"
     limits = limits or Limits()
     with _open(source) as raw:
         stream = _Inflate(raw, name, limits)
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tar:
-                verified = _read_members(tar, stream, trusted, sink, trusted_dir=trusted_dir, limits=limits)
+                verified = _read_members(tar, stream, trusted, sink, trusted_dir=trusted_dir, limits=limits,
+                                         admit=admit)
             stream.finish()
             return verified
         except tarfile.TarError as exc:
@@ -274,12 +297,14 @@ def _open(source: Path | io.BufferedIOBase) -> contextlib.AbstractContextManager
 
 
 def _read_members(tar: tarfile.TarFile, stream: _Inflate, trusted: dict[str, Ed25519PublicKey], sink: Sink, *,
-                  trusted_dir: Path, limits: Limits) -> Verified:
+                  trusted_dir: Path, limits: Limits, admit: Callable[[BundleManifest], None] | None) -> Verified:
     members = iter(tar)
     raw = _small_member(tar, next(members, None), MANIFEST, limits.manifest_bytes)
     signature = _small_member(tar, next(members, None), SIGNATURE, keys.MAX_KEY_FILE_BYTES)
     kid = keys.verify(signature, raw, trusted, trusted_dir=trusted_dir)
     manifest = BundleManifest.parse(raw, limits)
+    if admit is not None:
+        admit(manifest)
     stream.allowance += manifest.total_bytes + (len(manifest.files) + 16) * HEADER_SLACK
     sink.prepare(manifest)
     expected = {entry.path: entry for entry in manifest.files}

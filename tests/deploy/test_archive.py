@@ -6,7 +6,7 @@ import tarfile
 
 import pytest
 
-from edge.deploy.archive import BundleManifest, FileEntry, Limits, _expected_entry, path_problem
+from edge.deploy.archive import BundleManifest, FileEntry, Limits, _expected_entry, path_problem, version_of
 from edge.deploy.common import BundleError
 
 SHA = "a" * 64
@@ -25,19 +25,38 @@ def refused(call) -> str:
     return info.value.render()
 
 
-def test_a_version_no_packer_makes_is_refused() -> None:
-    assert refused(lambda: manifest(MANIFEST, version="1 0").check(Limits())) == (
-        "bundle.json is not valid: version '1 0' is not 1 to 64 letters, digits, '.', '_', '+' or '-'\n" + HINT)
+VERSION = "is not a PEP 440 version of 1 to 64 letters, digits, '.', '_', '+' or '-'"
+VERSION_HINT = "Hint: a bundle's version is a PEP 440 version that only increases, e.g. 2026.11.2"
+
+
+@pytest.mark.parametrize("version", ["1 0", "demo-1", "", "1.0/2", "1." + "0" * 63, "2026.11.2-é"])
+def test_a_version_that_is_not_pep_440_is_refused(version: str) -> None:
+    assert refused(lambda: manifest(MANIFEST, version=version).check(Limits())) == (
+        f"bundle.json is not valid: version {version!r} {VERSION}\n{VERSION_HINT}; pack it again with one")
+    assert refused(lambda: version_of(version)) == f"bundle version {version!r} {VERSION}\n{VERSION_HINT}"
+
+
+@pytest.mark.parametrize("lower, higher", [("1.9", "1.10"), ("2026.11.2", "2026.12.0"), ("2.0rc1", "2.0"),
+                                           ("2.0", "2.0.post1"), ("1.0.dev3", "1.0a1"), ("v1.0", "1.0.1"),
+                                           ("1.0+local", "1.0.1")])
+def test_versions_are_ordered_as_pep_440_orders_them(lower: str, higher: str) -> None:
+    assert version_of(lower) < version_of(higher)
+    manifest(MANIFEST, version=higher).check(Limits())
+
+
+def test_equal_versions_are_one_version() -> None:
+    assert version_of("2.0") == version_of("2.0.0") == version_of("v2.0")
 
 
 def test_every_problem_is_named_the_first_five_after_the_first_in_the_note() -> None:
     broken = manifest(MANIFEST, MANIFEST, FileEntry("other/a.onnx", 5, "zz"), FileEntry("det/b", -1, SHA),
                       version="v/1", models=("det", "../x"))
     assert refused(lambda: broken.check(Limits())) == (
-        "bundle.json is not valid: version 'v/1' is not 1 to 64 letters, digits, '.', '_', '+' or '-'\n"
+        f"bundle.json is not valid: version 'v/1' {VERSION}\n"
         "Note: model name '../x' is not a plain name; file 'other/a.onnx' is not in a model's directory (det, ../x);"
         " file 'other/a.onnx': sha256 'zz' is not 64 hex digits; file 'det/b': size -1 is not a byte count;"
-        " 'det/manifest.json' is listed twice\n" + HINT)          # the 7th, ../x's missing manifest, is left out
+        " 'det/manifest.json' is listed twice\n"       # the 7th, ../x's missing manifest, is left out
+        + VERSION_HINT + "; pack it again with one")
 
 
 @pytest.mark.parametrize("files, total", [(3, 100), (2, 100), (3, 99)])
