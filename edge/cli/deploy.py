@@ -48,7 +48,7 @@ def cmd_bundle_install(args: argparse.Namespace) -> int:
     from edge.deploy import install
 
     outcome = install.install(_bundle_source(args.bundle), root=args.root, trusted_dir=args.keys,
-                              activation=_activation(args))
+                              activation=_activation(args), allow_downgrade=args.allow_downgrade)
     _print_outcome("installed", outcome)
     return 0
 
@@ -126,6 +126,9 @@ def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     install = bundles.add_parser("install", help="install into the inactive slot, switch, check health, roll back"
                                  " on failure")
     install.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
+    install.add_argument("--allow-downgrade", action="store_true",
+                         help="install a bundle older than the highest version this device has committed (a"
+                              " workshop's choice: logged, and recorded in the slot)")
     _bundle_switch_args(install)
     install.set_defaults(func=cmd_bundle_install)
     activate = bundles.add_parser("activate", help="make an installed slot current (verified again, health checked)")
@@ -135,7 +138,8 @@ def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     rollback = bundles.add_parser("rollback", help="make the other slot current again")
     _bundle_switch_args(rollback, force=True)
     rollback.set_defaults(func=cmd_bundle_rollback)
-    listing = bundles.add_parser("list", help="the slots: versions, keys, health, which is current")
+    listing = bundles.add_parser("list", help="the slots: versions, keys, health, which is current; the highest"
+                                 " committed version and a pending install")
     _bundle_root_arg(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_bundle_list)

@@ -25,6 +25,7 @@ SLOTS = ("a", "b")
 CURRENT = "current"
 RECORD = "install.json"
 LEFTOVERS = (".incoming-", ".trash-", ".current-")
+OPTIONAL = ("downgrade_from", "committed")      # Record fields that install.json of an older edge lacks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,9 +36,15 @@ class Record:
     source: str
     key_id: str
     health: str = "pending"      # pending | ok | not checked | failed: <why>
+    downgrade_from: str = ""     # the highest committed version an --allow-downgrade install went below
+    committed: str = ""          # when a pending install was committed (edge.deploy.install.commit_pending)
 
     def with_health(self, health: str) -> Record:
         return dataclasses.replace(self, health=health)
+
+    def to_json(self) -> dict[str, str]:
+        """The fields, without the optional ones that are empty."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v or k not in OPTIONAL}
 
 
 class Store:
@@ -158,16 +165,24 @@ class Store:
     def record(self, slot: str) -> Record | None:
         try:
             data = json.loads((self.slot(slot) / RECORD).read_text(encoding="utf-8"))
-            return Record(**{f.name: str(data[f.name]) for f in dataclasses.fields(Record)})
+            return Record(**{f.name: str(data[f.name]) for f in dataclasses.fields(Record)
+                             if f.name in data or f.name not in OPTIONAL})
         except (OSError, ValueError, KeyError, TypeError):
             return None
 
     def write_record(self, directory: Path, record: Record) -> None:
-        write_json(directory / RECORD, dataclasses.asdict(record))
+        write_json(directory / RECORD, record.to_json())
 
     def set_health(self, slot: str, health: str) -> None:
         record = self.record(slot) or Record(utc_now(), "unknown", "unknown")
         self.write_record(self.slot(slot), record.with_health(health))
+
+    def version(self, slot: str) -> str | None:
+        """The version in a slot's bundle.json (read without verifying), None when it cannot be read."""
+        try:
+            return str(json.loads((self.slot(slot) / "bundle.json").read_text(encoding="utf-8"))["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     def describe(self, slot: str) -> dict[str, Any]:
         """What `list` shows of a slot (read without verifying: see `verify_slot` for that)."""
@@ -185,5 +200,5 @@ class Store:
             info["problem"] = f"bundle.json unreadable: {exc!r:.120}"
         record = self.record(slot)
         if record is not None:
-            info.update(dataclasses.asdict(record))
+            info.update(record.to_json())
         return info

@@ -251,7 +251,8 @@ def test_unsafe_members_are_refused_before_anything_is_written(env1: Env, bad: t
 def signed(e: Env, files: dict[str, bytes], out: Path) -> Path:
     """A bundle of `files` (model det) with a manifest signed by the trusted key, whatever the files are: what a
     broken packer could make."""
-    manifest = archive.BundleManifest("2.0", "now", {"det": []}, [], tuple(
+    manifest = archive.BundleManifest("2.0", "now", {"det": [{"precision": "fp32", "format": "onnx",
+                                                              "file": "det.onnx"}]}, [], tuple(
         archive.FileEntry(path, len(data), hashlib.sha256(data).hexdigest()) for path, data in files.items()))
     raw = json.dumps(manifest.to_json()).encode()
     signature = keys.sign(keys.load_private(e.keys.private), raw)
@@ -558,7 +559,7 @@ def test_the_daemon_runs_a_bundle_through_current_and_passes_the_check(demo, tmp
     config; a second install's health check asks this daemon's control socket and finds its lane processing."""
     e = Env(tmp_path)
     bundle = tmp_path / "demo.bundle"
-    archive.pack([demo.engines], key=e.keys.private, version="demo-1", out=bundle)
+    archive.pack([demo.engines], key=e.keys.private, version="2026.11.1", out=bundle)
     e.install(bundle)
     control = f"ipc://{tmp_path}/control.sock"
     text = (f"version: 1\ncameras:\n  - id: front\n    uri: test://bars?size=320x240&fps=20\ntasks:\n"
