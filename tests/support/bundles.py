@@ -68,6 +68,16 @@ class Env:
     def leftovers(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.name.startswith(".") and p.name != ".lock")
 
+    def state(self) -> dict[str, Any]:
+        """All of the root a command may change: `current`, every file of both slots (install.json included),
+        committed.json, pending.json, leftovers."""
+        link = self.root / "current"
+        return {"current": os.readlink(link) if link.is_symlink() else None,
+                "slots": {s: {str(p.relative_to(self.root / s)): hashlib.sha256(p.read_bytes()).hexdigest()
+                              for p in sorted((self.root / s).rglob("*")) if p.is_file()} for s in ("a", "b")},
+                **{name: (self.root / f"{name}.json").read_text() if (self.root / f"{name}.json").exists() else None
+                   for name in ("committed", "pending")}, "leftovers": self.leftovers()}
+
 
 def rewrite(bundle: Path, out: Path, edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]) -> Path:
     """Copy a bundle's members through `edit` (which changes the list in place) into a new archive."""
