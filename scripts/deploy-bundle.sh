@@ -26,6 +26,8 @@ Usage: scripts/deploy-bundle.sh [options] HOST BUNDLE
   --no-restart         do not restart the service: the daemon loads the bundle at its next start, and the
                        health check only shows that the running daemon is healthy
   --no-sudo            run edge on the target without sudo (HOST logs in as root)
+  --allow-downgrade    install BUNDLE even if it is older than the highest version the target has committed (a
+                       workshop's choice; the target logs it and records it in the slot)
   --dry-run            verify BUNDLE, then print the commands; change nothing
   --help               this text
   --                   the end of the options (a BUNDLE whose name starts with '-' may follow)
@@ -36,7 +38,7 @@ EOF
 }
 
 default_edge=/opt/edge/.venv/bin/edge
-edge=$default_edge keys="" timeout=120 restart=(--restart) sudo=(sudo) dry_run=0 args=()
+edge=$default_edge keys="" timeout=120 restart=(--restart) sudo=(sudo) downgrade=() dry_run=0 args=()
 # shellcheck source=scripts/lib/options.sh
 source "$(dirname "$0")/lib/options.sh"
 while (( $# )); do
@@ -46,6 +48,7 @@ while (( $# )); do
         --health-timeout) timeout=$(value_of --health-timeout "seconds" "$@"); shift 2 ;;
         --no-restart) restart=(); shift ;;
         --no-sudo) sudo=(); shift ;;
+        --allow-downgrade) downgrade=(--allow-downgrade); shift ;;
         --dry-run) dry_run=1; shift ;;
         --help|-h) usage; exit 0 ;;
         --) shift; args+=("$@"); break ;;
@@ -100,7 +103,8 @@ run rsync --partial --times --compress-level=0 "$bundle" "$host:$staged" \
 
 step "installing on $host" "install it on $host"
 status=0
-run ssh "$host" "${sudo[@]}" "$edge" bundle install "$staged" "${restart[@]}" --health-timeout "$timeout" || status=$?
+run ssh "$host" "${sudo[@]}" "$edge" bundle install "$staged" "${restart[@]}" "${downgrade[@]}" --health-timeout "$timeout" \
+    || status=$?
 case "$status" in
     0) ;;
     255) die "lost the connection to $host during the install (ssh exit 255). The install goes on there and ends" \

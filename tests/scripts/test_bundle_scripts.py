@@ -62,6 +62,10 @@ def test_deploy_dry_run_verifies_and_prints_the_exact_commands(tmp_path: Path) -
                      "--health-timeout", "30", "--keys", str(env.trusted), "root@jetson-17", str(bundle))
     assert ("ssh root@jetson-17 /usr/local/bin/edge bundle install edge-bundles/fleet-2026.11.bundle"
             " --health-timeout 30") in commands(options.stdout)
+    downgrade = script("deploy-bundle.sh", "--dry-run", "--allow-downgrade", "--keys", str(env.trusted), "jetson-17",
+                       str(bundle))
+    assert (f"ssh jetson-17 sudo {EDGE} bundle install edge-bundles/fleet-2026.11.bundle --restart --allow-downgrade"
+            " --health-timeout 120") in commands(downgrade.stdout)
 
 
 def test_deploy_refuses_a_missing_bundle_and_words_the_remote_shell_would_split(tmp_path: Path) -> None:
@@ -227,6 +231,20 @@ def test_deploy_installs_and_lists(target: tuple[Env, StandIn, Target]) -> None:
     assert "current -> b" in result.stdout and "deploy-bundle: jetson runs 2.0.bundle" in result.stdout
     assert os.readlink(env.root / "current") == "b"
     assert list((tgt.home / "edge-bundles").iterdir()) == []          # the copy on the target is removed
+
+
+def test_deploy_of_an_older_bundle_is_refused_unless_allowed(target: tuple[Env, StandIn, Target]) -> None:
+    env, _, tgt = target
+    assert deploy(tgt, env.bundle("2.0"), keys=env.trusted).returncode == 0
+    before = env.state()
+    refused = deploy(tgt, env.tmp / "1.0.bundle", keys=env.trusted)
+    assert refused.returncode == 1 and "edge bundle: error: bundle 1.0 is older than bundle 2.0" in refused.stderr
+    assert "install on jetson failed (exit 1)" in refused.stderr and env.state() == before
+    allowed = deploy(tgt, env.tmp / "1.0.bundle", "--allow-downgrade", keys=env.trusted)
+    assert allowed.returncode == 0, allowed.stdout + allowed.stderr
+    assert "installed because of --allow-downgrade" in allowed.stdout and "installing bundle 1.0 below" in \
+        allowed.stderr
+    assert os.readlink(env.root / "current") == "a" and "highest committed version: 2.0" in allowed.stdout
 
 
 def test_deploy_that_is_not_healthy_rolls_back_and_fails(target: tuple[Env, StandIn, Target]) -> None:
