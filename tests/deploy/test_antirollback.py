@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from edge.deploy import archive, install
+from edge.deploy import admission, archive, install
 from edge.deploy.common import BundleError
 from edge.deploy.slots import Store
 from edge.engines import repository
@@ -57,7 +57,8 @@ def test_replaying_an_older_bundle_is_refused_naming_both_versions(tmp_path: Pat
     error = refused(e, v1, r"bundle 1.0 is older than bundle 2.0, the highest version this device has committed"
                            r" \(slot a, ")
     text = error.render()
-    assert "Note: replaying an older, validly signed bundle" in text and "the active bundle is unchanged" in text
+    assert ("\nNote: replaying an older, validly signed bundle is what a stolen or old artifact allows; nothing was"
+            " extracted, the active bundle is unchanged\n") in text
     assert "Hint: install bundle 2.0 or a later one; in a workshop, --allow-downgrade installs" in text
     assert not (e.root / "b").exists()
     before = e.state()
@@ -225,3 +226,27 @@ def test_a_plan_for_this_platform_or_an_onnx_variant_is_enough(tmp_path: Path) -
     refused(e, plans_only(e, "4.0", ORIN), "holds nothing this device can run", device_key=lambda: newer_l4t)
     assert e.install(e.bundle("4.0"), device_key=lambda: THOR).slot == "b"     # ONNX variants run anywhere
     assert e.install(e.bundle("5.0"), device_key=lambda: None).slot == "a"
+
+
+def test_every_model_is_checked_and_every_plan_named() -> None:
+    """Models that pass do not end the check; a refusal names each plan's key, a plan without one, and this device;
+    a model without variants has nothing to run."""
+    older_orin = DeviceKey(ORIN.board, "35.4.1", "8.5.2.2", ORIN.sm)
+    plan = {"precision": "fp16", "format": "plan"}
+    models = {"det": [{"precision": "fp32", "format": "onnx", "file": "det.onnx"}],
+              "orin": [{**plan, "file": "o.plan"}],
+              "thor": [{**plan, "file": "t0.plan"}, {**plan, "file": "t1.plan"}, {**plan, "file": "nokey.plan"}]}
+    keys = [{"model": "orin", "file": "o.plan", **ORIN.to_json()}, {"model": "thor", "file": "t0.plan",
+            **THOR.to_json()}, {"model": "thor", "file": "t1.plan", **older_orin.to_json()}]
+    with pytest.raises(BundleError) as caught:
+        admission.runnable(archive.BundleManifest("2.0", "now", models, keys, ()), ORIN)
+    assert caught.value.render() == (
+        "bundle 2.0 holds nothing this device can run for model thor: no ONNX variant, and its plans are for (a plan"
+        " without its device key); NVIDIA Jetson AGX Orin Developer Kit L4T 35.4.1 TensorRT 8.5.2.2 SM 8.7; NVIDIA"
+        " Jetson AGX Thor Developer Kit L4T 38.2.0 TensorRT 10.13.3.9 SM 11.0\n"
+        "Note: this device: NVIDIA Jetson AGX Orin Developer Kit L4T 36.4.3 TensorRT 10.3.0.30 SM 8.7; nothing was"
+        " extracted, the active bundle is unchanged\n"
+        "Hint: build the plans on a board like this one (edge build) and pack them, or pack the model's ONNX variant"
+        " as well")
+    with pytest.raises(BundleError, match="for model empty: no ONNX variant, and its plans are for no plan either"):
+        admission.runnable(archive.BundleManifest("2.0", "now", {"det": models["det"], "empty": []}, [], ()), None)
