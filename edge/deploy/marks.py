@@ -65,14 +65,12 @@ def committed(store: Store, pending: Pending | None = None) -> Mark | None:
     return Mark(version, current, record.installed, f"slot {current}'s bundle (no {COMMITTED} yet)")
 
 
-def keep(store: Store, pending: Pending | None = None) -> Mark | None:
-    """The mark, written down as committed.json when it came from the current slot (a root made before it), so
+def keep(store: Store, pending: Pending | None = None) -> None:
+    """Write the mark down as committed.json when it comes from the current slot (a root made before it), so
     that switching away from that slot cannot lower it. Call before a switch."""
     mark = committed(store, pending)
     if mark is not None and mark.source != COMMITTED:
-        mark = dataclasses.replace(mark, source=COMMITTED)
         _write_mark(store, mark)
-    return mark
 
 
 def raise_to(store: Store, version: str, slot: str, at: str | None = None) -> Mark:
