@@ -134,15 +134,14 @@ def commit_pending(*, root: Path, version: str | None = None) -> str:
         if version is not None and not marks.same_version(version, found.version):
             raise BundleError(f"cannot commit bundle {version}: the pending install is bundle {found.version} in slot"
                               f" {found.slot}", hint="commit the deployment that installed it, or roll it back")
-        if current != found.slot or not _healthy(store, found.slot):
-            record = store.record(found.slot)
+        record = store.record(found.slot)
+        if current != found.slot or record is None or record.health not in marks.HEALTHY:
             raise BundleError(f"cannot commit bundle {found.version}: slot {found.slot} is not current and healthy"
                               f" (current -> {current or 'none'}, its health: {record and record.health})",
                               note="it failed its health check, or its install was interrupted; nothing committed",
                               hint="roll it back (mender rollback, or edge bundle rollback), then install it again")
         at = utc_now()
         mark = marks.raise_to(store, found.version, found.slot, at)
-        record = store.record(found.slot) or Record(found.at, "unknown", "unknown", "ok")
         store.write_record(store.slot(found.slot), dataclasses.replace(record, committed=at))
         marks.clear_pending(store)
         return f"committed bundle {found.version} in slot {found.slot}; the highest committed version is {mark.version}"

@@ -89,14 +89,34 @@ def test_no_install_while_one_is_pending(pending: Env, commit: bool) -> None:
 
 
 @pytest.mark.parametrize("version, match", [
-    ("3.0", "cannot commit bundle 3.0: the pending install is bundle 2.0 in slot b"),
+    ("3.0", "cannot commit bundle 3.0: the pending install is bundle 2.0 in slot b\nHint: commit the deployment"
+            " that installed it, or roll it back"),
     ("three", "bundle version 'three' is not a PEP 440 version"),
 ])
 def test_commit_refuses_another_version(pending: Env, version: str, match: str) -> None:
     before = pending.state()
-    with pytest.raises(BundleError, match=match):
+    with pytest.raises(BundleError) as caught:
         install.commit_pending(root=pending.root, version=version)
+    assert caught.value.render().startswith(match)
     assert pending.state() == before
+
+
+@pytest.mark.parametrize("current, health, shown", [("a", "pending", "current -> a, its health: pending"),
+                                                  ("b", "pending", "current -> b, its health: pending"),
+                                                  ("b", "failed: x", "current -> b, its health: failed: x")])
+def test_commit_refuses_a_pending_slot_that_is_not_current_and_healthy(pending: Env, current: str, health: str,
+                                                                      shown: str) -> None:
+    e = pending
+    Store(e.root).switch(current)
+    Store(e.root).set_health("b", health)
+    before = e.state()
+    with pytest.raises(BundleError) as caught:
+        install.commit_pending(root=e.root, version="2.0")
+    assert caught.value.render() == (
+        f"cannot commit bundle 2.0: slot b is not current and healthy ({shown})\nNote: it failed its health check, or"
+        " its install was interrupted; nothing committed\nHint: roll it back (mender rollback, or edge bundle"
+        " rollback), then install it again")
+    assert e.state() == before
 
 
 def test_commit_without_a_pending_install(tmp_path: Path) -> None:
@@ -107,7 +127,8 @@ def test_commit_without_a_pending_install(tmp_path: Path) -> None:
     before = e.state()
     with pytest.raises(BundleError, match="no install is pending in .*: nothing to commit\n"):
         install.commit_pending(root=e.root)
-    with pytest.raises(BundleError, match=r"nothing to commit \(bundle 2.0 asked; current -> a holds 1.0\)") as caught:
+    with pytest.raises(BundleError, match=r"nothing to commit \(bundle 2.0 asked; current -> a holds 1.0\)\n") \
+            as caught:
         install.commit_pending(root=e.root, version="2.0")
     assert "Hint: edge bundle list shows the slots" in caught.value.render() and e.state() == before
 
@@ -177,7 +198,7 @@ def test_a_commit_cut_short_counts_as_committed(pending: Env, step: str) -> None
     (only pending.json goes), and commit_pending finishes it."""
     e = pending
     store = Store(e.root)
-    at = "9999-01-01T00:00:00Z"
+    at = read(e, "pending.json")["at"]                       # the same second: it counts
     if step == "committed.json":
         marks.raise_to(store, "2.0", "b", at)
     else:
