@@ -55,6 +55,14 @@ declare -A SPEC=(
   [archive]="edge/deploy/archive.py | tests/deploy/test_archive.py tests/deploy/test_bundles.py | edge.deploy.archive.xǁBundleManifestǁcheck__*
     edge.deploy.archive.xǁBundleManifestǁ_entry_problems__* edge.deploy.archive.x_path_problem__*
     edge.deploy.archive.x__expected_entry__* edge.deploy.archive.x__unsafe_kind__*"
+  # anti-rollback and target binding: what an install refuses before extracting
+  [admission]="edge/deploy/admission.py | tests/deploy/test_antirollback.py | edge.deploy.admission.*"
+  # the highest committed version (committed.json) and the pending install (pending.json)
+  [marks]="edge/deploy/marks.py | tests/deploy/test_antirollback.py tests/deploy/test_pending.py | edge.deploy.marks.*"
+  # a pending install's commit and rollback, and installs refused while one is pending
+  [pending]="edge/deploy/install.py | tests/deploy/test_pending.py | edge.deploy.install.x_commit_pending__*
+    edge.deploy.install.x_rollback_pending__* edge.deploy.install.x__committed__* edge.deploy.install.x__drop_pending__*
+    edge.deploy.install.x__refuse_pending__* edge.deploy.install.x__healthy__*"
   # the results socket's connection gate and subscription records
   [peers]="edge/wire/peers.py | tests/wire/test_peers.py tests/wire/test_gate.py | edge.wire.peers.xǁGateǁ_over__* edge.wire.peers.xǁGateǁ_rate__*
     edge.wire.peers.xǁGateǁ_accepted__* edge.wire.peers.xǁGateǁ_closed__* edge.wire.peers.xǁGateǁended__*
@@ -78,8 +86,8 @@ declare -A SPEC=(
   # device frames: the bounded pool, each reader's release, reuse only after their events
   [surfaces]="edge/gpu/surfaces.py | tests/gpu/test_surfaces.py | edge.gpu.surfaces.*"
 )
-ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive peers systemd
-  surfaces)
+ORDER=(client pipeline detector publisher evaluate sources assets policy thresholds runtime reload archive admission marks
+  pending peers systemd surfaces)
 
 modules=("$@")
 [ ${#modules[@]} -gt 0 ] || modules=("${ORDER[@]}")
