@@ -29,7 +29,10 @@ FORMATS = ("onnx", "plan")
 
 @dataclasses.dataclass(frozen=True)
 class DeviceKey:
-    """What a TensorRT plan is bound to. `input_shapes` and `precision` describe the plan itself."""
+    """What a TensorRT plan is bound to. `input_shapes` and `precision` describe the plan itself; `device_type` is
+    the Mender device type of the board that built it ("" without Mender's client), which `edge bundle pack
+    --mender` matches against an artifact's device types: it names a fleet's boards, not what a plan can run on,
+    so it is not part of `platform()`."""
 
     board: str
     l4t: str
@@ -37,19 +40,21 @@ class DeviceKey:
     sm: str
     precision: str = ""
     input_shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    device_type: str = ""
 
     def platform(self) -> tuple[str, str, str, str]:
         return (self.board, self.l4t, self.tensorrt, self.sm)
 
     def to_json(self) -> dict[str, Any]:
         return {"board": self.board, "l4t": self.l4t, "tensorrt": self.tensorrt, "sm": self.sm,
-                "precision": self.precision, "input_shapes": {n: list(s) for n, s in self.input_shapes}}
+                "precision": self.precision, "input_shapes": {n: list(s) for n, s in self.input_shapes},
+                "device_type": self.device_type}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> DeviceKey:
         shapes = tuple((str(n), tuple(int(v) for v in s)) for n, s in sorted(data.get("input_shapes", {}).items()))
         return cls(str(data["board"]), str(data["l4t"]), str(data["tensorrt"]), str(data["sm"]),
-                   str(data.get("precision", "")), shapes)
+                   str(data.get("precision", "")), shapes, str(data.get("device_type", "")))
 
 
 def read_board(root: Path = Path("/")) -> str:
@@ -58,6 +63,16 @@ def read_board(root: Path = Path("/")) -> str:
         return (root / "proc/device-tree/model").read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
     except OSError:
         return "unknown"
+
+
+def read_device_type(root: Path = Path("/")) -> str:
+    """The Mender device type from the client's /var/lib/mender/device_type (`device_type=...`), else ""."""
+    try:
+        text = (root / "var/lib/mender/device_type").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    match = re.search(r"^device_type=(.*)$", text, re.MULTILINE)
+    return match.group(1).strip() if match else ""
 
 
 def read_l4t(root: Path = Path("/")) -> str:

@@ -116,6 +116,20 @@ def test_device_key_from_jetson_files(tmp_path: Path) -> None:
     assert repository.read_l4t(tmp_path / "nothing") == "none"
 
 
+def test_mender_device_type_from_the_clients_file(tmp_path: Path) -> None:
+    """The Mender client's /var/lib/mender/device_type (a `device_type=...` line); "" without the client."""
+    assert repository.read_device_type(tmp_path) == ""
+    (tmp_path / "var/lib/mender").mkdir(parents=True)
+    (tmp_path / "var/lib/mender/device_type").write_text("device_type=jetson-agx-orin\n")
+    assert repository.read_device_type(tmp_path) == "jetson-agx-orin"
+    (tmp_path / "var/lib/mender/device_type").write_text("garbage\n")
+    assert repository.read_device_type(tmp_path) == ""
+    key = repository.DeviceKey("b", "36.4.3", "10.3", "8.7", device_type="t1")
+    assert repository.DeviceKey.from_json(key.to_json()) == key
+    assert key.platform() == repository.DeviceKey("b", "36.4.3", "10.3", "8.7").platform()
+    assert repository.DeviceKey.from_json({"board": "b", "l4t": "1", "tensorrt": "2", "sm": "3"}).device_type == ""
+
+
 def test_service_runs_the_repository_variant(demo, tmp_path: Path) -> None:
     """On a machine without TensorRT the resolver picks the ONNX variant of the requested precision."""
     repo = tmp_path / "repo"

@@ -161,14 +161,15 @@ def repo(demo, tmp_path: Path) -> Path:
     return root
 
 
-def test_build_int8_variant_writes_plan_sidecar_and_manifest(trt, repo: Path) -> None:
+def test_build_int8_variant_writes_plan_sidecar_and_manifest(trt, repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("edge.engines.repository.read_device_type", lambda root=Path("/"): "jetson-agx-orin")
     said: list[str] = []
     result = build.build(repo / "yolov3-tiny.int8.qdq.onnx", say=said.append)
     assert result.plan.parent == repo / "plans" and result.plan.read_bytes().startswith(trt.MAGIC)
     side = json.loads(result.sidecar.read_text())
     assert side["device"] == {"board": BOARD, "l4t": "36.4.3", "tensorrt": trt.__version__,
                               "sm": side["device"]["sm"], "precision": "int8",
-                              "input_shapes": {"images": [1, 3, 416, 416]}}
+                              "input_shapes": {"images": [1, 3, 416, 416]}, "device_type": "jetson-agx-orin"}
     assert side["plan_sha256"] == repository.sha256_file(result.plan)
     assert side["source"]["sha256"] == repository.sha256_file(repo / "yolov3-tiny.int8.qdq.onnx")
     assert "edge.yolo" in side["metadata"]
@@ -176,7 +177,8 @@ def test_build_int8_variant_writes_plan_sidecar_and_manifest(trt, repo: Path) ->
     manifest = repository.Manifest.load(repo)
     plan = next(v for v in manifest.variants if v.format == "plan")
     assert plan.precision == "int8" and plan.source_sha256 == side["source"]["sha256"]
-    here = repository.DeviceKey(BOARD, "36.4.3", trt.__version__, side["device"]["sm"])
+    assert plan.device is not None and plan.device.device_type == "jetson-agx-orin"
+    here = repository.DeviceKey(BOARD, "36.4.3", trt.__version__, side["device"]["sm"])     # the Mender type: no match
     assert repository.resolve(manifest, "int8", device=here, allow_onnx=False).format == "plan"
 
 

@@ -81,7 +81,7 @@ def build(onnx_path: Path, *, plan_path: Path | None = None, dla_core: int | Non
         raise EngineError(f"profiles={profiles}: give 1, or more than 1 together with --shapes for dynamic inputs",
                           hint="only a dynamic-shape plan has optimization profiles to copy")
     device = repository.DeviceKey(repository.read_board(), repository.read_l4t(), str(trt.__version__),
-                                  cuda.compute_capability())
+                                  cuda.compute_capability(), device_type=repository.read_device_type())
     if plan_path is None:
         plan_path = _default_plan_path(onnx_path, device)
         plan_path.parent.mkdir(exist_ok=True)
