@@ -92,7 +92,8 @@ def test_pack_lists_every_file_with_its_sha256_and_the_plans_device_key(tmp_path
     assert all(f.sha256 == repository.sha256_file(source / f.path[4:]) for f in manifest.files)
     assert manifest.device_keys == [{"model": "det", "file": "plans/det.int8.orin.plan", "board":
                                      "NVIDIA Jetson AGX Orin Developer Kit", "l4t": "36.4.3", "tensorrt": "10.3.0.30",
-                                     "sm": "8.7", "precision": "int8", "input_shapes": {}}]
+                                     "sm": "8.7", "precision": "int8", "input_shapes": {},
+                                     "device_type": ""}]
 
 
 def test_pack_refuses_a_repository_whose_variant_does_not_match_its_manifest(tmp_path: Path) -> None:

@@ -18,9 +18,11 @@ from edge.engines import repository
 NO_HEALTH = install.Activation()
 
 
-def make_repository(directory: Path, *, model: str = "det", seed: bytes = b"v1", big: int = 0) -> Path:
+def make_repository(directory: Path, *, model: str = "det", seed: bytes = b"v1", big: int = 0,
+                    device_type: str = "") -> Path:
     """An engine repository as `edge assets fetch` and `edge build` leave it: two ONNX variants, a plan for a
-    Jetson with its sidecar, the manifest. `big`: bytes of random data in the fp32 variant."""
+    Jetson with its sidecar, the manifest. `big`: bytes of random data in the fp32 variant; `device_type`: the
+    Mender device type of the board that built the plan."""
     directory.mkdir(parents=True)
     files = {f"{model}.onnx": os.urandom(big) if big else b"fp32 " + seed, f"{model}.int8.qdq.onnx": b"int8 " + seed,
              f"plans/{model}.int8.orin.plan": b"plan " + seed}
@@ -29,7 +31,8 @@ def make_repository(directory: Path, *, model: str = "det", seed: bytes = b"v1",
         (directory / rel).write_bytes(data)
     (directory / f"plans/{model}.int8.orin.plan.json").write_text('{"device": {}}')
     digest = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
-    device = repository.DeviceKey("NVIDIA Jetson AGX Orin Developer Kit", "36.4.3", "10.3.0.30", "8.7", "int8")
+    device = repository.DeviceKey("NVIDIA Jetson AGX Orin Developer Kit", "36.4.3", "10.3.0.30", "8.7", "int8",
+                                 device_type=device_type)
     repository.Manifest(directory, model, [
         repository.Variant("fp32", "onnx", f"{model}.onnx", digest[f"{model}.onnx"]),
         repository.Variant("int8", "onnx", f"{model}.int8.qdq.onnx", digest[f"{model}.int8.qdq.onnx"]),
