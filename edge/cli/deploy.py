@@ -10,7 +10,7 @@ from typing import Any
 
 from edge.cli import display
 from edge.cli.common import control_endpoint, positive_seconds, terminated
-from edge.deploy.common import BUNDLES, TRUSTED_KEYS
+from edge.deploy.common import BUNDLES, TRUSTED_KEYS, BundleError
 
 
 def cmd_keys_generate(args: argparse.Namespace) -> int:
@@ -25,10 +25,56 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
 def cmd_bundle_pack(args: argparse.Namespace) -> int:
     from edge.deploy import archive
 
+    if args.device_type and not args.mender:
+        raise BundleError("--device-type names the device types of a Mender artifact", hint="add --mender")
+    if args.mender:
+        _check_mender_pack(args)
     verified = archive.pack(args.models, key=args.key, version=args.version, out=args.out)
     manifest = verified.manifest
     print(f"wrote {args.out}: bundle {manifest.version}, models {', '.join(manifest.models)}, {len(manifest.files)}"
           f" files, {manifest.total_bytes} bytes, signed by key {verified.key_id}")
+    if args.mender:
+        _write_mender_artifact(args, manifest.version)
+    return 0
+
+
+def _check_mender_pack(args: argparse.Namespace) -> None:
+    """Before packing: the tool is there and every device type has the plans it needs (refused, not shipped)."""
+    import shutil
+
+    from edge.deploy import mender
+
+    if not args.device_type:
+        raise BundleError("--mender needs the device types the artifact is for",
+                          hint="--device-type TYPE (the boards' /var/lib/mender/device_type), once per type")
+    if shutil.which(mender.TOOL) is None:
+        raise BundleError(f"--mender needs {mender.TOOL}, which is not installed", hint=mender.TOOL_HINT)
+    mender.check_device_types(args.models, args.device_type)
+
+
+def _write_mender_artifact(args: argparse.Namespace, version: str) -> None:
+    from edge.deploy import mender
+
+    out = mender.artifact_path(args.out)
+    mender.write_artifact(args.out, version, args.device_type, out)
+    print(f"wrote {out}: Mender artifact {mender.NAME_PREFIX}{version}, payload type {mender.PAYLOAD_TYPE}, device"
+          f" types {', '.join(args.device_type)}")
+
+
+def cmd_bundle_mender_module(args: argparse.Namespace) -> int:
+    """Mender's client runs this (through the module file) once per state: answers on stdout, reports on stderr."""
+    from edge.deploy import health, install, mender
+
+    if args.state in mender.ANSWERS:
+        print(mender.ANSWERS[args.state])
+        return 0
+    signal.signal(signal.SIGHUP, terminated)
+    activation = install.Activation(
+        restart=None if args.no_restart else install.RESTART,
+        health=health.HealthCheck(control_endpoint(args), timeout_s=args.health_timeout))
+    report = mender.run_state(args.state, args.files, root=args.root, trusted_dir=args.keys, activation=activation)
+    if report:
+        print(report, file=sys.stderr)
     return 0
 
 
@@ -118,6 +164,11 @@ def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     pack.add_argument("--key", type=Path, required=True, help="the private key (edge keys generate)")
     pack.add_argument("--version", required=True, help="the bundle's version, e.g. 2026.11.1")
     pack.add_argument("--out", type=Path, required=True, metavar="FILE", help="the bundle to write")
+    pack.add_argument("--mender", action="store_true", help="also write FILE's .mender beside it: a Mender artifact"
+                      " (module-image, type edge-bundle) for a fleet rollout")
+    pack.add_argument("--device-type", action="append", default=[], metavar="TYPE",
+                      help="with --mender: a device type the artifact is for (repeat for more); each model with"
+                           " plans needs one built on a board of that type")
     pack.set_defaults(func=cmd_bundle_pack)
     verify = bundles.add_parser("verify", help="check a bundle completely (signature, sha256, paths); keep nothing")
     verify.add_argument("bundle", metavar="BUNDLE", help="the bundle file, or - for standard input")
@@ -143,6 +194,18 @@ def add_bundle(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     _bundle_root_arg(listing)
     listing.add_argument("--json", action="store_true")
     listing.set_defaults(func=cmd_bundle_list)
+    module = bundles.add_parser("mender-module", help="(run by Mender's client through its Update Module"
+                                " edge-bundle) one state of a fleet deployment")
+    module.add_argument("state", metavar="STATE", help="the Update Module state (protocol v3)")
+    module.add_argument("files", type=Path, metavar="FILES", help="the module's File API directory")
+    _bundle_root_arg(module)
+    _bundle_keys_arg(module)
+    module.add_argument("--no-restart", action="store_true", help="do not restart the daemon after a switch")
+    module.add_argument("--health-timeout", type=positive_seconds, default=120.0, metavar="SECONDS",
+                        help="how long the daemon has to show every lane processing frames (default 120)")
+    module.add_argument("--control", metavar="ENDPOINT", help="the daemon's control socket (default:"
+                        " $EDGE_CONTROL_ENDPOINT, else the ipc socket of `edge run`)")
+    module.set_defaults(func=cmd_bundle_mender_module)
 
 
 def _bundle_keys_arg(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,142 @@
+"""Engine bundles through Mender: the Update Module's states (payload type `edge-bundle`, protocol v3) and the
+`.mender` artifact that carries a signed bundle.
+
+Mender's client runs the module once per state with the state and the File API directory (FILES); the module
+maps each state onto the slot operations of edge.deploy.install, so a fleet deployment gets the same checks,
+health check and switch back as `edge bundle install`. Mender's role, the states and what a failed vehicle
+reports: docs/operations.md, "Fleet rollout".
+"""
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from edge import files
+from edge.deploy import install
+from edge.deploy.common import BundleError
+from edge.engines import repository
+from edge.errors import EngineError
+
+PAYLOAD_TYPE = "edge-bundle"                 # the artifact's payload type, which is also the module's file name
+NAME_PREFIX = f"{PAYLOAD_TYPE}-"             # an artifact's name: edge-bundle-<the bundle's version>
+MODULES = Path("/usr/share/mender/modules/v3")
+ANSWERS = {"SupportsRollback": "Yes", "NeedsArtifactReboot": "No"}
+TOOL = "mender-artifact"
+TOOL_HINT = "install it: sudo apt-get install mender-artifact (Debian/Ubuntu), or put it on PATH"
+PACK_TIMEOUT_S = 3600.0
+_DEVICE_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def run_state(state: str, api: Path, *, root: Path, trusted_dir: Path, activation: install.Activation) -> str:
+    """Run one state of the module; what it did, for Mender's deployment log ("" when it does nothing).
+
+    The query states' answers are ANSWERS (the caller prints them). Download does nothing, so Mender stores the
+    payload in FILES/files; ArtifactFailure and Cleanup have nothing to undo or remove that ArtifactRollback
+    has not; an unknown state does nothing, as the protocol asks of every module."""
+    if state == "ArtifactInstall":
+        return _install(api, root=root, trusted_dir=trusted_dir, activation=activation)
+    if state == "ArtifactCommit":
+        version = artifact_version(api)
+        return install.commit_pending(root=root, version=version)
+    if state == "ArtifactRollback":
+        return install.rollback_pending(root=root, trusted_dir=trusted_dir, activation=activation)
+    return ""
+
+
+def _install(api: Path, *, root: Path, trusted_dir: Path, activation: install.Activation) -> str:
+    """Install the payload into the inactive slot, switch, restart and check, leaving it pending for
+    ArtifactCommit. A pending install found first was left by a deployment Mender gave up on (a module killed
+    mid-install, a power cut): Mender runs one deployment at a time, so it is rolled back before this one."""
+    bundle = payload(api)
+    stale = install.rollback_pending(root=root, trusted_dir=trusted_dir, activation=activation)
+    outcome = install.install(bundle, root=root, trusted_dir=trusted_dir, activation=activation, commit=False)
+    return "\n".join([stale, f"installed bundle {outcome.version} (key {outcome.key_id}) in slot {outcome.slot},"
+                      f" pending until ArtifactCommit; current -> {outcome.slot} (was {outcome.previous or 'none'});"
+                      f" health: {outcome.health}", *(f"note: {n}" for n in outcome.notes)])
+
+
+def payload(api: Path) -> Path:
+    """The one bundle file of the payload (FILES/files/*)."""
+    folder = api / "files"
+    try:
+        found = sorted(p for p in folder.iterdir())
+    except OSError as exc:
+        raise BundleError(f"the artifact's payload directory {folder} cannot be read: {exc.strerror}",
+                          hint="the module runs under Mender's client, which fills FILES/files before"
+                               " ArtifactInstall") from exc
+    if len(found) != 1 or not found[0].is_file():
+        names = ", ".join(p.name for p in found) or "nothing"
+        raise BundleError(f"an {PAYLOAD_TYPE} artifact carries exactly one bundle file; this one holds {names}",
+                          hint="make artifacts with: edge bundle pack --mender --device-type TYPE ...")
+    return found[0]
+
+
+def artifact_version(api: Path) -> str:
+    """The bundle version in the artifact's name (FILES/header/artifact_name, edge-bundle-<version>)."""
+    path = api / "header" / "artifact_name"
+    try:
+        name = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"cannot read the artifact's name from {path}: {exc}",
+                          hint="the module runs under Mender's client, which writes it") from exc
+    if not name.startswith(NAME_PREFIX) or name == NAME_PREFIX:
+        raise BundleError(f"artifact name {name!r} is not {NAME_PREFIX}<version>: the commit cannot say which"
+                          " bundle it makes permanent",
+                          hint="make artifacts with: edge bundle pack --mender --device-type TYPE ...")
+    return name[len(NAME_PREFIX):]
+
+
+# ------------------------------------------------------------------------------------------------------ pack
+
+def artifact_path(bundle: Path) -> Path:
+    """Where `edge bundle pack --mender` writes the artifact: beside the bundle, suffix .mender."""
+    return bundle.with_suffix(".mender")
+
+
+def check_device_types(models: Sequence[Path], device_types: Sequence[str]) -> None:
+    """Refuse, before anything is packed, a device type that a model with plans has no plan for (ONNX-only models
+    run on any type); so a fleet never gets an artifact its boards cannot run."""
+    for name in device_types:
+        if not _DEVICE_TYPE.fullmatch(name):
+            raise BundleError(f"--device-type {name!r} is not a Mender device type (1 to 128 letters, digits, '.',"
+                              " '_', '+' or '-')", hint="the board's /var/lib/mender/device_type says its type")
+    for directory in models:
+        try:
+            manifest = repository.Manifest.load(directory)
+        except EngineError:
+            continue                  # archive.pack says what is wrong with it
+        built = sorted({v.device.device_type for v in manifest.variants if v.device is not None})
+        missing = [t for t in device_types if t not in built] if built else []
+        if missing:
+            shown = ", ".join(repr(t) if t else "'' (a board without Mender)" for t in built)
+            raise BundleError(f"model {manifest.model} has no plan for device type {missing[0]}: its plans were"
+                              f" built on device types {shown}",
+                              note=f"{directory}; device types asked for: {', '.join(device_types)}",
+                              hint=f"build the plans on a board of type {missing[0]} (edge build there records its"
+                                   f" type), or leave {missing[0]} out")
+
+
+def write_artifact(bundle: Path, version: str, device_types: Sequence[str], out: Path, *, tool: str = TOOL) -> None:
+    """Wrap the signed bundle into a Mender artifact (module-image, type edge-bundle) at `out`, atomically."""
+    found = shutil.which(tool)
+    if found is None:
+        raise BundleError(f"{tool} is not installed: it writes the .mender artifact", hint=TOOL_HINT)
+    command = [found, "--compression", "none", "write", "module-image", "-T", PAYLOAD_TYPE,
+               "-n", f"{NAME_PREFIX}{version}", *(a for t in device_types for a in ("-t", t)), "-f", str(bundle)]
+    try:
+        with files.atomic_path(out, mode=0o644, durable=True) as tmp:
+            tmp.unlink()                               # mender-artifact makes the file itself
+            result = subprocess.run([*command, "-o", str(tmp)], capture_output=True, text=True,
+                                    timeout=PACK_TIMEOUT_S, check=False)
+            if result.returncode != 0:
+                tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+                raise BundleError(f"{tool} failed (exit {result.returncode}) writing {out}",
+                                  note=" / ".join(tail) or None, hint=f"run it by hand: {' '.join(command)} -o {out}")
+    except subprocess.TimeoutExpired as exc:
+        raise BundleError(f"{tool} did not finish writing {out} in {PACK_TIMEOUT_S:.0f} s",
+                          hint="check the disk it writes to") from exc
+    except OSError as exc:
+        raise BundleError(f"cannot write {out}: {exc.strerror}", hint=files.write_hint(exc, out)) from exc
