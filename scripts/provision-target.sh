@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Provision a Jetson to run edge as a service: install this checkout under a prefix with its venv (system site
 # packages: JetPack's TensorRT and OpenCV), the edge user and its groups, the systemd unit, a config, the demo
-# engine repository, `edge` on PATH; then enable and start the service and check it answers. Run on the board, as
-# root. --dry-run prints every command instead of running it, on any machine (a preview off the board).
+# engine repository, `edge` on PATH, Mender's Update Module for engine bundles; then enable and start the service
+# and check it answers. Run on the board, as root. --dry-run prints every command instead of running it, on any
+# machine (a preview off the board).
 set -euo pipefail
 
 usage() {
@@ -109,6 +110,7 @@ fi
 unit=/etc/systemd/system/edge-runtime.service
 dropin=/etc/systemd/system/edge-runtime.service.d/jtop.conf
 edge="$prefix/.venv/bin/edge"
+module=/usr/share/mender/modules/v3/edge-bundle
 
 if (( dry_run )); then
     echo "provision-target: dry run: these commands would install edge from $source_dir into $prefix"
@@ -149,6 +151,11 @@ fi
 run install -d -m 0750 -o edge -g edge /var/lib/edge
 run runuser -u edge -- env EDGE_CACHE=/var/lib/edge "$edge" assets fetch
 run_into "$unit" sed "s#/opt/edge/.venv/bin/edge#$edge#" "$source_dir/systemd/edge-runtime.service"
+# Mender's Update Module for engine bundles: the client reads modules from this directory only (a fleet rollout,
+# docs/operations.md); unused on a board without Mender's client
+run install -d -m 0755 "$(dirname "$module")"
+run_into "$module" sed "s#/opt/edge/.venv/bin/edge#$edge#" "$source_dir/scripts/mender/edge-bundle"
+run chmod 0755 "$module"
 run systemctl daemon-reload
 if (( start )); then
     run systemctl enable --now edge-runtime      # returns once the daemon said READY=1 (Type=notify), or failed

@@ -9,17 +9,20 @@
 # - qemu-user: the INT8 variant on an emulated CPU without VNNI (tests/engines/test_int8_cpu.py), on x86-64 hosts;
 # - GStreamer with PyGObject and its RTSP server: a Jetson's decode pipelines on software stand-ins and a real RTSP
 #   camera (tests/pipeline/test_gstreamer*.py, test_runtime_decoding.py, test_nvdec.py; the lists the tests name are
-#   tests/support/fake_jetson.py PACKAGES and tests/support/rtsp.py PACKAGES).
+#   tests/support/fake_jetson.py PACKAGES and tests/support/rtsp.py PACKAGES);
+# - Mender's client and artifact tool: real fleet deployments of engine bundles through edge's Update Module
+#   (tests/deploy/test_mender.py; tests/support/mender.py PACKAGES).
 GSTREAMER_PACKAGES=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
                     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
                     gstreamer1.0-rtsp)
+MENDER_PACKAGES=(mender-client mender-artifact)
 
 offer_packages() {
     local wanted=() package
     if [[ "$(uname -m)" == x86_64 ]] && ! command -v qemu-x86_64 >/dev/null; then
         wanted+=(qemu-user)
     fi
-    for package in "${GSTREAMER_PACKAGES[@]}"; do
+    for package in "${GSTREAMER_PACKAGES[@]}" "${MENDER_PACKAGES[@]}"; do
         if [[ "$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null)" != "install ok installed" ]]; then
             wanted+=("$package")
         fi
@@ -47,7 +50,7 @@ main() {
     .venv/bin/edge assets fetch
     .venv/bin/ruff check edge tests benchmarks
     .venv/bin/lint-imports --no-cache   # the layers of docs/architecture.md (.importlinter)
-    .venv/bin/shellcheck -x scripts/*.sh scripts/lib/*.sh
+    .venv/bin/shellcheck -x scripts/*.sh scripts/lib/*.sh scripts/mender/edge-bundle
     exec .venv/bin/python -m pytest -q "$@"
 }
 

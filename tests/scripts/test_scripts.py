@@ -12,7 +12,8 @@ import pytest
 
 from tests.support.daemon import ROOT
 
-SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + sorted((ROOT / "scripts" / "lib").glob("*.sh"))
+SCRIPTS = sorted((ROOT / "scripts").glob("*.sh")) + sorted((ROOT / "scripts" / "lib").glob("*.sh")) + [
+    ROOT / "scripts" / "mender" / "edge-bundle"]
 SHELLCHECK = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(ROOT / ".venv" / "bin"))
 
 
@@ -152,8 +153,14 @@ def test_provision_dry_run_lists_every_step_in_order(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert steps(result.stdout) == ["install", "cat", "rsync", "/opt/edge-test/scripts/setup.sh", "ln", "install",
                                     "install", "systemd-sysusers", "systemd-tmpfiles", "rm", "install", "install",
-                                    "runuser", "sed", "systemctl", "systemctl", "systemctl", "runuser"]
+                                    "runuser", "sed", "install", "sed", "chmod", "systemctl", "systemctl",
+                                    "systemctl", "runuser"]
     assert "s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge#" in result.stdout
+    module = "/usr/share/mender/modules/v3/edge-bundle"      # Mender's client reads modules from there only
+    assert [line for line in result.stdout.splitlines() if "mender" in line] == [
+        "+ install -d -m 0755 /usr/share/mender/modules/v3",
+        f"+ sed s#/opt/edge/.venv/bin/edge#/opt/edge-test/.venv/bin/edge# {ROOT}/scripts/mender/edge-bundle > {module}",
+        f"+ chmod 0755 {module}"]
     assert "edge status --control ipc:///run/edge/control.sock" in result.stdout
     assert result.stdout.endswith("provision-target: dry run: nothing was installed or changed\n")
 
@@ -336,8 +343,9 @@ def _offer_packages(tmp_path: Path, *, apt_exit: int, installed: bool = False) -
                           timeout=60, env={"PATH": str(bin_dir)})
 
 
-def _gstreamer_packages() -> list[str]:
-    listed = subprocess.run([shutil.which("bash"), "-c", 'source scripts/test.sh; echo "${GSTREAMER_PACKAGES[@]}"'],
+def _packages(group: str = "GSTREAMER") -> list[str]:
+    step = f'source scripts/test.sh; echo "${{{group}_PACKAGES[@]}}"'
+    listed = subprocess.run([shutil.which("bash"), "-c", step],
                             cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     return listed.stdout.split()
 
@@ -348,7 +356,7 @@ def test_test_sh_installs_qemu_and_gstreamer_in_one_call_and_goes_on_when_it_fai
     its own set -euo pipefail)."""
     result = _offer_packages(tmp_path, apt_exit=100)
     assert result.returncode == 0, result.stdout + result.stderr
-    wanted = " ".join(["qemu-user", *_gstreamer_packages()])
+    wanted = " ".join(["qemu-user", *_packages(), *_packages("MENDER")])
     assert f"test: could not install {wanted}, so the tests that need them will be skipped" in result.stdout
     assert "dpkg was interrupted" in result.stdout and result.stdout.endswith("test: goes on\n")
     install = f"install -y -q --no-install-recommends {wanted}"
@@ -366,4 +374,10 @@ def test_test_sh_installs_the_gstreamer_packages_the_tests_name() -> None:
     test.sh installs, and no more."""
     from tests.support import fake_jetson, rtsp
 
-    assert sorted(_gstreamer_packages()) == sorted(set(fake_jetson.PACKAGES.split()) | set(rtsp.PACKAGES.split()))
+    assert sorted(_packages()) == sorted(set(fake_jetson.PACKAGES.split()) | set(rtsp.PACKAGES.split()))
+
+
+def test_test_sh_installs_the_mender_packages_the_tests_name() -> None:
+    from tests.support import mender
+
+    assert _packages("MENDER") == mender.PACKAGES.split()
