@@ -1,0 +1,348 @@
+"""Engine bundles through Mender: the Update Module's states (edge/deploy/mender.py, the shipped
+scripts/mender/edge-bundle), `edge bundle pack --mender` with the real mender-artifact, and fleet deployments by
+the real Mender client 3.4 (tests/support/mender.py) against a stand-in daemon behind a real control socket.
+
+Each real run ends with the slot state asserted: `current`, what each slot holds and its health, pending.json and
+committed.json. The protocol rules cited below are Mender's "Update modules v3 protocol"
+(mendersoftware/mender, Documentation/update-modules-v3-file-api.md) and the 3.4 client's standalone states
+(app/standalone.go)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.deploy import install, keys
+from edge.engines import repository
+from edge.wire.control import ControlServer
+from tests.conftest import wait_for
+from tests.support import mender as real
+from tests.support.bundles import Env, StandIn, make_repository
+from tests.support.daemon import ROOT
+
+MENDER = real.missing() or (None if hasattr(install, "commit_pending") else
+                            "needs the pending installs of issue 19 (edge.deploy.install.commit_pending, branch"
+                            " antirollback)")
+needs_mender = pytest.mark.skipif(MENDER is not None, reason=f"real Mender runs: {MENDER}")
+needs_tool = pytest.mark.skipif(real.shutil.which("mender-artifact") is None,
+                                reason=f"mender-artifact not installed (apt-get install {real.PACKAGES})")
+
+
+def edge(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd, env={**os.environ, **env})
+
+
+def state(root: Path) -> dict[str, Any]:
+    """The slot state: `current`, each slot's bundle version and health, pending.json, committed.json's version,
+    and what an interrupted command left."""
+    def load(path: Path) -> Any:
+        return json.loads(path.read_text()) if path.exists() else None
+
+    slots = {}
+    for slot in ("a", "b"):
+        manifest, record = load(root / slot / "bundle.json"), load(root / slot / "install.json")
+        slots[slot] = (manifest["version"], record["health"]) if manifest else None
+    committed = load(root / "committed.json")
+    return {"current": os.readlink(root / "current") if (root / "current").is_symlink() else None, "slots": slots,
+            "pending": load(root / "pending.json"), "committed": committed and committed["version"],
+            "leftovers": sorted(p.name for p in root.iterdir() if p.name.startswith(".") and p.name != ".lock")}
+
+
+# ------------------------------------------------------------------------------------- the states, one by one
+
+def module(state_name: str, api: Path, env: Env) -> subprocess.CompletedProcess[str]:
+    return edge("bundle", "mender-module", state_name, str(api), "--root", str(env.root), "--keys", str(env.trusted),
+                "--no-restart", "--control", f"ipc://{env.tmp}/none.sock", "--health-timeout", "1")
+
+
+def test_query_states_answer_and_the_others_do_nothing(tmp_path: Path) -> None:
+    """SupportsRollback: "Yes" (Mender then runs ArtifactRollback on a failure); NeedsArtifactReboot: "No" (no
+    ArtifactReboot state); Download does nothing, so Mender stores the payload in FILES/files; ArtifactFailure and
+    Cleanup have nothing to do; an unknown state: "all update modules should simply print nothing and return zero
+    if it is invoked with an unknown first argument" (protocol v3, Execution)."""
+    env = Env(tmp_path)
+    env.install(env.bundle("1.0"))
+    before = state(env.root)
+    api = tmp_path / "api"
+    api.mkdir()
+    assert (module("SupportsRollback", api, env).stdout, module("NeedsArtifactReboot", api, env).stdout) == \
+        ("Yes\n", "No\n")
+    for name in ("Download", "ArtifactFailure", "Cleanup", "ArtifactVerifyReboot", "SomeStateOfProtocolV4"):
+        result = module(name, api, env)
+        assert (result.returncode, result.stdout, result.stderr) == (0, "", ""), name
+    assert state(env.root) == before
+
+
+def test_install_needs_exactly_one_bundle_file_in_the_payload(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    api = tmp_path / "api"
+    (api / "files").mkdir(parents=True)
+    for names, held in (((), "nothing"), (("a.bundle", "b.bundle"), "a.bundle, b.bundle")):
+        for name in names:
+            (api / "files" / name).write_bytes(b"x")
+        result = module("ArtifactInstall", api, env)
+        assert result.returncode == 1 and result.stdout == ""
+        assert result.stderr == ("edge bundle: error: an edge-bundle artifact carries exactly one bundle file; this"
+                                 f" one holds {held}\nHint: make artifacts with: edge bundle pack --mender"
+                                 " --device-type TYPE ...\n")
+    assert not env.root.exists()
+
+
+@pytest.mark.parametrize("name", ["my-app-2.0", "edge-bundle-", ""])
+def test_commit_needs_the_artifact_name_pack_gives(tmp_path: Path, name: str) -> None:
+    env = Env(tmp_path)
+    api = tmp_path / "api"
+    (api / "header").mkdir(parents=True)
+    (api / "header" / "artifact_name").write_text(name + "\n")
+    result = module("ArtifactCommit", api, env)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"edge bundle: error: artifact name {name!r} is not edge-bundle-<version>: the"
+                                    " commit cannot say which bundle it makes permanent\nHint: make artifacts with")
+
+
+# ------------------------------------------------------------------------------------------------- packing
+
+def onnx_only(directory: Path) -> Path:
+    """An engine repository without plans: they run on any board."""
+    make_repository(directory)
+    manifest = repository.Manifest.load(directory)
+    repository.Manifest(directory, manifest.model, [v for v in manifest.variants if v.format == "onnx"]).save()
+    (directory / "plans" / "det.int8.orin.plan").unlink()
+    (directory / "plans" / "det.int8.orin.plan.json").unlink()
+    return directory
+
+
+def read_artifact(path: Path) -> str:
+    return subprocess.run(["mender-artifact", "read", str(path)], capture_output=True, text=True, timeout=60,
+                          check=True).stdout
+
+
+@needs_tool
+def test_pack_mender_writes_the_bundle_and_its_artifact(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    result = real.pack(env, "2026.11.2", "jetson-agx-orin")
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "2026.11.2.mender"
+    assert result.stdout.splitlines()[-1] == (f"wrote {out}: Mender artifact edge-bundle-2026.11.2, payload type"
+                                              " edge-bundle, device types jetson-agx-orin")
+    shown = read_artifact(out)
+    assert "Name: edge-bundle-2026.11.2" in shown and "Compatible devices: '[jetson-agx-orin]'" in shown
+    assert "Type:   edge-bundle" in shown and "name:     2026.11.2.bundle" in shown
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []        # no temp file left
+
+
+@needs_tool
+def test_pack_refuses_a_device_type_without_plans_for_it_and_writes_nothing(tmp_path: Path) -> None:
+    """Refused at pack time, not on the vehicle: the model's plan was built on a jetson-agx-orin board."""
+    env = Env(tmp_path)
+    result = real.pack(env, "2.0", "jetson-agx-orin", "jetson-orin-nano")
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.startswith(
+        "edge bundle: error: model det has no plan for device type jetson-orin-nano: its plans were built on device"
+        " types 'jetson-agx-orin'\nNote: ")
+    assert result.stderr.endswith("device types asked for: jetson-agx-orin, jetson-orin-nano\nHint: build the plans"
+                                  " on a board of type jetson-orin-nano (edge build there records its type), or leave"
+                                  " jetson-orin-nano out\n")
+    assert not (tmp_path / "2.0.bundle").exists() and not (tmp_path / "2.0.mender").exists()
+    without = real.pack(env, "2.1", "jetson-agx-orin", device_type="")      # plans built where Mender was not
+    assert without.returncode == 1 and "its plans were built on device types '' (a board without Mender)" \
+        in without.stderr
+
+
+@needs_tool
+def test_models_without_plans_match_every_device_type(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    source = onnx_only(tmp_path / "det")
+    out = tmp_path / "fleet.bundle"
+    result = edge("bundle", "pack", str(source), "--key", str(env.keys.private), "--version", "3.0", "--out",
+                  str(out), "--mender", "--device-type", "jetson-orin-nano", "--device-type", "raspberrypi4")
+    assert result.returncode == 0, result.stderr
+    assert "Compatible devices: '[jetson-orin-nano raspberrypi4]'" in read_artifact(tmp_path / "fleet.mender")
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (("--mender",), "--mender needs the device types the artifact is for\nHint: --device-type TYPE"),
+    (("--device-type", "x"), "--device-type names the device types of a Mender artifact\nHint: add --mender"),
+    (("--mender", "--device-type", "a b"), "--device-type 'a b' is not a Mender device type (1 to 128 letters,"),
+    (("--mender", "--device-type", ""), "--device-type '' is not a Mender device type"),
+])
+def test_pack_mender_usage_errors(tmp_path: Path, extra: tuple[str, ...], message: str) -> None:
+    env = Env(tmp_path)
+    source = make_repository(tmp_path / "det")
+    result = edge("bundle", "pack", str(source), "--key", str(env.keys.private), "--version", "2.0", "--out",
+                  str(tmp_path / "2.0.bundle"), *extra)
+    assert result.returncode == 1 and result.stderr.startswith(f"edge bundle: error: {message}"), result.stderr
+    assert not (tmp_path / "2.0.bundle").exists()
+
+
+def test_pack_mender_without_the_tool_says_how_to_get_it(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    source = make_repository(tmp_path / "det", device_type="t")
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    result = edge("bundle", "pack", str(source), "--key", str(env.keys.private), "--version", "2.0", "--out",
+                  str(tmp_path / "2.0.bundle"), "--mender", "--device-type", "t", PATH=str(empty))
+    assert result.returncode == 1
+    assert result.stderr == ("edge bundle: error: --mender needs mender-artifact, which is not installed\nHint:"
+                             " install it: sudo apt-get install mender-artifact (Debian/Ubuntu), or put it on PATH\n")
+    assert not (tmp_path / "2.0.bundle").exists()
+
+
+# ---------------------------------------------------------------------------------- fleet deployments, for real
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[tuple[Env, StandIn, str]]:
+    """Bundle 1.0 installed and committed in slot a; the stand-in daemon answers on a real control socket."""
+    env = Env(tmp_path)
+    env.install(env.bundle("1.0"))
+    stand_in = StandIn()
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    server = ControlServer(endpoint, stand_in)
+    server.start()
+    yield env, stand_in, endpoint
+    stand_in.release.set()
+    server.stop(5)
+
+
+def artifact(env: Env, version: str, *, key: Path | None = None) -> Path:
+    result = real.pack(env, version, key=key)
+    assert result.returncode == 0, result.stderr
+    return env.tmp / f"{version}.mender"
+
+
+BEFORE = {"current": "a", "slots": {"a": ("1.0", "ok"), "b": None}, "pending": None, "committed": "1.0",
+          "leftovers": []}
+
+
+@needs_mender
+def test_install_then_commit(fleet: tuple[Env, StandIn, str]) -> None:
+    """`mender install` runs Download, SupportsRollback, ArtifactInstall, NeedsArtifactReboot; `mender commit` runs
+    ArtifactCommit and Cleanup ("-commit ... will only invoke the two last states", protocol v3, Command line
+    invocation). Between them the install is pending: switched and healthy, not yet the high-water mark."""
+    env, _, endpoint = fleet
+    vehicle = real.Vehicle(env, endpoint)
+    assert state(env.root) == BEFORE
+    installed = vehicle.mender("install", str(artifact(env, "2.0")))
+    assert installed.returncode == 0, installed.stdout + installed.stderr
+    assert "Use 'commit' to update, or 'rollback' to roll back the update." in installed.stdout
+    pending = state(env.root)
+    assert pending["pending"]["slot"] == "b" and pending["pending"]["version"] == "2.0"
+    assert {**pending, "pending": None} == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")}}
+    assert vehicle.artifact() == "factory"                       # Mender too: nothing committed yet
+    committed = vehicle.mender("commit")
+    assert committed.returncode == 0, committed.stdout + committed.stderr
+    assert state(env.root) == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")},
+                               "committed": "2.0"}
+    assert vehicle.artifact() == "edge-bundle-2.0"
+
+
+@needs_mender
+def test_a_failed_health_check_rolls_back_and_the_active_slot_is_unchanged(fleet: tuple[Env, StandIn, str]) -> None:
+    """ArtifactInstall fails (exit 1: "Returning any non-zero value in the update module triggers a failure"), so
+    the client runs ArtifactRollback, ArtifactFailure and Cleanup (standalone.go, doStandaloneFailureStates); the
+    install has switched back already. The module's three-part error is in Mender's log."""
+    env, stand_in, endpoint = fleet
+    stand_in.mode = "stuck"
+    before = env.snapshot()
+    vehicle = real.Vehicle(env, endpoint, health_timeout=1)
+    result = vehicle.mender("install", str(artifact(env, "2.0")))
+    assert result.returncode == 1
+    assert "bundle 2.0 in slot b failed: the daemon was not healthy within 1 s" in result.stderr
+    after = state(env.root)
+    assert after["slots"]["b"][1].startswith("failed: ")
+    assert {**after, "slots": {**after["slots"], "b": None}} == BEFORE and env.snapshot() == before
+    assert vehicle.artifact() == "factory" and vehicle.mender("commit").returncode == 2    # nothing to commit
+
+
+@needs_mender
+def test_an_untrusted_signature_is_refused_before_any_slot_changes(fleet: tuple[Env, StandIn, str]) -> None:
+    env, _, endpoint = fleet
+    stranger = keys.generate(env.tmp / "stranger")
+    vehicle = real.Vehicle(env, endpoint)
+    result = vehicle.mender("install", str(artifact(env, "2.0", key=stranger.private)))
+    assert result.returncode == 1 and "which this device does not trust" in result.stderr
+    assert state(env.root) == BEFORE and vehicle.artifact() == "factory"
+
+
+@needs_mender
+def test_a_wrong_device_type_is_refused_by_mender_before_the_module_runs(fleet: tuple[Env, StandIn, str]) -> None:
+    env, _, endpoint = fleet
+    vehicle = real.Vehicle(env, endpoint, device_type="jetson-orin-nano")
+    result = vehicle.mender("install", str(artifact(env, "2.0")))
+    assert result.returncode == 1
+    assert "image (device types [jetson-agx-orin]) not compatible with device jetson-orin-nano" in result.stderr
+    assert state(env.root) == BEFORE and vehicle.artifact() == "factory"
+
+
+@needs_mender
+def test_a_replayed_older_bundle_is_refused(fleet: tuple[Env, StandIn, str]) -> None:
+    """A stolen or old artifact, validly signed: after 2.0 is committed, 1.5 is refused before extraction, the
+    error naming both versions; the vehicle stays on 2.0."""
+    env, _, endpoint = fleet
+    vehicle = real.Vehicle(env, endpoint)
+    assert vehicle.mender("install", str(artifact(env, "2.0"))).returncode == 0
+    assert vehicle.mender("commit").returncode == 0
+    committed = state(env.root)
+    result = vehicle.mender("install", str(artifact(env, "1.5")))
+    assert result.returncode == 1 and "1.5" in result.stderr and "2.0" in result.stderr
+    assert state(env.root) == committed == {**BEFORE, "current": "b", "committed": "2.0",
+                                            "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")}}
+    assert vehicle.artifact() == "edge-bundle-2.0"
+
+
+@needs_mender
+def test_the_module_killed_during_install_then_mender_rollback(fleet: tuple[Env, StandIn, str]) -> None:
+    """A power cut while the health check waits: SIGKILL to the whole mender process group. Mender stores its
+    standalone state only after ArtifactInstall returns (standalone.go, storeStandaloneData), so `mender rollback`
+    finds nothing to roll back (exit 2) and does not run the module; the root holds one complete slot in
+    `current` and the pending install. The next deployment's ArtifactInstall rolls that back first, then installs."""
+    env, stand_in, endpoint = fleet
+    stand_in.mode = "stuck"
+    vehicle = real.Vehicle(env, endpoint, health_timeout=600)
+    running = vehicle.start("install", str(artifact(env, "2.0")))
+    try:
+        wait_for(lambda: (env.root / "pending.json").exists() and stand_in.asked > 1, timeout=60,
+                 what="the module's health check")
+    finally:
+        os.killpg(running.pid, signal.SIGKILL)
+        running.communicate(timeout=30)
+    killed = state(env.root)
+    assert killed["pending"]["slot"] == "b" and killed["pending"]["previous"] == "a"
+    assert {**killed, "pending": None, "slots": {**killed["slots"], "b": None}} == {**BEFORE, "current": "b"}
+    rollback = vehicle.mender("rollback")
+    assert rollback.returncode == 2 and state(env.root) == killed
+    stand_in.mode = "healthy"
+    again = vehicle.mender("install", str(env.tmp / "2.0.mender"))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert vehicle.mender("commit").returncode == 0
+    assert state(env.root) == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")},
+                               "committed": "2.0"}
+
+
+@needs_mender
+def test_disk_full_leaves_the_active_slot(fleet: tuple[Env, StandIn, str]) -> None:
+    """The bundle root on a 1 MiB tmpfs inside the namespace (a copy of the real one); the bundle holds 2 MiB.
+    The root's state after the run is copied out of the namespace before it ends."""
+    env, _, endpoint = fleet
+    vehicle = real.Vehicle(env, endpoint)
+    big = make_repository(env.tmp / "src-big" / "det", big=2 << 20, device_type="jetson-agx-orin")
+    out = env.tmp / "2.0.bundle"
+    packed = edge("bundle", "pack", str(big), "--key", str(env.keys.private), "--version", "2.0", "--out", str(out),
+                  "--mender", "--device-type", "jetson-agx-orin")
+    assert packed.returncode == 0, packed.stderr
+    after = env.tmp / "after"
+    after.mkdir()
+    saved = env.tmp / "saved"
+    subprocess.run(["cp", "-a", str(env.root), str(saved)], check=True, timeout=60)
+    tmpfs = f"mount -t tmpfs -o size=1m,mode=0755 tmpfs {env.root} && cp -a {saved}/. {env.root}"
+    result = vehicle.mender("install", str(env.tmp / "2.0.mender"), inside=tmpfs, after=f"cp -a {env.root}/. {after}")
+    assert result.returncode == 1 and "disk full while extracting det/det.onnx" in result.stderr
+    assert state(after) == BEFORE
