@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from edge import files
-from edge.deploy import install
+from edge.deploy import install, marks
 from edge.deploy.common import BundleError
 from edge.engines import repository
 from edge.errors import EngineError
@@ -42,8 +42,14 @@ def run_state(state: str, api: Path, *, root: Path, trusted_dir: Path, activatio
         version = artifact_version(api)
         return install.commit_pending(root=root, version=version)
     if state == "ArtifactRollback":
+        if not _pending(root):              # e.g. the install failed and switched back itself
+            return f"no install is pending in {root}: nothing to roll back"
         return install.rollback_pending(root=root, trusted_dir=trusted_dir, activation=activation)
     return ""
+
+
+def _pending(root: Path) -> bool:
+    return (root / marks.PENDING).is_file()
 
 
 def _install(api: Path, *, root: Path, trusted_dir: Path, activation: install.Activation) -> str:
@@ -51,9 +57,10 @@ def _install(api: Path, *, root: Path, trusted_dir: Path, activation: install.Ac
     ArtifactCommit. A pending install found first was left by a deployment Mender gave up on (a module killed
     mid-install, a power cut): Mender runs one deployment at a time, so it is rolled back before this one."""
     bundle = payload(api)
-    stale = install.rollback_pending(root=root, trusted_dir=trusted_dir, activation=activation)
+    stale = [install.rollback_pending(root=root, trusted_dir=trusted_dir, activation=activation)] \
+        if _pending(root) else []
     outcome = install.install(bundle, root=root, trusted_dir=trusted_dir, activation=activation, commit=False)
-    return "\n".join([stale, f"installed bundle {outcome.version} (key {outcome.key_id}) in slot {outcome.slot},"
+    return "\n".join([*stale, f"installed bundle {outcome.version} (key {outcome.key_id}) in slot {outcome.slot},"
                       f" pending until ArtifactCommit; current -> {outcome.slot} (was {outcome.previous or 'none'});"
                       f" health: {outcome.health}", *(f"note: {n}" for n in outcome.notes)])
 

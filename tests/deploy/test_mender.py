@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from edge.deploy import install, keys
+from edge.deploy import keys
 from edge.engines import repository
 from edge.wire.control import ControlServer
 from tests.conftest import wait_for
@@ -27,9 +27,7 @@ from tests.support import mender as real
 from tests.support.bundles import Env, StandIn, make_repository
 from tests.support.daemon import ROOT
 
-MENDER = real.missing() or (None if hasattr(install, "commit_pending") else
-                            "needs the pending installs of issue 19 (edge.deploy.install.commit_pending, branch"
-                            " antirollback)")
+MENDER = real.missing()
 needs_mender = pytest.mark.skipif(MENDER is not None, reason=f"real Mender runs: {MENDER}")
 needs_tool = pytest.mark.skipif(real.shutil.which("mender-artifact") is None,
                                 reason=f"mender-artifact not installed (apt-get install {real.PACKAGES})")
@@ -218,8 +216,9 @@ def artifact(env: Env, version: str, *, key: Path | None = None) -> Path:
     return env.tmp / f"{version}.mender"
 
 
-BEFORE = {"current": "a", "slots": {"a": ("1.0", "ok"), "b": None}, "pending": None, "committed": "1.0",
+BEFORE = {"current": "a", "slots": {"a": ("1.0", "not checked"), "b": None}, "pending": None, "committed": "1.0",
           "leftovers": []}
+ON_2 = {**BEFORE, "current": "b", "slots": {"a": ("1.0", "not checked"), "b": ("2.0", "ok")}}   # switched to 2.0
 
 
 @needs_mender
@@ -235,12 +234,11 @@ def test_install_then_commit(fleet: tuple[Env, StandIn, str]) -> None:
     assert "Use 'commit' to update, or 'rollback' to roll back the update." in installed.stdout
     pending = state(env.root)
     assert pending["pending"]["slot"] == "b" and pending["pending"]["version"] == "2.0"
-    assert {**pending, "pending": None} == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")}}
+    assert {**pending, "pending": None} == ON_2
     assert vehicle.artifact() == "factory"                       # Mender too: nothing committed yet
     committed = vehicle.mender("commit")
     assert committed.returncode == 0, committed.stdout + committed.stderr
-    assert state(env.root) == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")},
-                               "committed": "2.0"}
+    assert state(env.root) == {**ON_2, "committed": "2.0"}
     assert vehicle.artifact() == "edge-bundle-2.0"
 
 
@@ -293,8 +291,7 @@ def test_a_replayed_older_bundle_is_refused(fleet: tuple[Env, StandIn, str]) -> 
     committed = state(env.root)
     result = vehicle.mender("install", str(artifact(env, "1.5")))
     assert result.returncode == 1 and "1.5" in result.stderr and "2.0" in result.stderr
-    assert state(env.root) == committed == {**BEFORE, "current": "b", "committed": "2.0",
-                                            "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")}}
+    assert state(env.root) == committed == {**ON_2, "committed": "2.0"}
     assert vehicle.artifact() == "edge-bundle-2.0"
 
 
@@ -323,26 +320,29 @@ def test_the_module_killed_during_install_then_mender_rollback(fleet: tuple[Env,
     again = vehicle.mender("install", str(env.tmp / "2.0.mender"))
     assert again.returncode == 0, again.stdout + again.stderr
     assert vehicle.mender("commit").returncode == 0
-    assert state(env.root) == {**BEFORE, "current": "b", "slots": {"a": ("1.0", "ok"), "b": ("2.0", "ok")},
-                               "committed": "2.0"}
+    assert state(env.root) == {**ON_2, "committed": "2.0"}
 
 
 @needs_mender
-def test_disk_full_leaves_the_active_slot(fleet: tuple[Env, StandIn, str]) -> None:
-    """The bundle root on a 1 MiB tmpfs inside the namespace (a copy of the real one); the bundle holds 2 MiB.
-    The root's state after the run is copied out of the namespace before it ends."""
+@pytest.mark.parametrize("full", ["bytes", "inodes"])
+def test_disk_full_leaves_the_active_slot(fleet: tuple[Env, StandIn, str], full: str) -> None:
+    """The bundle root on a small tmpfs inside the namespace (a copy of the real one). `bytes`: 1 MiB for a 2 MiB
+    bundle, refused before extraction; `inodes`: room for 3 more files, so extraction itself hits ENOSPC. The
+    root's state after the run is copied out of the namespace before it ends."""
     env, _, endpoint = fleet
     vehicle = real.Vehicle(env, endpoint)
-    big = make_repository(env.tmp / "src-big" / "det", big=2 << 20, device_type="jetson-agx-orin")
-    out = env.tmp / "2.0.bundle"
-    packed = edge("bundle", "pack", str(big), "--key", str(env.keys.private), "--version", "2.0", "--out", str(out),
-                  "--mender", "--device-type", "jetson-agx-orin")
+    source = make_repository(env.tmp / "src-2.0" / "det", big=2 << 20 if full == "bytes" else 0,
+                             device_type="jetson-agx-orin")
+    packed = edge("bundle", "pack", str(source), "--key", str(env.keys.private), "--version", "2.0", "--out",
+                  str(env.tmp / "2.0.bundle"), "--mender", "--device-type", "jetson-agx-orin")
     assert packed.returncode == 0, packed.stderr
-    after = env.tmp / "after"
-    after.mkdir()
-    saved = env.tmp / "saved"
+    saved, after = env.tmp / "saved", env.tmp / "after"
     subprocess.run(["cp", "-a", str(env.root), str(saved)], check=True, timeout=60)
-    tmpfs = f"mount -t tmpfs -o size=1m,mode=0755 tmpfs {env.root} && cp -a {saved}/. {env.root}"
+    after.mkdir()
+    inodes = 1 + sum(1 for _ in saved.rglob("*")) + 3
+    size = "size=1m" if full == "bytes" else f"size=64m,nr_inodes={inodes}"
+    tmpfs = f"mount -t tmpfs -o {size},mode=0755 tmpfs {env.root} && cp -a {saved}/. {env.root}"
     result = vehicle.mender("install", str(env.tmp / "2.0.mender"), inside=tmpfs, after=f"cp -a {env.root}/. {after}")
-    assert result.returncode == 1 and "disk full while extracting det/det.onnx" in result.stderr
+    said = "not enough space to install bundle 2.0" if full == "bytes" else "disk full while extracting"
+    assert result.returncode == 1 and f"edge bundle: error: {said}" in result.stderr, result.stderr[-3000:]
     assert state(after) == BEFORE
