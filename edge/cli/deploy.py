@@ -27,36 +27,33 @@ def cmd_bundle_pack(args: argparse.Namespace) -> int:
 
     if args.device_type and not args.mender:
         raise BundleError("--device-type names the device types of a Mender artifact", hint="add --mender")
-    if args.mender:
-        _check_mender_pack(args)
+    tool = _check_mender_pack(args) if args.mender else None
     verified = archive.pack(args.models, key=args.key, version=args.version, out=args.out)
     manifest = verified.manifest
     print(f"wrote {args.out}: bundle {manifest.version}, models {', '.join(manifest.models)}, {len(manifest.files)}"
           f" files, {manifest.total_bytes} bytes, signed by key {verified.key_id}")
-    if args.mender:
-        _write_mender_artifact(args, manifest.version)
+    if tool is not None:
+        _write_mender_artifact(args, manifest.version, tool)
     return 0
 
 
-def _check_mender_pack(args: argparse.Namespace) -> None:
-    """Before packing: the tool is there and every device type has the plans it needs (refused, not shipped)."""
-    import shutil
-
+def _check_mender_pack(args: argparse.Namespace) -> str:
+    """Before packing: mender-artifact (its path) is there and every device type has the plans it needs."""
     from edge.deploy import mender
 
     if not args.device_type:
         raise BundleError("--mender needs the device types the artifact is for",
                           hint="--device-type TYPE (the boards' /var/lib/mender/device_type), once per type")
-    if shutil.which(mender.TOOL) is None:
-        raise BundleError(f"--mender needs {mender.TOOL}, which is not installed", hint=mender.TOOL_HINT)
+    tool = mender.find_tool()
     mender.check_device_types(args.models, args.device_type)
+    return tool
 
 
-def _write_mender_artifact(args: argparse.Namespace, version: str) -> None:
+def _write_mender_artifact(args: argparse.Namespace, version: str, tool: str) -> None:
     from edge.deploy import mender
 
     out = mender.artifact_path(args.out)
-    mender.write_artifact(args.out, version, args.device_type, out)
+    mender.write_artifact(args.out, version, args.device_type, out, tool=tool)
     print(f"wrote {out}: Mender artifact {mender.NAME_PREFIX}{version}, payload type {mender.PAYLOAD_TYPE}, device"
           f" types {', '.join(args.device_type)}")
 

@@ -69,7 +69,7 @@ def payload(api: Path) -> Path:
     """The one bundle file of the payload (FILES/files/*)."""
     folder = api / "files"
     try:
-        found = sorted(p for p in folder.iterdir())
+        found = sorted(folder.iterdir())
     except OSError as exc:
         raise BundleError(f"the artifact's payload directory {folder} cannot be read: {exc.strerror}",
                           hint="the module runs under Mender's client, which fills FILES/files before"
@@ -126,12 +126,18 @@ def check_device_types(models: Sequence[Path], device_types: Sequence[str]) -> N
                                    f" type), or leave {missing[0]} out")
 
 
-def write_artifact(bundle: Path, version: str, device_types: Sequence[str], out: Path, *, tool: str = TOOL) -> None:
-    """Wrap the signed bundle into a Mender artifact (module-image, type edge-bundle) at `out`, atomically."""
-    found = shutil.which(tool)
+def find_tool() -> str:
+    """The path of mender-artifact; BundleError with the package to install where it is missing."""
+    found = shutil.which(TOOL)
     if found is None:
-        raise BundleError(f"{tool} is not installed: it writes the .mender artifact", hint=TOOL_HINT)
-    command = [found, "--compression", "none", "write", "module-image", "-T", PAYLOAD_TYPE,
+        raise BundleError(f"--mender needs {TOOL}, which is not installed", hint=TOOL_HINT)
+    return found
+
+
+def write_artifact(bundle: Path, version: str, device_types: Sequence[str], out: Path, *, tool: str) -> None:
+    """Wrap the signed bundle into a Mender artifact (module-image, type edge-bundle) at `out`, atomically, with
+    `tool` (find_tool()). The bundle is gzip already: the artifact does not compress it again."""
+    command = [tool, "--compression", "none", "write", "module-image", "-T", PAYLOAD_TYPE,
                "-n", f"{NAME_PREFIX}{version}", *(a for t in device_types for a in ("-t", t)), "-f", str(bundle)]
     try:
         with files.atomic_path(out, mode=0o644, durable=True) as tmp:
@@ -140,10 +146,10 @@ def write_artifact(bundle: Path, version: str, device_types: Sequence[str], out:
                                     timeout=PACK_TIMEOUT_S, check=False)
             if result.returncode != 0:
                 tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-                raise BundleError(f"{tool} failed (exit {result.returncode}) writing {out}",
+                raise BundleError(f"{TOOL} failed (exit {result.returncode}) writing {out}",
                                   note=" / ".join(tail) or None, hint=f"run it by hand: {' '.join(command)} -o {out}")
     except subprocess.TimeoutExpired as exc:
-        raise BundleError(f"{tool} did not finish writing {out} in {PACK_TIMEOUT_S:.0f} s",
+        raise BundleError(f"{TOOL} did not finish writing {out} in {PACK_TIMEOUT_S:.0f} s",
                           hint="check the disk it writes to") from exc
     except OSError as exc:
         raise BundleError(f"cannot write {out}: {exc.strerror}", hint=files.write_hint(exc, out)) from exc
