@@ -21,6 +21,7 @@ Needs torch with CUDA and the primary context of device 0 (the one edge.gpu.cuda
 from __future__ import annotations
 
 import dataclasses
+import importlib.machinery
 import json
 import threading
 import types
@@ -222,6 +223,7 @@ def tensorrt_module(network: GraphNetwork) -> types.ModuleType:
     """A `tensorrt` module: the stand-in's API, its engines running `network`. Install it as
     sys.modules["tensorrt"] before edge first asks for TensorRT (edge reads the device key once)."""
     module = types.ModuleType("tensorrt", __doc__)
+    module.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)     # torch calls find_spec("tensorrt")
     module.__dict__.update({k: v for k, v in vars(fake_tensorrt).items() if not k.startswith("__")})
     module.__version__ = fake_tensorrt.__version__
     module.Runtime = type("Runtime", (GraphRuntime,), {"network": network})
