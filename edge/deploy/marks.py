@@ -15,11 +15,12 @@ from packaging.version import Version
 from edge.deploy.archive import version_of
 from edge.deploy.common import BundleError, utc_now, write_json
 from edge.deploy.slots import SLOTS, Store
-from edge.files import fsync_dir
+from edge.files import FileTooLarge, NotRegularFile, fsync_dir, read_regular
 
 COMMITTED = "committed.json"
 PENDING = "pending.json"
 HEALTHY = ("ok", "not checked")         # a slot's health that counts as a good install
+MAX_BYTES = 64 << 10                    # what either file may hold (a few hundred bytes are written)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +54,12 @@ def committed(store: Store, pending: Pending | None = None) -> Mark | None:
         try:
             mark = Mark(str(data["version"]), str(data["slot"]), str(data["at"]))
             mark.ordered()
-        except (KeyError, TypeError, BundleError) as exc:
+        except (KeyError, TypeError) as exc:
             raise _damaged(store.root / COMMITTED, f"{exc!r:.120}") from None
+        except BundleError as exc:
+            raise _damaged(store.root / COMMITTED, exc.what) from None
+        if mark.slot not in SLOTS:
+            raise _damaged(store.root / COMMITTED, f"slot {mark.slot!r:.40} is not a slot ({', '.join(SLOTS)})")
         return mark
     current = store.current()
     record = store.record(current) if current else None
@@ -94,7 +99,11 @@ def pending(store: Store) -> Pending | None:
     except (KeyError, TypeError) as exc:
         raise _damaged(store.root / PENDING, f"{exc!r:.120}") from None
     if found.slot not in SLOTS or found.previous not in (None, *SLOTS):
-        raise _damaged(store.root / PENDING, f"slot {found.slot!r}, previous {found.previous!r}")
+        raise _damaged(store.root / PENDING, f"slot {found.slot!r:.40}, previous {found.previous!r:.40}")
+    try:
+        version_of(found.version)
+    except BundleError as exc:
+        raise _damaged(store.root / PENDING, exc.what) from None
     return found
 
 
@@ -122,10 +131,15 @@ def _write_mark(store: Store, mark: Mark) -> None:
 
 
 def _read(path: Path, what: str) -> dict[str, Any] | None:
+    """The JSON object in `path`, None when there is none; a link, a FIFO or more than MAX_BYTES is damage."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_regular(path, MAX_BYTES, follow_symlinks=False).decode("utf-8"))
     except FileNotFoundError:
         return None
+    except NotRegularFile as exc:
+        raise _damaged(path, f"it {exc}", what) from None
+    except FileTooLarge as exc:
+        raise _damaged(path, f"it holds {exc}, more than {MAX_BYTES}", what) from None
     except (OSError, ValueError) as exc:
         raise _damaged(path, f"{exc!r:.120}", what) from None
     if not isinstance(data, dict):

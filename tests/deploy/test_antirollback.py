@@ -20,7 +20,7 @@ from edge.deploy.slots import Store
 from edge.engines import repository
 from edge.engines.repository import DeviceKey
 from tests.deploy.test_bundles import checked, daemon  # noqa: F401 (a fixture)
-from tests.support.bundles import NO_HEALTH, Env, StandIn
+from tests.support.bundles import NO_HEALTH, Env, StandIn, damage
 from tests.support.daemon import edge_cmd, env
 
 ORIN = DeviceKey("NVIDIA Jetson AGX Orin Developer Kit", "36.4.3", "10.3.0.30", "8.7", "int8")
@@ -171,12 +171,25 @@ def test_a_current_slot_never_found_healthy_sets_no_mark(tmp_path: Path) -> None
     ("{not json", "cannot read .*committed.json \\(the highest committed version\\): JSONDecodeError"),
     ('["2.0"]', "cannot read .*committed.json \\(the highest committed version\\): a JSON list, not an object"),
     ('{"version": "2.0"}', "cannot read .*committed.json: KeyError\\('slot'\\)"),
-    ('{"version": "two", "slot": "a", "at": "x"}', "cannot read .*committed.json: BundleError"),
-], ids=["json", "list", "field", "version"])
-def test_a_damaged_committed_json_refuses_the_install(tmp_path: Path, content: str, match: str) -> None:
+    ('{"version": "two", "slot": "a", "at": "x"}', "cannot read .*committed.json: bundle version 'two' is not a PEP"
+                                                   " 440 version of 1 to 64"),
+    ('{"version": "2.0", "slot": "../etc", "at": "x"}', "cannot read .*committed.json: slot '../etc' is not a slot"),
+    (b"\xff\xfe", "cannot read .*committed.json \\(the highest committed version\\): UnicodeDecodeError"),
+    ("x" * 70_000, "cannot read .*committed.json \\(the highest committed version\\): it holds 70000 bytes, more"
+                   " than 65536"),
+    (Path("/dev/zero"), "cannot read .*committed.json \\(the highest committed version\\): it is not a regular file"
+                        " but a symbolic link"),
+    ("fifo", "cannot read .*committed.json \\(the highest committed version\\): it is not a regular file but a"
+             " FIFO"),
+], ids=["json", "list", "field", "version", "slot", "bytes", "huge", "symlink", "fifo"])
+def test_a_damaged_committed_json_refuses_the_install(tmp_path: Path, content: str | bytes | Path,
+                                                      match: str) -> None:
+    """A root-owned, private bundle root means only root can write committed.json; what root (or a damaged disk)
+    leaves there is still read with bounds: no link followed (a link to a lower mark, or to /dev/zero), no FIFO
+    waited on, no unbounded read."""
     e = Env(tmp_path)
     e.install(e.bundle("1.0"))
-    (e.root / "committed.json").write_text(content)
+    damage(e.root / "committed.json", content)
     error = refused(e, e.bundle("2.0"), match)
     assert "Hint: look at it; `edge bundle list` shows the slots" in error.render()
     assert not (e.root / "b").exists()

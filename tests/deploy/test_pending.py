@@ -19,7 +19,7 @@ from edge.deploy.common import BundleError
 from edge.deploy.slots import Store
 from tests.conftest import wait_for
 from tests.deploy.test_bundles import checked, daemon  # noqa: F401 (a fixture)
-from tests.support.bundles import NO_HEALTH, Env, StandIn
+from tests.support.bundles import NO_HEALTH, Env, StandIn, damage
 from tests.support.daemon import ROOT, edge_cmd, env
 
 FAILED = "failed: rolled back (not committed)"
@@ -230,10 +230,14 @@ def test_rollback_pending_refuses_to_go_back_to_a_damaged_slot(pending: Env) -> 
     ("{", "cannot read .*pending.json \\(the pending install\\): JSONDecodeError"),
     ('{"slot": "c", "previous": "a", "version": "2.0", "at": "x"}', "pending.json: slot 'c', previous 'a'"),
     ('{"slot": "b", "version": "2.0", "at": "x"}', "pending.json: KeyError\\('previous'\\)"),
-], ids=["json", "slot", "field"])
-def test_a_damaged_pending_json_is_named(pending: Env, content: str, match: str) -> None:
+    ('{"slot": "b", "previous": "a", "version": "zz top", "at": "x"}', "pending.json: bundle version 'zz top' is"
+                                                                       " not a PEP 440 version"),
+    (Path("/dev/zero"), "pending.json \\(the pending install\\): it is not a regular file but a symbolic link"),
+    ("x" * 70_000, "pending.json \\(the pending install\\): it holds 70000 bytes, more than 65536"),
+], ids=["json", "slot", "field", "version", "symlink", "huge"])
+def test_a_damaged_pending_json_is_named(pending: Env, content: str | Path, match: str) -> None:
     e = pending
-    (e.root / "pending.json").write_text(content)
+    damage(e.root / "pending.json", content)
     bundle, before = e.bundle("3.0"), e.state()
     for call in (lambda: e.install(bundle), lambda: install.commit_pending(root=e.root), lambda: rollback_pending(e)):
         with pytest.raises(BundleError, match=match):

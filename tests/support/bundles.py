@@ -5,6 +5,7 @@ import hashlib
 import io
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 import threading
@@ -78,8 +79,28 @@ class Env:
         return {"current": os.readlink(link) if link.is_symlink() else None,
                 "slots": {s: {str(p.relative_to(self.root / s)): hashlib.sha256(p.read_bytes()).hexdigest()
                               for p in sorted((self.root / s).rglob("*")) if p.is_file()} for s in ("a", "b")},
-                **{name: (self.root / f"{name}.json").read_text() if (self.root / f"{name}.json").exists() else None
-                   for name in ("committed", "pending")}, "leftovers": self.leftovers()}
+                **{name: _marked(self.root / f"{name}.json") for name in ("committed", "pending")},
+                "leftovers": self.leftovers()}
+
+
+def _marked(path: Path) -> Any:
+    """What `path` holds for a comparison: its bytes, where a link points, what a FIFO is, None when absent."""
+    if path.is_symlink():
+        return ("link", os.readlink(path))
+    if not path.exists():
+        return None
+    return path.read_bytes() if path.is_file() else ("not a file", stat.S_IFMT(path.stat().st_mode))
+
+
+def damage(path: Path, content: str | bytes | Path) -> None:
+    """Put `content` at `path`: text, bytes, a symbolic link to a Path, or a FIFO ("fifo")."""
+    path.unlink(missing_ok=True)
+    if isinstance(content, Path):
+        path.symlink_to(content)
+    elif content == "fifo":
+        os.mkfifo(path)
+    else:
+        path.write_bytes(content) if isinstance(content, bytes) else path.write_text(content)
 
 
 def rewrite(bundle: Path, out: Path, edit: Callable[[list[tuple[tarfile.TarInfo, bytes]]], None]) -> Path:
