@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import stat
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ ANSWERS = {"SupportsRollback": "Yes", "NeedsArtifactReboot": "No"}
 TOOL = "mender-artifact"
 TOOL_HINT = "install it: sudo apt-get install mender-artifact (Debian/Ubuntu), or put it on PATH"
 PACK_TIMEOUT_S = 3600.0
+NAME_BYTES = 4096                            # header/artifact_name: one short line
 _DEVICE_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
@@ -74,26 +76,46 @@ def payload(api: Path) -> Path:
         raise BundleError(f"the artifact's payload directory {folder} cannot be read: {exc.strerror}",
                           hint="the module runs under Mender's client, which fills FILES/files before"
                                " ArtifactInstall") from exc
-    if len(found) != 1 or not found[0].is_file():
-        names = ", ".join(p.name for p in found) or "nothing"
+    kinds = [_kind(p) for p in found]
+    if len(found) != 1 or kinds[0]:
+        names = ", ".join(p.name + (f", {k}" if k else "") for p, k in zip(found, kinds)) or "nothing"
         raise BundleError(f"an {PAYLOAD_TYPE} artifact carries exactly one bundle file; this one holds {names}",
                           hint="make artifacts with: edge bundle pack --mender --device-type TYPE ...")
     return found[0]
+
+
+def _kind(path: Path) -> str:
+    """'' for a regular file (a link is not followed), else what it is."""
+    try:
+        mode = path.lstat().st_mode
+    except OSError as exc:
+        return f"unreadable: {exc.strerror}"
+    return "" if stat.S_ISREG(mode) else files.describe_mode(mode)
 
 
 def artifact_version(api: Path) -> str:
     """The bundle version in the artifact's name (FILES/header/artifact_name, edge-bundle-<version>)."""
     path = api / "header" / "artifact_name"
     try:
-        name = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"cannot read the artifact's name from {path}: {exc}",
-                          hint="the module runs under Mender's client, which writes it") from exc
+        name = files.read_regular(path, NAME_BYTES).decode("utf-8").strip()
+    except OSError as exc:
+        raise _unnamed(path, str(exc.strerror)) from None
+    except files.NotRegularFile as exc:
+        raise _unnamed(path, f"it {exc}") from None
+    except files.FileTooLarge as exc:
+        raise _unnamed(path, f"it holds {exc}, more than {NAME_BYTES}") from None
+    except UnicodeDecodeError:
+        raise _unnamed(path, "it is not UTF-8 text") from None
     if not name.startswith(NAME_PREFIX) or name == NAME_PREFIX:
         raise BundleError(f"artifact name {name!r} is not {NAME_PREFIX}<version>: the commit cannot say which"
                           " bundle it makes permanent",
                           hint="make artifacts with: edge bundle pack --mender --device-type TYPE ...")
     return name[len(NAME_PREFIX):]
+
+
+def _unnamed(path: Path, why: str) -> BundleError:
+    return BundleError(f"cannot read the artifact's name from {path}: {why}",
+                       hint="the module runs under Mender's client, which writes it")
 
 
 # ------------------------------------------------------------------------------------------------------ pack

@@ -94,6 +94,44 @@ def test_install_needs_exactly_one_bundle_file_in_the_payload(tmp_path: Path) ->
     assert not env.root.exists()
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+def test_install_takes_only_a_regular_file_as_the_payload(tmp_path: Path, kind: str) -> None:
+    """Mender's client writes the payload as a file into FILES/files (protocol v3, File tree); anything else there is
+    refused by name, before the bundle root is touched, and a link is not followed to a bundle elsewhere."""
+    env = Env(tmp_path)
+    api = tmp_path / "api"
+    (api / "files").mkdir(parents=True)
+    entry = api / "files" / "2.0.bundle"
+    {"symlink": lambda: entry.symlink_to(env.bundle("2.0")), "fifo": lambda: os.mkfifo(entry),
+     "directory": entry.mkdir}[kind]()
+    shown = {"symlink": "a symbolic link", "fifo": "a FIFO", "directory": "a directory"}[kind]
+    result = module("ArtifactInstall", api, env)
+    assert (result.returncode, result.stdout) == (1, "")
+    assert result.stderr == (f"edge bundle: error: an edge-bundle artifact carries exactly one bundle file; this one"
+                             f" holds 2.0.bundle, {shown}\nHint: make artifacts with: edge bundle pack --mender"
+                             " --device-type TYPE ...\n")
+    assert not env.root.exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "dev-zero", "huge", "bytes"])
+def test_commit_reads_the_artifact_name_bounded(tmp_path: Path, damage: str) -> None:
+    """header/artifact_name is a short line Mender writes (protocol v3, File API); a link to /dev/zero, a huge or
+    undecodable file is refused with the reason, never read without bound."""
+    env = Env(tmp_path)
+    path = tmp_path / "api" / "header" / "artifact_name"
+    path.parent.mkdir(parents=True)
+    if damage == "dev-zero":
+        path.symlink_to("/dev/zero")
+    elif damage != "missing":
+        path.write_bytes(b"edge-bundle-" + b"9" * 70_000 if damage == "huge" else b"\xff\xfe")
+    result = module("ArtifactCommit", path.parent.parent, env)
+    why = {"missing": "No such file or directory", "dev-zero": "it is not a regular file but a character device",
+           "huge": "it holds 70012 bytes, more than 4096", "bytes": "it is not UTF-8 text"}[damage]
+    assert result.returncode == 1
+    assert result.stderr == (f"edge bundle: error: cannot read the artifact's name from {path}: {why}\nHint: the"
+                             " module runs under Mender's client, which writes it\n")
+
+
 @pytest.mark.parametrize("name", ["my-app-2.0", "edge-bundle-", ""])
 def test_commit_needs_the_artifact_name_pack_gives(tmp_path: Path, name: str) -> None:
     env = Env(tmp_path)
