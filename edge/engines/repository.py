@@ -66,10 +66,11 @@ def read_board(root: Path = Path("/")) -> str:
 
 
 def read_device_type(root: Path = Path("/")) -> str:
-    """The Mender device type from the client's /var/lib/mender/device_type (`device_type=...`), else ""."""
+    """The Mender device type from the client's /var/lib/mender/device_type (`device_type=...`), else "" (also for
+    anything there that is not a small regular file)."""
     try:
-        text = (root / "var/lib/mender/device_type").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        text = files.read_regular(root / "var/lib/mender/device_type", 4096).decode("utf-8", errors="replace")
+    except (OSError, files.NotRegularFile, files.FileTooLarge):
         return ""
     match = re.search(r"^device_type=(.*)$", text, re.MULTILINE)
     return match.group(1).strip() if match else ""

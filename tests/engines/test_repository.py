@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 import shutil
 import threading
@@ -128,6 +129,21 @@ def test_mender_device_type_from_the_clients_file(tmp_path: Path) -> None:
     assert repository.DeviceKey.from_json(key.to_json()) == key
     assert key.platform() == repository.DeviceKey("b", "36.4.3", "10.3", "8.7").platform()
     assert repository.DeviceKey.from_json({"board": "b", "l4t": "1", "tensorrt": "2", "sm": "3"}).device_type == ""
+
+
+def test_a_device_type_file_that_is_no_small_file_reads_as_none(tmp_path: Path) -> None:
+    """A link to /dev/zero, a FIFO or a huge file in its place gives "" (as on a board without Mender) at once,
+    without reading it whole or waiting for a writer."""
+    path = tmp_path / "var/lib/mender/device_type"
+    path.parent.mkdir(parents=True)
+    path.symlink_to("/dev/zero")
+    assert repository.read_device_type(tmp_path) == ""
+    path.unlink()
+    os.mkfifo(path)
+    assert repository.read_device_type(tmp_path) == ""
+    path.unlink()
+    path.write_text("device_type=" + "x" * 70_000 + "\n")
+    assert repository.read_device_type(tmp_path) == ""
 
 
 def test_service_runs_the_repository_variant(demo, tmp_path: Path) -> None:
