@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from edge.deploy import keys
+from edge.deploy import keys, mender
 from edge.engines import repository
 from edge.wire.control import ControlServer
 from tests.conftest import wait_for
@@ -384,3 +384,26 @@ def test_disk_full_leaves_the_active_slot(fleet: tuple[Env, StandIn, str], full:
     said = "not enough space to install bundle 2.0" if full == "bytes" else "disk full while extracting"
     assert result.returncode == 1 and f"edge bundle: error: {said}" in result.stderr, result.stderr[-3000:]
     assert state(after) == BEFORE
+
+
+@needs_mender
+def test_a_commit_under_another_artifact_name_fails_and_mender_rolls_back(fleet: tuple[Env, StandIn, str]) -> None:
+    """An artifact renamed edge-bundle-9.0 around bundle 2.0 (its name is not signed by edge): ArtifactInstall leaves
+    2.0 pending, ArtifactCommit refuses to make 9.0 permanent, and Mender 3.4 then runs ArtifactRollback, which
+    switches back ("Any of these states fail ...: ArtifactCommit", protocol v3, ArtifactRollback state;
+    app/standalone.go doStandaloneCommitStates -> doStandaloneFailureStates)."""
+    env, _, endpoint = fleet
+    artifact(env, "2.0")
+    renamed = env.tmp / "renamed.mender"
+    mender.write_artifact(env.tmp / "2.0.bundle", "9.0", ["jetson-agx-orin"], renamed, tool=mender.find_tool())
+    vehicle = real.Vehicle(env, endpoint)
+    assert vehicle.mender("install", str(renamed)).returncode == 0
+    assert state(env.root)["pending"]["version"] == "2.0"
+    result = vehicle.mender("commit")
+    assert result.returncode == 1
+    assert "cannot commit bundle 9.0: the pending install is bundle 2.0 in slot b" in result.stderr
+    assert "rolled back the pending install of bundle 2.0 in slot b" in result.stderr
+    after = state(env.root)
+    assert after["slots"]["b"] == ("2.0", "failed: rolled back (not committed)")
+    assert {**after, "slots": {**after["slots"], "b": None}} == BEFORE and vehicle.artifact() == "factory"
+
