@@ -407,3 +407,21 @@ def test_a_commit_under_another_artifact_name_fails_and_mender_rolls_back(fleet:
     assert after["slots"]["b"] == ("2.0", "failed: rolled back (not committed)")
     assert {**after, "slots": {**after["slots"], "b": None}} == BEFORE and vehicle.artifact() == "factory"
 
+
+def test_the_fleet_rollout_docs_follow_menders_own() -> None:
+    """docs/operations.md, "Fleet rollout", against Mender's sources: `mender-cli artifacts --server URL upload FILE`
+    (mender-docs 10.Server-integration/01.Using-the-apis/docs.md; --server is a per-call flag defaulting to
+    hosted.mender.io, mender-cli cmd/root.go); phases and retries are "Professional/Enterprise only" (mender-docs
+    02.Overview/05.Deployment/docs.md, 2023); the device type in /var/lib/mender/device_type (mender-docs
+    03.Client-installation/07.Configuration/50.Configuration-options, DeviceTypeFile); the deployment log in the
+    data directory as deployments.0001.<id>.log, five kept (mender 3.4 app/deployment_logger.go, cli/cli.go); the
+    daemon rolls back a state cut short by a restart (mender 3.4 app/state.go, initState.getNextState)."""
+    text = (ROOT / "docs" / "operations.md").read_text()
+    fleet = " ".join(text[text.index("## Fleet rollout"):].split())
+    for said in ("mender-cli artifacts --server https://hosted.mender.io upload fleet-2026.11.2.mender",
+                 "with retries, on its Professional and Enterprise plans",
+                 "On the Professional and Enterprise plans (not the open-source server), one deployment can do both",
+                 "/var/lib/mender/device_type", "`/var/lib/mender/deployments.0001.<deployment id>.log` (the last five",
+                 "runs `ArtifactRollback`, `ArtifactFailure` and `Cleanup` by itself"):
+        assert said in fleet, said
+    assert "mender-cli artifacts upload" not in fleet and "On Mender Enterprise" not in fleet
