@@ -25,9 +25,8 @@ from edge.deploy import archive, health, install, keys
 from edge.deploy.common import BundleError
 from edge.deploy.slots import Store
 from edge.engines import repository
-from edge.wire.control import ControlServer
 from tests.conftest import wait_for
-from tests.support.bundles import NAMESPACES, NO_HEALTH, Env, StandIn, make_repository, replace_member, rewrite
+from tests.support.bundles import NAMESPACES, NO_HEALTH, Env, StandIn, make_repository, replace_member, rewrite, serving
 from tests.support.daemon import edge_cmd, env
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -421,13 +420,8 @@ def test_a_crash_mid_install_leaves_the_active_bundle_and_is_cleaned_up(env1: En
 
 @pytest.fixture
 def daemon(tmp_path: Path) -> Iterator[tuple[StandIn, str]]:
-    stand_in = StandIn()
-    endpoint = f"ipc://{tmp_path}/control.sock"
-    server = ControlServer(endpoint, stand_in)
-    server.start()
-    yield stand_in, endpoint
-    stand_in.release.set()
-    server.stop(5)
+    with serving(tmp_path) as served:
+        yield served
 
 
 def checked(endpoint: str, timeout_s: float = 10.0, restart: list[str] | None = None) -> install.Activation:

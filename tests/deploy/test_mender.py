@@ -21,10 +21,9 @@ import pytest
 
 from edge.deploy import keys, mender
 from edge.engines import repository
-from edge.wire.control import ControlServer
 from tests.conftest import wait_for
 from tests.support import mender as real
-from tests.support.bundles import Env, StandIn, make_repository
+from tests.support.bundles import Env, StandIn, make_repository, serving
 from tests.support.daemon import ROOT
 
 MENDER = real.missing()
@@ -239,13 +238,8 @@ def fleet(tmp_path: Path) -> Iterator[tuple[Env, StandIn, str]]:
     """Bundle 1.0 installed and committed in slot a; the stand-in daemon answers on a real control socket."""
     env = Env(tmp_path)
     env.install(env.bundle("1.0"))
-    stand_in = StandIn()
-    endpoint = f"ipc://{tmp_path}/control.sock"
-    server = ControlServer(endpoint, stand_in)
-    server.start()
-    yield env, stand_in, endpoint
-    stand_in.release.set()
-    server.stop(5)
+    with serving(tmp_path) as (stand_in, endpoint):
+        yield env, stand_in, endpoint
 
 
 def artifact(env: Env, version: str, *, key: Path | None = None) -> Path:

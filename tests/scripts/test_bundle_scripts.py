@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 from edge.daemon import systemd
-from edge.wire.control import ControlServer
-from tests.support.bundles import Env, StandIn, replace_member, rewrite
+from tests.support.bundles import Env, StandIn, replace_member, rewrite, serving
 from tests.support.daemon import ROOT
 
 EDGE = "/opt/edge/.venv/bin/edge"
@@ -209,13 +208,8 @@ class Target:
 def target(tmp_path: Path) -> Iterator[tuple[Env, StandIn, Target]]:
     env = Env(tmp_path)
     env.install(env.bundle("1.0"))
-    stand_in = StandIn()
-    endpoint = f"ipc://{tmp_path}/control.sock"
-    server = ControlServer(endpoint, stand_in)
-    server.start()
-    yield env, stand_in, Target(tmp_path, env, endpoint)
-    stand_in.release.set()
-    server.stop(5)
+    with serving(tmp_path) as (stand_in, endpoint):
+        yield env, stand_in, Target(tmp_path, env, endpoint)
 
 
 def deploy(target: Target, bundle: Path, *extra: str, keys: Path) -> subprocess.CompletedProcess[str]:

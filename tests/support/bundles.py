@@ -1,6 +1,7 @@
 """Engine-bundle fixtures: repositories in a temp root, signed bundles, a stand-in daemon's status answers."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -9,12 +10,13 @@ import stat
 import subprocess
 import tarfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from edge.deploy import archive, install, keys
 from edge.engines import repository
+from edge.wire.control import ControlServer
 
 NO_HEALTH = install.Activation()
 
@@ -153,3 +155,17 @@ class StandIn:
                 "tasks": [{"task": "objects", "precision": "int8", "unavailable": {"fp16": "refused when made"}}],
                 "lanes": [{"task": "objects", "camera": "front", "captured": 100, "processed": self.processed,
                            "running": self.mode != "stopped"}]}
+
+
+@contextlib.contextmanager
+def serving(tmp_path: Path) -> Iterator[tuple[StandIn, str]]:
+    """A StandIn daemon answering on a real control socket in `tmp_path`: it and the socket's endpoint."""
+    stand_in = StandIn()
+    endpoint = f"ipc://{tmp_path}/control.sock"
+    server = ControlServer(endpoint, stand_in)
+    server.start()
+    try:
+        yield stand_in, endpoint
+    finally:
+        stand_in.release.set()
+        server.stop(5)
