@@ -63,6 +63,10 @@ declare -A SPEC=(
   [pending]="edge/deploy/install.py | tests/deploy/test_pending.py | edge.deploy.install.x_commit_pending__*
     edge.deploy.install.x_rollback_pending__* edge.deploy.install.x__committed__* edge.deploy.install.x__drop_pending__*
     edge.deploy.install.x__refuse_pending__* edge.deploy.install.x__healthy__*"
+  # the Mender Update Module's states (which slot operation each runs) and pack's device-type check
+  [mender]="edge/deploy/mender.py | tests/deploy/test_mender.py | edge.deploy.mender.x_run_state__* edge.deploy.mender.x__install__*
+    edge.deploy.mender.x__pending__* edge.deploy.mender.x_payload__* edge.deploy.mender.x_artifact_version__*
+    edge.deploy.mender.x_check_device_types__*"
   # the results socket's connection gate and subscription records
   [peers]="edge/wire/peers.py | tests/wire/test_peers.py tests/wire/test_gate.py | edge.wire.peers.xǁGateǁ_over__* edge.wire.peers.xǁGateǁ_rate__*
     edge.wire.peers.xǁGateǁ_accepted__* edge.wire.peers.xǁGateǁ_closed__* edge.wire.peers.xǁGateǁended__*
