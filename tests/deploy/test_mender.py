@@ -143,6 +143,53 @@ def test_commit_needs_the_artifact_name_pack_gives(tmp_path: Path, name: str) ->
                                     " commit cannot say which bundle it makes permanent\nHint: make artifacts with")
 
 
+def test_the_states_run_install_commit_and_rollback_of_a_pending_bundle(tmp_path: Path) -> None:
+    """Each state run the way Mender runs it (one process per state, FILES as Mender fills it), against a stand-in
+    daemon: ArtifactInstall leaves 2.0 pending, ArtifactRollback goes back to 1.0, a second install is committed by
+    ArtifactCommit (again: already committed), and ArtifactRollback with nothing pending does nothing. A pending
+    install left by a deployment Mender gave up on is rolled back by the next ArtifactInstall."""
+    env = Env(tmp_path)
+    env.install(env.bundle("1.0"))
+    with serving(tmp_path) as (_, endpoint):
+        def run(name: str, version: str) -> subprocess.CompletedProcess[str]:
+            api = tmp_path / f"api-{version}"
+            if not api.exists():
+                (api / "files").mkdir(parents=True)
+                (api / "header").mkdir()
+                env.bundle(version).rename(api / "files" / f"{version}.bundle")
+                (api / "header" / "artifact_name").write_text(f"edge-bundle-{version}\n")
+            return edge("bundle", "mender-module", name, str(api), "--root", str(env.root), "--keys",
+                        str(env.trusted), "--no-restart", "--control", endpoint, "--health-timeout", "10")
+
+        def ok(name: str, version: str) -> str:
+            result = run(name, version)                # what the module did goes to stderr: Mender's log
+            assert (result.returncode, result.stdout) == (0, ""), result.stderr
+            return result.stderr
+
+        assert "pending until ArtifactCommit" in ok("ArtifactInstall", "2.0")
+        pending = state(env.root)
+        assert (pending["current"], pending["pending"]["slot"], pending["pending"]["version"],
+                pending["committed"]) == ("b", "b", "2.0", "1.0")
+        ok("ArtifactRollback", "2.0")
+        back = state(env.root)
+        assert (back["current"], back["pending"], back["committed"]) == ("a", None, "1.0")
+        assert back["slots"]["b"][1].startswith("failed: rolled back")
+        assert "nothing to roll back" in ok("ArtifactRollback", "2.0")
+        assert state(env.root) == back
+        ok("ArtifactInstall", "2.0")
+        ok("ArtifactCommit", "2.0")
+        done = state(env.root)
+        assert (done["current"], done["pending"], done["committed"], done["slots"]["b"]) == ("b", None, "2.0",
+                                                                                            ("2.0", "ok"))
+        assert ok("ArtifactCommit", "2.0") == "bundle 2.0 in slot b is committed already: nothing to do\n"
+        ok("ArtifactInstall", "3.0")                   # left pending: a deployment Mender gave up on
+        said = ok("ArtifactInstall", "3.1")
+        assert said.splitlines()[0].startswith("rolled back") and "pending until ArtifactCommit" in said
+        last = state(env.root)
+        assert (last["current"], last["pending"]["version"], last["committed"]) == ("a", "3.1", "2.0")
+        assert state(env.root)["leftovers"] == []
+
+
 # ------------------------------------------------------------------------------------------------- packing
 
 def onnx_only(directory: Path) -> Path:
