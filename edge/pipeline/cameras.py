@@ -14,6 +14,7 @@ from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
+from edge.pipeline.clock import StreamClock
 from edge.pipeline.gstreamer import csi_pipeline
 from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size, check_video_file
 
@@ -206,6 +207,11 @@ class _CvReader:
         """The cv2.VideoCapture, for its properties (a packet reader's codec and extradata)."""
         return self._capture
 
+    @property
+    def pts_ms(self) -> float:
+        """The last frame's stream time in ms (CAP_PROP_POS_MSEC; 0 for a stream without timestamps)."""
+        return float(self._capture.get(0))    # cv2.CAP_PROP_POS_MSEC
+
     def read(self) -> np.ndarray | None:
         ok, image = self._capture.read()
         if not ok:
@@ -328,6 +334,8 @@ class Camera:
         self._opened = False
         self._index = 0
         self._warned_short = False
+        # an RTSP frame's t_capture_ns comes from its stream time (a reader's `pts_ms`), docs/protocol.md
+        self.clock = StreamClock(camera_id) if uri.scheme == "rtsp" else None
 
     @property
     def live(self) -> bool:
@@ -400,6 +408,8 @@ class Camera:
             log.debug("%s: reconnect failed: %s", self.id, exc.what)
             return
         self.stats.reconnects += 1
+        if self.clock is not None:
+            self.clock.reset()
         self.stats.connected = True
         log.info("%s recovered", self.id)
         self._on_event("camera.recovered", {"camera": self.id})
@@ -414,7 +424,10 @@ class Camera:
             if image is None:
                 return self._source_ended(reader)
             host = isinstance(image, np.ndarray)
-            frame = Frame(self.id, self._index, time.monotonic_ns(), image if host else None, None if host else image)
+            captured = time.monotonic_ns()
+            if self.clock is not None:
+                captured = self.clock.capture_ns(getattr(reader, "pts_ms", None), captured)
+            frame = Frame(self.id, self._index, captured, image if host else None, None if host else image)
             try:
                 check_frame_size(frame.size, self.max_frame, f"camera {self.id!r} delivered")
             except SourceError as exc:
