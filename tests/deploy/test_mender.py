@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from edge.deploy import keys, mender
+from edge.deploy import health, install, keys, mender
+from edge.deploy.common import BundleError
 from edge.engines import repository
 from tests.conftest import wait_for
 from tests.support import mender as real
@@ -144,50 +145,80 @@ def test_commit_needs_the_artifact_name_pack_gives(tmp_path: Path, name: str) ->
 
 
 def test_the_states_run_install_commit_and_rollback_of_a_pending_bundle(tmp_path: Path) -> None:
-    """Each state run the way Mender runs it (one process per state, FILES as Mender fills it), against a stand-in
-    daemon: ArtifactInstall leaves 2.0 pending, ArtifactRollback goes back to 1.0, a second install is committed by
+    """Each state as the CLI runs it (`run_state`, FILES as Mender fills it), against a stand-in daemon:
+    ArtifactInstall leaves 2.0 pending, ArtifactRollback goes back to 1.0, a second install is committed by
     ArtifactCommit (again: already committed), and ArtifactRollback with nothing pending does nothing. A pending
     install left by a deployment Mender gave up on is rolled back by the next ArtifactInstall."""
     env = Env(tmp_path)
     env.install(env.bundle("1.0"))
     with serving(tmp_path) as (_, endpoint):
-        def run(name: str, version: str) -> subprocess.CompletedProcess[str]:
+        activation = install.Activation(health=health.HealthCheck(endpoint, timeout_s=10))
+
+        def run(name: str, version: str) -> str:
             api = tmp_path / f"api-{version}"
             if not api.exists():
                 (api / "files").mkdir(parents=True)
                 (api / "header").mkdir()
                 env.bundle(version).rename(api / "files" / f"{version}.bundle")
                 (api / "header" / "artifact_name").write_text(f"edge-bundle-{version}\n")
-            return edge("bundle", "mender-module", name, str(api), "--root", str(env.root), "--keys",
-                        str(env.trusted), "--no-restart", "--control", endpoint, "--health-timeout", "10")
+            return mender.run_state(name, api, root=env.root, trusted_dir=env.trusted, activation=activation)
 
-        def ok(name: str, version: str) -> str:
-            result = run(name, version)                # what the module did goes to stderr: Mender's log
-            assert (result.returncode, result.stdout) == (0, ""), result.stderr
-            return result.stderr
-
-        assert "pending until ArtifactCommit" in ok("ArtifactInstall", "2.0")
+        assert "pending until ArtifactCommit" in run("ArtifactInstall", "2.0")
         pending = state(env.root)
         assert (pending["current"], pending["pending"]["slot"], pending["pending"]["version"],
                 pending["committed"]) == ("b", "b", "2.0", "1.0")
-        ok("ArtifactRollback", "2.0")
+        run("ArtifactRollback", "2.0")
         back = state(env.root)
         assert (back["current"], back["pending"], back["committed"]) == ("a", None, "1.0")
         assert back["slots"]["b"][1].startswith("failed: rolled back")
-        assert "nothing to roll back" in ok("ArtifactRollback", "2.0")
+        assert run("ArtifactRollback", "2.0") == f"no install is pending in {env.root}: nothing to roll back"
         assert state(env.root) == back
-        ok("ArtifactInstall", "2.0")
-        ok("ArtifactCommit", "2.0")
+        run("ArtifactInstall", "2.0")
+        run("ArtifactCommit", "2.0")
         done = state(env.root)
         assert (done["current"], done["pending"], done["committed"], done["slots"]["b"]) == ("b", None, "2.0",
                                                                                             ("2.0", "ok"))
-        assert ok("ArtifactCommit", "2.0") == "bundle 2.0 in slot b is committed already: nothing to do\n"
-        ok("ArtifactInstall", "3.0")                   # left pending: a deployment Mender gave up on
-        said = ok("ArtifactInstall", "3.1")
+        assert run("ArtifactCommit", "2.0") == "bundle 2.0 in slot b is committed already: nothing to do"
+        for name in ("Download", "ArtifactFailure", "Cleanup", "SupportsRollback", "SomeStateOfProtocolV4"):
+            assert run(name, "2.0") == "" and state(env.root) == done
+        run("ArtifactInstall", "3.0")                  # left pending: a deployment Mender gave up on
+        said = run("ArtifactInstall", "3.1")
         assert said.splitlines()[0].startswith("rolled back") and "pending until ArtifactCommit" in said
         last = state(env.root)
         assert (last["current"], last["pending"]["version"], last["committed"]) == ("a", "3.1", "2.0")
-        assert state(env.root)["leftovers"] == []
+        assert last["leftovers"] == []
+
+
+def test_the_payload_and_the_artifact_name_are_checked_before_any_slot_changes(tmp_path: Path) -> None:
+    """In-process twins of the CLI tests above: what ArtifactInstall and ArtifactCommit refuse, and that they
+    refuse it before the bundle root is touched."""
+    env = Env(tmp_path)
+    api = tmp_path / "api"
+    (api / "files").mkdir(parents=True)
+    with pytest.raises(BundleError, match="carries exactly one bundle file; this one holds nothing"):
+        mender.run_state("ArtifactInstall", api, root=env.root, trusted_dir=env.trusted,
+                         activation=install.Activation())
+    (api / "header").mkdir()
+    (api / "header" / "artifact_name").write_text("edge-bundle-\n")
+    with pytest.raises(BundleError, match="artifact name 'edge-bundle-' is not edge-bundle-<version>"):
+        mender.run_state("ArtifactCommit", api, root=env.root, trusted_dir=env.trusted,
+                         activation=install.Activation())
+    (api / "header" / "artifact_name").write_text("edge-bundle-2.0\n")
+    assert mender.artifact_version(api) == "2.0"
+    assert not env.root.exists()
+
+
+def test_device_types_are_checked_against_the_plans_in_process(tmp_path: Path) -> None:
+    """pack's rule, in-process: every type needs a plan of each model that has plans; ONNX-only models match any
+    type; a name that is not a device type is refused."""
+    built = make_repository(tmp_path / "orin" / "det", device_type="jetson-agx-orin")
+    mender.check_device_types([built], ["jetson-agx-orin"])
+    with pytest.raises(BundleError, match="model det has no plan for device type jetson-orin-nx: its plans were"
+                                          " built on device types 'jetson-agx-orin'"):
+        mender.check_device_types([built], ["jetson-agx-orin", "jetson-orin-nx"])
+    with pytest.raises(BundleError, match="--device-type 'two words' is not a Mender device type"):
+        mender.check_device_types([built], ["two words"])
+    mender.check_device_types([onnx_only(tmp_path / "any" / "det")], ["jetson-orin-nx", "x86-64-pc"])
 
 
 # ------------------------------------------------------------------------------------------------- packing
