@@ -68,6 +68,7 @@ declare -A SPEC=(
   [mender]="edge/deploy/mender.py | tests/deploy/test_mender.py::test_the_states_run_install_commit_and_rollback_of_a_pending_bundle
     tests/deploy/test_mender.py::test_the_payload_and_the_artifact_name_are_checked_before_any_slot_changes
     tests/deploy/test_mender.py::test_device_types_are_checked_against_the_plans_in_process
+    tests/deploy/test_mender.py::test_the_payload_names_what_it_holds_in_process
     | edge.deploy.mender.x_run_state__* edge.deploy.mender.x__install__*
     edge.deploy.mender.x__pending__* edge.deploy.mender.x_payload__* edge.deploy.mender.x_artifact_version__*
     edge.deploy.mender.x_check_device_types__*"

@@ -163,7 +163,10 @@ def test_the_states_run_install_commit_and_rollback_of_a_pending_bundle(tmp_path
                 (api / "header" / "artifact_name").write_text(f"edge-bundle-{version}\n")
             return mender.run_state(name, api, root=env.root, trusted_dir=env.trusted, activation=activation)
 
-        assert "pending until ArtifactCommit" in run("ArtifactInstall", "2.0")
+        first = run("ArtifactInstall", "2.0")             # one report line, then the install's notes
+        assert first.startswith(f"installed bundle 2.0 (key {env.keys.key_id}) in slot b, pending until"
+                                " ArtifactCommit; current -> b (was a); health: healthy after ")
+        assert all(line.startswith("note: ") for line in first.splitlines()[1:])
         pending = state(env.root)
         assert (pending["current"], pending["pending"]["slot"], pending["pending"]["version"],
                 pending["committed"]) == ("b", "b", "2.0", "1.0")
@@ -182,8 +185,8 @@ def test_the_states_run_install_commit_and_rollback_of_a_pending_bundle(tmp_path
         for name in ("Download", "ArtifactFailure", "Cleanup", "SupportsRollback", "SomeStateOfProtocolV4"):
             assert run(name, "2.0") == "" and state(env.root) == done
         run("ArtifactInstall", "3.0")                  # left pending: a deployment Mender gave up on
-        said = run("ArtifactInstall", "3.1")
-        assert said.splitlines()[0].startswith("rolled back") and "pending until ArtifactCommit" in said
+        said = run("ArtifactInstall", "3.1").splitlines()
+        assert said[0].startswith("rolled back") and said[1].startswith("installed bundle 3.1 ")
         last = state(env.root)
         assert (last["current"], last["pending"]["version"], last["committed"]) == ("a", "3.1", "2.0")
         assert last["leftovers"] == []
@@ -198,14 +201,31 @@ def test_the_payload_and_the_artifact_name_are_checked_before_any_slot_changes(t
     with pytest.raises(BundleError, match="carries exactly one bundle file; this one holds nothing"):
         mender.run_state("ArtifactInstall", api, root=env.root, trusted_dir=env.trusted,
                          activation=install.Activation())
-    (api / "header").mkdir()
-    (api / "header" / "artifact_name").write_text("edge-bundle-\n")
+    name = api / "header" / "artifact_name"
+    for damage, why in ((None, "No such file or directory"), (b"\xff\xfe", "it is not UTF-8 text"),
+                        ("/dev/zero", "it is not a regular file but a character device")):
+        if isinstance(damage, bytes):
+            name.parent.mkdir()
+            name.write_bytes(damage)
+        elif damage:
+            name.unlink()
+            name.symlink_to(damage)
+        with pytest.raises(BundleError) as info:
+            mender.artifact_version(api)
+        assert (info.value.what, info.value.hint) == (f"cannot read the artifact's name from {name}: {why}",
+                                                      "the module runs under Mender's client, which writes it")
+    name.unlink()
+    name.write_text("edge-bundle-\n")
     with pytest.raises(BundleError, match="artifact name 'edge-bundle-' is not edge-bundle-<version>"):
         mender.run_state("ArtifactCommit", api, root=env.root, trusted_dir=env.trusted,
                          activation=install.Activation())
-    (api / "header" / "artifact_name").write_text("edge-bundle-2.0\n")
+    name.write_text("edge-bundle-2.0\n")
     assert mender.artifact_version(api) == "2.0"
     assert not env.root.exists()
+    env.bundle("1.0").rename(api / "files" / "1.0.bundle")      # the first bundle of a vehicle: no slot before
+    said = mender.run_state("ArtifactInstall", api, root=env.root, trusted_dir=env.trusted,
+                            activation=install.Activation())
+    assert said.startswith("installed bundle 1.0 ") and "; current -> a (was none); health: not checked" in said
 
 
 def test_device_types_are_checked_against_the_plans_in_process(tmp_path: Path) -> None:
@@ -219,6 +239,20 @@ def test_device_types_are_checked_against_the_plans_in_process(tmp_path: Path) -
     with pytest.raises(BundleError, match="--device-type 'two words' is not a Mender device type"):
         mender.check_device_types([built], ["two words"])
     mender.check_device_types([onnx_only(tmp_path / "any" / "det")], ["jetson-orin-nx", "x86-64-pc"])
+    (tmp_path / "broken").mkdir()                       # not a repository: archive.pack says so; the rest is checked
+    with pytest.raises(BundleError, match="model det has no plan for device type jetson-orin-nx"):
+        mender.check_device_types([tmp_path / "broken", built], ["jetson-orin-nx"])
+
+
+def test_the_payload_names_what_it_holds_in_process(tmp_path: Path) -> None:
+    api = tmp_path / "api"
+    (api / "files").mkdir(parents=True)
+    (api / "files" / "a.bundle").write_bytes(b"x")
+    os.mkfifo(api / "files" / "b.bundle")
+    with pytest.raises(BundleError) as info:
+        mender.payload(api)
+    assert info.value.what == ("an edge-bundle artifact carries exactly one bundle file; this one holds a.bundle,"
+                               " b.bundle, a FIFO")
 
 
 # ------------------------------------------------------------------------------------------------- packing
