@@ -19,26 +19,24 @@ The clip: tests/support/clips.py's "h264-1080p" (300 frames of the demo video at
 from __future__ import annotations
 
 import argparse
-import multiprocessing
 import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from benchmarks.daemon_results import WARMUP_S, run_daemon
 from benchmarks.pipeline_loops import DEPTH, HEIGHT, WIDTH, CallClock, Run, edge_lane, measure
 from benchmarks.pipeline_report import as_json, target
 from benchmarks.pipeline_setup import SlotFeed, edge_engine, in_fresh_thread, synthetic_frames
 from edge.config.cameras import MAX_FRAME, parse_uri
 from edge.pipeline.lanes import INFER_TIMEOUT_S
 
-WARMUP_S = 3.0
 KINDS = {"e": "(e) edge, NVDEC", "f": "(f) edge, CPU decode", "nvdec": "NVDEC only", "cpu": "CPU decode only",
          "engine": "engine only"}
 Row = dict[str, Run]            # kind -> its run
@@ -63,33 +61,6 @@ def check_clip(clip: Path) -> None:
 
 # --- the daemon: (e) and (f) --------------------------------------------------------------------------------
 
-def subscribe(endpoint: str, control: Connection) -> None:
-    """In a process of its own: the results' latencies (ms) from "begin" to "end" on `control`, sent back then."""
-    import msgpack
-    import zmq
-
-    context = zmq.Context()
-    socket = context.socket(zmq.SUB)
-    socket.setsockopt(zmq.SUBSCRIBE, b"det.")
-    socket.connect(endpoint)
-    latencies: list[float] = []
-    recording = False
-    control.send("connected")
-    while True:
-        if control.poll(0):
-            command = control.recv()
-            if command == "end":
-                break
-            recording = command == "begin"
-        if socket.poll(50):
-            message = msgpack.unpackb(socket.recv_multipart()[1], raw=False)
-            if recording:
-                latencies.append((message["t_publish_ns"] - message["t_capture_ns"]) / 1e6)
-    control.send(latencies)
-    socket.close(linger=0)
-    context.term()
-
-
 def daemon_config(repo: Path, clip: Path, cameras: int, decode: str, endpoint: str) -> str:
     decode_line = f"    decode: {decode}\n"
     ids = [f"cam{index}" for index in range(cameras)]
@@ -103,39 +74,12 @@ def daemon_config(repo: Path, clip: Path, cameras: int, decode: str, endpoint: s
 def edge_run(repo: Path, clip: Path, cameras: int, decode: str, seconds: float, work: Path) -> Run:
     """The daemon on `cameras` cameras of the clip: fps, process CPU per frame, latency over `seconds`."""
     from edge.config.loader import parse_config
-    from edge.daemon.service import Service
 
     endpoint = f"ipc://{work}/results-{decode}-{cameras}.sock"
     config = parse_config(daemon_config(repo, clip, cameras, decode, endpoint), source=f"camera mode ({decode})",
                           base_dir=work, environ={})
-    ours, theirs = multiprocessing.get_context("spawn").Pipe()
-    subscriber = multiprocessing.get_context("spawn").Process(target=subscribe, args=(endpoint, theirs), daemon=True)
-    subscriber.start()
-    if not ours.poll(60) or ours.recv() != "connected":
-        raise RuntimeError("the latency subscriber did not start within 60 s")
-    service = Service(config, wait_subscriber_s=60)
-    stop = threading.Event()
-    in_fresh_thread(service.start)              # it builds the plan and detaches: not where this thread's context is
-    runner = threading.Thread(target=service.run, args=(stop,), name="service")
-    runner.start()
-    processed = lambda: sum(lane.stats.processed for lane in service.lanes)  # noqa: E731
-    try:
-        time.sleep(WARMUP_S)
-        frames, cpu, wall = processed(), time.process_time(), time.perf_counter()
-        ours.send("begin")
-        time.sleep(seconds)
-        frames, cpu, wall = processed() - frames, time.process_time() - cpu, time.perf_counter() - wall
-        ours.send("end")
-        latencies = ours.recv() if ours.poll(60) else []
-    finally:
-        stop.set()
-        runner.join(30)
-        in_fresh_thread(service.stop)
-        subscriber.join(10)
-    failed = [f"{lane.name}: {lane.error}" for lane in service.lanes if lane.error is not None]
-    if failed or not frames:
-        raise RuntimeError(f"camera mode ({decode}, {cameras} cameras): {'; '.join(failed) or 'no frame processed'}")
-    return _run(frames, cpu, wall, latencies)
+    window = run_daemon(config, endpoint, seconds, f"camera mode ({decode}, {cameras} cameras)", in_fresh_thread)
+    return _run(window.frames, window.cpu_s, window.wall_s, window.latencies_ms)
 
 
 def _run(frames: int, cpu: float, wall: float, latencies: Sequence[float]) -> Run:

@@ -8,8 +8,12 @@ frame = this process's CPU time (decode, camera and reader threads; not the serv
 when a reader thread took the frame from the camera's LatestFrame - the frame's t_capture_ns. For RTSP that is the
 server's stream time on this host's CLOCK_MONOTONIC (edge/pipeline/clock.py: late by the least delay seen, so the
 figure understates by that, docs/protocol.md "Capture time"); for a file the time the camera read it. No lanes run:
-the result is the frame handed over, not a published message (this 2-core machine cannot run the demo model on
-8 streams). Prints a table and writes JSON (--json).
+the result is the frame handed over, not a published message.
+
+--results: the whole daemon instead (benchmarks/daemon_results.py): every camera feeds a lane of the demo detector
+(ONNX Runtime, fp32, on the CPU), and the latency is glass to result, t_publish_ns - t_capture_ns of each published
+message; fps = results published per stream and second (a lane takes the latest frame: on a machine that cannot
+keep up it skips frames, and the fps says so). Prints a table and writes JSON (--json).
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from fractions import Fraction
@@ -27,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from benchmarks.daemon_results import run_daemon
 from edge.config.cameras import parse_uri
 from edge.files import default_cache_dir
 from edge.pipeline.cameras import Camera, EndOfStream
@@ -111,21 +117,45 @@ def measure(uris: list[str], seconds: float) -> dict[str, Any]:
             "frames": frames, "untimed": untimed}
 
 
-def run(size: str, streams: int, seconds: float) -> list[dict[str, Any]]:
+def measure_results(uris: list[str], seconds: float, work: Path) -> dict[str, Any]:
+    """The daemon with the demo detector on `uris`: results per stream and second, CPU ms per result, glass-to-result
+    latency p50/p99 in ms."""
+    from edge.config.loader import parse_config
+
+    endpoint = f"ipc://{work}/results.sock"
+    names = [f"cam{i}" for i in range(len(uris))]
+    text = ("version: 1\ncameras:\n" + "".join(f"  - id: {n}\n    uri: {u}\n" for n, u in zip(names, uris))
+            + f"tasks:\n  - name: objects\n    type: detector\n    engines: {default_cache_dir()}/engines/yolov3-tiny\n"
+              f"    precision: fp32\n    cameras: [{', '.join(names)}]\n"
+              f"output:\n  results: {endpoint}\nsupervisor:\n  enabled: false\n")
+    config = parse_config(text, source="rtsp benchmark", base_dir=work, environ={})
+    window = run_daemon(config, endpoint, seconds, f"rtsp benchmark ({len(uris)} cameras)")
+    every = sorted(window.latencies_ms)
+    return {"fps_per_stream": window.frames / window.wall_s / len(uris),
+            "cpu_ms_per_frame": 1000 * window.cpu_s / window.frames,
+            "latency_ms_p50": statistics.median(every) if every else None,
+            "latency_ms_p99": every[min(len(every) - 1, int(0.99 * len(every)))] if every else None,
+            "frames": window.frames}
+
+
+def run(size: str, streams: int, seconds: float, results: bool) -> list[dict[str, Any]]:
     from tests.conftest import free_port
 
     clip = make_clip(size)
-    rows = [{"path": "file", "size": size, "streams": streams,
-             **measure([f"file://{clip}?loop=1"] * streams, seconds)}]
-    ports = [free_port() for _ in range(streams)]
-    servers = [rtsp.serve(port, served(clip), shared=False) for port in ports]
-    try:
-        rows.append({"path": "rtsp", "size": size, "streams": streams,
-                     **measure([f"rtsp://127.0.0.1:{port}/live" for port in ports], seconds)})
-    finally:
-        for server in servers:
-            server.kill()
-            server.wait()
+    with tempfile.TemporaryDirectory() as work:
+        def row(uris: list[str]) -> dict[str, Any]:
+            return measure_results(uris, seconds, Path(work)) if results else measure(uris, seconds)
+
+        rows = [{"path": "file", "size": size, "streams": streams, **row([f"file://{clip}?loop=1"] * streams)}]
+        ports = [free_port() for _ in range(streams)]
+        servers = [rtsp.serve(port, served(clip), shared=False) for port in ports]
+        try:
+            rows.append({"path": "rtsp", "size": size, "streams": streams,
+                         **row([f"rtsp://127.0.0.1:{port}/live" for port in ports])})
+        finally:
+            for server in servers:
+                server.kill()
+                server.wait()
     return rows
 
 
@@ -141,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
     parser.add_argument("--sizes", nargs="+", choices=sorted(SIZES), default=["720p", "1080p"])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--results", action="store_true",
+                        help="run the daemon with the demo detector: glass-to-result latency of published messages")
     parser.add_argument("--json", type=Path, default=Path("rtsp-benchmark.json"))
     args = parser.parse_args(argv)
     try:
@@ -148,9 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     except pytest.skip.Exception as missing:       # the tests' helper skips; here it is the benchmark's answer
         print(f"rtsp benchmark: {missing}", file=sys.stderr)
         return 2
-    rows = [row for size in args.sizes for streams in args.streams for row in run(size, streams, args.seconds)]
+    rows = [row for size in args.sizes for streams in args.streams
+            for row in run(size, streams, args.seconds, args.results)]
     machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
-    print(f"{machine['cpu']}, {machine['cores']} cores; CPU decode; latency: frame handed to a reader - t_capture_ns")
+    latency = ("result published (t_publish_ns), demo detector fp32 on ONNX Runtime" if args.results
+               else "frame handed to a reader")
+    print(f"{machine['cpu']}, {machine['cores']} cores; CPU decode; latency: {latency} - t_capture_ns")
     print(f"{'path':<5} {'size':<6} {'streams':>7} {'fps/stream':>10} {'CPU ms/frame':>12} {'p50 ms':>7} {'p99 ms':>7}"
           f" {'vs file CPU':>11}")
     baseline = {(r["size"], r["streams"]): r for r in rows if r["path"] == "file"}
@@ -160,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         p50, p99 = (f"{row[k]:.1f}" if row[k] is not None else "-" for k in ("latency_ms_p50", "latency_ms_p99"))
         print(f"{row['path']:<5} {row['size']:<6} {row['streams']:>7} {row['fps_per_stream']:>10.1f}"
               f" {row['cpu_ms_per_frame']:>12.2f} {p50:>7} {p99:>7} {ratio:>11.2f}")
-    args.json.write_text(json.dumps({"machine": machine, "seconds": args.seconds, "rows": rows}, indent=2))
+    report = {"machine": machine, "seconds": args.seconds, "results": args.results, "rows": rows}
+    args.json.write_text(json.dumps(report, indent=2))
     return 0
 
 
