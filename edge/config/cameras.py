@@ -5,7 +5,8 @@ URIs (an explicit scheme is required):
   file://PATH[?realtime=1&loop=0]     video file; realtime=0 reads as fast as the lanes consume
   test://bars[?fps=30&size=1280x720&frames=N&realtime=1]   synthetic pattern
   v4l2:///dev/videoN[?size=WxH&fps=N]  USB/V4L2 camera
-  rtsp://[user:pass@]host[:port]/path  network camera (FFmpeg backend)
+  rtsp://[user:pass@]host[:port]/path[?transport=tcp&timeout=2]   network camera; edge takes these two
+                                       parameters out of the query and leaves the camera's own in the URL
   csi://N[?size=WxH&fps=N&flip=M]      Jetson CSI camera through nvarguscamerasrc (GStreamer)
 Numbers are finite; fps is 0.01..1000 (a fraction is fine: 29.97), flip 0..7 and a CSI sensor 0..255.
 """
@@ -23,7 +24,7 @@ _PARAMS: dict[str, dict[str, type]] = {
     "file": {"realtime": bool, "loop": bool},
     "test": {"fps": float, "size": str, "frames": int, "realtime": bool},
     "v4l2": {"size": str, "fps": float},
-    "rtsp": {},
+    "rtsp": {"transport": str, "timeout": float},
     "csi": {"size": str, "fps": float, "flip": int},
 }
 MAX_FRAME = (7680, 4320)         # the largest frame a camera delivers unless its config says otherwise (8K UHD)
@@ -31,11 +32,15 @@ FPS_RANGE = (0.01, 1000.0)       # frames a second a camera URI may ask for
 FLIP_METHODS = ("none", "counterclockwise 90", "rotate 180", "clockwise 90", "horizontal flip",
                 "upper-right diagonal", "vertical flip", "upper-left diagonal")   # nvvidconv's flip-method 0..7
 CSI_SENSORS = 256                # nvarguscamerasrc's sensor-id takes 0..255
+RTSP_TRANSPORTS = ("tcp", "udp")    # how RTP comes: interleaved in the RTSP TCP session, or UDP (docs/config.md)
+RTSP_TRANSPORT = "tcp"              # unless the URI says `transport=`
+RTSP_TIMEOUT_S = (0.1, 60.0)        # the range of `timeout=`: a frame must come within it, else the camera stalled
 
 
 @dataclasses.dataclass(frozen=True)
 class CameraURI:
-    """A parsed camera URI: scheme, location (path, device, host or sensor) and typed parameters."""
+    """A parsed camera URI: scheme, location (path, device, host or sensor; for rtsp the URL to open, edge's
+    parameters taken out) and typed parameters."""
 
     scheme: str
     location: str
@@ -118,9 +123,37 @@ def _typed(scheme: str, key: str, value: str) -> Any:
         methods = ", ".join(f"{number} {name}" for number, name in enumerate(FLIP_METHODS))
         raise ValueError(f"parameter 'flip' must be nvvidconv's flip-method 0..{len(FLIP_METHODS) - 1}, got"
                          f" {value!r} ({methods})")
+    elif key == "transport" and parsed not in RTSP_TRANSPORTS:
+        raise ValueError(f"parameter 'transport' must be {' or '.join(RTSP_TRANSPORTS)}, got {value!r} (tcp, the"
+                         " default, suits a vehicle network; udp only where latency matters and the network is clean)")
+    elif key == "timeout" and not RTSP_TIMEOUT_S[0] <= parsed <= RTSP_TIMEOUT_S[1]:
+        raise ValueError(f"parameter 'timeout' must be {RTSP_TIMEOUT_S[0]:g} to {RTSP_TIMEOUT_S[1]:g} seconds, got"
+                         f" {value!r} (the longest wait for a frame before the camera counts as stalled; keep it"
+                         " above a few frame intervals: timeout=2 suits 1.5 fps and up)")
     elif kind in (int, float) and parsed < 0:
         raise ValueError(f"parameter {key!r} must not be negative, got {value!r}")
     return parsed
+
+
+def _rtsp_params(text: str) -> tuple[str, dict[str, Any]]:
+    """(the URL to open, edge's typed parameters): `transport` and `timeout` taken out of an rtsp URI's query, every
+    other part of it left as written for the camera (many take their own: channel, profile, unicast...)."""
+    head, at, tail = text.rpartition("@")             # the query follows the credentials (which may hold a `?`)
+    path, mark, query = tail.partition("?")
+    if not mark:
+        return text, {}
+    params: dict[str, Any] = {}
+    kept = []
+    for part in query.split("&"):
+        key, _, value = part.partition("=")
+        if key in _PARAMS["rtsp"]:
+            if key in params:
+                raise ValueError(f"rtsp URI {redact(text)!r} gives the parameter {key!r} twice")
+            params[key] = _typed("rtsp", key, value)
+        else:
+            kept.append(part)
+    url = f"{head}{at}{path}" + (f"?{'&'.join(kept)}" if kept else "")
+    return url, params
 
 
 def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
@@ -142,7 +175,8 @@ def parse_uri(text: str, *, base_dir: Path | None = None) -> CameraURI:
             port_ok = False
         if not port_ok:
             raise ValueError(f"rtsp URI {redact(text)!r} has a port outside 1..65535")
-        return CameraURI(scheme, text, {}, text)
+        url, params = _rtsp_params(text)
+        return CameraURI(scheme, url, params, text)
     location, _, query = rest.partition("?")
     if "@" in query:            # a password with a `?`: its tail would be quoted as a parameter (redact hides it)
         raise ValueError(f"camera URI {redact(text)!r} has an '@' after its '?': {scheme}:// takes no user or"

@@ -16,7 +16,14 @@ from edge.log import get_logger
 from edge.opencv import import_cv2, route_media_logs
 from edge.pipeline.clock import StreamClock
 from edge.pipeline.gstreamer import csi_pipeline
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, check_frame_size, check_video_file
+from edge.pipeline.sources import (
+    OPEN_TIMEOUT_MS,
+    check_frame_size,
+    check_video_file,
+    ffmpeg_options,
+    read_timeout_ms,
+    rtsp_transport,
+)
 
 if TYPE_CHECKING:
     from edge.gpu.surfaces import DeviceFrame
@@ -274,9 +281,10 @@ def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME, *, packe
         capture = cv2.VideoCapture(uri.location, cv2.CAP_FFMPEG, raw) if packets else cv2.VideoCapture(uri.location)
         return _CvReader(capture, f"video file {uri.location}", max_frame)
     if uri.scheme == "rtsp":
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, READ_TIMEOUT_MS]
-        return _CvReader(cv2.VideoCapture(uri.raw, cv2.CAP_FFMPEG, params + raw), f"RTSP stream {uri.redacted()}",
-                         max_frame)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_timeout_ms(uri)]
+        with ffmpeg_options.using(rtsp_transport(uri)):
+            capture = cv2.VideoCapture(uri.location, cv2.CAP_FFMPEG, params + raw)
+        return _CvReader(capture, f"RTSP stream {uri.redacted()}", max_frame)
     if uri.scheme == "v4l2":
         return _open_v4l2(cv2, uri, max_frame)
     if "GStreamer:                   YES" not in cv2.getBuildInformation():
@@ -419,10 +427,15 @@ class Camera:
         realtime = not self.uri.lossless and not self.live
         period_ns = int(1e9 / reader.fps)
         next_ns = time.monotonic_ns()
+        stall_ns = read_timeout_ms(self.uri) * 1_000_000 if self.uri.scheme == "rtsp" else None
         while not self._stop.is_set():
+            asked_ns = time.monotonic_ns()
             image = reader.read()
             if image is None:
                 return self._source_ended(reader)
+            waited_ns = time.monotonic_ns() - asked_ns
+            if stall_ns is not None and waited_ns >= stall_ns:
+                return self._stalled(reader, image, waited_ns / 1e9)
             host = isinstance(image, np.ndarray)
             captured = time.monotonic_ns()
             if self.clock is not None:
@@ -462,6 +475,15 @@ class Camera:
         log.error("%s; the file is not read further. Hint: %s", exc.what, exc.hint)
         self._on_event("camera.lost", {"camera": self.id, "reason": exc.what})
         return False
+
+    def _stalled(self, reader: _Reader, image: np.ndarray | DeviceFrame, waited_s: float) -> bool:
+        """A read that gave up after the read timeout still returns a stale frame FFmpeg's decoder threads held
+        back; failing reads would come one timeout per held frame later (docs/reliability.md). Lost, reconnected."""
+        if not isinstance(image, np.ndarray):
+            image.release(None)
+        self._closed_reader(reader)
+        self._lost(f"no frame for {waited_s:.1f} s (the stream stalled; timeout {read_timeout_ms(self.uri)} ms)")
+        return True
 
     def _source_ended(self, reader: _Reader) -> bool:
         self._closed_reader(reader)

@@ -12,7 +12,7 @@ from typing import Any
 
 from edge.config.cameras import CameraURI, parse_size
 from edge.errors import SourceError
-from edge.pipeline.sources import OPEN_TIMEOUT_MS, Refused
+from edge.pipeline.sources import OPEN_TIMEOUT_MS, Refused, read_timeout_ms, rtsp_transport
 
 CODECS = {"h264": "H.264", "h265": "H.265"}        # the codecs NVDEC takes here, as messages name them
 PARSERS = {"h264": "h264parse", "h265": "h265parse"}
@@ -48,9 +48,12 @@ def appsink(*, live: bool) -> str:
 
 
 def rtspsrc(uri: CameraURI) -> str:
-    """rtspsrc over TCP, failing after the camera open timeout, with a jitter buffer of RTSP_LATENCY_MS."""
-    return (f"rtspsrc location={quoted(uri.raw)} latency={RTSP_LATENCY_MS} protocols=tcp"
-            f" tcp-timeout={OPEN_TIMEOUT_MS * 1000}")
+    """rtspsrc over the camera's transport (TCP unless its URI says udp), failing after the camera open timeout (and
+    over UDP after its read timeout without a packet), with a jitter buffer of RTSP_LATENCY_MS."""
+    transport = rtsp_transport(uri)
+    udp = f" timeout={read_timeout_ms(uri) * 1000}" if transport == "udp" else ""
+    return (f"rtspsrc location={quoted(uri.location)} latency={RTSP_LATENCY_MS} protocols={transport}"
+            f" tcp-timeout={OPEN_TIMEOUT_MS * 1000}{udp}")
 
 
 def pipeline_description(uri: CameraURI, codec: str, demuxer: str | None) -> str:

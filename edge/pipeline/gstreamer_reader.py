@@ -28,11 +28,11 @@ from edge.pipeline.gstreamer import (
 )
 from edge.pipeline.sources import (
     OPEN_TIMEOUT_MS,
-    READ_TIMEOUT_MS,
     Refused,
     SurfaceWait,
     check_frame_size,
     check_video_file,
+    read_timeout_ms,
 )
 
 log = get_logger("camera")
@@ -105,9 +105,9 @@ class GstReader:
         gst = self._gst
         if self._pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
             raise self._failed("cannot start")
-        sample = self._next((OPEN_TIMEOUT_MS + READ_TIMEOUT_MS) / 1000)
+        sample = self._next((OPEN_TIMEOUT_MS + read_timeout_ms(self._uri)) / 1000)
         if sample is None:
-            raise self._failed(f"delivered no frame within {OPEN_TIMEOUT_MS + READ_TIMEOUT_MS} ms")
+            raise self._failed(f"delivered no frame within {OPEN_TIMEOUT_MS + read_timeout_ms(self._uri)} ms")
         structure = sample.get_caps().get_structure(0)
         self._width = structure.get_int("width")[1]
         self._height = structure.get_int("height")[1]
@@ -135,7 +135,7 @@ class GstReader:
         while surface is None:
             sample, self._first = self._first, None
             if sample is None:
-                sample = self._next(READ_TIMEOUT_MS / 1000)
+                sample = self._next(read_timeout_ms(self._uri) / 1000)
             if sample is None:
                 self._ended()
                 return None
@@ -190,7 +190,7 @@ class GstReader:
         elif self._sink.get_property("eos"):
             log.debug("%s: end of stream after %d frames", self._said, self.frames)
         else:
-            log.warning("%s: no frame within %d ms", self._said, READ_TIMEOUT_MS)
+            log.warning("%s: no frame within %d ms", self._said, read_timeout_ms(self._uri))
 
     def _failed(self, what: str) -> SourceError:
         self._read_bus()

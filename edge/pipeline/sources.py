@@ -1,13 +1,18 @@
 """What every camera reader keeps to (OpenCV's and FFmpeg's, GStreamer's on a Jetson, NVDEC's): the time to open a
 source and to read each frame, the largest frame it takes before decoding, the check of a file:// camera's file
-before it is opened, how a hardware reader refuses a camera, and what it does while the lanes hold every surface."""
+before it is opened, an RTSP camera's transport for FFmpeg, how a hardware reader refuses a camera, and what it does
+while the lanes hold every surface."""
 from __future__ import annotations
 
 import os
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from edge import files
+from edge.config.cameras import RTSP_TRANSPORT, CameraURI
 from edge.errors import SourceError
 from edge.log import get_logger
 
@@ -17,8 +22,61 @@ if TYPE_CHECKING:
 log = get_logger("camera")
 
 OPEN_TIMEOUT_MS = 2000           # a reader opens its source within this, or fails
-READ_TIMEOUT_MS = 2000           # and then delivers each frame within this, or the source counts as lost
+READ_TIMEOUT_MS = 2000           # and then delivers each frame within this, or the source counts as lost (an rtsp
+                                 # camera's `timeout=` sets its own; docs/reliability.md has the measurements)
+FFMPEG_OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"    # OpenCV reads FFmpeg's options from it as each capture opens
 ACQUIRE_TIMEOUT_S = 2.0          # a hardware reader waits this long for a free frame surface, then says so
+
+
+def read_timeout_ms(uri: CameraURI) -> int:
+    """How long a reader waits for a frame of `uri` before the camera counts as stalled (lost, then reconnected)."""
+    timeout = uri.params.get("timeout")
+    return READ_TIMEOUT_MS if timeout is None else round(timeout * 1000)
+
+
+def rtsp_transport(uri: CameraURI) -> str:
+    """How an rtsp camera's RTP comes: `tcp` (interleaved in the RTSP session) or `udp`."""
+    return uri.params.get("transport", RTSP_TRANSPORT)
+
+
+class _FfmpegOptions:
+    """OpenCV takes FFmpeg's `rtsp_transport` only from the process-wide environment variable FFMPEG_OPTIONS, read
+    while a capture opens: `using` sets it for the opens that share one value (appended to what the environment
+    already holds, which FFmpeg reads first) and gives it back once the last of them returned; an open that needs
+    the other value waits for them. Every camera with the default transport opens at once."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._value: str | None = None
+        self._users = 0
+        self._saved: str | None = None
+
+    @contextmanager
+    def using(self, transport: str) -> Iterator[None]:
+        with self._cond:
+            while self._users and self._value != transport:
+                self._cond.wait()
+            if not self._users:
+                self._saved = os.environ.get(FFMPEG_OPTIONS)
+                own = f"rtsp_transport;{transport}"
+                os.environ[FFMPEG_OPTIONS] = f"{self._saved}|{own}" if self._saved else own
+                self._value = transport
+            self._users += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._users -= 1
+                if not self._users:
+                    if self._saved is None:
+                        os.environ.pop(FFMPEG_OPTIONS, None)
+                    else:
+                        os.environ[FFMPEG_OPTIONS] = self._saved
+                    self._value = None
+                    self._cond.notify_all()
+
+
+ffmpeg_options = _FfmpegOptions()
 
 
 def check_frame_size(size: tuple[int, int], max_frame: tuple[int, int], what: str) -> None:

@@ -15,6 +15,9 @@ from edge.config.cameras import parse_uri
     ("v4l2:///dev/video0?size=640x480", "v4l2", "/dev/video0", {"size": "640x480"}),
     ("csi://0?flip=2", "csi", "0", {"flip": 2}),
     ("rtsp://u:p@cam.local:554/s?x=1", "rtsp", "rtsp://u:p@cam.local:554/s?x=1", {}),
+    ("rtsp://cam/live?transport=udp&timeout=0.5", "rtsp", "rtsp://cam/live", {"transport": "udp", "timeout": 0.5}),
+    ("rtsp://u:p?w@cam/s?channel=1&transport=tcp&profile=2", "rtsp", "rtsp://u:p?w@cam/s?channel=1&profile=2",
+     {"transport": "tcp"}),                 # edge's parameters out, the camera's kept; a `?` in the password stays
 ])
 def test_parse_uri(uri: str, scheme: str, location: str, params: dict[str, Any]) -> None:
     parsed = parse_uri(uri)
@@ -30,6 +33,25 @@ def test_parse_uri(uri: str, scheme: str, location: str, params: dict[str, Any])
 def test_parse_uri_errors(uri: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         parse_uri(uri)
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("rtsp://u:s3cret@cam/live?transport=quic", "parameter 'transport' must be tcp or udp, got 'quic' (tcp, the"
+     " default, suits a vehicle network; udp only where latency matters and the network is clean)"),
+    ("rtsp://cam/live?transport=", "parameter 'transport' must be tcp or udp, got ''"),
+    ("rtsp://cam/live?timeout=0.05", "parameter 'timeout' must be 0.1 to 60 seconds, got '0.05' (the longest wait for"
+     " a frame before the camera counts as stalled; keep it above a few frame intervals: timeout=2 suits 1.5 fps"
+     " and up)"),
+    ("rtsp://cam/live?timeout=61", "must be 0.1 to 60 seconds, got '61'"),
+    ("rtsp://cam/live?timeout=nan", "parameter 'timeout' must be a finite number, got 'nan'"),
+    ("rtsp://cam/live?timeout=2s", "parameter 'timeout' must be float, got '2s'"),
+    ("rtsp://cam/live?timeout=1&timeout=2", "rtsp URI 'rtsp://cam/live?timeout=1&timeout=2' gives the parameter"
+     " 'timeout' twice"),
+])
+def test_bad_rtsp_transport_or_timeout_is_a_config_error(uri: str, message: str) -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_uri(uri)
+    assert message in str(caught.value) and "s3cret" not in str(caught.value)
 
 
 @pytest.mark.parametrize("uri,message", [

@@ -132,6 +132,11 @@ def test_rtsp_and_csi_pipelines_parsed_back_element_by_element(jetson_elements: 
     assert _properties(parts["rtspsrc"], ("location", "latency", "tcp-timeout")) == {
         "location": uri.raw, "latency": 200, "tcp-timeout": 2_000_000}
     assert parts["rtspsrc"].get_property("protocols") == 4                       # GST_RTSP_LOWER_TRANS_TCP
+    udp = parse_uri("rtsp://10.0.0.7/stream1?transport=udp&timeout=0.5&channel=2")
+    source = elements(Gst.parse_launch(pipeline_description(udp, "h265", None)))[0][1]
+    assert _properties(source, ("location", "timeout")) == {"location": "rtsp://10.0.0.7/stream1?channel=2",
+                                                            "timeout": 500_000}   # µs without a UDP packet
+    assert source.get_property("protocols") == 1                                  # GST_RTSP_LOWER_TRANS_UDP
     assert _properties(parts["appsink"], ("drop", "max-buffers")) == {"drop": True, "max-buffers": 1}
     # The CSI pipeline cannot link here (no software element takes NVMM caps): element by element, each made by its
     # factory with its properties set from the string, as gst-launch sets them.
