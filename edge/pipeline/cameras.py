@@ -312,6 +312,7 @@ def _open_v4l2(cv2: Any, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
 class CameraStats:
     captured: int = 0
     reconnects: int = 0
+    outages: int = 0                 # times the camera was lost (a failed open, a read that failed or stalled)
     connected: bool = False
     # Frames video files declared in their header but never delivered, summed over the passes that ended
     # short (`ended_short`): a truncated file, or damage the decoder could not get past. Damage that FFmpeg
@@ -388,6 +389,7 @@ class Camera:
 
     def _lost(self, reason: str) -> None:
         self.stats.connected = False
+        self.stats.outages += 1
         log.warning("%s lost: %s", self.id, reason)
         self._on_event("camera.lost", {"camera": self.id, "reason": reason})
 
