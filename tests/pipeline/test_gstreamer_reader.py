@@ -65,7 +65,7 @@ def _reference_frames(path: Path) -> list[np.ndarray]:
 @pytest.mark.parametrize(("name", "codec"), [("a.mp4", "libx264"), ("a.mkv", "libx265")])
 def test_frames_arrive_in_mapped_surfaces_until_the_end_of_the_file(jetson_elements, ledger, tmp_path, caplog,
                                                                     monkeypatch, name: str, codec: str) -> None:
-    monkeypatch.setattr(gstreamer_reader, "READ_TIMEOUT_MS", READ_WAIT_S * 1000)
+    monkeypatch.setattr(sources, "READ_TIMEOUT_MS", READ_WAIT_S * 1000)
     path = clip(tmp_path, name, codec)
     reader = open_gstreamer_reader(parse_uri(f"file://{path}"), MAX, surfaces=3)
     assert (reader.fps, reader.declared_frames) == (10.0, CLIP_FRAMES)

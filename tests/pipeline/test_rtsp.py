@@ -87,6 +87,14 @@ def started(uri: str, events: Events) -> Camera:
     return camera
 
 
+def steady(camera: Camera) -> tuple[int, int]:
+    """Wait until the camera delivers frames steadily (a fresh server's first frames may come as late as the read
+    timeout, which can cost one early loss and reconnect); its (outages, recoveries) so far."""
+    frames_after(camera, 10)
+    wait_for(lambda: camera.stats.connected, RECOVER_S, "the camera connected")
+    return camera.stats.outages, camera.stats.reconnects
+
+
 def frames_after(camera: Camera, count: int, timeout: float = 20) -> list[Frame]:
     reader, frames, last = camera.latest.register(), [], -1
     try:
@@ -111,19 +119,19 @@ def test_a_stall_with_the_session_open_is_lost_within_the_timeout_and_recovers(s
     expected = 2.0 if timeout_s is None else timeout_s
     camera = started(server.url + ("" if timeout_s is None else f"?timeout={timeout_s:g}"), events)
     try:
-        frames_after(camera, 5)
+        outages, _ = steady(camera)
         os.kill(server.process.pid, signal.SIGSTOP)
         stopped = time.monotonic()
         wait_for(lambda: events.when("camera.lost", stopped), expected + SLACK_S, "camera.lost after the stall")
         lost = events.when("camera.lost", stopped) - stopped
         assert expected - 0.2 <= lost <= expected + SLACK_S, lost
-        reason = next(d["reason"] for _, n, d in events.items if n == "camera.lost")
+        reason = next(d["reason"] for t, n, d in events.items if n == "camera.lost" and t >= stopped)
         assert reason.startswith("no frame for ") and f"(the stream stalled; timeout {round(expected * 1000)} ms)" \
             in reason
         os.kill(server.process.pid, signal.SIGCONT)
         resumed = time.monotonic()
         wait_for(lambda: events.when("camera.recovered", resumed), RECOVER_S, "camera.recovered after SIGCONT")
-        assert frames_after(camera, 3)[-1].index > 5 and camera.stats.outages == 1
+        assert len(frames_after(camera, 3)) == 3 and camera.stats.outages == outages + 1
     finally:
         server.kill()
         assert camera.stop(10)
@@ -135,15 +143,17 @@ def test_a_rebooted_camera_is_lost_then_recovered_within_its_backoff(server: Ser
     events = Events()
     camera = started(server.url, events)
     try:
-        first = frames_after(camera, 3)
+        outages, recoveries = steady(camera)
+        last = frames_after(camera, 1)[-1].index
         server.kill()
         killed = time.monotonic()
         wait_for(lambda: events.when("camera.lost", killed), LOST_S, "camera.lost once the server is gone")
         server.start()
         listening = time.monotonic()
         wait_for(lambda: events.when("camera.recovered", listening), RECOVER_S, "camera.recovered")
-        assert frames_after(camera, 3)[0].index > first[-1].index
-        assert (camera.stats.outages, camera.stats.reconnects, camera.stats.connected) == (1, 1, True)
+        assert frames_after(camera, 3)[0].index > last
+        stats = camera.stats
+        assert (stats.outages - outages, stats.reconnects - recoveries, stats.connected) == (1, 1, True)
     finally:
         server.kill()
         assert camera.stop(10)
@@ -194,14 +204,18 @@ def test_a_camera_reboot_leaves_the_other_lane_whole_and_the_heartbeat_counts_it
     try:
         wait_for(lambda: service.publisher.subscriptions == 2, PEER_S, "the subscriber to be connected")
         wait_for(lambda: drain() or len(frames) > 5, 60, "the file lane to publish")
+        outages, recoveries = steady(service.cameras.open["street"])
+        drain()
+        lost, recovered = events.count("camera.lost"), events.count("camera.recovered")
         server.kill()
-        wait_for(lambda: drain() or "camera.lost" in events, 30, "camera.lost on sys.event")
+        wait_for(lambda: drain() or events.count("camera.lost") > lost, 30, "camera.lost on sys.event")
         server.start()
-        wait_for(lambda: drain() or "camera.recovered" in events, RECOVER_S + 10, "camera.recovered on sys.event")
+        wait_for(lambda: drain() or events.count("camera.recovered") > recovered, RECOVER_S + 10,
+                 "camera.recovered on sys.event")
         during = len(frames)
         wait_for(lambda: drain() or len(frames) > during + 5, 60, "the file lane after the reboot")
         street = next(c for c in service.publish_heartbeat()["cameras"] if c["id"] == "street")
-        assert (street["outages"], street["reconnects"], street["connected"]) == (1, 1, True)
+        assert (street["outages"] - outages, street["reconnects"] - recoveries, street["connected"]) == (1, 1, True)
     finally:
         stop.set()
         runner.join(10)
@@ -228,17 +242,15 @@ def test_twenty_reboots_leave_fds_threads_and_rss_flat(server: Server) -> None:
     seen: list[tuple[int, int, int]] = []
     try:
         for reboot in range(20):
-            frames_after(camera, 2)
+            outages, recoveries = steady(camera)
             server.kill()
-            wait_for(lambda n=reboot: events.names().count("camera.lost") > n, LOST_S + 5, f"reboot {reboot}: lost")
+            wait_for(lambda n=outages: camera.stats.outages > n, LOST_S + 5, f"reboot {reboot}: lost")
             server.start()
-            wait_for(lambda n=reboot: events.names().count("camera.recovered") > n, RECOVER_S + 5,
-                     f"reboot {reboot}: recovered")
-            frames_after(camera, 2)
+            wait_for(lambda n=recoveries: camera.stats.reconnects > n, RECOVER_S + 5, f"reboot {reboot}: recovered")
             seen.append(_resources())
         fds, threads, rss = (b - a for a, b in zip(seen[4], seen[19]))
         assert fds <= 2 and threads <= 2 and rss <= 8192, seen
-        assert camera.stats.reconnects == 20 and camera.stats.outages == 20
+        assert camera.stats.reconnects >= 20 and camera.stats.outages == camera.stats.reconnects
     finally:
         server.kill()
         assert camera.stop(10)
