@@ -10,7 +10,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from edge.config.cameras import CameraURI, parse_size
+from edge.config.cameras import CameraURI, parse_size, redact
 from edge.errors import SourceError
 from edge.pipeline.sources import OPEN_TIMEOUT_MS, Refused, read_timeout_ms, rtsp_transport
 
@@ -226,8 +226,11 @@ def describe(uri: CameraURI) -> str:
 
 
 def scrub(text: str, uri: CameraURI) -> str:
-    """`text` with the camera's URI (and so its password) shown redacted, quoted as in a pipeline or not."""
-    return text.replace(quoted(uri.raw), quoted(uri.redacted())).replace(uri.raw, uri.redacted())
+    """`text` with the camera's URI and the URL opened (and so its password) shown redacted, quoted as in a pipeline
+    or not."""
+    for shown in (uri.raw, uri.location):
+        text = text.replace(quoted(shown), quoted(redact(shown))).replace(shown, redact(shown))
+    return text
 
 
 def _shown(structure: Any) -> str:

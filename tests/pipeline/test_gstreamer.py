@@ -70,6 +70,15 @@ def test_rtsp_pipelines(codec: str, chain: str) -> None:
         " name=demux")
 
 
+def test_a_message_naming_the_url_opened_is_scrubbed_of_its_password() -> None:
+    """The URL opened leaves edge's parameters out, so it is not the URI as written: both are scrubbed."""
+    uri = parse_uri("rtsp://admin:s3cret@10.0.0.7/stream1?transport=udp&channel=2")
+    said = f'Could not open resource for reading: rtspsrc location="{uri.location}"; {uri.raw}'
+    assert gstreamer.scrub(said, uri) == ('Could not open resource for reading: rtspsrc location='
+                                          '"rtsp://admin:***@10.0.0.7/stream1?channel=2";'
+                                          ' rtsp://admin:***@10.0.0.7/stream1?transport=udp&channel=2')
+
+
 def test_csi_pipelines_keep_nvarguscamerasrc() -> None:
     uri = parse_uri("csi://1?size=1920x1080&fps=60&flip=2")
     head = ("nvarguscamerasrc sensor-id=1 ! video/x-raw(memory:NVMM),width=1920,height=1080,framerate=60/1 !"
