@@ -88,8 +88,8 @@ def started(uri: str, events: Events) -> Camera:
 
 
 def steady(camera: Camera) -> tuple[int, int]:
-    """Wait until the camera delivers frames steadily (a fresh server's first frames may come as late as the read
-    timeout, which can cost one early loss and reconnect); its (outages, recoveries) so far."""
+    """Wait until the camera delivers frames steadily (a fresh server's first frames come about 2 s after the camera
+    starts); its (outages, recoveries) so far, which the test counts from."""
     frames_after(camera, 10)
     wait_for(lambda: camera.stats.connected, RECOVER_S, "the camera connected")
     return camera.stats.outages, camera.stats.reconnects
@@ -120,8 +120,8 @@ def test_a_stall_with_the_session_open_is_lost_within_the_timeout_and_recovers(s
     camera = started(server.url + ("" if timeout_s is None else f"?timeout={timeout_s:g}"), events)
     try:
         outages, _ = steady(camera)
-        os.kill(server.process.pid, signal.SIGSTOP)
         stopped = time.monotonic()
+        os.kill(server.process.pid, signal.SIGSTOP)
         wait_for(lambda: events.when("camera.lost", stopped), expected + SLACK_S, "camera.lost after the stall")
         lost = events.when("camera.lost", stopped) - stopped
         assert expected - 0.2 <= lost <= expected + SLACK_S, lost
@@ -145,8 +145,8 @@ def test_a_rebooted_camera_is_lost_then_recovered_within_its_backoff(server: Ser
     try:
         outages, recoveries = steady(camera)
         last = frames_after(camera, 1)[-1].index
+        killed = time.monotonic()                       # before: the camera may see it before kill() returns
         server.kill()
-        killed = time.monotonic()
         wait_for(lambda: events.when("camera.lost", killed), LOST_S, "camera.lost once the server is gone")
         server.start()
         listening = time.monotonic()
