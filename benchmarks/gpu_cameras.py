@@ -91,10 +91,10 @@ def _run(frames: int, cpu: float, wall: float, latencies: Sequence[float]) -> Ru
 
 def open_decoder(clip: Path, decode: str) -> Any:
     """One of edge's camera readers on the clip: CPU decode (OpenCV/FFmpeg) or NVDEC (edge/pipeline/nvdec.py)."""
-    from edge.pipeline import cameras, nvdec
+    from edge.pipeline import nvdec, readers
 
     uri = parse_uri(f"file://{clip}")
-    return cameras.open_reader(uri) if decode == "cpu" else nvdec.open_nvdec_reader(uri, MAX_FRAME, surfaces=2)
+    return readers.open_reader(uri) if decode == "cpu" else nvdec.open_nvdec_reader(uri, MAX_FRAME, surfaces=2)
 
 
 def decode_only(clip: Path, streams: int, decode: str, seconds: float) -> Run:

@@ -6,24 +6,16 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edge.config.cameras import MAX_FRAME, CameraURI, parse_size
+from edge.config.cameras import MAX_FRAME, CameraURI
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
-from edge.opencv import import_cv2, route_media_logs
 from edge.pipeline.clock import StreamClock
-from edge.pipeline.gstreamer import csi_pipeline
-from edge.pipeline.sources import (
-    OPEN_TIMEOUT_MS,
-    check_frame_size,
-    check_video_file,
-    ffmpeg_options,
-    read_timeout_ms,
-    rtsp_transport,
-)
+from edge.pipeline.readers import Reader, open_reader
+from edge.pipeline.sources import check_frame_size, read_timeout_ms
 
 if TYPE_CHECKING:
     from edge.gpu.surfaces import DeviceFrame
@@ -36,7 +28,7 @@ SHORT_FILE_SLACK_FRAMES = 3      # a file may end this many frames, or 5 %, befo
 SHORT_FILE_SLACK_SHARE = 0.05
 
 EventSink = Callable[[str, dict[str, Any]], None]
-Opener = Callable[[CameraURI, tuple[int, int]], "_Reader"]     # opens a camera's reader: open_reader, runtime.Decoding
+Opener = Callable[[CameraURI, tuple[int, int]], Reader]     # opens a camera's reader: open_reader, runtime.Decoding
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,134 +170,9 @@ class LatestFrame:
             frame.release()
 
 
-class _Reader(Protocol):
-    fps: float
-    frames: int                    # frames read since it opened
-    declared_frames: int           # the frame count the file's header declares; 0 when unknown or live
-
-    def read(self) -> np.ndarray | DeviceFrame | None: ...
-
-    def close(self) -> None: ...
-
-
-class _CvReader:
-    """A cv2.VideoCapture (file, V4L2, RTSP, GStreamer) behind the reader interface."""
-
-    def __init__(self, capture: Any, what: str, max_frame: tuple[int, int]) -> None:
-        if not capture.isOpened():
-            capture.release()
-            raise SourceError(f"cannot open {what}", hint="`edge run --log-level debug` shows what FFmpeg and OpenCV"
-                                                           " said about it")
-        declared = (int(capture.get(3)), int(capture.get(4)))    # cv2.CAP_PROP_FRAME_WIDTH, _HEIGHT; 0 when unknown
-        try:
-            check_frame_size(declared, max_frame, f"{what} declares")
-        except SourceError:
-            capture.release()
-            raise
-        self._capture = capture
-        fps = float(capture.get(5))  # cv2.CAP_PROP_FPS
-        self.fps = fps if 0 < fps < 1000 else 30.0
-        self.frames = 0
-        declared = float(capture.get(7))  # cv2.CAP_PROP_FRAME_COUNT: -1, 0 or NaN when unknown
-        self.declared_frames = int(declared) if 0 < declared < 1e9 else 0
-
-    @property
-    def capture(self) -> Any:
-        """The cv2.VideoCapture, for its properties (a packet reader's codec and extradata)."""
-        return self._capture
-
-    @property
-    def pts_ms(self) -> float:
-        """The last frame's stream time in ms (CAP_PROP_POS_MSEC; 0 for a stream without timestamps)."""
-        return float(self._capture.get(0))    # cv2.CAP_PROP_POS_MSEC
-
-    def read(self) -> np.ndarray | None:
-        ok, image = self._capture.read()
-        if not ok:
-            return None
-        self.frames += 1
-        return image
-
-    def close(self) -> None:
-        self._capture.release()
-
-
-class _PatternReader:
-    """Synthetic colour bars with a moving box; `frames` limits the length."""
-
-    def __init__(self, uri: CameraURI, max_frame: tuple[int, int]) -> None:
-        self.fps = float(uri.params.get("fps", 30.0))
-        w, h = parse_size(uri.params.get("size", "640x480"))
-        check_frame_size((w, h), max_frame, f"test pattern {uri.location} has")
-        self._limit = uri.params.get("frames")
-        self._n = 0
-        self.frames = 0
-        self.declared_frames = 0
-        bars = np.array([[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
-                         [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], np.uint8)
-        self._base = np.repeat(bars, -(-w // len(bars)), axis=0)[:w][None].repeat(h, axis=0).copy()
-
-    def read(self) -> np.ndarray | None:
-        if self._limit is not None and self._n >= self._limit:
-            return None
-        image = self._base.copy()
-        h, w = image.shape[:2]
-        side = max(8, h // 8)
-        x = (self._n * 4) % max(1, w - side)
-        image[h // 2 - side // 2:h // 2 + side // 2, x:x + side] = 128
-        self._n += 1
-        self.frames = self._n
-        return image
-
-    def close(self) -> None:
-        self._n = 0
-
-
 def ended_short(frames: int, declared: int) -> bool:
     """True when a file that declares `declared` frames ended clearly before them (0: nothing declared)."""
     return declared - frames > max(SHORT_FILE_SLACK_FRAMES, SHORT_FILE_SLACK_SHARE * declared)
-
-
-def open_reader(uri: CameraURI, max_frame: tuple[int, int] = MAX_FRAME, *, packets: bool = False) -> _Reader:
-    """Open the source behind `uri`; SourceError says why it failed and what to check. `packets` (file:// and
-    rtsp:// only): read the compressed packets, not images (OpenCV's raw mode, FFmpeg's packets, H.264 and H.265
-    in Annex B form) for a hardware decoder (edge/pipeline/nvdec.py)."""
-    if uri.scheme == "test":
-        return _PatternReader(uri, max_frame)
-    if uri.scheme == "file":
-        check_video_file(uri.location)
-    cv2 = import_cv2()
-    route_media_logs(cv2)
-    raw = [cv2.CAP_PROP_FORMAT, -1] if packets else []
-    if uri.scheme == "file":
-        capture = cv2.VideoCapture(uri.location, cv2.CAP_FFMPEG, raw) if packets else cv2.VideoCapture(uri.location)
-        return _CvReader(capture, f"video file {uri.location}", max_frame)
-    if uri.scheme == "rtsp":
-        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, OPEN_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC, read_timeout_ms(uri)]
-        with ffmpeg_options.using(rtsp_transport(uri)):
-            capture = cv2.VideoCapture(uri.location, cv2.CAP_FFMPEG, params + raw)
-        return _CvReader(capture, f"RTSP stream {uri.redacted()}", max_frame)
-    if uri.scheme == "v4l2":
-        return _open_v4l2(cv2, uri, max_frame)
-    if "GStreamer:                   YES" not in cv2.getBuildInformation():
-        raise SourceError(f"camera {uri.raw} needs OpenCV with GStreamer, and this OpenCV has none",
-                          note=f"cv2 {cv2.__version__} from {cv2.__file__}",
-                          hint="on a Jetson use JetPack's OpenCV (python3-opencv) instead of a pip wheel:"
-                               " pip uninstall opencv-python-headless; create the venv with --system-site-packages")
-    return _CvReader(cv2.VideoCapture(csi_pipeline(uri, device=False), cv2.CAP_GSTREAMER), f"CSI sensor {uri.location}",
-                     max_frame)
-
-
-def _open_v4l2(cv2: Any, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
-    capture = cv2.VideoCapture(uri.location, cv2.CAP_V4L2)
-    if "size" in uri.params:
-        w, h = parse_size(uri.params["size"])
-        capture.set(cv2.CAP_PROP_FRAME_WIDTH, w)
-        capture.set(cv2.CAP_PROP_FRAME_HEIGHT, h)
-    if "fps" in uri.params:
-        capture.set(cv2.CAP_PROP_FPS, uri.params["fps"])
-    capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)
-    return _CvReader(capture, f"V4L2 device {uri.location}", max_frame)
 
 
 @dataclasses.dataclass
@@ -339,7 +206,7 @@ class Camera:
         self._on_event = on_event
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._reader: _Reader | None = None
+        self._reader: Reader | None = None
         self._opened = False
         self._index = 0
         self._warned_short = False
@@ -424,7 +291,7 @@ class Camera:
         log.info("%s recovered", self.id)
         self._on_event("camera.recovered", {"camera": self.id})
 
-    def _pump(self, reader: _Reader) -> bool:
+    def _pump(self, reader: Reader) -> bool:
         """Read frames until the source fails or ends. False means: stop the thread."""
         realtime = not self.uri.lossless and not self.live
         period_ns = int(1e9 / reader.fps)
@@ -440,8 +307,9 @@ class Camera:
                 return self._stalled(reader, image, waited_ns / 1e9)
             host = isinstance(image, np.ndarray)
             captured = time.monotonic_ns()
-            if self.clock is not None:
-                captured = self.clock.capture_ns(getattr(reader, "pts_ms", None), captured)
+            pts_ms = getattr(reader, "pts_ms", None)     # a hardware reader gives none yet: the read time stands
+            if self.clock is not None and pts_ms is not None:
+                captured = self.clock.capture_ns(pts_ms, captured)
             frame = Frame(self.id, self._index, captured, image if host else None, None if host else image)
             try:
                 check_frame_size(frame.size, self.max_frame, f"camera {self.id!r} delivered")
@@ -459,7 +327,7 @@ class Camera:
                     return False
         return False
 
-    def _closed_reader(self, reader: _Reader) -> None:
+    def _closed_reader(self, reader: Reader) -> None:
         """Close the reader. A live camera's device frame that no lane took goes back first: none may take it after
         the reader's pool was freed. A file's last frame stays for the lanes (realtime=0 drops none)."""
         if self.live:
@@ -467,7 +335,7 @@ class Camera:
         reader.close()
         self._reader = None
 
-    def _refused_frame(self, reader: _Reader, exc: SourceError) -> bool:
+    def _refused_frame(self, reader: Reader, exc: SourceError) -> bool:
         """A frame over max_frame (a stream that changed its size, a file whose header lied): a live source is lost
         and reconnects; a file is not read further."""
         self._closed_reader(reader)
@@ -478,7 +346,7 @@ class Camera:
         self._on_event("camera.lost", {"camera": self.id, "reason": exc.what})
         return False
 
-    def _stalled(self, reader: _Reader, image: np.ndarray | DeviceFrame, waited_s: float) -> bool:
+    def _stalled(self, reader: Reader, image: np.ndarray | DeviceFrame, waited_s: float) -> bool:
         """A read that gave up after the read timeout still returns a stale frame FFmpeg's decoder threads held
         back; failing reads would come one timeout per held frame later (docs/reliability.md). Lost, reconnected."""
         if not isinstance(image, np.ndarray):
@@ -487,7 +355,7 @@ class Camera:
         self._lost(f"no frame for {waited_s:.1f} s (the stream stalled; timeout {read_timeout_ms(self.uri)} ms)")
         return True
 
-    def _source_ended(self, reader: _Reader) -> bool:
+    def _source_ended(self, reader: Reader) -> bool:
         self._closed_reader(reader)
         if self.live:
             self._lost("no frame from the device")
@@ -499,7 +367,7 @@ class Camera:
         log.info("%s: end of stream after %d frames", self.id, self._index)
         return False
 
-    def _check_length(self, reader: _Reader) -> None:
+    def _check_length(self, reader: Reader) -> None:
         """Count and report a file that ended well before the frame count its header declares; a looping
         file warns on its first short pass, later ones only count (and log at debug)."""
         frames, declared = reader.frames, reader.declared_frames

@@ -14,6 +14,7 @@ log = get_logger("camera")
 
 WINDOW_NS = 10_000_000_000      # the offset is the least delay over this much arrival time (drift: docs/protocol.md)
 JUMP_NS = 1_000_000_000         # a frame this much off the mapping re-anchors it (a camera reboot, a pts jump)
+EXPECTED_UNTIMED = 2            # OpenCV gives a session's first two frames pts 0: untimed, counted, not worth a warning
 
 
 @dataclasses.dataclass
@@ -33,6 +34,8 @@ class StreamClock:
         self._jump_ns = jump_ns
         self._candidates: collections.deque[tuple[int, int]] = collections.deque()   # (arrival, arrival - pts)
         self._last_pts_ns: int | None = None
+        self._session_untimed = 0                       # since the last reset
+        self._warned = False
 
     @property
     def offset_ns(self) -> int | None:
@@ -43,6 +46,7 @@ class StreamClock:
         """A new session (the reader reopened): its pts start afresh, so nothing from the old one holds."""
         self._candidates.clear()
         self._last_pts_ns = None
+        self._session_untimed = 0
 
     def capture_ns(self, pts_ms: float | None, arrival_ns: int) -> int:
         """The capture time of a frame whose stream time is `pts_ms` and which the reader returned at `arrival_ns`;
@@ -71,9 +75,11 @@ class StreamClock:
 
     def _untimed(self, arrival_ns: int) -> int:
         self.stats.untimed += 1
-        if self.stats.untimed == 1:
-            log.warning("%s: a frame without a usable stream timestamp; such frames carry their arrival time as"
-                        " t_capture_ns (counted, later ones not logged)", self.what)
+        self._session_untimed += 1
+        if self._session_untimed == EXPECTED_UNTIMED + 1 and not self._warned:
+            self._warned = True
+            log.warning("%s: frames without usable stream timestamps; they carry their arrival time as t_capture_ns"
+                        " (counted, not logged again)", self.what)
         return arrival_ns
 
     def _reanchor(self, why: str) -> None:

@@ -20,7 +20,7 @@ from edge.gpu import cuda
 from edge.gpu.surfaces import DeviceFrame, SurfacePool
 from edge.log import get_logger
 from edge.opencv import import_cv2
-from edge.pipeline.cameras import open_reader
+from edge.pipeline.readers import open_reader
 from edge.pipeline.sources import Refused, SurfaceWait
 
 log = get_logger("nvdec")

@@ -20,10 +20,11 @@ from edge.config.schema import Config, TaskConfig
 from edge.engines.base import Engine
 from edge.errors import EdgeError, EngineError, SourceError, UsageError
 from edge.log import get_logger
-from edge.pipeline.cameras import Camera, _Reader, open_reader
+from edge.pipeline.cameras import Camera
 from edge.pipeline.gstreamer import JETSON_ELEMENTS, describe, has_jetson_elements
 from edge.pipeline.gstreamer_reader import GstReader, open_gstreamer_reader
 from edge.pipeline.nvdec import SCHEMES, NvdecReader, open_nvdec_reader
+from edge.pipeline.readers import Reader, open_reader
 from edge.pipeline.sources import Refused
 from edge.tasks import Task, build_task
 
@@ -290,7 +291,7 @@ class Decoding:
         self.chosen: str | None = None
         self._jetson: bool | None = None
 
-    def __call__(self, uri: CameraURI, max_frame: tuple[int, int]) -> _Reader:
+    def __call__(self, uri: CameraURI, max_frame: tuple[int, int]) -> Reader:
         if self.chosen == "cpu" or (self.chosen is None and self.decode == "cpu"):
             return self._chose("cpu", open_reader(uri, max_frame), "the config says so")
         if self._jetson is None:
@@ -322,7 +323,7 @@ class Decoding:
         opener = open_gstreamer_reader if self._jetson else open_nvdec_reader
         return opener(uri, max_frame, surfaces=self.surfaces, camera_id=self.camera_id)
 
-    def _chose(self, chosen: str, reader: _Reader, why: str) -> _Reader:
+    def _chose(self, chosen: str, reader: Reader, why: str) -> Reader:
         if self.chosen is None:
             self.chosen = chosen
             log.info("%s: decode %s (%s)", self.camera_id, chosen, why)

@@ -16,8 +16,9 @@ import pytest
 
 from edge.config.cameras import MAX_FRAME, parse_uri
 from edge.errors import SourceError
-from edge.pipeline import cameras
-from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame, open_reader
+from edge.pipeline import cameras, readers
+from edge.pipeline.cameras import Camera, EndOfStream, Frame, LatestFrame
+from edge.pipeline.readers import open_reader
 from tests.conftest import free_port, wait_for
 from tests.support.clips import write_video
 from tests.support.daemon import ROOT, env
@@ -283,8 +284,8 @@ def test_a_frame_larger_than_its_header_said_ends_the_file_with_the_camera_named
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
     """A header that lies (or a stream that changes size): every decoded frame is checked too."""
     video = write_video(tmp_path / "v.avi", 4, size=(320, 240))
-    real_read = cameras._CvReader.read
-    monkeypatch.setattr(cameras._CvReader, "read",
+    real_read = readers._CvReader.read
+    monkeypatch.setattr(readers._CvReader, "read",
                         lambda self: None if (image := real_read(self)) is None else np.zeros((400, 320, 3), np.uint8)
                         if self.frames == 3 else image)
     events = Events()

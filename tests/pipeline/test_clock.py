@@ -4,6 +4,7 @@ stream stamped, not the times the decoder returned them."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -12,8 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from edge.config.cameras import parse_uri
-from edge.pipeline.cameras import Camera, open_reader
+from edge.pipeline.cameras import Camera
 from edge.pipeline.clock import JUMP_NS, WINDOW_NS, StreamClock
+from edge.pipeline.readers import open_reader
 from tests.conftest import wait_for
 from tests.support import rtsp
 
@@ -179,3 +181,22 @@ def test_rtsp_camera_stamps_frames_from_the_stream(camera_server: str) -> None:
         assert camera.stop(5.0)
     assert camera.clock.stats.untimed <= 1          # OpenCV gives the first two frames POS_MSEC 0: the 2nd is untimed
     assert all(b > a for a, b in zip(stamps, stamps[1:]))
+
+
+def test_only_a_stream_without_timestamps_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    """A session's first two frames come with POS_MSEC 0 from OpenCV (the 2nd untimed, counted, expected: no
+    warning); a stream that goes on without timestamps is warned about once per camera, whatever its reconnects."""
+    clock, bare = StreamClock("cam"), StreamClock("bare")
+    with caplog.at_level(logging.DEBUG, logger="edge"):
+        for session in range(2):
+            clock.reset()
+            for index, pts_ms in enumerate([0.0, 0.0, 100.0, 200.0]):
+                clock.capture_ns(pts_ms, 10**9 * session * 10 + int(pts_ms * 1e6) + index * 1000)
+        assert (clock.stats.untimed, caplog.messages) == (2, [])
+        for session in range(2):
+            bare.reset()
+            for index in range(5):
+                assert bare.capture_ns(0.0, 10**9 * (session * 10 + index)) == 10**9 * (session * 10 + index)
+    assert bare.stats.untimed == 8
+    assert caplog.messages == ["bare: frames without usable stream timestamps; they carry their arrival time as"
+                               " t_capture_ns (counted, not logged again)"]
