@@ -142,9 +142,9 @@ def _lane_rows(lanes: list[dict[str, Any]]) -> list[str]:
 def _camera_rows(cameras: list[dict[str, Any]]) -> list[str]:
     if not cameras:
         return []
-    rows = [[_cell(c.get("id")), _cell(c.get("connected")), _cell(c.get("captured")), _cell(c.get("reconnects")),
-             _cell(c.get("missing_frames"))] for c in cameras]
-    return _grid(("CAMERA", "CONNECTED", "CAPTURED", "RECONNECTS", "MISSING FRAMES"), rows)
+    rows = [[_cell(c.get("id")), _cell(c.get("connected")), _cell(c.get("captured")), _cell(c.get("outages")),
+             _cell(c.get("reconnects")), _cell(c.get("missing_frames"))] for c in cameras]
+    return _grid(("CAMERA", "CONNECTED", "CAPTURED", "OUTAGES", "RECONNECTS", "MISSING FRAMES"), rows)
 
 
 def _number(value: object) -> float | None:

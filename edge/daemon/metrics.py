@@ -410,8 +410,11 @@ def _camera_metrics(cameras: list[dict[str, Any]]) -> list[Metric]:
     frames = CounterMetricFamily("edge_camera_frames", "frames decoded from the camera", labels=["camera"])
     reconnects = CounterMetricFamily("edge_camera_reconnects", "times the camera was opened again after a loss",
                                      labels=["camera"])
+    outages = CounterMetricFamily("edge_camera_outages", "times the camera was lost: a failed open, a read that"
+                                  " failed or stalled", labels=["camera"])
     for camera in cameras:
         connected.add_metric([camera["id"]], float(camera["connected"]))
         frames.add_metric([camera["id"]], camera["captured"])
         reconnects.add_metric([camera["id"]], camera["reconnects"])
-    return [connected, frames, reconnects]
+        outages.add_metric([camera["id"]], camera["outages"])
+    return [connected, frames, reconnects, outages]

@@ -164,6 +164,17 @@ def test_status_says_each_why_once() -> None:
     assert text.count(slow) == 1 and "cannot run int8: F1 0.35" in text
 
 
+def test_status_shows_each_cameras_outages_and_reconnects() -> None:
+    from edge.cli.display import status_table
+
+    text = status_table({"cameras": [{"id": "front", "connected": True, "captured": 1200, "outages": 3,
+                                      "reconnects": 2, "missing_frames": 0}]})
+    lines = text.splitlines()
+    header = lines.index("cameras") + 1
+    assert lines[header].split()[:5] == ["CAMERA", "CONNECTED", "CAPTURED", "OUTAGES", "RECONNECTS"]
+    assert lines[header + 1].split() == ["front", "yes", "1200", "3", "2", "0"]
+
+
 # --------------------------------------------------------------------------------- without OpenCV (item 19)
 
 @pytest.fixture

@@ -166,6 +166,7 @@ def test_a_scrape_reports_what_status_reports(demo, tmp_path: Path) -> None:
     for camera in after["cameras"]:
         assert get(samples, "edge_camera_connected", camera=camera["id"]) == camera["connected"]
         assert get(samples, "edge_camera_reconnects_total", camera=camera["id"]) == camera["reconnects"] == 0
+        assert get(samples, "edge_camera_outages_total", camera=camera["id"]) == camera["outages"] == 0
         assert get(samples, "edge_camera_frames_total", camera=camera["id"]) >= 12
     assert get(samples, "edge_subscriber_connections") == after["peers"]["connections"] == 0
     assert get(samples, "process_open_fds") > 0                     # the daemon's process, from /proc
