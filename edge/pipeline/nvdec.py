@@ -9,6 +9,7 @@ GIL while FFmpeg waits on the network. The design, the colour rules and the meas
 from __future__ import annotations
 
 import collections
+import math
 from types import ModuleType
 from typing import Any
 
@@ -34,6 +35,8 @@ DECODE_DELAY = 4            # frames one Decode call may return at once: the dec
 PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s GOP at 30 fps) before giving up
 INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
 CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
+NO_PTS = -1                 # PacketData.pts (int64, here in µs) of a packet without a usable stream time
+MAX_PTS_MS = 2.0 ** 53 / 1000   # beyond this a pts in µs is no exact int64 from a float: treated as none
 
 
 def load() -> ModuleType:
@@ -108,6 +111,9 @@ class NvdecReader:
     (`surfaces` + DECODE_DELAY of them, sized by the first frame) before the next Decode call may reuse the
     decoder's buffer, and the frame's ready event is recorded after the copy. `read` returns None at the end of
     the stream (the decoder's delayed frames flushed first) or when the stream fails, as the CPU reader does.
+    Each packet's stream time goes into the decoder as its pts (µs), and each decoded frame comes out with its own
+    (display order differs from decode order with B-frames): `pts_ms` is the last returned frame's, None where its
+    packet had none (docs/protocol.md, "Capture time").
     """
 
     def __init__(self, uri: CameraURI, max_frame: tuple[int, int], surfaces: int, nvc: ModuleType,
@@ -121,7 +127,8 @@ class NvdecReader:
         self._packets = open_reader(uri, max_frame, packets=True)
         self.fps = self._packets.fps
         self.declared_frames = self._packets.declared_frames
-        self._ready: collections.deque[DeviceFrame] = collections.deque()
+        self._ready: collections.deque[tuple[DeviceFrame, float | None]] = collections.deque()   # with its pts_ms
+        self.pts_ms: float | None = None    # the stream time of the frame `read` returned last
         self._ended = False
         self._index = 0
         self._decoder: Any = None
@@ -170,7 +177,8 @@ class NvdecReader:
             self._ended = True
         if not self._ready:
             return None
-        return self._ready.popleft()
+        frame, self.pts_ms = self._ready.popleft()
+        return frame
 
     @property
     def dropped(self) -> int:
@@ -182,13 +190,15 @@ class NvdecReader:
         packet = self._packets.read()
         if packet is None:
             self._ended = True
-        self._decode(None if packet is None else packet.ravel(), prime=prime)
+            self._decode(None, prime=prime)
+        else:
+            self._decode(packet.ravel(), prime=prime, pts_ms=self._packets.pts_ms)
 
-    def _decode(self, data: np.ndarray | None, *, prime: bool) -> None:
+    def _decode(self, data: np.ndarray | None, *, prime: bool, pts_ms: float | None = None) -> None:
         nvc = self._nvc
         packet = nvc.PacketData()       # bsl 0: the end of the stream, which flushes the decoder
         if data is not None:
-            packet.bsl_data, packet.bsl, packet.pts = data.ctypes.data, data.size, self._index
+            packet.bsl_data, packet.bsl, packet.pts = data.ctypes.data, data.size, packet_pts(pts_ms)
             self._index += 1
         try:
             decoded = self._decoder.Decode(packet)
@@ -224,9 +234,9 @@ class NvdecReader:
             cuda.copy_device(surface.pointer + sizes[0], chroma.data, sizes[1], self._stream)
             ready = surface.ready_event()
             ready.record(self._stream)
-        self._ready.append(surface.frame(pixel_format="nv12", width=width, height=height, pitch=pitch,
-                                         plane_offsets=(0, sizes[0]), matrix=self.matrix, full_range=self.full_range,
-                                         ready=ready))
+        frame = surface.frame(pixel_format="nv12", width=width, height=height, pitch=pitch,
+                              plane_offsets=(0, sizes[0]), matrix=self.matrix, full_range=self.full_range, ready=ready)
+        self._ready.append((frame, frame_pts_ms(decoded.getPTS())))
 
     def close(self) -> None:
         """Stop decoding; the pool is retired: freed once every frame handed out was released (SurfacePool.retire)."""
@@ -235,7 +245,7 @@ class NvdecReader:
         self._packets.close()
         self._packets = None
         while self._ready:
-            self._ready.popleft().release(None)
+            self._ready.popleft()[0].release(None)
         if self._context is not None:
             with self._context.current():
                 self._decoder = None                # PyNvVideoCodec frees its decoder and buffers now
@@ -245,6 +255,19 @@ class NvdecReader:
             self._context.detach()
         if self._pool is not None:
             self._pool.retire(self._said)
+
+
+def packet_pts(pts_ms: float | None) -> int:
+    """A packet's stream time as PacketData.pts: whole µs (the decoder hands it back with the frame), NO_PTS for
+    none, NaN, a negative or an out-of-range one."""
+    if pts_ms is None or not math.isfinite(pts_ms) or not 0 <= pts_ms < MAX_PTS_MS:
+        return NO_PTS
+    return round(pts_ms * 1000)
+
+
+def frame_pts_ms(pts: int) -> float | None:
+    """A decoded frame's pts (packet_pts's µs) as ms; None for NO_PTS (or any negative)."""
+    return pts / 1000 if pts >= 0 else None
 
 
 def _one_line(exc: Exception) -> str:

@@ -1,7 +1,8 @@
 """NVDEC reader (edge/pipeline/nvdec.py) on real H.264/H.265 clips, decoded for real by PyAV behind the
 PyNvVideoCodec stand-in (tests/support/fake_nvcodec.py) into the CUDA stand-in's memory: every frame, bit for bit
-against PyAV's own decode; the decoder's stream; the colour rules; end of file, loop, reconnect; refusals; sizes;
-pool exhaustion and the pool's release after close. Which reader a camera gets: test_runtime_decoding.py."""
+against PyAV's own decode; each frame's stream time (pts_ms); the decoder's stream; the colour rules; end of file,
+loop, reconnect; refusals; sizes; pool exhaustion and the pool's release after close. Which reader a camera
+gets: test_runtime_decoding.py."""
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,7 @@ import pytest
 from edge.config.cameras import parse_uri
 from edge.errors import SourceError
 from edge.gpu.surfaces import DeviceFrame
-from edge.pipeline import nvdec, sources
+from edge.pipeline import nvdec, readers, sources
 from edge.pipeline.cameras import Camera, EndOfStream, Frame
 from edge.pipeline.nvdec import NvdecReader, open_nvdec_reader
 from edge.pipeline.runtime import Decoding
@@ -74,6 +75,36 @@ def test_every_frame_is_decoded_into_a_surface_bit_for_bit(nvc: ModuleType, cach
     assert nvc.decoders[0].packets[-1] == b""               # the end of the stream flushed the delayed frames
     reader.close()
     assert fake_cuda.ledger.kinds() == {}                   # pool, events, stream and context all freed
+
+
+@pytest.mark.parametrize("name", ["h264", "h265"])
+def test_each_frame_carries_its_own_stream_time_through_the_decoder(nvc: ModuleType, cache: Path, name: str) -> None:
+    """The packets' pts go into PacketData.pts (µs) and come back with the decoded frames: `pts_ms` is the returned
+    frame's, not the last packet read (the decoder holds frames back, so that one is ahead)."""
+    reader, stamps = open_nvdec(path := clips.clip(name, cache)), []
+    read_all(reader, lambda index, frame: stamps.append(reader.pts_ms))
+    with av.open(str(path)) as container:                  # PyAV's frames in display order, at vtest's 10 fps
+        assert stamps == pytest.approx([float(f.pts * f.time_base * 1000) for f in container.decode(video=0)])
+    assert nvc.decoders[0].given_pts[:3] == [0, 100_000, 200_000]          # in µs
+    reader.close()
+
+
+def test_a_packet_without_a_usable_stream_time_goes_in_as_none() -> None:
+    given = [0.0, 100.0, 33.3667, None, float("nan"), float("inf"), -0.5, 1e300]
+    assert [nvdec.packet_pts(ms) for ms in given] == [0, 100_000, 33_367, -1, -1, -1, -1, -1]   # int64 µs
+    assert [nvdec.frame_pts_ms(pts) for pts in (0, 33_367, -1)] == [0.0, 33.367, None]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -40.0])
+def test_packets_without_usable_stream_times_give_frames_without_pts_ms(nvc: ModuleType, cache: Path, bad: float,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """What OpenCV may report as a packet's time (NaN, negative) goes in as NO_PTS and comes out as None, which the
+    camera's StreamClock counts as untimed (test_clock.py)."""
+    monkeypatch.setattr(readers._CvReader, "pts_ms", property(lambda self: bad))
+    reader, stamps = open_nvdec(clips.clip("h264", cache)), []
+    assert read_all(reader, lambda index, frame: stamps.append(reader.pts_ms)) == 40
+    assert set(stamps) == {None} and set(nvc.decoders[0].given_pts[:-1]) == {nvdec.NO_PTS}
+    reader.close()
 
 
 @pytest.mark.parametrize("name", ["h264", "h265", "h264-1080p"])
@@ -445,8 +476,11 @@ def test_an_rtsp_camera_on_nvdec_is_lost_and_recovered_with_the_cameras_backoff(
     try:
         with caplog.at_level(logging.INFO, logger="edge.runtime"):
             camera.start()
-            first = take(camera, 3)
+            first = take(camera, 30)    # FFmpeg's probe hands out ~18 at once, then they come at the stream's pace
         assert first[0].device is not None and first[0].size == (320, 240)
+        assert camera.clock.stats.mapped >= 25          # capture times from the stream's, through the decoder
+        gaps = [(b.t_capture_ns - a.t_capture_ns) / 1e6 for a, b in zip(first[-5:], first[-4:])]
+        assert gaps == pytest.approx([100] * 4, abs=3), gaps     # the server's 10 fps, not when NVDEC returned
         assert caplog.messages == ["cam: decode nvdec (the config says so; PyNvVideoCodec 2.2.4: H.264 320x240,"
                                    " BT.601 limited range, assumed: the stream says nothing)"]
         server.kill()

@@ -14,6 +14,12 @@ PyNvDemuxer.cpp, NvDemuxer.cpp, inc/DecoderCommon.hpp, and the Video Codec SDK's
   frame: luma rows `width` bytes apart, the interleaved chroma right after it (GenerateNativeOutput);
   DecodedFrame.cuda() gives the two planes' CAI views, shape (h, w, 1) / (h/2, w/2, 2), strides (w, 1, 1) /
   (w, 2, 1), and `format` its Pixel_Format: NV12, or P016 for a 10-bit stream.
+- Timestamps: PacketData.pts is an int64 (pybind11 refuses a float: TypeError), passed to the parser as the
+  packet's timestamp (NvDecoder::Decode sets CUVID_PKT_TIMESTAMP); the picture that starts in that packet carries
+  it to display (CUVIDPARSERDISPINFO.timestamp), so a DecodedFrame's `timestamp` (and `getPTS()`) is its own
+  packet's pts in display order, whatever the decode order. The stand-in gives each picture the pts of the packets
+  with a picture in them, in order (PyAV's parser hands out access units a packet late), and lets PyAV's decoder
+  reorder them with the frames.
 - A codec the GPU has no decoder for raises PyNvVCExceptionUnsupported at the first Decode, when the parser sees
   the sequence header ("Codec not supported on this GPU"): set UNSUPPORTED to emulate such a GPU.
 - CreateDemuxer(filename).ColorSpace()/ColorRange(): the container's colour description, mapped as
@@ -22,6 +28,7 @@ PyNvDemuxer.cpp, NvDemuxer.cpp, inc/DecoderCommon.hpp, and the Video Codec SDK's
 """
 from __future__ import annotations
 
+import collections
 import ctypes
 import enum
 from collections.abc import Iterator
@@ -73,7 +80,17 @@ class PacketData:
     def __init__(self) -> None:
         self.bsl = 0
         self.bsl_data = 0
-        self.pts = 0
+        self._pts = 0
+
+    @property
+    def pts(self) -> int:
+        return self._pts
+
+    @pts.setter
+    def pts(self, value: int) -> None:      # pybind11's int64_t: an int (not a float) within int64
+        if not isinstance(value, int) or not -2 ** 63 <= value < 2 ** 63:
+            raise TypeError(f"(): incompatible function arguments: pts = {value!r} is no int64")
+        self._pts = value
 
 
 class CAIMemoryView:
@@ -82,10 +99,18 @@ class CAIMemoryView:
 
 
 class DecodedFrame:
-    def __init__(self, decoder: PyNvDecoder, generation: int, format: Pixel_Format, views: list[CAIMemoryView]
-                 ) -> None:
+    def __init__(self, decoder: PyNvDecoder, generation: int, format: Pixel_Format, views: list[CAIMemoryView],
+                 timestamp: int) -> None:
         self._decoder, self._generation, self._views = decoder, generation, views
         self.format = format
+        self._timestamp = timestamp
+
+    @property
+    def timestamp(self) -> int:             # def_readonly
+        return self._timestamp
+
+    def getPTS(self) -> int:
+        return self._timestamp
 
     def cuda(self) -> list[CAIMemoryView]:
         if self._generation != self._decoder.generation:
@@ -98,9 +123,11 @@ class PyNvDecoder:
         self.codec, self.context, self.stream = codec, context, stream
         self.generation = 0
         self.packets: list[bytes] = []          # what Decode was given, in order
+        self.given_pts: list[int] = []          # and the PacketData.pts of each
         self.ended = False
         self._av = av.CodecContext.create({cudaVideoCodec.H264: "h264", cudaVideoCodec.HEVC: "hevc"}[codec], "r")
         self._buffers: list[np.ndarray] = []
+        self._pts: collections.deque[int] = collections.deque()    # of the packets with a picture not yet parsed
 
     def Decode(self, packet: PacketData) -> list[DecodedFrame]:
         if self.ended:
@@ -108,11 +135,18 @@ class PyNvDecoder:
         self.generation += 1
         data = ctypes.string_at(packet.bsl_data, packet.bsl) if packet.bsl else b""
         self.packets.append(data)
+        self.given_pts.append(packet.pts)
         if data and self.codec in UNSUPPORTED:
             raise PyNvVCExceptionUnsupported("Codec not supported on this GPU")
         self.ended = not data
+        if data and _pictures(data, self.codec):
+            self._pts.append(packet.pts)
         try:                            # a parser first, as NVDEC's: it takes parameter sets alone, and keeps them
-            frames = [frame for unit in self._av.parse(data or None) for frame in self._av.decode(unit)]
+            frames = []
+            for unit in self._av.parse(data or None):
+                if _pictures(bytes(unit), self.codec):
+                    unit.pts = self._pts.popleft()
+                frames += self._av.decode(unit)
             frames += [] if data else self._av.decode(None)
         except av.error.InvalidDataError as exc:
             raise PyNvVCException(f"cuvidParseVideoData returned error: {exc}") from exc
@@ -134,15 +168,28 @@ class PyNvDecoder:
         fake_cuda.ledger.trace.append(("nvdec", self.stream))
         pointer, size = buffer.ctypes.data, 2 if ten_bit else 1
         chroma = pointer + width * height * size
-        chroma = pointer + width * height * size
         views = [CAIMemoryView([height, width, 1], [width * size, size, 1], pointer),
                  CAIMemoryView([height // 2, width // 2, 2], [width * size, 2 * size, 1], chroma)]
-        return DecodedFrame(self, self.generation, Pixel_Format.P016 if ten_bit else Pixel_Format.NV12, views)
+        if frame.pts is None:
+            raise AssertionError("a decoded frame without the pts of its packet: the stand-in lost track")
+        return DecodedFrame(self, self.generation, Pixel_Format.P016 if ten_bit else Pixel_Format.NV12, views,
+                            frame.pts)
 
     def free(self) -> None:
         for buffer in self._buffers:
             fake_cuda.ledger.memory.pop(buffer.ctypes.data, None)
         self._buffers = []
+
+
+def _pictures(data: bytes, codec: cudaVideoCodec) -> bool:
+    """True where Annex B `data` holds a coded picture (a VCL NAL unit: H.264 types 1-5, H.265 types 0-31)."""
+    start = data.find(b"\0\0\1")
+    while 0 <= start < len(data) - 3:
+        header = data[start + 3]
+        if (1 <= header & 0x1F <= 5) if codec == cudaVideoCodec.H264 else (header >> 1) & 0x3F < 32:
+            return True
+        start = data.find(b"\0\0\1", start + 3)
+    return False
 
 
 def CreateDecoder(gpuid: int = 0, codec: cudaVideoCodec = cudaVideoCodec.H264, cudacontext: int = 0,
