@@ -307,9 +307,8 @@ class Camera:
                 return self._stalled(reader, image, waited_ns / 1e9)
             host = isinstance(image, np.ndarray)
             captured = time.monotonic_ns()
-            pts_ms = getattr(reader, "pts_ms", None)     # a hardware reader gives none yet: the read time stands
-            if self.clock is not None and pts_ms is not None:
-                captured = self.clock.capture_ns(pts_ms, captured)
+            if self.clock is not None:              # every RTSP reader has `pts_ms`; None: untimed, counted
+                captured = self.clock.capture_ns(getattr(reader, "pts_ms", None), captured)
             frame = Frame(self.id, self._index, captured, image if host else None, None if host else image)
             try:
                 check_frame_size(frame.size, self.max_frame, f"camera {self.id!r} delivered")

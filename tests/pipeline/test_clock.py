@@ -200,3 +200,32 @@ def test_only_a_stream_without_timestamps_is_warned_about(caplog: pytest.LogCapt
     assert bare.stats.untimed == 8
     assert caplog.messages == ["bare: frames without usable stream timestamps; they carry their arrival time as"
                                " t_capture_ns (counted, not logged again)"]
+
+
+class _NoStreamTime:
+    """An RTSP camera's reader whose frames have no usable stream time (pts_ms None: what the hardware readers
+    give for a packet or buffer without one), its frames from the test pattern."""
+
+    pts_ms = None
+
+    def __init__(self, uri: object, max_frame: tuple[int, int]) -> None:
+        self._pattern = open_reader(parse_uri("test://bars?size=64x48&frames=4"))
+        self.fps, self.frames, self.declared_frames = 30.0, 0, 0
+
+    def read(self) -> object:
+        return self._pattern.read()
+
+    def close(self) -> None:
+        self._pattern.close()
+
+
+def test_rtsp_frames_without_a_stream_time_carry_their_read_time_and_are_counted() -> None:
+    camera = Camera("front", parse_uri("rtsp://127.0.0.1:1/live"), on_event=lambda *_: None, opener=_NoStreamTime)
+    before = time.monotonic_ns()
+    camera.start()
+    try:
+        wait_for(lambda: camera.clock.stats.untimed >= 4, what="4 frames counted untimed")
+        frame = camera.latest.get_after(camera.latest.register(), -1, 5.0)
+    finally:
+        assert camera.stop(5.0)
+    assert camera.clock.stats.mapped == 0 and before < frame.t_capture_ns <= time.monotonic_ns()
