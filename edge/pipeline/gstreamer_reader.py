@@ -74,7 +74,9 @@ class GstReader:
     """A running pipeline whose appsink's BGRx frames are copied once each into mapped surfaces of its own pool,
     handed out as DeviceFrames. `read` returns None at the end of a file, on an error (logged) and when no frame
     came within the read timeout, as the OpenCV reader does. `description` says what decodes (`source`: the codec
-    and decoder, or the sensor) and the frames' size, for the decode choice's log line."""
+    and decoder, or the sensor) and the frames' size, for the decode choice's log line. `pts_ms` is the returned
+    frame's buffer PTS as running time (its sample's segment: an MP4's edit list starts it later than 0) in ms,
+    None where the buffer has none; docs/protocol.md, "Capture time"."""
 
     def __init__(self, gst: Any, uri: CameraURI, description: str, *, max_frame: tuple[int, int],
                  surfaces: int, source: str, camera_id: str = "") -> None:
@@ -82,6 +84,7 @@ class GstReader:
         self.fps = 30.0
         self.frames = 0                                 # read from the appsink, the dropped ones too
         self.declared_frames = 0
+        self.pts_ms: float | None = None                # the stream time of the frame `read` returned last
         self._gst = gst
         self._uri = uri
         self._what = describe(uri)
@@ -147,6 +150,7 @@ class GstReader:
             self.frames += 1                        # dropped ones too: the file's length check counts them
             surface = self._wait.acquire(self._pool)
         copy_buffer(buffer, surface.host)
+        self.pts_ms = running_time_ms(self._gst, sample, buffer)
         return surface.frame(pixel_format="bgrx", width=self._width, height=self._height, pitch=self._pitch,
                              plane_offsets=(0,), matrix="bt601", full_range=False, ready=None)
 
@@ -196,6 +200,14 @@ class GstReader:
         self._read_bus()
         return self._problem or SourceError(f"{self._what} {what}", hint="`GST_DEBUG=3 edge run ...` shows what"
                                                                          " GStreamer's elements said")
+
+
+def running_time_ms(gst: Any, sample: Any, buffer: Any) -> float | None:
+    """The running time of a sample's buffer PTS in ms; None where the buffer has none (GST_CLOCK_TIME_NONE) or it
+    lies outside the sample's segment (gst_segment_to_running_time gives NONE then)."""
+    segment = sample.get_segment()
+    pts = buffer.pts if segment is None else segment.to_running_time(gst.Format.TIME, buffer.pts)
+    return pts / 1e6 if 0 <= pts < gst.CLOCK_TIME_NONE else None
 
 
 class _MapInfo(ctypes.Structure):

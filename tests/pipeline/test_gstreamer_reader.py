@@ -21,7 +21,7 @@ from edge.config.cameras import parse_uri
 from edge.errors import SourceError
 from edge.pipeline import gstreamer_reader, sources
 from edge.pipeline.gstreamer import probe
-from edge.pipeline.gstreamer_reader import open_gstreamer_reader
+from edge.pipeline.gstreamer_reader import open_gstreamer_reader, running_time_ms
 from edge.pipeline.runtime import Decoding
 from tests.conftest import wait_for
 from tests.support import clips, fake_cuda, fake_jetson, rtsp
@@ -74,6 +74,7 @@ def test_frames_arrive_in_mapped_surfaces_until_the_end_of_the_file(jetson_eleme
     for index in range(CLIP_FRAMES):
         frame = reader.read()
         assert (frame.pixel_format, frame.width, frame.height, frame.pitch) == ("bgrx", 320, 240, 1280)
+        assert reader.pts_ms == pytest.approx(index * 100)               # the buffer's PTS: the file's 10 fps
         host = ledger.memory[frame.planes[0]] if frame.planes[0] in ledger.memory else None
         assert host is not None, "the frame's plane is not a mapped buffer's device pointer"
         image = host[:240 * 1280].reshape(240, 320, 4)
@@ -312,10 +313,14 @@ def test_an_rtsp_camera_decodes_into_surfaces_and_is_lost_when_it_goes(jetson_el
     assert probe(jetson_elements, uri) == (codec, None, (0, 0))            # from the SDP
     caplog.set_level(logging.INFO, "edge.camera")
     reader = open_gstreamer_reader(uri, MAX, surfaces=3)
+    stamps = []
     for _ in range(5):
         frame = reader.read()
         assert (frame.pixel_format, frame.width, frame.height) == ("bgrx", 320, 240)
+        stamps.append(reader.pts_ms)
         frame.release(None)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    assert gaps == pytest.approx([100] * 4, abs=5), stamps                # the server's 10 fps, as rtspsrc stamped
     assert "admin:***@127.0.0.1" in caplog.text and "s3cret" not in caplog.text
     server.kill()
     server.wait()
@@ -324,6 +329,22 @@ def test_an_rtsp_camera_decodes_into_surfaces_and_is_lost_when_it_goes(jetson_el
     reader.close()
     wait_for(lambda: not ledger.live, what="the surfaces freed")
     assert "s3cret" not in caplog.text
+
+
+def test_a_buffer_without_a_usable_pts_gives_none(jetson_elements) -> None:
+    gst = jetson_elements
+    segment = gst.Segment()
+    segment.init(gst.Format.TIME)
+    segment.start = 200_000_000                                           # an MP4's edit list: pts 200 ms is 0
+    caps = gst.Caps.from_string("video/x-raw")
+
+    def at(pts: int) -> float | None:
+        buffer = gst.Buffer.new()
+        buffer.pts = pts
+        return running_time_ms(gst, gst.Sample.new(buffer, caps, segment, None), buffer)
+
+    assert [at(pts) for pts in (200_000_000, 1_700_000_000, gst.CLOCK_TIME_NONE, 100_000_000)] == [0.0, 1500.0,
+                                                                                                     None, None]
 
 
 def test_an_rtsp_camera_that_is_not_there_is_a_clear_error_without_its_password(jetson_elements) -> None:
