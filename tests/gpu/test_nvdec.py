@@ -36,7 +36,8 @@ def _open(name: str, query: str = "?realtime=0") -> NvdecReader:
 @pytest.mark.parametrize("name, size, matrix", [
     ("h264", (768, 576), "bt601"), ("h265", (768, 576), "bt601"), ("h264-1080p", (1920, 1080), "bt709")])
 def test_nvdec_decodes_every_frame_the_first_as_pyav_does(name: str, size: tuple[int, int], matrix: str) -> None:
-    """The first frame is PyAV's decode byte for byte (H.264/H.265 decoding is exact), the count PyAV's."""
+    """The first frame is PyAV's decode byte for byte (H.264/H.265 decoding is exact), the count PyAV's, and each
+    frame's pts_ms its own (PacketData.pts in, DecodedFrame.getPTS() out), at the clips' 10 fps from 0."""
     reader = _open(name)
     first = reader.read()
     assert (first.pixel_format, (first.width, first.height), first.matrix, first.full_range) == \
@@ -45,11 +46,13 @@ def test_nvdec_decodes_every_frame_the_first_as_pyav_does(name: str, size: tuple
     first.release(None)
     assert nv12.shape == expected.shape and np.array_equal(nv12, expected), \
         f"{np.count_nonzero(nv12 != expected)} of {expected.size} bytes differ from PyAV's decode"
-    count = 1
+    count, stamps = 1, [reader.pts_ms]
     while (frame := reader.read()) is not None:
         frame.release(None)
         count += 1
+        stamps.append(reader.pts_ms)
     assert count == clips.decoded_frames(clips.clip(name)) and reader.dropped == 0
+    assert stamps == pytest.approx([index * 1000 / clips.FPS for index in range(count)]), stamps[:8]  # own pts each
     reader.close()
 
 
