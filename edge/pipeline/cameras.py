@@ -14,6 +14,7 @@ from edge.config.cameras import MAX_FRAME, CameraURI
 from edge.errors import SourceError, UsageError
 from edge.log import get_logger
 from edge.pipeline.clock import StreamClock
+from edge.pipeline.gaps import FrameGaps
 from edge.pipeline.readers import Reader, open_reader
 from edge.pipeline.sources import check_frame_size, read_timeout_ms
 
@@ -185,6 +186,10 @@ class CameraStats:
     # short (`ended_short`): a truncated file, or damage the decoder could not get past. Damage that FFmpeg
     # conceals (it still returns the frame) is not seen here: OpenCV reports no decode errors.
     missing_frames: int = 0
+    # An RTSP stream's skips (edge/pipeline/gaps.py): gaps in its timestamps, and the frames they lost. Packet loss
+    # whose damage FFmpeg conceals in a frame it still returns is not seen here.
+    stream_gaps: int = 0
+    lost_frames: int = 0
 
 
 class Camera:
@@ -212,6 +217,7 @@ class Camera:
         self._warned_short = False
         # an RTSP frame's t_capture_ns comes from its stream time (a reader's `pts_ms`), docs/protocol.md
         self.clock = StreamClock(camera_id) if uri.scheme == "rtsp" else None
+        self.gaps = FrameGaps(camera_id, read_timeout_ms(uri)) if uri.scheme == "rtsp" else None
 
     @property
     def live(self) -> bool:
@@ -287,6 +293,8 @@ class Camera:
         self.stats.reconnects += 1
         if self.clock is not None:
             self.clock.reset()
+        if self.gaps is not None:
+            self.gaps.reset()
         self.stats.connected = True
         log.info("%s recovered", self.id)
         self._on_event("camera.recovered", {"camera": self.id})
@@ -307,8 +315,13 @@ class Camera:
                 return self._stalled(reader, image, waited_ns / 1e9)
             host = isinstance(image, np.ndarray)
             captured = time.monotonic_ns()
-            if self.clock is not None:              # every RTSP reader has `pts_ms`; None: untimed, counted
-                captured = self.clock.capture_ns(getattr(reader, "pts_ms", None), captured)
+            pts_ms = getattr(reader, "pts_ms", None)     # every RTSP reader has it; None: untimed, counted
+            if self.clock is not None:
+                captured = self.clock.capture_ns(pts_ms, captured)
+            if self.gaps is not None:
+                gaps, lost = self.gaps.lost(pts_ms)
+                self.stats.stream_gaps += gaps
+                self.stats.lost_frames += lost
             frame = Frame(self.id, self._index, captured, image if host else None, None if host else image)
             try:
                 check_frame_size(frame.size, self.max_frame, f"camera {self.id!r} delivered")
