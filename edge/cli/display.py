@@ -143,8 +143,8 @@ def _camera_rows(cameras: list[dict[str, Any]]) -> list[str]:
     if not cameras:
         return []
     rows = [[_cell(c.get("id")), _cell(c.get("connected")), _cell(c.get("captured")), _cell(c.get("outages")),
-             _cell(c.get("reconnects")), _cell(c.get("missing_frames"))] for c in cameras]
-    return _grid(("CAMERA", "CONNECTED", "CAPTURED", "OUTAGES", "RECONNECTS", "MISSING FRAMES"), rows)
+             _cell(c.get("reconnects")), _cell(c.get("missing_frames")), _cell(c.get("lost_frames"))] for c in cameras]
+    return _grid(("CAMERA", "CONNECTED", "CAPTURED", "OUTAGES", "RECONNECTS", "MISSING FRAMES", "LOST FRAMES"), rows)
 
 
 def _number(value: object) -> float | None:

@@ -331,7 +331,8 @@ class Service:
         read = {lane.camera.id: lane.camera for lane in running}
         cameras = [{"id": c.id, "connected": c.stats.connected, "captured": c.stats.captured,
                     "reconnects": c.stats.reconnects, "outages": c.stats.outages,
-                    "missing_frames": c.stats.missing_frames}
+                    "missing_frames": c.stats.missing_frames, "stream_gaps": c.stats.stream_gaps,
+                    "lost_frames": c.stats.lost_frames}
                    for c in (read[camera_id] for camera_id in order if camera_id in read)]
         supervisor = self.supervisor
         return {"version": __version__, "uptime_s": (now - self._started_ns) / 1e9, "tasks": tasks, "lanes": lanes,
