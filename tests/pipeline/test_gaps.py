@@ -20,6 +20,7 @@ from edge.pipeline.gaps import MIN_STEPS, FrameGaps
 from tests.support import lossy_camera, rtsp
 
 ROOT = Path(__file__).resolve().parents[2]
+TCP_SKIPS = 4               # frames a loaded machine's server may skip at its source; UDP's loss costs about 25
 
 
 def lost(pts: list[float | None], max_gap_ms: float = 2000) -> list[int]:
@@ -112,8 +113,9 @@ def _require_lossy_namespace() -> None:
 def test_packet_loss_costs_udp_frames_counted_per_camera_and_tcp_only_time(transport: str) -> None:
     """10 % of the packets dropped after the camera steadied (20 fps, one RTP packet a frame), over 200 frames: on
     UDP about a tenth of the frames never come (key frames lose more), counted as lost_frames, and the camera reads on
-    without an outage; on TCP nothing is lost (the longest wait between frames, printed, grows instead: 0.3 s on UDP
-    and 0.8 s on TCP measured)."""
+    without an outage; on TCP nothing is lost in transit (the longest wait between frames, printed, grows instead:
+    0.3 s on UDP and 0.8 s on TCP measured). TCP_SKIPS: the server's live source itself skips a frame now and then on
+    a loaded machine (seen beside the demo model in test_rtsp.py), a true gap in the stream, but not the network's."""
     _require_lossy_namespace()
     frames = 200
     done = subprocess.run(["unshare", "--net", sys.executable, "-m", "tests.support.lossy_camera", transport, "0.1",
@@ -126,8 +128,8 @@ def test_packet_loss_costs_udp_frames_counted_per_camera_and_tcp_only_time(trans
     assert after["captured"] - before["captured"] >= frames and after["connected"]
     lost_frames, gaps = after["lost_frames"], after["stream_gaps"]
     if transport == "tcp":
-        assert (gaps, lost_frames) == (0, 0)
+        assert gaps <= lost_frames <= TCP_SKIPS, result
     else:
-        # P(no frame of 200 lost at 10 %) is 0.9^200, about 7e-10; half lost would be five times the loss
-        assert 1 <= gaps <= lost_frames <= frames // 2, result
+        # 10 % of 200 is 20 frames (measured 26 to 29 with the key frames'): fewer than 5 has a chance of about 2e-5
+        assert 5 <= gaps <= lost_frames <= frames // 2, result
         assert after["outages"] == before["outages"], result
