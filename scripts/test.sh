@@ -9,12 +9,13 @@
 # - qemu-user: the INT8 variant on an emulated CPU without VNNI (tests/engines/test_int8_cpu.py), on x86-64 hosts;
 # - GStreamer with PyGObject and its RTSP server: a Jetson's decode pipelines on software stand-ins and a real RTSP
 #   camera (tests/pipeline/test_gstreamer*.py, test_runtime_decoding.py, test_nvdec.py; the lists the tests name are
-#   tests/support/fake_jetson.py PACKAGES and tests/support/rtsp.py PACKAGES);
+#   tests/support/fake_jetson.py PACKAGES and tests/support/rtsp.py PACKAGES), and iproute2 and iptables for its
+#   packet loss in a network namespace where the kernel has no sch_netem (tests/pipeline/test_gaps.py);
 # - Mender's client and artifact tool: real fleet deployments of engine bundles through edge's Update Module
 #   (tests/deploy/test_mender.py; tests/support/mender.py PACKAGES).
 GSTREAMER_PACKAGES=(python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-rtsp-server-1.0 gstreamer1.0-plugins-base
                     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
-                    gstreamer1.0-rtsp)
+                    gstreamer1.0-rtsp iproute2 iptables)
 MENDER_PACKAGES=(mender-client mender-artifact)
 
 offer_packages() {
