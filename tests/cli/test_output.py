@@ -168,11 +168,12 @@ def test_status_shows_each_cameras_outages_and_reconnects() -> None:
     from edge.cli.display import status_table
 
     text = status_table({"cameras": [{"id": "front", "connected": True, "captured": 1200, "outages": 3,
-                                      "reconnects": 2, "missing_frames": 0}]})
+                                      "reconnects": 2, "missing_frames": 0, "lost_frames": 7}]})
     lines = text.splitlines()
     header = lines.index("cameras") + 1
     assert lines[header].split()[:5] == ["CAMERA", "CONNECTED", "CAPTURED", "OUTAGES", "RECONNECTS"]
-    assert lines[header + 1].split() == ["front", "yes", "1200", "3", "2", "0"]
+    assert lines[header + 1].split() == ["front", "yes", "1200", "3", "2", "0", "7"]
+    assert lines[header].split()[-2:] == ["LOST", "FRAMES"]
 
 
 # --------------------------------------------------------------------------------- without OpenCV (item 19)
