@@ -480,9 +480,11 @@ def test_an_rtsp_camera_on_nvdec_is_lost_and_recovered_with_the_cameras_backoff(
         assert first[0].device is not None and first[0].size == (320, 240)
         assert camera.clock.stats.mapped >= 25          # capture times from the stream's, through the decoder
         gaps = [(b.t_capture_ns - a.t_capture_ns) / 1e6 for a, b in zip(first[-5:], first[-4:])]
-        assert gaps == pytest.approx([100] * 4, abs=3), gaps     # the server's 10 fps, not when NVDEC returned
-        assert caplog.messages == ["cam: decode nvdec (the config says so; PyNvVideoCodec 2.2.4: H.264 320x240,"
-                                   " BT.601 limited range, assumed: the stream says nothing)"]
+        # the server's 10 fps, not when NVDEC returned (a loaded server may skip a frame: a step of 200 ms)
+        assert all(gap > 97 and abs(gap - 100 * round(gap / 100)) <= 3 for gap in gaps), gaps
+        assert [r.getMessage() for r in caplog.records if r.name == "edge.runtime"] == [
+            "cam: decode nvdec (the config says so; PyNvVideoCodec 2.2.4: H.264 320x240, BT.601 limited range,"
+            " assumed: the stream says nothing)"]
         server.kill()
         server.wait(10)
         wait_for(lambda: "camera.lost" in events.names, 15, "camera.lost")
