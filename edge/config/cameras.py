@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -108,12 +109,15 @@ def _typed(scheme: str, key: str, value: str) -> Any:
         if value not in ("0", "1", "true", "false"):
             raise ValueError(f"parameter {key!r} must be 0 or 1, got {value!r}")
         return value in ("1", "true")
+    seconds = " of seconds" if key == "timeout" else ""       # `timeout=2s`: the unit is the rule's
+    example = " (e.g. timeout=2)" if key == "timeout" else ""
     try:
         parsed = kind(value)
     except ValueError:
-        raise ValueError(f"parameter {key!r} must be {kind.__name__}, got {value!r}") from None
+        wanted = f"a number{seconds}" if seconds else kind.__name__
+        raise ValueError(f"parameter {key!r} must be {wanted}, got {value!r}{example}") from None
     if kind is float and not math.isfinite(parsed):      # float() takes inf, nan and 1e309 (inf)
-        raise ValueError(f"parameter {key!r} must be a finite number, got {value!r}")
+        raise ValueError(f"parameter {key!r} must be a finite number{seconds}, got {value!r}{example}")
     if key == "size":
         parse_size(parsed)
     elif key == "fps" and not FPS_RANGE[0] <= parsed <= FPS_RANGE[1]:
@@ -139,6 +143,11 @@ def _rtsp_params(text: str) -> tuple[str, dict[str, Any]]:
     """(the URL to open, edge's typed parameters): `transport` and `timeout` taken out of an rtsp URI's query, every
     other part of it left as written for the camera (many take their own: channel, profile, unicast...)."""
     head, at, tail = text.rpartition("@")             # the query follows the credentials (which may hold a `?`)
+    for key in _PARAMS["rtsp"]:                       # ... unless the query holds an `@`: edge's would go unread
+        if re.search(f"[?&]{key}(=|&|$)", head):
+            raise ValueError(f"rtsp URI {redact(text)!r} has an '@' after its parameter {key!r}: edge reads the user"
+                             " and password up to the last '@', so the parameter would reach the camera unread;"
+                             " write an '@' in the query as %40")
     path, mark, query = tail.partition("?")
     if not mark:
         return text, {}
@@ -148,7 +157,7 @@ def _rtsp_params(text: str) -> tuple[str, dict[str, Any]]:
         key, _, value = part.partition("=")
         if key in _PARAMS["rtsp"]:
             if key in params:
-                raise ValueError(f"rtsp URI {redact(text)!r} gives the parameter {key!r} twice")
+                raise ValueError(f"rtsp URI {redact(text)!r} gives the parameter {key!r} twice; keep one")
             params[key] = _typed("rtsp", key, value)
         else:
             kept.append(part)

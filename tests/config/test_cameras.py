@@ -43,10 +43,17 @@ def test_parse_uri_errors(uri: str, message: str) -> None:
      " a frame before the camera counts as stalled; keep it above a few frame intervals: timeout=2 suits 1.5 fps"
      " and up)"),
     ("rtsp://cam/live?timeout=61", "must be 0.1 to 60 seconds, got '61'"),
-    ("rtsp://cam/live?timeout=nan", "parameter 'timeout' must be a finite number, got 'nan'"),
-    ("rtsp://cam/live?timeout=2s", "parameter 'timeout' must be float, got '2s'"),
+    ("rtsp://cam/live?timeout=nan", "parameter 'timeout' must be a finite number of seconds, got 'nan' (e.g."
+     " timeout=2)"),
+    ("rtsp://cam/live?timeout=2s", "parameter 'timeout' must be a number of seconds, got '2s' (e.g. timeout=2)"),
+    ("rtsp://cam/live?timeout=2000ms", "must be a number of seconds, got '2000ms' (e.g. timeout=2)"),
+    ("rtsp://u:s3cret@cam/live?timeout=1e309", "must be a finite number of seconds, got '1e309'"),
     ("rtsp://cam/live?timeout=1&timeout=2", "rtsp URI 'rtsp://cam/live?timeout=1&timeout=2' gives the parameter"
-     " 'timeout' twice"),
+     " 'timeout' twice; keep one"),
+    ("rtsp://u:s3cret@cam/live?transport=quic&user=a@b", "rtsp URI 'rtsp://u:***@b' has an '@' after its parameter"
+     " 'transport'"),
+    ("rtsp://cam/live?timeout=9&x=a@b", "has an '@' after its parameter 'timeout': edge reads the user and password up"
+     " to the last '@', so the parameter would reach the camera unread; write an '@' in the query as %40"),
 ])
 def test_bad_rtsp_transport_or_timeout_is_a_config_error(uri: str, message: str) -> None:
     with pytest.raises(ValueError) as caught:
