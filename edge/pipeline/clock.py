@@ -14,13 +14,15 @@ log = get_logger("camera")
 
 WINDOW_NS = 10_000_000_000      # the offset is the least delay over this much arrival time (drift: docs/protocol.md)
 JUMP_NS = 1_000_000_000         # a frame this much off the mapping re-anchors it (a camera reboot, a pts jump)
+MAX_PTS_NS = 2**63              # a pts past this (292 years) is no time: t_capture_ns goes out as an int64
 EXPECTED_UNTIMED = 2            # OpenCV gives a session's first two frames pts 0: untimed, counted, not worth a warning
 
 
 @dataclasses.dataclass
 class ClockStats:
     mapped: int = 0             # frames stamped from their stream time
-    untimed: int = 0            # frames stamped with their arrival: no usable pts (None, NaN, negative, not advancing)
+    untimed: int = 0            # frames stamped with their arrival: no usable pts (None, NaN, negative, past
+                                # MAX_PTS_NS, not advancing)
     reanchors: int = 0          # discontinuities: pts back, or JUMP_NS off the mapping either way
 
 
@@ -34,6 +36,7 @@ class StreamClock:
         self._jump_ns = jump_ns
         self._candidates: collections.deque[tuple[int, int]] = collections.deque()   # (arrival, arrival - pts)
         self._last_pts_ns: int | None = None
+        self._stamped_ns = 0                            # the last capture time handed out: none is earlier
         self._session_untimed = 0                       # since the last reset
         self._warned = False
 
@@ -50,8 +53,8 @@ class StreamClock:
 
     def capture_ns(self, pts_ms: float | None, arrival_ns: int) -> int:
         """The capture time of a frame whose stream time is `pts_ms` and which the reader returned at `arrival_ns`;
-        never later than `arrival_ns`."""
-        if pts_ms is None or not math.isfinite(pts_ms) or pts_ms < 0:
+        never later than `arrival_ns`, never earlier than the frame before's."""
+        if pts_ms is None or not math.isfinite(pts_ms) or not 0 <= pts_ms * 1e6 < MAX_PTS_NS:
             return self._untimed(arrival_ns)
         pts_ns = round(pts_ms * 1e6)
         if self._last_pts_ns is not None and pts_ns == self._last_pts_ns:
@@ -71,7 +74,8 @@ class StreamClock:
         while window[0][0] < arrival_ns - self._window_ns:
             window.popleft()
         self.stats.mapped += 1
-        return pts_ns + window[0][1]
+        self._stamped_ns = max(pts_ns + window[0][1], self._stamped_ns)    # after an untimed frame's arrival
+        return self._stamped_ns
 
     def _untimed(self, arrival_ns: int) -> int:
         self.stats.untimed += 1
@@ -80,7 +84,8 @@ class StreamClock:
             self._warned = True
             log.warning("%s: frames without usable stream timestamps; they carry their arrival time as t_capture_ns"
                         " (counted, not logged again)", self.what)
-        return arrival_ns
+        self._stamped_ns = max(arrival_ns, self._stamped_ns)
+        return self._stamped_ns
 
     def _reanchor(self, why: str) -> None:
         self.stats.reanchors += 1

@@ -73,6 +73,36 @@ def test_unusable_pts_falls_back_to_arrival_and_counts(pts: float | None) -> Non
     assert (clock.stats.mapped, clock.stats.untimed, clock.stats.reanchors) == (2, 1, 0)
 
 
+@pytest.mark.parametrize("pts", [1e303, 9.3e12, float(2**63 // MS + 1)])
+def test_a_pts_past_the_range_of_a_capture_time_is_untimed(pts: float) -> None:
+    """A hostile stream's pts of 1e303 ms overflowed to inf as ns (OverflowError out of the capture thread); any pts
+    past 2**63 ns (292 years, the wire's int64) is no time: the frame carries its arrival, counted."""
+    clock = StreamClock("cam")
+    clock.capture_ns(0.0, T0 + 10 * MS)
+    assert clock.capture_ns(pts, T0 + 50 * MS) == T0 + 50 * MS
+    assert (clock.stats.mapped, clock.stats.untimed, clock.stats.reanchors) == (1, 1, 0)
+
+
+def test_capture_times_never_go_back_around_an_untimed_frame() -> None:
+    """A repeated pts mid-stream is untimed (its arrival, 80 ms); the next frame maps 12 ms before that from the least
+    delay (2 ms): it takes the time of the frame before it, so a camera's capture times never go back."""
+    clock = StreamClock("cam")
+    stamped = feed(clock, [(0.0, T0 + 2 * MS), (33.0, T0 + 73 * MS), (33.0, T0 + 80 * MS), (66.0, T0 + 106 * MS),
+                           (99.0, T0 + 110 * MS)])
+    assert stamped == [T0 + 2 * MS, T0 + 35 * MS, T0 + 80 * MS, T0 + 80 * MS, T0 + 101 * MS]
+
+
+def test_the_window_holds_at_most_its_frames_and_frozen_pts_none() -> None:
+    """The least-delay window at 1000 fps with the delay growing each frame (a slow camera clock: every frame stays a
+    candidate) holds one window of frames, never more; pts that never advance add nothing."""
+    clock = StreamClock("cam")
+    feed(clock, [(i * 0.99, T0 + i * MS) for i in range(30_000)])
+    assert len(clock._candidates) == WINDOW_NS // MS + 1
+    frozen = StreamClock("cam")
+    feed(frozen, [(7.0, T0 + i * MS) for i in range(30_000)])
+    assert len(frozen._candidates) == 1 and frozen.stats.untimed == 30_000 - 1
+
+
 def test_stream_without_timestamps_gets_arrival_times() -> None:
     """OpenCV's POS_MSEC stays 0 for a stream without pts: the first frame maps, each later one is untimed."""
     clock = StreamClock("cam")
