@@ -41,27 +41,51 @@ def rtsp_transport(uri: CameraURI) -> str:
 
 class _FfmpegOptions:
     """OpenCV takes FFmpeg's `rtsp_transport` only from the process-wide environment variable FFMPEG_OPTIONS, read
-    while a capture opens: `using` sets it for the opens that share one value (appended to what the environment
-    already holds, which FFmpeg reads first) and gives it back once the last of them returned; an open that needs
-    the other value waits for them. Every camera with the default transport opens at once."""
+    while a capture opens: `using` sets it for the opens that share one value and gives it back once the last of them
+    returned. Opens come in turns, first come first served: one that needs the other value waits for those under way,
+    and those that came after it wait for its turn. Every camera with the default transport opens at once.
+
+    edge's pair goes first, before what the environment already held: FFmpeg parses the pairs in order, so a
+    malformed tail of the operator's (a trailing '|', a backslash) cannot swallow it, and an `rtsp_transport` of
+    the operator's own, later, wins over the URI's (warned once)."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._value: str | None = None
         self._users = 0
+        self._queue: list[tuple[object, str]] = []        # waiting opens in order: (ticket, transport)
         self._saved: str | None = None
+        self._warned = False
+
+    def _may_enter(self, ticket: tuple[object, str]) -> bool:
+        if self._users and self._value != ticket[1]:
+            return False
+        for waiting in self._queue:                    # no earlier open waits for the other value
+            if waiting is ticket:
+                return True
+            if waiting[1] != ticket[1]:
+                return False
+        return False
 
     @contextmanager
     def using(self, transport: str) -> Iterator[None]:
+        ticket = (object(), transport)
         with self._cond:
-            while self._users and self._value != transport:
+            self._queue.append(ticket)
+            while not self._may_enter(ticket):
                 self._cond.wait()
+            self._queue.remove(ticket)
             if not self._users:
                 self._saved = os.environ.get(FFMPEG_OPTIONS)
                 own = f"rtsp_transport;{transport}"
-                os.environ[FFMPEG_OPTIONS] = f"{self._saved}|{own}" if self._saved else own
+                os.environ[FFMPEG_OPTIONS] = f"{own}|{self._saved}" if self._saved else own
                 self._value = transport
+                if self._saved and "rtsp_transport" in self._saved and not self._warned:
+                    self._warned = True
+                    log.warning("the environment's %s sets rtsp_transport, which wins over every rtsp camera's"
+                                " transport= (docs/config.md); remove it there", FFMPEG_OPTIONS)
             self._users += 1
+            self._cond.notify_all()                   # opens of the same value behind this one may join
         try:
             yield
         finally:

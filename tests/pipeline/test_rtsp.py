@@ -20,7 +20,7 @@ from edge.config.cameras import parse_uri
 from edge.config.loader import parse_config
 from edge.daemon.service import Service
 from edge.pipeline.cameras import BACKOFF_MAX_S, Camera, Frame
-from edge.pipeline.sources import FFMPEG_OPTIONS, OPEN_TIMEOUT_MS, READ_TIMEOUT_MS
+from edge.pipeline.sources import FFMPEG_OPTIONS, OPEN_TIMEOUT_MS, READ_TIMEOUT_MS, ffmpeg_options
 from edge.wire.client import Subscriber
 from tests.conftest import PEER_S, free_port, wait_for
 from tests.support import clips, rtsp
@@ -285,6 +285,57 @@ def test_the_transport_is_the_uris_and_the_environment_is_given_back(server: Ser
     finally:
         server.kill()
         assert camera.stop(10)
+
+
+@pytest.mark.parametrize("environ, udp", [("probesize;5000000|", 0), ("user_agent;'edge", 0),
+                                          ("rtsp_transport;udp", 2)])
+def test_the_operators_own_ffmpeg_options_neither_break_nor_lose_the_transport(
+        server: Server, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, environ: str,
+        udp: int) -> None:
+    """FFmpeg parses the variable's pairs in order: edge's appended after a trailing '|' became the key
+    '|rtsp_transport', after an open quote part of the operator's value; either way ignored, and FFmpeg tried UDP
+    first. edge's pair comes first now; an rtsp_transport of the operator's own wins, warned."""
+    monkeypatch.setenv(FFMPEG_OPTIONS, environ)
+    with caplog.at_level("WARNING", logger="edge.camera"):
+        camera = started(server.url + "?transport=tcp", Events())
+        try:
+            steady(camera)
+            assert _udp_sockets() == udp
+            assert os.environ.get(FFMPEG_OPTIONS) == environ
+        finally:
+            server.kill()
+            assert camera.stop(10)
+    overridden = [r.getMessage() for r in caplog.records if "sets rtsp_transport" in r.getMessage()]
+    assert len(overridden) == (1 if udp else 0), overridden
+
+
+def test_an_open_waiting_for_the_other_transport_is_not_overtaken() -> None:
+    """Opens that share a transport overlap; one that needs the other waits for them. Opens of the first transport that
+    came after it waited behind it: 8 unreachable tcp cameras retrying (2 s opens) would otherwise hold the variable
+    for good, and a udp camera would never open."""
+    order: list[str] = []
+    holding, release = threading.Event(), threading.Event()
+
+    def first() -> None:
+        with ffmpeg_options.using("tcp"):
+            holding.set()
+            release.wait(10)
+            order.append("tcp first")
+
+    def later(transport: str) -> None:
+        with ffmpeg_options.using(transport):
+            order.append(f"{transport} {os.environ[FFMPEG_OPTIONS].split('|')[0]}")
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    assert holding.wait(10)
+    for transport in ("udp", "tcp"):
+        threads.append(threading.Thread(target=later, args=(transport,)))
+        threads[-1].start()
+        wait_for(lambda: len(ffmpeg_options._queue) == len(threads) - 1, 10, f"the {transport} open waits")
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert order == ["tcp first", "udp rtsp_transport;udp", "tcp rtsp_transport;tcp"]
 
 
 # --- 1. frames from a real server ------------------------------------------------------------------------------------
