@@ -8,6 +8,7 @@ import collections
 import math
 import statistics
 
+from edge.config.cameras import FPS_RANGE
 from edge.log import get_logger
 
 log = get_logger("camera")
@@ -16,6 +17,7 @@ WINDOW = 15                 # the frame interval is the median of this many rece
 MIN_STEPS = 8               # steps seen before a gap counts
 GAP_FACTOR = 1.5            # a step over this many frame intervals skipped frames
 STEADY_SHARE = 0.75         # steady: the window's lower quartile step is at least this share of its median
+MIN_INTERVAL_MS = 1000 / FPS_RANGE[1]     # a faster "frame rate" is no camera's (a hostile clock rate): not counted
 
 
 class FrameGaps:
@@ -27,7 +29,8 @@ class FrameGaps:
         self.what = what
         self._max_gap_ms = max_gap_ms       # a longer step is a discontinuity (a stall, a pts jump), not loss
         self._steps: collections.deque[float] = collections.deque(maxlen=WINDOW)
-        self._pending: list[tuple[float, float]] = []       # (step, interval): gaps waiting for a step on time
+        # (step, interval): gaps waiting for a step on time; the window's median follows long steps, so few wait
+        self._pending: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
         self._last: float | None = None
         self._reported = 0
 
@@ -43,7 +46,8 @@ class FrameGaps:
             return None
         steps = sorted(self._steps)
         median = statistics.median(steps)
-        return median if steps[len(steps) // 4] >= STEADY_SHARE * median else None
+        steady = steps[len(steps) // 4] >= STEADY_SHARE * median
+        return median if steady and median >= MIN_INTERVAL_MS else None
 
     def lost(self, pts_ms: float | None) -> tuple[int, int]:
         """(gaps, frames) the stream is now known to have skipped, given the next frame's `pts_ms`: both 0 for an
@@ -64,7 +68,8 @@ class FrameGaps:
         elif step > GAP_FACTOR * interval:
             self._pending.append((step, interval))
         elif self._pending:
-            confirmed, self._pending = self._pending, []
+            confirmed = list(self._pending)
+            self._pending.clear()
             return len(confirmed), sum(self._skipped(gap, at) for gap, at in confirmed)
         return 0, 0
 

@@ -69,6 +69,13 @@ def test_streams_that_lost_nothing_count_nothing(pts: list[float | None]) -> Non
     assert sum(lost(pts)) == 0
 
 
+def test_a_hostile_clock_rate_cannot_inflate_the_count() -> None:
+    """Steps of 1 us (a clock rate no camera has: over 1000 fps) give no interval, so a 1.9 s step counts nothing
+    (it would be 1.9 million frames); a real rate at the fastest a URI may ask (1 ms) still counts."""
+    assert sum(lost([0.001 * i for i in range(1, 40)] + [1900.0, 1900.001])) == 0
+    assert sum(lost([1.0 * i for i in range(1, 40)] + [45.0, 46.0])) == 5
+
+
 def test_a_stream_that_is_not_steady_counts_nothing() -> None:
     """Steps of 33 and 66 ms mixed (a variable frame rate): no interval to judge against."""
     assert sum(lost([sum([33.0, 66.0][i % 2] for i in range(n)) + 33 for n in range(1, 60)])) == 0
