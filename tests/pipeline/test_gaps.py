@@ -105,7 +105,7 @@ def _require_lossy_namespace() -> None:
         pytest.skip("needs root for a network namespace with packet loss (unshare --net, tc netem or iptables)")
     missing = [tool for tool in ("unshare", "ip") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"needs {' and '.join(missing)} (apt-get install util-linux iproute2)")
+        pytest.skip(f"needs {' and '.join(missing)} (apt-get install util-linux {lossy_camera.PACKAGES})")
     rtsp.require(rtsp.Media(lossy_camera.STREAM, lossy_camera.ELEMENTS))
     probe = subprocess.run(["unshare", "--net", sys.executable, "-c", "import sys;"
                             " from tests.support.lossy_camera import lose; sys.stdout.write(lose(0.1))"],
@@ -113,7 +113,7 @@ def _require_lossy_namespace() -> None:
     if probe.returncode:
         said = (probe.stderr.strip().splitlines() or ["no output"])[-1]
         pytest.skip(f"cannot drop packets in a network namespace here ({said}; the kernel needs sch_netem for"
-                    f" tc netem, or iptables with its statistic match: apt-get install iproute2 iptables)")
+                    f" tc netem, or iptables with its statistic match: apt-get install {lossy_camera.PACKAGES})")
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

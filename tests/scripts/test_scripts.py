@@ -370,11 +370,12 @@ def test_test_sh_asks_apt_for_nothing_when_every_package_is_there(tmp_path: Path
 
 
 def test_test_sh_installs_the_gstreamer_packages_the_tests_name() -> None:
-    """The packages the GStreamer tests' skip reasons name (the Jetson stand-ins', the RTSP camera's) are the ones
-    test.sh installs, and no more."""
-    from tests.support import fake_jetson, rtsp
+    """The packages the GStreamer tests' skip reasons name (the Jetson stand-ins', the RTSP camera's, the lossy
+    network's) are the ones test.sh installs, and no more."""
+    from tests.support import fake_jetson, lossy_camera, rtsp
 
-    assert sorted(_packages()) == sorted(set(fake_jetson.PACKAGES.split()) | set(rtsp.PACKAGES.split()))
+    assert sorted(_packages()) == sorted(set(fake_jetson.PACKAGES.split()) | set(rtsp.PACKAGES.split())
+                                         | set(lossy_camera.PACKAGES.split()))
 
 
 def test_test_sh_installs_the_mender_packages_the_tests_name() -> None:

@@ -20,6 +20,7 @@ STREAM = ("( videotestsrc is-live=true pattern=ball ! video/x-raw,width=160,heig
           " tune=zerolatency threads=1 speed-preset=ultrafast key-int-max=20 ! rtph264pay mtu=60000 name=pay0 pt=96 )")
 ELEMENTS = ("videotestsrc", "x264enc", "rtph264pay")
 STEADY_FRAMES = 20
+PACKAGES = "iproute2 iptables"      # ip and tc; iptables where the kernel has no sch_netem (test.sh offers them)
 
 
 def lose(share: float) -> str:

@@ -620,7 +620,7 @@ def test_edge_status_prints_a_table(server: ControlServer, endpoint: str) -> Non
     assert lines[6].split() == ["people", "-", "fp16", "-", "-", "-", "-", "-"]
     assert lines[8:11] == ["lanes", lines[9], lines[10]]
     assert lines[10].split() == ["objects/cam0", "int8", "9.9", "45.1ms", "-", "120", "118", "117", "2/1/0", "yes", "-"]
-    assert lines[14].split() == ["cam0", "yes", "120", "3", "0"]
+    assert lines[14].split() == ["cam0", "yes", "120", "-", "3", "0", "-"]     # a reply without outages, lost
     assert "supervisor: HOT: tj 86.0 °C ≥ hot 85.0 °C for 2.0 s" in lines
     assert "  zone tj: 86.0 °C, critical 94.0 °C, power 12000 mW" in lines
     assert "telemetry: trace, power mode MODE_15W, GPU load 45%" in lines
