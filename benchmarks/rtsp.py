@@ -108,13 +108,18 @@ def measure(uris: list[str], seconds: float) -> dict[str, Any]:
     stop.set()
     for camera in cameras:
         camera.stop(5.0)
-    frames = sum(len(out) for out in latencies)
-    every = sorted(ns / 1e6 for out in latencies for ns in out)
     untimed = sum(c.clock.stats.untimed for c in cameras if c.clock is not None)
-    return {"fps_per_stream": frames / wall / len(uris), "cpu_ms_per_frame": 1000 * cpu / max(frames, 1),
+    every = [ns / 1e6 for out in latencies for ns in out]
+    return {**figures(len(every), len(uris), cpu, wall, every), "untimed": untimed}
+
+
+def figures(frames: int, streams: int, cpu_s: float, wall_s: float, latencies_ms: list[float]) -> dict[str, Any]:
+    """A row's figures from a window's frames (or results), CPU and wall seconds and latencies."""
+    every = sorted(latencies_ms)
+    return {"fps_per_stream": frames / wall_s / streams, "cpu_ms_per_frame": 1000 * cpu_s / max(frames, 1),
             "latency_ms_p50": statistics.median(every) if every else None,
             "latency_ms_p99": every[min(len(every) - 1, int(0.99 * len(every)))] if every else None,
-            "frames": frames, "untimed": untimed}
+            "frames": frames}
 
 
 def measure_results(uris: list[str], seconds: float, work: Path) -> dict[str, Any]:
@@ -130,12 +135,7 @@ def measure_results(uris: list[str], seconds: float, work: Path) -> dict[str, An
               f"output:\n  results: {endpoint}\nsupervisor:\n  enabled: false\n")
     config = parse_config(text, source="rtsp benchmark", base_dir=work, environ={})
     window = run_daemon(config, endpoint, seconds, f"rtsp benchmark ({len(uris)} cameras)")
-    every = sorted(window.latencies_ms)
-    return {"fps_per_stream": window.frames / window.wall_s / len(uris),
-            "cpu_ms_per_frame": 1000 * window.cpu_s / window.frames,
-            "latency_ms_p50": statistics.median(every) if every else None,
-            "latency_ms_p99": every[min(len(every) - 1, int(0.99 * len(every)))] if every else None,
-            "frames": window.frames}
+    return figures(window.frames, len(uris), window.cpu_s, window.wall_s, window.latencies_ms)
 
 
 def run(size: str, streams: int, seconds: float, results: bool) -> list[dict[str, Any]]:
