@@ -26,6 +26,13 @@ class ClockStats:
     reanchors: int = 0          # discontinuities: pts back, or JUMP_NS off the mapping either way
 
 
+def stream_ns(pts_ms: float | None) -> int | None:
+    """A reader's pts (ms) as int ns; None where it is no time: None, NaN, infinite, negative or past MAX_PTS_NS."""
+    if pts_ms is None or not math.isfinite(pts_ms) or not 0 <= pts_ms * 1e6 < MAX_PTS_NS:
+        return None
+    return round(pts_ms * 1e6)
+
+
 class StreamClock:
     """Maps one stream's presentation times to CLOCK_MONOTONIC ns; `reset` when its reader reopens."""
 
@@ -54,9 +61,9 @@ class StreamClock:
     def capture_ns(self, pts_ms: float | None, arrival_ns: int) -> int:
         """The capture time of a frame whose stream time is `pts_ms` and which the reader returned at `arrival_ns`;
         never later than `arrival_ns`, never earlier than the frame before's."""
-        if pts_ms is None or not math.isfinite(pts_ms) or not 0 <= pts_ms * 1e6 < MAX_PTS_NS:
+        pts_ns = stream_ns(pts_ms)
+        if pts_ns is None:
             return self._untimed(arrival_ns)
-        pts_ns = round(pts_ms * 1e6)
         if self._last_pts_ns is not None and pts_ns == self._last_pts_ns:
             return self._untimed(arrival_ns)            # OpenCV's POS_MSEC stays 0 for a stream without pts
         candidate = arrival_ns - pts_ns

@@ -5,11 +5,11 @@ conceals, its process-wide log): docs/reliability.md, "Packet loss"."""
 from __future__ import annotations
 
 import collections
-import math
 import statistics
 
 from edge.config.cameras import FPS_RANGE
 from edge.log import get_logger
+from edge.pipeline.clock import stream_ns
 
 log = get_logger("camera")
 
@@ -52,8 +52,8 @@ class FrameGaps:
     def lost(self, pts_ms: float | None) -> tuple[int, int]:
         """(gaps, frames) the stream is now known to have skipped, given the next frame's `pts_ms`: both 0 for an
         untimed frame, a discontinuity (pts back, a step over the largest gap), and until a gap is confirmed."""
-        if pts_ms is None or not math.isfinite(pts_ms) or pts_ms <= 0:
-            return 0, 0                     # OpenCV's first frames of a session have pts 0
+        if not stream_ns(pts_ms):           # no time (edge/pipeline/clock.py), or 0: a session's first frames
+            return 0, 0
         last, self._last = self._last, pts_ms
         if last is None or pts_ms <= last:
             return 0, 0

@@ -51,6 +51,13 @@ def test_a_steady_stream_with_frames_missing_counts_each_gap_and_its_frames(
                         " logged at debug)"]
 
 
+@pytest.mark.parametrize("bad", [float("inf"), 1e300, float("nan"), None, -5.0])
+def test_a_frame_without_a_usable_time_does_not_blind_the_count(bad: float | None) -> None:
+    pts: list[float | None] = [100.0 * i for i in range(1, 30)] + [bad] + [100.0 * i for i in range(30, 60)]
+    del pts[33]                                      # a frame lost soon after the bad one
+    assert sum(lost(pts)) == 1
+
+
 def test_nothing_counts_before_the_interval_is_known() -> None:
     pts = [100.0 * i for i in range(1, MIN_STEPS + 1)] + [100.0 * (MIN_STEPS + 3)]
     assert sum(lost(pts + [pts[-1] + 100])) == 0     # MIN_STEPS - 1 steps seen: the gap is not judged
