@@ -159,6 +159,9 @@ def _rtsp_params(text: str) -> tuple[str, dict[str, Any]]:
             if key in params:
                 raise ValueError(f"rtsp URI {redact(text)!r} gives the parameter {key!r} twice; keep one")
             params[key] = _typed("rtsp", key, value)
+        elif key.lower() in _PARAMS["rtsp"]:
+            raise ValueError(f"rtsp URI {redact(text)!r} has the parameter {key!r}, which edge would pass to the camera"
+                             f" unread: edge's parameters are lower case; write {key.lower()!r}")
         else:
             kept.append(part)
     url = f"{head}{at}{path}" + (f"?{'&'.join(kept)}" if kept else "")

@@ -48,6 +48,9 @@ def test_parse_uri_errors(uri: str, message: str) -> None:
     ("rtsp://cam/live?timeout=2s", "parameter 'timeout' must be a number of seconds, got '2s' (e.g. timeout=2)"),
     ("rtsp://cam/live?timeout=2000ms", "must be a number of seconds, got '2000ms' (e.g. timeout=2)"),
     ("rtsp://u:s3cret@cam/live?timeout=1e309", "must be a finite number of seconds, got '1e309'"),
+    ("rtsp://u:s3cret@cam/live?Transport=udp", "rtsp URI 'rtsp://u:***@cam/live?Transport=udp' has the parameter"
+     " 'Transport', which edge would pass to the camera unread: edge's parameters are lower case; write 'transport'"),
+    ("rtsp://cam/live?channel=1&TIMEOUT=5", "has the parameter 'TIMEOUT', which edge would pass"),
     ("rtsp://cam/live?timeout=1&timeout=2", "rtsp URI 'rtsp://cam/live?timeout=1&timeout=2' gives the parameter"
      " 'timeout' twice; keep one"),
     ("rtsp://u:s3cret@cam/live?transport=quic&user=a@b", "rtsp URI 'rtsp://u:***@b' has an '@' after its parameter"
