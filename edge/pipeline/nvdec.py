@@ -9,7 +9,6 @@ GIL while FFmpeg waits on the network. The design, the colour rules and the meas
 from __future__ import annotations
 
 import collections
-import math
 from types import ModuleType
 from typing import Any
 
@@ -21,6 +20,7 @@ from edge.gpu import cuda
 from edge.gpu.surfaces import DeviceFrame, SurfacePool
 from edge.log import get_logger
 from edge.opencv import import_cv2
+from edge.pipeline.clock import stream_ns
 from edge.pipeline.readers import open_reader
 from edge.pipeline.sources import Refused, SurfaceWait
 
@@ -36,7 +36,7 @@ PRIME_PACKETS = 300         # packets read at open for the first frame (a 10 s G
 INSTALL_HINT = "pip install 'edge[nvdec]' (PyNvVideoCodec 2.2.4) on a PC with an NVIDIA GPU and driver"
 CPU_HINT = "set `decode: cpu` for this camera (or `auto`, which falls back to the CPU by itself)"
 NO_PTS = -1                 # PacketData.pts (int64, here in µs) of a packet without a usable stream time
-MAX_PTS_MS = 2.0 ** 53 / 1000   # beyond this a pts in µs is no exact int64 from a float: treated as none
+MAX_PTS_US = 2 ** 53        # beyond this a pts in µs is no exact int64 from a float: treated as none
 
 
 def load() -> ModuleType:
@@ -259,10 +259,9 @@ class NvdecReader:
 
 def packet_pts(pts_ms: float | None) -> int:
     """A packet's stream time as PacketData.pts: whole µs (the decoder hands it back with the frame), NO_PTS for
-    none, NaN, a negative or an out-of-range one."""
-    if pts_ms is None or not math.isfinite(pts_ms) or not 0 <= pts_ms < MAX_PTS_MS:
-        return NO_PTS
-    return round(pts_ms * 1000)
+    one that is no time (edge/pipeline/clock.py's rule: none, NaN, negative...) or is over MAX_PTS_US."""
+    ns = stream_ns(pts_ms)
+    return NO_PTS if ns is None or ns >= MAX_PTS_US * 1000 else round(ns / 1000)
 
 
 def frame_pts_ms(pts: int) -> float | None:

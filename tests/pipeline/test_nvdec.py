@@ -90,8 +90,8 @@ def test_each_frame_carries_its_own_stream_time_through_the_decoder(nvc: ModuleT
 
 
 def test_a_packet_without_a_usable_stream_time_goes_in_as_none() -> None:
-    given = [0.0, 100.0, 33.3667, None, float("nan"), float("inf"), -0.5, 1e300]
-    assert [nvdec.packet_pts(ms) for ms in given] == [0, 100_000, 33_367, -1, -1, -1, -1, -1]   # int64 µs
+    given = [0.0, 100.0, 33.3667, None, float("nan"), float("inf"), -0.5, 1e300, 9.1e12]    # 9.1e12: over 2^53 µs
+    assert [nvdec.packet_pts(ms) for ms in given] == [0, 100_000, 33_367, -1, -1, -1, -1, -1, -1]   # int64 µs
     assert [nvdec.frame_pts_ms(pts) for pts in (0, 33_367, -1)] == [0.0, 33.367, None]
 
 
