@@ -315,7 +315,7 @@ class Camera:
                 return self._stalled(reader, image, waited_ns / 1e9)
             host = isinstance(image, np.ndarray)
             captured = time.monotonic_ns()
-            pts_ms = getattr(reader, "pts_ms", None)     # every RTSP reader has it; None: untimed, counted
+            pts_ms = reader.pts_ms if self.clock is not None else None    # None: untimed, counted
             if self.clock is not None:
                 captured = self.clock.capture_ns(pts_ms, captured)
             if self.gaps is not None:

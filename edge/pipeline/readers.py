@@ -32,6 +32,11 @@ class Reader(Protocol):
     frames: int                    # frames read since it opened
     declared_frames: int           # the frame count the file's header declares; 0 when unknown or live
 
+    @property
+    def pts_ms(self) -> float | None:
+        """The stream time of the frame `read` returned last, in ms; None where it has none (docs/protocol.md,
+        "Capture time": an RTSP camera's t_capture_ns is mapped from it)."""
+
     def read(self) -> np.ndarray | DeviceFrame | None: ...
 
     def close(self) -> None: ...
@@ -90,6 +95,7 @@ class _PatternReader:
         self._n = 0
         self.frames = 0
         self.declared_frames = 0
+        self.pts_ms = None                  # a pattern has no stream time
         bars = np.array([[255, 255, 255], [0, 255, 255], [255, 255, 0], [0, 255, 0],
                          [255, 0, 255], [0, 0, 255], [255, 0, 0], [0, 0, 0]], np.uint8)
         self._base = np.repeat(bars, -(-w // len(bars)), axis=0)[:w][None].repeat(h, axis=0).copy()

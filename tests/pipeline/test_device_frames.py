@@ -119,7 +119,7 @@ def test_a_camera_releases_a_device_frame_it_refuses(decoder: Decoder, trt_ledge
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A decoder's frame over the camera's max_frame: the file is not read further, and the frame goes back."""
     class Reader:
-        fps, frames, declared_frames = 30.0, 0, 0
+        fps, frames, declared_frames, pts_ms = 30.0, 0, 0, None
 
         def read(self) -> Any:
             return decoder.frame(timeout=5)
@@ -150,7 +150,7 @@ def test_a_lost_live_camera_gives_back_the_frame_no_lane_took(trt_ledger: fake_c
     pool = SurfacePool(64, 3)
 
     class Reader:
-        fps, frames, declared_frames = 30.0, 0, 0
+        fps, frames, declared_frames, pts_ms = 30.0, 0, 0, None
 
         def __init__(self) -> None:
             self.frame = _bgrx(pool)
