@@ -70,11 +70,6 @@ def make_clip(size: str) -> Path:
     return path
 
 
-def served(clip: Path) -> rtsp.Media:
-    return rtsp.Media(f"( filesrc location={clip} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 )",
-                      ("filesrc", "qtdemux", "h264parse", "rtph264pay"))
-
-
 def measure(uris: list[str], seconds: float) -> dict[str, Any]:
     """Cameras on `uris`, one reader thread each: fps per stream, CPU ms per frame, latency p50/p99 in ms."""
     cameras = [Camera(f"cam{i}", parse_uri(uri), on_event=lambda *_: None) for i, uri in enumerate(uris)]
@@ -148,7 +143,7 @@ def run(size: str, streams: int, seconds: float, results: bool) -> list[dict[str
 
         rows = [{"path": "file", "size": size, "streams": streams, **row([f"file://{clip}?loop=1"] * streams)}]
         ports = [free_port() for _ in range(streams)]
-        servers = [rtsp.serve(port, served(clip), shared=False) for port in ports]
+        servers = [rtsp.serve(port, rtsp.clip(clip), shared=False) for port in ports]
         try:
             rows.append({"path": "rtsp", "size": size, "streams": streams,
                          **row([f"rtsp://127.0.0.1:{port}/live" for port in ports])})
@@ -176,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=Path("rtsp-benchmark.json"))
     args = parser.parse_args(argv)
     try:
-        rtsp.require(served(Path("/dev/null")))
+        rtsp.require(rtsp.clip(Path("/dev/null")))
     except pytest.skip.Exception as missing:       # the tests' helper skips; here it is the benchmark's answer
         print(f"rtsp benchmark: {missing}", file=sys.stderr)
         return 2

@@ -359,14 +359,11 @@ def _iou(a: list[float], b: list[float]) -> float:
     return w * h / union if union > 0 else 0.0
 
 
-CLIP_ELEMENTS = ("filesrc", "qtdemux", "h264parse", "rtph264pay")     # a clip served as it is
-
-
 @pytest.fixture(scope="session")            # as `demo`'s, so it runs first: pytest sets up wider scopes first
 def clip_server() -> None:
     """Skips where the server cannot serve a clip, before `demo` fetches the assets (which a machine without the
     server may have no network for)."""
-    rtsp.require(rtsp.Media("", CLIP_ELEMENTS))
+    rtsp.require(rtsp.clip(Path("/dev/null")))
 
 
 @pytest.mark.parametrize("decode", ["cpu", pytest.param("nvdec", marks=pytest.mark.gpu)])
@@ -377,8 +374,7 @@ def test_a_served_clip_gives_the_detections_of_the_same_clip_as_a_file(clip_serv
     is lost), F1 >= 0.95 at IoU 0.5 over the frames the live lane processed (a slow lane skips some); measured 1.0
     on the CPU path (116 of 116 boxes over 20 frames)."""
     clip = clips.clip("h264", demo.root)
-    served = Server(rtsp.Media(f"( filesrc location={clip} ! qtdemux ! h264parse ! rtph264pay name=pay0 pt=96 )",
-                               CLIP_ELEMENTS))
+    served = Server(rtsp.clip(clip))
     text = _service_config(tmp_path, demo, served.url, clip).replace("?realtime=0&loop=1", "?realtime=0").replace(
         f"uri: {served.url}\n", f"uri: {served.url}\n    decode: {decode}\n")
     service = Service(parse_config(text, source="t", base_dir=tmp_path, environ={}))
