@@ -34,6 +34,7 @@ import pytest
 
 from benchmarks.daemon_results import run_daemon
 from edge.config.cameras import parse_uri
+from edge.engines.onnxruntime import cpu_facts
 from edge.files import default_cache_dir
 from edge.pipeline.cameras import Camera, EndOfStream
 from tests.support import rtsp
@@ -154,13 +155,6 @@ def run(size: str, streams: int, seconds: float, results: bool) -> list[dict[str
     return rows
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--streams", type=int, nargs="+", default=[1, 4, 8])
@@ -177,10 +171,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = [row for size in args.sizes for streams in args.streams
             for row in run(size, streams, args.seconds, args.results)]
-    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()}
+    machine = {**cpu_facts(), "cores": os.cpu_count(), "python": platform.python_version()}
     latency = ("result published (t_publish_ns), demo detector fp32 on ONNX Runtime" if args.results
                else "frame handed to a reader")
-    print(f"{machine['cpu']}, {machine['cores']} cores; CPU decode; latency: {latency} - t_capture_ns")
+    print(f"{machine['cpu']} (flags: {', '.join(machine['flags']) or '-'}), {machine['cores']} cores; CPU decode;"
+          f" latency: {latency} - t_capture_ns")
     print(f"{'path':<5} {'size':<6} {'streams':>7} {'fps/stream':>10} {'CPU ms/frame':>12} {'p50 ms':>7} {'p99 ms':>7}"
           f" {'vs file CPU':>11}")
     baseline = {(r["size"], r["streams"]): r for r in rows if r["path"] == "file"}
