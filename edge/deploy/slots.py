@@ -180,9 +180,13 @@ class Store:
     def version(self, slot: str) -> str | None:
         """The version in a slot's bundle.json (read without verifying), None when it cannot be read."""
         try:
-            return str(json.loads((self.slot(slot) / "bundle.json").read_text(encoding="utf-8"))["version"])
+            return str(self._bundle_json(slot)["version"])
         except (OSError, ValueError, KeyError, TypeError):
             return None
+
+    def _bundle_json(self, slot: str) -> Any:
+        """A slot's bundle.json as it is on disk (not verified: see `verify_slot` for that)."""
+        return json.loads((self.slot(slot) / "bundle.json").read_text(encoding="utf-8"))
 
     def describe(self, slot: str) -> dict[str, Any]:
         """What `list` shows of a slot (read without verifying: see `verify_slot` for that)."""
@@ -191,7 +195,7 @@ class Store:
             return {"slot": slot, "empty": True}
         info: dict[str, Any] = {"slot": slot, "empty": False}
         try:
-            manifest = json.loads((path / "bundle.json").read_text(encoding="utf-8"))
+            manifest = self._bundle_json(slot)
             info.update(version=manifest.get("version"), created=manifest.get("created"),
                         models={m: sorted({v.get("precision") for v in vs}) for m, vs in manifest["models"].items()},
                         plans_for=sorted({f"{k.get('board')} L4T {k.get('l4t')} TensorRT {k.get('tensorrt')}"
