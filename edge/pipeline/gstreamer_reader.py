@@ -87,6 +87,7 @@ class GstReader:
         self.pts_ms: float | None = None                # the stream time of the frame `read` returned last
         self._gst = gst
         self._uri = uri
+        self._read_timeout_ms = read_timeout_ms(uri)    # each frame's wait, the camera's `timeout=`
         self._what = describe(uri)
         self._said = f"{camera_id}: {self._what}" if camera_id else self._what      # in lines logged while it runs
         self._surfaces = surfaces
@@ -108,9 +109,9 @@ class GstReader:
         gst = self._gst
         if self._pipeline.set_state(gst.State.PLAYING) == gst.StateChangeReturn.FAILURE:
             raise self._failed("cannot start")
-        sample = self._next((OPEN_TIMEOUT_MS + read_timeout_ms(self._uri)) / 1000)
+        sample = self._next((OPEN_TIMEOUT_MS + self._read_timeout_ms) / 1000)
         if sample is None:
-            raise self._failed(f"delivered no frame within {OPEN_TIMEOUT_MS + read_timeout_ms(self._uri)} ms")
+            raise self._failed(f"delivered no frame within {OPEN_TIMEOUT_MS + self._read_timeout_ms} ms")
         structure = sample.get_caps().get_structure(0)
         self._width = structure.get_int("width")[1]
         self._height = structure.get_int("height")[1]
@@ -138,7 +139,7 @@ class GstReader:
         while surface is None:
             sample, self._first = self._first, None
             if sample is None:
-                sample = self._next(read_timeout_ms(self._uri) / 1000)
+                sample = self._next(self._read_timeout_ms / 1000)
             if sample is None:
                 self._ended()
                 return None
@@ -194,7 +195,7 @@ class GstReader:
         elif self._sink.get_property("eos"):
             log.debug("%s: end of stream after %d frames", self._said, self.frames)
         else:
-            log.warning("%s: no frame within %d ms", self._said, read_timeout_ms(self._uri))
+            log.warning("%s: no frame within %d ms", self._said, self._read_timeout_ms)
 
     def _failed(self, what: str) -> SourceError:
         self._read_bus()
