@@ -23,7 +23,6 @@ from edge.errors import EngineError
 
 PAYLOAD_TYPE = "edge-bundle"                 # the artifact's payload type, which is also the module's file name
 NAME_PREFIX = f"{PAYLOAD_TYPE}-"             # an artifact's name: edge-bundle-<the bundle's version>
-MODULES = Path("/usr/share/mender/modules/v3")
 ANSWERS = {"SupportsRollback": "Yes", "NeedsArtifactReboot": "No"}
 TOOL = "mender-artifact"
 TOOL_HINT = "install it: sudo apt-get install mender-artifact (Debian/Ubuntu), or put it on PATH"
