@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ from edge.engines import repository
 from tests.conftest import wait_for
 from tests.support import mender as real
 from tests.support.bundles import Env, StandIn, make_repository, serving
-from tests.support.daemon import ROOT
+from tests.support.daemon import ROOT, edge_cmd
+from tests.support.daemon import env as edge_env
 
 MENDER = real.missing()
 needs_mender = pytest.mark.skipif(MENDER is not None, reason=f"real Mender runs: {MENDER}")
@@ -33,9 +33,9 @@ needs_tool = pytest.mark.skipif(real.shutil.which("mender-artifact") is None,
                                 reason=f"mender-artifact not installed (apt-get install {real.PACKAGES})")
 
 
-def edge(*args: str, cwd: Path = ROOT, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env={**os.environ, **env})
+def edge(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(edge_cmd(*args), capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env={**edge_env(), **env})
 
 
 def state(root: Path) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tests.support.bundles import NAMESPACES, Env
-from tests.support.daemon import ROOT
+from tests.support.daemon import ROOT, edge_cmd
 
 PACKAGES = "mender-client mender-artifact"        # scripts/test.sh MENDER_PACKAGES
 MODULES = "/usr/share/mender/modules/v3"          # the client reads modules from there only (3.4)
@@ -86,8 +86,7 @@ def pack(env: Env, version: str, *device_types: str, device_type: str = "jetson-
     from tests.support.bundles import make_repository
 
     source = make_repository(env.tmp / f"src-{version}" / "det", seed=version.encode(), device_type=device_type)
-    return subprocess.run([sys.executable, "-m", "edge", "bundle", "pack", str(source), "--key",
-                           str(key or env.keys.private), "--version", version, "--out",
-                           str(env.tmp / f"{version}.bundle"), "--mender",
-                           *(a for t in (device_types or (device_type,)) for a in ("--device-type", t))],
+    return subprocess.run(edge_cmd("bundle", "pack", str(source), "--key", str(key or env.keys.private), "--version",
+                                   version, "--out", str(env.tmp / f"{version}.bundle"), "--mender",
+                                   *(a for t in (device_types or (device_type,)) for a in ("--device-type", t))),
                           capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT)
