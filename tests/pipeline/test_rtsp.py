@@ -4,6 +4,7 @@ reboot (killed and restarted server) beside a file lane that loses nothing, a st
 (SIGSTOP), the transport, and 20 reboots with fds, threads and RSS flat. Timings and defaults: docs/reliability.md."""
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -227,7 +228,12 @@ def test_a_camera_reboot_leaves_the_other_lane_whole_and_the_heartbeat_counts_it
 
 
 def _resources() -> tuple[int, int, int]:
-    """(open fds, threads, RSS in kB) of this process."""
+    """(open fds, threads, RSS in kB) of this process; RSS once glibc's malloc_trim(0) gave the freed heap back, so
+    it counts memory in use, not pages the allocator keeps: in a full suite's 600 MB process, RSS grew 9.3 MB from
+    reboot 5 to 20 without the trim (an allocator's arenas after 1,700 tests), and the trimmed figure 1.5 MB."""
+    trim = getattr(ctypes.CDLL(None), "malloc_trim", None)      # glibc's; another libc keeps its own ways
+    if trim is not None:
+        trim(0)
     rss = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines()
                if line.startswith("VmRSS:"))
     return len(os.listdir("/proc/self/fd")), threading.active_count(), rss
